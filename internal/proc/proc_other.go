@@ -1,0 +1,25 @@
+//go:build !linux
+
+package proc
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrPIDReused reports that the recorded pid now belongs to a different process.
+var ErrPIDReused = errors.New("pid belongs to a different process now")
+
+var errNotLinux = fmt.Errorf("firecracker processes need Linux: %w", errors.ErrUnsupported)
+
+// Start is not supported on this system.
+func Start(cfg Config) (*Process, error) { return nil, errNotLinux }
+
+// Attach is not supported on this system.
+func Attach(pid int, startTime uint64) (*Process, error) { return nil, errNotLinux }
+
+// StartTime is not supported on this system.
+func StartTime(pid int) (uint64, error) { return 0, errNotLinux }
+
+// Alive is not supported on this system.
+func Alive(pid int, startTime uint64) (bool, error) { return false, errNotLinux }

@@ -1,0 +1,346 @@
+package rundir
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/proc"
+)
+
+func open(t *testing.T, onReap ReapFunc) *Root {
+	t.Helper()
+	r, err := Open(filepath.Join(t.TempDir(), "runtime"), onReap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func create(t *testing.T, r *Root, name string) *Dir {
+	t.Helper()
+	d, err := r.Create(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// selfState returns a state naming this (live) test process.
+func selfState(t *testing.T) *State {
+	t.Helper()
+	st, err := proc.StartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &State{PID: os.Getpid(), StartTime: st, Mode: "detached", Created: time.Now().UTC().Truncate(time.Second)}
+}
+
+func TestOpenLayoutAndModes(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	for _, p := range []string{r.Path(), filepath.Join(r.Path(), "vms"), d.Dir, d.Drives} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s mode %v, want 0700", p, fi.Mode().Perm())
+		}
+	}
+	want := filepath.Join(r.Path(), "vms", "vm1")
+	if d.Dir != want || d.APISocket != filepath.Join(want, "api.sock") || d.Drive("rootfs") != filepath.Join(want, "drives", "rootfs.img") {
+		t.Errorf("paths %+v", d.Paths)
+	}
+	if !d.Owned() || d.Name() != "vm1" {
+		t.Errorf("owned %v name %q", d.Owned(), d.Name())
+	}
+	if _, err := Open("", nil); err == nil {
+		t.Error("Open(\"\") succeeded")
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	in := selfState(t)
+	in.Spec = []byte(`{"name":"vm1"}`)
+	in.BaseImage = &BaseImage{ID: "abc", Holder: "vm1"}
+	if err := d.WriteState(in); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(d.State)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state.json: %v %v", fi, err)
+	}
+	ents, _ := os.ReadDir(d.Dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("temporary file left: %s", e.Name())
+		}
+	}
+	ld, st, err := r.Lookup("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ld.Owned() || ld.Dir != d.Dir {
+		t.Errorf("lookup dir %+v", ld)
+	}
+	if st.PID != in.PID || st.StartTime != in.StartTime || st.Name != "vm1" || st.Version != StateVersion ||
+		st.Paths != d.Paths || !st.Created.Equal(in.Created) || compact(t, st.Spec) != `{"name":"vm1"}` || *st.BaseImage != *in.BaseImage {
+		t.Errorf("round trip: got %+v, want %+v", st, in)
+	}
+	if !st.Alive() {
+		t.Error("state of this process is not alive")
+	}
+}
+
+func compact(t *testing.T, b []byte) string {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		t.Fatal(err)
+	}
+	return buf.String()
+}
+
+func TestLookupNotFound(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	for _, name := range []string{"nope", "../x", ""} {
+		if _, _, err := r.Lookup(name); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Lookup(%q): %v, want ErrNotFound", name, err)
+		}
+	}
+	create(t, r, "starting") // no state yet
+	if _, _, err := r.Lookup("starting"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Lookup(starting): %v, want ErrNotFound", err)
+	}
+}
+
+func TestCreateConflicts(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	// The lock is held: another Root on the same directory (as another process) is refused.
+	r2, err := Open(r.Path(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.Create(context.Background(), "vm1"); !errors.Is(err, ErrExists) {
+		t.Fatalf("second create: %v, want ErrExists", err)
+	}
+	// A detached VM whose starter let go of the lock is still alive: refused too.
+	if err := d.WriteState(selfState(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.Create(context.Background(), "vm1"); !errors.Is(err, ErrExists) {
+		t.Fatalf("create over a live detached vm: %v, want ErrExists", err)
+	}
+	if _, err := r.Create(context.Background(), "a/b"); err == nil {
+		t.Fatal("name with a slash accepted")
+	}
+}
+
+func TestCreateReapsDeadVM(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var seen []string
+	r := open(t, func(ctx context.Context, name string, st *State) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, name+":"+st.BaseImage.ID)
+		return nil
+	})
+	d := create(t, r, "vm1")
+	dead := &State{PID: 1, StartTime: 1, BaseImage: &BaseImage{ID: "img"}} // pid 1 never started at tick 1
+	if err := d.WriteState(dead); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(d.Drive("rootfs"), []byte("data"), 0o600)
+	d.Unlock()
+	d2 := create(t, r, "vm1")
+	if _, err := os.Stat(d2.Drive("rootfs")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("staged drive of the dead vm survived: %v", err)
+	}
+	if len(seen) != 1 || seen[0] != "vm1:img" {
+		t.Errorf("reap hook calls %v", seen)
+	}
+}
+
+func TestReap(t *testing.T) {
+	t.Parallel()
+	var calls []string
+	hookErr := errors.New("lease busy")
+	r := open(t, func(ctx context.Context, name string, st *State) error {
+		calls = append(calls, name)
+		if name == "stuck" {
+			return hookErr
+		}
+		if name == "nostate" && st != nil {
+			t.Errorf("nostate: state %+v", st)
+		}
+		return nil
+	})
+	owned := create(t, r, "owned") // lock held: kept even without state
+	_ = owned
+	live := create(t, r, "live")
+	live.WriteState(selfState(t))
+	live.Unlock()
+	for _, name := range []string{"dead", "stuck"} {
+		d := create(t, r, name)
+		d.WriteState(&State{PID: 999999999, StartTime: 5})
+		d.Unlock()
+	}
+	nostate := create(t, r, "nostate")
+	nostate.Unlock()
+
+	reaped, err := r.Reap(context.Background())
+	if !errors.Is(err, hookErr) {
+		t.Errorf("reap error %v, want the hook's", err)
+	}
+	if strings.Join(reaped, ",") != "dead,nostate" {
+		t.Errorf("reaped %v", reaped)
+	}
+	names, _ := r.Names()
+	if strings.Join(names, ",") != "live,owned,stuck" {
+		t.Errorf("left %v", names)
+	}
+	states, err := r.States()
+	if err != nil || len(states) != 1 || states[0].Name != "live" {
+		t.Errorf("States() = %v, %v", states, err)
+	}
+	if strings.Join(calls, ",") != "dead,nostate,stuck" {
+		t.Errorf("hook calls %v", calls)
+	}
+}
+
+func TestRemoveNeverTouchesANewerDir(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	d.WriteState(selfState(t))
+	looked, _, err := r.Lookup("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Remove(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Remove(context.Background()); err != nil {
+		t.Fatalf("second remove: %v", err)
+	}
+	d2 := create(t, r, "vm1")
+	if err := looked.Remove(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(d2.Dir); err != nil {
+		t.Fatalf("the newer directory was removed: %v", err)
+	}
+	if err := d2.Remove(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(d2.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("dir left: %v", err)
+	}
+}
+
+func TestCreateConcurrent(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Half the goroutines race for the same name; each name must be created once.
+			name := "vm" + string(rune('a'+i%10))
+			d, err := r.Create(context.Background(), name)
+			if err == nil {
+				d.WriteState(selfState(t))
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	var ok, exists int
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case errors.Is(err, ErrExists):
+			exists++
+		default:
+			t.Error(err)
+		}
+	}
+	if ok != 10 || exists != 10 {
+		t.Errorf("%d created, %d refused; want 10 and 10", ok, exists)
+	}
+}
+
+func TestLockHonoursContext(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	held, err := r.lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := r.Create(ctx, "vm1"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("create while root.lock is held: %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestParseState(t *testing.T) {
+	t.Parallel()
+	bad := map[string]string{
+		"not json":      `{`,
+		"no version":    `{"name":"a"}`,
+		"newer version": `{"version":2,"name":"a"}`,
+		"bad name":      `{"version":1,"name":"../a"}`,
+		"negative pid":  `{"version":1,"name":"a","pid":-1}`,
+	}
+	for what, body := range bad {
+		if _, err := ParseState([]byte(body)); err == nil {
+			t.Errorf("%s: accepted", what)
+		}
+	}
+	if _, err := ParseState([]byte(`{"version":1,"name":"a","pid":3,"unknown":1}`)); err != nil {
+		t.Errorf("good state: %v", err)
+	}
+}
+
+func FuzzParseState(f *testing.F) {
+	f.Add([]byte(`{"version":1,"name":"vm1","pid":42,"start_time":7,"spec":{"name":"vm1"}}`))
+	f.Add([]byte(`{"version":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := ParseState(b)
+		if err == nil && (st.Version != StateVersion || checkName(st.Name) != nil || st.PID < 0) {
+			t.Fatalf("accepted invalid state %+v", st)
+		}
+	})
+}
+
+func TestDefaultPath(t *testing.T) {
+	t.Parallel()
+	p := DefaultPath()
+	if !filepath.IsAbs(p) || !strings.HasSuffix(p, filepath.Join(".smartvm", "runtime")) {
+		t.Fatalf("DefaultPath() = %q", p)
+	}
+}
