@@ -1,0 +1,243 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes of the smartvm command.
+const (
+	// ExitOK: the command did what it was asked.
+	ExitOK = 0
+	// ExitError: the command failed; the reason is printed on stderr.
+	ExitError = 1
+	// ExitUsage: the command line was wrong (unknown command or flag, bad flag value, wrong
+	// number of arguments).
+	ExitUsage = 2
+)
+
+// Run runs the smartvm command line: args are the arguments without the program name. Output
+// goes to stdout and stderr; the console of a foreground VM reads os.Stdin. Errors are printed
+// once on stderr as "smartvm: <message>". ctx ends the command: main cancels it on SIGINT and
+// SIGTERM, which stops a foreground VM gracefully. Run returns the process exit code: ExitOK,
+// ExitError or ExitUsage.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	a := &app{
+		stdin:     os.Stdin,
+		stdout:    stdout,
+		stderr:    stderr,
+		lookupEnv: os.LookupEnv,
+	}
+	return a.run(ctx, args)
+}
+
+// app is one invocation of the command line: its stdio, its environment and the settings the
+// global flags resolve to. Tests build one directly to inject the environment and the
+// executable the detached supervisor is started from.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	// lookupEnv reads the environment; the CLI reads it nowhere else.
+	lookupEnv func(string) (string, bool)
+	// self is the smartvm executable that --detach re-executes; "" means os.Executable.
+	self string
+	// httpClient downloads releases and base images; nil means a default client.
+	httpClient *http.Client
+
+	// Global flags.
+	logLevel, logFormat string
+	fcBinFlag           string
+	runtimeDirFlag      string
+
+	log *slog.Logger
+}
+
+// usageError marks a wrong command line; Run exits with ExitUsage for it.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+// exitError ends the command with a given exit code. The message, when not empty, is printed
+// like any other error.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+func (a *app) run(ctx context.Context, args []string) int {
+	if args == nil {
+		args = []string{} // cobra reads os.Args when the slice is nil
+	}
+	a.log = slog.New(slog.DiscardHandler)
+	root := a.newRootCmd()
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintf(a.stderr, "smartvm: %s\n", ee.msg)
+		}
+		return ee.code
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		path := "smartvm"
+		if cmd != nil {
+			path = cmd.CommandPath()
+		}
+		fmt.Fprintf(a.stderr, "smartvm: %s (see '%s --help')\n", err, path)
+		return ExitUsage
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		fmt.Fprintf(a.stderr, "smartvm: interrupted: %s\n", err)
+		return ExitError
+	}
+	fmt.Fprintf(a.stderr, "smartvm: %s\n", err)
+	return ExitError
+}
+
+func (a *app) newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "smartvm",
+		Short: "Run Firecracker microVMs",
+		Long: `smartvm runs Firecracker microVMs.
+
+Quick start:
+  smartvm run --image hello    boot the built-in test guest (no download)
+  smartvm run                  boot the default Ubuntu image (installs Firecracker and
+                               pulls the image on first use)
+  smartvm doctor               check this host
+
+Environment (flags win over the environment, the environment over defaults):
+  SMARTVM_FIRECRACKER_BIN            firecracker binary (--firecracker-bin)
+  SMARTVM_RUNTIME_DIR                runtime directory (--runtime-dir)
+  SMARTVM_BASE_IMAGE_DIR             base image cache
+  SMARTVM_CI_BUCKET_URL              Firecracker CI bucket the presets list
+  SMARTVM_BASE_IMAGE_PRESET          default preset: latest or lts
+  SMARTVM_BASE_IMAGE_MANIFEST_URL    default base image manifest URL
+  SMARTVM_BASE_IMAGE_MANIFEST_PATH   default base image manifest file
+  SMARTVM_FIRECRACKER_RELEASE_URL    Firecracker release site that setup downloads from
+
+Exit codes: 0 ok, 1 error, 2 usage.`,
+		SilenceUsage:               true,
+		SilenceErrors:              true,
+		SuggestionsMinimumDistance: 2,
+		CompletionOptions:          cobra.CompletionOptions{DisableDefaultCmd: true},
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return unknownCommand(cmd, args[0])
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cmd.Help()
+		},
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.setupLogging()
+		},
+	}
+	root.SetIn(a.stdin)
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &usageError{err}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.logLevel, "log-level", "warn", "smartvm's own log level: debug, info, warn or error")
+	pf.StringVar(&a.logFormat, "log-format", "text", "smartvm's own log format on stderr: text or json")
+	pf.StringVar(&a.fcBinFlag, "firecracker-bin", "", "firecracker binary (default: $SMARTVM_FIRECRACKER_BIN, ~/.smartvm/bin/firecracker, then PATH)")
+	pf.StringVar(&a.runtimeDirFlag, "runtime-dir", "", "runtime directory for VM sockets, logs and state (default: $SMARTVM_RUNTIME_DIR, else /dev/shm/.smartvm/runtime)")
+
+	root.AddCommand(
+		a.newVersionCmd(),
+		a.newCompletionCmd(),
+		a.newSetupCmd(),
+	)
+	return root
+}
+
+// unknownCommand is the usage error for a word that names no subcommand of cmd.
+func unknownCommand(cmd *cobra.Command, word string) error {
+	msg := fmt.Sprintf("unknown command %q for %q", word, cmd.CommandPath())
+	if s := cmd.SuggestionsFor(word); len(s) > 0 {
+		msg += fmt.Sprintf("; did you mean %s?", strings.Join(s, " or "))
+	}
+	return &usageError{errors.New(msg)}
+}
+
+// groupCmd is a command that only holds subcommands: without arguments it prints its help,
+// with an unknown one it is a usage error.
+func groupCmd(use, short string, subs ...*cobra.Command) *cobra.Command {
+	c := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return unknownCommand(cmd, args[0])
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	c.AddCommand(subs...)
+	return c
+}
+
+// exactArgs is cobra.ExactArgs as a usage error that names what is expected.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("want %s, got %d argument(s)", what, len(args))
+		}
+		return nil
+	}
+}
+
+// minArgs is cobra.MinimumNArgs as a usage error that names what is expected.
+func minArgs(n int, what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) < n {
+			return usagef("want %s", what)
+		}
+		return nil
+	}
+}
+
+// noArgs is cobra.NoArgs as a usage error.
+func noArgs(_ *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	return nil
+}
+
+// getenv returns the environment variable's value, "" when unset.
+func (a *app) getenv(key string) string {
+	v, _ := a.lookupEnv(key)
+	return v
+}
+
+func (a *app) client() *http.Client {
+	if a.httpClient != nil {
+		return a.httpClient
+	}
+	return http.DefaultClient
+}

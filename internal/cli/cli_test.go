@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	testutil.Main(m, map[string]func([]string) int{
+		"smartvm": smartvmMain,
+	})
+}
+
+// smartvmMain is cmd/smartvm's main for the test binary posing as smartvm.
+func smartvmMain(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return Run(ctx, args, os.Stdout, os.Stderr)
+}
+
+// result is what one in-process run of the CLI printed and returned.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// cliEnv is the environment a test runs the CLI with: a private HOME and an empty PATH unless
+// the test sets them.
+type cliEnv map[string]string
+
+func newEnv(t *testing.T) cliEnv {
+	return cliEnv{"HOME": t.TempDir(), "PATH": ""}
+}
+
+func (e cliEnv) lookup(k string) (string, bool) {
+	v, ok := e[k]
+	return v, ok
+}
+
+// run runs the CLI in-process with env and args.
+func (e cliEnv) run(t *testing.T, args ...string) result {
+	t.Helper()
+	return e.runCtx(t, t.Context(), args...)
+}
+
+func (e cliEnv) runCtx(t *testing.T, ctx context.Context, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	a := &app{
+		stdin:     strings.NewReader(""),
+		stdout:    &out,
+		stderr:    &errOut,
+		lookupEnv: e.lookup,
+	}
+	code := a.run(ctx, args)
+	return result{stdout: out.String(), stderr: errOut.String(), code: code}
+}
+
+// ok fails the test unless the run exited 0.
+func (r result) ok(t *testing.T) result {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("exit code %d, want 0\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+// fails checks the exit code and that stderr ends with the one "smartvm: " line, which
+// contains want. Progress lines may come before it.
+func (r result) fails(t *testing.T, code int, want string) {
+	t.Helper()
+	if r.code != code {
+		t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+	if !strings.HasPrefix(lines[len(lines)-1], "smartvm: ") || strings.Count(r.stderr, "smartvm: ") != 1 {
+		t.Errorf("stderr is not one 'smartvm: <message>' line:\n%s", r.stderr)
+	}
+	if !strings.Contains(r.stderr, want) {
+		t.Errorf("stderr does not mention %q:\n%s", want, r.stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bogus"}, `unknown command "bogus"`},
+		{[]string{"verson"}, "did you mean version?"},
+		{[]string{"version", "--nope"}, "unknown flag: --nope"},
+		{[]string{"version", "extra"}, `unexpected argument "extra"`},
+		{[]string{"completion"}, "want one shell"},
+		{[]string{"completion", "tcsh"}, `unknown shell "tcsh"`},
+		{[]string{"--log-level", "loud", "version"}, `invalid --log-level "loud"`},
+		{[]string{"--log-format", "xml", "version"}, `invalid --log-format "xml"`},
+		{[]string{"setup", "--version", "latest"}, `invalid --version "latest"`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			t.Parallel()
+			newEnv(t).run(t, tc.args...).fails(t, ExitUsage, tc.want)
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	r := newEnv(t).run(t).ok(t)
+	for _, want := range []string{"Usage:", "SMARTVM_FIRECRACKER_BIN", "Exit codes"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("help does not mention %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	t.Parallel()
+	for shell, want := range map[string]string{
+		"bash": "# bash completion V2 for smartvm",
+		"zsh":  "#compdef smartvm",
+		"fish": "# fish completion for smartvm",
+	} {
+		t.Run(shell, func(t *testing.T) {
+			t.Parallel()
+			r := newEnv(t).run(t, "completion", shell).ok(t)
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("completion %s does not contain %q:\n%.300s", shell, want, r.stdout)
+			}
+		})
+	}
+}

@@ -1,0 +1,21 @@
+// Package cli is the smartvm command line. Each subcommand lives in its own file and turns
+// flags into calls of the smartvm library; the package holds no VM logic of its own.
+//
+// Run is the whole program: cmd/smartvm's main only adds signal handling and os.Exit. Run prints
+// errors once on stderr as "smartvm: <message>" and returns ExitOK, ExitError or ExitUsage.
+//
+// The CLI is the only part of smartvm that reads the environment. Flags win over the
+// environment, the environment over defaults:
+//
+//	SMARTVM_FIRECRACKER_BIN            --firecracker-bin
+//	SMARTVM_RUNTIME_DIR                --runtime-dir
+//	SMARTVM_BASE_IMAGE_DIR             the base image cache
+//	SMARTVM_CI_BUCKET_URL              the Firecracker CI bucket the presets list
+//	SMARTVM_BASE_IMAGE_PRESET          the default preset (latest or lts)
+//	SMARTVM_BASE_IMAGE_MANIFEST_URL    a default manifest URL instead of a preset
+//	SMARTVM_BASE_IMAGE_MANIFEST_PATH   a default manifest file instead of a preset
+//	SMARTVM_FIRECRACKER_RELEASE_URL    the release site setup downloads from
+//
+// Firecracker is looked up in this order: --firecracker-bin, $SMARTVM_FIRECRACKER_BIN,
+// ~/.smartvm/bin/firecracker (where setup installs it), then PATH.
+package cli

@@ -1,0 +1,135 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/smartvm/smartvm/fcapi"
+)
+
+// Environment variables the CLI reads (flags win over them, they win over defaults).
+const (
+	envFirecrackerBin      = "SMARTVM_FIRECRACKER_BIN"
+	envRuntimeDir          = "SMARTVM_RUNTIME_DIR"
+	envBaseImageDir        = "SMARTVM_BASE_IMAGE_DIR"
+	envCIBucketURL         = "SMARTVM_CI_BUCKET_URL"
+	envBaseImagePreset     = "SMARTVM_BASE_IMAGE_PRESET"
+	envBaseImageManifest   = "SMARTVM_BASE_IMAGE_MANIFEST_URL"
+	envBaseImageManifestP  = "SMARTVM_BASE_IMAGE_MANIFEST_PATH"
+	envFirecrackerReleases = "SMARTVM_FIRECRACKER_RELEASE_URL"
+)
+
+// errNoFirecracker: no firecracker binary in any of the places the CLI looks.
+var errNoFirecracker = errors.New("no firecracker binary found in --firecracker-bin, $" + envFirecrackerBin +
+	", ~/.smartvm/bin/firecracker or PATH; run 'smartvm setup' to install one")
+
+// firecrackerBin is a firecracker executable and where the CLI found it.
+type firecrackerBin struct {
+	Path string `json:"path"`
+	// From is "--firecracker-bin", "$SMARTVM_FIRECRACKER_BIN", "~/.smartvm/bin" or "PATH".
+	From string `json:"from"`
+}
+
+// homeDir is $HOME; the CLI keeps its installed binaries under it.
+func (a *app) homeDir() (string, error) {
+	if h := a.getenv("HOME"); h != "" {
+		return h, nil
+	}
+	h, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("find home directory: %w", err)
+	}
+	return h, nil
+}
+
+// binDir is ~/.smartvm/bin, where setup installs Firecracker.
+func (a *app) binDir() (string, error) {
+	h, err := a.homeDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(h, ".smartvm", "bin"), nil
+}
+
+// findFirecracker looks for firecracker in this order: --firecracker-bin,
+// $SMARTVM_FIRECRACKER_BIN, ~/.smartvm/bin/firecracker, then PATH. A binary named by the flag or
+// the variable must exist; the search does not fall through past it. It returns
+// errNoFirecracker when nothing is found.
+func (a *app) findFirecracker() (firecrackerBin, error) {
+	for _, c := range []struct{ from, path string }{
+		{"--firecracker-bin", a.fcBinFlag},
+		{"$" + envFirecrackerBin, a.getenv(envFirecrackerBin)},
+	} {
+		if c.path == "" {
+			continue
+		}
+		p, err := filepath.Abs(c.path)
+		if err == nil {
+			err = checkExecutable(p)
+		}
+		if err != nil {
+			return firecrackerBin{}, fmt.Errorf("firecracker binary from %s: %w", c.from, err)
+		}
+		return firecrackerBin{Path: p, From: c.from}, nil
+	}
+	if dir, err := a.binDir(); err == nil {
+		p := filepath.Join(dir, "firecracker")
+		if checkExecutable(p) == nil {
+			return firecrackerBin{Path: p, From: "~/.smartvm/bin"}, nil
+		}
+	}
+	for _, dir := range filepath.SplitList(a.getenv("PATH")) {
+		if dir == "" || !filepath.IsAbs(dir) {
+			continue // a relative PATH entry would depend on the working directory
+		}
+		p := filepath.Join(dir, "firecracker")
+		if checkExecutable(p) == nil {
+			return firecrackerBin{Path: p, From: "PATH"}, nil
+		}
+	}
+	return firecrackerBin{}, errNoFirecracker
+}
+
+// checkExecutable reports why path is not an executable regular file.
+func checkExecutable(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%s is not executable (chmod +x it)", path)
+	}
+	return nil
+}
+
+// firecrackerVersion runs `firecracker --version` and parses its first line.
+func firecrackerVersion(ctx context.Context, bin string) (fcapi.Version, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, "--version")
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(errOut.String())
+		if msg != "" {
+			return fcapi.Version{}, fmt.Errorf("%s --version: %w: %s", bin, err, msg)
+		}
+		return fcapi.Version{}, fmt.Errorf("%s --version: %w", bin, err)
+	}
+	line, _, _ := strings.Cut(out.String(), "\n")
+	v, err := fcapi.ParseVersion(line)
+	if err != nil {
+		return fcapi.Version{}, fmt.Errorf("%s --version: %w", bin, err)
+	}
+	return v, nil
+}
