@@ -1,0 +1,326 @@
+package baseimage
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// transientError marks a failure that a later attempt of the same request may not meet:
+// a refused or dropped connection, a stall. withRetries retries these and retryable
+// *HTTPErrors, and nothing else.
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
+
+func transient(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &transientError{err: err}
+}
+
+func isRetryable(err error) bool {
+	var te *transientError
+	if errors.As(err, &te) {
+		return true
+	}
+	var he *HTTPError
+	return errors.As(err, &he) && he.retryable()
+}
+
+// withRetries runs attempt until it succeeds, fails for good, or fails m.retries times in a
+// row without progress. Waits between attempts grow exponentially with jitter. A cancelled
+// ctx ends it with ctx's error.
+func (m *Manager) withRetries(ctx context.Context, what string, attempt func(ctx context.Context) (progressed bool, err error)) error {
+	failures := 0
+	for {
+		progressed, err := attempt(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		}
+		if !isRetryable(err) {
+			return err
+		}
+		if progressed {
+			failures = 0
+		}
+		if failures >= m.retries {
+			if failures > 0 {
+				return fmt.Errorf("gave up after %d attempts: %w", failures+1, err)
+			}
+			return err
+		}
+		delay := m.backoff << min(failures, 4)
+		delay = delay/2 + rand.N(delay/2+1) // jitter: 50% to 100%
+		failures++
+		m.log.Debug("retrying", "what", what, "attempt", failures+1, "delay", delay, "err", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		case <-t.C:
+		}
+	}
+}
+
+// fetchReq describes one artifact download.
+type fetchReq struct {
+	name   string   // the file name shown in progress and errors
+	loc    location // where to read it
+	size   int64    // expected size, or -1 when unknown
+	sha256 string   // expected hex digest, or "" when unknown
+	etag   string   // the listing's ETag, sent as If-Range when resuming
+}
+
+// fetched is the verified result of a download.
+type fetched struct {
+	sha256 string
+	size   int64
+}
+
+// fetch downloads req to dst through dst+".part": it verifies size and sha256, fsyncs and
+// renames. On failure the partial file is removed.
+func (m *Manager) fetch(ctx context.Context, req fetchReq, dst string) (res fetched, err error) {
+	tmp := dst + ".part"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return res, fmt.Errorf("create %s: %w", tmp, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	d := &download{m: m, req: req, f: f, h: sha256.New()}
+	m.report(req.name, 0, req.size)
+	if req.loc.url == nil {
+		err = d.copyFile(ctx)
+	} else {
+		err = m.withRetries(ctx, req.loc.String(), d.attempt)
+	}
+	if err != nil {
+		return res, fmt.Errorf("download %s: %w", req.loc, err)
+	}
+	res = fetched{sha256: hex.EncodeToString(d.h.Sum(nil)), size: d.done}
+	if req.size >= 0 && res.size != req.size {
+		return res, fmt.Errorf("download %s: %w: got %d bytes, want %d (truncated or changed)", req.loc, ErrChecksum, res.size, req.size)
+	}
+	if req.sha256 != "" && res.sha256 != req.sha256 {
+		return res, fmt.Errorf("download %s: %w: sha256 is %s, want %s", req.loc, ErrChecksum, res.sha256, req.sha256)
+	}
+	if err = f.Sync(); err != nil {
+		return res, fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if err = f.Close(); err != nil {
+		return res, fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if err = os.Rename(tmp, dst); err != nil {
+		return res, fmt.Errorf("rename %s: %w", tmp, err)
+	}
+	return res, nil
+}
+
+func (m *Manager) report(name string, done, total int64) {
+	if m.progress != nil {
+		m.progress(Progress{File: name, Done: done, Total: total})
+	}
+}
+
+// download is the state of one artifact download across attempts.
+type download struct {
+	m    *Manager
+	req  fetchReq
+	f    *os.File
+	h    hash.Hash
+	done int64  // bytes written to f and hashed
+	etag string // validator for resuming
+	last int64  // done at the last progress report
+}
+
+var errStall = errors.New("stalled")
+
+var contentRangeRE = regexp.MustCompile(`^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$`)
+
+// attempt makes one HTTP request, resuming with a Range request when bytes are already there.
+func (d *download) attempt(ctx context.Context) (progressed bool, err error) {
+	start := d.done
+	defer func() { progressed = d.done > start }()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var stalled atomic.Bool
+	watchdog := time.AfterFunc(d.m.stall, func() {
+		stalled.Store(true)
+		cancel(fmt.Errorf("%w: no data for %s", errStall, d.m.stall))
+	})
+	defer watchdog.Stop()
+	wrap := func(err error) error {
+		if stalled.Load() {
+			return transient(context.Cause(ctx))
+		}
+		return err
+	}
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.req.loc.url.String(), nil)
+	if err != nil {
+		return false, fmt.Errorf("new request: %w", err)
+	}
+	if d.done > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(d.done, 10)+"-")
+		if d.etag != "" {
+			req.Header.Set("If-Range", d.etag)
+		}
+	}
+	resp, err := d.m.client.Do(req)
+	if err != nil {
+		return false, wrap(transient(err))
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if d.done > 0 {
+			d.m.log.Debug("server ignored the range request; restarting", "file", d.req.name)
+			if err := d.restart(); err != nil {
+				return false, err
+			}
+		}
+		if d.req.size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != d.req.size {
+			return false, fmt.Errorf("%w: server sends %d bytes, want %d", ErrChecksum, resp.ContentLength, d.req.size)
+		}
+	case http.StatusPartialContent:
+		mt := contentRangeRE.FindStringSubmatch(resp.Header.Get("Content-Range"))
+		if mt == nil || mt[1] != strconv.FormatInt(d.done, 10) {
+			// Not the range asked for: start over on the next attempt.
+			if err := d.restart(); err != nil {
+				return false, err
+			}
+			return false, transient(fmt.Errorf("server answered range %d- with Content-Range %q", start, resp.Header.Get("Content-Range")))
+		}
+	default:
+		return false, wrap(statusError(d.req.loc.String(), resp))
+	}
+	if resp.StatusCode == http.StatusOK {
+		// The validator for a later Range request: a strong ETag only (RFC 9110 §13.1.5).
+		d.etag = resp.Header.Get("ETag")
+		if d.etag == "" {
+			d.etag = d.req.etag
+		}
+		if strings.HasPrefix(d.etag, "W/") {
+			d.etag = ""
+		}
+	}
+	body := io.Reader(&resettingReader{r: resp.Body, t: watchdog, d: d.m.stall})
+	if err := d.copy(body); err != nil {
+		return false, wrap(err)
+	}
+	return false, nil
+}
+
+// restart discards what was written so far.
+func (d *download) restart() error {
+	if err := d.f.Truncate(0); err != nil {
+		return fmt.Errorf("truncate %s: %w", d.f.Name(), err)
+	}
+	if _, err := d.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("seek %s: %w", d.f.Name(), err)
+	}
+	d.h.Reset()
+	d.done, d.last = 0, 0
+	return nil
+}
+
+// copyFile copies a local artifact.
+func (d *download) copyFile(ctx context.Context) error {
+	src, err := os.Open(d.req.loc.path)
+	if err != nil {
+		return fmt.Errorf("open: %w", err)
+	}
+	defer src.Close()
+	return d.copy(&ctxReader{ctx: ctx, r: src})
+}
+
+// copyBufSize is the read size; it sets the granularity of hashing and writing.
+const copyBufSize = 1 << 20
+
+// progressStep is how many bytes pass between progress reports.
+const progressStep = 1 << 20
+
+// copy appends src to the file and the hash until EOF. Read failures are transient;
+// write failures (a full disk) are not. When the size is known, at most one byte more than
+// expected is read, so an oversized body is caught without reading it all.
+func (d *download) copy(src io.Reader) error {
+	if d.req.size >= 0 {
+		src = io.LimitReader(src, d.req.size-d.done+1)
+	}
+	buf := make([]byte, copyBufSize)
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			d.h.Write(buf[:n])
+			if _, err := d.f.Write(buf[:n]); err != nil {
+				return fmt.Errorf("write %s: %w", d.f.Name(), err)
+			}
+			d.done += int64(n)
+			if d.done-d.last >= progressStep {
+				d.last = d.done
+				d.m.report(d.req.name, d.done, d.req.size)
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			if d.last != d.done {
+				d.last = d.done
+				d.m.report(d.req.name, d.done, d.req.size)
+			}
+			return nil
+		}
+		if rerr != nil {
+			return transient(fmt.Errorf("read body after %d bytes: %w", d.done, rerr))
+		}
+	}
+}
+
+// resettingReader pushes the stall watchdog back after each read that returns data.
+type resettingReader struct {
+	r io.Reader
+	t *time.Timer
+	d time.Duration
+}
+
+func (r *resettingReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.t.Reset(r.d)
+	}
+	return n, err
+}
+
+// ctxReader stops a local copy when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r *ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
