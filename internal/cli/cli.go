@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -51,6 +52,8 @@ type app struct {
 	self string
 	// httpClient downloads releases and base images; nil means a default client.
 	httpClient *http.Client
+	// now reads the clock for ages and uptimes; nil means time.Now.
+	now func() time.Time
 
 	// Global flags.
 	logLevel, logFormat string
@@ -170,6 +173,7 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 		a.newVersionCmd(),
 		a.newCompletionCmd(),
 		a.newSetupCmd(),
+		a.newImagesCmd(),
 	)
 	return root
 }
@@ -234,6 +238,37 @@ func (a *app) getenv(key string) string {
 	v, _ := a.lookupEnv(key)
 	return v
 }
+
+func (a *app) clock() time.Time {
+	if a.now != nil {
+		return a.now()
+	}
+	return time.Now()
+}
+
+// joinErrors combines the failures of a command that works on several names into one error
+// whose message is one line.
+func joinErrors(errs []error) error {
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	return &multiError{errs}
+}
+
+type multiError struct{ errs []error }
+
+func (e *multiError) Error() string {
+	msgs := make([]string, len(e.errs))
+	for i, err := range e.errs {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e *multiError) Unwrap() []error { return e.errs }
 
 func (a *app) client() *http.Client {
 	if a.httpClient != nil {

@@ -1,0 +1,237 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smartvm/smartvm/baseimage"
+)
+
+// imageFlags are the flags that choose a base image source.
+type imageFlags struct {
+	preset, manifestURL, manifestPath string
+}
+
+// source resolves the base image source: the flags, else $SMARTVM_BASE_IMAGE_MANIFEST_URL,
+// $SMARTVM_BASE_IMAGE_MANIFEST_PATH or $SMARTVM_BASE_IMAGE_PRESET, else preset latest. Setting
+// more than one flag is a usage error; setting more than one variable is an error.
+func (a *app) imageSource(f imageFlags) (baseimage.Source, error) {
+	src, n := imageSourceOf(f)
+	if n > 1 {
+		return baseimage.Source{}, usagef("use only one of --preset, --manifest-url and --manifest-path")
+	}
+	if n == 0 {
+		env := imageFlags{
+			preset:       a.getenv(envBaseImagePreset),
+			manifestURL:  a.getenv(envBaseImageManifest),
+			manifestPath: a.getenv(envBaseImageManifestP),
+		}
+		if src, n = imageSourceOf(env); n > 1 {
+			return baseimage.Source{}, fmt.Errorf("set only one of $%s, $%s and $%s", envBaseImagePreset, envBaseImageManifest, envBaseImageManifestP)
+		}
+		if n == 0 {
+			src.Preset = baseimage.PresetLatest
+		}
+	}
+	if src.ManifestPath != "" {
+		p, err := filepath.Abs(src.ManifestPath)
+		if err != nil {
+			return baseimage.Source{}, fmt.Errorf("manifest path: %w", err)
+		}
+		src.ManifestPath = p
+	}
+	if err := src.Validate(); err != nil {
+		return baseimage.Source{}, err
+	}
+	return src, nil
+}
+
+func imageSourceOf(f imageFlags) (baseimage.Source, int) {
+	n := 0
+	for _, v := range []string{f.preset, f.manifestURL, f.manifestPath} {
+		if v != "" {
+			n++
+		}
+	}
+	return baseimage.Source{Preset: f.preset, ManifestURL: f.manifestURL, ManifestPath: f.manifestPath}, n
+}
+
+// baseImages opens the base image cache: $SMARTVM_BASE_IMAGE_DIR (default: the library's) and
+// $SMARTVM_CI_BUCKET_URL. Downloads report to prog when it is not nil; the cache's warnings
+// (evictions) go to smartvm's log on stderr.
+func (a *app) baseImages(prog *progress) (*baseimage.Manager, error) {
+	opts := baseimage.Options{
+		Dir:        a.getenv(envBaseImageDir),
+		BucketURL:  a.getenv(envCIBucketURL),
+		HTTPClient: a.httpClient,
+		Logger:     a.log,
+	}
+	if prog != nil {
+		opts.Progress = func(p baseimage.Progress) { prog.update(p.File, p.Done, p.Total) }
+	}
+	m, err := baseimage.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("base image cache: %w", err)
+	}
+	return m, nil
+}
+
+func (a *app) newImagesCmd() *cobra.Command {
+	return groupCmd("images", "Manage the base image cache (kernels and root filesystems)",
+		a.newImagesPullCmd(),
+		a.newImagesLsCmd(),
+		a.newImagesRmCmd(),
+		a.newImagesPruneCmd(),
+	)
+}
+
+func (a *app) newImagesPullCmd() *cobra.Command {
+	var f imageFlags
+	var refresh bool
+	cmd := &cobra.Command{
+		Use:   "pull [--preset latest|lts] [--manifest-url U | --manifest-path P] [--refresh]",
+		Short: "Download a base image into the cache",
+		Long: `Download, verify and cache a base image: a kernel and an ext4 root filesystem.
+
+Without flags it pulls $SMARTVM_BASE_IMAGE_MANIFEST_URL, $SMARTVM_BASE_IMAGE_MANIFEST_PATH or
+$SMARTVM_BASE_IMAGE_PRESET when one is set, else preset latest. Presets come from Firecracker's
+CI bucket ($SMARTVM_CI_BUCKET_URL replaces it): latest is the newest kernel and Ubuntu rootfs,
+lts the newest 6.1 kernel. A cached image is used again without network access; --refresh
+looks for a newer one.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			src, err := a.imageSource(f)
+			if err != nil {
+				return err
+			}
+			src.Refresh = refresh
+			b, err := a.pull(cmd, src)
+			if err != nil {
+				return err
+			}
+			t := newTable(a.stdout, "ID", "NAME", "SIZE", "SOURCE")
+			t.row(b.ID, b.Name, formatBytes(b.Size), b.Source.String())
+			return t.flush()
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.preset, "preset", "", "preset from Firecracker's CI bucket: latest or lts")
+	fl.StringVar(&f.manifestURL, "manifest-url", "", "URL of a base image manifest")
+	fl.StringVar(&f.manifestPath, "manifest-path", "", "path of a base image manifest file")
+	fl.BoolVar(&refresh, "refresh", false, "look for a newer image even when one is cached")
+	return cmd
+}
+
+// pull pulls src with progress on stderr.
+func (a *app) pull(cmd *cobra.Command, src baseimage.Source) (*baseimage.Bundle, error) {
+	prog := newProgress(a.stderr)
+	defer prog.finish()
+	m, err := a.baseImages(prog)
+	if err != nil {
+		return nil, err
+	}
+	return m.Pull(cmd.Context(), src)
+}
+
+// imageJSON is one cached image in `images ls --json`.
+type imageJSON struct {
+	baseimage.Bundle
+	InUse bool `json:"in_use"`
+}
+
+func (a *app) newImagesLsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls [--json]",
+		Aliases: []string{"list"},
+		Short:   "List cached base images, the most recently used first",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			m, err := a.baseImages(nil)
+			if err != nil {
+				return err
+			}
+			list, err := m.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				out := make([]imageJSON, 0, len(list))
+				for _, b := range list {
+					out = append(out, imageJSON{Bundle: b, InUse: len(b.Holders) > 0})
+				}
+				return writeJSON(a.stdout, out)
+			}
+			now := a.clock()
+			t := newTable(a.stdout, "ID", "NAME", "SIZE", "LAST USED", "USED BY", "SOURCE")
+			for _, b := range list {
+				usedBy := "-"
+				if len(b.Holders) > 0 {
+					usedBy = fmt.Sprint(b.Holders)
+				}
+				t.row(b.ID, b.Name, formatBytes(b.Size), ago(now, b.LastUsed), usedBy, b.Source.String())
+			}
+			return t.flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	return cmd
+}
+
+func (a *app) newImagesRmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm ID...",
+		Short: "Remove cached base images (an ID or a unique prefix of one)",
+		Args:  minArgs(1, "at least one image ID (see 'smartvm images ls')"),
+		RunE: func(cmd *cobra.Command, ids []string) error {
+			m, err := a.baseImages(nil)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, id := range ids {
+				if err := m.Remove(cmd.Context(), id); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintf(a.stdout, "removed %s\n", id)
+			}
+			return joinErrors(errs)
+		},
+	}
+}
+
+func (a *app) newImagesPruneCmd() *cobra.Command {
+	var keep int
+	cmd := &cobra.Command{
+		Use:   "prune [--keep N]",
+		Short: "Remove the least recently used base images, keeping N",
+		Long: `Remove the least recently used base images until at most N remain. Images that a
+running VM uses are kept even beyond N.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if keep < 0 {
+				return usagef("invalid --keep %d: want 0 or more", keep)
+			}
+			m, err := a.baseImages(nil)
+			if err != nil {
+				return err
+			}
+			evicted, err := m.Prune(cmd.Context(), keep)
+			for _, b := range evicted {
+				fmt.Fprintf(a.stdout, "removed %s %s (%s)\n", b.ID, b.Name, formatBytes(b.Size))
+			}
+			if err != nil {
+				return err
+			}
+			if len(evicted) == 0 {
+				fmt.Fprintln(a.stdout, "nothing to remove")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&keep, "keep", 0, "how many of the most recently used images to keep")
+	return cmd
+}

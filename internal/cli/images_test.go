@@ -1,0 +1,166 @@
+package cli
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/baseimage"
+)
+
+// writeManifest writes a base image manifest named name, with a kernel and an ext4 rootfs next
+// to it, into a new directory, and returns its path.
+func writeManifest(t *testing.T, name, kernel string) string {
+	t.Helper()
+	dir := t.TempDir()
+	arch, err := baseimage.HostArch()
+	if err != nil {
+		t.Skip(err)
+	}
+	file := func(fname, body string) map[string]any {
+		if err := os.WriteFile(filepath.Join(dir, fname), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.Sum256([]byte(body))
+		return map[string]any{"url": fname, "sha256": hex.EncodeToString(h[:]), "size": len(body)}
+	}
+	rootfs := file("rootfs.ext4", strings.Repeat("r", 4096))
+	rootfs["format"] = "ext4"
+	m := map[string]any{
+		"version":   1,
+		"name":      name,
+		"arch":      arch,
+		"kernel":    file("vmlinux", kernel),
+		"rootfs":    rootfs,
+		"boot_args": "console=ttyS0 reboot=k panic=1",
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "manifest.json")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func imagesEnv(t *testing.T) cliEnv {
+	env := newEnv(t)
+	env[envBaseImageDir] = filepath.Join(t.TempDir(), "images")
+	return env
+}
+
+func TestImagesPullListRemove(t *testing.T) {
+	t.Parallel()
+	env := imagesEnv(t)
+	manifest := writeManifest(t, "tiny-1", "kernel one")
+	r := env.run(t, "images", "pull", "--manifest-path", manifest).ok(t)
+	if !strings.Contains(r.stdout, "tiny-1") || !strings.Contains(r.stdout, "manifest file "+manifest) {
+		t.Errorf("pull output:\n%s", r.stdout)
+	}
+	if !strings.Contains(r.stderr, "vmlinux: 100%") || !strings.Contains(r.stderr, "rootfs.ext4: 100%") {
+		t.Errorf("pull did not print plain progress lines on a non-terminal stderr:\n%s", r.stderr)
+	}
+
+	var list []map[string]any
+	r = env.run(t, "images", "ls", "--json").ok(t)
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+		t.Fatalf("images ls --json: %v\n%s", err, r.stdout)
+	}
+	if len(list) != 1 {
+		t.Fatalf("images ls --json lists %d images, want 1:\n%s", len(list), r.stdout)
+	}
+	for _, k := range []string{"id", "name", "kernel", "rootfs", "boot_args", "size", "last_used", "in_use"} {
+		if _, ok := list[0][k]; !ok {
+			t.Errorf("images ls --json lacks %q:\n%s", k, r.stdout)
+		}
+	}
+	id := list[0]["id"].(string)
+	lastUsed, err := time.Parse(time.RFC3339Nano, list[0]["last_used"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The human table, with the clock three minutes after the pull.
+	var out strings.Builder
+	a := &app{stdout: &out, stderr: &out, lookupEnv: env.lookup, now: func() time.Time { return lastUsed.Add(3 * time.Minute) }}
+	if code := a.run(t.Context(), []string{"images", "ls"}); code != 0 {
+		t.Fatalf("images ls: exit %d\n%s", code, out.String())
+	}
+	got := strings.ReplaceAll(strings.ReplaceAll(out.String(), id, strings.Repeat("x", len(id))), manifest, "<manifest>")
+	checkGolden(t, "images-ls", got)
+
+	env.run(t, "images", "rm", "ffff").fails(t, ExitError, "not found")
+	r = env.run(t, "images", "rm", id[:6]).ok(t)
+	if r.stdout != "removed "+id[:6]+"\n" {
+		t.Errorf("images rm printed %q", r.stdout)
+	}
+	r = env.run(t, "images", "ls", "--json").ok(t)
+	if strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("images ls --json after rm: %s", r.stdout)
+	}
+}
+
+func TestImagesEvictionWarning(t *testing.T) {
+	t.Parallel()
+	env := imagesEnv(t)
+	var last result
+	for i := range 3 { // the cache keeps two by default
+		last = env.run(t, "images", "pull", "--manifest-path", writeManifest(t, fmt.Sprintf("tiny-%d", i), fmt.Sprintf("kernel %d", i))).ok(t)
+	}
+	if !strings.Contains(last.stderr, "level=WARN") || !strings.Contains(last.stderr, "evicting base image") || !strings.Contains(last.stderr, "name=tiny-0") {
+		t.Errorf("the third pull did not warn about evicting tiny-0:\n%s", last.stderr)
+	}
+	r := env.run(t, "images", "prune", "--keep", "1").ok(t)
+	if !strings.Contains(r.stdout, "removed ") || !strings.Contains(r.stdout, "tiny-1") {
+		t.Errorf("prune --keep 1 output:\n%s", r.stdout)
+	}
+	r = env.run(t, "images", "prune", "--keep", "1").ok(t)
+	if r.stdout != "nothing to remove\n" {
+		t.Errorf("second prune printed %q", r.stdout)
+	}
+}
+
+func TestImageSourceResolution(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		flags imageFlags
+		env   cliEnv
+		want  baseimage.Source
+		err   string
+	}{
+		{"default", imageFlags{}, cliEnv{}, baseimage.Source{Preset: "latest"}, ""},
+		{"env preset", imageFlags{}, cliEnv{envBaseImagePreset: "lts"}, baseimage.Source{Preset: "lts"}, ""},
+		{"env url", imageFlags{}, cliEnv{envBaseImageManifest: "https://example.com/m.json"}, baseimage.Source{ManifestURL: "https://example.com/m.json"}, ""},
+		{"env path", imageFlags{}, cliEnv{envBaseImageManifestP: "/m.json"}, baseimage.Source{ManifestPath: "/m.json"}, ""},
+		{"flag wins", imageFlags{preset: "latest"}, cliEnv{envBaseImagePreset: "lts"}, baseimage.Source{Preset: "latest"}, ""},
+		{"two flags", imageFlags{preset: "lts", manifestPath: "/m"}, cliEnv{}, baseimage.Source{}, "use only one of"},
+		{"two env", imageFlags{}, cliEnv{envBaseImagePreset: "lts", envBaseImageManifestP: "/m"}, baseimage.Source{}, "set only one of"},
+		{"bad preset", imageFlags{preset: "newest"}, cliEnv{}, baseimage.Source{}, `unknown preset "newest"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &app{lookupEnv: tc.env.lookup}
+			got, err := a.imageSource(tc.flags)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("source = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
