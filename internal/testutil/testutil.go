@@ -1,6 +1,8 @@
 // Package testutil holds helpers shared by smartvm's tests: skip helpers for tests that need
-// real components, and a TestMain entry point that lets a test binary stand in for other
-// programs (the fake firecracker, the smartvm CLI) when it is executed under their names.
+// real components, a TestMain entry point that lets a test binary stand in for other programs
+// (the fake firecracker, the smartvm CLI) when it is executed under their names, checks that
+// a test leaves no goroutines, child processes or files behind (CheckLeaks, NoFilesUnder),
+// and golden-file comparison with an -update flag (Golden).
 package testutil
 
 import (
