@@ -1,0 +1,136 @@
+//go:build linux
+
+package fcapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// bindOnly creates the socket file the way Firecracker's bind does, without listening on it,
+// which is the window in which connect fails with ECONNREFUSED.
+func bindOnly(t *testing.T, path string) (closeFn func()) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		syscall.Close(fd)
+		t.Fatal(err)
+	}
+	closed := false
+	closeFn = func() {
+		if !closed {
+			closed = true
+			syscall.Close(fd)
+			syscall.Unlink(path)
+		}
+	}
+	t.Cleanup(closeFn)
+	return closeFn
+}
+
+func TestWaitReadyBoundNotListening(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "api.sock")
+	bindOnly(t, sock)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	err := WaitReady(ctx, sock, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want a timeout", err)
+	}
+	if !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), sock) {
+		t.Errorf("the error does not give the last failure and the socket: %v", err)
+	}
+}
+
+func TestWaitReadyRace(t *testing.T) {
+	// The file exists but nobody listens yet; then a server takes over the path.
+	sock := filepath.Join(shortDir(t), "api.sock")
+	unbind := bindOnly(t, sock)
+	done := make(chan error, 1)
+	go func() { done <- WaitReady(t.Context(), sock, nil) }()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("WaitReady returned before anyone listened: %v", err)
+	default:
+	}
+	unbind()
+	api := newFakeAPIAt(t, sock, nil)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if rs := api.requests(); len(rs) != 1 || rs[0].Path != "/" {
+		t.Errorf("requests: %s", paths(rs))
+	}
+}
+
+func TestWaitReadyUntil200(t *testing.T) {
+	var n atomic.Int32
+	api := newFakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) < 4 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		cannedAnswers(w, r)
+	})
+	if err := WaitReady(t.Context(), api.sock, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.Load(); got != 4 {
+		t.Errorf("asked %d times, want 4", got)
+	}
+}
+
+func TestWaitReadyMissingFile(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "api.sock")
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	err := WaitReady(ctx, sock, nil)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestWaitReadyProcessExited(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "api.sock")
+	bindOnly(t, sock)
+	exited := make(chan struct{})
+	time.AfterFunc(30*time.Millisecond, func() { close(exited) })
+	start := time.Now()
+	err := WaitReady(t.Context(), sock, exited)
+	if !errors.Is(err, ErrProcessExited) {
+		t.Fatalf("got %v, want ErrProcessExited", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("returned after %v", d)
+	}
+
+	// Already exited: no attempt at all, even with a server that would answer.
+	api := newFakeAPI(t, nil)
+	if err := WaitReady(t.Context(), api.sock, exited); !errors.Is(err, ErrProcessExited) {
+		t.Errorf("closed channel: got %v", err)
+	}
+	if n := len(api.requests()); n != 0 {
+		t.Errorf("%d requests sent after the process exited", n)
+	}
+}
+
+func TestWaitReadyExitDuringHangingRequest(t *testing.T) {
+	// The socket accepts but never answers, as a stopped process would.
+	api := newFakeAPI(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	exited := make(chan struct{})
+	time.AfterFunc(30*time.Millisecond, func() { close(exited) })
+	if err := WaitReady(t.Context(), api.sock, exited); !errors.Is(err, ErrProcessExited) {
+		t.Errorf("got %v, want ErrProcessExited", err)
+	}
+}
