@@ -193,6 +193,7 @@ func hasLine(line string) func(string) bool {
 
 func TestRealHello(t *testing.T) {
 	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
 	for name, args := range map[string]string{
 		"explicit": BootArgs(ModeHello),
 		"default":  BaseBootArgs + " xsmartvm.test=halt",
@@ -209,7 +210,9 @@ func TestRealHello(t *testing.T) {
 }
 
 func TestRealUnknownMode(t *testing.T) {
-	vm := bootGuest(t, testutil.FirecrackerBin(t), BootArgs("bogus"))
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	vm := bootGuest(t, bin, BootArgs("bogus"))
 	vm.waitExit(t)
 	if out := vm.serial.String(); out != UnknownModeLine+"\n" {
 		t.Fatalf("serial %q, want %q", out, UnknownModeLine+"\n")
@@ -217,7 +220,9 @@ func TestRealUnknownMode(t *testing.T) {
 }
 
 func TestRealHalt(t *testing.T) {
-	vm := bootGuest(t, testutil.FirecrackerBin(t), BootArgs(ModeHalt))
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	vm := bootGuest(t, bin, BootArgs(ModeHalt))
 	vm.serial.waitFor(t, vm, "halt line", hasLine(HaltLine))
 	vm.ctrlAltDel(t) // interrupts are off: the guest never sees it
 	select {
@@ -231,7 +236,9 @@ func TestRealHalt(t *testing.T) {
 }
 
 func TestRealCounter(t *testing.T) {
-	vm := bootGuest(t, testutil.FirecrackerBin(t), BootArgs(ModeCounter))
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	vm := bootGuest(t, bin, BootArgs(ModeCounter))
 	vm.serial.waitFor(t, vm, "the first tick", hasLine(TickLine(0)))
 	start := time.Now()
 	vm.serial.waitFor(t, vm, "ten ticks", hasLine(TickLine(10)))
@@ -248,7 +255,9 @@ func TestRealCounter(t *testing.T) {
 }
 
 func TestRealCAD(t *testing.T) {
-	vm := bootGuest(t, testutil.FirecrackerBin(t), BootArgs(ModeCAD))
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	vm := bootGuest(t, bin, BootArgs(ModeCAD))
 	vm.serial.waitFor(t, vm, "ready line", hasLine(ReadyLine))
 	vm.ctrlAltDel(t)
 	vm.waitExit(t)
