@@ -1,0 +1,43 @@
+// Package smartvm runs Firecracker microVMs.
+//
+// A MachineSpec describes a VM: kernel and boot arguments (or a base image), vCPUs and memory,
+// drives, network interfaces and devices, and how to boot it. A Manager owns a runtime root
+// (by default /dev/shm/.smartvm/runtime) shared safely between processes, and turns specs
+// into running Machines:
+//
+//	mgr, err := smartvm.NewManager(smartvm.WithFirecrackerBinary("/usr/local/bin/firecracker"))
+//	...
+//	defer mgr.Close()
+//	m, err := mgr.Start(ctx, smartvm.MachineSpec{Kernel: "vmlinux", Drives: ...})
+//	...
+//	err = m.Stop(ctx) // Ctrl-Alt-Del, then SIGTERM, then SIGKILL
+//	err = m.Close()   // removes the socket, staged drives and the VM's directory
+//
+// # Lifecycle
+//
+// Start → Pause/Resume → Stop or Kill (or the guest ends it) → Wait → Close. Start's ctx
+// bounds start-up only (spawning, waiting for the API socket, configuring, booting); the
+// running VM belongs to its Machine and ends through Stop, Kill, Close, or by itself. When
+// any step of Start fails, everything done so far is undone and a *StartError explains the
+// step, with the tail of Firecracker's log and, if it died, an *ExitError.
+//
+// # Ownership
+//
+// By default the process that calls Start owns the VM: Firecracker is killed when this
+// process dies, however it dies (a parent-death signal), and when the VM's process ends for
+// any reason its Machine removes everything the VM left on the host. A VM started with the
+// Detached option outlives this process instead; another process adopts it with
+// Manager.Attach, and a later Manager or Manager.Reap removes what it leaves once it has
+// ended. The library never installs signal handlers; Manager.HandleSignals is an opt-in
+// helper that stops the manager's VMs on SIGINT or SIGTERM.
+//
+// # Errors
+//
+// Errors wrap their causes with %w. Callers branch with errors.Is on ErrExists,
+// ErrNotFound, ErrNotRunning and ErrClosed (and errors.ErrUnsupported for features the
+// installed Firecracker lacks), and with errors.As on *StartError, *ExitError and
+// *fcapi.APIError.
+//
+// The library logs through the *slog.Logger given with WithLogger and is silent otherwise;
+// it never prints, panics or reads environment variables.
+package smartvm

@@ -1,0 +1,111 @@
+package smartvm
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/smartvm/smartvm/internal/rundir"
+)
+
+// Sentinel errors. Check them with errors.Is; each function's documentation lists the ones it
+// may return.
+var (
+	// ErrExists reports a VM name already used by a live VM (or one being started) in the
+	// runtime root.
+	ErrExists = rundir.ErrExists
+	// ErrNotFound reports that no live VM has the name.
+	ErrNotFound = rundir.ErrNotFound
+	// ErrNotRunning reports a call that needs a running VM made after its process ended.
+	ErrNotRunning = errors.New("vm not running")
+	// ErrClosed reports a call on a Manager or Machine after its Close.
+	ErrClosed = errors.New("closed")
+)
+
+// ExitError reports how a firecracker process ended when it did not exit with code 0: from
+// Machine.Wait, and wrapped in a failed Start's error when the process died during start-up.
+type ExitError struct {
+	// Code is the exit code, or -1 when the process was killed by a signal.
+	Code int
+	// Signal names the signal that killed the process, such as "SIGKILL"; empty otherwise.
+	Signal string
+	// LogTail holds the last lines of firecracker's log and stderr, when they said anything.
+	LogTail string
+}
+
+// exitCodeMeanings are Firecracker's documented exit codes (FcExitCode).
+var exitCodeMeanings = map[int]string{
+	1:   "generic error",
+	2:   "unexpected error",
+	148: "bad syscall (seccomp)",
+	149: "SIGBUS",
+	150: "SIGSEGV",
+	151: "SIGXFSZ",
+	152: "bad configuration",
+	153: "argument parsing error",
+	154: "SIGXCPU",
+	156: "SIGHUP",
+	157: "SIGILL",
+}
+
+func (e *ExitError) Error() string {
+	var b strings.Builder
+	if e.Signal != "" {
+		fmt.Fprintf(&b, "firecracker killed by signal %s", e.Signal)
+	} else {
+		fmt.Fprintf(&b, "firecracker exited with code %d", e.Code)
+		if m, ok := exitCodeMeanings[e.Code]; ok {
+			fmt.Fprintf(&b, " (%s)", m)
+		}
+	}
+	if line := lastLine(e.LogTail); line != "" {
+		fmt.Fprintf(&b, ": %s", line)
+	}
+	return b.String()
+}
+
+// lastLine returns the last non-blank line of s.
+func lastLine(s string) string {
+	s = strings.TrimRight(s, " \t\r\n")
+	return strings.TrimSpace(s[strings.LastIndexByte(s, '\n')+1:])
+}
+
+// StartError is a Start that failed after its checks passed. Everything Start had set up has
+// been removed by the time it is returned.
+type StartError struct {
+	// Name is the VM's name.
+	Name string
+	// Step is what failed, such as "wait for the API socket" or "PUT /drives/rootfs".
+	Step string
+	// Err is the failure.
+	Err error
+	// Exit is how firecracker ended when it died during start-up; nil when it was still
+	// running (it was then killed) or never started.
+	Exit *ExitError
+	// LogTail holds the last lines of firecracker's log and stderr.
+	LogTail string
+}
+
+func (e *StartError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "start vm %s: %s: %s", e.Name, e.Step, e.Err.Error())
+	if e.Exit != nil && !errors.Is(e.Err, e.Exit) {
+		fmt.Fprintf(&b, "; %s", (&ExitError{Code: e.Exit.Code, Signal: e.Exit.Signal}).Error())
+	}
+	if tail := strings.TrimSpace(e.LogTail); tail != "" {
+		fmt.Fprintf(&b, "\nfirecracker output:\n%s", indent(tail))
+	}
+	return b.String()
+}
+
+// Unwrap returns Err and, when firecracker died, Exit, so errors.As finds an *ExitError.
+func (e *StartError) Unwrap() []error {
+	if e.Exit != nil {
+		return []error{e.Err, e.Exit}
+	}
+	return []error{e.Err}
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}

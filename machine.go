@@ -1,0 +1,586 @@
+package smartvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/rundir"
+)
+
+// MachineState is a VM's state as its Firecracker reports it, combined with whether its
+// process still runs.
+type MachineState string
+
+// Machine states.
+const (
+	StateNotStarted MachineState = "NotStarted" // the process runs but the guest was not booted
+	StateRunning    MachineState = "Running"
+	StatePaused     MachineState = "Paused"
+	StateExited     MachineState = "Exited"  // the process has ended
+	StateUnknown    MachineState = "Unknown" // the process runs but its API did not answer
+)
+
+func stateOf(s fcapi.InstanceState) MachineState {
+	switch s {
+	case fcapi.StateRunning:
+		return StateRunning
+	case fcapi.StatePaused:
+		return StatePaused
+	case fcapi.StateNotStarted:
+		return StateNotStarted
+	}
+	return StateUnknown
+}
+
+// Ownership modes, as MachineInfo.Mode reports them.
+const (
+	ModeOwned    = "owned"
+	ModeDetached = "detached"
+)
+
+// MachineInfo describes a VM: what state.json records, plus its state.
+type MachineInfo struct {
+	Name string `json:"name"`
+	// State is the VM's state: from Firecracker for Manager.List; as last seen by this
+	// process for Machine.Info (Machine.State asks Firecracker).
+	State              MachineState `json:"state"`
+	PID                int          `json:"pid"`
+	APISocket          string       `json:"api_socket"`
+	RuntimeDir         string       `json:"runtime_dir"`
+	ConsolePath        string       `json:"console_path"`
+	LogPath            string       `json:"log_path"`
+	MetricsPath        string       `json:"metrics_path,omitempty"`
+	FirecrackerBinary  string       `json:"firecracker_binary"`
+	FirecrackerVersion string       `json:"firecracker_version"`
+	// Mode is ModeOwned or ModeDetached.
+	Mode    string    `json:"mode"`
+	Created time.Time `json:"created"`
+	// BaseImage is the ID of the base-image bundle the VM boots, if any.
+	BaseImage string `json:"base_image,omitempty"`
+	// Spec is the VM's description, with defaults applied.
+	Spec MachineSpec `json:"spec"`
+}
+
+// Uptime returns how long the VM has existed, at now.
+func (i MachineInfo) Uptime(now time.Time) time.Duration { return now.Sub(i.Created) }
+
+// Machine is a running (or ended) microVM, started by Manager.Start or adopted by
+// Manager.Attach. Its methods are safe for concurrent use.
+//
+// A Machine started by this process removes everything the VM left on the host as soon as
+// its process ends, for whatever reason; Close does that too and also kills the VM if it
+// still runs. Until one of them happens, a VM that is not stopped keeps running.
+type Machine struct {
+	mgr      *Manager
+	log      *slog.Logger
+	name     string
+	spec     MachineSpec
+	paths    rundir.Paths
+	proc     *proc.Process
+	client   *fcapi.Client
+	version  fcapi.Version
+	binary   string
+	mode     string
+	created  time.Time
+	image    string   // base-image bundle ID, if any
+	started  bool     // started by this process (else attached)
+	serial   *os.File // read handle on serial.log, so the console outlives the files
+	cleanups []func(context.Context) error
+
+	stateMu sync.Mutex
+	state   MachineState // last seen
+
+	done       chan struct{} // closed once the process ended and the cleanup ran
+	result     error         // Wait's result, set before done is closed
+	cleanupErr error         // set before done is closed
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Name returns the VM's name.
+func (m *Machine) Name() string { return m.name }
+
+// PID returns the firecracker process id.
+func (m *Machine) PID() int { return m.proc.PID() }
+
+// Dir returns the VM's runtime directory (removed when the VM ends).
+func (m *Machine) Dir() string { return m.paths.Dir }
+
+// APISocket returns the path of Firecracker's API socket.
+func (m *Machine) APISocket() string { return m.paths.APISocket }
+
+// Spec returns the VM's description, with defaults applied and its name set.
+func (m *Machine) Spec() MachineSpec { return m.spec }
+
+// Client returns the API client of the VM's Firecracker, for calls this package does not
+// wrap (balloon, MMDS updates, metrics flushes...).
+func (m *Machine) Client() *fcapi.Client { return m.client }
+
+// ConsolePath returns the file the guest's serial console is written to. It exists while the
+// VM runs; Console returns a stream that survives its removal.
+func (m *Machine) ConsolePath() string { return m.paths.Serial }
+
+// LogPath returns Firecracker's log file. It exists while the VM runs.
+func (m *Machine) LogPath() string { return m.paths.Log }
+
+// Info describes the VM without asking Firecracker; its State is the last one this Machine
+// saw (State asks).
+func (m *Machine) Info() MachineInfo {
+	info := MachineInfo{
+		Name:               m.name,
+		State:              m.lastState(),
+		PID:                m.proc.PID(),
+		APISocket:          m.paths.APISocket,
+		RuntimeDir:         m.paths.Dir,
+		ConsolePath:        m.paths.Serial,
+		LogPath:            m.paths.Log,
+		FirecrackerBinary:  m.binary,
+		FirecrackerVersion: m.version.String(),
+		Mode:               m.mode,
+		Created:            m.created,
+		BaseImage:          m.image,
+		Spec:               m.spec,
+	}
+	if m.spec.Metrics {
+		info.MetricsPath = m.paths.Metrics
+	}
+	return info
+}
+
+func (m *Machine) lastState() MachineState {
+	if m.exited() {
+		return StateExited
+	}
+	m.stateMu.Lock()
+	defer m.stateMu.Unlock()
+	return m.state
+}
+
+func (m *Machine) setState(s MachineState) {
+	m.stateMu.Lock()
+	m.state = s
+	m.stateMu.Unlock()
+}
+
+// exited reports whether the process has ended.
+func (m *Machine) exited() bool { return m.proc.Exited() }
+
+// Done is closed when the VM has ended and its files have been removed.
+func (m *Machine) Done() <-chan struct{} { return m.done }
+
+// State asks Firecracker for the VM's state; it is StateExited once the process has ended.
+func (m *Machine) State(ctx context.Context) (MachineState, error) {
+	if m.exited() {
+		return StateExited, nil
+	}
+	ii, err := m.client.GetInstanceInfo(ctx)
+	if err != nil {
+		if m.exited() {
+			return StateExited, nil
+		}
+		return StateUnknown, fmt.Errorf("state of vm %s: %w", m.name, err)
+	}
+	s := stateOf(ii.State)
+	m.setState(s)
+	return s, nil
+}
+
+// Pause pauses the VM's vCPUs. It returns an error wrapping ErrNotRunning when the VM has
+// ended.
+func (m *Machine) Pause(ctx context.Context) error {
+	if m.exited() {
+		return fmt.Errorf("pause vm %s: %w", m.name, ErrNotRunning)
+	}
+	if err := m.client.PauseVM(ctx); err != nil {
+		return fmt.Errorf("pause vm %s: %w", m.name, m.notRunning(err))
+	}
+	m.setState(StatePaused)
+	m.log.Info("vm paused")
+	return nil
+}
+
+// Resume resumes a paused VM. It returns an error wrapping ErrNotRunning when the VM has
+// ended.
+func (m *Machine) Resume(ctx context.Context) error {
+	if m.exited() {
+		return fmt.Errorf("resume vm %s: %w", m.name, ErrNotRunning)
+	}
+	if err := m.client.ResumeVM(ctx); err != nil {
+		return fmt.Errorf("resume vm %s: %w", m.name, m.notRunning(err))
+	}
+	m.setState(StateRunning)
+	m.log.Info("vm resumed")
+	return nil
+}
+
+// notRunning adds ErrNotRunning to err when the process died meanwhile (the request then
+// typically failed with a connection error).
+func (m *Machine) notRunning(err error) error {
+	select {
+	case <-m.proc.Done():
+		return fmt.Errorf("%w: %w", ErrNotRunning, err)
+	case <-time.After(50 * time.Millisecond):
+		return err
+	}
+}
+
+// termGrace is how long Stop waits after SIGTERM before SIGKILL. Firecracker does not handle
+// SIGTERM, so it dies at once unless something blocks the signal.
+const termGrace = time.Second
+
+// Stop shuts the VM down: it sends Ctrl-Alt-Del (resuming a paused VM first, so the guest can
+// react), waits up to the manager's stop grace period for the VM to end, then sends SIGTERM,
+// waits up to a second, then SIGKILL. It returns once the VM has ended and its files are
+// removed (for a VM this process started), or when ctx ends: then it sends SIGKILL at once
+// and returns ctx.Err() without waiting further. Stopping a VM that has ended returns nil.
+func (m *Machine) Stop(ctx context.Context) error {
+	if m.waitFor(ctx, 0) {
+		return nil
+	}
+	m.log.Info("stopping vm")
+	if m.askShutdown(ctx) && m.waitFor(ctx, m.mgr.grace) {
+		m.log.Debug("vm stopped by ctrl-alt-del")
+		return nil
+	}
+	if ctx.Err() == nil {
+		m.log.Debug("vm ignored ctrl-alt-del; sending SIGTERM")
+		if err := m.proc.Signal(syscall.SIGTERM); errors.Is(err, os.ErrProcessDone) {
+			m.waitFor(ctx, -1)
+			return ctx.Err()
+		}
+		if m.waitFor(ctx, termGrace) {
+			return nil
+		}
+	}
+	m.log.Debug("sending SIGKILL")
+	m.signalKill()
+	if ctx.Err() != nil {
+		return fmt.Errorf("stop vm %s: killed: %w", m.name, ctx.Err())
+	}
+	m.waitFor(ctx, -1)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("stop vm %s: killed: %w", m.name, err)
+	}
+	return nil
+}
+
+// askShutdown resumes a paused VM and sends Ctrl-Alt-Del; it reports whether that was sent.
+func (m *Machine) askShutdown(ctx context.Context) bool {
+	if ii, err := m.client.GetInstanceInfo(ctx); err == nil && ii.State == fcapi.StatePaused {
+		if err := m.client.ResumeVM(ctx); err != nil {
+			m.log.Debug("resume before ctrl-alt-del", "err", err)
+			return false
+		}
+	}
+	if err := m.client.SendCtrlAltDel(ctx); err != nil {
+		m.log.Debug("ctrl-alt-del", "err", err)
+		return false
+	}
+	return true
+}
+
+// waitFor waits until the VM has ended and been cleaned up, for at most d (d < 0: no limit;
+// d == 0: no wait) and never past ctx. It reports whether the VM has ended.
+func (m *Machine) waitFor(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-m.done:
+		return true
+	default:
+	}
+	if d == 0 {
+		return false
+	}
+	var timeout <-chan time.Time
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-m.done:
+		return true
+	case <-timeout:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+func (m *Machine) signalKill() {
+	if err := m.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		m.log.Warn("kill firecracker", "pid", m.proc.PID(), "err", err)
+	}
+}
+
+// killWait is how long Kill and Close wait for a killed process to be gone.
+const killWait = 10 * time.Second
+
+// Kill sends SIGKILL to the VM's process and waits until it has ended and its files are
+// removed. Killing a VM that has ended returns nil.
+func (m *Machine) Kill() error {
+	if m.exited() {
+		m.waitFor(context.Background(), killWait)
+		return nil
+	}
+	m.log.Info("killing vm")
+	if err := m.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill vm %s: %w", m.name, err)
+	}
+	if !m.waitFor(context.Background(), killWait) {
+		return fmt.Errorf("kill vm %s: pid %d still there after %v", m.name, m.proc.PID(), killWait)
+	}
+	return nil
+}
+
+// Wait waits for the VM to end (and its files to be removed) and returns how it ended: nil
+// for exit code 0 (the guest rebooted or shut down), else an *ExitError with the code or the
+// signal. Every caller gets the same result. For an attached VM the exit code cannot be
+// known, and Wait returns nil once it has ended. If ctx ends first, Wait returns ctx.Err().
+func (m *Machine) Wait(ctx context.Context) error {
+	select {
+	case <-m.done:
+		return m.result
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close releases the VM: it kills the VM if it still runs, waits for it to end, removes
+// everything it left (socket, staged drives, runtime directory, base-image in-use marker) and
+// closes the console. It returns the errors of that cleanup. It is idempotent and nil-safe.
+func (m *Machine) Close() error {
+	if m == nil {
+		return nil
+	}
+	m.closeOnce.Do(func() {
+		errs := []error{m.Kill()}
+		if m.waitFor(context.Background(), -1) {
+			errs = append(errs, m.cleanupErr)
+		}
+		m.serial.Close()
+		errs = append(errs, m.proc.Release())
+		m.closeErr = errors.Join(errs...)
+	})
+	return m.closeErr
+}
+
+// Release stops watching an attached VM and leaves it running; another process (or a later
+// Attach) can adopt it. It returns an error wrapping errors.ErrUnsupported for a VM this
+// process started, which cannot be let go of: stop it, or start it Detached.
+func (m *Machine) Release() error {
+	if m.started {
+		return fmt.Errorf("release vm %s: a vm this process started cannot be released (start it Detached to let it outlive this process): %w", m.name, errors.ErrUnsupported)
+	}
+	var err error
+	m.closeOnce.Do(func() {
+		m.serial.Close()
+		m.client.Close()
+		err = m.proc.Release()
+		m.mgr.forget(m)
+		m.closeErr = err
+	})
+	return err
+}
+
+// supervise waits for the process to end, records the result and cleans up.
+func (m *Machine) supervise() {
+	<-m.proc.Done()
+	st := m.proc.Status()
+	if st.Known && !st.Success() {
+		m.result = &ExitError{Code: st.Code, Signal: st.Signal, LogTail: logTail(m.paths)}
+	}
+	m.log.Info("vm exited", "status", st.String())
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	var errs []error
+	for i := len(m.cleanups) - 1; i >= 0; i-- {
+		errs = append(errs, m.cleanups[i](ctx))
+	}
+	m.cleanupErr = errors.Join(errs...)
+	if m.cleanupErr != nil {
+		m.log.Warn("clean up after vm", "err", m.cleanupErr)
+	}
+	close(m.done)
+	m.mgr.forget(m)
+}
+
+// Console returns the guest's serial console output as a stream: it reads serial.log from
+// its start and follows it until the VM ends, then returns io.EOF. It keeps working after
+// the VM's files are removed. Close the stream when done; Machine.Close ends all streams.
+func (m *Machine) Console() (io.ReadCloser, error) {
+	if m.serial == nil {
+		return nil, fmt.Errorf("console of vm %s: serial log not available", m.name)
+	}
+	return &consoleReader{f: m.serial, ended: m.proc.Done(), closed: make(chan struct{})}, nil
+}
+
+// consolePoll is how often a console stream at the end of the log looks for more.
+const consolePoll = 10 * time.Millisecond
+
+type consoleReader struct {
+	f      *os.File
+	ended  <-chan struct{}
+	closed chan struct{}
+	once   sync.Once
+	mu     sync.Mutex
+	off    int64
+}
+
+func (r *consoleReader) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		select {
+		case <-r.closed:
+			return 0, os.ErrClosed
+		default:
+		}
+		ended := false
+		select {
+		case <-r.ended:
+			ended = true // whatever it wrote is in the file now
+		default:
+		}
+		n, err := r.f.ReadAt(p, r.off)
+		r.off += int64(n)
+		if n > 0 {
+			return n, nil
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, fmt.Errorf("read console: %w", err)
+		}
+		if ended {
+			return 0, io.EOF
+		}
+		t := time.NewTimer(consolePoll)
+		select {
+		case <-t.C:
+		case <-r.ended:
+		case <-r.closed:
+		}
+		t.Stop()
+	}
+}
+
+func (r *consoleReader) Close() error {
+	r.once.Do(func() { close(r.closed) })
+	return nil
+}
+
+// logTailBytes is how much of the end of each log goes into a log tail.
+const logTailBytes = 2048
+
+// logTail returns the ends of firecracker's log and stderr.
+func logTail(p rundir.Paths) string {
+	var parts []string
+	for _, path := range []string{p.Log, p.Stderr} {
+		if t := tailOf(path, logTailBytes); t != "" {
+			parts = append(parts, t)
+		}
+	}
+	return strings.Join(parts, "\n")
+}
+
+// tailOf returns the last whole lines in the last n bytes of a file.
+func tailOf(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(fi.Size()-n, 0)
+	b := make([]byte, fi.Size()-off)
+	k, _ := f.ReadAt(b, off)
+	b = b[:k]
+	if off > 0 {
+		if i := strings.IndexByte(string(b), '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// attachMachine builds a Machine for a VM another process started.
+func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundir.State) (*Machine, error) {
+	p, err := proc.Attach(st.PID, st.StartTime)
+	if errors.Is(err, os.ErrProcessDone) {
+		if _, rerr := dir.Reap(ctx); rerr != nil {
+			mgr.log.Warn("reap dead vm", "vm", st.Name, "err", rerr)
+		}
+		return nil, fmt.Errorf("its process is gone: %w", ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ver, _ := fcapi.ParseVersion(st.FirecrackerVersion) // zero (unknown) if unreadable
+	log := mgr.log.With("vm", st.Name)
+	client := fcapi.New(st.Paths.APISocket, fcapi.WithVersion(ver), fcapi.WithLogger(log))
+	ii, err := client.GetInstanceInfo(ctx)
+	if err != nil {
+		client.Close()
+		p.Release()
+		return nil, fmt.Errorf("api does not answer: %w", err)
+	}
+	m := &Machine{
+		mgr:     mgr,
+		log:     log,
+		name:    st.Name,
+		paths:   st.Paths,
+		proc:    p,
+		client:  client,
+		version: ver,
+		binary:  st.FirecrackerBinary,
+		mode:    st.Mode,
+		created: st.Created,
+		state:   stateOf(ii.State),
+		done:    make(chan struct{}),
+	}
+	if st.BaseImage != nil {
+		m.image = st.BaseImage.ID
+	}
+	if len(st.Spec) > 0 {
+		if err := json.Unmarshal(st.Spec, &m.spec); err != nil {
+			mgr.log.Warn("read spec from state.json", "vm", st.Name, "err", err)
+		}
+	}
+	m.spec.Name = st.Name
+	if f, err := os.Open(st.Paths.Serial); err == nil {
+		m.serial = f
+	}
+	m.cleanups = []func(context.Context) error{
+		func(ctx context.Context) error { return waitGone(ctx, dir) },
+		func(context.Context) error { client.Close(); return nil },
+	}
+	return m, nil
+}
+
+// waitGone waits until the VM's directory is gone: its owner removes it right after the VM
+// ends, and when there is no owner any more, reaping removes it here.
+func waitGone(ctx context.Context, dir *rundir.Dir) error {
+	for {
+		gone, err := dir.Reap(ctx)
+		if gone || err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the owner to clean up vm %s: %w", dir.Name(), ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,329 @@
+package smartvm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/smartvm/smartvm/baseimage"
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/rundir"
+)
+
+// cleanupTimeout bounds the cleanup that runs after a failure or an exit, detached from any
+// caller's ctx.
+const cleanupTimeout = 30 * time.Second
+
+// Manager starts and adopts VMs in one runtime root. It is safe for concurrent use, and
+// Managers in several processes may share a root.
+type Manager struct {
+	root   *rundir.Root
+	log    *slog.Logger
+	bin    string
+	images *baseimage.Manager
+	grace  time.Duration
+
+	mu       sync.Mutex
+	machines map[string]*Machine // the VMs this manager started or attached, by name
+	closed   bool
+
+	verMu    sync.Mutex
+	versions map[binaryKey]fcapi.Version
+}
+
+// binaryKey identifies a firecracker binary as last seen: its version is probed once per key.
+type binaryKey struct {
+	path  string
+	mtime time.Time
+	size  int64
+}
+
+// NewManager opens (creating it if needed) the runtime root and reaps the directories of VMs
+// whose process is gone, with their staged drives and sockets. A VM that cannot be reaped now
+// is left for the next reap.
+func NewManager(opts ...Option) (*Manager, error) {
+	o := options{
+		binary: DefaultFirecrackerBinary,
+		logger: slog.New(slog.DiscardHandler),
+		grace:  DefaultStopGracePeriod,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.runtimeDir == "" {
+		o.runtimeDir = rundir.DefaultPath()
+	}
+	if o.binary == "" {
+		o.binary = DefaultFirecrackerBinary
+	}
+	mgr := &Manager{
+		log:      o.logger,
+		bin:      o.binary,
+		images:   o.images,
+		grace:    o.grace,
+		machines: map[string]*Machine{},
+		versions: map[binaryKey]fcapi.Version{},
+	}
+	root, err := rundir.Open(o.runtimeDir, mgr.reapHook)
+	if err != nil {
+		return nil, fmt.Errorf("new manager: %w", err)
+	}
+	mgr.root = root
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if _, err := mgr.Reap(ctx); err != nil {
+		// A VM that cannot be reaped now does not make the root unusable; the next reap
+		// retries it.
+		mgr.log.Warn("reap runtime root", "root", root.Path(), "err", err)
+	}
+	return mgr, nil
+}
+
+// RuntimeDir returns the runtime root's absolute path.
+func (mgr *Manager) RuntimeDir() string { return mgr.root.Path() }
+
+// Reap removes the directories of VMs whose process is gone (staged drives, sockets and
+// base-image in-use markers included) and returns their names. Live VMs, and VMs whose owner
+// still holds them, are left alone.
+func (mgr *Manager) Reap(ctx context.Context) ([]string, error) {
+	names, err := mgr.root.Reap(ctx)
+	if len(names) > 0 {
+		mgr.log.Info("reaped dead vms", "names", names)
+	}
+	return names, err
+}
+
+// reapHook releases what a dead VM held outside its directory.
+func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State) error {
+	if st == nil || st.BaseImage == nil {
+		return nil
+	}
+	if mgr.images == nil {
+		// Without a base-image manager this process cannot release the marker; the cache
+		// keeps the bundle until a manager that has one reaps it.
+		return fmt.Errorf("release base image %s of vm %s: no base-image manager (use WithBaseImages)", st.BaseImage.ID, name)
+	}
+	return releaseBaseImage(ctx, mgr.images, st.BaseImage.ID, st.BaseImage.Holder)
+}
+
+// Close stops every VM this manager started (Ctrl-Alt-Del, then SIGTERM, then SIGKILL, as
+// Machine.Stop, within the stop grace period plus a few seconds), removes what they left, and
+// stops watching the VMs it attached (those keep running). Afterwards Start and Attach return
+// ErrClosed. Close is safe to call more than once.
+func (mgr *Manager) Close() error {
+	mgr.mu.Lock()
+	mgr.closed = true
+	ms := make([]*Machine, 0, len(mgr.machines))
+	for _, m := range mgr.machines {
+		ms = append(ms, m)
+	}
+	mgr.mu.Unlock()
+
+	errs := make([]error, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Go(func() {
+			if !m.started {
+				errs[i] = m.Release()
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), mgr.grace+5*time.Second)
+			defer cancel()
+			errs[i] = errors.Join(m.Stop(ctx), m.Close())
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// killAll sends SIGKILL to every VM this manager started.
+func (mgr *Manager) killAll() {
+	mgr.mu.Lock()
+	defer mgr.mu.Unlock()
+	for _, m := range mgr.machines {
+		if m.started {
+			m.signalKill()
+		}
+	}
+}
+
+func (mgr *Manager) register(m *Machine) error {
+	mgr.mu.Lock()
+	defer mgr.mu.Unlock()
+	if mgr.closed {
+		return ErrClosed
+	}
+	mgr.machines[m.name] = m
+	return nil
+}
+
+func (mgr *Manager) forget(m *Machine) {
+	mgr.mu.Lock()
+	defer mgr.mu.Unlock()
+	if mgr.machines[m.name] == m {
+		delete(mgr.machines, m.name)
+	}
+}
+
+func (mgr *Manager) lookup(name string) (*Machine, error) {
+	mgr.mu.Lock()
+	defer mgr.mu.Unlock()
+	if mgr.closed {
+		return nil, ErrClosed
+	}
+	return mgr.machines[name], nil
+}
+
+// Attach adopts a VM that another process (or an earlier Manager) started in this runtime
+// root, from its state.json: its process must run with the recorded start time, and its API
+// must answer GET /. The returned Machine can pause, resume, stop, kill and wait for the VM,
+// and removes its directory once it ends. Its Close kills the VM; Release stops watching it
+// and leaves it running. Wait cannot learn an attached VM's exit code: it returns nil once
+// the VM has ended. A VM this manager already runs is returned as is.
+//
+// Attach returns an error wrapping ErrNotFound when no live VM has the name (a dead one is
+// reaped), and ErrClosed after Close.
+func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
+	if m, err := mgr.lookup(name); err != nil || m != nil {
+		return m, err
+	}
+	dir, st, err := mgr.root.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("attach vm %s: %w", name, err)
+	}
+	m, err := attachMachine(ctx, mgr, dir, st)
+	if err != nil {
+		return nil, fmt.Errorf("attach vm %s: %w", name, err)
+	}
+	if err := mgr.register(m); err != nil {
+		m.Release()
+		return nil, fmt.Errorf("attach vm %s: %w", name, err)
+	}
+	go m.supervise()
+	return m, nil
+}
+
+// List reaps dead VMs, then describes every live VM in the runtime root, sorted by name, with
+// its state as Firecracker reports it (StateUnknown when its API does not answer in time).
+// VMs still starting are left out.
+func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
+	if _, err := mgr.Reap(ctx); err != nil {
+		mgr.log.Warn("reap runtime root", "root", mgr.root.Path(), "err", err)
+	}
+	states, err := mgr.root.States()
+	if err != nil {
+		return nil, fmt.Errorf("list vms: %w", err)
+	}
+	infos := make([]MachineInfo, 0, len(states))
+	for _, st := range states {
+		info := infoFromState(st)
+		c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log))
+		info.State = queryState(ctx, c)
+		c.Close()
+		infos = append(infos, info)
+	}
+	return infos, nil
+}
+
+// queryState asks GET / with a short timeout.
+func queryState(ctx context.Context, c *fcapi.Client) MachineState {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	ii, err := c.GetInstanceInfo(ctx)
+	if err != nil {
+		return StateUnknown
+	}
+	return stateOf(ii.State)
+}
+
+func infoFromState(st *rundir.State) MachineInfo {
+	info := MachineInfo{
+		Name:               st.Name,
+		PID:                st.PID,
+		APISocket:          st.Paths.APISocket,
+		RuntimeDir:         st.Paths.Dir,
+		ConsolePath:        st.Paths.Serial,
+		LogPath:            st.Paths.Log,
+		FirecrackerBinary:  st.FirecrackerBinary,
+		FirecrackerVersion: st.FirecrackerVersion,
+		Mode:               st.Mode,
+		Created:            st.Created,
+	}
+	if len(st.Spec) > 0 {
+		// A spec that does not parse (written by a different smartvm) leaves Spec empty;
+		// the rest of the state still describes the VM.
+		_ = json.Unmarshal(st.Spec, &info.Spec)
+	}
+	if info.Spec.Metrics {
+		info.MetricsPath = st.Paths.Metrics
+	}
+	if st.BaseImage != nil {
+		info.BaseImage = st.BaseImage.ID
+	}
+	return info
+}
+
+// Firecracker resolves the manager's firecracker binary to an absolute path and returns its
+// version. The version is probed (FirecrackerVersion) once per binary path, size and
+// modification time, and cached.
+func (mgr *Manager) Firecracker(ctx context.Context) (path string, version fcapi.Version, err error) {
+	bin := mgr.bin
+	if !strings.ContainsRune(bin, '/') {
+		p, err := exec.LookPath(bin)
+		if err != nil {
+			return "", fcapi.Version{}, fmt.Errorf("firecracker binary %q not found in PATH: install Firecracker or name it with WithFirecrackerBinary: %w", bin, err)
+		}
+		bin = p
+	}
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		return "", fcapi.Version{}, fmt.Errorf("firecracker binary %s: %w", bin, err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fcapi.Version{}, fmt.Errorf("firecracker binary: %w", err)
+	}
+	if fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return "", fcapi.Version{}, fmt.Errorf("firecracker binary %s is not an executable file", abs)
+	}
+	key := binaryKey{path: abs, mtime: fi.ModTime(), size: fi.Size()}
+	mgr.verMu.Lock()
+	defer mgr.verMu.Unlock()
+	if v, ok := mgr.versions[key]; ok {
+		return abs, v, nil
+	}
+	v, err := FirecrackerVersion(ctx, abs)
+	if err != nil {
+		return "", fcapi.Version{}, err
+	}
+	mgr.versions[key] = v
+	return abs, v, nil
+}
+
+// FirecrackerVersion runs `bin --version` and parses the first line it prints, such as
+// "Firecracker v1.14.2". It takes at most 10 seconds (less if ctx says so).
+func FirecrackerVersion(ctx context.Context, bin string) (fcapi.Version, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, "--version")
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return fcapi.Version{}, fmt.Errorf("run %s --version: %w: %s", bin, err, strings.TrimSpace(errb.String()))
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(out.String()), "\n")
+	v, err := fcapi.ParseVersion(strings.TrimSpace(line))
+	if err != nil {
+		return fcapi.Version{}, fmt.Errorf("%s --version printed %q: %w", bin, line, err)
+	}
+	return v, nil
+}

@@ -1,0 +1,69 @@
+package smartvm
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/smartvm/smartvm/baseimage"
+)
+
+// DefaultStopGracePeriod is how long Stop waits for the guest to react to Ctrl-Alt-Del
+// before it escalates to SIGTERM.
+const DefaultStopGracePeriod = 5 * time.Second
+
+// DefaultFirecrackerBinary is the firecracker executable a Manager runs unless
+// WithFirecrackerBinary names another: looked up in PATH.
+const DefaultFirecrackerBinary = "firecracker"
+
+// Option configures a Manager.
+type Option func(*options)
+
+type options struct {
+	runtimeDir string
+	binary     string
+	logger     *slog.Logger
+	images     *baseimage.Manager
+	grace      time.Duration
+}
+
+// WithRuntimeDir sets the runtime root. Default: /dev/shm/.smartvm/runtime when /dev/shm is a
+// writable tmpfs, else .smartvm/runtime under os.TempDir() ($TMPDIR). Managers in several
+// processes may share one root.
+func WithRuntimeDir(dir string) Option { return func(o *options) { o.runtimeDir = dir } }
+
+// WithFirecrackerBinary sets the firecracker executable: a path, or a name looked up in PATH.
+// Default: DefaultFirecrackerBinary.
+func WithFirecrackerBinary(path string) Option { return func(o *options) { o.binary = path } }
+
+// WithLogger sets the logger for lifecycle events (Info) and individual steps (Debug).
+// Default: a logger that discards everything.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+// WithBaseImages gives the manager the base-image manager that resolves the BaseImage fields
+// of a MachineSpec. Default: none, and such specs are refused.
+func WithBaseImages(m *baseimage.Manager) Option { return func(o *options) { o.images = m } }
+
+// WithStopGracePeriod sets how long Machine.Stop waits for the guest to shut down after
+// Ctrl-Alt-Del before sending SIGTERM (Stop's ctx can cut it shorter). Default:
+// DefaultStopGracePeriod.
+func WithStopGracePeriod(d time.Duration) Option { return func(o *options) { o.grace = d } }
+
+// StartOption configures one Manager.Start.
+type StartOption func(*startOptions)
+
+type startOptions struct {
+	detached bool
+}
+
+// Detached starts a VM that outlives the calling process: Firecracker runs in its own session
+// with no parent-death signal. While this process runs, its Machine supervises the VM as
+// usual; afterwards another process adopts it with Manager.Attach, and once it has ended the
+// next Manager (or Reap) on the runtime root removes what it left. Default: owned, where
+// Firecracker is killed when this process dies.
+func Detached() StartOption { return func(o *startOptions) { o.detached = true } }

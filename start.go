@@ -1,0 +1,504 @@
+package smartvm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/stage"
+)
+
+// Start boots the VM spec describes and returns once it runs (or has already ended: a guest
+// may finish its work before Start returns, and Wait then reports how it ended).
+//
+// ctx bounds start-up only: resolving a base image, staging drives, spawning firecracker,
+// waiting for its API, configuring and booting. The VM then runs until it is stopped, killed
+// or closed, or ends by itself. In the default owned mode it also ends when this process
+// dies; see Detached.
+//
+// Start validates spec (ValidateFor), reserves its name in the runtime root, stages
+// ephemeral drives, and starts firecracker in its own process group with stdin from
+// /dev/null and stdout (the serial console) and stderr to files in the VM's directory. In
+// BootModeAPI it configures the VM with one request per item, in a fixed order (machine
+// config, boot source, drives, network interfaces, vsock, balloon, entropy, MMDS), then
+// sends InstanceStart; in BootModeConfigFile it writes config.json and passes
+// --config-file. If a step fails, Start undoes every earlier step, in reverse, and returns a
+// *StartError.
+//
+// Errors wrap ErrExists when the name is taken, ErrClosed after Manager.Close, and
+// errors.ErrUnsupported when the spec uses something the installed Firecracker lacks.
+func (mgr *Manager) Start(ctx context.Context, spec MachineSpec, opts ...StartOption) (*Machine, error) {
+	var so startOptions
+	for _, opt := range opts {
+		opt(&so)
+	}
+	spec = spec.WithDefaults()
+	if spec.Name == "" {
+		spec.Name = randomName()
+	}
+	if _, err := mgr.lookup(spec.Name); err != nil {
+		return nil, fmt.Errorf("start vm %s: %w", spec.Name, err)
+	}
+	if err := spec.ValidateFor(mgr.root.Path()); err != nil {
+		return nil, fmt.Errorf("start vm %s: invalid spec: %w", spec.Name, err)
+	}
+	s := &starter{
+		mgr:   mgr,
+		spec:  spec,
+		opts:  so,
+		log:   mgr.log.With("vm", spec.Name),
+		begin: time.Now(),
+	}
+	m, err := s.run(ctx)
+	if err != nil {
+		s.rollback(ctx)
+		return nil, err
+	}
+	return m, nil
+}
+
+func randomName() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return "vm-" + hex.EncodeToString(b[:])
+}
+
+// starter carries one Start through its steps.
+type starter struct {
+	mgr   *Manager
+	spec  MachineSpec
+	opts  startOptions
+	log   *slog.Logger
+	begin time.Time
+
+	// undo holds what each completed step must undo on failure, in order of the steps. On
+	// success it becomes the Machine's cleanup, run when the VM ends.
+	undo []func(context.Context) error
+
+	bin      string
+	version  fcapi.Version
+	dir      *rundir.Dir
+	image    *resolvedImage
+	serial   *os.File // read handle on serial.log
+	proc     *proc.Process
+	client   *fcapi.Client
+	bootSent bool // the boot was requested: a clean exit now means the guest ran
+}
+
+func (s *starter) push(fn func(context.Context) error) { s.undo = append(s.undo, fn) }
+
+// rollback undoes the completed steps in reverse, with a ctx that survives the caller's.
+func (s *starter) rollback(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	var errs []error
+	for i := len(s.undo) - 1; i >= 0; i-- {
+		errs = append(errs, s.undo[i](ctx))
+	}
+	if s.serial != nil {
+		s.serial.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.log.Warn("undo failed start", "err", err)
+	}
+}
+
+// fail builds the StartError for a failed step, with firecracker's log tail and, if it died,
+// how it ended. It runs before the rollback removes the logs.
+func (s *starter) fail(step string, err error) error {
+	se := &StartError{Name: s.spec.Name, Step: step, Err: err}
+	if s.proc != nil {
+		// A request that failed because firecracker died usually sees the connection drop
+		// just before the process is reaped: give the exit a moment to register.
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-s.proc.Done():
+			st := s.proc.Status()
+			if !st.Success() {
+				se.Exit = &ExitError{Code: st.Code, Signal: st.Signal}
+			}
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	if s.dir != nil {
+		se.LogTail = logTail(s.dir.Paths)
+		if se.Exit != nil {
+			se.Exit.LogTail = se.LogTail
+		}
+	}
+	return se
+}
+
+// ranToCompletion reports whether firecracker has exited with code 0 after the boot was
+// requested: the guest booted and finished (a test guest that prints and reboots can do so
+// before the API answers), which is a successful start of a VM that has already ended.
+func (s *starter) ranToCompletion() bool {
+	if !s.bootSent {
+		return false
+	}
+	t := time.NewTimer(100 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-s.proc.Done():
+		return s.proc.Status().Success()
+	case <-t.C:
+		return false
+	}
+}
+
+func (s *starter) run(ctx context.Context) (*Machine, error) {
+	var err error
+	if s.bin, s.version, err = s.mgr.Firecracker(ctx); err != nil {
+		return nil, s.fail("find firecracker", err)
+	}
+	s.log.Debug("firecracker", "binary", s.bin, "version", s.version.String())
+
+	if s.dir, err = s.mgr.root.Create(ctx, s.spec.Name); err != nil {
+		return nil, s.fail("reserve the name", err)
+	}
+	dir := s.dir
+	s.push(dir.Remove)
+
+	if s.spec.UsesBaseImage() {
+		if err := s.useBaseImage(ctx); err != nil {
+			return nil, s.fail("base image", err)
+		}
+	}
+	stdout, stderr, err := s.createFiles()
+	if err != nil {
+		return nil, s.fail("create files", err)
+	}
+	defer stdout.Close()
+	defer stderr.Close()
+
+	drives, err := s.stageDrives(ctx)
+	if err != nil {
+		return nil, s.fail("stage drives", err)
+	}
+	cfg := s.vmConfig(drives)
+	args, err := s.args(cfg)
+	if err != nil {
+		return nil, s.fail("write config", err)
+	}
+
+	if s.proc, err = proc.Start(proc.Config{Path: s.bin, Args: args, Stdout: stdout, Stderr: stderr, Detached: s.opts.detached}); err != nil {
+		return nil, s.fail("spawn firecracker", err)
+	}
+	p := s.proc
+	s.push(func(context.Context) error {
+		if err := p.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return err
+		}
+		<-p.Done()
+		return nil
+	})
+	s.log.Debug("spawned firecracker", "pid", p.PID(), "args", args)
+	s.bootSent = s.spec.BootMode == BootModeConfigFile
+
+	if err := dir.WriteState(s.state()); err != nil {
+		return nil, s.fail("write state", err)
+	}
+	s.client = fcapi.New(dir.APISocket, fcapi.WithVersion(s.version), fcapi.WithLogger(s.log))
+	client := s.client
+	s.push(func(context.Context) error { return client.Close() })
+
+	if err := fcapi.WaitReady(ctx, dir.APISocket, p.Done()); err != nil {
+		if !s.ranToCompletion() {
+			return nil, s.fail("wait for the API socket", err)
+		}
+	} else if s.spec.BootMode == BootModeAPI {
+		if err := s.configure(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+	m := s.machine()
+	if err := s.mgr.register(m); err != nil {
+		return nil, s.fail("register", err)
+	}
+	go m.supervise()
+	m.log.Info("vm started", "pid", p.PID(), "took", time.Since(s.begin), "mode", m.mode, "boot_mode", s.spec.BootMode)
+	return m, nil
+}
+
+// createFiles creates the VM's log files, and opens its stdout (the serial console) and
+// stderr for the child plus a read handle on the console for Console. Firecracker before
+// v1.14 needs its log and metrics files to exist.
+func (s *starter) createFiles() (stdout, stderr *os.File, err error) {
+	p := s.dir.Paths
+	empty := []string{p.Log}
+	if s.spec.Metrics {
+		empty = append(empty, p.Metrics)
+	}
+	for _, path := range empty {
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			return nil, nil, err
+		}
+	}
+	if stdout, err = os.OpenFile(p.Serial, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600); err != nil {
+		return nil, nil, err
+	}
+	if stderr, err = os.OpenFile(p.Stderr, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600); err != nil {
+		stdout.Close()
+		return nil, nil, err
+	}
+	if s.serial, err = os.Open(p.Serial); err != nil {
+		stdout.Close()
+		stderr.Close()
+		return nil, nil, err
+	}
+	return stdout, stderr, nil
+}
+
+// stageDrives returns the drives as Firecracker gets them: ephemeral writable drives point at
+// private copies staged in the VM's directory; the others are used in place.
+func (s *starter) stageDrives(ctx context.Context) ([]fcapi.Drive, error) {
+	specs := s.spec.Drives
+	if s.image != nil {
+		specs = append([]DriveSpec{s.image.root}, specs...)
+	}
+	drives := make([]fcapi.Drive, 0, len(specs))
+	for _, d := range specs {
+		path := d.Path
+		if d.Ephemeral() {
+			dst := s.dir.Drive(d.ID)
+			t0 := time.Now()
+			res, err := stage.Copy(ctx, d.Path, dst)
+			if err != nil {
+				return nil, fmt.Errorf("drive %s: %w", d.ID, err)
+			}
+			s.log.Debug("staged drive", "id", d.ID, "src", d.Path, "method", res.Method, "bytes", res.BytesWritten, "took", time.Since(t0))
+			path = dst
+		}
+		drives = append(drives, fcapi.Drive{
+			DriveID:      d.ID,
+			PathOnHost:   path,
+			IsRootDevice: d.Root,
+			IsReadOnly:   d.ReadOnly,
+			PartUUID:     d.PartUUID,
+			CacheType:    d.CacheType,
+			IOEngine:     d.IOEngine,
+			RateLimiter:  d.RateLimiter,
+		})
+	}
+	return drives, nil
+}
+
+// vmConfig is the VM's whole configuration, in Firecracker's terms. Both boot modes use it:
+// the API mode sends it piece by piece, the config-file mode writes it.
+func (s *starter) vmConfig(drives []fcapi.Drive) fcapi.VMConfig {
+	sp := s.spec
+	boot := fcapi.BootSource{KernelImagePath: sp.Kernel, InitrdPath: sp.Initrd, BootArgs: sp.BootArgs}
+	if s.image != nil {
+		boot.KernelImagePath = s.image.kernel
+		boot.InitrdPath = s.image.initrd
+		if boot.BootArgs == "" {
+			boot.BootArgs = s.image.bootArgs
+		}
+	}
+	cfg := fcapi.VMConfig{
+		BootSource:    &boot,
+		MachineConfig: &fcapi.MachineConfig{VCPUCount: sp.VCPUs, MemSizeMiB: sp.MemoryMiB},
+		Drives:        drives,
+	}
+	for _, n := range sp.Interfaces {
+		cfg.NetworkInterfaces = append(cfg.NetworkInterfaces, fcapi.NetworkInterface{
+			IfaceID:       n.ID,
+			HostDevName:   n.TAP,
+			GuestMAC:      n.MAC,
+			MTU:           n.MTU,
+			RxRateLimiter: n.RxRateLimiter,
+			TxRateLimiter: n.TxRateLimiter,
+		})
+	}
+	if v := sp.Vsock; v != nil {
+		cfg.Vsock = &fcapi.Vsock{GuestCID: int(v.CID), UDSPath: s.vsockPath()}
+	}
+	if b := sp.Balloon; b != nil {
+		cfg.Balloon = &fcapi.Balloon{AmountMiB: b.AmountMiB, DeflateOnOOM: b.DeflateOnOOM, StatsPollingIntervalS: b.StatsPollingIntervalS}
+	}
+	if e := sp.Entropy; e != nil {
+		cfg.Entropy = &fcapi.EntropyDevice{RateLimiter: e.RateLimiter}
+	}
+	if m := sp.MMDS; m != nil {
+		cfg.MMDSConfig = &fcapi.MMDSConfig{Version: m.Version, NetworkInterfaces: m.Interfaces, IPv4Address: m.IPv4Address, IMDSCompat: m.IMDSCompat}
+	}
+	return cfg
+}
+
+// vsockPath is the vsock's host socket: as given, or vsock.sock in the VM's directory.
+func (s *starter) vsockPath() string {
+	if p := s.spec.Vsock.Path; p != "" {
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs
+		}
+		return p
+	}
+	return s.dir.Vsock
+}
+
+// logLevels maps the accepted spellings to the names every Firecracker release knows.
+var logLevels = map[string]string{
+	"error": "Error", "warning": "Warning", "warn": "Warning", "info": "Info",
+	"debug": "Debug", "trace": "Trace", "off": "Off",
+}
+
+// args builds firecracker's command line; in config-file mode it also writes config.json
+// (and metadata.json for MMDS data), checked against the binary's version first.
+func (s *starter) args(cfg fcapi.VMConfig) ([]string, error) {
+	p := s.dir.Paths
+	args := []string{
+		"--api-sock", p.APISocket,
+		"--id", s.spec.Name,
+		"--log-path", p.Log,
+		"--level", logLevels[strings.ToLower(string(s.spec.LogLevel))],
+	}
+	if s.spec.Metrics {
+		args = append(args, "--metrics-path", p.Metrics)
+	}
+	if s.spec.Vsock != nil && s.spec.Vsock.Path != "" {
+		// Firecracker creates this socket outside the VM's directory, and never removes it.
+		vs := s.vsockPath()
+		s.push(func(context.Context) error { return removeIfExists(vs) })
+	}
+	if s.spec.BootMode == BootModeConfigFile {
+		if err := fcapi.CheckVMConfig(s.version, cfg); err != nil {
+			return nil, err
+		}
+		b, err := json.MarshalIndent(cfg, "", "  ")
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(p.Config, b, 0o600); err != nil {
+			return nil, err
+		}
+		args = append(args, "--config-file", p.Config)
+		if m := s.spec.MMDS; m != nil && len(m.Data) > 0 {
+			if err := os.WriteFile(p.Metadata, m.Data, 0o600); err != nil {
+				return nil, err
+			}
+			args = append(args, "--metadata", p.Metadata)
+		}
+	}
+	if s.spec.EnablePCI && !slices.Contains(s.spec.ExtraArgs, "--enable-pci") {
+		args = append(args, "--enable-pci")
+	}
+	return append(args, s.spec.ExtraArgs...), nil
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// configure sends the configuration over the API in the conventional order (notes §14.3;
+// the logger and metrics were given as flags), then boots.
+func (s *starter) configure(ctx context.Context, cfg fcapi.VMConfig) error {
+	c := s.client
+	type step struct {
+		name string
+		do   func() error
+	}
+	steps := []step{
+		{"PUT /machine-config", func() error { return c.PutMachineConfig(ctx, *cfg.MachineConfig) }},
+		{"PUT /boot-source", func() error { return c.PutBootSource(ctx, *cfg.BootSource) }},
+	}
+	for _, d := range cfg.Drives {
+		steps = append(steps, step{"PUT /drives/" + d.DriveID, func() error { return c.PutDrive(ctx, d) }})
+	}
+	for _, n := range cfg.NetworkInterfaces {
+		steps = append(steps, step{"PUT /network-interfaces/" + n.IfaceID, func() error { return c.PutNetworkInterface(ctx, n) }})
+	}
+	if cfg.Vsock != nil {
+		steps = append(steps, step{"PUT /vsock", func() error { return c.PutVsock(ctx, *cfg.Vsock) }})
+	}
+	if cfg.Balloon != nil {
+		steps = append(steps, step{"PUT /balloon", func() error { return c.PutBalloon(ctx, *cfg.Balloon) }})
+	}
+	if cfg.Entropy != nil {
+		steps = append(steps, step{"PUT /entropy", func() error { return c.PutEntropy(ctx, *cfg.Entropy) }})
+	}
+	if cfg.MMDSConfig != nil {
+		steps = append(steps, step{"PUT /mmds/config", func() error { return c.PutMMDSConfig(ctx, *cfg.MMDSConfig) }})
+		if data := s.spec.MMDS.Data; len(data) > 0 {
+			steps = append(steps, step{"PUT /mmds", func() error { return c.PutMMDS(ctx, data) }})
+		}
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			return s.fail(st.name, err)
+		}
+	}
+	s.bootSent = true
+	if err := c.StartInstance(ctx); err != nil && !s.ranToCompletion() {
+		return s.fail("InstanceStart", err)
+	}
+	return nil
+}
+
+// state is what state.json records for the VM.
+func (s *starter) state() *rundir.State {
+	spec, _ := json.Marshal(s.spec) // a MachineSpec always marshals
+	st := &rundir.State{
+		PID:                s.proc.PID(),
+		StartTime:          s.proc.StartTime(),
+		Mode:               s.mode(),
+		OwnerPID:           os.Getpid(),
+		Created:            s.begin.UTC(),
+		FirecrackerBinary:  s.bin,
+		FirecrackerVersion: s.version.String(),
+		Spec:               spec,
+	}
+	if s.image != nil {
+		st.BaseImage = &rundir.BaseImage{ID: s.image.id, Holder: s.image.holder}
+	}
+	return st
+}
+
+func (s *starter) mode() string {
+	if s.opts.detached {
+		return ModeDetached
+	}
+	return ModeOwned
+}
+
+// machine hands the started VM to a Machine, whose cleanup is the undo stack.
+func (s *starter) machine() *Machine {
+	m := &Machine{
+		mgr:      s.mgr,
+		log:      s.log,
+		name:     s.spec.Name,
+		spec:     s.spec,
+		paths:    s.dir.Paths,
+		proc:     s.proc,
+		client:   s.client,
+		version:  s.version,
+		binary:   s.bin,
+		mode:     s.mode(),
+		created:  s.begin.UTC(),
+		started:  true,
+		serial:   s.serial,
+		cleanups: s.undo,
+		state:    StateRunning,
+		done:     make(chan struct{}),
+	}
+	if s.image != nil {
+		m.image = s.image.id
+	}
+	return m
+}
