@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/smartvm/smartvm/internal/testutil"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -258,7 +259,7 @@ func TestGoldenRequests(t *testing.T) {
 				t.Fatal(err)
 			}
 			file := filepath.Join("testdata", tc.name+".json")
-			if *update {
+			if testutil.Update() {
 				if err := os.WriteFile(file, got, 0o644); err != nil {
 					t.Fatal(err)
 				}

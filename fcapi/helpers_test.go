@@ -2,7 +2,6 @@ package fcapi
 
 import (
 	"encoding/json"
-	"flag"
 	"io"
 	"net"
 	"net/http"
@@ -13,8 +12,6 @@ import (
 	"sync"
 	"testing"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata and features_gen.go")
 
 // shortDir returns a fresh directory with a short path (a Unix socket path must fit in 108
 // bytes), removed when the test ends.

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/smartvm/smartvm/internal/testutil"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -125,7 +126,7 @@ func TestFeatureTableMatchesSpecs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *update {
+	if testutil.Update() {
 		if err := os.WriteFile(featuresFile, src, 0o644); err != nil {
 			t.Fatal(err)
 		}
