@@ -34,8 +34,10 @@ type fakeBucket struct {
 // fault misbehaves for the first times requests of one key (times < 0: always).
 type fault struct {
 	times     int
-	status    int           // answer with this status
-	dropAfter int64         // send a full Content-Length, then drop the connection after this many bytes
+	status    int  // answer with this status
+	drop      bool // send a full Content-Length, then drop the connection after dropAfter bytes
+	hang      bool // send a full Content-Length, then stop sending after dropAfter bytes
+	dropAfter int64
 	slow      time.Duration // pause between 4 KiB chunks
 	noRange   bool          // ignore Range headers (answer 200 with everything)
 	short     int64         // send only this many bytes, with a matching Content-Length
@@ -152,9 +154,13 @@ func (b *fakeBucket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	if f.dropAfter > 0 && f.dropAfter < int64(len(body)) {
+	if (f.drop || f.hang) && f.dropAfter < int64(len(body)) {
 		w.Write(body[:f.dropAfter])
 		w.(http.Flusher).Flush()
+		if f.hang {
+			<-r.Context().Done()
+			return
+		}
 		panic(http.ErrAbortHandler) // the server closes the connection mid-body
 	}
 	if f.slow > 0 {

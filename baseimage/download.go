@@ -42,12 +42,18 @@ func isRetryable(err error) bool {
 	return errors.As(err, &he) && he.retryable()
 }
 
+// freeResumes is how many failed attempts that made progress (a connection dropped mid-body)
+// withRetries allows on top of Options.Retries.
+const freeResumes = 32
+
 // withRetries runs attempt until it succeeds, fails for good, or fails m.retries times in a
-// row without progress. Waits between attempts grow exponentially with jitter. A cancelled
-// ctx ends it with ctx's error.
+// row without progress. An attempt that made progress before failing resets that count, up to
+// freeResumes times. Waits between attempts grow exponentially with jitter. A cancelled ctx
+// ends it with ctx's error.
 func (m *Manager) withRetries(ctx context.Context, what string, attempt func(ctx context.Context) (progressed bool, err error)) error {
-	failures := 0
+	failures, resumes, attempts := 0, 0, 0
 	for {
+		attempts++
 		progressed, err := attempt(ctx)
 		if err == nil {
 			return nil
@@ -58,19 +64,20 @@ func (m *Manager) withRetries(ctx context.Context, what string, attempt func(ctx
 		if !isRetryable(err) {
 			return err
 		}
-		if progressed {
+		if progressed && resumes < freeResumes {
 			failures = 0
+			resumes++
 		}
 		if failures >= m.retries {
-			if failures > 0 {
-				return fmt.Errorf("gave up after %d attempts: %w", failures+1, err)
+			if attempts > 1 {
+				return fmt.Errorf("gave up after %d attempts: %w", attempts, err)
 			}
 			return err
 		}
 		delay := m.backoff << min(failures, 4)
 		delay = delay/2 + rand.N(delay/2+1) // jitter: 50% to 100%
 		failures++
-		m.log.Debug("retrying", "what", what, "attempt", failures+1, "delay", delay, "err", err)
+		m.log.Debug("retrying", "what", what, "attempt", attempts+1, "delay", delay, "err", err)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -164,20 +171,9 @@ var contentRangeRE = regexp.MustCompile(`^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$`)
 func (d *download) attempt(ctx context.Context) (progressed bool, err error) {
 	start := d.done
 	defer func() { progressed = d.done > start }()
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var stalled atomic.Bool
-	watchdog := time.AfterFunc(d.m.stall, func() {
-		stalled.Store(true)
-		cancel(fmt.Errorf("%w: no data for %s", errStall, d.m.stall))
-	})
-	defer watchdog.Stop()
-	wrap := func(err error) error {
-		if stalled.Load() {
-			return transient(context.Cause(ctx))
-		}
-		return err
-	}
+	ctx, wd := d.m.newWatchdog(ctx)
+	defer wd.stop()
+	wrap := wd.wrap
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.req.loc.url.String(), nil)
 	if err != nil {
@@ -227,8 +223,7 @@ func (d *download) attempt(ctx context.Context) (progressed bool, err error) {
 			d.etag = ""
 		}
 	}
-	body := io.Reader(&resettingReader{r: resp.Body, t: watchdog, d: d.m.stall})
-	if err := d.copy(body); err != nil {
+	if err := d.copy(wd.reader(resp.Body)); err != nil {
 		return false, wrap(err)
 	}
 	return false, nil
@@ -297,17 +292,48 @@ func (d *download) copy(src io.Reader) error {
 	}
 }
 
-// resettingReader pushes the stall watchdog back after each read that returns data.
+// watchdog cancels a request when no bytes arrive for Options.StallTimeout.
+type watchdog struct {
+	t       *time.Timer
+	d       time.Duration
+	ctx     context.Context
+	stalled atomic.Bool
+}
+
+// newWatchdog returns a context for one request that is cancelled after a stall. Call stop
+// when the request is done.
+func (m *Manager) newWatchdog(ctx context.Context) (context.Context, *watchdog) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := &watchdog{d: m.stall, ctx: ctx}
+	w.t = time.AfterFunc(m.stall, func() {
+		w.stalled.Store(true)
+		cancel(fmt.Errorf("%w: no data for %s", errStall, m.stall))
+	})
+	return ctx, w
+}
+
+func (w *watchdog) stop() { w.t.Stop() }
+
+// wrap turns the error of a request the watchdog cancelled into a transient stall error.
+func (w *watchdog) wrap(err error) error {
+	if err != nil && w.stalled.Load() {
+		return transient(context.Cause(w.ctx))
+	}
+	return err
+}
+
+// reader pushes the watchdog back after each read that returns data.
+func (w *watchdog) reader(r io.Reader) io.Reader { return &resettingReader{r: r, w: w} }
+
 type resettingReader struct {
 	r io.Reader
-	t *time.Timer
-	d time.Duration
+	w *watchdog
 }
 
 func (r *resettingReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	if n > 0 {
-		r.t.Reset(r.d)
+		r.w.t.Reset(r.w.d)
 	}
 	return n, err
 }

@@ -120,21 +120,23 @@ func (m *Manager) list(ctx context.Context, prefix string, delim bool) (*listing
 // getSmall GETs a small document (a listing or a manifest), reading at most limit bytes.
 // Failures are *HTTPError or transport errors; withRetries decides whether to retry them.
 func (m *Manager) getSmall(ctx context.Context, rawURL string, limit int64) ([]byte, error) {
+	ctx, wd := m.newWatchdog(ctx)
+	defer wd.stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		return nil, fmt.Errorf("new request: %w", err)
 	}
 	resp, err := m.client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, wd.wrap(transient(err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusError(rawURL, resp)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	data, err := io.ReadAll(io.LimitReader(wd.reader(resp.Body), limit+1))
 	if err != nil {
-		return nil, err
+		return nil, wd.wrap(transient(fmt.Errorf("read body: %w", err)))
 	}
 	if int64(len(data)) > limit {
 		return nil, fmt.Errorf("GET %s: response larger than %d bytes", rawURL, limit)

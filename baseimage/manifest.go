@@ -2,11 +2,14 @@ package baseimage
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -331,4 +334,31 @@ func resolveRef(base *url.URL, baseDir, ref, field string) (location, error) {
 		return location{path: filepath.Clean(p)}, nil
 	}
 	return location{}, &ManifestError{Field: field, Err: fmt.Errorf("%q: unsupported URL scheme %q", ref, u.Scheme)}
+}
+
+// ManifestFileFor describes a local file for a manifest that is published next to it: the URL
+// is the file's base name (relative, so it resolves next to the manifest), with its sha256 and
+// size. Set Format yourself for a rootfs.
+func ManifestFileFor(path string) (ManifestFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return ManifestFile{}, fmt.Errorf("describe %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return ManifestFile{}, fmt.Errorf("describe %s: %w", path, err)
+	}
+	return ManifestFile{URL: filepath.Base(path), SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, nil
+}
+
+// Validate checks m against the schema, exactly as ParseManifest would check its JSON.
+func (m *Manifest) Validate() error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return &ManifestError{Err: err}
+	}
+	_, err = ParseManifest(data)
+	return err
 }

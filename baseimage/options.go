@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -93,6 +94,8 @@ type Manager struct {
 	backoff    time.Duration
 	stall      time.Duration
 	group      singleflight.Group
+	mu         sync.Mutex
+	flights    map[string]*flight
 	euidIsRoot bool
 }
 
@@ -115,7 +118,7 @@ func New(opts Options) (*Manager, error) {
 		dir: opts.Dir, keep: opts.Keep, arch: opts.Arch, client: opts.HTTPClient, log: opts.Logger,
 		progress: opts.Progress, sizeMiB: opts.RootfsSizeMiB, headMiB: opts.RootfsHeadroomMiB,
 		retries: opts.Retries, backoff: opts.RetryBackoff, stall: opts.StallTimeout,
-		euidIsRoot: isRoot(),
+		euidIsRoot: isRoot(), flights: make(map[string]*flight),
 	}
 	if m.dir == "" {
 		m.dir = DefaultDir

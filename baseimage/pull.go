@@ -54,21 +54,76 @@ func (m *Manager) Pull(ctx context.Context, src Source) (*Bundle, error) {
 		flight += "+refresh"
 	}
 	for {
-		ch := m.group.DoChan(flight, func() (any, error) { return m.pull(ctx, src, key) })
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("pull %s: %w", src, context.Cause(ctx))
-		case r := <-ch:
-			if r.Err == nil {
-				b := *r.Val.(*Bundle)
-				return &b, nil
-			}
-			// A Pull this one joined was cancelled by its own caller: try again.
-			if ctx.Err() == nil && (errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded)) && r.Shared {
-				continue
-			}
-			return nil, fmt.Errorf("pull %s: %w", src, r.Err)
+		b, err, retry := m.shared(ctx, flight, func(ctx context.Context) (*Bundle, error) { return m.pull(ctx, src, key) })
+		if retry {
+			continue
 		}
+		if err != nil {
+			return nil, fmt.Errorf("pull %s: %w", src, err)
+		}
+		return b, nil
+	}
+}
+
+// flight is one shared Pull: its work runs under ctx, which is cancelled only when every caller
+// waiting for it has gone.
+type flight struct {
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	waiters int
+}
+
+// shared runs fn once for concurrent callers with the same key (singleflight). A caller whose
+// ctx ends stops waiting; the last one to go cancels the work and waits for it to clean up, so
+// nothing it started outlives the call. retry is true when this caller joined work that another
+// caller's departure cancelled.
+func (m *Manager) shared(ctx context.Context, key string, fn func(context.Context) (*Bundle, error)) (_ *Bundle, _ error, retry bool) {
+	m.mu.Lock()
+	f := m.flights[key]
+	if f == nil {
+		wctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+		f = &flight{ctx: wctx, cancel: cancel}
+		m.flights[key] = f
+	}
+	f.waiters++
+	m.mu.Unlock()
+	ch := m.group.DoChan(key, func() (any, error) {
+		defer func() {
+			m.mu.Lock()
+			if m.flights[key] == f {
+				delete(m.flights, key)
+			}
+			m.mu.Unlock()
+			f.cancel(nil)
+		}()
+		return fn(f.ctx)
+	})
+	leave := func() (last bool) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		f.waiters--
+		if f.waiters == 0 && m.flights[key] == f {
+			delete(m.flights, key)
+		}
+		return f.waiters == 0
+	}
+	select {
+	case r := <-ch:
+		leave()
+		if r.Err != nil {
+			if ctx.Err() == nil && f.ctx.Err() != nil && errors.Is(r.Err, context.Cause(f.ctx)) {
+				return nil, nil, true
+			}
+			return nil, r.Err, false
+		}
+		b := *r.Val.(*Bundle)
+		return &b, nil, false
+	case <-ctx.Done():
+		if leave() {
+			f.cancel(context.Cause(ctx))
+			<-ch // the work stops promptly and removes what it staged
+		}
+		return nil, context.Cause(ctx), false
 	}
 }
 
