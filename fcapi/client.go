@@ -210,7 +210,9 @@ func (c *Client) do(ctx context.Context, r request) error {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseBody))
 		resp.Body.Close()
 	}()
-	c.log.Debug("firecracker api", "method", r.method, "path", r.path, "status", resp.StatusCode, "duration", time.Since(start))
+	if c.log.Enabled(ctx, slog.LevelDebug) {
+		c.log.Debug("firecracker api", "method", r.method, "path", r.path, "status", resp.StatusCode, "duration", time.Since(start))
+	}
 	if resp.Header.Get("Deprecation") == "true" {
 		c.log.Warn("firecracker reports a deprecated API use", "method", r.method, "path", r.path)
 		if c.onDeprecation != nil {
