@@ -173,7 +173,17 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 		a.newVersionCmd(),
 		a.newCompletionCmd(),
 		a.newSetupCmd(),
+		a.newDoctorCmd(),
+		a.newRunCmd(),
 		a.newImagesCmd(),
+		a.newPsCmd(),
+		a.newInspectCmd(),
+		a.newLogsCmd(),
+		a.newPauseCmd(),
+		a.newResumeCmd(),
+		a.newStopCmd(),
+		a.newKillCmd(),
+		a.newSuperviseCmd(),
 	)
 	return root
 }

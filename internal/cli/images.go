@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 
@@ -107,7 +108,7 @@ looks for a newer one.`,
 				return err
 			}
 			src.Refresh = refresh
-			b, err := a.pull(cmd, src)
+			b, err := a.pull(cmd.Context(), src)
 			if err != nil {
 				return err
 			}
@@ -125,14 +126,14 @@ looks for a newer one.`,
 }
 
 // pull pulls src with progress on stderr.
-func (a *app) pull(cmd *cobra.Command, src baseimage.Source) (*baseimage.Bundle, error) {
+func (a *app) pull(ctx context.Context, src baseimage.Source) (*baseimage.Bundle, error) {
 	prog := newProgress(a.stderr)
 	defer prog.finish()
 	m, err := a.baseImages(prog)
 	if err != nil {
 		return nil, err
 	}
-	return m.Pull(cmd.Context(), src)
+	return m.Pull(ctx, src)
 }
 
 // imageJSON is one cached image in `images ls --json`.

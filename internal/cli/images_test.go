@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/smartvm/smartvm/baseimage"
+	"github.com/smartvm/smartvm/internal/testutil"
 )
 
 // writeManifest writes a base image manifest named name, with a kernel and an ext4 rootfs next
@@ -95,7 +96,7 @@ func TestImagesPullListRemove(t *testing.T) {
 		t.Fatalf("images ls: exit %d\n%s", code, out.String())
 	}
 	got := strings.ReplaceAll(strings.ReplaceAll(out.String(), id, strings.Repeat("x", len(id))), manifest, "<manifest>")
-	checkGolden(t, "images-ls", got)
+	testutil.Golden(t, "images-ls", []byte(got))
 
 	env.run(t, "images", "rm", "ffff").fails(t, ExitError, "not found")
 	r = env.run(t, "images", "rm", id[:6]).ok(t)

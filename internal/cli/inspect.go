@@ -1,0 +1,38 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smartvm/smartvm"
+	"github.com/smartvm/smartvm/fcapi"
+)
+
+// inspectJSON is what `inspect` prints: the library's description of the VM (spec, state,
+// pid, paths, Firecracker binary and version) and Firecracker's live configuration.
+type inspectJSON struct {
+	smartvm.MachineInfo
+	VMConfig fcapi.VMConfig `json:"vm_config"`
+}
+
+func (a *app) newInspectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect NAME",
+		Short: "Print a running VM's spec, state, pid, paths, Firecracker version and live config as JSON",
+		Args:  exactArgs(1, "one VM name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			return a.withVM(ctx, args[0], func(m *smartvm.Machine) error {
+				if _, err := m.State(ctx); err != nil {
+					return err
+				}
+				cfg, err := m.Client().GetVMConfig(ctx)
+				if err != nil {
+					return fmt.Errorf("vm %s: %w", m.Name(), err)
+				}
+				return writeJSON(a.stdout, inspectJSON{MachineInfo: m.Info(), VMConfig: cfg})
+			})
+		},
+	}
+}

@@ -1,0 +1,421 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smartvm/smartvm"
+	"github.com/smartvm/smartvm/baseimage"
+	"github.com/smartvm/smartvm/internal/testguest"
+)
+
+// imageHello is the --image value that boots the built-in test guest.
+const imageHello = "hello"
+
+// runFlags are the flags of `smartvm run`.
+type runFlags struct {
+	name, image                 string
+	kernel, initrd, rootfs      string
+	bootArgs, bootMode          string
+	cpus, memory                int
+	drives                      []string
+	persistentRootfs, enablePCI bool
+	detach, noInstall           bool
+}
+
+// runPlan is what to boot, resolved from the flags and the environment. The detached
+// supervisor receives it as JSON.
+type runPlan struct {
+	Spec smartvm.MachineSpec `json:"spec"`
+	// Hello boots the built-in test guest: its kernel is written to a temporary file at start
+	// and removed once the VM has booted.
+	Hello bool `json:"hello,omitempty"`
+	// GeneratedName lets start pick another name when the generated one is taken.
+	GeneratedName bool `json:"generated_name,omitempty"`
+}
+
+func (a *app) newRunCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags]",
+		Short: "Boot a VM",
+		Long: `Boot a VM and attach its serial console to this terminal.
+
+What to boot:
+  (nothing)                the default base image: $SMARTVM_BASE_IMAGE_MANIFEST_URL,
+                           $SMARTVM_BASE_IMAGE_MANIFEST_PATH or $SMARTVM_BASE_IMAGE_PRESET
+                           when set, else preset latest (pulled on first use)
+  --image latest|lts       a base image from Firecracker's CI bucket
+  --image URL|PATH         the base image a manifest describes
+  --image hello            the built-in test guest: prints a greeting and ends (no download)
+  --kernel K [--rootfs R] [--initrd I]
+                           your own kernel, root filesystem and initrd
+
+Writable drives are ephemeral: the VM writes to a private copy that is deleted with it.
+--persistent-rootfs and --drive PATH:persistent write to the files themselves.
+
+In the foreground, the VM's serial console is printed here. ` + escapeHelp + ` (Ctrl-] then q), Ctrl-C or
+SIGTERM stop the VM gracefully (Ctrl-Alt-Del, then SIGTERM, then SIGKILL). run exits 0 when the
+guest shut down or was stopped, 1 when Firecracker failed. Everything the VM used on the host
+is removed when it ends.
+
+With --detach, run returns once the VM runs and prints its name. A supervisor process (smartvm
+itself, in the background) owns the VM and cleans up when it ends; see ps, logs, stop.
+
+When no firecracker binary is found, run installs the latest release into ~/.smartvm/bin as
+'smartvm setup' does, unless --no-install is given.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			plan, err := a.planRun(f)
+			if err != nil {
+				return err
+			}
+			return a.runVM(cmd.Context(), f, plan)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.name, "name", "", "VM name: letters, digits and '-' (default: a generated name such as brave-otter)")
+	fl.StringVar(&f.image, "image", "", "what to boot: latest, lts, hello, a manifest URL or a manifest file")
+	fl.StringVar(&f.kernel, "kernel", "", "guest kernel (uncompressed vmlinux) instead of an image")
+	fl.StringVar(&f.initrd, "initrd", "", "initrd to boot with --kernel")
+	fl.StringVar(&f.rootfs, "rootfs", "", "root filesystem image to boot with --kernel")
+	fl.StringVar(&f.bootArgs, "boot-args", "", "kernel command line (default: the image's, else \""+smartvm.DefaultBootArgs+"\")")
+	fl.IntVar(&f.cpus, "cpus", smartvm.DefaultVCPUs, "number of vCPUs")
+	fl.IntVar(&f.memory, "memory", smartvm.DefaultMemoryMiB, "guest memory in MiB")
+	fl.StringArrayVar(&f.drives, "drive", nil, "extra drive PATH[:ro][:persistent] (repeatable)")
+	fl.BoolVar(&f.persistentRootfs, "persistent-rootfs", false, "let the guest write to the --rootfs file itself instead of a copy")
+	fl.StringVar(&f.bootMode, "boot-mode", string(smartvm.BootModeAPI), "how to configure Firecracker: api or config-file")
+	fl.BoolVar(&f.enablePCI, "enable-pci", false, "use PCI instead of MMIO for virtio devices (Firecracker 1.13+, guest needs PCI)")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
+	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
+	return cmd
+}
+
+// planRun turns the flags (and, without image flags, the environment) into a runPlan.
+func (a *app) planRun(f runFlags) (runPlan, error) {
+	var p runPlan
+	s := &p.Spec
+	s.Name = f.name
+	if s.Name == "" {
+		s.Name = generateName()
+		p.GeneratedName = true
+	}
+	if f.cpus < 1 {
+		return p, usagef("invalid --cpus %d: want 1 or more", f.cpus)
+	}
+	if f.memory < 1 {
+		return p, usagef("invalid --memory %d: want a size in MiB, such as 512", f.memory)
+	}
+	s.VCPUs, s.MemoryMiB = f.cpus, f.memory
+	s.BootArgs = f.bootArgs
+	s.EnablePCI = f.enablePCI
+	switch smartvm.BootMode(f.bootMode) {
+	case smartvm.BootModeAPI, smartvm.BootModeConfigFile:
+		s.BootMode = smartvm.BootMode(f.bootMode)
+	default:
+		return p, usagef("invalid --boot-mode %q: want api or config-file", f.bootMode)
+	}
+
+	switch {
+	case f.image != "":
+		for flag, v := range map[string]string{"--kernel": f.kernel, "--initrd": f.initrd, "--rootfs": f.rootfs} {
+			if v != "" {
+				return p, usagef("%s cannot be combined with --image: the image brings its own kernel and root filesystem", flag)
+			}
+		}
+		if err := a.planImage(&p, f.image); err != nil {
+			return p, err
+		}
+	case f.kernel != "":
+		var err error
+		if s.Kernel, err = absPath("--kernel", f.kernel); err != nil {
+			return p, err
+		}
+		if f.initrd != "" {
+			if s.Initrd, err = absPath("--initrd", f.initrd); err != nil {
+				return p, err
+			}
+		}
+		if f.rootfs != "" {
+			root, err := absPath("--rootfs", f.rootfs)
+			if err != nil {
+				return p, err
+			}
+			s.Drives = append(s.Drives, smartvm.DriveSpec{Path: root, Root: true, Persistent: f.persistentRootfs})
+		}
+	case f.initrd != "" || f.rootfs != "":
+		return p, usagef("--initrd and --rootfs need --kernel")
+	default:
+		src, err := a.imageSource(imageFlags{})
+		if err != nil {
+			return p, err
+		}
+		setBaseImage(s, src)
+	}
+	if f.persistentRootfs && f.rootfs == "" {
+		return p, usagef("--persistent-rootfs needs --rootfs (a base image's root filesystem is always a private copy)")
+	}
+	for _, d := range f.drives {
+		drive, err := parseDrive(d)
+		if err != nil {
+			return p, err
+		}
+		s.Drives = append(s.Drives, drive)
+	}
+	return p, nil
+}
+
+// planImage applies --image: hello, a preset, a manifest URL or a manifest file.
+func (a *app) planImage(p *runPlan, image string) error {
+	switch {
+	case image == imageHello:
+		p.Hello = true
+		if p.Spec.BootArgs == "" {
+			p.Spec.BootArgs = testguest.BootArgs(testguest.ModeHello)
+		}
+		return nil
+	case image == baseimage.PresetLatest || image == baseimage.PresetLTS:
+		setBaseImage(&p.Spec, baseimage.Source{Preset: image})
+		return nil
+	case strings.HasPrefix(image, "http://") || strings.HasPrefix(image, "https://"):
+		if _, err := url.Parse(image); err != nil {
+			return usagef("invalid --image URL %q: %w", image, err)
+		}
+		setBaseImage(&p.Spec, baseimage.Source{ManifestURL: image})
+		return nil
+	}
+	path, err := absPath("--image", image)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(path); err != nil || st.IsDir() {
+		return usagef("invalid --image %q: want latest, lts, hello, an http(s) manifest URL or a manifest file", image)
+	}
+	setBaseImage(&p.Spec, baseimage.Source{ManifestPath: path})
+	return nil
+}
+
+func setBaseImage(s *smartvm.MachineSpec, src baseimage.Source) {
+	s.BaseImagePreset, s.BaseImageManifestURL, s.BaseImageManifestPath = src.Preset, src.ManifestURL, src.ManifestPath
+}
+
+func baseImageSource(s smartvm.MachineSpec) baseimage.Source {
+	return baseimage.Source{Preset: s.BaseImagePreset, ManifestURL: s.BaseImageManifestURL, ManifestPath: s.BaseImageManifestPath}
+}
+
+func absPath(flag, p string) (string, error) {
+	if p == "" {
+		return "", usagef("%s needs a path", flag)
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", flag, p, err)
+	}
+	return abs, nil
+}
+
+// parseDrive reads --drive PATH[:ro][:persistent].
+func parseDrive(v string) (smartvm.DriveSpec, error) {
+	var d smartvm.DriveSpec
+	path := v
+	for {
+		i := strings.LastIndexByte(path, ':')
+		if i < 0 {
+			break
+		}
+		switch path[i+1:] {
+		case "ro":
+			d.ReadOnly = true
+		case "persistent":
+			d.Persistent = true
+		default:
+			i = -1
+		}
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	if d.ReadOnly && d.Persistent {
+		return d, usagef("invalid --drive %q: a read-only drive is never copied, so :persistent means nothing with :ro", v)
+	}
+	var err error
+	if d.Path, err = absPath("--drive", path); err != nil {
+		return d, err
+	}
+	return d, nil
+}
+
+// runVM boots the plan in the foreground or, with --detach, under a supervisor.
+func (a *app) runVM(ctx context.Context, f runFlags, plan runPlan) error {
+	fc, err := a.firecrackerForRun(ctx, f.noInstall)
+	if err != nil {
+		return err
+	}
+	if plan.Spec.UsesBaseImage() {
+		// Pull here, with progress on this terminal; Start then finds the image cached.
+		if _, err := a.pull(ctx, baseImageSource(plan.Spec)); err != nil {
+			return err
+		}
+	}
+	if f.detach {
+		return a.startDetached(ctx, fc, plan)
+	}
+	return a.runForeground(ctx, fc, plan)
+}
+
+// firecrackerForRun finds firecracker, or installs the latest release into ~/.smartvm/bin
+// when there is none and noInstall is false.
+func (a *app) firecrackerForRun(ctx context.Context, noInstall bool) (string, error) {
+	fc, err := a.findFirecracker()
+	if !errors.Is(err, errNoFirecracker) {
+		return fc.Path, err
+	}
+	if noInstall {
+		return "", fmt.Errorf("%w; --no-install keeps run from installing it", err)
+	}
+	fmt.Fprintln(a.stderr, "No firecracker binary found: installing the latest release (--no-install prevents this).")
+	site, err := a.releaseSite()
+	if err != nil {
+		return "", err
+	}
+	dir, err := a.binDir()
+	if err != nil {
+		return "", err
+	}
+	tag, err := site.latest(ctx)
+	if err != nil {
+		return "", err
+	}
+	res, err := site.install(ctx, tag, dir, a.stderr, newProgress(a.stderr))
+	if err != nil {
+		return "", err
+	}
+	return res.Firecracker, nil
+}
+
+// startVM starts the plan's VM. For the hello image it writes the test guest to a temporary
+// file that is removed once Firecracker has loaded it. A generated name that is taken is
+// replaced by another.
+func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...smartvm.StartOption) (*smartvm.Machine, error) {
+	spec := plan.Spec
+	if plan.Hello {
+		dir, err := os.MkdirTemp("", "smartvm-hello-")
+		if err != nil {
+			return nil, fmt.Errorf("write the hello guest: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		spec.Kernel = filepath.Join(dir, imageHello)
+		if err := testguest.Write(spec.Kernel); err != nil {
+			return nil, fmt.Errorf("write the hello guest: %w", err)
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		m, err := mgr.Start(ctx, spec, opts...)
+		if errors.Is(err, smartvm.ErrExists) {
+			if plan.GeneratedName && attempt < 10 {
+				spec.Name = generateName()
+				continue
+			}
+			return nil, fmt.Errorf("a vm called %q is already running: choose another --name, or stop it first", spec.Name)
+		}
+		return m, err
+	}
+}
+
+// stopGrace is how long a foreground VM gets to shut down after Ctrl-Alt-Del.
+const stopGrace = smartvm.DefaultStopGracePeriod
+
+// runForeground boots the VM, shows its console until it ends, and stops it on the escape
+// sequence, SIGINT or SIGTERM (ctx).
+func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error {
+	prog := newProgress(a.stderr)
+	images, err := a.baseImages(prog)
+	if err != nil {
+		return err
+	}
+	mgr, err := a.manager(images, smartvm.WithFirecrackerBinary(fc), smartvm.WithStopGracePeriod(stopGrace))
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+	m, err := startVM(ctx, mgr, plan)
+	prog.finish()
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	con, err := m.Console()
+	if err != nil {
+		return err
+	}
+	defer con.Close()
+
+	// The guest's serial input is not wired to this terminal (the library starts firecracker
+	// with stdin from /dev/null), so the terminal stays in cooked mode: Ctrl-C raises SIGINT,
+	// and the escape sequence arrives with the next Enter.
+	var guestInput io.Writer
+	restore := func() {}
+	raw := false
+	if guestInput != nil {
+		restore, raw = rawTerminal(a.stdin)
+	}
+	defer restore()
+	out := a.stdout
+	if raw && isTerminal(a.stdout) {
+		out = &crlfWriter{w: a.stdout}
+	}
+	if isTerminal(a.stdin) {
+		how := escapeHelp + " (then Enter) or Ctrl-C stops it"
+		if raw {
+			how = escapeHelp + " stops it"
+		}
+		fmt.Fprintf(a.stderr, "smartvm: vm %s is running; %s\n", m.Name(), how)
+	}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(out, con) // ends at the VM's end, or when con is closed
+	}()
+	escaped := watchInput(a.stdin, guestInput)
+
+	var stopErr error
+	requested := true
+	select {
+	case <-m.Done():
+		requested = false
+	case <-ctx.Done():
+		stopErr = stopMachine(ctx, m, stopGrace)
+	case <-escaped:
+		stopErr = stopMachine(ctx, m, stopGrace)
+	}
+	<-copied
+	restore()
+	waitErr := m.Wait(context.WithoutCancel(ctx))
+	closeErr := m.Close()
+	if requested {
+		return errors.Join(stopErr, closeErr)
+	}
+	if waitErr != nil {
+		return errors.Join(fmt.Errorf("vm %s: %w", m.Name(), waitErr), closeErr)
+	}
+	return closeErr
+}
+
+// stopMachine stops m with the graceful ladder, detached from ctx (which may be the
+// cancelled ctx that asked for the stop), within grace plus time for SIGTERM, SIGKILL and
+// the cleanup.
+func stopMachine(ctx context.Context, m *smartvm.Machine, grace time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace+stopSlack)
+	defer cancel()
+	return m.Stop(ctx)
+}

@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/smartvm/smartvm"
+	"github.com/smartvm/smartvm/internal/testguest"
+)
+
+func TestParseDrive(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in   string
+		want smartvm.DriveSpec
+		err  string
+	}{
+		{"/d.img", smartvm.DriveSpec{Path: "/d.img"}, ""},
+		{"/d.img:ro", smartvm.DriveSpec{Path: "/d.img", ReadOnly: true}, ""},
+		{"/d.img:persistent", smartvm.DriveSpec{Path: "/d.img", Persistent: true}, ""},
+		{"/a:b.img:persistent", smartvm.DriveSpec{Path: "/a:b.img", Persistent: true}, ""},
+		{"/d.img:ro:persistent", smartvm.DriveSpec{}, "means nothing with :ro"},
+		{":ro", smartvm.DriveSpec{}, "--drive needs a path"},
+	} {
+		got, err := parseDrive(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("parseDrive(%q) error = %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("parseDrive(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestPlanRun(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	manifest := filepath.Join(dir, "m.json")
+	if err := os.WriteFile(manifest, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defaults := runFlags{cpus: 1, memory: 512, bootMode: "api"}
+	with := func(edit func(*runFlags)) runFlags {
+		f := defaults
+		edit(&f)
+		return f
+	}
+	for _, tc := range []struct {
+		name  string
+		flags runFlags
+		env   cliEnv
+		check func(t *testing.T, p runPlan)
+		usage string
+	}{
+		{"default preset", defaults, cliEnv{}, func(t *testing.T, p runPlan) {
+			if p.Spec.BaseImagePreset != "latest" || !p.GeneratedName || p.Spec.Name == "" {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
+		{"env manifest", defaults, cliEnv{envBaseImageManifest: "https://example.com/m.json"}, func(t *testing.T, p runPlan) {
+			if p.Spec.BaseImageManifestURL != "https://example.com/m.json" {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
+		{"hello", with(func(f *runFlags) { f.image = "hello"; f.name = "h" }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if !p.Hello || p.Spec.BootArgs != testguest.BootArgs("hello") || p.Spec.Name != "h" || p.GeneratedName {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
+		{"hello boot args", with(func(f *runFlags) { f.image = "hello"; f.bootArgs = "smartvm.test=halt" }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if p.Spec.BootArgs != "smartvm.test=halt" {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
+		{"lts", with(func(f *runFlags) { f.image = "lts" }), cliEnv{envBaseImagePreset: "latest"}, func(t *testing.T, p runPlan) {
+			if p.Spec.BaseImagePreset != "lts" {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
+		{"manifest file", with(func(f *runFlags) { f.image = manifest }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if p.Spec.BaseImageManifestPath != manifest {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
+		{"kernel", with(func(f *runFlags) {
+			f.kernel, f.rootfs, f.persistentRootfs, f.drives = "k", "r", true, []string{"d:ro"}
+			f.cpus, f.memory, f.bootMode, f.enablePCI = 2, 256, "config-file", true
+		}), cliEnv{}, func(t *testing.T, p runPlan) {
+			s := p.Spec
+			if !filepath.IsAbs(s.Kernel) || len(s.Drives) != 2 || !s.Drives[0].Root || !s.Drives[0].Persistent || !s.Drives[1].ReadOnly ||
+				s.VCPUs != 2 || s.MemoryMiB != 256 || s.BootMode != smartvm.BootModeConfigFile || !s.EnablePCI {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
+		{"image and kernel", with(func(f *runFlags) { f.image, f.kernel = "hello", "k" }), cliEnv{}, nil, "--kernel cannot be combined with --image"},
+		{"rootfs alone", with(func(f *runFlags) { f.rootfs = "r" }), cliEnv{}, nil, "need --kernel"},
+		{"persistent without rootfs", with(func(f *runFlags) { f.persistentRootfs = true }), cliEnv{}, nil, "--persistent-rootfs needs --rootfs"},
+		{"unknown image", with(func(f *runFlags) { f.image = "ubuntu" }), cliEnv{}, nil, `invalid --image "ubuntu"`},
+		{"boot mode", with(func(f *runFlags) { f.bootMode = "fast" }), cliEnv{}, nil, `invalid --boot-mode "fast"`},
+		{"cpus", with(func(f *runFlags) { f.cpus = 0 }), cliEnv{}, nil, "invalid --cpus 0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &app{lookupEnv: tc.env.lookup}
+			p, err := a.planRun(tc.flags)
+			if tc.usage != "" {
+				var ue *usageError
+				if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.usage) {
+					t.Fatalf("err = %v, want a usage error containing %q", err, tc.usage)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, p)
+		})
+	}
+}
+
+func TestEscapeFilter(t *testing.T) {
+	t.Parallel()
+	var got strings.Builder
+	f := &escapeFilter{out: &got}
+	if f.feed([]byte("ab\x1d\x1dc\x1dx")) {
+		t.Fatal("stopped without the escape sequence")
+	}
+	if f.feed([]byte("y\x1d")) || f.feed([]byte("z")) {
+		t.Fatal("stopped on Ctrl-] z")
+	}
+	f = &escapeFilter{out: &got}
+	if f.feed([]byte("\x1d")) || !f.feed([]byte("q")) {
+		t.Fatal("Ctrl-] q split over two reads did not stop")
+	}
+	if want := "ab\x1dc\x1dxy\x1dz"; got.String() != want {
+		t.Errorf("forwarded %q, want %q", got.String(), want)
+	}
+}
+
+func TestCRLFWriter(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	w := &crlfWriter{w: &b}
+	w.Write([]byte("a\nb\r\nc\r"))
+	w.Write([]byte("\nd\n"))
+	if want := "a\r\nb\r\nc\r\nd\r\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}

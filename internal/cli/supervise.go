@@ -1,0 +1,166 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smartvm/smartvm"
+)
+
+// superviseCmd is the hidden command a detached run re-executes smartvm with.
+const superviseCmd = "__supervise"
+
+// statusFD is the supervisor's file descriptor for its status pipe (the first of ExtraFiles).
+const statusFD = 3
+
+// superviseRequest is what a detached run sends the supervisor on its stdin.
+type superviseRequest struct {
+	Plan        runPlan `json:"plan"`
+	Firecracker string  `json:"firecracker"`
+	// Env holds the settings the supervisor's CLI reads from the environment, resolved by the
+	// parent (flags included): the runtime root and the base image cache.
+	Env map[string]string `json:"env"`
+}
+
+// superviseStatus is the supervisor's one report on its status pipe: the VM's name and pid
+// once it runs, or why it could not start.
+type superviseStatus struct {
+	Name  string `json:"name,omitempty"`
+	PID   int    `json:"pid,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// startDetached starts a supervisor process that starts the VM and owns it, waits until it
+// reports, and prints the VM's name.
+func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error {
+	exe := a.self
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return fmt.Errorf("find the smartvm executable to run the supervisor: %w", err)
+		}
+	}
+	req := superviseRequest{Plan: plan, Firecracker: fc, Env: map[string]string{}}
+	dir, err := a.runtimeDir()
+	if err != nil {
+		return err
+	}
+	for k, v := range map[string]string{envRuntimeDir: dir, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL)} {
+		if v != "" {
+			req.Env[k] = v
+		}
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("start supervisor: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start supervisor: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command(exe, superviseCmd, "--log-level", a.logLevel, "--log-format", a.logFormat)
+	cmd.Stdin = bytes.NewReader(body)
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Dir = "/" // do not keep the caller's working directory busy
+	// A session of its own: no controlling terminal, so the terminal's signals and hangup
+	// do not reach it. Stdout and stderr are /dev/null.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return fmt.Errorf("start supervisor %s: %w", exe, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reaps it if it ends while this process runs
+
+	reported := make(chan superviseStatus, 1)
+	go func() {
+		var st superviseStatus
+		// A failed decode leaves st empty: the supervisor died, and its exit status says more.
+		_ = json.NewDecoder(r).Decode(&st)
+		reported <- st
+	}()
+	var st superviseStatus
+	select {
+	case st = <-reported:
+	case <-ctx.Done():
+		// Interrupted while starting: the supervisor undoes the start (or stops the VM).
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-reported
+		return ctx.Err()
+	}
+	switch {
+	case st.Error != "":
+		return errors.New(st.Error)
+	case st.Name == "":
+		return fmt.Errorf("the supervisor (pid %d) ended before the vm started: %w", cmd.Process.Pid, <-exited)
+	}
+	fmt.Fprintln(a.stdout, st.Name)
+	return nil
+}
+
+func (a *app) newSuperviseCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    superviseCmd,
+		Short:  "Run a detached VM (started by run --detach; not for direct use)",
+		Hidden: true,
+		Args:   noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			status := os.NewFile(statusFD, "status")
+			if status == nil {
+				return errors.New(superviseCmd + " is started by 'smartvm run --detach'")
+			}
+			syscall.CloseOnExec(statusFD) // firecracker must not inherit it
+			return a.supervise(cmd.Context(), status)
+		},
+	}
+}
+
+// supervise starts the VM the request on stdin describes, owning it (firecracker dies with
+// this process), reports to status, and waits until the VM ends, when the library removes
+// everything it left. SIGTERM or SIGINT (ctx) stop the VM gracefully.
+func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
+	report := func(st superviseStatus) {
+		_ = json.NewEncoder(status).Encode(st) // the parent may be gone; nothing to do then
+		status.Close()
+	}
+	var req superviseRequest
+	if err := json.NewDecoder(a.stdin).Decode(&req); err != nil {
+		err = fmt.Errorf("read the supervisor request: %w", err)
+		report(superviseStatus{Error: err.Error()})
+		return err
+	}
+	a.lookupEnv = func(k string) (string, bool) {
+		v, ok := req.Env[k]
+		return v, ok
+	}
+	a.runtimeDirFlag = ""
+	mgr, err := a.manager(nil, smartvm.WithFirecrackerBinary(req.Firecracker), smartvm.WithStopGracePeriod(stopGrace))
+	if err != nil {
+		report(superviseStatus{Error: err.Error()})
+		return err
+	}
+	defer mgr.Close()
+	m, err := startVM(ctx, mgr, req.Plan)
+	if err != nil {
+		report(superviseStatus{Error: err.Error()})
+		return err
+	}
+	report(superviseStatus{Name: m.Name(), PID: m.PID()})
+	select {
+	case <-m.Done():
+	case <-ctx.Done():
+		_ = stopMachine(ctx, m, stopGrace)
+	}
+	return m.Close()
+}

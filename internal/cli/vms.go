@@ -1,0 +1,152 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smartvm/smartvm"
+	"github.com/smartvm/smartvm/baseimage"
+)
+
+// runtimeDir is --runtime-dir, else $SMARTVM_RUNTIME_DIR, else "" for the library's default.
+func (a *app) runtimeDir() (string, error) {
+	dir := a.runtimeDirFlag
+	if dir == "" {
+		dir = a.getenv(envRuntimeDir)
+	}
+	if dir == "" {
+		return "", nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("runtime dir %s: %w", dir, err)
+	}
+	return abs, nil
+}
+
+// manager opens the runtime root, reaping dead VMs. images is the base image cache the VMs
+// use (nil: open it without progress reporting); reaping a VM that booted a base image
+// releases its hold on the image there.
+func (a *app) manager(images *baseimage.Manager, opts ...smartvm.Option) (*smartvm.Manager, error) {
+	if images == nil {
+		var err error
+		if images, err = a.baseImages(nil); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := a.runtimeDir()
+	if err != nil {
+		return nil, err
+	}
+	all := []smartvm.Option{smartvm.WithLogger(a.log), smartvm.WithBaseImages(images)}
+	if dir != "" {
+		all = append(all, smartvm.WithRuntimeDir(dir))
+	}
+	mgr, err := smartvm.NewManager(append(all, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}
+
+// attach adopts the running VM called name, with a message that helps when there is none.
+func attach(ctx context.Context, mgr *smartvm.Manager, name string) (*smartvm.Machine, error) {
+	m, err := mgr.Attach(ctx, name)
+	if errors.Is(err, smartvm.ErrNotFound) {
+		return nil, fmt.Errorf("no running vm is called %q (see 'smartvm ps')", name)
+	}
+	return m, err
+}
+
+// newVMsCmd builds a command that runs fn on each VM named on its command line (see eachVM).
+func (a *app) newVMsCmd(use, short, long string, release bool, fn func(context.Context, *smartvm.Machine) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		Args:  minArgs(1, "at least one VM name"),
+		RunE: func(cmd *cobra.Command, names []string) error {
+			return a.onVMs(cmd.Context(), names, release, nil, fn)
+		},
+	}
+}
+
+// onVMs opens the runtime root with opts and runs eachVM.
+func (a *app) onVMs(ctx context.Context, names []string, release bool, opts []smartvm.Option, fn func(context.Context, *smartvm.Machine) error) error {
+	mgr, err := a.manager(nil, opts...)
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+	return a.eachVM(ctx, mgr, names, release, fn)
+}
+
+// withVM attaches the running VM called name, runs fn on it, and lets go of it (it keeps
+// running).
+func (a *app) withVM(ctx context.Context, name string, fn func(*smartvm.Machine) error) error {
+	mgr, err := a.manager(nil)
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+	m, err := attach(ctx, mgr, name)
+	if err != nil {
+		return err
+	}
+	return errors.Join(fn(m), m.Release())
+}
+
+// eachVM attaches every named VM and runs fn on it, all at once. It prints the name of each VM
+// fn succeeded on, in the order given, and returns the failures as one error. release says
+// whether to let go of the VM afterwards (it keeps running) rather than close it (fn ended
+// it; closing waits until its files are gone).
+func (a *app) eachVM(ctx context.Context, mgr *smartvm.Manager, names []string, release bool, fn func(context.Context, *smartvm.Machine) error) error {
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			m, err := attach(ctx, mgr, name)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			err = fn(ctx, m)
+			if release {
+				err = errors.Join(err, m.Release())
+			} else {
+				err = errors.Join(err, m.Close())
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	var failed []error
+	for i, name := range names {
+		if errs[i] != nil {
+			failed = append(failed, errs[i])
+			continue
+		}
+		fmt.Fprintln(a.stdout, name)
+	}
+	return joinErrors(failed)
+}
+
+// imageLabel names what a VM boots, for ps: its base image preset, manifest or kernel file.
+func imageLabel(spec smartvm.MachineSpec) string {
+	switch {
+	case spec.BaseImagePreset != "":
+		return spec.BaseImagePreset
+	case spec.BaseImageManifestURL != "":
+		return spec.BaseImageManifestURL
+	case spec.BaseImageManifestPath != "":
+		return spec.BaseImageManifestPath
+	case spec.Kernel != "":
+		return filepath.Base(spec.Kernel)
+	}
+	return "-"
+}
