@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -216,7 +217,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	client := s.client
 	s.push(func(context.Context) error { return client.Close() })
 
-	if err := fcapi.WaitReady(ctx, dir.APISocket, p.Done()); err != nil {
+	if err := s.waitReady(ctx); err != nil {
 		if !s.ranToCompletion() {
 			return nil, s.fail("wait for the API socket", err)
 		}
@@ -232,6 +233,60 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	go m.supervise()
 	m.log.Info("vm started", "pid", p.PID(), "took", time.Since(s.begin), "mode", m.mode, "boot_mode", s.spec.BootMode)
 	return m, nil
+}
+
+// requestFreeReadyBefore is the first release whose API thread survives a request pending
+// while the VMM stops. Before it (seen with v1.7.0), the API thread waits forever for the
+// VMM's answer and the process for the API thread: a guest that ends right after a
+// config-file boot, while the readiness request is queued, leaves Firecracker hung.
+var requestFreeReadyBefore = fcapi.Version{Major: 1, Minor: 14}
+
+// waitReady waits until firecracker serves its API. In config-file mode the API answers
+// only once the VM is built, so this also waits for the boot.
+func (s *starter) waitReady(ctx context.Context) error {
+	if s.spec.BootMode == BootModeConfigFile && !s.version.AtLeast(requestFreeReadyBefore) {
+		return waitBooted(ctx, s.dir.APISocket, s.proc)
+	}
+	return fcapi.WaitReady(ctx, s.dir.APISocket, s.proc.Done())
+}
+
+// waitBooted waits, without sending a request, until firecracker listens on its API socket
+// and runs a vCPU thread (so the config-file boot is done), or exits.
+func waitBooted(ctx context.Context, sock string, p *proc.Process) error {
+	listening := false
+	pause := time.Millisecond
+	for {
+		if p.Exited() {
+			return fmt.Errorf("wait for the boot: %w", fcapi.ErrProcessExited)
+		}
+		if !listening {
+			dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			c, err := (&net.Dialer{}).DialContext(dctx, "unix", sock)
+			cancel()
+			if err == nil {
+				c.Close()
+				listening = true
+			}
+		}
+		if listening {
+			names, _ := proc.Threads(p.PID())
+			for _, n := range names {
+				if strings.HasPrefix(n, "fc_vcpu") {
+					return nil
+				}
+			}
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("wait for the boot: %w", ctx.Err())
+		case <-p.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		pause = min(2*pause, 20*time.Millisecond)
+	}
 }
 
 // createFiles creates the VM's log files, and opens its stdout (the serial console) and

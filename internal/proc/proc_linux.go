@@ -224,3 +224,25 @@ func parseStat(b []byte) (startTime uint64, state byte, err error) {
 	}
 	return st, fields[0][0], nil
 }
+
+// Threads returns the names (comm) of process pid's threads, such as "fc_vcpu 0". It returns
+// an error wrapping os.ErrProcessDone when there is no such process.
+func Threads(pid int) ([]string, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("threads of %d: %w", pid, os.ErrProcessDone)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("threads of %d: %w", pid, err)
+	}
+	names := make([]string, 0, len(ents))
+	for _, e := range ents {
+		b, err := os.ReadFile(dir + "/" + e.Name() + "/comm")
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		names = append(names, string(bytes.TrimSpace(b)))
+	}
+	return names, nil
+}

@@ -378,3 +378,14 @@ func FuzzParseStat(f *testing.F) {
 		}
 	})
 }
+
+func TestThreads(t *testing.T) {
+	t.Parallel()
+	names, err := Threads(os.Getpid())
+	if err != nil || len(names) == 0 {
+		t.Fatalf("Threads(self) = %v, %v", names, err)
+	}
+	if _, err := Threads(0); !errors.Is(err, os.ErrProcessDone) {
+		t.Fatalf("Threads(0): %v", err)
+	}
+}

@@ -1,0 +1,66 @@
+package smartvm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	// Under -race a process that exits 0 first sleeps a second (atexit_sleep_ms); the
+	// stand-in processes inherit this and exit at once.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
+	testutil.Main(m, map[string]func([]string) int{
+		"smartvm-owner": ownerMain,
+	})
+}
+
+// ownerArgs is what ownerMain gets, as JSON in its only argument.
+type ownerArgs struct {
+	Root     string      `json:"root"`
+	Binary   string      `json:"binary"`
+	Spec     MachineSpec `json:"spec"`
+	Detached bool        `json:"detached,omitempty"`
+	// Exit makes the owner exit (code 0) once the VM runs, instead of sleeping until killed.
+	Exit bool `json:"exit,omitempty"`
+	// Signals makes the owner call HandleSignals before starting the VM.
+	Signals bool `json:"signals,omitempty"`
+}
+
+// ownerMain is a process that owns a VM: it starts the VM described by its argument, prints
+// the firecracker pid on a line, and then sleeps until it is killed (or exits, with Exit).
+func ownerMain(args []string) int {
+	var a ownerArgs
+	if err := json.Unmarshal([]byte(args[0]), &a); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	mgr, err := NewManager(WithRuntimeDir(a.Root), WithFirecrackerBinary(a.Binary), WithStopGracePeriod(200*time.Millisecond))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if a.Signals {
+		mgr.HandleSignals()
+	}
+	var opts []StartOption
+	if a.Detached {
+		opts = append(opts, Detached())
+	}
+	m, err := mgr.Start(context.Background(), a.Spec, opts...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println(m.PID())
+	if a.Exit {
+		return 0
+	}
+	time.Sleep(time.Hour)
+	return 0
+}

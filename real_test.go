@@ -1,0 +1,157 @@
+package smartvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// The TestReal tests boot the project's test guest with the real Firecracker named by
+// SMARTVM_FIRECRACKER_BIN, and skip without it.
+
+// TestRealLifecycle boots the counter guest, shows that pause stops the counter and resume
+// restarts it, stops the VM gracefully (the guest resets on Ctrl-Alt-Del, so Firecracker
+// exits 0) and checks that nothing is left.
+func TestRealLifecycle(t *testing.T) {
+	for _, mode := range []BootMode{BootModeAPI, BootModeConfigFile} {
+		t.Run(string(mode), func(t *testing.T) {
+			bin := testutil.FirecrackerBin(t)
+			testutil.CheckLeaks(t)
+			root := testRoot(t)
+			mgr := newManager(t, root, bin)
+			spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+			spec.BootMode = mode
+			m := start(t, mgr, spec)
+			con := followConsole(t, m)
+			con.waitFor(t, testguest.TickLine(0))
+
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			defer cancel()
+			if err := m.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := m.State(ctx); err != nil || st != StatePaused {
+				t.Fatalf("state after pause: %v, %v", st, err)
+			}
+			con.drain(100 * time.Millisecond) // ticks written before the pause took hold
+			if got := con.drain(300 * time.Millisecond); len(got) != 0 {
+				t.Fatalf("the counter went on while paused: %q", got)
+			}
+			if err := m.Resume(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := m.State(ctx); err != nil || st != StateRunning {
+				t.Fatalf("state after resume: %v, %v", st, err)
+			}
+			before := con.nextTick(t)
+			if after := con.nextTick(t); after <= before {
+				t.Fatalf("tick %d after %d", after, before)
+			}
+
+			if err := m.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Wait(ctx); err != nil {
+				t.Fatalf("wait after a graceful stop: %v, want nil (exit 0)", err)
+			}
+			if st, _ := m.State(ctx); st != StateExited {
+				t.Fatalf("state after stop: %v", st)
+			}
+			if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("runtime dir left after stop: %v", err)
+			}
+		})
+	}
+}
+
+// TestRealGuestRebootExitsZero boots the hello guest, which prints its marker and resets:
+// Wait returns nil and the VM cleans up after itself without Close.
+func TestRealGuestRebootExitsZero(t *testing.T) {
+	for _, mode := range []BootMode{BootModeAPI, BootModeConfigFile} {
+		t.Run(string(mode), func(t *testing.T) {
+			bin := testutil.FirecrackerBin(t)
+			testutil.CheckLeaks(t)
+			root := testRoot(t)
+			mgr := newManager(t, root, bin)
+			spec := guestSpec(guestKernel(t), testguest.ModeHello)
+			spec.BootMode = mode
+			m := start(t, mgr, spec)
+			con := followConsole(t, m)
+			if err := wait(t, m); err != nil {
+				t.Fatalf("wait: %v, want nil", err)
+			}
+			con.waitFor(t, testguest.HelloLine)
+			if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("runtime dir left after the guest ended: %v", err)
+			}
+		})
+	}
+}
+
+// TestRealOwnerKilled kills a process that owns a VM with SIGKILL: Firecracker must be gone
+// within a second, and the next manager reaps the VM's directory.
+func TestRealOwnerKilled(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	owner, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: guestSpec(guestKernel(t), testguest.ModeHalt)})
+	killOwner(t, owner)
+	if !processGone(pid, time.Second) {
+		t.Fatalf("firecracker %d outlived its owner by more than 1s", pid)
+	}
+	newManager(t, root, bin) // reaps
+}
+
+// TestRealConcurrentStarts starts 20 VMs at once with one manager: all boot, and all clean
+// up when the manager closes.
+func TestRealConcurrentStarts(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	mgr := newManager(t, root, bin)
+	kernel := guestKernel(t)
+	const n = 20
+	ms := make([]*Machine, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			defer cancel()
+			spec := guestSpec(kernel, testguest.ModeHalt)
+			spec.Name = fmt.Sprintf("vm%02d", i)
+			ms[i], errs[i] = mgr.Start(ctx, spec)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("vm %d: %v", i, err)
+		}
+	}
+	for _, m := range ms {
+		followConsole(t, m).waitFor(t, testguest.HaltLine)
+	}
+	if err := mgr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if !processGone(m.PID(), 0) {
+			t.Errorf("vm %s: pid %d still there after Close", m.Name(), m.PID())
+		}
+		if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("vm %s: runtime dir left: %v", m.Name(), err)
+		}
+	}
+	if names, _ := filepath.Glob(filepath.Join(root, "vms", "*")); len(names) != 0 {
+		t.Errorf("left in the root: %v", names)
+	}
+}
