@@ -1,0 +1,202 @@
+package netdev
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// testNetns is a network namespace a test created and entered. Path opens it (for InNetns)
+// while the test runs.
+type testNetns struct {
+	f    *os.File
+	Path string
+	h    *netlink.Handle
+}
+
+// enterTestNetns locks the test's goroutine to its OS thread and moves the thread into a new,
+// empty network namespace, with lo up, until the test ends: Setup, CreateTAP and the rest then
+// work inside it, and nothing reaches the host's namespace. When the test ends, it checks that
+// nothing of netdev's is left in the namespace, and that the host's namespace gained no smv
+// device, moves the thread back and drops the namespace. It skips the test when not root or
+// when namespaces cannot be made.
+func enterTestNetns(t testing.TB) *testNetns {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	before := smvLinks(t)
+	runtime.LockOSThread()
+	orig, err := threadNetns()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		t.Skipf("cannot create a network namespace: %v", err)
+	}
+	f, err := threadNetns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := &testNetns{f: f, Path: fmt.Sprintf("/proc/self/fd/%d", f.Fd())}
+	t.Cleanup(func() {
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			// The thread stays locked and is discarded when the test's goroutine ends.
+			t.Errorf("return to the original network namespace: %v", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		orig.Close()
+		ns.h.Close()
+		f.Close()
+		if after := smvLinks(t); len(after) > len(before) {
+			t.Errorf("host namespace gained smv devices: before %v, after %v", before, after)
+		}
+	})
+	if ns.h, err = nsHandle(f); err != nil {
+		t.Fatal(err)
+	}
+	lo, err := ns.h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.h.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// smvLinks lists the devices called smv* in the calling thread's namespace.
+func smvLinks(t testing.TB) []string {
+	t.Helper()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, i := range ifs {
+		if strings.HasPrefix(i.Name, Prefix) {
+			names = append(names, i.Name)
+		}
+	}
+	return names
+}
+
+// addUplink adds a device "upl0" with 10.99.0.1/24 and a default route through it, to stand
+// for the host's uplink: one end of a veth pair whose other end is in the same namespace, so
+// nothing sent to it leaves the namespace.
+func (ns *testNetns) addUplink(t testing.TB) {
+	t.Helper()
+	d := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "upl0"}, PeerName: "upl0peer"}
+	if err := ns.h.LinkAdd(d); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ns.h.LinkByName("upl0peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.h.LinkSetUp(peer); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := netlink.ParseAddr("10.99.0.1/24")
+	if err := ns.h.AddrAdd(d, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.h.LinkSetUp(d); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.h.RouteAdd(&netlink.Route{LinkIndex: d.Index, Gw: net.ParseIP("10.99.0.254")}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkClean fails the test if the namespace holds a smv device or smartvm's nftables table,
+// or if the state directory holds a lease or record, or nsDir a namespace.
+func (ns *testNetns) checkClean(t testing.TB, dir, nsDir string) {
+	t.Helper()
+	if l := smvLinks(t); len(l) > 0 {
+		t.Errorf("devices left behind: %v", l)
+	}
+	if ns.hasTable(t) {
+		t.Errorf("nftables table %s left behind", TableName)
+	}
+	for _, sub := range []string{"leases", "networks"} {
+		ents, _ := os.ReadDir(filepath.Join(dir, sub))
+		for _, e := range ents {
+			t.Errorf("%s/%s left behind", sub, e.Name())
+		}
+	}
+	if nsDir != "" {
+		ents, _ := os.ReadDir(nsDir)
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), Prefix) {
+				t.Errorf("namespace %s left behind", e.Name())
+			}
+		}
+	}
+}
+
+func (ns *testNetns) nft(t testing.TB) *nftables.Conn {
+	t.Helper()
+	c, err := nftConn(ns.f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (ns *testNetns) hasTable(t testing.TB) bool {
+	t.Helper()
+	tables, err := ns.nft(t).ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.ContainsFunc(tables, func(tb *nftables.Table) bool { return tb.Name == TableName })
+}
+
+// ruleComments returns the comments of the rules in chain of smartvm's table in the namespace
+// f.
+func ruleComments(t testing.TB, f *os.File, chain string) []string {
+	t.Helper()
+	c, err := nftConn(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, _, err := tableRules(c, chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range rules {
+		out = append(out, ruleComment(r))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// readSysctl reads a file under /proc/sys/net in the namespace f.
+func readSysctl(t testing.TB, f *os.File, name string) string {
+	t.Helper()
+	var b []byte
+	err := inNetns(f, func() error {
+		var err error
+		b, err = os.ReadFile("/proc/sys/net/" + name)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
