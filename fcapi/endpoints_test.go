@@ -1,13 +1,13 @@
 package fcapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"github.com/smartvm/smartvm/internal/testutil"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -65,23 +65,25 @@ var endpointCases = []endpointCase{
 	{"patch_machine_config", "PATCH /machine-config", func(ctx context.Context, c *Client) error {
 		return c.PatchMachineConfig(ctx, MachineConfigUpdate{VCPUCount: 4, MemSizeMiB: 1024, SMT: ptr(false), TrackDirtyPages: ptr(true), HugePages: HugePages2M, CPUTemplate: CPUTemplateNone})
 	}},
+	// Firecracker takes only the fields of its own architecture.
 	{"put_cpu_config", "PUT /cpu-config", func(ctx context.Context, c *Client) error {
 		return c.PutCPUConfig(ctx, CPUConfig{
 			KVMCapabilities: []string{"121", "!122"},
 			CPUIDModifiers: []CPUIDLeafModifier{{Leaf: "0x1", Subleaf: "0x0", Flags: 0, Modifiers: []CPUIDRegisterModifier{
 				{Register: "ecx", Bitmap: "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxx0001"},
 			}}},
-			MSRModifiers: []MSRModifier{{Addr: "0x10a", Bitmap: "0b" + string(bytes.Repeat([]byte("x"), 63)) + "1"}},
-			RegModifiers: []RegModifier{{Addr: "0x603000000013c020", Bitmap: "0bx0"}},
-			VCPUFeatures: []VCPUFeature{{Index: 0, Bitmap: "0b1100000"}},
+			MSRModifiers: []MSRModifier{{Addr: "0x10a", Bitmap: "0b" + strings.Repeat("x", 63) + "1"}},
 		})
 	}},
-	{"put_cpu_config_x86", "PUT /cpu-config", func(ctx context.Context, c *Client) error {
+	{"put_cpu_config_aarch64", "PUT /cpu-config", func(ctx context.Context, c *Client) error {
 		return c.PutCPUConfig(ctx, CPUConfig{
-			CPUIDModifiers: []CPUIDLeafModifier{{Leaf: "0x7", Subleaf: "0x0", Flags: 1, Modifiers: []CPUIDRegisterModifier{
-				{Register: "ebx", Bitmap: "0b00000000000000000000000000000001"},
-			}}},
+			KVMCapabilities: []string{"!170"},
+			RegModifiers:    []RegModifier{{Addr: "0x603000000013c020", Bitmap: "0bx0"}},
+			VCPUFeatures:    []VCPUFeature{{Index: 0, Bitmap: "0b1100000"}},
 		})
+	}},
+	{"put_cpu_config_min", "PUT /cpu-config", func(ctx context.Context, c *Client) error {
+		return c.PutCPUConfig(ctx, x86CPUIDTemplate)
 	}},
 	{"put_drive", "PUT /drives/{drive_id}", func(ctx context.Context, c *Client) error {
 		return c.PutDrive(ctx, Drive{DriveID: "rootfs", PathOnHost: "/img/rootfs.ext4", IsRootDevice: true, IsReadOnly: true,
@@ -211,6 +213,13 @@ var endpointCases = []endpointCase{
 	{"load_snapshot_min", "PUT /snapshot/load", func(ctx context.Context, c *Client) error {
 		return c.LoadSnapshot(ctx, SnapshotLoadParams{SnapshotPath: "/s/vm.state", MemBackend: MemoryBackend{BackendType: MemBackendFile, BackendPath: "/s/vm.mem"}, TrackDirtyPages: true, ResumeVM: true})
 	}},
+}
+
+// x86CPUIDTemplate sets one CPUID bit that every x86_64 host has (SSE3).
+var x86CPUIDTemplate = CPUConfig{
+	CPUIDModifiers: []CPUIDLeafModifier{{Leaf: "0x1", Subleaf: "0x0", Flags: 0, Modifiers: []CPUIDRegisterModifier{
+		{Register: "ecx", Bitmap: "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx1"},
+	}}},
 }
 
 // golden is the file form of one request.

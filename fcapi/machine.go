@@ -92,6 +92,8 @@ func (c *Client) PatchMachineConfig(ctx context.Context, u MachineConfigUpdate) 
 
 // CPUConfig is a custom CPU template, the body of PUT /cpu-config. Numbers in strings may be
 // decimal, hexadecimal (0x) or binary (0b); bitmaps are "0b" followed by 0, 1 or x per bit.
+// Firecracker accepts only the fields of its own architecture: KVMCapabilities with
+// CPUIDModifiers and MSRModifiers on x86_64, with RegModifiers and VCPUFeatures on aarch64.
 type CPUConfig struct {
 	// KVMCapabilities adds ("121") or removes ("!121") KVM capabilities.
 	KVMCapabilities []string            `json:"kvm_capabilities,omitempty"`

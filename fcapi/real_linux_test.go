@@ -155,6 +155,9 @@ func TestRealFirecracker(t *testing.T) {
 	if mc, err := c.GetMachineConfig(ctx); err != nil || mc.MemSizeMiB != 128 || !mc.TrackDirtyPages {
 		t.Errorf("after PATCH: %+v, %v", mc, err)
 	}
+	if err := c.PutCPUConfig(ctx, x86CPUIDTemplate); err != nil {
+		t.Errorf("PutCPUConfig: %v", err)
+	}
 	if err := c.PutBootSource(ctx, BootSource{KernelImagePath: kernel, BootArgs: testguest.BootArgs(testguest.ModeHalt)}); err != nil {
 		t.Fatal(err)
 	}
