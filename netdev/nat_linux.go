@@ -104,15 +104,29 @@ func addHostNAT(ns *os.File, n *Network) error {
 	if err != nil {
 		return err
 	}
-	t := c.AddTable(natTable())
-	ch := c.AddChain(postChain(t))
-	for _, src := range n.NAT.Sources {
-		c.AddRule(masqRule(ch, src, n.NAT.Uplink, natTag(n.Owner, src)))
+	// Re-adding an existing base chain costs the kernel a full hook update (milliseconds), so
+	// the table and chain are added only when the chain is missing; if it vanished meanwhile
+	// (another state directory's last VM ended), the add is retried with them.
+	_, err = c.ListChain(natTable(), chainPost)
+	create := err != nil
+	for {
+		t, ch := natTable(), postChain(natTable())
+		if create {
+			t = c.AddTable(t)
+			ch = c.AddChain(postChain(t))
+		}
+		for _, src := range n.NAT.Sources {
+			c.AddRule(masqRule(ch, src, n.NAT.Uplink, natTag(n.Owner, src)))
+		}
+		err := c.Flush()
+		if err == nil {
+			return nil
+		}
+		if create {
+			return fmt.Errorf("add NAT rules to nftables table %s: %w", TableName, permErr(err))
+		}
+		create = true
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("add NAT rules to nftables table %s: %w", TableName, permErr(err))
-	}
-	return nil
 }
 
 // removeHostNAT deletes the rules of n, then the table if no rule of another VM is left in
