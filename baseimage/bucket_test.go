@@ -23,6 +23,7 @@ type fakeBucket struct {
 	mu       sync.Mutex
 	objects  map[string][]byte
 	files    map[string][]byte // other paths, e.g. "/m/manifest.json"
+	etags    map[string]string // by key or path, computed once
 	faults   map[string]*fault // by key or path
 	pageSize int
 	gets     map[string]int // requests per key or path
@@ -45,7 +46,7 @@ type fault struct {
 }
 
 func newFakeBucket(t testing.TB) *fakeBucket {
-	b := &fakeBucket{objects: map[string][]byte{}, files: map[string][]byte{}, faults: map[string]*fault{}, gets: map[string]int{}, pageSize: 3}
+	b := &fakeBucket{objects: map[string][]byte{}, files: map[string][]byte{}, etags: map[string]string{}, faults: map[string]*fault{}, gets: map[string]int{}, pageSize: 3}
 	b.srv = httptest.NewServer(b)
 	t.Cleanup(b.srv.Close)
 	return b
@@ -57,12 +58,14 @@ func (b *fakeBucket) put(key string, data []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.objects[key] = data
+	b.etags[key] = etagOf(data)
 }
 
 func (b *fakeBucket) putFile(path string, data []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.files[path] = data
+	b.etags[path] = etagOf(data)
 }
 
 func (b *fakeBucket) setFault(key string, f *fault) {
@@ -110,6 +113,7 @@ func (b *fakeBucket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		data, ok = b.files[id]
 	}
 	b.gets[id]++
+	etag := b.etags[id]
 	if rg := r.Header.Get("Range"); rg != "" {
 		b.ranges = append(b.ranges, rg)
 	}
@@ -135,7 +139,6 @@ func (b *fakeBucket) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>`)
 		return
 	}
-	etag := etagOf(data)
 	w.Header().Set("ETag", etag)
 	w.Header().Set("Accept-Ranges", "bytes")
 	start := int64(0)
@@ -225,7 +228,7 @@ func (b *fakeBucket) serveList(w http.ResponseWriter, r *http.Request) {
 	for k := range b.objects {
 		keys = append(keys, k)
 	}
-	objects := b.objects
+	objects, etags := b.objects, b.etags
 	pageSize := b.pageSize
 	b.mu.Unlock()
 	if inject.status != 0 {
@@ -280,7 +283,7 @@ func (b *fakeBucket) serveList(w http.ResponseWriter, r *http.Request) {
 			res.CommonPrefixes = append(res.CommonPrefixes, xmlPrefix{e.name})
 		} else {
 			d := objects[e.name]
-			res.Contents = append(res.Contents, xmlContents{Key: e.name, LastModified: "2026-09-02T10:00:00.000Z", ETag: etagOf(d), Size: len(d), StorageClass: "STANDARD"})
+			res.Contents = append(res.Contents, xmlContents{Key: e.name, LastModified: "2026-09-02T10:00:00.000Z", ETag: etags[e.name], Size: len(d), StorageClass: "STANDARD"})
 		}
 	}
 	res.KeyCount = end - start

@@ -251,7 +251,7 @@ func (m *Manager) install(ctx context.Context, s *staging, b *Bundle) (*Bundle, 
 	if err := writeFileSync(filepath.Join(s.dir, fileMeta), append(data, '\n'), 0o644); err != nil {
 		return nil, err
 	}
-	if err := syncDir(s.dir); err != nil {
+	if err := syncFiles(s.dir); err != nil {
 		return nil, err
 	}
 	var out *Bundle
@@ -587,6 +587,30 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// syncFiles fsyncs every file in dir, then dir itself.
+func syncFiles(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", p, err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", p, err)
+		}
+	}
+	return syncDir(dir)
 }
 
 // diskUsage sums the allocated size of the regular files below dir.

@@ -193,10 +193,7 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 	if _, err = runTool(ctx, "e2fsck", "-fn", tmp); err != nil {
 		return fmt.Errorf("check ext4: %w", err)
 	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp, err)
-	}
-	if err = f.Close(); err != nil {
+	if err = f.Close(); err != nil { // install fsyncs it
 		return fmt.Errorf("close %s: %w", tmp, err)
 	}
 	if err = os.Rename(tmp, dst); err != nil {

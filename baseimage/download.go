@@ -103,8 +103,8 @@ type fetched struct {
 	size   int64
 }
 
-// fetch downloads req to dst through dst+".part": it verifies size and sha256, fsyncs and
-// renames. On failure the partial file is removed.
+// fetch downloads req to dst through dst+".part": it verifies size and sha256, then renames.
+// On failure the partial file is removed.
 func (m *Manager) fetch(ctx context.Context, req fetchReq, dst string) (res fetched, err error) {
 	tmp := dst + ".part"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
@@ -134,9 +134,8 @@ func (m *Manager) fetch(ctx context.Context, req fetchReq, dst string) (res fetc
 	if req.sha256 != "" && res.sha256 != req.sha256 {
 		return res, fmt.Errorf("download %s: %w: sha256 is %s, want %s", req.loc, ErrChecksum, res.sha256, req.sha256)
 	}
-	if err = f.Sync(); err != nil {
-		return res, fmt.Errorf("sync %s: %w", tmp, err)
-	}
+	// Not fsynced here: install fsyncs the bundle's files once, before the bundle becomes
+	// visible, and a squashfs that is converted and dropped never needs it.
 	if err = f.Close(); err != nil {
 		return res, fmt.Errorf("close %s: %w", tmp, err)
 	}
@@ -252,8 +251,12 @@ func (d *download) copyFile(ctx context.Context) error {
 	return d.copy(&ctxReader{ctx: ctx, r: src})
 }
 
-// copyBufSize is the read size; it sets the granularity of hashing and writing.
-const copyBufSize = 1 << 20
+// Pipelined copy: one goroutine reads the body into chunkSize buffers while another hashes
+// and writes them, so hashing overlaps the network instead of adding to it.
+const (
+	chunkSize = 1 << 20
+	chunks    = 4
+)
 
 // progressStep is how many bytes pass between progress reports.
 const progressStep = 1 << 20
@@ -265,31 +268,74 @@ func (d *download) copy(src io.Reader) error {
 	if d.req.size >= 0 {
 		src = io.LimitReader(src, d.req.size-d.done+1)
 	}
-	buf := make([]byte, copyBufSize)
-	for {
-		n, rerr := src.Read(buf)
+	free := make(chan []byte, chunks)
+	full := make(chan []byte, chunks)
+	for range chunks {
+		free <- make([]byte, chunkSize)
+	}
+	writeErr := make(chan error, 1)
+	var failed atomic.Bool
+	go func() {
+		var err error
+		for buf := range full {
+			if err == nil {
+				if err = d.consume(buf); err != nil {
+					failed.Store(true)
+				}
+			}
+			free <- buf[:cap(buf)]
+		}
+		writeErr <- err
+	}()
+	var rerr error
+	for rerr == nil && !failed.Load() { // stop reading once the writer fails
+		buf := <-free
+		var n int
+		n, rerr = fill(src, buf)
 		if n > 0 {
-			d.h.Write(buf[:n])
-			if _, err := d.f.Write(buf[:n]); err != nil {
-				return fmt.Errorf("write %s: %w", d.f.Name(), err)
-			}
-			d.done += int64(n)
-			if d.done-d.last >= progressStep {
-				d.last = d.done
-				d.m.report(d.req.name, d.done, d.req.size)
-			}
-		}
-		if errors.Is(rerr, io.EOF) {
-			if d.last != d.done {
-				d.last = d.done
-				d.m.report(d.req.name, d.done, d.req.size)
-			}
-			return nil
-		}
-		if rerr != nil {
-			return transient(fmt.Errorf("read body after %d bytes: %w", d.done, rerr))
+			full <- buf[:n]
 		}
 	}
+	close(full)
+	if err := <-writeErr; err != nil {
+		return err
+	}
+	if d.last != d.done {
+		d.last = d.done
+		d.m.report(d.req.name, d.done, d.req.size)
+	}
+	if !errors.Is(rerr, io.EOF) {
+		return transient(fmt.Errorf("read body after %d bytes: %w", d.done, rerr))
+	}
+	return nil
+}
+
+// fill reads into buf until it is full or the reader fails; unlike io.ReadFull it returns the
+// reader's own error, so a cut connection (io.ErrUnexpectedEOF) is not mistaken for the end.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// consume hashes and writes one chunk.
+func (d *download) consume(buf []byte) error {
+	d.h.Write(buf)
+	if _, err := d.f.Write(buf); err != nil {
+		return fmt.Errorf("write %s: %w", d.f.Name(), err)
+	}
+	d.done += int64(len(buf))
+	if d.done-d.last >= progressStep {
+		d.last = d.done
+		d.m.report(d.req.name, d.done, d.req.size)
+	}
+	return nil
 }
 
 // watchdog cancels a request when no bytes arrive for Options.StallTimeout.
