@@ -1,8 +1,10 @@
 package netdev
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -102,7 +104,9 @@ func smvLinks(t testing.TB) []string {
 func (ns *testNetns) addUplink(t testing.TB) {
 	t.Helper()
 	d := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "upl0"}, PeerName: "upl0peer"}
-	if err := ns.h.LinkAdd(d); err != nil {
+	if err := ns.h.LinkAdd(d); errors.Is(err, unix.EOPNOTSUPP) {
+		t.Skipf("the kernel cannot make veth devices: %v", err)
+	} else if err != nil {
 		t.Fatal(err)
 	}
 	peer, err := ns.h.LinkByName("upl0peer")
@@ -121,6 +125,24 @@ func (ns *testNetns) addUplink(t testing.TB) {
 	}
 	if err := ns.h.RouteAdd(&netlink.Route{LinkIndex: d.Index, Gw: net.ParseIP("10.99.0.254")}); err != nil {
 		t.Fatal(err)
+	}
+	ns.requireNAT(t)
+}
+
+// requireNAT skips the test unless the kernel's nftables can masquerade: it adds and deletes
+// a masquerade rule in the test's namespace.
+func (ns *testNetns) requireNAT(t testing.TB) {
+	t.Helper()
+	c := ns.nft(t)
+	tb := c.AddTable(natTable())
+	c.AddRule(masqRule(c.AddChain(postChain(tb)), netip.MustParsePrefix("10.98.0.0/30"), "upl0", "probe"))
+	err := c.Flush()
+	c.DelTable(tb)
+	if derr := c.Flush(); err == nil && derr != nil {
+		t.Fatal(derr)
+	}
+	if err != nil {
+		t.Skipf("the kernel's nftables cannot masquerade (nf_tables, nft_nat, nft_masq): %v", err)
 	}
 }
 
