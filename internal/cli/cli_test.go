@@ -3,9 +3,11 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -32,8 +34,13 @@ type result struct {
 }
 
 // cliEnv is the environment a test runs the CLI with: a private HOME and an empty PATH unless
-// the test sets them.
+// the test sets them. The key testSelf is not an environment variable: it names the executable
+// run --detach starts the supervisor from.
 type cliEnv map[string]string
+
+// testSelf is the cliEnv key for the smartvm executable (a link to the test binary).
+const testSelf = "\x00self"
+
 
 func newEnv(t *testing.T) cliEnv {
 	return cliEnv{"HOME": t.TempDir(), "PATH": ""}
@@ -52,15 +59,40 @@ func (e cliEnv) run(t *testing.T, args ...string) result {
 
 func (e cliEnv) runCtx(t *testing.T, ctx context.Context, args ...string) result {
 	t.Helper()
-	var out, errOut bytes.Buffer
+	var out, errOut syncBuffer
+	return e.runIO(ctx, strings.NewReader(""), &out, &errOut, args...)
+}
+
+// runIO runs the CLI in-process with the given stdio; stdout and stderr must be safe to read
+// while it runs if the caller watches them.
+func (e cliEnv) runIO(ctx context.Context, stdin io.Reader, stdout, stderr *syncBuffer, args ...string) result {
 	a := &app{
-		stdin:     strings.NewReader(""),
-		stdout:    &out,
-		stderr:    &errOut,
+		stdin:     stdin,
+		stdout:    stdout,
+		stderr:    stderr,
 		lookupEnv: e.lookup,
+		self:      e[testSelf],
 	}
 	code := a.run(ctx, args)
-	return result{stdout: out.String(), stderr: errOut.String(), code: code}
+	return result{stdout: stdout.String(), stderr: stderr.String(), code: code}
+}
+
+// syncBuffer is a bytes.Buffer that may be read while the CLI writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // ok fails the test unless the run exited 0.
@@ -72,15 +104,20 @@ func (r result) ok(t *testing.T) result {
 	return r
 }
 
-// fails checks the exit code and that stderr ends with the one "smartvm: " line, which
-// contains want. Progress lines may come before it.
+// fails checks the exit code and that stderr has exactly one "smartvm: " message, which
+// contains want. Progress lines may come before it, and the message may span lines.
 func (r result) fails(t *testing.T, code int, want string) {
 	t.Helper()
 	if r.code != code {
 		t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
 	}
-	lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
-	if !strings.HasPrefix(lines[len(lines)-1], "smartvm: ") || strings.Count(r.stderr, "smartvm: ") != 1 {
+	n := 0
+	for _, l := range strings.Split(r.stderr, "\n") {
+		if strings.HasPrefix(l, "smartvm: ") {
+			n++
+		}
+	}
+	if n != 1 {
 		t.Errorf("stderr is not one 'smartvm: <message>' line:\n%s", r.stderr)
 	}
 	if !strings.Contains(r.stderr, want) {
