@@ -41,7 +41,6 @@ type cliEnv map[string]string
 // testSelf is the cliEnv key for the smartvm executable (a link to the test binary).
 const testSelf = "\x00self"
 
-
 func newEnv(t *testing.T) cliEnv {
 	return cliEnv{"HOME": t.TempDir(), "PATH": ""}
 }
