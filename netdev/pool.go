@@ -37,10 +37,10 @@ type Pool struct {
 	prefix netip.Prefix
 }
 
-// Lease is one leased /30.
+// Lease is one leased /30: its subnet, the owner it was leased to, and when.
 type Lease struct {
 	Subnet  netip.Prefix `json:"subnet"`
-	Owner   string       `json:"owner"`
+	Owner   string       `json:"owner"` // empty when the lease file cannot be read
 	Created time.Time    `json:"created"`
 }
 

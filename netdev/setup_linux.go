@@ -40,15 +40,15 @@ func Setup(ctx context.Context, cfg Config, opts ...Option) (*Network, error) {
 		return nil, err
 	}
 	wrap := func(err error) error { return fmt.Errorf("set up network of %s: %w", cfg.Owner, err) }
+	pool, err := NewPool(cfg.Dir, cfg.Pool)
+	if err != nil {
+		return nil, wrap(err)
+	}
 	if err := checkCaps(cfg.Netns); err != nil {
 		return nil, wrap(err)
 	}
 	if _, err := os.Stat(o.tunPath); errors.Is(err, fs.ErrNotExist) {
 		return nil, wrap(fmt.Errorf("%w (%s is missing): load the tun module (`modprobe tun`), or create the device node (`mknod /dev/net/tun c 10 200`)", ErrNoTUN, o.tunPath))
-	}
-	pool, err := NewPool(cfg.Dir, cfg.Pool)
-	if err != nil {
-		return nil, wrap(err)
 	}
 	host, err := callerNetns()
 	if err != nil {
