@@ -282,3 +282,29 @@ func TestInterruptedInstallIsCleaned(t *testing.T) {
 		}
 	}
 }
+
+// TestPullCallerLeavingDoesNotCancelOthers: when one of two callers sharing a Pull gives up,
+// the download goes on for the other; when the last one gives up, it stops and cleans up.
+func TestPullCallerLeavingDoesNotCancelOthers(t *testing.T) {
+	bucket := newFakeBucket(t)
+	url, _ := hostExt4(t, bucket, "shared", 1<<20)
+	bucket.setFault("/shared/rootfs.ext4", &fault{times: 1, delay: 300 * time.Millisecond})
+	m := testManager(t, bucket)
+	impatient, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Pull(context.Background(), Source{ManifestURL: url})
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	if _, err := m.Pull(impatient, Source{ManifestURL: url}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("impatient pull: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("patient pull: %v", err)
+	}
+	if n := bucket.count("/shared/rootfs.ext4"); n != 1 {
+		t.Errorf("rootfs downloaded %d times, want 1", n)
+	}
+}

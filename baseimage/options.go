@@ -55,7 +55,7 @@ type Options struct {
 	// Logger receives Debug lines for steps, Info for installs and Warn before each eviction.
 	// Default: discard.
 	Logger *slog.Logger
-	// Progress, if set, is called during each download, from the downloading goroutine, at
+	// Progress, if set, is called during each download, from a goroutine of the download, at
 	// the start, about every MiB and at the end. It must not block for long.
 	Progress func(Progress)
 	// RootfsSizeMiB is the size of the ext4 image made from a squashfs rootfs. Default

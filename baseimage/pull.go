@@ -217,8 +217,8 @@ func (m *Manager) pull(ctx context.Context, src Source, key string) (*Bundle, er
 			_, err := m.pruneLocked(ctx, m.keep)
 			return err
 		})
-		if err != nil {
-			return nil, fmt.Errorf("evict old base images: %w", err)
+		if err != nil { // the new bundle is installed and usable: eviction is retried next time
+			m.log.Warn("evicting old base images failed", "err", err)
 		}
 	}
 	return b, nil
