@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -227,4 +229,60 @@ func killOwner(t *testing.T, cmd *exec.Cmd) {
 	t.Helper()
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
+}
+
+// startMany starts n VMs at once, the i-th described by spec(i), and fails the test unless
+// all start.
+func startMany(t *testing.T, mgr *Manager, n int, spec func(i int) MachineSpec) []*Machine {
+	t.Helper()
+	ms := make([]*Machine, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			defer cancel()
+			ms[i], errs[i] = mgr.Start(ctx, spec(i))
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			for _, m := range ms {
+				m.Close()
+			}
+			t.Fatalf("vm %d: %v", i, err)
+		}
+	}
+	return ms
+}
+
+// checkGone fails the test unless the VMs' processes and directories are gone and the root
+// holds no VM.
+func checkGone(t *testing.T, root string, ms []*Machine) {
+	t.Helper()
+	for _, m := range ms {
+		if !processGone(m.PID(), 0) {
+			t.Errorf("vm %s: pid %d still there", m.Name(), m.PID())
+		}
+		if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("vm %s: runtime dir left: %v", m.Name(), err)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 0 {
+		t.Errorf("left in the root: %v", ents)
+	}
+}
+
+// detachedVM has a helper process start a detached VM called name and exit, and returns the
+// root, the (fake) firecracker binary and the VM's pid. The VM is killed at cleanup.
+func detachedVM(t *testing.T, name, mode string) (root, bin string, pid int) {
+	t.Helper()
+	root = testRoot(t)
+	bin = testutil.Link(t, "firecracker")
+	spec := guestSpec(guestKernel(t), mode)
+	spec.Name = name
+	_, pid = runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: spec, Detached: true, Exit: true})
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	return root, bin, pid
 }

@@ -101,6 +101,7 @@ type Machine struct {
 	stateMu sync.Mutex
 	state   MachineState // last seen
 
+	released   chan struct{} // closed by Release: stop supervising
 	done       chan struct{} // closed once the process ended and the cleanup ran
 	result     error         // Wait's result, set before done is closed
 	cleanupErr error         // set before done is closed
@@ -384,6 +385,7 @@ func (m *Machine) Release() error {
 	}
 	var err error
 	m.closeOnce.Do(func() {
+		close(m.released)
 		m.serial.Close()
 		m.client.Close()
 		err = m.proc.Release()
@@ -395,7 +397,11 @@ func (m *Machine) Release() error {
 
 // supervise waits for the process to end, records the result and cleans up.
 func (m *Machine) supervise() {
-	<-m.proc.Done()
+	select {
+	case <-m.proc.Done():
+	case <-m.released:
+		return
+	}
 	st := m.proc.Status()
 	if st.Known && !st.Success() {
 		m.result = &ExitError{Code: st.Code, Signal: st.Signal, LogTail: logTail(m.paths)}
@@ -537,18 +543,19 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		return nil, fmt.Errorf("api does not answer: %w", err)
 	}
 	m := &Machine{
-		mgr:     mgr,
-		log:     log,
-		name:    st.Name,
-		paths:   st.Paths,
-		proc:    p,
-		client:  client,
-		version: ver,
-		binary:  st.FirecrackerBinary,
-		mode:    st.Mode,
-		created: st.Created,
-		state:   stateOf(ii.State),
-		done:    make(chan struct{}),
+		mgr:      mgr,
+		log:      log,
+		name:     st.Name,
+		paths:    st.Paths,
+		proc:     p,
+		client:   client,
+		version:  ver,
+		binary:   st.FirecrackerBinary,
+		mode:     st.Mode,
+		created:  st.Created,
+		state:    stateOf(ii.State),
+		released: make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	if st.BaseImage != nil {
 		m.image = st.BaseImage.ID

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smartvm/smartvm/baseimage"
+	"github.com/smartvm/smartvm/internal/fakefc"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
@@ -16,6 +18,7 @@ func TestMain(m *testing.M) {
 	// stand-in processes inherit this and exit at once.
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	testutil.Main(m, map[string]func([]string) int{
+		"firecracker":   fakefc.Main,
 		"smartvm-owner": ownerMain,
 	})
 }
@@ -30,6 +33,8 @@ type ownerArgs struct {
 	Exit bool `json:"exit,omitempty"`
 	// Signals makes the owner call HandleSignals before starting the VM.
 	Signals bool `json:"signals,omitempty"`
+	// ImageDir is a base-image cache for the manager; empty: none.
+	ImageDir string `json:"image_dir,omitempty"`
 }
 
 // ownerMain is a process that owns a VM: it starts the VM described by its argument, prints
@@ -40,7 +45,16 @@ func ownerMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	mgr, err := NewManager(WithRuntimeDir(a.Root), WithFirecrackerBinary(a.Binary), WithStopGracePeriod(200*time.Millisecond))
+	opts := []Option{WithRuntimeDir(a.Root), WithFirecrackerBinary(a.Binary), WithStopGracePeriod(200 * time.Millisecond)}
+	if a.ImageDir != "" {
+		images, err := baseimage.New(baseimage.Options{Dir: a.ImageDir})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		opts = append(opts, WithBaseImages(images))
+	}
+	mgr, err := NewManager(opts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -48,11 +62,11 @@ func ownerMain(args []string) int {
 	if a.Signals {
 		mgr.HandleSignals()
 	}
-	var opts []StartOption
+	var sopts []StartOption
 	if a.Detached {
-		opts = append(opts, Detached())
+		sopts = append(sopts, Detached())
 	}
-	m, err := mgr.Start(context.Background(), a.Spec, opts...)
+	m, err := mgr.Start(context.Background(), a.Spec, sopts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -318,6 +318,9 @@ func FirecrackerVersion(ctx context.Context, bin string) (fcapi.Version, error) 
 	cmd := exec.CommandContext(ctx, bin, "--version")
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		return fcapi.Version{}, fmt.Errorf("run %s --version: %w: %s", bin, err, strings.TrimSpace(errb.String()))
 	}
 	line, _, _ := strings.Cut(strings.TrimSpace(out.String()), "\n")

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -118,40 +116,16 @@ func TestRealConcurrentStarts(t *testing.T) {
 	root := testRoot(t)
 	mgr := newManager(t, root, bin)
 	kernel := guestKernel(t)
-	const n = 20
-	ms := make([]*Machine, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-			defer cancel()
-			spec := guestSpec(kernel, testguest.ModeHalt)
-			spec.Name = fmt.Sprintf("vm%02d", i)
-			ms[i], errs[i] = mgr.Start(ctx, spec)
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("vm %d: %v", i, err)
-		}
-	}
+	ms := startMany(t, mgr, 20, func(i int) MachineSpec {
+		spec := guestSpec(kernel, testguest.ModeHalt)
+		spec.Name = fmt.Sprintf("vm%02d", i)
+		return spec
+	})
 	for _, m := range ms {
 		followConsole(t, m).waitFor(t, testguest.HaltLine)
 	}
 	if err := mgr.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range ms {
-		if !processGone(m.PID(), 0) {
-			t.Errorf("vm %s: pid %d still there after Close", m.Name(), m.PID())
-		}
-		if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("vm %s: runtime dir left: %v", m.Name(), err)
-		}
-	}
-	if names, _ := filepath.Glob(filepath.Join(root, "vms", "*")); len(names) != 0 {
-		t.Errorf("left in the root: %v", names)
-	}
+	checkGone(t, root, ms)
 }

@@ -437,7 +437,7 @@ func (s *starter) args(cfg fcapi.VMConfig) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(p.Config, b, 0o600); err != nil {
+		if err := os.WriteFile(p.Config, append(b, '\n'), 0o600); err != nil {
 			return nil, err
 		}
 		args = append(args, "--config-file", p.Config)
@@ -510,14 +510,15 @@ func (s *starter) configure(ctx context.Context, cfg fcapi.VMConfig) error {
 func (s *starter) state() *rundir.State {
 	spec, _ := json.Marshal(s.spec) // a MachineSpec always marshals
 	st := &rundir.State{
-		PID:                s.proc.PID(),
-		StartTime:          s.proc.StartTime(),
 		Mode:               s.mode(),
 		OwnerPID:           os.Getpid(),
 		Created:            s.begin.UTC(),
 		FirecrackerBinary:  s.bin,
 		FirecrackerVersion: s.version.String(),
 		Spec:               spec,
+	}
+	if s.proc != nil { // else not spawned yet: PID 0 says so
+		st.PID, st.StartTime = s.proc.PID(), s.proc.StartTime()
 	}
 	if s.image != nil {
 		st.BaseImage = &rundir.BaseImage{ID: s.image.id, Holder: s.image.holder}
@@ -550,6 +551,7 @@ func (s *starter) machine() *Machine {
 		serial:   s.serial,
 		cleanups: s.undo,
 		state:    StateRunning,
+		released: make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 	if s.image != nil {

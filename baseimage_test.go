@@ -1,0 +1,161 @@
+package smartvm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/baseimage"
+	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// imageFiles writes a base image into dir: the test guest as its kernel, a small ext4 rootfs
+// (made with mkfs.ext4 when it is installed) and manifest.json naming them relatively.
+func imageFiles(t *testing.T, dir, mode string) (manifest string) {
+	t.Helper()
+	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	if err := testguest.Write(kernel); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rootfs, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(rootfs, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if mkfs, err := exec.LookPath("mkfs.ext4"); err == nil {
+		if out, err := exec.Command(mkfs, "-q", "-F", rootfs).CombinedOutput(); err != nil {
+			t.Fatalf("mkfs.ext4: %v: %s", err, out)
+		}
+	}
+	arch, err := baseimage.HostArch()
+	if err != nil {
+		t.Skip(err)
+	}
+	file := func(p string) baseimage.ManifestFile {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		return baseimage.ManifestFile{URL: filepath.Base(p), SHA256: hex.EncodeToString(sum[:]), Size: int64(len(b))}
+	}
+	m := baseimage.Manifest{
+		Version:  baseimage.ManifestVersion,
+		Name:     "testguest-" + mode,
+		Arch:     arch,
+		Kernel:   file(kernel),
+		Rootfs:   file(rootfs),
+		BootArgs: testguest.BootArgs(mode),
+	}
+	m.Rootfs.Format = "ext4"
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest = filepath.Join(dir, "manifest.json")
+	if err := os.WriteFile(manifest, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return manifest
+}
+
+func holders(t *testing.T, images *baseimage.Manager) []string {
+	t.Helper()
+	bundles, err := images.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hs []string
+	for _, b := range bundles {
+		hs = append(hs, b.Holders...)
+	}
+	return hs
+}
+
+// TestBaseImageFromManifestURL boots a base image served by a local HTTP server: the
+// bundle's kernel and boot args are used, its rootfs is staged as the ephemeral root drive,
+// and the bundle is marked in use while the VM runs.
+func TestBaseImageFromManifestURL(t *testing.T) {
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	served := t.TempDir()
+	imageFiles(t, served, testguest.ModeCounter)
+	srv := httptest.NewServer(http.FileServer(http.Dir(served)))
+	t.Cleanup(srv.Close)
+	images, err := baseimage.New(baseimage.Options{Dir: filepath.Join(t.TempDir(), "cache"), HTTPClient: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := newManager(t, root, testutil.Link(t, "firecracker"), WithBaseImages(images))
+	m := start(t, mgr, MachineSpec{BaseImageManifestURL: srv.URL + "/manifest.json", MemoryMiB: 32})
+	followConsole(t, m).waitFor(t, testguest.TickLine(0))
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	bundles, err := images.List(ctx)
+	if err != nil || len(bundles) != 1 {
+		t.Fatalf("bundles %v, %v", bundles, err)
+	}
+	b := bundles[0]
+	if len(b.Holders) != 1 || !strings.HasPrefix(b.Holders[0], "vm:"+m.Name()+"@") || m.Info().BaseImage != b.ID {
+		t.Errorf("holders %v, info %+v", b.Holders, m.Info())
+	}
+	cfg, err := m.Client().GetVMConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staged := filepath.Join(m.Dir(), "drives", "rootfs.img")
+	if cfg.BootSource.KernelImagePath != b.Kernel || cfg.BootSource.BootArgs != b.BootArgs ||
+		len(cfg.Drives) != 1 || cfg.Drives[0].PathOnHost != staged || !cfg.Drives[0].IsRootDevice || cfg.Drives[0].IsReadOnly {
+		t.Errorf("vm config %+v %+v, bundle %+v", cfg.BootSource, cfg.Drives, b)
+	}
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if hs := holders(t, images); len(hs) != 0 {
+		t.Errorf("in-use markers left after stop: %v", hs)
+	}
+	if _, err := os.Stat(b.Rootfs); err != nil {
+		t.Errorf("the cached rootfs went with the vm: %v", err)
+	}
+}
+
+// TestBaseImageMarkerReaped kills the owner of a base-image VM with SIGKILL: the next
+// manager with the base-image manager reaps the VM and drops its in-use marker.
+func TestBaseImageMarkerReaped(t *testing.T) {
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	manifest := imageFiles(t, t.TempDir(), testguest.ModeHalt)
+	cache := filepath.Join(t.TempDir(), "cache")
+	bin := testutil.Link(t, "firecracker")
+	owner, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, ImageDir: cache,
+		Spec: MachineSpec{BaseImageManifestPath: manifest, MemoryMiB: 32}})
+	killOwner(t, owner)
+	if !processGone(pid, time.Second) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatal("firecracker outlived its owner")
+	}
+	images, err := baseimage.New(baseimage.Options{Dir: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs := holders(t, images); len(hs) != 1 {
+		t.Fatalf("holders before reaping: %v", hs)
+	}
+	newManager(t, root, bin, WithBaseImages(images))
+	if hs := holders(t, images); len(hs) != 0 {
+		t.Fatalf("holders after reaping: %v", hs)
+	}
+}
