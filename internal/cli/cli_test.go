@@ -11,12 +11,19 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/smartvm/smartvm/internal/fakefc"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
+	// Under -race, every process of this test binary (the fake firecracker, the supervisor)
+	// would otherwise sleep a second on exit for the race detector's report.
+	if _, set := os.LookupEnv("GORACE"); !set {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 	testutil.Main(m, map[string]func([]string) int{
-		"smartvm": smartvmMain,
+		"firecracker": fakefc.Main,
+		"smartvm":     smartvmMain,
 	})
 }
 

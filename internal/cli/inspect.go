@@ -18,9 +18,10 @@ type inspectJSON struct {
 
 func (a *app) newInspectCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "inspect NAME",
-		Short: "Print a running VM's spec, state, pid, paths, Firecracker version and live config as JSON",
-		Args:  exactArgs(1, "one VM name"),
+		Use:               "inspect NAME",
+		Short:             "Print a running VM's spec, state, pid, paths, Firecracker version and live config as JSON",
+		Args:              exactArgs(1, "one VM name"),
+		ValidArgsFunction: a.completeOneVMName,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			return a.withVM(ctx, args[0], func(m *smartvm.Machine) error {

@@ -19,7 +19,8 @@ func (a *app) newLogsCmd() *cobra.Command {
 		Short: "Print a running VM's serial console",
 		Long: `Print what a running VM wrote to its serial console so far. With -f, keep printing
 what it writes until the VM ends or smartvm is interrupted.`,
-		Args: exactArgs(1, "one VM name"),
+		Args:              exactArgs(1, "one VM name"),
+		ValidArgsFunction: a.completeOneVMName,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			return a.withVM(ctx, args[0], func(m *smartvm.Machine) error {

@@ -54,7 +54,20 @@ func newReleaseServer(t *testing.T, tag string) *releaseServer {
 
 func (rs *releaseServer) url() string { return rs.URL + "/releases" }
 
+// setFirecracker replaces the firecracker in the tarball (and its published checksum).
+func (rs *releaseServer) setFirecracker(t *testing.T, script string) {
+	t.Helper()
+	rs.tgz = releaseTarballWith(t, rs.tag, rs.arch, script)
+	h := sha256.Sum256(rs.tgz)
+	rs.sum = hex.EncodeToString(h[:])
+}
+
 func releaseTarball(t *testing.T, tag, arch string) []byte {
+	t.Helper()
+	return releaseTarballWith(t, tag, arch, "#!/bin/sh\necho 'Firecracker "+tag+"'\n")
+}
+
+func releaseTarballWith(t *testing.T, tag, arch, firecracker string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
@@ -62,7 +75,7 @@ func releaseTarball(t *testing.T, tag, arch string) []byte {
 	dir := "release-" + tag + "-" + arch + "/"
 	files := []struct{ name, body string }{
 		{dir, ""},
-		{dir + "firecracker-" + tag + "-" + arch, "#!/bin/sh\necho 'Firecracker " + tag + "'\n"},
+		{dir + "firecracker-" + tag + "-" + arch, firecracker},
 		{dir + "firecracker-" + tag + "-" + arch + ".debug", "debug symbols"},
 		{dir + "jailer-" + tag + "-" + arch, "#!/bin/sh\necho 'Jailer " + tag + "'\n"},
 		{dir + "SHA256SUMS", "whatever"},

@@ -20,7 +20,8 @@ func (a *app) newStopCmd() *cobra.Command {
 		Long: `Stop VMs gracefully: send Ctrl-Alt-Del, give the guest --timeout to shut down, then
 send SIGTERM and finally SIGKILL. When stop returns, each VM's process, API socket, staged
 drives and runtime directory are gone.`,
-		Args: minArgs(1, "at least one VM name"),
+		Args:              minArgs(1, "at least one VM name"),
+		ValidArgsFunction: a.completeVMNames,
 		RunE: func(cmd *cobra.Command, names []string) error {
 			if timeout <= 0 {
 				return usagef("invalid --timeout %v: want a positive duration such as 10s", timeout)

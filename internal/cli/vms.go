@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/spf13/cobra"
@@ -66,14 +67,43 @@ func attach(ctx context.Context, mgr *smartvm.Manager, name string) (*smartvm.Ma
 // newVMsCmd builds a command that runs fn on each VM named on its command line (see eachVM).
 func (a *app) newVMsCmd(use, short, long string, release bool, fn func(context.Context, *smartvm.Machine) error) *cobra.Command {
 	return &cobra.Command{
-		Use:   use,
-		Short: short,
-		Long:  long,
-		Args:  minArgs(1, "at least one VM name"),
+		Use:               use,
+		Short:             short,
+		Long:              long,
+		Args:              minArgs(1, "at least one VM name"),
+		ValidArgsFunction: a.completeVMNames,
 		RunE: func(cmd *cobra.Command, names []string) error {
 			return a.onVMs(cmd.Context(), names, release, nil, fn)
 		},
 	}
+}
+
+// completeOneVMName completes the name of a running VM for a command that takes one.
+func (a *app) completeOneVMName(cmd *cobra.Command, args []string, s string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	return a.completeVMNames(cmd, args, s)
+}
+
+// completeVMNames completes the names of running VMs not yet on the command line.
+func (a *app) completeVMNames(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	mgr, err := a.manager(nil)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	defer mgr.Close()
+	infos, err := mgr.List(cmd.Context())
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var names []string
+	for _, info := range infos {
+		if !slices.Contains(args, info.Name) {
+			names = append(names, info.Name)
+		}
+	}
+	return names, cobra.ShellCompDirectiveNoFileComp
 }
 
 // onVMs opens the runtime root with opts and runs eachVM.

@@ -1,0 +1,212 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/fakefc"
+	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// fakeEnv is vmEnv with the fake Firecracker.
+func fakeEnv(t *testing.T) cliEnv {
+	return vmEnv(t, testutil.Link(t, "firecracker"))
+}
+
+func TestRunHello(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testRunHello(t, fakeEnv(t))
+}
+
+func TestDetachedLifecycle(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testDetachedLifecycle(t, fakeEnv(t))
+}
+
+func TestForegroundStop(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testForegroundStop(t, fakeEnv(t))
+}
+
+func TestForegroundFailure(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	t.Setenv(fakefc.EnvMode, fakefc.ModeFailStart)
+	env.run(t, "run", "--image", "hello", "--name", "broken").fails(t, ExitError, "start vm broken: InstanceStart")
+	if len(env.ps(t)) != 0 {
+		t.Error("a failed start left a VM listed")
+	}
+}
+
+func TestStopEscalates(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	t.Setenv(fakefc.EnvMode, fakefc.ModeIgnoreCtrlAltDel)
+	env.run(t, "run", "-d", "--name", "deaf", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	vm := env.psOne(t, "deaf")
+	begin := time.Now()
+	if r := env.run(t, "stop", "--timeout", "200ms", "deaf").ok(t); r.stdout != "deaf\n" {
+		t.Errorf("stop printed %q", r.stdout)
+	}
+	if took := time.Since(begin); took < 200*time.Millisecond {
+		t.Errorf("stop took %v: it did not give the guest its --timeout", took)
+	}
+	assertGone(t, vm)
+	env.run(t, "stop", "--timeout", "0s", "deaf").fails(t, ExitUsage, "invalid --timeout")
+}
+
+func TestKill(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	for _, name := range []string{"k1", "k2"} {
+		env.run(t, "run", "-d", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	}
+	vms := env.ps(t)
+	r := env.run(t, "kill", "k2", "nope", "k1")
+	r.fails(t, ExitError, `no running vm is called "nope"`)
+	if r.stdout != "k2\nk1\n" {
+		t.Errorf("kill printed %q, want the killed names in order", r.stdout)
+	}
+	for _, vm := range vms {
+		assertGone(t, vm)
+	}
+}
+
+var pidColumn = regexp.MustCompile(`(?m)[0-9]+$`)
+
+func TestPsTable(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	if r := env.run(t, "ps").ok(t); r.stdout != "NAME   STATE   VCPUS   MEMORY   IMAGE   UPTIME   PID\n" {
+		t.Errorf("ps with no VMs printed %q", r.stdout)
+	}
+	env.run(t, "run", "-d", "--name", "alpha", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--name", "beta-with-a-longer-name", "--cpus", "2", "--memory", "1024",
+		"--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "pause", "alpha").ok(t)
+	vms := env.ps(t)
+	if len(vms) != 2 {
+		t.Fatalf("ps lists %+v", vms)
+	}
+	// The clock 90 s after the later start: both uptimes read "1 minute" as long as the
+	// starts were less than 30 s apart.
+	now := vms[0].Created
+	if vms[1].Created.After(now) {
+		now = vms[1].Created
+	}
+	var out syncBuffer
+	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &out, lookupEnv: env.lookup, now: func() time.Time { return now.Add(90 * time.Second) }}
+	if code := a.run(t.Context(), []string{"ps"}); code != 0 {
+		t.Fatalf("ps: exit %d\n%s", code, out.String())
+	}
+	testutil.Golden(t, "ps", []byte(pidColumn.ReplaceAllString(out.String(), "PID")))
+	env.run(t, "kill", "alpha", "beta-with-a-longer-name").ok(t)
+}
+
+func TestInspect(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	env.run(t, "run", "-d", "--name", "insp", "--image", "hello", "--memory", "256", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	defer env.run(t, "kill", "insp")
+	r := env.run(t, "inspect", "insp").ok(t)
+	var got map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("inspect: %v\n%s", err, r.stdout)
+	}
+	for _, k := range []string{"name", "state", "pid", "api_socket", "runtime_dir", "console_path", "log_path", "firecracker_binary", "firecracker_version", "spec", "vm_config"} {
+		if _, ok := got[k]; !ok {
+			t.Errorf("inspect lacks %q:\n%s", k, r.stdout)
+		}
+	}
+	if got["state"] != "Running" || got["firecracker_version"] != "1.14.2" {
+		t.Errorf("inspect: state %v, version %v", got["state"], got["firecracker_version"])
+	}
+	mc, _ := got["vm_config"].(map[string]any)["machine-config"].(map[string]any)
+	if mc["mem_size_mib"] != float64(256) {
+		t.Errorf("live vm_config machine-config: %v", mc)
+	}
+	env.run(t, "inspect", "nope").fails(t, ExitError, `no running vm is called "nope"`)
+	env.run(t, "inspect").fails(t, ExitUsage, "want one VM name")
+}
+
+func TestLogsFollow(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	env.run(t, "run", "-d", "--name", "talker", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	var out, errOut syncBuffer
+	done := make(chan result, 1)
+	go func() { done <- env.runIO(t.Context(), strings.NewReader(""), &out, &errOut, "logs", "-f", "talker") }()
+	waitOutput(t, &out, testguest.TickLine(3))
+	env.run(t, "stop", "talker").ok(t)
+	r := <-done // -f ends with the VM
+	r.ok(t)
+	if !strings.HasPrefix(r.stdout, testguest.FirstLine(testguest.ModeCounter)) {
+		t.Errorf("logs -f did not start at the beginning:\n%.200s", r.stdout)
+	}
+}
+
+func TestRunInstallsFirecracker(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	delete(env, envFirecrackerBin)
+	env.run(t, "run", "--no-install", "--image", "hello").fails(t, ExitError, "no firecracker binary found")
+
+	rs := newReleaseServer(t, "v1.14.2")
+	// The release's firecracker runs the fake.
+	rs.setFirecracker(t, "#!/bin/sh\nexec "+testutil.Link(t, "firecracker")+" \"$@\"\n")
+	env[envFirecrackerReleases] = rs.url()
+	r := env.run(t, "run", "--image", "hello").ok(t)
+	if r.stdout != testguest.HelloLine+"\n" {
+		t.Errorf("run printed %q", r.stdout)
+	}
+	for _, want := range []string{"No firecracker binary found: installing the latest release", "Installing Firecracker v1.14.2", "sha256 " + rs.sum, "Installed "} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("run did not announce %q:\n%s", want, r.stderr)
+		}
+	}
+	if _, err := os.Stat(env["HOME"] + "/.smartvm/bin/firecracker"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestDoctorFake(t *testing.T) {
+	env := fakeEnv(t)
+	r := env.run(t, "doctor", "--json")
+	var rep doctorReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, r.stdout)
+	}
+	byName := map[string]check{}
+	for _, c := range rep.Checks {
+		byName[c.Name] = c
+		if c.Status != checkOK && c.Fix == "" {
+			t.Errorf("check %q is %s without a fix", c.Name, c.Status)
+		}
+	}
+	for _, name := range []string{"/dev/kvm", "firecracker", "/dev/net/tun", "mkfs.ext4", "e2fsck", "unsquashfs", "runtime dir", "hello guest"} {
+		if _, ok := byName[name]; !ok {
+			t.Errorf("doctor has no %q check", name)
+		}
+	}
+	if c := byName["firecracker"]; c.Status != checkOK || !strings.Contains(c.Detail, "v1.14.2") {
+		t.Errorf("firecracker check: %+v", c)
+	}
+	if byName["/dev/kvm"].Status == checkOK {
+		if c := byName["hello guest"]; c.Status != checkOK || c.DurationMS <= 0 && c.Detail == "" {
+			t.Errorf("hello check: %+v", c)
+		}
+	}
+	if wantCode := map[bool]int{true: 0, false: 1}[rep.OK]; r.code != wantCode {
+		t.Errorf("doctor exit code %d with ok=%v", r.code, rep.OK)
+	}
+	// The human form: one line per check.
+	r = env.run(t, "doctor")
+	if n := strings.Count(r.stdout, "] "); n != len(rep.Checks) {
+		t.Errorf("doctor printed %d check lines, want %d:\n%s", n, len(rep.Checks), r.stdout)
+	}
+}
