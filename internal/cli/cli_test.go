@@ -146,6 +146,14 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--log-level", "loud", "version"}, `invalid --log-level "loud"`},
 		{[]string{"--log-format", "xml", "version"}, `invalid --log-format "xml"`},
 		{[]string{"setup", "--version", "latest"}, `invalid --version "latest"`},
+		{[]string{"images", "bogus"}, `unknown command "bogus" for "smartvm images"`},
+		{[]string{"images", "pull", "--preset", "lts", "--manifest-path", "/m"}, "use only one of"},
+		{[]string{"images", "prune", "--keep", "-1"}, "invalid --keep -1"},
+		{[]string{"run", "--image", "hello", "--kernel", "/k"}, "--kernel cannot be combined with --image"},
+		{[]string{"run", "--cpus", "x"}, `invalid argument "x" for "--cpus"`},
+		{[]string{"stop"}, "want at least one VM name"},
+		{[]string{"pause"}, "want at least one VM name"},
+		{[]string{"logs", "a", "b"}, "want one VM name, got 2"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Parallel()

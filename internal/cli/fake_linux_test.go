@@ -210,3 +210,36 @@ func TestDoctorFake(t *testing.T) {
 		t.Errorf("doctor printed %d check lines, want %d:\n%s", n, len(rep.Checks), r.stdout)
 	}
 }
+
+func TestLogFormatAndRuntimeDirFlag(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	other := t.TempDir()
+	r := env.run(t, "--log-level", "info", "--log-format", "json", "--runtime-dir", other, "run", "--name", "elsewhere", "--image", "hello").ok(t)
+	var started bool
+	for _, line := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("--log-format json wrote a line that is not JSON: %q", line)
+		}
+		if rec["msg"] == "vm started" && rec["vm"] == "elsewhere" {
+			started = true
+		}
+	}
+	if !started {
+		t.Errorf("no JSON 'vm started' record at --log-level info:\n%s", r.stderr)
+	}
+	// --runtime-dir wins over $SMARTVM_RUNTIME_DIR: a VM there is not in the env's root.
+	env.run(t, "--runtime-dir", other, "run", "-d", "--name", "there", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	if vms := env.ps(t); len(vms) != 0 {
+		t.Errorf("ps in $SMARTVM_RUNTIME_DIR lists %+v", vms)
+	}
+	if r := env.run(t, "--runtime-dir", other, "ps").ok(t); !strings.Contains(r.stdout, "there") {
+		t.Errorf("ps --runtime-dir does not list the VM:\n%s", r.stdout)
+	}
+	env.run(t, "--runtime-dir", other, "kill", "there").ok(t)
+	entries, _ := os.ReadDir(other + "/vms")
+	if len(entries) != 0 {
+		t.Errorf("%s/vms still holds %d entries", other, len(entries))
+	}
+}

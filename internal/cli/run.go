@@ -284,6 +284,16 @@ func (a *app) firecrackerForRun(ctx context.Context, noInstall bool) (string, er
 		return "", fmt.Errorf("%w; --no-install keeps run from installing it", err)
 	}
 	fmt.Fprintln(a.stderr, "No firecracker binary found: installing the latest release (--no-install prevents this).")
+	path, err := a.installLatest(ctx)
+	if err != nil {
+		return "", fmt.Errorf("%w; or point $%s at a firecracker binary you have", err, envFirecrackerBin)
+	}
+	return path, nil
+}
+
+// installLatest installs the latest Firecracker release into ~/.smartvm/bin, announcing it on
+// stderr, and returns the firecracker binary's path.
+func (a *app) installLatest(ctx context.Context) (string, error) {
 	site, err := a.releaseSite()
 	if err != nil {
 		return "", err
