@@ -197,6 +197,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.httpError(w, "Invalid request.")
 		return
 	case r.ContentLength > int64(h.maxPayload):
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, r.ContentLength)) // micro-http reads it all first
 		h.httpError(w, fmt.Sprintf("Request payload with size %d is larger than the limit of %d allowed by server.", r.ContentLength, h.maxPayload))
 		return
 	}

@@ -1,13 +1,10 @@
 package fakefc
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -27,7 +24,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	bound    *boundSocket
-	srv      *http.Server
+	ln       net.Listener
+	http     *httpServer
 	closed   bool
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when serving has stopped
@@ -63,7 +61,7 @@ func serve(socketPath string, h *Handler) (*Server, error) {
 		return nil, fmt.Errorf("Failed to bind and run the HTTP server: IO error: %s: %w", osError(err), err)
 	}
 	s := &Server{h: h, path: socketPath, bound: bound, stopped: make(chan struct{}), cancel: make(chan struct{})}
-	s.srv = &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0), ReadHeaderTimeout: time.Minute}
+	s.http = newHTTPServer(h)
 	delay := h.opts.SocketDelay
 	if h.opts.has(ModeSlowSocket) && delay < SlowSocketDelay {
 		delay = SlowSocketDelay
@@ -110,7 +108,8 @@ func (s *Server) start() error {
 		s.h.log.info(threadMain, "Listening on API socket (%s).", rustDebugString(s.path))
 		s.h.log.info(threadAPI, "API server started.")
 	}
-	go func() { _ = s.srv.Serve(&limitListener{Listener: ln}) }()
+	s.ln = ln
+	go s.http.serve(&limitListener{Listener: ln})
 	return nil
 }
 
@@ -123,9 +122,12 @@ func (s *Server) stop() {
 			s.bound.close()
 			s.bound = nil
 		}
+		if s.ln != nil {
+			_ = s.ln.Close()
+		}
 		s.mu.Unlock()
 		close(s.cancel)
-		_ = s.srv.Close()
+		s.http.close()
 		close(s.stopped)
 	})
 }
@@ -150,13 +152,6 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Shutdown is Close for callers holding a context: it waits for in-flight requests to end,
-// up to ctx's deadline, then closes.
-func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.srv.Shutdown(ctx)
-	return errors.Join(err, s.Close())
-}
-
 // limitListener refuses connections beyond micro-http's limit with its raw 503.
 type limitListener struct {
 	net.Listener
@@ -164,8 +159,8 @@ type limitListener struct {
 	open int
 }
 
-const tooManyConnections = "HTTP/1.1 503 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n" +
-	"Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{ \"error\": \"Too many open connections\" }"
+const tooManyConnections = "HTTP/1.1 503\r\nServer: Firecracker API\r\nConnection: close\r\n" +
+	"Content-Length: 40\r\n\r\n{ \"error\": \"Too many open connections\" }"
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
