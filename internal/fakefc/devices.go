@@ -168,7 +168,7 @@ func (v *vm) patchDrive(u driveUpdate) (any, *apiError) {
 		}
 	}
 	if d == nil {
-		return nil, fault("Drive config error: Unable to patch the block device: Failed perform action on device: Device not found Please verify the request arguments.")
+		return nil, fault("Drive config error: Unable to patch the block device: %s Please verify the request arguments.", v.notFound())
 	}
 	if u.PathOnHost == nil && u.RateLimiter == nil {
 		return nil, fault("Drive config error: Unable to patch the block device: Block: Running method expected different backend. Please verify the request arguments.")
@@ -253,7 +253,7 @@ func (v *vm) patchNet(u netUpdate) (any, *apiError) {
 			return nil, nil
 		}
 	}
-	return nil, fault("Network config error: Unable to update the net device: Failed perform action on device: Device not found")
+	return nil, fault("Network config error: Unable to update the net device: %s", v.notFound())
 }
 
 func (v *vm) putPmem(p pmemConfig) (any, *apiError) {
@@ -298,7 +298,7 @@ func (v *vm) patchPmem(u pmemUpdate) (any, *apiError) {
 			return nil, nil
 		}
 	}
-	return nil, fault("Pmem device error: Failed perform action on device: Device not found")
+	return nil, fault("Pmem device error: %s", v.notFound())
 }
 
 func (v *vm) putVsock(c vsockConfig) (any, *apiError) {
@@ -360,11 +360,19 @@ func (v *vm) putBalloon(b balloonConfig) (any, *apiError) {
 func (v *vm) getBalloon() (any, *apiError) {
 	if v.balloon == nil {
 		if v.booted {
-			return nil, fault("Internal VMM error: Failed perform action on device: Device not found")
+			return nil, fault("Internal VMM error: %s", v.notFound())
 		}
 		return nil, fault("Balloon config error: No balloon device found.")
 	}
 	return v.balloonOut(), nil
+}
+
+// notFound is how the release words a device missing at run time.
+func (v *vm) notFound() string {
+	if v.rel.atLeast(13) {
+		return "Failed perform action on device: Device not found"
+	}
+	return "Device manager error: Failed to find the device on the bus."
 }
 
 // The guests the fake emulates have no virtio-balloon driver, so the device never activates,
@@ -372,7 +380,7 @@ func (v *vm) getBalloon() (any, *apiError) {
 
 func (v *vm) balloonStats() (any, *apiError) {
 	if v.balloon == nil {
-		return nil, fault("Internal VMM error: Failed perform action on device: Device not found")
+		return nil, fault("Internal VMM error: %s", v.notFound())
 	}
 	if v.balloon.StatsPollingIntervalS == 0 {
 		return nil, fault("Internal VMM error: Balloon: Received stats query when stats are disabled.")
@@ -383,14 +391,14 @@ func (v *vm) balloonStats() (any, *apiError) {
 
 func (v *vm) patchBalloon(u balloonUpdate) (any, *apiError) {
 	if v.balloon == nil {
-		return nil, fault("Balloon update error: Failed perform action on device: Device not found")
+		return nil, fault("Balloon update error: %s", v.notFound())
 	}
 	return nil, fault("Balloon update error: Balloon: Device not activated yet.")
 }
 
 func (v *vm) patchBalloonStats(u balloonStatsUpdate) (any, *apiError) {
 	if v.balloon == nil {
-		return nil, fault("Balloon update error: Failed perform action on device: Device not found")
+		return nil, fault("Balloon update error: %s", v.notFound())
 	}
 	if (u.StatsPollingIntervalS == 0) != (v.balloon.StatsPollingIntervalS == 0) {
 		return nil, fault("Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation.")
@@ -400,7 +408,7 @@ func (v *vm) patchBalloonStats(u balloonStatsUpdate) (any, *apiError) {
 
 func (v *vm) balloonHinting() (any, *apiError) {
 	if v.balloon == nil {
-		return nil, fault("Balloon update error: Failed perform action on device: Device not found")
+		return nil, fault("Balloon update error: %s", v.notFound())
 	}
 	if !v.balloon.FreePageHinting {
 		return nil, fault("Balloon update error: Balloon: Attempting to use hinting when not enabled")
@@ -439,19 +447,9 @@ func (v *vm) putMmdsConfig(c mmdsConfig) (any, *apiError) {
 	return nil, nil
 }
 
-// mmdsStore checks the data store is usable: after boot it exists only when MMDS was
-// configured before.
-func (v *vm) mmdsStore() *apiError {
-	if v.booted && v.mmdsCfg == nil {
-		return fault("MMDS error: The MMDS data store is not initialized.")
-	}
-	return nil
-}
+// The MMDS data store exists before and after boot, with or without PUT /mmds/config.
 
 func (v *vm) getMmds() (any, *apiError) {
-	if err := v.mmdsStore(); err != nil {
-		return nil, err
-	}
 	if v.mmdsData == nil {
 		return json.RawMessage("{}"), nil
 	}
@@ -459,9 +457,6 @@ func (v *vm) getMmds() (any, *apiError) {
 }
 
 func (v *vm) putMmds(data any) (any, *apiError) {
-	if err := v.mmdsStore(); err != nil {
-		return nil, err
-	}
 	if err := v.checkMmdsSize(data); err != nil {
 		return nil, err
 	}
@@ -470,9 +465,6 @@ func (v *vm) putMmds(data any) (any, *apiError) {
 }
 
 func (v *vm) patchMmds(patch any) (any, *apiError) {
-	if err := v.mmdsStore(); err != nil {
-		return nil, err
-	}
 	merged := mergePatch(v.mmdsData, patch)
 	if err := v.checkMmdsSize(merged); err != nil {
 		return nil, err
@@ -546,7 +538,7 @@ func (v *vm) putHotplug(c hotplugConfig) (any, *apiError) {
 
 func (v *vm) getHotplug() (any, *apiError) {
 	if v.hotplug == nil {
-		return nil, fault("Internal VMM error: Failed perform action on device: Device not found")
+		return nil, fault("Internal VMM error: %s", v.notFound())
 	}
 	h := v.hotplug
 	return jobj{{"total_size_mib", h.TotalSizeMib}, {"slot_size_mib", *h.SlotSizeMib}, {"block_size_mib", *h.BlockSizeMib},
@@ -555,7 +547,7 @@ func (v *vm) getHotplug() (any, *apiError) {
 
 func (v *vm) patchHotplug(hotplugUpdate) (any, *apiError) {
 	if v.hotplug == nil {
-		return nil, fault("Memory hotplug update error: Failed perform action on device: Device not found")
+		return nil, fault("Memory hotplug update error: %s", v.notFound())
 	}
 	return nil, fault("Memory hotplug update error: Failed to create memory hotplug device: Device is not active")
 }

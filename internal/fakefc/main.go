@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -106,20 +107,24 @@ func (p *process) main(argv []string) int {
 		}
 	}
 	p.log = newLogger(p.stdout, "anonymous-instance")
-	for _, a := range argv {
-		if a == "--help" {
-			_, _ = io.WriteString(p.stdout, helpText(rel))
-			return p.success()
-		}
+	// Arguments after "--" are extra arguments Firecracker ignores; --help, then --version,
+	// anywhere before them skip the parsing of the others.
+	if i := slices.Index(argv, "--"); i >= 0 {
+		argv = argv[:i]
+	}
+	switch {
+	case slices.Contains(argv, "--help"):
+		_, _ = io.WriteString(p.stdout, helpText(rel))
+		return p.success()
+	case slices.Contains(argv, "--version"):
+		fmt.Fprintf(p.stdout, "Firecracker v%s\n\n", rel.version)
+		return p.success()
 	}
 	a, aerr := parseArgs(rel, argv)
 	if aerr != nil {
 		return p.fail(153, "Arguments parsing error: "+aerr.msg+` \n\nFor more information try --help.`, "ParseArguments("+aerr.debug+")")
 	}
 	switch {
-	case a.has("version"):
-		fmt.Fprintf(p.stdout, "Firecracker v%s\n\n", rel.version)
-		return p.success()
 	case a.has("snapshot-version"):
 		fmt.Fprintf(p.stdout, "v%s\n", rel.snapshotFormat())
 		return p.success()

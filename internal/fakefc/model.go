@@ -226,6 +226,14 @@ var rustBodies = map[string]*rtype{
 		def("vsock_id", opt(tString)), req("guest_cid", tU32), req("uds_path", tString)),
 }
 
+// rustOps are bodies whose Rust type depends on the operation, not just the spec definition.
+var rustOps = map[string]*rtype{
+	"PATCH /machine-config": closed("MachineConfigUpdate",
+		def("vcpu_count", opt(tU8)), def("mem_size_mib", opt(tUsize)), def("smt", opt(tBool)),
+		def("cpu_template", opt(enum("C3", "T2", "T2S", "None", "T2CL", "T2A"))),
+		def("track_dirty_pages", opt(tBool)), def("huge_pages", opt(enum("None", "2M", "Transparent")))),
+}
+
 // loadSpec reads and converts the embedded spec of a release.
 func loadSpec(version string) (*openapi3.T, error) {
 	raw, err := fcspec.Read(version)
@@ -247,8 +255,8 @@ func loadSpec(version string) (*openapi3.T, error) {
 }
 
 // bodyType returns the Rust type of an operation's request body in this release's spec, or
-// nil when the operation takes no body.
-func bodyType(op *openapi3.Operation) *rtype {
+// nil when the operation takes no body. key is "METHOD /path".
+func bodyType(key string, op *openapi3.Operation) *rtype {
 	if op == nil || op.RequestBody == nil || op.RequestBody.Value == nil {
 		return nil
 	}
@@ -262,6 +270,9 @@ func bodyType(op *openapi3.Operation) *rtype {
 		return nil
 	}
 	name := refName(mt.Schema.Ref)
+	if m, ok := rustOps[key]; ok {
+		return adapt(m, mt.Schema.Value, name)
+	}
 	if m, ok := rustBodies[name]; ok {
 		return adapt(m, mt.Schema.Value, name)
 	}

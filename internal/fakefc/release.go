@@ -74,7 +74,7 @@ func loadRelease(version string) (*release, error) {
 	r := &release{version: version, major: major, minor: minor, patch: patch, spec: doc, bodies: map[string]*rtype{}}
 	for path, item := range doc.Paths.Map() {
 		for method, op := range item.Operations() {
-			if t := bodyType(op); t != nil {
+			if t := bodyType(method+" "+path, op); t != nil {
 				r.bodies[method+" "+path] = t
 			}
 		}

@@ -13,7 +13,7 @@ func TestDecodeMatchesSerde(t *testing.T) {
 	}
 	body := func(path, method string) *rtype {
 		t.Helper()
-		typ := bodyType(doc.Paths.Find(path).GetOperation(method))
+		typ := bodyType(method+" "+path, doc.Paths.Find(path).GetOperation(method))
 		if typ == nil {
 			t.Fatalf("no body type for %s %s", method, path)
 		}

@@ -207,7 +207,8 @@ func (v *vm) checkKernel() string {
 
 func (v *vm) sendCtrlAltDel() (any, *apiError) {
 	if !v.noCAD {
-		v.guest.ctrlAltDel()
+		// The guest sees the keys once the response is out: it may reset at once.
+		v.afterResponse = append(v.afterResponse, v.guest.ctrlAltDel)
 	}
 	return nil, nil
 }
@@ -232,7 +233,7 @@ func (v *vm) patchVM(b vmBody) (any, *apiError) {
 	v.log.info(threadMain, "Artificially kick devices")
 	if v.state == statePaused {
 		v.state = stateRunning
-		v.guest.resume()
+		v.afterResponse = append(v.afterResponse, v.guest.resume)
 	}
 	us := time.Since(start).Microseconds()
 	v.log.info(threadMain, "'resume vm' VMM action took %d us.", us)
