@@ -243,3 +243,82 @@ func TestLogFormatAndRuntimeDirFlag(t *testing.T) {
 		t.Errorf("%s/vms still holds %d entries", other, len(entries))
 	}
 }
+
+// writeGuestManifest writes a manifest whose kernel is the test guest in mode.
+func writeGuestManifest(t *testing.T, mode string) string {
+	t.Helper()
+	return writeManifestBootArgs(t, "guest-"+mode, string(testguest.ELF()), bootArgs(mode))
+}
+
+func TestRunBaseImage(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	r := env.run(t, "run", "--image", writeGuestManifest(t, testguest.ModeHello)).ok(t)
+	if r.stdout != testguest.HelloLine+"\n" {
+		t.Errorf("run with a manifest printed %q", r.stdout)
+	}
+
+	// A detached VM holds its image: it cannot be removed until the VM is gone.
+	manifest := writeGuestManifest(t, testguest.ModeHalt)
+	env[envBaseImageManifestP] = manifest // no image flags: the environment's default
+	env.run(t, "run", "-d", "--name", "holder").ok(t)
+	if vm := env.psOne(t, "holder"); vm.Image != manifest {
+		t.Errorf("ps shows image %q, want the manifest", vm.Image)
+	}
+	var images []imageJSON
+	if err := json.Unmarshal([]byte(env.run(t, "images", "ls", "--json").ok(t).stdout), &images); err != nil {
+		t.Fatal(err)
+	}
+	var held string
+	for _, im := range images {
+		if im.Name == "guest-halt" {
+			held = im.ID
+			if !im.InUse {
+				t.Errorf("images ls --json does not mark the running VM's image in use: %+v", im)
+			}
+		}
+	}
+	if held == "" {
+		t.Fatalf("images ls --json lacks the VM's image: %+v", images)
+	}
+	env.run(t, "images", "rm", held).fails(t, ExitError, "in use")
+	env.run(t, "kill", "holder").ok(t)
+	env.run(t, "images", "rm", held).ok(t)
+}
+
+func TestRunDrivesAndBootModes(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	r := env.run(t, "run", "--image", "hello", "--boot-mode", "config-file", "--enable-pci").ok(t)
+	if r.stdout != testguest.HelloLine+"\n" {
+		t.Errorf("config-file boot printed %q", r.stdout)
+	}
+	dir := t.TempDir()
+	data, keep := dir+"/data.img", dir+"/keep.img"
+	for _, p := range []string{data, keep} {
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env.run(t, "run", "-d", "--name", "disks", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt),
+		"--drive", data+":ro", "--drive", keep+":persistent", "--drive", data).ok(t)
+	defer env.run(t, "kill", "disks")
+	var got struct {
+		VMConfig struct {
+			Drives []struct {
+				ID         string `json:"drive_id"`
+				Path       string `json:"path_on_host"`
+				ReadOnly   bool   `json:"is_read_only"`
+				RootDevice bool   `json:"is_root_device"`
+			} `json:"drives"`
+		} `json:"vm_config"`
+	}
+	if err := json.Unmarshal([]byte(env.run(t, "inspect", "disks").ok(t).stdout), &got); err != nil {
+		t.Fatal(err)
+	}
+	d := got.VMConfig.Drives
+	if len(d) != 3 || d[0].Path != data || !d[0].ReadOnly || d[1].Path != keep || d[1].ReadOnly ||
+		d[2].Path == data || !strings.HasPrefix(d[2].Path, env[envRuntimeDir]) {
+		t.Errorf("drives: %+v (want %s read-only, %s in place, a staged copy of %s)", d, data, keep, data)
+	}
+}

@@ -19,6 +19,12 @@ import (
 // to it, into a new directory, and returns its path.
 func writeManifest(t *testing.T, name, kernel string) string {
 	t.Helper()
+	return writeManifestBootArgs(t, name, kernel, "console=ttyS0 reboot=k panic=1")
+}
+
+// writeManifestBootArgs is writeManifest with the given boot args.
+func writeManifestBootArgs(t *testing.T, name, kernel, bootArgs string) string {
+	t.Helper()
 	dir := t.TempDir()
 	arch, err := baseimage.HostArch()
 	if err != nil {
@@ -39,7 +45,7 @@ func writeManifest(t *testing.T, name, kernel string) string {
 		"arch":      arch,
 		"kernel":    file("vmlinux", kernel),
 		"rootfs":    rootfs,
-		"boot_args": "console=ttyS0 reboot=k panic=1",
+		"boot_args": bootArgs,
 	}
 	b, err := json.Marshal(m)
 	if err != nil {
