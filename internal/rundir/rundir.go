@@ -482,3 +482,25 @@ func (r *Root) States() ([]*State, error) {
 	}
 	return out, nil
 }
+
+// ID returns the random token that names this incarnation of the directory.
+func (d *Dir) ID() string { return d.id }
+
+// Reap removes the directory as Root.Reap would: only when nobody holds the VM's lock and its
+// process is gone. gone reports whether the directory is gone afterwards: reaped now, removed
+// earlier, or replaced by a newer VM of the same name (which Reap leaves alone).
+func (d *Dir) Reap(ctx context.Context) (gone bool, err error) {
+	rl, err := d.root.lock(ctx)
+	if err != nil {
+		return false, fmt.Errorf("reap vm %s: %w", d.name, err)
+	}
+	defer rl.Unlock()
+	id, err := os.ReadFile(filepath.Join(d.Dir, IDFile))
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && string(id) != d.id) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reap vm %s: %w", d.name, err)
+	}
+	return d.root.reapLocked(ctx, d.name)
+}

@@ -344,3 +344,41 @@ func TestDefaultPath(t *testing.T) {
 		t.Fatalf("DefaultPath() = %q", p)
 	}
 }
+
+func TestDirReap(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	d.WriteState(selfState(t))
+	looked, _, err := r.Lookup("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if looked.ID() != d.ID() || len(d.ID()) != 32 {
+		t.Fatalf("ids %q and %q", looked.ID(), d.ID())
+	}
+	// Owner holds the lock: not reaped.
+	if gone, err := looked.Reap(context.Background()); gone || err != nil {
+		t.Fatalf("reap of an owned vm: %v, %v", gone, err)
+	}
+	// Lock released but the process lives (detached): not reaped.
+	d.Unlock()
+	if gone, err := looked.Reap(context.Background()); gone || err != nil {
+		t.Fatalf("reap of a live detached vm: %v, %v", gone, err)
+	}
+	// Dead: reaped, and reaping again reports it gone.
+	d.WriteState(&State{PID: 999999999, StartTime: 1})
+	for range 2 {
+		if gone, err := looked.Reap(context.Background()); !gone || err != nil {
+			t.Fatalf("reap of a dead vm: %v, %v", gone, err)
+		}
+	}
+	// A newer VM of the same name is left alone, yet the old one counts as gone.
+	d2 := create(t, r, "vm1")
+	if gone, err := looked.Reap(context.Background()); !gone || err != nil {
+		t.Fatalf("reap after replacement: %v, %v", gone, err)
+	}
+	if _, err := os.Stat(d2.Dir); err != nil {
+		t.Fatal(err)
+	}
+}
