@@ -50,6 +50,7 @@ func (p *progress) update(file string, done, total int64) {
 				progressbar.OptionSetWriter(p.w),
 				progressbar.OptionSetDescription(file),
 				progressbar.OptionShowBytes(true),
+				progressbar.OptionUseIECUnits(true),
 				progressbar.OptionShowCount(),
 				progressbar.OptionSetWidth(30),
 				progressbar.OptionThrottle(100*time.Millisecond),
