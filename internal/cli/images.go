@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -125,6 +126,10 @@ looks for a newer one.`,
 	return cmd
 }
 
+// pullNotice is how long a pull may take before it says what it is doing: a cached image
+// returns sooner and prints nothing.
+const pullNotice = 500 * time.Millisecond
+
 // pull pulls src with progress on stderr.
 func (a *app) pull(ctx context.Context, src baseimage.Source) (*baseimage.Bundle, error) {
 	prog := newProgress(a.stderr)
@@ -133,6 +138,10 @@ func (a *app) pull(ctx context.Context, src baseimage.Source) (*baseimage.Bundle
 	if err != nil {
 		return nil, err
 	}
+	notice := time.AfterFunc(pullNotice, func() {
+		prog.noteIfIdle(fmt.Sprintf("Pulling base image %s (later runs use the cache in %s)", src, m.Dir()))
+	})
+	defer notice.Stop()
 	return m.Pull(ctx, src)
 }
 

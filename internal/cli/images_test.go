@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -169,5 +171,28 @@ func TestImageSourceResolution(t *testing.T) {
 				t.Fatalf("source = %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestImagesPullNoticeWhenSlow(t *testing.T) {
+	t.Parallel()
+	manifest := writeManifest(t, "slow", "kernel")
+	files := http.FileServer(http.Dir(filepath.Dir(manifest)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ".json") {
+			time.Sleep(2 * pullNotice)
+		}
+		files.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	env := imagesEnv(t)
+	u := srv.URL + "/manifest.json"
+	r := env.run(t, "images", "pull", "--manifest-url", u).ok(t)
+	if !strings.HasPrefix(r.stderr, "Pulling base image manifest "+u+" (later runs use the cache in ") {
+		t.Errorf("a slow pull did not say what it does first:\n%s", r.stderr)
+	}
+	// Cached now: no notice, no progress.
+	if r := env.run(t, "images", "pull", "--manifest-url", u).ok(t); r.stderr != "" {
+		t.Errorf("pulling a cached image printed:\n%s", r.stderr)
 	}
 }

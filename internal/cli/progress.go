@@ -29,6 +29,7 @@ type progress struct {
 	bar     *progressbar.ProgressBar
 	lastPct int64 // plain mode: last tenth printed, -1 before the first line
 	lastMiB int64 // plain mode, unknown size: last 64 MiB mark printed
+	shown   bool  // something was printed
 }
 
 func newProgress(w io.Writer) *progress {
@@ -41,6 +42,7 @@ const unknownSizeStep = 64 << 20
 func (p *progress) update(file string, done, total int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.shown = true
 	if file != p.file {
 		p.finishLocked()
 		p.file = file
@@ -73,6 +75,16 @@ func (p *progress) update(file string, done, total int64) {
 		p.lastPct = 0
 		p.lastMiB = done
 		fmt.Fprintf(p.w, "%s: %s\n", file, formatBytes(done))
+	}
+}
+
+// noteIfIdle prints line unless progress has been shown already.
+func (p *progress) noteIfIdle(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.shown {
+		p.shown = true
+		fmt.Fprintln(p.w, line)
 	}
 }
 
