@@ -5,6 +5,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -321,4 +322,45 @@ func TestRunDrivesAndBootModes(t *testing.T) {
 		d[2].Path == data || !strings.HasPrefix(d[2].Path, env[envRuntimeDir]) {
 		t.Errorf("drives: %+v (want %s read-only, %s in place, a staged copy of %s)", d, data, keep, data)
 	}
+}
+
+// waitEmpty waits until the runtime root holds no VM directory.
+func waitEmpty(t *testing.T, env cliEnv) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		vms, _ := os.ReadDir(env[envRuntimeDir] + "/vms")
+		if len(vms) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the runtime root still holds %d VM directories", len(vms))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The supervisor cleans up however Firecracker ends: the guest finishing, Firecracker being
+// killed, or the supervisor being asked to stop with SIGTERM.
+func TestDetachedSupervisorCleansUp(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	env.run(t, "run", "-d", "--name", "brief", "--image", "hello").ok(t)
+	waitEmpty(t, env)
+
+	env.run(t, "run", "-d", "--name", "victim", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	vm := env.psOne(t, "victim")
+	if err := syscall.Kill(vm.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, env)
+	assertGone(t, vm)
+
+	env.run(t, "run", "-d", "--name", "polite", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	vm = env.psOne(t, "polite")
+	if err := syscall.Kill(parentPID(t, vm.PID), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, env)
+	assertGone(t, vm)
 }
