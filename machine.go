@@ -277,8 +277,14 @@ func (m *Machine) Stop(ctx context.Context) error {
 	return nil
 }
 
+// stopRequestTimeout bounds each API request of Stop, so a Firecracker whose API hangs does
+// not hold up the escalation to signals.
+const stopRequestTimeout = 2 * time.Second
+
 // askShutdown resumes a paused VM and sends Ctrl-Alt-Del; it reports whether that was sent.
 func (m *Machine) askShutdown(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, stopRequestTimeout)
+	defer cancel()
 	if ii, err := m.client.GetInstanceInfo(ctx); err == nil && ii.State == fcapi.StatePaused {
 		if err := m.client.ResumeVM(ctx); err != nil {
 			m.log.Debug("resume before ctrl-alt-del", "err", err)
