@@ -42,10 +42,6 @@ import (
 // Errors wrap ErrExists when the name is taken, ErrClosed after Manager.Close, and
 // errors.ErrUnsupported when the spec uses something the installed Firecracker lacks.
 func (mgr *Manager) Start(ctx context.Context, spec MachineSpec, opts ...StartOption) (*Machine, error) {
-	var so startOptions
-	for _, opt := range opts {
-		opt(&so)
-	}
 	spec = spec.WithDefaults()
 	if spec.Name == "" {
 		spec.Name = randomName()
@@ -56,12 +52,21 @@ func (mgr *Manager) Start(ctx context.Context, spec MachineSpec, opts ...StartOp
 	if err := spec.ValidateFor(mgr.root.Path()); err != nil {
 		return nil, fmt.Errorf("start vm %s: invalid spec: %w", spec.Name, err)
 	}
+	return mgr.launch(ctx, spec, nil, opts)
+}
+
+// launch runs a start (or, with snap, a restore) of spec, which has its defaults and name,
+// and undoes it all if it fails.
+func (mgr *Manager) launch(ctx context.Context, spec MachineSpec, snap *Snapshot, opts []StartOption) (*Machine, error) {
 	s := &starter{
 		mgr:   mgr,
 		spec:  spec,
-		opts:  so,
+		snap:  snap,
 		log:   mgr.log.With("vm", spec.Name),
 		begin: time.Now(),
+	}
+	for _, opt := range opts {
+		opt(&s.opts)
 	}
 	m, err := s.run(ctx)
 	if err != nil {
@@ -92,6 +97,7 @@ type starter struct {
 	bin      string
 	version  fcapi.Version
 	dir      *rundir.Dir
+	snap     *Snapshot // set by Restore
 	image    *resolvedImage
 	serial   *os.File // read handle on serial.log
 	proc     *proc.Process
@@ -167,6 +173,11 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		return nil, s.fail("find firecracker", err)
 	}
 	s.log.Debug("firecracker", "binary", s.bin, "version", s.version.String())
+	if s.snap != nil {
+		if err := checkSnapshotVersion(s.snap, s.version); err != nil {
+			return nil, s.fail("check the snapshot", err)
+		}
+	}
 
 	if s.dir, err = s.mgr.root.Create(ctx, s.spec.Name); err != nil {
 		return nil, s.fail("reserve the name", err)
@@ -174,7 +185,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	dir := s.dir
 	s.push(dir.Remove)
 
-	if s.spec.UsesBaseImage() {
+	if s.spec.UsesBaseImage() && s.snap == nil {
 		if err := s.useBaseImage(ctx); err != nil {
 			return nil, s.fail("base image", err)
 		}
@@ -220,6 +231,11 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	if err := s.waitReady(ctx); err != nil {
 		if !s.ranToCompletion() {
 			return nil, s.fail("wait for the API socket", err)
+		}
+	} else if s.snap != nil {
+		s.bootSent = true
+		if err := s.load(ctx); err != nil {
+			return nil, err
 		}
 	} else if s.spec.BootMode == BootModeAPI {
 		if err := s.configure(ctx, cfg); err != nil {
@@ -321,6 +337,9 @@ func (s *starter) createFiles() (stdout, stderr *os.File, err error) {
 // stageDrives returns the drives as Firecracker gets them: ephemeral writable drives point at
 // private copies staged in the VM's directory; the others are used in place.
 func (s *starter) stageDrives(ctx context.Context) ([]fcapi.Drive, error) {
+	if s.snap != nil {
+		return nil, s.restageDrives(ctx)
+	}
 	specs := s.spec.Drives
 	if s.image != nil {
 		specs = append([]DriveSpec{s.image.root}, specs...)
@@ -350,6 +369,16 @@ func (s *starter) stageDrives(ctx context.Context) ([]fcapi.Drive, error) {
 		})
 	}
 	return drives, nil
+}
+
+// restageDrives stages a snapshot's copies of the ephemeral drives where the VM had them.
+func (s *starter) restageDrives(ctx context.Context) error {
+	for id, d := range s.snap.Drives {
+		if _, err := stage.Copy(ctx, filepath.Join(s.snap.Dir, d.File), s.dir.Drive(id)); err != nil {
+			return fmt.Errorf("drive %s: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // vmConfig is the VM's whole configuration, in Firecracker's terms. Both boot modes use it:

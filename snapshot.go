@@ -1,0 +1,241 @@
+package smartvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/stage"
+)
+
+// Files of a snapshot directory.
+const (
+	snapshotManifest = "manifest.json"
+	snapshotState    = "vm.state"
+	snapshotMemory   = "vm.mem"
+	snapshotDrives   = "drives"
+)
+
+// snapshotFormat is the manifest.json format this package writes and reads.
+const snapshotFormat = 1
+
+// Snapshot is a VM saved by Machine.Snapshot into a directory: Firecracker's VM state and
+// guest memory files, copies of the VM's ephemeral drives, and manifest.json, which is this
+// struct. Firecracker's snapshots do not hold disks: persistent and read-only drives are not
+// copied and must still be at their paths, unchanged, when the snapshot is restored.
+type Snapshot struct {
+	// Dir is the snapshot's directory (not stored in manifest.json).
+	Dir     string `json:"-"`
+	Version int    `json:"version"`
+	// Name is the VM's name; a restored VM gets it again.
+	Name string `json:"name"`
+	// Spec is the VM's description.
+	Spec MachineSpec `json:"spec"`
+	// FirecrackerVersion is the release that wrote the snapshot. Snapshots load only on the
+	// same major and minor release.
+	FirecrackerVersion string    `json:"firecracker_version"`
+	Created            time.Time `json:"created"`
+	// Drives are the ephemeral drives copied into the snapshot, by drive ID.
+	Drives map[string]SnapshotDrive `json:"drives,omitempty"`
+}
+
+// SnapshotDrive is an ephemeral drive saved with a snapshot.
+type SnapshotDrive struct {
+	// File is the copy, relative to the snapshot's directory.
+	File string `json:"file"`
+	// HostPath is where the VM had the drive staged; Firecracker reopens it there on restore.
+	HostPath string `json:"host_path"`
+}
+
+// OpenSnapshot reads the snapshot in dir. It returns an error wrapping ErrNotFound when dir
+// holds no snapshot.
+func OpenSnapshot(dir string) (Snapshot, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", dir, err)
+	}
+	b, err := os.ReadFile(filepath.Join(abs, snapshotManifest))
+	if errors.Is(err, os.ErrNotExist) {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: no %s: %w", abs, snapshotManifest, ErrNotFound)
+	}
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", abs, err)
+	}
+	var s Snapshot
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: %s: %w", abs, snapshotManifest, err)
+	}
+	if s.Version != snapshotFormat {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: manifest version %d, this smartvm reads %d: %w", abs, s.Version, snapshotFormat, errors.ErrUnsupported)
+	}
+	if !nameRE.MatchString(s.Name) {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: invalid vm name %q", abs, s.Name)
+	}
+	s.Dir = abs
+	return s, nil
+}
+
+// stagedDrives returns the IDs of the drives Start stages for spec (which has its defaults):
+// a base image's root drive and the ephemeral drives.
+func stagedDrives(spec MachineSpec) []string {
+	var ids []string
+	if spec.UsesBaseImage() {
+		ids = append(ids, baseImageRootID)
+	}
+	for _, d := range spec.Drives {
+		if d.Ephemeral() {
+			ids = append(ids, d.ID)
+		}
+	}
+	return ids
+}
+
+// Snapshot saves the VM into dir, which must not exist or be empty: it pauses the VM, has
+// Firecracker write its state and memory, copies the ephemeral drives (a reflink where the
+// filesystem can), writes manifest.json, and resumes the VM if it was running, also when a
+// step fails. ctx bounds the whole operation; writing the memory of a large VM takes a while.
+// On failure the files it wrote are removed.
+//
+// It returns an error wrapping ErrNotRunning when the VM has ended, and ErrExists when dir
+// holds files.
+func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err error) {
+	if m.exited() {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, ErrNotRunning)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	if ents, err := os.ReadDir(abs); err == nil && len(ents) > 0 {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %s is not empty: %w", m.name, abs, ErrExists)
+	}
+	if err := os.MkdirAll(filepath.Join(abs, snapshotDrives), 0o700); err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	defer func() {
+		if err != nil {
+			for _, name := range []string{snapshotManifest, snapshotState, snapshotMemory, snapshotDrives} {
+				os.RemoveAll(filepath.Join(abs, name))
+			}
+			os.Remove(abs) // only if this left it empty
+		}
+	}()
+
+	state, err := m.State(ctx)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	if state == StateRunning {
+		if err := m.Pause(ctx); err != nil {
+			return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+		}
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopRequestTimeout)
+			defer cancel()
+			if rerr := m.Resume(rctx); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("snapshot vm %s: %w", m.name, rerr))
+			}
+		}()
+	}
+	t0 := time.Now()
+	if err := m.client.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{
+		SnapshotPath: filepath.Join(abs, snapshotState),
+		MemFilePath:  filepath.Join(abs, snapshotMemory),
+		SnapshotType: fcapi.SnapshotFull,
+	}); err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, m.notRunning(err))
+	}
+	snap = Snapshot{
+		Dir:                abs,
+		Version:            snapshotFormat,
+		Name:               m.name,
+		Spec:               m.spec,
+		FirecrackerVersion: m.version.String(),
+		Created:            time.Now().UTC(),
+	}
+	for _, id := range stagedDrives(m.spec) {
+		file := filepath.Join(snapshotDrives, id+".img")
+		if _, err := stage.Copy(ctx, m.paths.Drive(id), filepath.Join(abs, file)); err != nil {
+			return Snapshot{}, fmt.Errorf("snapshot vm %s: drive %s: %w", m.name, id, err)
+		}
+		if snap.Drives == nil {
+			snap.Drives = map[string]SnapshotDrive{}
+		}
+		snap.Drives[id] = SnapshotDrive{File: file, HostPath: m.paths.Drive(id)}
+	}
+	b, err := json.MarshalIndent(snap, "", "  ")
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	if err := rundir.WriteFileAtomic(filepath.Join(abs, snapshotManifest), append(b, '\n'), 0o600); err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	m.log.Info("vm snapshot taken", "dir", abs, "took", time.Since(t0))
+	return snap, nil
+}
+
+// Restore starts a VM from a snapshot in a fresh Firecracker, under the snapshot's name, and
+// resumes it. The snapshot's ephemeral drives are staged again at the paths they had, so the
+// VM must be restored in a runtime root at the same path, and no other VM may have its name.
+// The snapshot's memory file is mapped by the restored VM: keep the snapshot directory until
+// the VM ends. MMDS data, which Firecracker does not keep in snapshots, is put back from the
+// spec.
+//
+// Errors are those of Start; a snapshot written by a Firecracker of another minor release, or
+// whose drives were staged in another runtime root, gives one wrapping
+// errors.ErrUnsupported.
+func (mgr *Manager) Restore(ctx context.Context, snap Snapshot, opts ...StartOption) (*Machine, error) {
+	spec := snap.Spec.WithDefaults()
+	spec.Name = snap.Name
+	spec.BootMode = BootModeAPI // a snapshot loads through the API
+	if _, err := mgr.lookup(spec.Name); err != nil {
+		return nil, fmt.Errorf("restore vm %s: %w", spec.Name, err)
+	}
+	paths := mgr.root.Paths(spec.Name)
+	for id, d := range snap.Drives {
+		if d.HostPath != paths.Drive(id) {
+			return nil, fmt.Errorf("restore vm %s: drive %s was staged at %s, and this runtime root stages it at %s: restore in the runtime root the snapshot was taken in: %w",
+				spec.Name, id, d.HostPath, paths.Drive(id), errors.ErrUnsupported)
+		}
+	}
+	return mgr.launch(ctx, spec, &snap, opts)
+}
+
+// checkSnapshotVersion refuses a snapshot from another major or minor release than the
+// binary's: Firecracker's snapshot format changes with nearly every minor release.
+func checkSnapshotVersion(snap *Snapshot, bin fcapi.Version) error {
+	v, err := fcapi.ParseVersion(snap.FirecrackerVersion)
+	if err != nil {
+		return fmt.Errorf("snapshot firecracker version %q: %w", snap.FirecrackerVersion, err)
+	}
+	if v.Major != bin.Major || v.Minor != bin.Minor {
+		return fmt.Errorf("snapshot written by Firecracker %s cannot be loaded by %s: use a %d.%d release: %w",
+			v, bin, v.Major, v.Minor, errors.ErrUnsupported)
+	}
+	return nil
+}
+
+// load restores the snapshot into the fresh Firecracker and resumes it, then puts back the
+// MMDS data.
+func (s *starter) load(ctx context.Context) error {
+	err := s.client.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
+		SnapshotPath: filepath.Join(s.snap.Dir, snapshotState),
+		MemBackend:   fcapi.MemoryBackend{BackendType: fcapi.MemBackendFile, BackendPath: filepath.Join(s.snap.Dir, snapshotMemory)},
+		ResumeVM:     true,
+	})
+	if err != nil {
+		return s.fail("PUT /snapshot/load", err)
+	}
+	if m := s.spec.MMDS; m != nil && len(m.Data) > 0 {
+		if err := s.client.PutMMDS(ctx, m.Data); err != nil {
+			return s.fail("PUT /mmds", err)
+		}
+	}
+	return nil
+}
