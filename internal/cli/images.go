@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -179,7 +180,7 @@ func (a *app) newImagesLsCmd() *cobra.Command {
 			for _, b := range list {
 				usedBy := "-"
 				if len(b.Holders) > 0 {
-					usedBy = fmt.Sprint(b.Holders)
+					usedBy = strings.Join(b.Holders, ",")
 				}
 				t.row(b.ID, b.Name, formatBytes(b.Size), ago(now, b.LastUsed), usedBy, b.Source.String())
 			}
