@@ -29,21 +29,21 @@ type guestState struct {
 // guest emulates the guest's behaviour on the serial console and the i8042 (Ctrl-Alt-Del):
 // see the package documentation.
 type guest struct {
-	vm   *vm
-	out  io.Writer
-	spec guestSpec
+	vm      *vm
+	out     io.Writer
+	spec    guestSpec
+	started time.Time // InstanceStart, for the boot timer
 
-	mu       sync.Mutex
-	paused   bool
-	stopped  bool
-	resumed  bool // started from a snapshot: the boot output was printed before
-	st       guestState
-	wake     chan struct{}
-	finished chan struct{}
+	mu      sync.Mutex
+	paused  bool
+	stopped bool
+	resumed bool // started from a snapshot: the boot output was printed before
+	st      guestState
+	wake    chan struct{}
 }
 
 func newGuest(v *vm, out io.Writer, spec guestSpec) *guest {
-	return &guest{vm: v, out: out, spec: spec, wake: make(chan struct{}, 1), finished: make(chan struct{})}
+	return &guest{vm: v, out: out, spec: spec, started: time.Now(), wake: make(chan struct{}, 1)}
 }
 
 func (g *guest) start() { go g.run() }
@@ -149,7 +149,6 @@ func (g *guest) reset() {
 }
 
 func (g *guest) run() {
-	defer close(g.finished)
 	if !g.waitRunning() {
 		return
 	}
@@ -225,6 +224,12 @@ func (g *guest) runLinux() {
 		} {
 			g.print(line)
 		}
+	}
+	if g.vm.bootTimer && !g.resumed {
+		// Linux's init writes to the boot timer device; Firecracker logs the time since
+		// InstanceStart.
+		us := time.Since(g.started).Microseconds()
+		g.vm.log.info(threadVCPU, "Guest-boot-time = %6d us %d ms, %6d CPU us %d CPU ms", us, us/1000, us, us/1000)
 	}
 	if cad, _ := g.waitCAD(0); cad {
 		if console {

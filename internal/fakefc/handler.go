@@ -59,6 +59,8 @@ type Options struct {
 	MmdsSizeLimit int
 	// EnablePCI mimics --enable-pci.
 	EnablePCI bool
+	// BootTimer mimics --boot-timer: a Linux guest's boot time is logged.
+	BootTimer bool
 }
 
 func (o Options) has(mode string) bool { return slices.Contains(o.Modes, mode) }
@@ -101,6 +103,9 @@ func newHandler(opts Options, log *fcLogger) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := rel.load(); err != nil {
+		return nil, err
+	}
 	for _, m := range opts.Modes {
 		if !slices.Contains(knownModes, m) {
 			return nil, fmt.Errorf("fake firecracker: unknown failure mode %q (known: %s)", m, strings.Join(knownModes, ", "))
@@ -125,7 +130,7 @@ func newHandler(opts Options, log *fcLogger) (*Handler, error) {
 	h.vm = &vm{
 		rel: rel, log: h.log, metrics: newMetrics(), id: opts.ID, stdout: opts.Stdout,
 		failBoot: opts.has(ModeFailStart), noCAD: opts.has(ModeIgnoreCtrlAltDel),
-		mmdsLimit: opts.MmdsSizeLimit, enablePCI: opts.EnablePCI,
+		mmdsLimit: opts.MmdsSizeLimit, enablePCI: opts.EnablePCI, bootTimer: opts.BootTimer,
 		machine: defaultMachine(), exited: make(chan struct{}),
 	}
 	h.vm.onExit = func(int) { close(h.done) }

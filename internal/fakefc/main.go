@@ -187,13 +187,11 @@ func (p *process) run(a args) int {
 		return p.fail(1, "RunWithApiError error: Failed to bind and run the HTTP server: IO error: Permission denied (os error 13)",
 			`RunWithApi(FailedToBindAndRunHttpServer(IOError(Os { code: 13, kind: PermissionDenied, message: "Permission denied" })))`)
 	}
+	p.opts.EnablePCI, p.opts.BootTimer = a.has("enable-pci"), a.has("boot-timer")
 	h, err := newHandler(p.opts, p.log)
 	if err != nil {
 		fmt.Fprintf(p.stderr, "fake firecracker: %v (check %s)\n", err, EnvMode)
 		return exitUsage
-	}
-	if a.has("enable-pci") {
-		h.vm.enablePCI = true
 	}
 	if a.has("metrics-path") {
 		if err := h.vm.metrics.open(a.get("metrics-path"), p.rel.atLeast(14)); err != nil {
@@ -247,7 +245,6 @@ func (p *process) run(a args) int {
 			return p.panicAbort(p.panicLocation("metadata"), "Unable to open or read from the mmds content file: "+osErrorDebug(err))
 		}
 	}
-	h.vm.bootTimer = a.has("boot-timer")
 	if p.opts.has(ModeNoSocket) {
 		// Run, but never create the API socket: only a signal ends this.
 		for {

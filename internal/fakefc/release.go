@@ -19,8 +19,13 @@ const DefaultVersion = "1.14.2"
 type release struct {
 	version             string // as reported, without "v": "1.14.2"
 	major, minor, patch int
-	spec                *openapi3.T
-	bodies              map[string]*rtype // "PUT /drives/{drive_id}" → body type
+	specVersion         string // the embedded spec it uses
+
+	// The spec and body types, loaded on first use (load): the command line needs neither.
+	once    sync.Once
+	loadErr error
+	spec    *openapi3.T
+	bodies  map[string]*rtype // "PUT /drives/{drive_id}" → body type
 }
 
 // snapshotFormats is the snapshot data format each minor release writes and reads
@@ -67,20 +72,30 @@ func loadRelease(version string) (*release, error) {
 		return nil, fmt.Errorf("fake firecracker: no embedded spec for release %s or its minor release (have %s)",
 			version, strings.Join(have, ", "))
 	}
-	doc, err := loadSpec(specVersion)
-	if err != nil {
-		return nil, err
-	}
-	r := &release{version: version, major: major, minor: minor, patch: patch, spec: doc, bodies: map[string]*rtype{}}
-	for path, item := range doc.Paths.Map() {
-		for method, op := range item.Operations() {
-			if t := bodyType(method+" "+path, op); t != nil {
-				r.bodies[method+" "+path] = t
-			}
-		}
-	}
+	r := &release{version: version, major: major, minor: minor, patch: patch, specVersion: specVersion}
 	actual, _ := releaseCache.LoadOrStore(version, r)
 	return actual.(*release), nil
+}
+
+// load reads the release's spec and derives its body types, once.
+func (r *release) load() error {
+	r.once.Do(func() {
+		doc, err := loadSpec(r.specVersion)
+		if err != nil {
+			r.loadErr = err
+			return
+		}
+		bodies := map[string]*rtype{}
+		for path, item := range doc.Paths.Map() {
+			for method, op := range item.Operations() {
+				if t := bodyType(method+" "+path, op); t != nil {
+					bodies[method+" "+path] = t
+				}
+			}
+		}
+		r.spec, r.bodies = doc, bodies
+	})
+	return r.loadErr
 }
 
 func parseVersion(v string) (major, minor, patch int, err error) {

@@ -138,8 +138,9 @@ func (s *Server) Handler() *Handler { return s.h }
 // Path returns the socket path.
 func (s *Server) Path() string { return s.path }
 
-// Done is closed when the emulated Firecracker process has ended.
-func (s *Server) Done() <-chan struct{} { return s.h.Done() }
+// Done is closed once the emulated Firecracker process has ended (or Close was called) and
+// the socket no longer accepts connections.
+func (s *Server) Done() <-chan struct{} { return s.stopped }
 
 // Close stops the server, releases the VM's resources and removes the socket file. It is
 // safe to call more than once.
