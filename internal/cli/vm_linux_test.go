@@ -28,6 +28,9 @@ func vmEnv(t *testing.T, fc string) cliEnv {
 	env[envRuntimeDir] = t.TempDir()
 	env[envBaseImageDir] = t.TempDir()
 	env[testSelf] = testutil.Link(t, "smartvm")
+	// A private TMPDIR (inherited by the supervisor) for the hello guest's kernel file, so
+	// the check for leftovers sees only this test's.
+	t.Setenv("TMPDIR", t.TempDir())
 	t.Cleanup(func() { checkNothingLeft(t, env) })
 	return env
 }
