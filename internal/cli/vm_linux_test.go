@@ -312,3 +312,17 @@ func TestRealForegroundFailure(t *testing.T) {
 	testutil.CheckLeaks(t)
 	testForegroundFailure(t, vmEnv(t, testutil.FirecrackerBin(t)))
 }
+
+// BenchmarkRealRunHello measures `smartvm run --image hello` in-process with a real
+// Firecracker: from the command line to the guest's greeting printed and everything removed.
+func BenchmarkRealRunHello(b *testing.B) {
+	fc := testutil.FirecrackerBin(b)
+	env := cliEnv{envFirecrackerBin: fc, envRuntimeDir: b.TempDir(), envBaseImageDir: b.TempDir(), "HOME": b.TempDir()}
+	for b.Loop() {
+		var out, errOut syncBuffer
+		r := env.runIO(b.Context(), strings.NewReader(""), &out, &errOut, "run", "--image", "hello")
+		if r.code != 0 || r.stdout != testguest.HelloLine+"\n" {
+			b.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+		}
+	}
+}
