@@ -781,3 +781,40 @@ func TestVersionProbedOnce(t *testing.T) {
 		t.Fatalf("%d version probes after the binary changed", n)
 	}
 }
+
+// TestReleaseDetached starts a VM Detached, releases it, and adopts it with another manager
+// on the same root, which stops it and removes what it left.
+func TestReleaseDetached(t *testing.T) {
+	mgr, root, kernel := fakeSetup(t)
+	spec := guestSpec(kernel, testguest.ModeCAD)
+	spec.Name = "handoff"
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	owned := start(t, mgr, spec)
+	if err := owned.Release(); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("release of an owned vm: %v", err)
+	}
+	owned.Close()
+	m, err := mgr.Start(ctx, spec, Detached())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Release(); err != nil {
+		t.Fatal(err)
+	}
+	other := newManager(t, root, mgr.bin)
+	adopted, err := other.Attach(ctx, "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if adopted.PID() != m.PID() {
+		t.Fatalf("adopted pid %d, started %d", adopted.PID(), m.PID())
+	}
+	if err := adopted.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("dir left: %v", err)
+	}
+	adopted.Close()
+}

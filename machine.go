@@ -87,6 +87,7 @@ type Machine struct {
 	name     string
 	spec     MachineSpec
 	paths    rundir.Paths
+	dir      *rundir.Dir
 	proc     *proc.Process
 	client   *fcapi.Client
 	version  fcapi.Version
@@ -382,20 +383,26 @@ func (m *Machine) Close() error {
 	return m.closeErr
 }
 
-// Release stops watching an attached VM and leaves it running; another process (or a later
-// Attach) can adopt it. It returns an error wrapping errors.ErrUnsupported for a VM this
-// process started, which cannot be let go of: stop it, or start it Detached.
+// Release stops watching the VM and leaves it running, for another process (or a later
+// Attach) to adopt: for an attached VM, and for one this process started Detached (this
+// process then also lets go of the VM's lock, so once the VM ends, the next reap removes what
+// it left). It returns an error wrapping errors.ErrUnsupported for a VM this process owns,
+// which dies with this process anyway: stop it, or start it Detached.
 func (m *Machine) Release() error {
-	if m.started {
-		return fmt.Errorf("release vm %s: a vm this process started cannot be released (start it Detached to let it outlive this process): %w", m.name, errors.ErrUnsupported)
+	if m.started && m.mode == ModeOwned {
+		return fmt.Errorf("release vm %s: an owned vm dies with this process and cannot be released (start it Detached to let it outlive this process): %w", m.name, errors.ErrUnsupported)
 	}
 	var err error
 	m.closeOnce.Do(func() {
 		close(m.released)
 		m.serial.Close()
 		m.client.Close()
-		err = m.proc.Release()
+		errs := []error{m.proc.Release()}
+		if m.started {
+			errs = append(errs, m.dir.Unlock())
+		}
 		m.mgr.forget(m)
+		err = errors.Join(errs...)
 		m.closeErr = err
 	})
 	return err

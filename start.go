@@ -570,6 +570,7 @@ func (s *starter) machine() *Machine {
 		name:     s.spec.Name,
 		spec:     s.spec,
 		paths:    s.dir.Paths,
+		dir:      s.dir,
 		proc:     s.proc,
 		client:   s.client,
 		version:  s.version,
