@@ -17,5 +17,15 @@
 //	SMARTVM_FIRECRACKER_RELEASE_URL    the release site setup downloads from
 //
 // Firecracker is looked up in this order: --firecracker-bin, $SMARTVM_FIRECRACKER_BIN,
-// ~/.smartvm/bin/firecracker (where setup installs it), then PATH.
+// ~/.smartvm/bin/firecracker (where setup installs it), then PATH. run installs the latest
+// release there when none is found, unless --no-install is given.
+//
+// A foreground run prints the guest's serial console; Ctrl-] then q, SIGINT or SIGTERM stop
+// the VM gracefully, and the exit code is 0 when the guest ended or was stopped, 1 when
+// Firecracker failed. run --detach re-executes smartvm as "smartvm __supervise" in a session
+// of its own (stdio on /dev/null): it reads its request (the MachineSpec and settings) on
+// stdin, starts the VM in the library's owned mode, so Firecracker dies with it, reports the
+// VM's name or the start error as one JSON line on file descriptor 3, and waits until the VM
+// ends, when the library removes the VM's files. SIGTERM makes it stop the VM. The other VM
+// commands adopt VMs through the library (Manager.Attach), which reaps dead VMs first.
 package cli
