@@ -27,9 +27,16 @@
 // process dies, however it dies (a parent-death signal), and when the VM's process ends for
 // any reason its Machine removes everything the VM left on the host. A VM started with the
 // Detached option outlives this process instead; another process adopts it with
-// Manager.Attach, and a later Manager or Manager.Reap removes what it leaves once it has
+// Manager.Attach (once this process has exited or called Machine.Release), and a later
+// Manager or Manager.Reap removes what it leaves once it has
 // ended. The library never installs signal handlers; Manager.HandleSignals is an opt-in
 // helper that stops the manager's VMs on SIGINT or SIGTERM.
+//
+// # Snapshots
+//
+// Machine.Snapshot saves a VM (state, memory, and copies of its ephemeral drives) into a
+// directory; OpenSnapshot reads it back and Manager.Restore starts it again in a fresh
+// Firecracker of the same minor release, in the same runtime root and under the same name.
 //
 // # Errors
 //
