@@ -28,9 +28,9 @@
 // any reason its Machine removes everything the VM left on the host. A VM started with the
 // Detached option outlives this process instead; another process adopts it with
 // Manager.Attach (once this process has exited or called Machine.Release), and a later
-// Manager or Manager.Reap removes what it leaves once it has
-// ended. The library never installs signal handlers; Manager.HandleSignals is an opt-in
-// helper that stops the manager's VMs on SIGINT or SIGTERM.
+// Manager or Manager.Reap removes what it leaves once it has ended. The library never
+// installs signal handlers; Manager.HandleSignals is an opt-in helper that stops the
+// manager's VMs on SIGINT or SIGTERM.
 //
 // # Snapshots
 //
