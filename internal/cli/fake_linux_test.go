@@ -68,7 +68,7 @@ func TestKill(t *testing.T) {
 		env.run(t, "run", "-d", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	}
 	vms := env.ps(t)
-	r := env.run(t, "kill", "k2", "nope", "k1")
+	r := env.run(t, "kill", "k2", "nope", "k1", "k2")
 	r.fails(t, ExitError, `no running vm is called "nope"`)
 	if r.stdout != "k2\nk1\n" {
 		t.Errorf("kill printed %q, want the killed names in order", r.stdout)

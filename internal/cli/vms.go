@@ -136,6 +136,13 @@ func (a *app) withVM(ctx context.Context, name string, fn func(*smartvm.Machine)
 // whether to let go of the VM afterwards (it keeps running) rather than close it (fn ended
 // it; closing waits until its files are gone).
 func (a *app) eachVM(ctx context.Context, mgr *smartvm.Manager, names []string, release bool, fn func(context.Context, *smartvm.Machine) error) error {
+	var unique []string
+	for _, n := range names {
+		if !slices.Contains(unique, n) {
+			unique = append(unique, n)
+		}
+	}
+	names = unique
 	errs := make([]error, len(names))
 	var wg sync.WaitGroup
 	for i, name := range names {
