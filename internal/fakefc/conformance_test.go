@@ -48,6 +48,7 @@ var scenarios = []scenario{
 	{"log and metrics files", scLogMetrics},
 	{"config file", scConfigFile},
 	{"connections", scConnections},
+	{"limits", scLimits},
 }
 
 // runScenarios runs every scenario against tg.
@@ -449,6 +450,7 @@ func scSnapshot(r *run) {
 	p := r.start("restored")
 	p.ok("PUT", "/snapshot/load", fmt.Sprintf(`{"snapshot_path":%q,"mem_backend":{"backend_type":"File","backend_path":%q}}`, state, mem))
 	p.state("Paused")
+	p.expect("GET", "/vm/config", "", 200, "*")
 	p.refused("PUT", "/actions", `{"action_type":"InstanceStart"}`, msgAfter)
 	p.expect("GET", "/machine-config", "", 200, `{"vcpu_count":1,"mem_size_mib":32,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}`)
 	// Ctrl-Alt-Del reaches a paused guest when it resumes.
@@ -559,6 +561,12 @@ func scLogMetrics(r *run) {
 		p := r.spawn("nolog", true, "--log-path", logPath)
 		p.wait("exit 1")
 		r.hasLog("stdout", p.stdout.String(), "[test:main] Could not initialize logger: Failed to open target file: No such file or directory (os error 2)")
+		p = r.spawn("nometrics", true, "--metrics-path", metricsPath)
+		p.wait("exit 1")
+		for _, l := range logLines(p.stdout.String()) {
+			r.note("nometrics: %s", l)
+		}
+		r.note("nometrics stderr: %s", strings.TrimSpace(p.stderr.String()))
 		for _, f := range []string{logPath, metricsPath} {
 			if err := os.WriteFile(f, nil, 0o644); err != nil {
 				r.t.Fatal(err)
@@ -682,4 +690,26 @@ func scConnections(r *run) {
 	conns = conns[10:]
 	time.Sleep(50 * time.Millisecond)
 	p.state("Not started")
+}
+
+func scLimits(r *run) {
+	p := r.start("fc", "--http-api-max-payload-size", "200", "--mmds-size-limit", "40")
+	big := `{"a":"` + strings.Repeat("x", 200) + `"}`
+	p.expect("PUT", "/mmds", big, 400, `{ "error": "Request payload with size 208 is larger than the limit of 200 allowed by server.`+
+		"\nAll previous unanswered requests will be dropped.\" }")
+	p.ok("PUT", "/mmds", `{"a":"short"}`)
+	p.expect("PUT", "/mmds", `{"a":"`+strings.Repeat("y", 50)+`"}`, 413, faultBody("MMDS limit exceeded error: The MMDS patch request doesn't fit."))
+	p.expect("PATCH", "/mmds", `{"b":"`+strings.Repeat("z", 40)+`"}`, 413, faultBody("MMDS limit exceeded error: The MMDS patch request doesn't fit."))
+	p.expect("GET", "/mmds", "", 200, `{"a":"short"}`)
+	q := r.spawn("seccomp", true, "--seccomp-filter", r.path("missing.bpf"))
+	q.wait("exit 1")
+	r.hasLog("stdout", q.stdout.String(), "[test:main] Seccomp error: Filter file open error: No such file or directory (os error 2)")
+	r.note("seccomp stderr: %s", strings.TrimSpace(q.stderr.String()))
+	for _, args := range [][]string{{"--no-seccomp"}, {"--start-time-us", "1", "--start-time-cpu-us", "2", "--parent-cpu-time-us", "3"}, {"--boot-timer"}} {
+		q := r.start("flags", args...)
+		q.state("Not started")
+		_ = q.cmd.Process.Kill()
+		q.wait("signal killed")
+		_ = os.Remove(q.sock)
+	}
 }

@@ -3,6 +3,7 @@ package fakefc
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -230,7 +231,7 @@ func (p *proc) do(method, path, body string) response {
 	if resp.deprecated {
 		dep = " [Deprecation: true]"
 	}
-	p.r.note("%s: %s %s %s => %d%s %s", p.name, method, path, clip(body), resp.status, dep, clip(resp.body))
+	p.r.note("%s: %s %s %s => %d%s %s", p.name, method, path, digest(body), resp.status, dep, digest(resp.body))
 	return resp
 }
 
@@ -274,6 +275,14 @@ func (p *proc) expect(method, path, body string, status int, want string) respon
 func clip(s string) string {
 	if len(s) > 400 {
 		return fmt.Sprintf("%s...(%d bytes)", s[:200], len(s))
+	}
+	return s
+}
+
+// digest shortens a long body for a transcript while keeping it comparable.
+func digest(s string) string {
+	if len(s) > 4000 {
+		return fmt.Sprintf("%s...(%d bytes, sha256 %x)", s[:200], len(s), sha256.Sum256([]byte(s)))
 	}
 	return s
 }

@@ -202,6 +202,12 @@ func (p *process) run(a args) int {
 			return p.fail(1, "Could not initialize metrics: "+msg, "MetricsInitialization(InitializationFailure("+rustDebugString(osError(err))+"))")
 		}
 	}
+	if a.has("seccomp-filter") {
+		// The fake installs no filter, but the file must be readable, as Firecracker's must.
+		if _, err := os.ReadFile(a.get("seccomp-filter")); err != nil {
+			return p.fail(1, "Seccomp error: Filter file open error: "+osError(err), "SeccompFilter(FileOpen("+osErrorDebug(err)+"))")
+		}
+	}
 	if p.opts.has(ModeIgnoreSigterm) {
 		signal.Ignore(syscall.SIGTERM)
 	}

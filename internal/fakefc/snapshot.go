@@ -165,7 +165,7 @@ func (v *vm) loadSnapshot(c snapshotLoad) (any, *apiError) {
 	v.machine.TrackDirtyPages = (c.TrackDirtyPages != nil && *c.TrackDirtyPages) ||
 		(c.EnableDiffSnapshots != nil && *c.EnableDiffSnapshots)
 	v.kernel.testGuest = st.TestGuest
-	v.booted, v.restored, v.state = true, true, statePaused
+	v.booted, v.state = true, statePaused
 	v.guest = newGuest(v, v.stdout, guestSpec{testGuest: st.TestGuest, cmdline: st.Cmdline})
 	v.guest.st, v.guest.resumed, v.guest.paused = st.Guest, true, true
 	v.afterResponse = append(v.afterResponse, v.guest.start)

@@ -68,7 +68,6 @@ type vm struct {
 	state    vmState
 	booted   bool // InstanceStart or a snapshot load succeeded
 	bootPath bool // a boot-specific resource was configured (no snapshot load any more)
-	restored bool // booted from a snapshot
 
 	boot      *bootSource
 	kernel    kernelImage
@@ -251,14 +250,9 @@ func (v *vm) versionInfo() any { return jobj{{"firecracker_version", v.rel.versi
 
 func (v *vm) machineOut() jobj {
 	m := v.machine
-	o := jobj{{"vcpu_count", m.VcpuCount}, {"mem_size_mib", m.MemSizeMib}}
-	if !v.restored {
-		o = o.add("smt", m.Smt)
-		if m.CPUTemplate != nil {
-			o = o.add("cpu_template", *m.CPUTemplate)
-		}
-	} else {
-		o = o.add("smt", false)
+	o := jobj{{"vcpu_count", m.VcpuCount}, {"mem_size_mib", m.MemSizeMib}, {"smt", m.Smt}}
+	if m.CPUTemplate != nil {
+		o = o.add("cpu_template", *m.CPUTemplate)
 	}
 	return o.add("track_dirty_pages", m.TrackDirtyPages).add("huge_pages", m.HugePages)
 }
@@ -313,7 +307,8 @@ func (v *vm) vmConfig() any {
 			{"io_engine", engine}, {"socket", orNull(d.Socket)}})
 	}
 	boot := jobj{{"kernel_image_path", ""}, {"initrd_path", nil}, {"boot_args", nil}}
-	if v.boot != nil && !v.restored {
+	// A restored VM reports its boot source too (v1.7.0 and v1.14.2 alike).
+	if v.boot != nil {
 		boot = jobj{{"kernel_image_path", v.boot.KernelImagePath}, {"initrd_path", orNull(v.boot.InitrdPath)},
 			{"boot_args", orNull(v.boot.BootArgs)}}
 	}
