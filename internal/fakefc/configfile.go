@@ -14,7 +14,7 @@ func (h *Handler) configFileType() *rtype {
 		def("balloon", opt(b("PUT /balloon"))),
 		req("drives", seq(b("PUT /drives/{drive_id}"))),
 		req("boot-source", b("PUT /boot-source")),
-		def("cpu-config", anyType),
+		def("cpu-config", h.cpuConfigType()),
 		def("logger", opt(b("PUT /logger"))),
 		def("machine-config", opt(b("PUT /machine-config"))),
 		def("metrics", opt(b("PUT /metrics"))),
@@ -27,6 +27,16 @@ func (h *Handler) configFileType() *rtype {
 		fields = append(fields, def("pmem", seq(b("PUT /pmem/{id}"))), def("memory-hotplug", opt(b("PUT /hotplug/memory"))))
 	}
 	return &rtype{kind: kindStruct, name: "VmmConfig", open: true, fields: fields}
+}
+
+// cpuConfigType is "cpu-config" in a config file: the path of a template, or from v1.13 also
+// an inline template.
+func (h *Handler) cpuConfigType() *rtype {
+	tmpl := h.rel.bodies["PUT /cpu-config"]
+	if !h.rel.atLeast(13) {
+		return opt(tPath)
+	}
+	return opt(&rtype{kind: kindUntagged, name: "CustomCpuTemplateOrPath", alts: []*rtype{tmpl, tString}})
 }
 
 // configErrorPrefixes maps the API's error prefixes to the ones a config file reports.
@@ -124,14 +134,14 @@ func each[T any](m map[string]any, key string, f func(T) (any, *apiError)) *apiE
 	return nil
 }
 
-// configCPU applies "cpu-config": an inline template or, from v1.13, the path of one.
+// configCPU applies "cpu-config": the path of a template or, from v1.13, an inline one.
 func (h *Handler) configCPU(raw any) *apiError {
 	if raw == nil {
 		return nil
 	}
 	t := h.rel.bodies["PUT /cpu-config"]
 	var data []byte
-	if path, ok := raw.(string); ok && h.rel.atLeast(13) {
+	if path, ok := raw.(string); ok {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return fault("File operation error: %s", osError(err))

@@ -78,7 +78,7 @@ func (s *httpServer) serveConn(c net.Conn) {
 		}
 		if msg != "" {
 			w := newResponse(bw)
-			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(400)
 			_, _ = io.WriteString(w, `{ "error": "`+msg+"\nAll previous unanswered requests will be dropped.\" }")
 			if w.finish() != nil {
 				return

@@ -34,6 +34,7 @@ const (
 	kindSeq
 	kindOption
 	kindAny
+	kindUntagged // an untagged enum: the first of alts that decodes the value
 )
 
 // rtype is one Rust type as serde sees it.
@@ -46,6 +47,7 @@ type rtype struct {
 	specFree bool // a struct the spec does not describe field by field
 	variants []string
 	elem     *rtype              // kindSeq, kindOption
+	alts     []*rtype            // kindUntagged
 	check    func(string) string // a string parser inside the visitor: the error sits at the string's end
 	late     func(string) string // a parser after deserialization: the error sits at the struct's end
 }

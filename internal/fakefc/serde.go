@@ -160,6 +160,18 @@ func (d *decoder) value(t *rtype) (any, *serdeError) {
 		return d.seqValue(t)
 	case kindAny:
 		return d.anyValue()
+	case kindUntagged:
+		start := d.pos
+		if _, err := d.anyValue(); err != nil {
+			return nil, err
+		}
+		raw := d.data[start:d.pos]
+		for _, alt := range t.alts {
+			if v, err := decode(raw, alt); err == nil {
+				return v, nil
+			}
+		}
+		return nil, unplaced("data did not match any variant of untagged enum %s", t.name)
 	}
 	panic(fmt.Sprintf("fakefc: unknown rtype kind %d", t.kind))
 }
