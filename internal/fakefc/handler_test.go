@@ -490,3 +490,17 @@ func TestChunkedBody(t *testing.T) {
 		t.Errorf("got %q %v\nwant %q", buf[:n], err, want)
 	}
 }
+
+func TestLoggerModuleFilter(t *testing.T) {
+	var b syncWriter
+	l := newLogger(&b, "vm")
+	mod := "firecracker::api_server"
+	if err := l.configure(loggerConfig{Module: &mod}, true); err != nil {
+		t.Fatal(err)
+	}
+	l.info(threadMain, "from main")
+	l.info(threadAPI, "from the API")
+	if got := b.String(); strings.Contains(got, "from main") || !strings.Contains(got, "[vm:fc_api] from the API") {
+		t.Errorf("module filter %q let through:\n%s", mod, got)
+	}
+}

@@ -55,17 +55,25 @@ func newLogger(w io.Writer, id string) *fcLogger {
 	return &fcLogger{w: w, id: id, level: levelInfo}
 }
 
-// origins are plausible source locations for --show-log-origin, per thread.
-var origins = map[string]string{
-	threadMain: "src/firecracker/src/main.rs:1",
-	threadAPI:  "src/firecracker/src/api_server/mod.rs:1",
-	threadVCPU: "src/vmm/src/vstate/vcpu.rs:1",
-}
+// origins are plausible source locations for --show-log-origin, and modules the Rust module
+// paths a --module filter matches, per thread.
+var (
+	origins = map[string]string{
+		threadMain: "src/firecracker/src/main.rs:1",
+		threadAPI:  "src/firecracker/src/api_server/mod.rs:1",
+		threadVCPU: "src/vmm/src/vstate/vcpu.rs:1",
+	}
+	modules = map[string]string{
+		threadMain: "firecracker",
+		threadAPI:  "firecracker::api_server",
+		threadVCPU: "vmm::vstate::vcpu",
+	}
+)
 
 func (l *fcLogger) logf(level int, thread, format string, args ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if level > l.level {
+	if level > l.level || (l.module != "" && !strings.HasPrefix(modules[thread], l.module)) {
 		return
 	}
 	var b strings.Builder

@@ -48,8 +48,7 @@ func decode(body []byte, t *rtype) (any, *serdeError) {
 	if err != nil {
 		return nil, err
 	}
-	if b, ok := d.skipSpace(); ok {
-		_ = b
+	if _, ok := d.skipSpace(); ok {
 		return nil, d.peekErr("trailing characters")
 	}
 	return v, nil
