@@ -77,7 +77,8 @@ type Request struct {
 // Handler is the fake's API: an http.Handler with Firecracker's state machine for one VM.
 // It serves one request at a time, as Firecracker does. When the emulated process ends
 // (the guest resets, Ctrl-Alt-Del, a failed snapshot load), Done is closed and later
-// requests are dropped without a response.
+// requests are dropped without a response (ServeHTTP panics with http.ErrAbortHandler, which
+// servers treat as "close the connection").
 type Handler struct {
 	opts       Options
 	rel        *release
@@ -140,8 +141,8 @@ func newHandler(opts Options, log *fcLogger) (*Handler, error) {
 // Done is closed when the emulated Firecracker process has ended.
 func (h *Handler) Done() <-chan struct{} { return h.done }
 
-// ExitCode is the exit status of the emulated process once Done is closed: 0 after a guest
-// reset or Ctrl-Alt-Del, 1 after a failed snapshot load.
+// ExitCode waits for Done and returns the exit status of the emulated process: 0 after a
+// guest reset or Ctrl-Alt-Del, 1 after a failed snapshot load, -1 when Close ended it.
 func (h *Handler) ExitCode() int {
 	<-h.done
 	return h.vm.exitCode
@@ -180,6 +181,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case <-h.done:
 		panic(http.ErrAbortHandler) // the process is gone: no response
 	default:
+	}
+	if r.RequestURI == "" { // a request built in process rather than read from a connection
+		r.RequestURI = r.URL.RequestURI()
 	}
 	var body []byte
 	if r.ContentLength > 0 && r.ContentLength <= int64(h.maxPayload) {

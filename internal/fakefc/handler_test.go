@@ -504,3 +504,22 @@ func TestLoggerModuleFilter(t *testing.T) {
 		t.Errorf("module filter %q let through:\n%s", mod, got)
 	}
 }
+
+func TestServeHTTPDirect(t *testing.T) {
+	h, err := NewHandler(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("PUT", "/actions", strings.NewReader(`{"action_type":"FlushMetrics"}`)))
+	if rec.Code != 400 || rec.Body.String() != `{"fault_message":"The requested operation is not supported before starting the microVM."}` {
+		t.Errorf("got %d %s", rec.Code, rec.Body)
+	}
+	req, _ := http.NewRequest("GET", "http://x/machine-config", nil) // no RequestURI
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != 200 || !strings.HasPrefix(rec.Body.String(), `{"vcpu_count":1`) {
+		t.Errorf("got %d %s", rec.Code, rec.Body)
+	}
+}
