@@ -73,7 +73,7 @@ var (
 func (l *fcLogger) logf(level int, thread, format string, args ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if level > l.level || (l.module != "" && !strings.HasPrefix(modules[thread], l.module)) {
+	if l.w == io.Discard || level > l.level || (l.module != "" && !strings.HasPrefix(modules[thread], l.module)) {
 		return
 	}
 	var b strings.Builder
