@@ -817,4 +817,25 @@ func TestReleaseDetached(t *testing.T) {
 		t.Fatalf("dir left: %v", err)
 	}
 	adopted.Close()
+
+	// Closing the manager releases its detached VMs instead of stopping them.
+	spec.Name = "survivor"
+	m, err = mgr.Start(ctx, spec, Detached())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if processGone(m.PID(), 0) {
+		t.Fatal("closing the manager stopped a detached vm")
+	}
+	adopted, err = other.Attach(ctx, "survivor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := adopted.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	adopted.Close()
 }

@@ -115,10 +115,11 @@ func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State)
 	return releaseBaseImage(ctx, mgr.images, st.BaseImage.ID, st.BaseImage.Holder)
 }
 
-// Close stops every VM this manager started (Ctrl-Alt-Del, then SIGTERM, then SIGKILL, as
-// Machine.Stop, within the stop grace period plus a few seconds), removes what they left, and
-// stops watching the VMs it attached (those keep running). Afterwards Start and Attach return
-// ErrClosed. Close is safe to call more than once.
+// Close stops every VM this manager owns (Ctrl-Alt-Del, then SIGTERM, then SIGKILL, as
+// Machine.Stop, within the stop grace period plus a few seconds) and removes what they left.
+// It releases the VMs it started Detached and those it attached: they keep running, for
+// another process to adopt. Afterwards Start and Attach return ErrClosed. Close is safe to
+// call more than once.
 func (mgr *Manager) Close() error {
 	mgr.mu.Lock()
 	mgr.closed = true
@@ -132,7 +133,7 @@ func (mgr *Manager) Close() error {
 	var wg sync.WaitGroup
 	for i, m := range ms {
 		wg.Go(func() {
-			if !m.started {
+			if !m.started || m.mode == ModeDetached {
 				errs[i] = m.Release()
 				return
 			}
@@ -145,12 +146,12 @@ func (mgr *Manager) Close() error {
 	return errors.Join(errs...)
 }
 
-// killAll sends SIGKILL to every VM this manager started.
+// killAll sends SIGKILL to every VM this manager owns.
 func (mgr *Manager) killAll() {
 	mgr.mu.Lock()
 	defer mgr.mu.Unlock()
 	for _, m := range mgr.machines {
-		if m.started {
+		if m.started && m.mode == ModeOwned {
 			m.signalKill()
 		}
 	}
