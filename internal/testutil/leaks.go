@@ -132,7 +132,11 @@ func parseGoroutines(dump string) []goroutine {
 					g.entry = creator
 				}
 			default:
-				g.entry = funcName(l)
+				// A goroutine that has not run yet shows runtime.goexit as its outermost
+				// frame, below the function it will start in.
+				if fn := funcName(l); fn != "runtime.goexit" {
+					g.entry = fn
+				}
 			}
 		}
 		out = append(out, g)
