@@ -166,7 +166,7 @@ func (a *app) checkFirecracker(ctx context.Context) (string, check) {
 		}
 		return "", c
 	}
-	v, err := firecrackerVersion(ctx, fc.Path)
+	v, err := smartvm.FirecrackerVersion(ctx, fc.Path)
 	if err != nil {
 		c.Status, c.Detail = checkFail, err.Error()
 		c.Fix = "run 'smartvm setup' to install a working release"

@@ -1,17 +1,10 @@
 package cli
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"time"
-
-	"github.com/smartvm/smartvm/fcapi"
 )
 
 // Environment variables the CLI reads (flags win over them, they win over defaults).
@@ -110,26 +103,4 @@ func checkExecutable(path string) error {
 		return fmt.Errorf("%s is not executable (chmod +x it)", path)
 	}
 	return nil
-}
-
-// firecrackerVersion runs `firecracker --version` and parses its first line.
-func firecrackerVersion(ctx context.Context, bin string) (fcapi.Version, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	var out, errOut bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "--version")
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(errOut.String())
-		if msg != "" {
-			return fcapi.Version{}, fmt.Errorf("%s --version: %w: %s", bin, err, msg)
-		}
-		return fcapi.Version{}, fmt.Errorf("%s --version: %w", bin, err)
-	}
-	line, _, _ := strings.Cut(out.String(), "\n")
-	v, err := fcapi.ParseVersion(line)
-	if err != nil {
-		return fcapi.Version{}, fmt.Errorf("%s --version: %w", bin, err)
-	}
-	return v, nil
 }

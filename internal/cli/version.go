@@ -7,6 +7,8 @@ import (
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
+
+	"github.com/smartvm/smartvm"
 )
 
 // smartvmVersion is the module version smartvm was built from ("(devel)" for a source build).
@@ -32,7 +34,7 @@ func (a *app) newVersionCmd() *cobra.Command {
 			case err != nil:
 				return err
 			}
-			v, err := firecrackerVersion(cmd.Context(), fc.Path)
+			v, err := smartvm.FirecrackerVersion(cmd.Context(), fc.Path)
 			if err != nil {
 				return err
 			}
