@@ -26,6 +26,8 @@
 // of its own (stdio on /dev/null): it reads its request (the MachineSpec and settings) on
 // stdin, starts the VM in the library's owned mode, so Firecracker dies with it, reports the
 // VM's name or the start error as one JSON line on file descriptor 3, and waits until the VM
-// ends, when the library removes the VM's files. SIGTERM makes it stop the VM. The other VM
+// ends, when the library removes the VM's files. From then on its stderr (its log, at the
+// --log-level run was given, and any crash report) goes to supervisor.log in the VM's
+// directory. SIGTERM makes it stop the VM. The other VM
 // commands adopt VMs through the library (Manager.Attach), which reaps dead VMs first.
 package cli

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -362,5 +363,29 @@ func TestDetachedSupervisorCleansUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEmpty(t, env)
+	assertGone(t, vm)
+}
+
+// A supervisor that crashes after the VM started leaves its report in supervisor.log in the
+// VM's directory, which stays until the next command reaps it.
+func TestSupervisorLog(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	env.run(t, "run", "-d", "--name", "crashy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	vm := env.psOne(t, "crashy")
+	supervisor := parentPID(t, vm.PID)
+	// SIGQUIT makes the Go runtime print every goroutine's stack on stderr and exit.
+	if err := syscall.Kill(supervisor, syscall.SIGQUIT); err != nil {
+		t.Fatal(err)
+	}
+	waitDead(t, vm.PID, supervisor)
+	b, err := os.ReadFile(filepath.Join(vm.RuntimeDir, supervisorLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "SIGQUIT") || !strings.Contains(string(b), "goroutine ") {
+		t.Errorf("%s does not hold the crash report:\n%.500s", supervisorLog, b)
+	}
+	env.run(t, "ps").ok(t)
 	assertGone(t, vm)
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -18,6 +19,11 @@ import (
 
 // superviseCmd is the hidden command a detached run re-executes smartvm with.
 const superviseCmd = "__supervise"
+
+// supervisorLog is the file in the VM's directory that the supervisor's stderr goes to once
+// the VM runs: its log records (at the --log-level run was given) and any crash report. It is
+// removed with the directory.
+const supervisorLog = "supervisor.log"
 
 // statusFD is the supervisor's file descriptor for its status pipe (the first of ExtraFiles).
 const statusFD = 3
@@ -157,10 +163,17 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		return err
 	}
 	report(superviseStatus{Name: m.Name(), PID: m.PID()})
+	// From now on nobody reads this process's errors: keep them with the VM. Best effort;
+	// when it fails, stderr stays /dev/null.
+	if err := redirectStderr(filepath.Join(m.Dir(), supervisorLog)); err != nil {
+		a.log.Warn("keep the supervisor's stderr", "err", err)
+	}
 	select {
 	case <-m.Done():
 	case <-ctx.Done():
-		_ = stopMachine(ctx, m, stopGrace)
+		if err := stopMachine(ctx, m, stopGrace); err != nil {
+			a.log.Error("stop vm", "vm", m.Name(), "err", err)
+		}
 	}
 	return m.Close()
 }

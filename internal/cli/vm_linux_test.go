@@ -188,17 +188,26 @@ func testDetachedLifecycle(t *testing.T, env cliEnv) {
 		t.Fatal(err)
 	}
 	// Firecracker dies with its supervisor (parent-death signal); the next command reaps.
-	// Wait until both have died. The signal reaches Firecracker as soon as the supervisor's
-	// spawning thread dies, and the supervisor's lock on the VM is released only when its
-	// last thread has: the supervisor (a child of this test) is gone once it is reaped.
-	deadline := time.Now().Add(10 * time.Second)
-	for (processAlive(vm.PID) || processExists(supervisor)) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitDead(t, vm.PID, supervisor)
 	if r := env.run(t, "ps").ok(t); strings.Count(r.stdout, "\n") != 1 || r.stderr != "" {
 		t.Errorf("ps after the supervisor was killed:\n%s%s", r.stdout, r.stderr)
 	}
 	assertGone(t, vm)
+}
+
+// waitDead waits until firecracker (pid fc) and its supervisor have died. The parent-death
+// signal reaches Firecracker as soon as the supervisor's spawning thread dies, and the
+// supervisor's lock on the VM is released only when its last thread has: the supervisor (a
+// child of this test) is gone once it is reaped.
+func waitDead(t *testing.T, fc, supervisor int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for processAlive(fc) || processExists(supervisor) {
+		if time.Now().After(deadline) {
+			t.Fatalf("firecracker (pid %d) or its supervisor (pid %d) still runs", fc, supervisor)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // waitLogs waits until `logs NAME` shows want.
