@@ -19,8 +19,16 @@ type Config struct {
 	Dir string
 	// Stdout and Stderr receive the process's output. Both are required: the child must never
 	// share this process's own stdio, whose open file description firecracker would switch to
-	// non-blocking mode. The caller may close them once Start returns. Stdin is /dev/null.
+	// non-blocking mode. The caller may close them once Start returns.
 	Stdout, Stderr *os.File
+	// Stdin is the process's standard input (a FIFO, say); the caller may close it once
+	// Start returns. Nil means /dev/null.
+	Stdin *os.File
+	// Around, when set, runs start, which forks the process, and returns its error. It runs
+	// on the OS thread that forks, locked to its goroutine, so it can move that thread into
+	// another namespace for the fork and back afterwards (netdev.InNetns): the process is
+	// born in that namespace. Nil forks directly.
+	Around func(start func() error) error
 	// Detached starts the process in a new session with no parent-death signal, so it
 	// outlives this process. When false (the default), the process gets its own process group
 	// and is sent SIGKILL when this process dies, however it dies.

@@ -32,6 +32,9 @@ func Start(cfg Config) (*Process, error) {
 	cmd.Dir = cfg.Dir
 	cmd.Stdout = cfg.Stdout
 	cmd.Stderr = cfg.Stderr
+	if cfg.Stdin != nil {
+		cmd.Stdin = cfg.Stdin
+	}
 	if cfg.Detached {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	} else {
@@ -46,7 +49,20 @@ func Start(cfg Config) (*Process, error) {
 			// is harmless because the child has been reaped by then.
 			runtime.LockOSThread()
 		}
-		if err := cmd.Start(); err != nil {
+		var err error
+		if cfg.Around != nil {
+			runtime.LockOSThread() // for Around's whole run, nested in the lock above
+			err = cfg.Around(cmd.Start)
+			runtime.UnlockOSThread()
+		} else {
+			err = cmd.Start()
+		}
+		if err != nil {
+			if cmd.Process != nil {
+				// Around failed after the fork (it could not move the thread back, say).
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+			}
 			started <- err
 			return
 		}

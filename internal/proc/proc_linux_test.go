@@ -3,6 +3,7 @@ package proc
 import (
 	"bufio"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -27,9 +28,15 @@ func TestMain(m *testing.M) {
 }
 
 // helperMain is a stand-in child: "exit N", "print TEXT" (TEXT on stdout and stderr, then
-// exit 0), "sleep" (until killed) or "ignore-term" (sleep, ignoring SIGTERM).
+// exit 0), "copy" (stdin to stdout until EOF), "sleep" (until killed) or "ignore-term"
+// (sleep, ignoring SIGTERM).
 func helperMain(args []string) int {
 	switch args[0] {
+	case "copy":
+		if _, err := io.Copy(os.Stdout, os.Stdin); err != nil {
+			return 1
+		}
+		return 0
 	case "exit":
 		n, _ := strconv.Atoi(args[1])
 		return n
@@ -188,6 +195,81 @@ func TestStartErrors(t *testing.T) {
 	}
 	if _, err := Start(Config{Path: "/bin/true"}); err == nil {
 		t.Error("no stdio files: want an error")
+	}
+}
+
+func TestStartStdin(t *testing.T) {
+	t.Parallel()
+	out, errf := files(t)
+	in, err := os.Create(filepath.Join(t.TempDir(), "stdin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.WriteString("to the child\n")
+	in.Seek(0, io.SeekStart)
+	p, err := Start(Config{Path: testutil.Link(t, "proc-helper"), Args: []string{"copy"}, Stdin: in, Stdout: out, Stderr: errf})
+	in.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := waitDone(t, p); !st.Success() {
+		t.Fatalf("status %v", st)
+	}
+	if b, _ := os.ReadFile(out.Name()); string(b) != "to the child\n" {
+		t.Errorf("stdout %q", b)
+	}
+
+	// Without Stdin the child reads /dev/null: EOF at once.
+	out2, errf2 := files(t)
+	p, err = Start(Config{Path: testutil.Link(t, "proc-helper"), Args: []string{"copy"}, Stdout: out2, Stderr: errf2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := waitDone(t, p); !st.Success() {
+		t.Fatalf("status without stdin %v", st)
+	}
+}
+
+func TestStartAround(t *testing.T) {
+	t.Parallel()
+	for _, detached := range []bool{false, true} {
+		out, errf := files(t)
+		calls := 0
+		p, err := Start(Config{Path: testutil.Link(t, "proc-helper"), Args: []string{"exit", "0"}, Stdout: out, Stderr: errf, Detached: detached,
+			Around: func(start func() error) error { calls++; return start() }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := waitDone(t, p); !st.Success() || calls != 1 {
+			t.Errorf("detached=%v: status %v, Around called %d times", detached, st, calls)
+		}
+	}
+
+	// Around's error fails Start; a child it started is killed and reaped.
+	boom := errors.New("boom")
+	out, errf := files(t)
+	if _, err := Start(Config{Path: testutil.Link(t, "proc-helper"), Args: []string{"exit", "0"}, Stdout: out, Stderr: errf,
+		Around: func(func() error) error { return boom }}); !errors.Is(err, boom) {
+		t.Errorf("Around failing before the fork: %v", err)
+	}
+}
+
+// TestStartAroundFailsAfterFork: a child started before Around failed is killed and reaped.
+func TestStartAroundFailsAfterFork(t *testing.T) {
+	testutil.CheckLeaks(t) // no child left
+	boom := errors.New("boom")
+	out, errf := files(t)
+	forked := false
+	_, err := Start(Config{Path: testutil.Link(t, "proc-helper"), Args: []string{"sleep"}, Stdout: out, Stderr: errf,
+		Around: func(start func() error) error {
+			if err := start(); err != nil {
+				return err
+			}
+			forked = true
+			return boom
+		}})
+	if !errors.Is(err, boom) || !forked {
+		t.Fatalf("Around failing after the fork: %v (forked %v)", err, forked)
 	}
 }
 

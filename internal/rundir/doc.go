@@ -9,7 +9,7 @@
 //	    lock             flock held by the VM's owner for the VM's whole life
 //	    id               random token of this incarnation of the directory
 //	    state.json       written atomically (temp file, fsync, rename)
-//	    api.sock  firecracker.log  metrics.json  serial.log  stderr.log
+//	    api.sock  firecracker.log  metrics.json  serial.log  serial.in  stderr.log
 //	    config.json  metadata.json  vsock.sock  drives/<id>.img
 //
 // A VM is alive while the pid recorded in its state.json runs with the recorded start time.

@@ -21,12 +21,15 @@ import (
 
 // File and directory names inside a VM directory.
 const (
-	LockFile     = "lock"
-	StateFile    = "state.json"
-	SocketFile   = "api.sock"
-	LogFile      = "firecracker.log"
-	MetricsFile  = "metrics.json"
-	SerialFile   = "serial.log"
+	LockFile    = "lock"
+	StateFile   = "state.json"
+	SocketFile  = "api.sock"
+	LogFile     = "firecracker.log"
+	MetricsFile = "metrics.json"
+	SerialFile  = "serial.log"
+	// SerialInFile is the FIFO whose writes reach the guest's serial input, when the VM has
+	// one.
+	SerialInFile = "serial.in"
 	StderrFile   = "stderr.log"
 	ConfigFile   = "config.json"
 	MetadataFile = "metadata.json"
@@ -60,6 +63,7 @@ type Paths struct {
 	Log       string `json:"log"`
 	Metrics   string `json:"metrics"`
 	Serial    string `json:"serial"`
+	SerialIn  string `json:"serial_in,omitempty"`
 	Stderr    string `json:"stderr"`
 	Config    string `json:"config"`
 	Metadata  string `json:"metadata"`
@@ -91,12 +95,17 @@ type State struct {
 	BaseImage *BaseImage `json:"base_image,omitempty"`
 	// Spec is the VM's description as its owner serialised it.
 	Spec json.RawMessage `json:"spec,omitempty"`
+	// Network is the host network set up for the VM (a netdev.Network as its owner
+	// serialised it), if any: reaping tears it down.
+	Network json.RawMessage `json:"network,omitempty"`
 }
 
 // BaseImage names a base-image bundle a VM uses and the holder name it registered with.
 type BaseImage struct {
 	ID     string `json:"id"`
 	Holder string `json:"holder"`
+	// SSHKey is the bundle's SSH private key, if it has one.
+	SSHKey string `json:"ssh_key,omitempty"`
 }
 
 // ParseState decodes a state.json body.
@@ -169,6 +178,7 @@ func (r *Root) Paths(name string) Paths {
 		Log:       filepath.Join(dir, LogFile),
 		Metrics:   filepath.Join(dir, MetricsFile),
 		Serial:    filepath.Join(dir, SerialFile),
+		SerialIn:  filepath.Join(dir, SerialInFile),
 		Stderr:    filepath.Join(dir, StderrFile),
 		Config:    filepath.Join(dir, ConfigFile),
 		Metadata:  filepath.Join(dir, MetadataFile),
@@ -221,29 +231,40 @@ func (r *Root) Create(ctx context.Context, name string) (*Dir, error) {
 	if err := checkName(name); err != nil {
 		return nil, fmt.Errorf("create vm dir: %w", err)
 	}
-	rl, err := r.lock(ctx)
+	var d *Dir
+	err := r.retryHeld(ctx, func(last bool) (bool, error) {
+		p := r.Paths(name)
+		if _, err := os.Lstat(p.Dir); err == nil {
+			switch res, err := r.reapLocked(ctx, name); {
+			case err != nil:
+				return false, err
+			case res == held && !last:
+				return true, nil
+			case res != reaped && res != gone:
+				return false, ErrExists
+			}
+		}
+		var err error
+		d, err = r.create(name)
+		return false, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("create vm dir %s: %w", name, err)
 	}
-	defer rl.Unlock()
+	return d, nil
+}
 
+// create makes and locks the directory of VM name, which does not exist. The caller holds
+// root.lock.
+func (r *Root) create(name string) (*Dir, error) {
 	p := r.Paths(name)
-	if _, err := os.Lstat(p.Dir); err == nil {
-		reaped, err := r.reapLocked(ctx, name)
-		if err != nil {
-			return nil, fmt.Errorf("create vm dir %s: %w", name, err)
-		}
-		if !reaped {
-			return nil, fmt.Errorf("create vm dir %s: %w", name, ErrExists)
-		}
-	}
 	if err := os.Mkdir(p.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create vm dir %s: %w", name, err)
+		return nil, err
 	}
 	d := &Dir{Paths: p, root: r, name: name}
 	fail := func(err error) (*Dir, error) {
 		os.RemoveAll(p.Dir)
-		return nil, fmt.Errorf("create vm dir %s: %w", name, err)
+		return nil, err
 	}
 	var b [16]byte
 	rand.Read(b[:])
@@ -264,6 +285,41 @@ func (r *Root) Create(ctx context.Context, name string) (*Dir, error) {
 	}
 	d.lock = l
 	return d, nil
+}
+
+// Dead owners: a VM whose process is gone but whose lock is still held is being cleaned up
+// by its owner, or its owner is dying: an owner killed with SIGKILL loses its lock a moment
+// after its Firecracker dies of the parent-death signal. Reaping, creating and looking at
+// such a VM waits up to heldWait (trying every heldPoll, with root.lock released meanwhile
+// so an owner can finish its cleanup) before it leaves the VM alone.
+const (
+	heldWait = 200 * time.Millisecond
+	heldPoll = 5 * time.Millisecond
+)
+
+// retryHeld runs fn with root.lock held, and again after a pause of heldPoll (with root.lock
+// released) while fn asks to retry, for up to heldWait or until ctx ends. last tells fn that
+// this is its last run: it must then decide.
+func (r *Root) retryHeld(ctx context.Context, fn func(last bool) (retry bool, err error)) error {
+	deadline := time.Now().Add(heldWait)
+	for {
+		last := ctx.Err() != nil || !time.Now().Before(deadline)
+		rl, err := r.lock(ctx)
+		if err != nil {
+			return err
+		}
+		retry, err := fn(last)
+		rl.Unlock()
+		if err != nil || !retry || last {
+			return err
+		}
+		t := time.NewTimer(heldPoll)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
 }
 
 // Lookup returns the directory of VM name, not owned, with its state. It returns an error
@@ -403,47 +459,75 @@ func (r *Root) Names() ([]string, error) {
 
 // Reap removes the directory of every VM whose process is gone and whose lock nobody
 // holds, calling the root's ReapFunc for each first. It returns the names it removed. A VM
-// that cannot be reaped now is left for the next call, and its error is joined into the
-// result.
+// whose process is gone while its lock is still held gets up to 200 ms to have the lock
+// released (its owner is cleaning up, or dying). A VM that cannot be reaped now is left for
+// the next call, and its error is joined into the result.
 func (r *Root) Reap(ctx context.Context) ([]string, error) {
-	rl, err := r.lock(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("reap: %w", err)
-	}
-	defer rl.Unlock()
-	names, err := r.Names()
-	if err != nil {
-		return nil, fmt.Errorf("reap: %w", err)
-	}
-	var reaped []string
+	var names, reapedNames []string
 	var errs []error
-	for _, name := range names {
-		ok, err := r.reapLocked(ctx, name)
-		if err != nil {
-			errs = append(errs, err)
+	first := true
+	err := r.retryHeld(ctx, func(last bool) (bool, error) {
+		if first {
+			first = false
+			var err error
+			if names, err = r.Names(); err != nil {
+				return false, err
+			}
 		}
-		if ok {
-			reaped = append(reaped, name)
+		var again []string
+		for _, name := range names {
+			res, err := r.reapLocked(ctx, name)
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case res == reaped:
+				reapedNames = append(reapedNames, name)
+			case res == held:
+				again = append(again, name)
+			}
 		}
+		names = again
+		return len(again) > 0, nil
+	})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("reap: %w", err))
 	}
-	return reaped, errors.Join(errs...)
+	return reapedNames, errors.Join(errs...)
 }
+
+// reapResult is what reapLocked found and did.
+type reapResult int
+
+const (
+	kept   reapResult = iota // left alone: the VM is alive, or being created
+	reaped                   // removed
+	gone                     // there was no directory
+	held                     // left alone: its process is gone, but its lock is held
+)
 
 // reapLocked removes VM name's directory if nobody holds its lock and its process is gone.
 // The caller holds root.lock.
-func (r *Root) reapLocked(ctx context.Context, name string) (bool, error) {
+func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) {
 	p := r.Paths(name)
 	l := flock.New(p.Lock)
 	ok, err := l.TryLock()
 	if errors.Is(err, fs.ErrNotExist) {
-		// The directory vanished, or lost its lock file: nobody can own it.
+		if _, serr := os.Lstat(p.Dir); errors.Is(serr, fs.ErrNotExist) {
+			return gone, nil
+		}
+		// The directory lost its lock file: nobody can own it.
 		ok, err = true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("reap vm %s: %w", name, err)
+		return kept, fmt.Errorf("reap vm %s: %w", name, err)
 	}
 	if !ok {
-		return false, nil // its owner is alive
+		// Its owner holds it. A recorded process that is gone means the owner is cleaning
+		// up, or is dying itself.
+		if st, err := readState(p.State); err == nil && st.PID > 0 && !st.Alive() {
+			return held, nil
+		}
+		return kept, nil
 	}
 	defer l.Unlock()
 	st, err := readState(p.State)
@@ -452,17 +536,17 @@ func (r *Root) reapLocked(ctx context.Context, name string) (bool, error) {
 		// outside the directory was recorded as held.
 		st = nil
 	} else if st.Alive() {
-		return false, nil // a detached VM whose starter has exited
+		return kept, nil // a detached VM whose starter has exited
 	}
 	if r.onReap != nil {
 		if err := r.onReap(ctx, name, st); err != nil {
-			return false, fmt.Errorf("reap vm %s: %w", name, err)
+			return kept, fmt.Errorf("reap vm %s: %w", name, err)
 		}
 	}
 	if err := os.RemoveAll(p.Dir); err != nil {
-		return false, fmt.Errorf("reap vm %s: %w", name, err)
+		return kept, fmt.Errorf("reap vm %s: %w", name, err)
 	}
-	return true, nil
+	return reaped, nil
 }
 
 // States returns the state of every VM whose process is alive, sorted by name. VMs still
@@ -487,20 +571,47 @@ func (r *Root) States() ([]*State, error) {
 func (d *Dir) ID() string { return d.id }
 
 // Reap removes the directory as Root.Reap would: only when nobody holds the VM's lock and its
-// process is gone. gone reports whether the directory is gone afterwards: reaped now, removed
-// earlier, or replaced by a newer VM of the same name (which Reap leaves alone).
-func (d *Dir) Reap(ctx context.Context) (gone bool, err error) {
-	rl, err := d.root.lock(ctx)
+// process is gone (waiting up to 200 ms for the lock of a VM whose process is gone). It
+// reports whether the directory is gone afterwards: reaped now, removed earlier, or replaced by
+// a newer VM of the same name (which Reap leaves alone).
+func (d *Dir) Reap(ctx context.Context) (bool, error) {
+	isGone := false
+	err := d.root.retryHeld(ctx, func(last bool) (bool, error) {
+		id, err := os.ReadFile(filepath.Join(d.Dir, IDFile))
+		if errors.Is(err, fs.ErrNotExist) || (err == nil && string(id) != d.id) {
+			isGone = true
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		res, err := d.root.reapLocked(ctx, d.name)
+		isGone = res == reaped || res == gone
+		return res == held, err
+	})
 	if err != nil {
 		return false, fmt.Errorf("reap vm %s: %w", d.name, err)
+	}
+	return isGone, nil
+}
+
+// Locked runs fn while holding root.lock, so that no VM directory is created, removed or
+// reaped meanwhile (fn must not call the Root's other methods, which take the lock too).
+func (r *Root) Locked(ctx context.Context, fn func() error) error {
+	rl, err := r.lock(ctx)
+	if err != nil {
+		return err
 	}
 	defer rl.Unlock()
-	id, err := os.ReadFile(filepath.Join(d.Dir, IDFile))
-	if errors.Is(err, fs.ErrNotExist) || (err == nil && string(id) != d.id) {
-		return true, nil
+	return fn()
+}
+
+// Has reports whether a directory for VM name exists: the VM runs, is being created or
+// cleaned up, or has died and is not reaped yet.
+func (r *Root) Has(name string) bool {
+	if checkName(name) != nil {
+		return false
 	}
-	if err != nil {
-		return false, fmt.Errorf("reap vm %s: %w", d.name, err)
-	}
-	return d.root.reapLocked(ctx, d.name)
+	_, err := os.Lstat(r.Paths(name).Dir)
+	return err == nil
 }

@@ -74,7 +74,8 @@ func TestStateRoundTrip(t *testing.T) {
 	d := create(t, r, "vm1")
 	in := selfState(t)
 	in.Spec = []byte(`{"name":"vm1"}`)
-	in.BaseImage = &BaseImage{ID: "abc", Holder: "vm1"}
+	in.BaseImage = &BaseImage{ID: "abc", Holder: "vm1", SSHKey: "/cache/abc/id_ed25519"}
+	in.Network = []byte(`{"owner":"vm1"}`)
 	if err := d.WriteState(in); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +97,8 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Errorf("lookup dir %+v", ld)
 	}
 	if st.PID != in.PID || st.StartTime != in.StartTime || st.Name != "vm1" || st.Version != StateVersion ||
-		st.Paths != d.Paths || !st.Created.Equal(in.Created) || compact(t, st.Spec) != `{"name":"vm1"}` || *st.BaseImage != *in.BaseImage {
+		st.Paths != d.Paths || !st.Created.Equal(in.Created) || compact(t, st.Spec) != `{"name":"vm1"}` || *st.BaseImage != *in.BaseImage ||
+		compact(t, st.Network) != `{"owner":"vm1"}` {
 		t.Errorf("round trip: got %+v, want %+v", st, in)
 	}
 	if !st.Alive() {
@@ -380,5 +382,141 @@ func TestDirReap(t *testing.T) {
 	}
 	if _, err := os.Stat(d2.Dir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// deadOwned makes the directory of VM name whose recorded process is gone while its lock is
+// still held, as right after its owner was killed: the returned Dir holds the lock.
+func deadOwned(t *testing.T, r *Root, name string) *Dir {
+	t.Helper()
+	d := create(t, r, name)
+	if err := d.WriteState(&State{PID: 999999999, StartTime: 1}); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestReapWaitsForADyingOwner: a VM whose process is gone but whose lock is still held is
+// reaped once the lock goes, if that happens within the wait; otherwise it is left alone after
+// the bounded wait, and so is a live VM (no wait at all).
+func TestReapWaitsForADyingOwner(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	ctx := context.Background()
+	d := deadOwned(t, r, "dying")
+	time.AfterFunc(30*time.Millisecond, func() { d.Unlock() })
+	reaped, err := r.Reap(ctx)
+	if err != nil || strings.Join(reaped, ",") != "dying" {
+		t.Fatalf("reap while the owner dies: %v, %v", reaped, err)
+	}
+
+	stuck := deadOwned(t, r, "stuck")
+	t0 := time.Now()
+	reaped, err = r.Reap(ctx)
+	if took := time.Since(t0); err != nil || len(reaped) != 0 || took < heldWait || took > 10*heldWait {
+		t.Fatalf("reap of a held dead vm: %v, %v after %v (want nothing after about %v)", reaped, err, took, heldWait)
+	}
+	stuck.Unlock()
+	if reaped, err := r.Reap(ctx); err != nil || strings.Join(reaped, ",") != "stuck" {
+		t.Fatalf("reap once released: %v, %v", reaped, err)
+	}
+}
+
+// TestReapWaitsWhileTheOwnerCleansUp: an owner cleaning up after its VM removes the directory
+// itself, which needs root.lock: the waiting reap lets it, and reports nothing reaped.
+func TestReapWaitsWhileTheOwnerCleansUp(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	d := deadOwned(t, r, "ending")
+	removed := make(chan error, 1)
+	time.AfterFunc(20*time.Millisecond, func() { removed <- d.Remove(context.Background()) })
+	reaped, err := r.Reap(context.Background())
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+	if err != nil || len(reaped) != 0 {
+		t.Fatalf("reap: %v, %v", reaped, err)
+	}
+	if r.Has("ending") {
+		t.Error("directory left")
+	}
+}
+
+// TestCreateAndDirReapWaitForADyingOwner: reusing the name of a VM whose owner is dying, and
+// reaping it through its Dir, wait for the lock too.
+func TestCreateAndDirReapWaitForADyingOwner(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	ctx := context.Background()
+	d := deadOwned(t, r, "vm1")
+	time.AfterFunc(30*time.Millisecond, func() { d.Unlock() })
+	d2, err := r.Create(ctx, "vm1")
+	if err != nil {
+		t.Fatalf("create over a dying owner's vm: %v", err)
+	}
+	d2.Remove(ctx)
+
+	d2owner := deadOwned(t, r, "vm2")
+	if _, err := r.Create(ctx, "vm2"); !errors.Is(err, ErrExists) {
+		t.Fatalf("create while the dead vm's lock stays held: %v, want ErrExists", err)
+	}
+	looked, _, err := r.Lookup("vm2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(30*time.Millisecond, func() { d2owner.Unlock() })
+	if gone, err := looked.Reap(ctx); !gone || err != nil {
+		t.Fatalf("Dir.Reap while the owner dies: %v, %v", gone, err)
+	}
+}
+
+func TestLockedAndHas(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	ctx := context.Background()
+	if r.Has("vm1") || r.Has("../x") {
+		t.Fatal("Has before create")
+	}
+	d := create(t, r, "vm1")
+	ran := false
+	err := r.Locked(ctx, func() error {
+		ran = true
+		// Creating needs root.lock, so it cannot happen meanwhile.
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		if _, err := r.Create(cctx, "vm2"); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("create under Locked: %v", err)
+		}
+		return nil
+	})
+	if err != nil || !ran || !r.Has("vm1") {
+		t.Fatalf("Locked: %v, ran %v", err, ran)
+	}
+	boom := errors.New("boom")
+	if err := r.Locked(ctx, func() error { return boom }); !errors.Is(err, boom) {
+		t.Errorf("Locked returns %v", err)
+	}
+	d.Remove(ctx)
+	if r.Has("vm1") {
+		t.Error("Has after remove")
+	}
+}
+
+func TestMakeFIFO(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	if d.SerialIn != filepath.Join(d.Dir, "serial.in") {
+		t.Fatalf("serial input path %s", d.SerialIn)
+	}
+	if err := MakeFIFO(d.SerialIn); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Lstat(d.SerialIn)
+	if err != nil || fi.Mode().Type() != os.ModeNamedPipe || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("fifo: %v, %v", fi.Mode(), err)
+	}
+	if err := MakeFIFO(d.SerialIn); !errors.Is(err, os.ErrExist) {
+		t.Errorf("second MakeFIFO: %v, want ErrExist", err)
 	}
 }
