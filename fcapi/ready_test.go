@@ -134,3 +134,28 @@ func TestWaitReadyExitDuringHangingRequest(t *testing.T) {
 		t.Errorf("got %v, want ErrProcessExited", err)
 	}
 }
+
+// TestReadyPollSchedule: every 100 µs for the first 20 ms, then doubling up to 50 ms.
+func TestReadyPollSchedule(t *testing.T) {
+	var got []time.Duration
+	wait, elapsed := readyPollMin, time.Duration(0)
+	for elapsed < 500*time.Millisecond {
+		got = append(got, wait)
+		elapsed += wait
+		wait = nextReadyPoll(wait, elapsed)
+	}
+	fast := int(readyPollFast / readyPollMin)
+	for i, w := range got[:fast] {
+		if w != 100*time.Microsecond {
+			t.Fatalf("pause %d is %v during the fast phase, want 100µs", i, w)
+		}
+	}
+	for i := fast + 1; i < len(got); i++ {
+		if want := min(2*got[i-1], 50*time.Millisecond); got[i] != want {
+			t.Fatalf("pause %d is %v after %v, want %v", i, got[i], got[i-1], want)
+		}
+	}
+	if got[len(got)-1] != 50*time.Millisecond {
+		t.Errorf("last pause %v, want the 50ms cap", got[len(got)-1])
+	}
+}
