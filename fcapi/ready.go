@@ -57,7 +57,9 @@ func WaitReady(ctx context.Context, socketPath string, exited <-chan struct{}) e
 				return nil
 			}
 		}
-		if ctx.Err() == nil {
+		// An attempt cut short by ctx (its deadline may pass before ctx.Err says so) tells
+		// nothing about the socket.
+		if ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 			last = err
 		}
 		t := time.NewTimer(wait)
