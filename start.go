@@ -260,13 +260,11 @@ var requestFreeReadyBefore = fcapi.Version{Major: 1, Minor: 14}
 // waitReady waits until firecracker serves its API. In config-file mode the API answers
 // only once the VM is built, so this also waits for the boot.
 func (s *starter) waitReady(ctx context.Context) error {
-	// fcapi.WaitReady polls from 1 ms up; Firecracker listens within a few ms of its start,
-	// so a finer wait for the socket first saves part of a boot's latency.
-	if err := waitListening(ctx, s.dir.APISocket, s.proc); err != nil {
-		return err
-	}
 	if s.spec.BootMode == BootModeConfigFile && !s.version.AtLeast(requestFreeReadyBefore) {
-		return waitBooted(ctx, s.proc)
+		if err := waitBooted(ctx, s.proc); err != nil {
+			return err
+		}
+		return waitListening(ctx, s.dir.APISocket, s.proc)
 	}
 	return fcapi.WaitReady(ctx, s.dir.APISocket, s.proc.Done())
 }
@@ -297,8 +295,8 @@ func waitListening(ctx context.Context, sock string, p *proc.Process) error {
 	}
 }
 
-// waitBooted waits, without sending a request, until firecracker (listening already) runs a
-// vCPU thread, so its config-file boot is done, or exits.
+// waitBooted waits, without sending a request, until firecracker runs a vCPU thread, so its
+// config-file boot is done, or exits.
 func waitBooted(ctx context.Context, p *proc.Process) error {
 	pause := time.Millisecond
 	for {
