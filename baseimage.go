@@ -12,6 +12,7 @@ import (
 type resolvedImage struct {
 	id, holder               string
 	kernel, initrd, bootArgs string
+	sshKey                   string // the bundle's SSH private key, or ""
 	root                     DriveSpec
 }
 
@@ -57,6 +58,7 @@ func (s *starter) useBaseImage(ctx context.Context) error {
 		kernel:   b.Kernel,
 		initrd:   b.Initrd,
 		bootArgs: bootArgs,
+		sshKey:   b.SSHPrivateKey,
 		root:     DriveSpec{ID: baseImageRootID, Path: b.Rootfs, Root: true},
 	}
 	s.log.Debug("base image", "id", b.ID, "name", b.Name)

@@ -24,10 +24,7 @@ import (
 // (made with mkfs.ext4 when it is installed) and manifest.json naming them relatively.
 func imageFiles(t *testing.T, dir, mode string) (manifest string) {
 	t.Helper()
-	kernel, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
-	if err := testguest.Write(kernel); err != nil {
-		t.Fatal(err)
-	}
+	rootfs := filepath.Join(dir, "rootfs.ext4")
 	if err := os.WriteFile(rootfs, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +35,41 @@ func imageFiles(t *testing.T, dir, mode string) (manifest string) {
 		if out, err := exec.Command(mkfs, "-q", "-F", rootfs).CombinedOutput(); err != nil {
 			t.Fatalf("mkfs.ext4: %v: %s", err, out)
 		}
+	}
+	return writeImage(t, dir, mode, rootfs, "ext4")
+}
+
+// squashfsImageFiles is imageFiles with a squashfs rootfs, which the base-image manager
+// converts to ext4 with an SSH key for root. It skips the test without mksquashfs.
+func squashfsImageFiles(t *testing.T, dir, mode string) (manifest string) {
+	t.Helper()
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		t.Skip("needs mksquashfs (Debian package squashfs-tools)")
+	}
+	tree := filepath.Join(t.TempDir(), "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(tree, "root"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "etc", "hostname"), []byte("testguest\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rootfs := filepath.Join(dir, "rootfs.squashfs")
+	if out, err := exec.Command("mksquashfs", tree, rootfs, "-noappend", "-quiet", "-no-progress").CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs: %v: %s", err, out)
+	}
+	return writeImage(t, dir, mode, rootfs, "squashfs")
+}
+
+// writeImage writes the test guest as the kernel into dir, and manifest.json naming it and
+// rootfs (in dir, of the given format) relatively.
+func writeImage(t *testing.T, dir, mode, rootfs, format string) (manifest string) {
+	t.Helper()
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := testguest.Write(kernel); err != nil {
+		t.Fatal(err)
 	}
 	arch, err := baseimage.HostArch()
 	if err != nil {
@@ -59,7 +91,7 @@ func imageFiles(t *testing.T, dir, mode string) (manifest string) {
 		Rootfs:   file(rootfs),
 		BootArgs: testguest.BootArgs(mode),
 	}
-	m.Rootfs.Format = "ext4"
+	m.Rootfs.Format = format
 	b, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
@@ -157,5 +189,46 @@ func TestBaseImageMarkerReaped(t *testing.T) {
 	newManager(t, root, bin, WithBaseImages(images))
 	if hs := holders(t, images); len(hs) != 0 {
 		t.Fatalf("holders after reaping: %v", hs)
+	}
+}
+
+// TestBaseImageSSHKey boots a base image whose rootfs was converted with an SSH key for root:
+// Info, List and an attached Machine name the bundle's private key.
+func TestBaseImageSSHKey(t *testing.T) {
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	manifest := squashfsImageFiles(t, t.TempDir(), testguest.ModeHalt)
+	images, err := baseimage.New(baseimage.Options{Dir: filepath.Join(t.TempDir(), "cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	b, err := images.Pull(ctx, baseimage.Source{ManifestPath: manifest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.SSHPrivateKey == "" {
+		t.Fatal("the converted bundle has no SSH key")
+	}
+	mgr := newManager(t, root, testutil.Link(t, "firecracker"), WithBaseImages(images))
+	m := start(t, mgr, MachineSpec{BaseImageManifestPath: manifest, MemoryMiB: 32})
+	if got := m.Info().SSHKey; got != b.SSHPrivateKey {
+		t.Errorf("Info().SSHKey = %q, want %q", got, b.SSHPrivateKey)
+	}
+	infos, err := mgr.List(ctx)
+	if err != nil || len(infos) != 1 || infos[0].SSHKey != b.SSHPrivateKey {
+		t.Errorf("list %+v, %v", infos, err)
+	}
+	// Another manager on the root sees it in state.json.
+	other := newManager(t, root, testutil.Link(t, "firecracker"), WithBaseImages(images))
+	am, err := other.Attach(ctx, m.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := am.Info().SSHKey; got != b.SSHPrivateKey {
+		t.Errorf("attached Info().SSHKey = %q", got)
+	}
+	if err := am.Release(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -32,6 +32,22 @@
 // installs signal handlers; Manager.HandleSignals is an opt-in helper that stops the
 // manager's VMs on SIGINT or SIGTERM.
 //
+// # Console and network
+//
+// The guest's serial console goes to serial.log in the VM's directory (Machine.Console
+// follows it). With MachineSpec.SerialInput, Firecracker's stdin is the FIFO serial.in, and
+// Machine.ConsoleInput writes to the guest's serial input.
+//
+// With MachineSpec.Network, Start builds the VM's network with package netdev before the
+// boot: a TAP device per NIC with a /30 from an address pool (leases under <root>/net), the
+// guest MAC from which Firecracker's CI images configure themselves, optionally NAT and a
+// network namespace of the VM's own, in which Firecracker then runs. It needs root (or
+// CAP_NET_ADMIN, and CAP_SYS_ADMIN for a namespace); without, Start fails with an error
+// wrapping netdev.ErrPermission that says how to grant it. The network is recorded in
+// state.json, MachineInfo.GuestIP is where the host reaches the guest, and the network is
+// removed when the VM ends, or by reaping when its owner died. Networks are built and removed
+// in the network namespace of the calling thread: the host's, in an ordinary program.
+//
 // # Snapshots
 //
 // Machine.Snapshot saves a VM (state, memory, and copies of its ephemeral drives) into a

@@ -20,6 +20,9 @@ var (
 	ErrNotRunning = errors.New("vm not running")
 	// ErrClosed reports a call on a Manager or Machine after its Close.
 	ErrClosed = errors.New("closed")
+	// ErrNoConsoleInput reports Machine.ConsoleInput on a VM started without
+	// MachineSpec.SerialInput.
+	ErrNoConsoleInput = errors.New("vm has no console input (start it with serial_input)")
 )
 
 // ExitError reports how a firecracker process ended when it did not exit with code 0: from

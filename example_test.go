@@ -11,6 +11,7 @@ import (
 
 	"github.com/smartvm/smartvm"
 	"github.com/smartvm/smartvm/baseimage"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // Start a VM from a kernel and a root filesystem, print its console, and stop it.
@@ -77,6 +78,51 @@ func ExampleManager_Start_baseImage() {
 		log.Fatal(err)
 	}
 	fmt.Println(m.Name(), m.Info().BaseImage)
+}
+
+// Boot a base image with a network: a TAP device with a /30 of 172.16.0.0/16, NAT to the
+// outside, and the bundle's SSH key to log in. Needs root (or CAP_NET_ADMIN).
+func ExampleManager_Start_network() {
+	images, err := baseimage.New(baseimage.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mgr, err := smartvm.NewManager(smartvm.WithBaseImages(images))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mgr.Close()
+	m, err := mgr.Start(context.Background(), smartvm.MachineSpec{
+		BaseImagePreset: "latest",
+		Network:         &smartvm.NetworkSpec{NAT: true},
+	})
+	if errors.Is(err, netdev.ErrPermission) {
+		log.Fatal(err) // says which capability is missing and how to grant it
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	info := m.Info()
+	fmt.Printf("ssh -i %s root@%s\n", info.SSHKey, info.GuestIP)
+}
+
+// Type into the guest's serial console.
+func ExampleMachine_ConsoleInput() {
+	mgr, err := smartvm.NewManager()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mgr.Close()
+	m, err := mgr.Start(context.Background(), smartvm.MachineSpec{Kernel: "vmlinux", SerialInput: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	in, err := m.ConsoleInput()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer in.Close()
+	io.WriteString(in, "root\n")
 }
 
 // Start a VM that outlives this process, and adopt it later from another one.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // MachineState is a VM's state as its Firecracker reports it, combined with whether its
@@ -68,8 +70,28 @@ type MachineInfo struct {
 	Created time.Time `json:"created"`
 	// BaseImage is the ID of the base-image bundle the VM boots, if any.
 	BaseImage string `json:"base_image,omitempty"`
+	// SSHKey is the base-image bundle's SSH private key (root's key in the guest), when the
+	// VM boots a base image that has one.
+	SSHKey string `json:"ssh_key,omitempty"`
+	// GuestIP is the address at which the host reaches the guest (Network.GuestAddr); empty
+	// without a network.
+	GuestIP string `json:"guest_ip,omitempty"`
+	// Network is the host network smartvm set up for the VM (MachineSpec.Network); nil
+	// without one.
+	Network *netdev.Network `json:"network,omitempty"`
 	// Spec is the VM's description, with defaults applied.
 	Spec MachineSpec `json:"spec"`
+}
+
+// setNetwork fills Network and GuestIP.
+func (i *MachineInfo) setNetwork(n *netdev.Network) {
+	if n == nil {
+		return
+	}
+	i.Network = n
+	if a := n.GuestAddr(); a.IsValid() {
+		i.GuestIP = a.String()
+	}
 }
 
 // Uptime returns how long the VM has existed, at now.
@@ -94,7 +116,9 @@ type Machine struct {
 	binary   string
 	mode     string
 	created  time.Time
-	image    string   // base-image bundle ID, if any
+	image    string // base-image bundle ID, if any
+	sshKey   string // the base-image bundle's SSH private key, if any
+	network  *netdev.Network
 	started  bool     // started by this process (else attached)
 	serial   *os.File // read handle on serial.log, so the console outlives the files
 	cleanups []func(context.Context) error
@@ -153,11 +177,13 @@ func (m *Machine) Info() MachineInfo {
 		Mode:               m.mode,
 		Created:            m.created,
 		BaseImage:          m.image,
+		SSHKey:             m.sshKey,
 		Spec:               m.spec,
 	}
 	if m.spec.Metrics {
 		info.MetricsPath = m.paths.Metrics
 	}
+	info.setNetwork(m.network)
 	return info
 }
 
@@ -434,6 +460,33 @@ func (m *Machine) supervise() {
 	m.mgr.forget(m)
 }
 
+// ConsoleInput returns a writer whose writes reach the guest's serial input (through the
+// serial.in FIFO that is Firecracker's stdin), for a VM started with MachineSpec.SerialInput;
+// it works on attached VMs too. Writes block while the FIFO is full (the guest reads slowly
+// or not at all), and fail once the VM has ended. Close it when done; Firecracker keeps
+// reading, and other writers may come and go.
+//
+// It returns an error wrapping ErrNoConsoleInput when the VM has no serial input, and
+// ErrNotRunning when the VM has ended.
+func (m *Machine) ConsoleInput() (io.WriteCloser, error) {
+	if !m.spec.SerialInput {
+		return nil, fmt.Errorf("console input of vm %s: %w", m.name, ErrNoConsoleInput)
+	}
+	if m.exited() {
+		return nil, fmt.Errorf("console input of vm %s: %w", m.name, ErrNotRunning)
+	}
+	// Firecracker holds the FIFO open for reading, so a non-blocking open succeeds at once;
+	// with no reader (Firecracker gone) it fails with ENXIO.
+	f, err := os.OpenFile(m.paths.SerialIn, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ENXIO) || errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("console input of vm %s: %w", m.name, ErrNotRunning)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("console input of vm %s: %w", m.name, err)
+	}
+	return f, nil
+}
+
 // Console returns the guest's serial console output as a stream: it reads serial.log from
 // its start and follows it until the VM ends, then returns io.EOF. It keeps working after
 // the VM's files are removed. Close the stream when done; Machine.Close ends all streams.
@@ -571,12 +624,16 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		done:     make(chan struct{}),
 	}
 	if st.BaseImage != nil {
-		m.image = st.BaseImage.ID
+		m.image, m.sshKey = st.BaseImage.ID, st.BaseImage.SSHKey
 	}
 	if len(st.Spec) > 0 {
 		if err := json.Unmarshal(st.Spec, &m.spec); err != nil {
 			mgr.log.Warn("read spec from state.json", "vm", st.Name, "err", err)
 		}
+	}
+	m.network = networkOf(st)
+	if m.paths.SerialIn == "" { // written by a smartvm before serial input
+		m.paths.SerialIn = filepath.Join(m.paths.Dir, rundir.SerialInFile)
 	}
 	m.spec.Name = st.Name
 	if f, err := os.Open(st.Paths.Serial); err == nil {

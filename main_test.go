@@ -35,6 +35,8 @@ type ownerArgs struct {
 	Signals bool `json:"signals,omitempty"`
 	// ImageDir is a base-image cache for the manager; empty: none.
 	ImageDir string `json:"image_dir,omitempty"`
+	// NetnsDir is where the manager mounts VM network namespaces; empty: the default.
+	NetnsDir string `json:"netns_dir,omitempty"`
 }
 
 // ownerMain is a process that owns a VM: it starts the VM described by its argument, prints
@@ -45,7 +47,7 @@ func ownerMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	opts := []Option{WithRuntimeDir(a.Root), WithFirecrackerBinary(a.Binary), WithStopGracePeriod(200 * time.Millisecond)}
+	opts := []Option{WithRuntimeDir(a.Root), WithFirecrackerBinary(a.Binary), WithStopGracePeriod(200 * time.Millisecond), WithNetnsDir(a.NetnsDir)}
 	if a.ImageDir != "" {
 		images, err := baseimage.New(baseimage.Options{Dir: a.ImageDir})
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // cleanupTimeout bounds the cleanup that runs after a failure or an exit, detached from any
@@ -31,6 +32,8 @@ type Manager struct {
 	bin    string
 	images *baseimage.Manager
 	grace  time.Duration
+	// netnsDir is where per-VM network namespaces are mounted; empty: netdev's default.
+	netnsDir string
 
 	mu       sync.Mutex
 	machines map[string]*Machine // the VMs this manager started or attached, by name
@@ -70,6 +73,7 @@ func NewManager(opts ...Option) (*Manager, error) {
 		bin:      o.binary,
 		images:   o.images,
 		grace:    o.grace,
+		netnsDir: o.netnsDir,
 		machines: map[string]*Machine{},
 		versions: map[binaryKey]fcapi.Version{},
 	}
@@ -91,28 +95,40 @@ func NewManager(opts ...Option) (*Manager, error) {
 // RuntimeDir returns the runtime root's absolute path.
 func (mgr *Manager) RuntimeDir() string { return mgr.root.Path() }
 
-// Reap removes the directories of VMs whose process is gone (staged drives, sockets and
-// base-image in-use markers included) and returns their names. Live VMs, and VMs whose owner
-// still holds them, are left alone.
+// Reap removes the directories of VMs whose process is gone (staged drives, sockets, networks
+// and base-image in-use markers included) and returns their names; then it removes the
+// networks, and releases the address leases, of VMs that died before they recorded them.
+// Live VMs, and VMs whose owner still holds them, are left alone; a VM whose process is gone
+// while its owner still holds it gets up to 200 ms for the owner to let go. Networks are
+// removed relative to the calling thread's network namespace, as netdev.Reclaim does.
 func (mgr *Manager) Reap(ctx context.Context) ([]string, error) {
 	names, err := mgr.root.Reap(ctx)
 	if len(names) > 0 {
 		mgr.log.Info("reaped dead vms", "names", names)
 	}
-	return names, err
+	return names, errors.Join(err, mgr.reclaimNetworks(ctx))
 }
 
-// reapHook releases what a dead VM held outside its directory.
+// reapHook releases what a dead VM held outside its directory: its network (torn down in the
+// calling thread's network namespace) and its base image.
 func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State) error {
-	if st == nil || st.BaseImage == nil {
+	if st == nil {
 		return nil
 	}
-	if mgr.images == nil {
-		// Without a base-image manager this process cannot release the marker; the cache
-		// keeps the bundle until a manager that has one reaps it.
-		return fmt.Errorf("release base image %s of vm %s: no base-image manager (use WithBaseImages)", st.BaseImage.ID, name)
+	var errs []error
+	if len(st.Network) > 0 {
+		errs = append(errs, mgr.teardownRecorded(ctx, name, st.Network))
 	}
-	return releaseBaseImage(ctx, mgr.images, st.BaseImage.ID, st.BaseImage.Holder)
+	if st.BaseImage != nil {
+		if mgr.images == nil {
+			// Without a base-image manager this process cannot release the marker; the cache
+			// keeps the bundle until a manager that has one reaps it.
+			errs = append(errs, fmt.Errorf("release base image %s of vm %s: no base-image manager (use WithBaseImages)", st.BaseImage.ID, name))
+		} else {
+			errs = append(errs, releaseBaseImage(ctx, mgr.images, st.BaseImage.ID, st.BaseImage.Holder))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Close stops every VM this manager owns (Ctrl-Alt-Del, then SIGTERM, then SIGKILL, as
@@ -268,9 +284,22 @@ func infoFromState(st *rundir.State) MachineInfo {
 		info.MetricsPath = st.Paths.Metrics
 	}
 	if st.BaseImage != nil {
-		info.BaseImage = st.BaseImage.ID
+		info.BaseImage, info.SSHKey = st.BaseImage.ID, st.BaseImage.SSHKey
 	}
+	info.setNetwork(networkOf(st))
 	return info
+}
+
+// networkOf returns the network state.json records, or nil.
+func networkOf(st *rundir.State) *netdev.Network {
+	if len(st.Network) == 0 {
+		return nil
+	}
+	n := new(netdev.Network)
+	if err := json.Unmarshal(st.Network, n); err != nil {
+		return nil // written by a different smartvm; the rest still describes the VM
+	}
+	return n
 }
 
 // Firecracker resolves the manager's firecracker binary to an absolute path and returns its

@@ -24,6 +24,7 @@ type options struct {
 	logger     *slog.Logger
 	images     *baseimage.Manager
 	grace      time.Duration
+	netnsDir   string
 }
 
 // WithRuntimeDir sets the runtime root. Default: /dev/shm/.smartvm/runtime when /dev/shm is a
@@ -53,6 +54,11 @@ func WithBaseImages(m *baseimage.Manager) Option { return func(o *options) { o.i
 // Ctrl-Alt-Del before sending SIGTERM (Stop's ctx can cut it shorter). Default:
 // DefaultStopGracePeriod.
 func WithStopGracePeriod(d time.Duration) Option { return func(o *options) { o.grace = d } }
+
+// WithNetnsDir sets where the network namespaces of VMs with NetworkSpec.Namespace are
+// bind-mounted. Default: netdev.DefaultNetnsDir (/var/run/netns), where `ip netns` finds
+// them.
+func WithNetnsDir(dir string) Option { return func(o *options) { o.netnsDir = dir } }
 
 // StartOption configures one Manager.Start.
 type StartOption func(*startOptions)

@@ -12,6 +12,7 @@ import (
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/stage"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // Files of a snapshot directory.
@@ -43,6 +44,10 @@ type Snapshot struct {
 	Created            time.Time `json:"created"`
 	// Drives are the ephemeral drives copied into the snapshot, by drive ID.
 	Drives map[string]SnapshotDrive `json:"drives,omitempty"`
+	// Network is the VM's managed network when the snapshot was taken: Restore gives the
+	// NICs the same TAP names and, with NetworkSpec.Namespace, the same guest addresses,
+	// which the guest keeps in its memory.
+	Network *netdev.Network `json:"network,omitempty"`
 }
 
 // SnapshotDrive is an ephemeral drive saved with a snapshot.
@@ -158,6 +163,7 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 		Spec:               m.spec,
 		FirecrackerVersion: m.version.String(),
 		Created:            time.Now().UTC(),
+		Network:            m.network,
 	}
 	for _, id := range stagedDrives(m.spec) {
 		file := filepath.Join(snapshotDrives, id+".img")
@@ -185,7 +191,9 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 // VM must be restored in a runtime root at the same path, and no other VM may have its name.
 // The snapshot's memory file is mapped by the restored VM: keep the snapshot directory until
 // the VM ends. MMDS data, which Firecracker does not keep in snapshots, is put back from the
-// spec.
+// spec. A VM with a managed network gets new NICs with the TAP names and guest addresses the
+// snapshot holds (the guest keeps its addresses in its memory): with NetworkSpec.Namespace
+// always, in the caller's namespace only while the snapshot's /30s are free.
 //
 // Errors are those of Start; a snapshot written by a Firecracker of another minor release, or
 // whose drives were staged in another runtime root, gives one wrapping

@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // DefaultBootArgs is the kernel command line used when MachineSpec.BootArgs is empty (and no
@@ -116,7 +118,59 @@ type MachineSpec struct {
 	// BaseImageManifestPath boots the base image a local manifest file describes, as
 	// BaseImagePreset does.
 	BaseImageManifestPath string `json:"base_image_manifest_path,omitempty"`
+
+	// SerialInput makes Firecracker's stdin a FIFO (serial.in in the VM directory) so the
+	// guest's serial console accepts input: Machine.ConsoleInput writes to it. Off by
+	// default: stdin is /dev/null.
+	SerialInput bool `json:"serial_input,omitempty"`
+
+	// Network asks smartvm to create the VM's network before boot and remove it at cleanup:
+	// a TAP device per NIC with a /30 from the pool, optionally NAT and a network namespace of
+	// the VM's own (see package netdev). It needs root, or CAP_NET_ADMIN (and CAP_SYS_ADMIN
+	// for a namespace). nil (the default) means no managed network.
+	Network *NetworkSpec `json:"network,omitempty"`
 }
+
+// NetworkSpec describes the network smartvm builds for a VM. Each NIC gets a /30 from Pool:
+// the host end on its TAP, the guest the other address, and the guest MAC
+// 06:00:<guest address>, from which the Firecracker CI images' fcnet configures the guest.
+type NetworkSpec struct {
+	// NICs are the VM's network interfaces, at most MaxNICs. Empty: one NIC "eth0".
+	NICs []NICSpec `json:"nics,omitempty"`
+	// NAT masquerades the VM's traffic through Uplink and turns IPv4 forwarding on. False: the
+	// guest reaches only the host.
+	NAT bool `json:"nat,omitempty"`
+	// Uplink is the host device NAT sends traffic out of (NAT only). Empty: the device of the
+	// IPv4 default route.
+	Uplink string `json:"uplink,omitempty"`
+	// Namespace gives the VM a network namespace of its own, smv-<name>, joined to the host
+	// by a veth pair; the TAPs live in it and Firecracker runs inside it. The host reaches the
+	// guest at MachineInfo.GuestIP, which the namespace forwards to the first NIC. False: the
+	// TAPs are in the namespace of the thread that calls Start.
+	Namespace bool `json:"namespace,omitempty"`
+	// Pool is the IPv4 range the /30s come from. Zero value: DefaultNetworkPool.
+	Pool string `json:"pool,omitempty"`
+	// KernelIPArg appends the ip= kernel argument that configures the first NIC to the boot
+	// arguments, for guests without fcnet.
+	KernelIPArg bool `json:"kernel_ip_arg,omitempty"`
+	// MTU of the TAP devices (and the veth pair), 68 to 65535. Zero value: the kernel's
+	// default, 1500.
+	MTU int `json:"mtu,omitempty"`
+}
+
+// NICSpec is one network interface of a managed network.
+type NICSpec struct {
+	// ID is Firecracker's iface_id: ASCII letters, digits and '_'. Zero value: "eth<N>", N
+	// counting on from the spec's Interfaces (eth0, eth1, ... when it has none).
+	ID string `json:"id,omitempty"`
+}
+
+// DefaultNetworkPool is the range managed NICs get their /30 from unless NetworkSpec.Pool
+// names another.
+const DefaultNetworkPool = netdev.DefaultPool
+
+// MaxNICs is the most NICs a managed network may have.
+const MaxNICs = 8
 
 // DriveSpec is a virtio-block drive backed by a file (or block device) on the host.
 //
@@ -280,19 +334,49 @@ func (s MachineSpec) WithDefaults() MachineSpec {
 			s.Interfaces[i].ID = "eth" + strconv.Itoa(i)
 		}
 	}
+	if s.Network != nil {
+		n := *s.Network
+		if len(n.NICs) == 0 {
+			n.NICs = []NICSpec{{}}
+		} else {
+			n.NICs = append([]NICSpec(nil), n.NICs...)
+		}
+		for i := range n.NICs {
+			if n.NICs[i].ID == "" {
+				n.NICs[i].ID = "eth" + strconv.Itoa(len(s.Interfaces)+i)
+			}
+		}
+		if n.Pool == "" {
+			n.Pool = DefaultNetworkPool
+		}
+		s.Network = &n
+	}
 	if s.MMDS != nil {
 		m := *s.MMDS
 		if m.Version == "" {
 			m.Version = fcapi.MMDSv2
 		}
 		if len(m.Interfaces) == 0 {
-			for _, ifc := range s.Interfaces {
-				m.Interfaces = append(m.Interfaces, ifc.ID)
-			}
+			m.Interfaces = s.interfaceIDs()
 		}
 		s.MMDS = &m
 	}
 	return s
+}
+
+// interfaceIDs lists the IDs of the VM's network interfaces: Interfaces, then the managed
+// network's NICs.
+func (s MachineSpec) interfaceIDs() []string {
+	var ids []string
+	for _, ifc := range s.Interfaces {
+		ids = append(ids, ifc.ID)
+	}
+	if s.Network != nil {
+		for _, nic := range s.Network.NICs {
+			ids = append(ids, nic.ID)
+		}
+	}
+	return ids
 }
 
 // Validate checks the spec, with defaults applied, and returns one error per problem, joined
@@ -377,6 +461,7 @@ func (s MachineSpec) problems() []error {
 
 	errs = append(errs, s.driveProblems()...)
 	errs = append(errs, s.interfaceProblems()...)
+	errs = append(errs, s.networkProblems()...)
 
 	if v := s.Vsock; v != nil {
 		if v.CID < 3 || v.CID == ^uint32(0) {
@@ -442,12 +527,7 @@ func (s MachineSpec) problems() []error {
 }
 
 func (s MachineSpec) hasInterface(id string) bool {
-	for _, ifc := range s.Interfaces {
-		if ifc.ID == id {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(s.interfaceIDs(), id)
 }
 
 func (s MachineSpec) driveProblems() []error {
@@ -531,6 +611,57 @@ func (s MachineSpec) interfaceProblems() []error {
 		}
 	}
 	return errs
+}
+
+func (s MachineSpec) networkProblems() []error {
+	n := s.Network
+	if n == nil {
+		return nil
+	}
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if s.Name != "" && s.Name[0] == '-' {
+		add("name %q: a vm with a network needs a name that starts with a letter or digit", s.Name)
+	}
+	if len(n.NICs) > MaxNICs {
+		add("network: %d nics; at most %d are supported", len(n.NICs), MaxNICs)
+	}
+	ids := map[string]bool{}
+	for _, ifc := range s.Interfaces {
+		ids[ifc.ID] = true
+	}
+	for _, nic := range n.NICs {
+		errs = append(errs, idProblems(fmt.Sprintf("network nic %q", nic.ID), nic.ID, ids)...)
+	}
+	if p, err := netip.ParsePrefix(n.Pool); err != nil || !p.Addr().Is4() || p.Bits() > 30 {
+		add("network pool %q: use an IPv4 network of /30 or larger, such as %s", n.Pool, DefaultNetworkPool)
+	} else if p.Masked() != p {
+		add("network pool %s: host bits are set; did you mean %s?", n.Pool, p.Masked())
+	} else if need, have := len(n.NICs)+btoi(n.Namespace), 1<<min(30-p.Bits(), 16); need > have {
+		add("network pool %s holds %d /30s, and this vm needs %d (one per nic, one more for a namespace): use a larger pool", n.Pool, have, need)
+	}
+	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+		add("network mtu %d: use 68 to 65535, or 0 for the default (1500)", n.MTU)
+	}
+	if n.Uplink != "" {
+		if !n.NAT {
+			add("network uplink %s: the uplink is used only for NAT; set nat too, or leave the uplink empty", n.Uplink)
+		}
+		if len(n.Uplink) > 15 || n.Uplink == "." || n.Uplink == ".." || strings.ContainsAny(n.Uplink, "/: \t\n") {
+			add("network uplink %q is not a valid device name (at most 15 bytes, no '/', ':' or spaces)", n.Uplink)
+		}
+	}
+	if n.Namespace && len(s.Interfaces) > 0 {
+		add("interfaces: with network.namespace Firecracker runs in the vm's own namespace, where the host's TAP devices are not visible; use network.nics instead")
+	}
+	return errs
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // idProblems checks a drive or interface ID: Firecracker accepts only ASCII letters, digits

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -46,6 +47,16 @@ func TestWithDefaults(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("WithDefaults (-want +got):\n%s", diff)
 	}
+	// A network gets one NIC, IDs after the static interfaces' and the default pool; MMDS
+	// reaches every interface.
+	got = MachineSpec{Interfaces: []InterfaceSpec{{TAP: "tap0"}}, Network: &NetworkSpec{NICs: []NICSpec{{ID: "x"}, {}}}, MMDS: &MMDSSpec{}}.WithDefaults()
+	if n := got.Network; len(n.NICs) != 2 || n.NICs[0].ID != "x" || n.NICs[1].ID != "eth2" || n.Pool != "172.16.0.0/16" ||
+		!slices.Equal(got.MMDS.Interfaces, []string{"eth0", "x", "eth2"}) {
+		t.Errorf("network defaults: %+v, mmds %+v", n, got.MMDS)
+	}
+	if n := (MachineSpec{Network: &NetworkSpec{}}).WithDefaults().Network; len(n.NICs) != 1 || n.NICs[0].ID != "eth0" {
+		t.Errorf("default network %+v", n)
+	}
 	// A base image brings its own boot args; the spec's default must not override them.
 	if b := (MachineSpec{BaseImagePreset: "latest"}).WithDefaults().BootArgs; b != "" {
 		t.Errorf("base-image spec got boot args %q", b)
@@ -54,9 +65,9 @@ func TestWithDefaults(t *testing.T) {
 
 func TestWithDefaultsDoesNotAlias(t *testing.T) {
 	t.Parallel()
-	in := MachineSpec{Drives: []DriveSpec{{Path: "a"}}, MMDS: &MMDSSpec{}}
+	in := MachineSpec{Drives: []DriveSpec{{Path: "a"}}, MMDS: &MMDSSpec{}, Network: &NetworkSpec{NICs: []NICSpec{{}}}}
 	_ = in.WithDefaults()
-	if in.Drives[0].ID != "" || in.MMDS.Version != "" {
+	if in.Drives[0].ID != "" || in.MMDS.Version != "" || in.Network.Pool != "" || in.Network.NICs[0].ID != "" {
 		t.Fatalf("WithDefaults changed its receiver: %+v", in)
 	}
 }
@@ -82,6 +93,12 @@ func TestValidateGood(t *testing.T) {
 			LogLevel:   "warn", Metrics: true, BootMode: BootModeConfigFile, EnablePCI: true,
 			ExtraArgs: []string{"--boot-timer", "--mmds-size-limit", "102400"},
 		},
+		"network": {
+			Kernel: kernel, SerialInput: true, Interfaces: []InterfaceSpec{{TAP: "tap9"}},
+			Network: &NetworkSpec{NICs: []NICSpec{{}, {ID: "data"}}, NAT: true, Uplink: "eth0", Pool: "10.10.0.0/24", KernelIPArg: true, MTU: 9000},
+			MMDS:    &MMDSSpec{Interfaces: []string{"data"}},
+		},
+		"namespace": {Kernel: kernel, Network: &NetworkSpec{Namespace: true, Pool: "10.0.0.0/29"}},
 	}
 	for name, s := range specs {
 		if err := s.Validate(); err != nil {
@@ -161,6 +178,24 @@ func TestValidateProblems(t *testing.T) {
 		{"bad preset", MachineSpec{BaseImagePreset: "newest"}, []string{"latest or lts"}},
 		{"bad manifest url", MachineSpec{BaseImageManifestURL: "ftp://x"}, []string{"http or https"}},
 		{"missing manifest", MachineSpec{BaseImageManifestPath: filepath.Join(dir, "nope.json")}, []string{"base_image_manifest_path"}},
+		{"network pool", with(func(s *MachineSpec) { s.Network = &NetworkSpec{Pool: "172.16.0.0"} }), []string{`network pool "172.16.0.0"`}},
+		{"network pool v6", with(func(s *MachineSpec) { s.Network = &NetworkSpec{Pool: "fd00::/64"} }), []string{"IPv4 network"}},
+		{"network pool too small", with(func(s *MachineSpec) { s.Network = &NetworkSpec{Pool: "10.0.0.0/31"} }), []string{"/30 or larger"}},
+		{"network pool host bits", with(func(s *MachineSpec) { s.Network = &NetworkSpec{Pool: "10.0.0.1/24"} }), []string{"did you mean 10.0.0.0/24"}},
+		{"network pool capacity", with(func(s *MachineSpec) { s.Network = &NetworkSpec{Pool: "10.0.0.0/30", Namespace: true} }),
+			[]string{"holds 1 /30s, and this vm needs 2"}},
+		{"network nics", with(func(s *MachineSpec) {
+			s.Interfaces = []InterfaceSpec{{TAP: "t"}}
+			s.Network = &NetworkSpec{NICs: []NICSpec{{ID: "eth0"}, {ID: "e-1"}}, MTU: 70000} // eth0 is the interface's
+		}), []string{`network nic "eth0": the ID is used twice`, `network nic "e-1": use ASCII`, "network mtu 70000"}},
+		{"too many nics", with(func(s *MachineSpec) { s.Network = &NetworkSpec{NICs: make([]NICSpec, MaxNICs+1)} }), []string{"at most 8"}},
+		{"uplink without nat", with(func(s *MachineSpec) { s.Network = &NetworkSpec{Uplink: "eth0"} }), []string{"set nat too"}},
+		{"bad uplink", with(func(s *MachineSpec) { s.Network = &NetworkSpec{NAT: true, Uplink: "a/b"} }), []string{"not a valid device name"}},
+		{"namespace and taps", with(func(s *MachineSpec) {
+			s.Interfaces = []InterfaceSpec{{TAP: "t"}}
+			s.Network = &NetworkSpec{Namespace: true}
+		}), []string{"use network.nics instead"}},
+		{"network name", with(func(s *MachineSpec) { s.Name = "-vm"; s.Network = &NetworkSpec{} }), []string{"starts with a letter or digit"}},
 	}
 	if os.Geteuid() != 0 { // root reads anything
 		tests = append(tests, struct {

@@ -20,6 +20,7 @@ import (
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/stage"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // Start boots the VM spec describes and returns once it runs (or has already ended: a guest
@@ -30,17 +31,21 @@ import (
 // or closed, or ends by itself. In the default owned mode it also ends when this process
 // dies; see Detached.
 //
-// Start validates spec (ValidateFor), reserves its name in the runtime root, stages
-// ephemeral drives, and starts firecracker in its own process group with stdin from
-// /dev/null and stdout (the serial console) and stderr to files in the VM's directory. In
+// Start validates spec (ValidateFor), reserves its name in the runtime root, builds the VM's
+// network (MachineSpec.Network) in the calling thread's network namespace, stages ephemeral
+// drives, and starts firecracker in its own process group, in the network namespace its TAPs
+// are in, with stdin from /dev/null (or the serial.in FIFO, with SerialInput) and stdout (the
+// serial console) and stderr to files in the VM's directory. In
 // BootModeAPI it configures the VM with one request per item, in a fixed order (machine
 // config, boot source, drives, network interfaces, vsock, balloon, entropy, MMDS), then
 // sends InstanceStart; in BootModeConfigFile it writes config.json and passes
 // --config-file. If a step fails, Start undoes every earlier step, in reverse, and returns a
 // *StartError.
 //
-// Errors wrap ErrExists when the name is taken, ErrClosed after Manager.Close, and
-// errors.ErrUnsupported when the spec uses something the installed Firecracker lacks.
+// Errors wrap ErrExists when the name is taken, ErrClosed after Manager.Close,
+// errors.ErrUnsupported when the spec uses something the installed Firecracker lacks, and
+// netdev's sentinels (netdev.ErrPermission without CAP_NET_ADMIN, netdev.ErrPoolExhausted,
+// netdev.ErrUplinkNotFound...) when the network cannot be built.
 func (mgr *Manager) Start(ctx context.Context, spec MachineSpec, opts ...StartOption) (*Machine, error) {
 	spec = spec.WithDefaults()
 	if spec.Name == "" {
@@ -100,6 +105,9 @@ type starter struct {
 	snap     *Snapshot // set by Restore
 	image    *resolvedImage
 	serial   *os.File // read handle on serial.log
+	stdin    *os.File // firecracker's end of serial.in, with SerialInput
+	callerNS *os.File // the network namespace Start was called in, with a network
+	net      *netdev.Network
 	proc     *proc.Process
 	client   *fcapi.Client
 	bootSent bool // the boot was requested: a clean exit now means the guest ran
@@ -185,6 +193,13 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	dir := s.dir
 	s.push(dir.Remove)
 
+	if s.spec.Network != nil {
+		// Before the base image, which may take a download: a host that cannot make the
+		// network (no CAP_NET_ADMIN) fails at once.
+		if err := s.setupNetwork(ctx); err != nil {
+			return nil, s.fail("set up the network", err)
+		}
+	}
 	if s.spec.UsesBaseImage() && s.snap == nil {
 		if err := s.useBaseImage(ctx); err != nil {
 			return nil, s.fail("base image", err)
@@ -196,6 +211,9 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	}
 	defer stdout.Close()
 	defer stderr.Close()
+	if s.stdin != nil {
+		defer s.stdin.Close() // firecracker has its own copy
+	}
 
 	drives, err := s.stageDrives(ctx)
 	if err != nil {
@@ -207,7 +225,8 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		return nil, s.fail("write config", err)
 	}
 
-	if s.proc, err = proc.Start(proc.Config{Path: s.bin, Args: args, Stdout: stdout, Stderr: stderr, Detached: s.opts.detached}); err != nil {
+	pcfg := proc.Config{Path: s.bin, Args: args, Stdin: s.stdin, Stdout: stdout, Stderr: stderr, Detached: s.opts.detached, Around: s.spawnAround()}
+	if s.proc, err = proc.Start(pcfg); err != nil {
 		return nil, s.fail("spawn firecracker", err)
 	}
 	p := s.proc
@@ -321,8 +340,9 @@ func waitBooted(ctx context.Context, p *proc.Process) error {
 }
 
 // createFiles creates the VM's log files, and opens its stdout (the serial console) and
-// stderr for the child plus a read handle on the console for Console. Firecracker before
-// v1.14 needs its log and metrics files to exist.
+// stderr for the child plus a read handle on the console for Console; with SerialInput, it
+// creates the serial.in FIFO and opens it for reading and writing as the child's stdin.
+// Firecracker before v1.14 needs its log and metrics files to exist.
 func (s *starter) createFiles() (stdout, stderr *os.File, err error) {
 	p := s.dir.Paths
 	empty := []string{p.Log}
@@ -334,6 +354,7 @@ func (s *starter) createFiles() (stdout, stderr *os.File, err error) {
 			return nil, nil, err
 		}
 	}
+
 	if stdout, err = os.OpenFile(p.Serial, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600); err != nil {
 		return nil, nil, err
 	}
@@ -345,6 +366,17 @@ func (s *starter) createFiles() (stdout, stderr *os.File, err error) {
 		stdout.Close()
 		stderr.Close()
 		return nil, nil, err
+	}
+	if s.spec.SerialInput {
+		err := rundir.MakeFIFO(p.SerialIn)
+		if err == nil {
+			s.stdin, err = rundir.OpenFIFO(p.SerialIn)
+		}
+		if err != nil {
+			stdout.Close()
+			stderr.Close()
+			return nil, nil, err // the rollback closes s.serial
+		}
 	}
 	return stdout, stderr, nil
 }
@@ -408,6 +440,9 @@ func (s *starter) vmConfig(drives []fcapi.Drive) fcapi.VMConfig {
 			boot.BootArgs = s.image.bootArgs
 		}
 	}
+	if s.net != nil && s.net.BootArgs != "" {
+		boot.BootArgs = strings.TrimSpace(boot.BootArgs + " " + s.net.BootArgs)
+	}
 	cfg := fcapi.VMConfig{
 		BootSource:    &boot,
 		MachineConfig: &fcapi.MachineConfig{VCPUCount: sp.VCPUs, MemSizeMiB: sp.MemoryMiB},
@@ -422,6 +457,9 @@ func (s *starter) vmConfig(drives []fcapi.Drive) fcapi.VMConfig {
 			RxRateLimiter: n.RxRateLimiter,
 			TxRateLimiter: n.TxRateLimiter,
 		})
+	}
+	if s.net != nil {
+		cfg.NetworkInterfaces = append(cfg.NetworkInterfaces, networkInterfaces(s.net)...)
 	}
 	if v := sp.Vsock; v != nil {
 		cfg.Vsock = &fcapi.Vsock{GuestCID: int(v.CID), UDSPath: s.vsockPath()}
@@ -565,7 +603,10 @@ func (s *starter) state() *rundir.State {
 		st.PID, st.StartTime = s.proc.PID(), s.proc.StartTime()
 	}
 	if s.image != nil {
-		st.BaseImage = &rundir.BaseImage{ID: s.image.id, Holder: s.image.holder}
+		st.BaseImage = &rundir.BaseImage{ID: s.image.id, Holder: s.image.holder, SSHKey: s.image.sshKey}
+	}
+	if s.net != nil {
+		st.Network, _ = json.Marshal(s.net) // a Network always marshals
 	}
 	return st
 }
@@ -594,13 +635,14 @@ func (s *starter) machine() *Machine {
 		created:  s.begin.UTC(),
 		started:  true,
 		serial:   s.serial,
+		network:  s.net,
 		cleanups: s.undo,
 		state:    StateRunning,
 		released: make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 	if s.image != nil {
-		m.image = s.image.id
+		m.image, m.sshKey = s.image.id, s.image.sshKey
 	}
 	return m
 }

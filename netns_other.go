@@ -1,0 +1,14 @@
+//go:build !linux
+
+package smartvm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+)
+
+// callerNetns needs Linux; elsewhere it returns an error wrapping errors.ErrUnsupported.
+func callerNetns() (*os.File, error) {
+	return nil, fmt.Errorf("vm networks need Linux: %w", errors.ErrUnsupported)
+}
