@@ -119,6 +119,7 @@ type Machine struct {
 	image    string // base-image bundle ID, if any
 	sshKey   string // the base-image bundle's SSH private key, if any
 	network  *netdev.Network
+	netns    *os.File // the namespace its network was built in (started here, with a network)
 	started  bool     // started by this process (else attached)
 	serial   *os.File // read handle on serial.log, so the console outlives the files
 	cleanups []func(context.Context) error
@@ -427,6 +428,10 @@ func (m *Machine) Release() error {
 		if m.started {
 			errs = append(errs, m.dir.Unlock())
 		}
+		if m.netns != nil {
+			// The network stays with the VM; reaping removes it once the VM has ended.
+			m.netns.Close()
+		}
 		m.mgr.forget(m)
 		err = errors.Join(errs...)
 		m.closeErr = err
@@ -639,8 +644,23 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 	if f, err := os.Open(st.Paths.Serial); err == nil {
 		m.serial = f
 	}
+	reap := func(ctx context.Context) error { return waitGone(ctx, dir) }
+	if m.network != nil {
+		// When its owner is gone, reaping removes the network here: in the namespace Attach
+		// was called in, whichever goroutine notices the end.
+		if m.netns, err = callerNetns(); err != nil {
+			client.Close()
+			p.Release()
+			return nil, err
+		}
+		ns := m.netns
+		reap = func(ctx context.Context) error {
+			defer ns.Close()
+			return netdev.InNetns(nsPath(ns), func() error { return waitGone(ctx, dir) })
+		}
+	}
 	m.cleanups = []func(context.Context) error{
-		func(ctx context.Context) error { return waitGone(ctx, dir) },
+		reap,
 		func(context.Context) error { client.Close(); return nil },
 	}
 	return m, nil

@@ -594,3 +594,30 @@ func TestNetworkSnapshotRestore(t *testing.T) {
 		})
 	}
 }
+
+// TestNetworkDetachedAttached: a detached VM with a network outlives its starter; a manager
+// that attaches it stops it and, with no owner left, removes the network (in the namespace
+// Attach was called in).
+func TestNetworkDetachedAttached(t *testing.T) {
+	testutil.CheckLeaks(t)
+	ns := enterTestNetns(t)
+	root, nsDir := testRoot(t), t.TempDir()
+	bin := testutil.Link(t, "firecracker")
+	spec := guestSpec(guestKernel(t), testguest.ModeHalt)
+	spec.Name = "roamer"
+	spec.Network = &NetworkSpec{}
+	_, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: spec, Detached: true, Exit: true, NetnsDir: nsDir})
+	t.Cleanup(func() { unix.Kill(pid, unix.SIGKILL) })
+	mgr := newManager(t, root, bin, WithNetnsDir(nsDir))
+	m, err := mgr.Attach(context.Background(), "roamer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := m.Info(); info.GuestIP != "172.16.0.2" || info.Network == nil {
+		t.Fatalf("attached info %+v", info)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ns.checkNetClean(t, root, nsDir)
+}

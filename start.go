@@ -636,6 +636,7 @@ func (s *starter) machine() *Machine {
 		started:  true,
 		serial:   s.serial,
 		network:  s.net,
+		netns:    s.callerNS,
 		cleanups: s.undo,
 		state:    StateRunning,
 		released: make(chan struct{}),
