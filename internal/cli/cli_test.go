@@ -151,6 +151,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"images", "prune", "--keep", "-1"}, "invalid --keep -1"},
 		{[]string{"run", "--image", "hello", "--kernel", "/k"}, "--kernel cannot be combined with --image"},
 		{[]string{"run", "--cpus", "x"}, `invalid argument "x" for "--cpus"`},
+		{[]string{"attach"}, "want one VM name"},
 		{[]string{"stop"}, "want at least one VM name"},
 		{[]string{"pause"}, "want at least one VM name"},
 		{[]string{"logs", "a", "b"}, "want one VM name, got 2"},

@@ -20,14 +20,19 @@
 // ~/.smartvm/bin/firecracker (where setup installs it), then PATH. run installs the latest
 // release there when none is found, unless --no-install is given.
 //
-// A foreground run prints the guest's serial console; Ctrl-] then q, SIGINT or SIGTERM stop
-// the VM gracefully, and the exit code is 0 when the guest ended or was stopped, 1 when
-// Firecracker failed. run --detach re-executes smartvm as "smartvm __supervise" in a session
-// of its own (stdio on /dev/null): it reads its request (the MachineSpec and settings) on
-// stdin, starts the VM in the library's owned mode, so Firecracker dies with it, reports the
-// VM's name or the start error as one JSON line on file descriptor 3, and waits until the VM
-// ends, when the library removes the VM's files. From then on its stderr (its log, at the
-// --log-level run was given, and any crash report) goes to supervisor.log in the VM's
-// directory. SIGTERM makes it stop the VM. The other VM
-// commands adopt VMs through the library (Manager.Attach), which reaps dead VMs first.
+// A foreground run connects the guest's serial console to stdio: the guest's output to stdout,
+// stdin to the guest's serial input (MachineSpec.SerialInput), with the terminal in raw mode
+// when stdin is one, restored however run ends. Ctrl-] then q (no Enter needed), SIGINT or
+// SIGTERM stop the VM gracefully, and the exit code is 0 when the guest ended or was stopped,
+// 1 when Firecracker failed. attach does the same for a running VM, where the escape detaches
+// and leaves it running.
+//
+// run --detach re-executes smartvm as "smartvm __supervise" in a session of its own (stdio on
+// /dev/null): it reads its request (the MachineSpec and settings) on stdin, starts the VM in
+// the library's owned mode, so Firecracker dies with it, reports the VM's name or the start
+// error as one JSON line on file descriptor 3, and waits until the VM ends, when the library
+// removes the VM's files. From then on its stderr (its log, at the --log-level run was given,
+// and any crash report) goes to supervisor.log in the VM's directory. SIGTERM makes it stop the
+// VM. The other VM commands adopt VMs through the library (Manager.Attach), which reaps dead
+// VMs first.
 package cli

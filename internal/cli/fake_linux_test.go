@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -388,4 +390,52 @@ func TestSupervisorLog(t *testing.T) {
 	}
 	env.run(t, "ps").ok(t)
 	assertGone(t, vm)
+}
+
+// attach shows what a detached VM prints from then on, and Ctrl-] q or a signal detach it
+// and leave the VM running; attach ends when the VM does.
+func TestAttach(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	env.run(t, "run", "-d", "--name", "bg", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	waitLogs(t, env, "bg", testguest.TickLine(2))
+
+	attach := func(ctx context.Context, in io.Reader) (*syncBuffer, <-chan result) {
+		var out, errOut syncBuffer
+		done := make(chan result, 1)
+		go func() { done <- env.runIO(ctx, in, &out, &errOut, "attach", "bg") }()
+		return &out, done
+	}
+	in, typed := io.Pipe()
+	defer typed.Close()
+	out, done := attach(t.Context(), in)
+	waitOutput(t, out, testguest.TickPrefix)
+	if strings.HasPrefix(out.String(), testguest.FirstLine(testguest.ModeCounter)+"\n") {
+		t.Errorf("attach showed the console from its start:\n%.200s", out.String())
+	}
+	vm := env.psOne(t, "bg")
+	if _, err := typed.Write([]byte("root\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitGuestInput(t, vm, "root\n")
+	if _, err := typed.Write([]byte("\x1dq")); err != nil {
+		t.Fatal(err)
+	}
+	(<-done).ok(t)
+	if vm := env.psOne(t, "bg"); vm.State != "Running" {
+		t.Errorf("the vm is %s after detaching", vm.State)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	out, done = attach(ctx, strings.NewReader(""))
+	waitOutput(t, out, testguest.TickPrefix)
+	cancel() // SIGINT or SIGTERM
+	(<-done).ok(t)
+
+	out, done = attach(t.Context(), strings.NewReader(""))
+	waitOutput(t, out, testguest.TickPrefix)
+	env.run(t, "stop", "bg").ok(t)
+	(<-done).ok(t)
+	assertGone(t, vm)
+	env.run(t, "attach", "bg").fails(t, ExitError, `no running vm is called "bg"`)
 }

@@ -14,7 +14,22 @@ import (
 // isTerminal reports whether w is a terminal.
 func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
+	if !ok {
+		return false
+	}
+	tty := false
+	withFD(f, func(fd int) { tty = term.IsTerminal(fd) })
+	return tty
+}
+
+// withFD runs fn with f's file descriptor. Unlike f.Fd, it leaves the descriptor's mode
+// alone, so a pending read on f can still be interrupted by closing it.
+func withFD(f *os.File, fn func(fd int)) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return // closed: fn is not called
+	}
+	_ = rc.Control(func(fd uintptr) { fn(int(fd)) }) // fails only when f is closed
 }
 
 // progress shows download progress on stderr: a progress bar per file when stderr is a

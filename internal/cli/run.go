@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -63,13 +62,16 @@ What to boot:
 Writable drives are ephemeral: the VM writes to a private copy that is deleted with it.
 --persistent-rootfs and --drive PATH:persistent write to the files themselves.
 
-In the foreground, the VM's serial console is printed here. ` + escapeHelp + ` (Ctrl-] then q), Ctrl-C or
-SIGTERM stop the VM gracefully (Ctrl-Alt-Del, then SIGTERM, then SIGKILL). run exits 0 when the
-guest shut down or was stopped, 1 when Firecracker failed. Everything the VM used on the host
-is removed when it ends.
+In the foreground, the VM's serial console is attached to this terminal, in raw mode when
+stdin is a terminal: every key, Ctrl-C included, goes to the guest. ` + escapeHelp + ` (Ctrl-], then q,
+no Enter needed) stops the VM gracefully (Ctrl-Alt-Del, then SIGTERM, then SIGKILL), as do
+SIGINT and SIGTERM sent to smartvm; Ctrl-] Ctrl-] sends one Ctrl-] to the guest. When stdin
+is not a terminal, what it carries goes to the guest, and the escape sequence works there
+too. run exits 0 when the guest shut down or was stopped, 1 when Firecracker failed.
+Everything the VM used on the host is removed when it ends.
 
 With --detach, run returns once the VM runs and prints its name. A supervisor process (smartvm
-itself, in the background) owns the VM and cleans up when it ends; see ps, logs, stop.
+itself, in the background) owns the VM and cleans up when it ends; see ps, logs, attach, stop.
 
 When no firecracker binary is found, run installs the latest release into ~/.smartvm/bin as
 'smartvm setup' does, unless --no-install is given.`,
@@ -118,6 +120,8 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 	s.VCPUs, s.MemoryMiB = f.cpus, f.memory
 	s.BootArgs = f.bootArgs
 	s.EnablePCI = f.enablePCI
+	// Always: the foreground console types into it, and a detached VM keeps it for attach.
+	s.SerialInput = true
 	switch smartvm.BootMode(f.bootMode) {
 	case smartvm.BootModeAPI, smartvm.BootModeConfigFile:
 		s.BootMode = smartvm.BootMode(f.bootMode)
@@ -364,56 +368,19 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 		return err
 	}
 	defer m.Close()
-	con, err := m.Console()
-	if err != nil {
-		return err
+	end, err := a.runConsole(ctx, m, consoleSession{
+		banner:     fmt.Sprintf("vm %s is running", m.Name()),
+		escapeDoes: "stops it",
+		stop:       func() error { return stopMachine(ctx, m, stopGrace) },
+		stopNote:   fmt.Sprintf("stopping vm %s", m.Name()),
+	})
+	if end == endFailed {
+		return err // the deferred Close kills the VM
 	}
-	defer con.Close()
-
-	// The guest's serial input is not wired to this terminal (the library starts firecracker
-	// with stdin from /dev/null), so the terminal stays in cooked mode: Ctrl-C raises SIGINT,
-	// and the escape sequence arrives with the next Enter.
-	var guestInput io.Writer
-	restore := func() {}
-	raw := false
-	if guestInput != nil {
-		restore, raw = rawTerminal(a.stdin)
-	}
-	defer restore()
-	out := a.stdout
-	if raw && isTerminal(a.stdout) {
-		out = &crlfWriter{w: a.stdout}
-	}
-	if isTerminal(a.stdin) {
-		how := escapeHelp + " (then Enter) or Ctrl-C stops it"
-		if raw {
-			how = escapeHelp + " stops it"
-		}
-		fmt.Fprintf(a.stderr, "smartvm: vm %s is running; %s\n", m.Name(), how)
-	}
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		_, _ = io.Copy(out, con) // ends at the VM's end, or when con is closed
-	}()
-	escaped := watchInput(a.stdin, guestInput)
-
-	var stopErr error
-	requested := true
-	select {
-	case <-m.Done():
-		requested = false
-	case <-ctx.Done():
-		stopErr = stopMachine(ctx, m, stopGrace)
-	case <-escaped:
-		stopErr = stopMachine(ctx, m, stopGrace)
-	}
-	<-copied
-	restore()
 	waitErr := m.Wait(context.WithoutCancel(ctx))
 	closeErr := m.Close()
-	if requested {
-		return errors.Join(stopErr, closeErr)
+	if end != endVM {
+		return errors.Join(err, closeErr) // stopped on request: the stop's result
 	}
 	if waitErr != nil {
 		return errors.Join(fmt.Errorf("vm %s: %w", m.Name(), waitErr), closeErr)

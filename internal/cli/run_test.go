@@ -98,6 +98,11 @@ func TestPlanRun(t *testing.T) {
 				t.Errorf("plan %+v", p)
 			}
 		}, ""},
+		{"console input", defaults, cliEnv{}, func(t *testing.T, p runPlan) {
+			if !p.Spec.SerialInput || p.Spec.Network != nil {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
 		{"image and kernel", with(func(f *runFlags) { f.image, f.kernel = "hello", "k" }), cliEnv{}, nil, "--kernel cannot be combined with --image"},
 		{"rootfs alone", with(func(f *runFlags) { f.rootfs = "r" }), cliEnv{}, nil, "need --kernel"},
 		{"persistent without rootfs", with(func(f *runFlags) { f.persistentRootfs = true }), cliEnv{}, nil, "--persistent-rootfs needs --rootfs"},
