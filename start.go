@@ -354,7 +354,6 @@ func (s *starter) createFiles() (stdout, stderr *os.File, err error) {
 			return nil, nil, err
 		}
 	}
-
 	if stdout, err = os.OpenFile(p.Serial, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600); err != nil {
 		return nil, nil, err
 	}
