@@ -376,12 +376,21 @@ func TestSupervisorLog(t *testing.T) {
 	env.run(t, "run", "-d", "--name", "crashy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	vm := env.psOne(t, "crashy")
 	supervisor := parentPID(t, vm.PID)
+	// The supervisor redirects its stderr after it reported the VM's start.
+	log := filepath.Join(vm.RuntimeDir, supervisorLog)
+	deadline := time.Now().Add(10 * time.Second)
+	for _, err := os.Stat(log); err != nil; _, err = os.Stat(log) {
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	// SIGQUIT makes the Go runtime print every goroutine's stack on stderr and exit.
 	if err := syscall.Kill(supervisor, syscall.SIGQUIT); err != nil {
 		t.Fatal(err)
 	}
 	waitDead(t, vm.PID, supervisor)
-	b, err := os.ReadFile(filepath.Join(vm.RuntimeDir, supervisorLog))
+	b, err := os.ReadFile(log)
 	if err != nil {
 		t.Fatal(err)
 	}
