@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -54,6 +56,9 @@ type app struct {
 	httpClient *http.Client
 	// now reads the clock for ages and uptimes; nil means time.Now.
 	now func() time.Time
+	// superviseHook, when set, adjusts the command that starts a detached supervisor before
+	// it starts. Tests use it to start supervisors in network namespaces of their own.
+	superviseHook func(*exec.Cmd)
 
 	// Global flags.
 	logLevel, logFormat string
@@ -180,6 +185,7 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 		a.newInspectCmd(),
 		a.newLogsCmd(),
 		a.newAttachCmd(),
+		a.newSSHCmd(),
 		a.newPauseCmd(),
 		a.newResumeCmd(),
 		a.newStopCmd(),
@@ -286,4 +292,19 @@ func (a *app) client() *http.Client {
 		return a.httpClient
 	}
 	return http.DefaultClient
+}
+
+// lookPath finds an executable called name in the directories of $PATH (as the CLI reads
+// the environment), skipping relative entries.
+func (a *app) lookPath(name string) (string, error) {
+	for _, dir := range filepath.SplitList(a.getenv("PATH")) {
+		if dir == "" || !filepath.IsAbs(dir) {
+			continue // a relative PATH entry would depend on the working directory
+		}
+		p := filepath.Join(dir, name)
+		if checkExecutable(p) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: %w", name, exec.ErrNotFound)
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -24,11 +25,19 @@ func TestMain(m *testing.M) {
 	testutil.Main(m, map[string]func([]string) int{
 		"firecracker": fakefc.Main,
 		"smartvm":     smartvmMain,
+		// Linux only, like the tests that link them.
+		"smartvm-nonetadmin": smartvmNoNetAdmin,
 	})
 }
 
 // smartvmMain is cmd/smartvm's main for the test binary posing as smartvm.
 func smartvmMain(args []string) int {
+	if os.Getenv(envTestUplink) != "" {
+		if err := addTestUplink(); err != nil {
+			fmt.Fprintln(os.Stderr, "smartvm test: add an uplink:", err)
+			return 1
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return Run(ctx, args, os.Stdout, os.Stderr)
@@ -41,12 +50,17 @@ type result struct {
 }
 
 // cliEnv is the environment a test runs the CLI with: a private HOME and an empty PATH unless
-// the test sets them. The key testSelf is not an environment variable: it names the executable
-// run --detach starts the supervisor from.
+// the test sets them. Keys that start with a NUL byte are settings of the test (see testSelf).
 type cliEnv map[string]string
 
-// testSelf is the cliEnv key for the smartvm executable (a link to the test binary).
-const testSelf = "\x00self"
+// Keys of cliEnv that are not environment variables.
+const (
+	// testSelf is the smartvm executable (a link to the test binary).
+	testSelf = "\x00self"
+	// testNetns, when not empty, starts detached supervisors in network namespaces of their
+	// own (see inTestNetns).
+	testNetns = "\x00netns"
+)
 
 func newEnv(t *testing.T) cliEnv {
 	return cliEnv{"HOME": t.TempDir(), "PATH": ""}
@@ -78,6 +92,9 @@ func (e cliEnv) runIO(ctx context.Context, stdin io.Reader, stdout, stderr *sync
 		stderr:    stderr,
 		lookupEnv: e.lookup,
 		self:      e[testSelf],
+	}
+	if e[testNetns] != "" {
+		a.superviseHook = inTestNetns
 	}
 	code := a.run(ctx, args)
 	return result{stdout: stdout.String(), stderr: stderr.String(), code: code}
@@ -151,6 +168,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"images", "prune", "--keep", "-1"}, "invalid --keep -1"},
 		{[]string{"run", "--image", "hello", "--kernel", "/k"}, "--kernel cannot be combined with --image"},
 		{[]string{"run", "--cpus", "x"}, `invalid argument "x" for "--cpus"`},
+		{[]string{"run", "--no-nat"}, "--no-nat needs --net"},
 		{[]string{"attach"}, "want one VM name"},
 		{[]string{"stop"}, "want at least one VM name"},
 		{[]string{"pause"}, "want at least one VM name"},

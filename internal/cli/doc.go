@@ -27,6 +27,11 @@
 // 1 when Firecracker failed. attach does the same for a running VM, where the escape detaches
 // and leaves it running.
 //
+// run --net gives the VM one NIC with NAT (--no-nat: without), --net-namespace puts it in a
+// network namespace of its own and --net-ip-arg adds the kernel's ip= argument; both imply
+// --net, while --no-nat without --net is a usage error. ps and inspect show the guest's
+// address, and ssh runs the system's ssh client against it with the base image's key.
+//
 // run --detach re-executes smartvm as "smartvm __supervise" in a session of its own (stdio on
 // /dev/null): it reads its request (the MachineSpec and settings) on stdin, starts the VM in
 // the library's owned mode, so Firecracker dies with it, reports the VM's name or the start

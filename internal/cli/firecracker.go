@@ -78,14 +78,8 @@ func (a *app) findFirecracker() (firecrackerBin, error) {
 			return firecrackerBin{Path: p, From: "~/.smartvm/bin"}, nil
 		}
 	}
-	for _, dir := range filepath.SplitList(a.getenv("PATH")) {
-		if dir == "" || !filepath.IsAbs(dir) {
-			continue // a relative PATH entry would depend on the working directory
-		}
-		p := filepath.Join(dir, "firecracker")
-		if checkExecutable(p) == nil {
-			return firecrackerBin{Path: p, From: "PATH"}, nil
-		}
+	if p, err := a.lookPath("firecracker"); err == nil {
+		return firecrackerBin{Path: p, From: "PATH"}, nil
 	}
 	return firecrackerBin{}, errNoFirecracker
 }

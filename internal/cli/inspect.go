@@ -10,7 +10,8 @@ import (
 )
 
 // inspectJSON is what `inspect` prints: the library's description of the VM (spec, state,
-// pid, paths, Firecracker binary and version) and Firecracker's live configuration.
+// pid, paths, guest address and network, Firecracker binary and version) and Firecracker's
+// live configuration.
 type inspectJSON struct {
 	smartvm.MachineInfo
 	VMConfig fcapi.VMConfig `json:"vm_config"`
@@ -19,7 +20,7 @@ type inspectJSON struct {
 func (a *app) newInspectCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:               "inspect NAME",
-		Short:             "Print a running VM's spec, state, pid, paths, Firecracker version and live config as JSON",
+		Short:             "Print a running VM's spec, state, pid, paths, network, Firecracker version and live config as JSON",
 		Args:              exactArgs(1, "one VM name"),
 		ValidArgsFunction: a.completeOneVMName,
 		RunE: func(cmd *cobra.Command, args []string) error {

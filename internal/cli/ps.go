@@ -24,11 +24,13 @@ func (a *app) newPsCmd() *cobra.Command {
 		Use:     "ps [--json]",
 		Aliases: []string{"ls"},
 		Short:   "List running VMs",
-		Long: `List running VMs: name, state, vCPUs, memory, image, uptime and pid. VMs whose
-process is gone are cleaned up first and never listed.
+		Long: `List running VMs: name, state, vCPUs, memory, image, the guest's IP address (for VMs
+started with --net), uptime and pid. VMs whose process is gone are cleaned up first and never
+listed.
 
 --json prints an array of objects with, among others, name, state (Running or Paused), pid,
-api_socket, runtime_dir, console_path, vcpus, memory_mib, image and spec.`,
+api_socket, runtime_dir, console_path, vcpus, memory_mib, image, guest_ip (when networked)
+and spec.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			mgr, err := a.manager(nil)
@@ -54,10 +56,14 @@ api_socket, runtime_dir, console_path, vcpus, memory_mib, image and spec.`,
 				}
 				return writeJSON(a.stdout, out)
 			}
-			t := newTable(a.stdout, "NAME", "STATE", "VCPUS", "MEMORY", "IMAGE", "UPTIME", "PID")
+			t := newTable(a.stdout, "NAME", "STATE", "VCPUS", "MEMORY", "IMAGE", "IP", "UPTIME", "PID")
 			for _, info := range infos {
+				ip := info.GuestIP
+				if ip == "" {
+					ip = "-"
+				}
 				t.row(info.Name, string(info.State), strconv.Itoa(info.Spec.VCPUs),
-					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), imageLabel(info.Spec),
+					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), imageLabel(info.Spec), ip,
 					humanDuration(info.Uptime(now)), strconv.Itoa(info.PID))
 			}
 			return t.flush()

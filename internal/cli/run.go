@@ -29,6 +29,8 @@ type runFlags struct {
 	drives                      []string
 	persistentRootfs, enablePCI bool
 	detach, noInstall           bool
+	net, noNAT                  bool
+	netNamespace, netIPArg      bool
 }
 
 // runPlan is what to boot, resolved from the flags and the environment. The detached
@@ -70,6 +72,18 @@ is not a terminal, what it carries goes to the guest, and the escape sequence wo
 too. run exits 0 when the guest shut down or was stopped, 1 when Firecracker failed.
 Everything the VM used on the host is removed when it ends.
 
+Networking (needs root, or CAP_NET_ADMIN):
+  --net                    one network interface, eth0, on a TAP device with a /30 from
+                           172.16.0.0/16. The guest's address is encoded in its MAC, which the
+                           CI images' fcnet service applies by itself. NAT lets the guest
+                           reach the outside through the host's default route.
+  --no-nat                 with --net: no NAT, the guest reaches only the host
+  --net-namespace          put the TAP device in a network namespace of the VM's own
+                           (implies --net)
+  --net-ip-arg             also configure the guest with the kernel's ip= argument, for
+                           guests without fcnet (implies --net)
+ps and inspect show the guest's address; 'smartvm ssh NAME' logs in to a base image's guest.
+
 With --detach, run returns once the VM runs and prints its name. A supervisor process (smartvm
 itself, in the background) owns the VM and cleans up when it ends; see ps, logs, attach, stop.
 
@@ -97,6 +111,10 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.BoolVar(&f.persistentRootfs, "persistent-rootfs", false, "let the guest write to the --rootfs file itself instead of a copy")
 	fl.StringVar(&f.bootMode, "boot-mode", string(smartvm.BootModeAPI), "how to configure Firecracker: api or config-file")
 	fl.BoolVar(&f.enablePCI, "enable-pci", false, "use PCI instead of MMIO for virtio devices (Firecracker 1.13+, guest needs PCI)")
+	fl.BoolVar(&f.net, "net", false, "give the VM a network interface, with NAT to the outside (needs root)")
+	fl.BoolVar(&f.noNAT, "no-nat", false, "with --net: no NAT, the guest reaches only the host")
+	fl.BoolVar(&f.netNamespace, "net-namespace", false, "put the VM's TAP device in a network namespace of its own (implies --net)")
+	fl.BoolVar(&f.netIPArg, "net-ip-arg", false, "configure the guest with the kernel's ip= argument, for guests without fcnet (implies --net)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	return cmd
@@ -122,6 +140,12 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 	s.EnablePCI = f.enablePCI
 	// Always: the foreground console types into it, and a detached VM keeps it for attach.
 	s.SerialInput = true
+	switch {
+	case f.net || f.netNamespace || f.netIPArg:
+		s.Network = &smartvm.NetworkSpec{NAT: !f.noNAT, Namespace: f.netNamespace, KernelIPArg: f.netIPArg}
+	case f.noNAT:
+		return p, usagef("--no-nat needs --net")
+	}
 	switch smartvm.BootMode(f.bootMode) {
 	case smartvm.BootModeAPI, smartvm.BootModeConfigFile:
 		s.BootMode = smartvm.BootMode(f.bootMode)

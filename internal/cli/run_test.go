@@ -103,6 +103,22 @@ func TestPlanRun(t *testing.T) {
 				t.Errorf("plan %+v", p)
 			}
 		}, ""},
+		{"net", with(func(f *runFlags) { f.net = true }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if n := p.Spec.Network; n == nil || !n.NAT || n.Namespace || n.KernelIPArg || len(n.NICs) != 0 {
+				t.Errorf("network %+v", n)
+			}
+		}, ""},
+		{"net without nat", with(func(f *runFlags) { f.net, f.noNAT = true, true }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if n := p.Spec.Network; n == nil || n.NAT {
+				t.Errorf("network %+v", n)
+			}
+		}, ""},
+		{"net namespace and ip arg", with(func(f *runFlags) { f.netNamespace, f.netIPArg = true, true }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if n := p.Spec.Network; n == nil || !n.NAT || !n.Namespace || !n.KernelIPArg {
+				t.Errorf("network %+v", n)
+			}
+		}, ""},
+		{"no nat alone", with(func(f *runFlags) { f.noNAT = true }), cliEnv{}, nil, "--no-nat needs --net"},
 		{"image and kernel", with(func(f *runFlags) { f.image, f.kernel = "hello", "k" }), cliEnv{}, nil, "--kernel cannot be combined with --image"},
 		{"rootfs alone", with(func(f *runFlags) { f.rootfs = "r" }), cliEnv{}, nil, "need --kernel"},
 		{"persistent without rootfs", with(func(f *runFlags) { f.persistentRootfs = true }), cliEnv{}, nil, "--persistent-rootfs needs --rootfs"},

@@ -89,6 +89,9 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 	// A session of its own: no controlling terminal, so the terminal's signals and hangup
 	// do not reach it. Stdout and stderr are /dev/null.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if a.superviseHook != nil {
+		a.superviseHook(cmd)
+	}
 	err = cmd.Start()
 	w.Close()
 	if err != nil {

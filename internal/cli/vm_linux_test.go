@@ -48,6 +48,7 @@ type psEntry struct {
 	VCPUs      int       `json:"vcpus"`
 	MemoryMiB  int       `json:"memory_mib"`
 	Image      string    `json:"image"`
+	GuestIP    string    `json:"guest_ip"`
 	Created    time.Time `json:"created"`
 }
 
