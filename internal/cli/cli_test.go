@@ -27,6 +27,7 @@ func TestMain(m *testing.M) {
 		"smartvm":     smartvmMain,
 		// Linux only, like the tests that link them.
 		"smartvm-nonetadmin": smartvmNoNetAdmin,
+		"smartvm-netprobe":   netProbeMain,
 	})
 }
 

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -16,6 +19,7 @@ import (
 
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // envTestUplink, set for a supervisor started by inTestNetns, makes it add an uplink to its
@@ -49,14 +53,60 @@ func addTestUplink() error {
 	return nil
 }
 
-// netEnv is fakeEnv whose detached supervisors run in network namespaces of their own. It
-// skips the test unless it runs as root with the ip tool.
-func netEnv(t *testing.T) cliEnv {
+// netProbeMain, in a new network namespace, adds the test uplink and sets up and tears down a
+// NAT network, with state in the directory args[0]: it exits 0 when the tests' supervisors can
+// do the same.
+func netProbeMain(args []string) int {
+	err := addTestUplink()
+	if err == nil {
+		var n *netdev.Network
+		if n, err = netdev.Setup(context.Background(), netdev.Config{Owner: "cli-probe", Dir: args[0], NAT: true}); err == nil {
+			err = n.Teardown(context.Background())
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+var netProbe struct {
+	once sync.Once
+	err  error
+}
+
+// requireTestNetns skips the test unless it runs as root, with the ip tool, and a network
+// namespace can get a veth uplink and NAT (nf_tables with masquerading). It probes once.
+func requireTestNetns(t *testing.T) {
 	t.Helper()
 	testutil.RequiresRoot(t)
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs the ip tool (iproute2):", err)
 	}
+	netProbe.once.Do(func() {
+		dir, err := os.MkdirTemp("", "smartvm-netprobe-")
+		if err != nil {
+			netProbe.err = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		cmd := exec.Command(testutil.Link(t, "smartvm-netprobe"), dir)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			netProbe.err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(out))
+		}
+	})
+	if netProbe.err != nil {
+		t.Skipf("cannot set up a network with NAT in a test namespace (veth, nf_tables, nft_masq): %v", netProbe.err)
+	}
+}
+
+// netEnv is fakeEnv whose detached supervisors run in network namespaces of their own. It
+// skips the test where those cannot be made (requireTestNetns).
+func netEnv(t *testing.T) cliEnv {
+	t.Helper()
+	requireTestNetns(t)
 	env := fakeEnv(t)
 	env[testNetns] = "1"
 	return env
@@ -278,8 +328,9 @@ func TestSSH(t *testing.T) {
 // and stop removes it all.
 func TestRealRunNet(t *testing.T) {
 	testutil.CheckLeaks(t)
-	testutil.RequiresRoot(t)
-	env := vmEnv(t, testutil.FirecrackerBin(t))
+	fc := testutil.FirecrackerBin(t)
+	requireTestNetns(t)
+	env := vmEnv(t, fc)
 	env[testNetns] = "1"
 	env.run(t, "run", "-d", "--net", "--name", "realnet", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	vm := env.psOne(t, "realnet")

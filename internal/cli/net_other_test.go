@@ -15,3 +15,5 @@ func inTestNetns(*exec.Cmd) {}
 func addTestUplink() error { return errors.ErrUnsupported }
 
 func smartvmNoNetAdmin([]string) int { return 1 }
+
+func netProbeMain([]string) int { return 1 }
