@@ -24,8 +24,8 @@ func (a *app) newPsCmd() *cobra.Command {
 		Use:     "ps [--json]",
 		Aliases: []string{"ls"},
 		Short:   "List running VMs",
-		Long: `List running VMs: name, state, vCPUs, memory, image, the guest's IP address (for VMs
-started with --net), uptime and pid. VMs whose process is gone are cleaned up first and never
+		Long: `List running VMs: name, state, vCPUs, memory, the guest's IP address (for VMs started
+with --net), image, uptime and pid. VMs whose process is gone are cleaned up first and never
 listed.
 
 --json prints an array of objects with, among others, name, state (Running or Paused), pid,
@@ -56,14 +56,14 @@ and spec.`,
 				}
 				return writeJSON(a.stdout, out)
 			}
-			t := newTable(a.stdout, "NAME", "STATE", "VCPUS", "MEMORY", "IMAGE", "IP", "UPTIME", "PID")
+			t := newTable(a.stdout, "NAME", "STATE", "VCPUS", "MEMORY", "IP", "IMAGE", "UPTIME", "PID")
 			for _, info := range infos {
 				ip := info.GuestIP
 				if ip == "" {
 					ip = "-"
 				}
 				t.row(info.Name, string(info.State), strconv.Itoa(info.Spec.VCPUs),
-					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), imageLabel(info.Spec), ip,
+					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), ip, imageLabel(info.Spec),
 					humanDuration(info.Uptime(now)), strconv.Itoa(info.PID))
 			}
 			return t.flush()
