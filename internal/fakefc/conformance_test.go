@@ -274,8 +274,6 @@ func scHTTPErrors(r *run) {
 	}
 	p.expect("POST", "/", `{}`, 400, micro("Invalid HTTP Method: Unsupported HTTP method."))
 	p.expect("DELETE", "/drives/a", "", 400, micro("Invalid HTTP Method: Unsupported HTTP method."))
-	big := `{"a":"` + strings.Repeat("x", 51200) + `"}`
-	p.expect("PUT", "/mmds", big, 400, micro("Request payload with size 51208 is larger than the limit of 51200 allowed by server."))
 	dep := p.do("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"None"}`)
 	if dep.status != 204 || !dep.deprecated {
 		r.t.Errorf("cpu_template: %+v, want 204 with Deprecation: true", dep)
@@ -285,6 +283,17 @@ func scHTTPErrors(r *run) {
 		r.t.Errorf("vsock_id: %+v, want 204 with Deprecation: true", dep)
 	}
 	p.state("Not started")
+
+	// Last, because Firecracker answers an oversized request as soon as it has read the
+	// headers and then parses the unread body as further requests: depending on timing the
+	// client gets the 400, or the connection breaks while the body is still being written.
+	big := `{"a":"` + strings.Repeat("x", 51200) + `"}`
+	resp, err := p.try("PUT", "/mmds", big, nil)
+	want := micro("Request payload with size 51208 is larger than the limit of 51200 allowed by server.")
+	if err == nil && (resp.status != 400 || resp.body != want) {
+		r.t.Errorf("PUT /mmds with 51208 bytes: %d %s, want 400 %s (or a broken connection)", resp.status, clip(resp.body), want)
+	}
+	r.note("%s: PUT /mmds (51208 bytes) => refused", p.name)
 }
 
 func scDeviceChecks(r *run) {

@@ -238,6 +238,16 @@ func (p *proc) do(method, path, body string) response {
 // send sends a request; edit may change it before it goes.
 func (p *proc) send(method, path, body string, edit func(*http.Request)) response {
 	p.r.t.Helper()
+	resp, err := p.try(method, path, body, edit)
+	if err != nil {
+		p.r.t.Fatalf("%s %s: %v\nstdout:\n%s", method, path, err, p.stdout.String())
+	}
+	return resp
+}
+
+// try is send that returns transport errors instead of failing the test.
+func (p *proc) try(method, path, body string, edit func(*http.Request)) (response, error) {
+	p.r.t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
@@ -251,14 +261,14 @@ func (p *proc) send(method, path, body string, edit func(*http.Request)) respons
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
-		p.r.t.Fatalf("%s %s: %v\nstdout:\n%s", method, path, err, p.stdout.String())
+		return response{}, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		p.r.t.Fatalf("%s %s: read response: %v", method, path, err)
+		return response{}, fmt.Errorf("read response: %w", err)
 	}
-	return response{status: resp.StatusCode, body: string(b), deprecated: resp.Header.Get("Deprecation") == "true"}
+	return response{status: resp.StatusCode, body: string(b), deprecated: resp.Header.Get("Deprecation") == "true"}, nil
 }
 
 // expect sends a request and checks the status and, unless want is "*", the exact body.
