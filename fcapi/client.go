@@ -17,6 +17,10 @@ import (
 // excepted). Change it with WithRequestTimeout.
 const DefaultRequestTimeout = 10 * time.Second
 
+// DefaultMaxPayload is Firecracker's default limit on a request body, in bytes
+// (--http-api-max-payload-size). Change it with WithMaxPayload.
+const DefaultMaxPayload = 51200
+
 // maxConns caps the connections to one Firecracker: it serves requests one at a time and
 // accepts at most 10 connections in all.
 const maxConns = 4
@@ -32,6 +36,7 @@ type Client struct {
 	tr            *http.Transport
 	log           *slog.Logger
 	timeout       time.Duration
+	maxPayload    int
 	onDeprecation func(method, path string)
 	features      *featureTable
 
@@ -61,6 +66,12 @@ func WithVersion(v Version) Option { return func(c *Client) { c.ver = v } }
 // it: they may legitimately take minutes and are bounded by their ctx only.
 func WithRequestTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
+// WithMaxPayload tells the client the body limit the Firecracker process was started with
+// (its --http-api-max-payload-size; DefaultMaxPayload unless set). A larger body is refused
+// before it is sent, with an error wrapping ErrPayloadTooLarge: Firecracker would answer it
+// before reading the body and then parse the unread bytes as further requests.
+func WithMaxPayload(n int) Option { return func(c *Client) { c.maxPayload = n } }
+
 // WithDeprecationHandler sets a function called, after the response arrives, for every
 // request that Firecracker answered with the header "Deprecation: true" (it used a deprecated
 // field, such as cpu_template or MMDS V1).
@@ -72,10 +83,11 @@ func WithDeprecationHandler(fn func(method, path string)) Option {
 // first request.
 func New(socketPath string, opts ...Option) *Client {
 	c := &Client{
-		sock:     socketPath,
-		log:      slog.New(slog.DiscardHandler),
-		timeout:  DefaultRequestTimeout,
-		features: specTable,
+		sock:       socketPath,
+		log:        slog.New(slog.DiscardHandler),
+		timeout:    DefaultRequestTimeout,
+		maxPayload: DefaultMaxPayload,
+		features:   specTable,
 	}
 	for _, o := range opts {
 		o(c)
@@ -188,6 +200,11 @@ func (c *Client) do(ctx context.Context, r request) error {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
+	if c.maxPayload > 0 && len(r.body) > c.maxPayload {
+		return fmt.Errorf("firecracker %s %s: a body of %d bytes is over the API's limit of %d bytes "+
+			"(start firecracker with a larger --http-api-max-payload-size and pass it with fcapi.WithMaxPayload): %w",
+			r.method, r.path, len(r.body), c.maxPayload, ErrPayloadTooLarge)
+	}
 	// A bytes.Reader gives the request its Content-Length, the only framing Firecracker reads.
 	var body io.Reader
 	if r.body != nil {
@@ -206,9 +223,14 @@ func (c *Client) do(ctx context.Context, r request) error {
 	if err != nil {
 		return fmt.Errorf("firecracker %s %s: %w", r.method, r.path, err)
 	}
+	dropConn := false
 	defer func() {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseBody))
 		resp.Body.Close()
+		if dropConn {
+			// The connection is back in the idle pool; it must not carry another request.
+			c.tr.CloseIdleConnections()
+		}
 	}()
 	if c.log.Enabled(ctx, slog.LevelDebug) {
 		c.log.Debug("firecracker api", "method", r.method, "path", r.path, "status", resp.StatusCode, "duration", time.Since(start))
@@ -222,8 +244,10 @@ func (c *Client) do(ctx context.Context, r request) error {
 	switch resp.StatusCode {
 	case http.StatusOK, http.StatusNoContent:
 	default:
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		return &APIError{Method: r.method, Path: r.path, StatusCode: resp.StatusCode, FaultMessage: faultMessage(msg)}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		msg, apiLayer := parseErrorBody(body)
+		dropConn = !apiLayer
+		return &APIError{Method: r.method, Path: r.path, StatusCode: resp.StatusCode, FaultMessage: msg}
 	}
 	if r.out == nil || resp.StatusCode == http.StatusNoContent {
 		return nil

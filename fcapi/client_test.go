@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -341,5 +342,69 @@ func TestMMDSRawJSON(t *testing.T) {
 	}
 	if got := api.requests()[0].Body; !bytes.Equal(got, raw) {
 		t.Errorf("sent %s, want %s", got, raw)
+	}
+}
+
+// TestMicroHTTPErrorDropsConnection: after an error from Firecracker's HTTP layer, which may
+// leave part of the request unread on the connection, the next request uses a new one; an
+// API-layer error keeps the connection.
+func TestMicroHTTPErrorDropsConnection(t *testing.T) {
+	api := newFakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/micro":
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, "{ \"error\": \"Invalid HTTP Method: Unsupported HTTP method.\nAll previous unanswered requests will be dropped.\" }")
+		case "/api":
+			writeFault(w, http.StatusBadRequest, "Invalid request method and/or path: GET api.")
+		default:
+			cannedAnswers(w, r)
+		}
+	})
+	c := New(api.sock, WithVersion(newest))
+	defer c.Close()
+	ctx := t.Context()
+	get := func(path string) error { return c.do(ctx, request{method: http.MethodGet, path: path}) }
+	if err := get("/"); err != nil {
+		t.Fatal(err)
+	}
+	var apiErr *APIError
+	if err := get("/api"); !errors.As(err, &apiErr) {
+		t.Fatalf("GET /api: %v, want an *APIError", err)
+	}
+	if err := get("/"); err != nil {
+		t.Fatal(err)
+	}
+	if n := api.connections(); n != 1 {
+		t.Errorf("after an API-layer error: %d connections, want 1", n)
+	}
+	if err := get("/micro"); !errors.As(err, &apiErr) || !strings.Contains(apiErr.FaultMessage, "Unsupported HTTP method") {
+		t.Fatalf("GET /micro: %v, want the micro-http message", err)
+	}
+	if err := get("/"); err != nil {
+		t.Fatal(err)
+	}
+	if n := api.connections(); n != 2 {
+		t.Errorf("after a micro-http error: %d connections, want 2 (the old one dropped)", n)
+	}
+}
+
+func TestPayloadLimit(t *testing.T) {
+	api := newFakeAPI(t, nil)
+	ctx := t.Context()
+	big := map[string]string{"a": strings.Repeat("x", DefaultMaxPayload)}
+	c := New(api.sock, WithVersion(newest))
+	defer c.Close()
+	err := c.PutMMDS(ctx, big)
+	if !errors.Is(err, ErrPayloadTooLarge) || !strings.Contains(err.Error(), "--http-api-max-payload-size") {
+		t.Fatalf("PutMMDS of %d bytes: %v, want ErrPayloadTooLarge naming the flag", DefaultMaxPayload+8, err)
+	}
+	if n := len(api.requests()); n != 0 {
+		t.Fatalf("the server saw %d requests, want none", n)
+	}
+	// With the limit raised to match the process, the same body goes through.
+	c2 := New(api.sock, WithVersion(newest), WithMaxPayload(2*DefaultMaxPayload))
+	defer c2.Close()
+	if err := c2.PutMMDS(ctx, big); err != nil {
+		t.Fatalf("PutMMDS under a raised limit: %v", err)
 	}
 }

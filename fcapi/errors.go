@@ -21,6 +21,9 @@ var (
 	// ErrProcessExited is returned (wrapped) by WaitReady when the Firecracker process exits
 	// before its API answers.
 	ErrProcessExited = errors.New("firecracker process exited")
+	// ErrPayloadTooLarge is returned (wrapped), before anything is sent, for a request body
+	// over the limit set with WithMaxPayload.
+	ErrPayloadTooLarge = errors.New("request body too large for the Firecracker API")
 )
 
 // Firecracker's messages for the refusals above (src/vmm/src/rpc_interface.rs).
@@ -65,9 +68,18 @@ func (e *APIError) Is(target error) bool {
 // from the API layer, {"error": ...} from micro-http (whose messages hold raw newlines, which
 // strict JSON forbids), or the raw text.
 func faultMessage(body []byte) string {
+	msg, _ := parseErrorBody(body)
+	return msg
+}
+
+// parseErrorBody is faultMessage that also reports whether the body came from the API layer
+// ({"fault_message": ...}). Any other error comes from micro-http, which answers before it has
+// read the whole request: the rest of the request's bytes are then parsed as new requests, so
+// the connection must not be used again.
+func parseErrorBody(body []byte) (msg string, apiLayer bool) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return ""
+		return "", false
 	}
 	var shape struct {
 		FaultMessage string `json:"fault_message"`
@@ -79,13 +91,13 @@ func faultMessage(body []byte) string {
 	}
 	if err == nil {
 		if shape.FaultMessage != "" {
-			return shape.FaultMessage
+			return shape.FaultMessage, true
 		}
 		if shape.Error != "" {
-			return shape.Error
+			return shape.Error, false
 		}
 	}
-	return strings.ToValidUTF8(string(body), string(utf8.RuneError))
+	return strings.ToValidUTF8(string(body), string(utf8.RuneError)), false
 }
 
 // escapeControl escapes the raw control characters in b, as micro-http leaves them inside its
