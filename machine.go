@@ -606,7 +606,14 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 	}
 	ver, _ := fcapi.ParseVersion(st.FirecrackerVersion) // zero (unknown) if unreadable
 	log := mgr.log.With("vm", st.Name)
-	client := fcapi.New(st.Paths.APISocket, fcapi.WithVersion(ver), fcapi.WithLogger(log))
+	var spec MachineSpec
+	if len(st.Spec) > 0 {
+		if err := json.Unmarshal(st.Spec, &spec); err != nil {
+			log.Warn("read spec from state.json", "err", err)
+		}
+	}
+	client := fcapi.New(st.Paths.APISocket, fcapi.WithVersion(ver), fcapi.WithLogger(log),
+		fcapi.WithMaxPayload(spec.apiPayloadLimit()))
 	ii, err := client.GetInstanceInfo(ctx)
 	if err != nil {
 		client.Close()
@@ -617,6 +624,7 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		mgr:      mgr,
 		log:      log,
 		name:     st.Name,
+		spec:     spec,
 		paths:    st.Paths,
 		proc:     p,
 		client:   client,
@@ -630,11 +638,6 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 	}
 	if st.BaseImage != nil {
 		m.image, m.sshKey = st.BaseImage.ID, st.BaseImage.SSHKey
-	}
-	if len(st.Spec) > 0 {
-		if err := json.Unmarshal(st.Spec, &m.spec); err != nil {
-			mgr.log.Warn("read spec from state.json", "vm", st.Name, "err", err)
-		}
 	}
 	m.network = networkOf(st)
 	if m.paths.SerialIn == "" { // written by a smartvm before serial input

@@ -243,7 +243,7 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	infos := make([]MachineInfo, 0, len(states))
 	for _, st := range states {
 		info := infoFromState(st)
-		c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log))
+		c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
 		info.State = queryState(ctx, c)
 		c.Close()
 		infos = append(infos, info)

@@ -526,6 +526,23 @@ func (s MachineSpec) problems() []error {
 	return errs
 }
 
+// apiPayloadLimit is the API body limit the VM's Firecracker runs with: the value of
+// --http-api-max-payload-size in ExtraArgs, else Firecracker's default. The client refuses
+// larger bodies before sending them.
+func (s MachineSpec) apiPayloadLimit() int {
+	const flag = "--http-api-max-payload-size"
+	for i, a := range s.ExtraArgs {
+		v, ok := strings.CutPrefix(a, flag+"=")
+		if !ok && a == flag && i+1 < len(s.ExtraArgs) {
+			v, ok = s.ExtraArgs[i+1], true
+		}
+		if n, err := strconv.Atoi(v); ok && err == nil && n > 0 {
+			return n
+		}
+	}
+	return fcapi.DefaultMaxPayload
+}
+
 func (s MachineSpec) hasInterface(id string) bool {
 	return slices.Contains(s.interfaceIDs(), id)
 }

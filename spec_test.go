@@ -300,3 +300,21 @@ func TestSpecJSONRoundTrip(t *testing.T) {
 		t.Errorf("round trip (-in +out):\n%s", diff)
 	}
 }
+
+func TestAPIPayloadLimit(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{nil, fcapi.DefaultMaxPayload},
+		{[]string{"--boot-timer"}, fcapi.DefaultMaxPayload},
+		{[]string{"--http-api-max-payload-size", "1048576"}, 1 << 20},
+		{[]string{"--boot-timer", "--http-api-max-payload-size=65536"}, 65536},
+		{[]string{"--http-api-max-payload-size"}, fcapi.DefaultMaxPayload},
+		{[]string{"--http-api-max-payload-size", "lots"}, fcapi.DefaultMaxPayload},
+	} {
+		if got := (MachineSpec{ExtraArgs: tc.args}).apiPayloadLimit(); got != tc.want {
+			t.Errorf("%q: %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}

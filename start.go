@@ -243,7 +243,8 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	if err := dir.WriteState(s.state()); err != nil {
 		return nil, s.fail("write state", err)
 	}
-	s.client = fcapi.New(dir.APISocket, fcapi.WithVersion(s.version), fcapi.WithLogger(s.log))
+	s.client = fcapi.New(dir.APISocket, fcapi.WithVersion(s.version), fcapi.WithLogger(s.log),
+		fcapi.WithMaxPayload(s.spec.apiPayloadLimit()))
 	client := s.client
 	s.push(func(context.Context) error { return client.Close() })
 
