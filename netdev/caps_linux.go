@@ -3,7 +3,6 @@ package netdev
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -27,11 +26,11 @@ func checkCaps(netns bool) error {
 	eff := uint64(data[0].Effective) | uint64(data[1].Effective)<<32
 	switch {
 	case eff&(1<<capNetAdmin) == 0:
-		return fmt.Errorf("%w (%w): setting up a VM network needs CAP_NET_ADMIN, which this process lacks: run it as root, or grant the capability with `sudo setcap cap_net_admin+ep %s`",
-			ErrPermission, fs.ErrPermission, executable())
+		return fmt.Errorf("%w: setting up a VM network needs CAP_NET_ADMIN, which this process lacks: run it as root, or grant the capability with `sudo setcap cap_net_admin+ep %s`",
+			ErrPermission, executable())
 	case netns && eff&(1<<capSysAdmin) == 0:
-		return fmt.Errorf("%w (%w): a per-VM network namespace needs CAP_SYS_ADMIN as well as CAP_NET_ADMIN, which this process lacks: run it as root, or grant them with `sudo setcap cap_net_admin,cap_sys_admin+ep %s`",
-			ErrPermission, fs.ErrPermission, executable())
+		return fmt.Errorf("%w: a per-VM network namespace needs CAP_SYS_ADMIN as well as CAP_NET_ADMIN, which this process lacks: run it as root, or grant them with `sudo setcap cap_net_admin,cap_sys_admin+ep %s`",
+			ErrPermission, executable())
 	}
 	return nil
 }
@@ -46,7 +45,10 @@ func executable() string {
 
 // permErr adds ErrPermission and the fix to EPERM and EACCES from the kernel.
 func permErr(err error) error {
-	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+	switch {
+	case errors.Is(err, unix.EACCES): // its text is ErrPermission's
+		return fmt.Errorf("%w: run as root, or grant CAP_NET_ADMIN with `sudo setcap cap_net_admin+ep %s`", ErrPermission, executable())
+	case errors.Is(err, unix.EPERM):
 		return fmt.Errorf("%w (%w): run as root, or grant CAP_NET_ADMIN with `sudo setcap cap_net_admin+ep %s`", ErrPermission, err, executable())
 	}
 	return err

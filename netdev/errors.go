@@ -1,6 +1,9 @@
 package netdev
 
-import "errors"
+import (
+	"errors"
+	"io/fs"
+)
 
 // Sentinel errors. Check them with errors.Is; the errors returned wrap them and add the noun
 // (which device, which file) and what to do about it.
@@ -11,8 +14,8 @@ var (
 	ErrExists = errors.New("already exists")
 
 	// ErrPermission: the process lacks CAP_NET_ADMIN (or, for per-VM namespaces,
-	// CAP_SYS_ADMIN). Errors that wrap it also wrap fs.ErrPermission.
-	ErrPermission = errors.New("permission denied")
+	// CAP_SYS_ADMIN). It also matches fs.ErrPermission.
+	ErrPermission error = permissionError{}
 
 	// ErrNoTUN: /dev/net/tun is missing, so no TAP device can be created.
 	ErrNoTUN = errors.New("/dev/net/tun not available")
@@ -27,3 +30,10 @@ var (
 	// ErrNotOwned: the device exists but smartvm did not create it, so netdev leaves it alone.
 	ErrNotOwned = errors.New("not created by smartvm")
 )
+
+// permissionError is ErrPermission: one error that matches both itself and fs.ErrPermission,
+// so messages say "permission denied" once.
+type permissionError struct{}
+
+func (permissionError) Error() string        { return "permission denied" }
+func (permissionError) Is(target error) bool { return target == fs.ErrPermission }

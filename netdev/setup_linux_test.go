@@ -384,8 +384,9 @@ func TestSetupErrors(t *testing.T) {
 	restore := dropNetAdmin(t)
 	_, err := Setup(ctx, Config{Owner: "vm1", Dir: dir})
 	restore()
-	if !errors.Is(err, ErrPermission) || !errors.Is(err, fs.ErrPermission) || !strings.Contains(err.Error(), "setcap cap_net_admin+ep") {
-		t.Errorf("without CAP_NET_ADMIN: %v", err)
+	if !errors.Is(err, ErrPermission) || !errors.Is(err, fs.ErrPermission) || !strings.Contains(err.Error(), "setcap cap_net_admin+ep") ||
+		strings.Count(err.Error(), "permission denied") != 1 {
+		t.Errorf("without CAP_NET_ADMIN: %v (want ErrPermission and fs.ErrPermission, the fix, and \"permission denied\" once)", err)
 	}
 	ns.checkClean(t, dir, "")
 
