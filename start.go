@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -278,41 +277,21 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 var requestFreeReadyBefore = fcapi.Version{Major: 1, Minor: 14}
 
 // waitReady waits until firecracker serves its API. In config-file mode the API answers
-// only once the VM is built, so this also waits for the boot.
+// only once the VM is built, so this also waits for the boot. A fresh API-mode boot only
+// waits for the socket to listen: its first configuration request is then the readiness
+// check. Sending the configuration the moment Firecracker listens measurably shortens the
+// boot (an extra GET / first cost about 3 ms more to the first serial byte on v1.14.2).
 func (s *starter) waitReady(ctx context.Context) error {
-	if s.spec.BootMode == BootModeConfigFile && !s.version.AtLeast(requestFreeReadyBefore) {
+	switch {
+	case s.spec.BootMode == BootModeConfigFile && !s.version.AtLeast(requestFreeReadyBefore):
 		if err := waitBooted(ctx, s.proc); err != nil {
 			return err
 		}
-		return waitListening(ctx, s.dir.APISocket, s.proc)
+		return fcapi.WaitListening(ctx, s.dir.APISocket, s.proc.Done())
+	case s.spec.BootMode == BootModeAPI && s.snap == nil:
+		return fcapi.WaitListening(ctx, s.dir.APISocket, s.proc.Done())
 	}
 	return fcapi.WaitReady(ctx, s.dir.APISocket, s.proc.Done())
-}
-
-// listenPoll is how often waitListening tries to connect.
-const listenPoll = 100 * time.Microsecond
-
-// waitListening waits until sock accepts a connection (which it closes without a request),
-// the process exits, or ctx ends.
-func waitListening(ctx context.Context, sock string, p *proc.Process) error {
-	var d net.Dialer
-	for {
-		c, err := d.DialContext(ctx, "unix", sock)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		t := time.NewTimer(listenPoll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("wait for the API socket %s: %w (last attempt: %w)", sock, ctx.Err(), err)
-		case <-p.Done():
-			t.Stop()
-			return fmt.Errorf("wait for the API socket %s: %w", sock, fcapi.ErrProcessExited)
-		case <-t.C:
-		}
-	}
 }
 
 // waitBooted waits, without sending a request, until firecracker runs a vCPU thread, so its

@@ -159,3 +159,34 @@ func TestReadyPollSchedule(t *testing.T) {
 		t.Errorf("last pause %v, want the 50ms cap", got[len(got)-1])
 	}
 }
+
+func TestWaitListening(t *testing.T) {
+	// Like TestWaitReadyRace, but nothing is sent: the server sees no request.
+	sock := filepath.Join(shortDir(t), "api.sock")
+	unbind := bindOnly(t, sock)
+	done := make(chan error, 1)
+	go func() { done <- WaitListening(t.Context(), sock, nil) }()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("WaitListening returned before anyone listened: %v", err)
+	default:
+	}
+	unbind()
+	api := newFakeAPIAt(t, sock, nil)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if rs := api.requests(); len(rs) != 0 {
+		t.Errorf("WaitListening sent requests: %s", paths(rs))
+	}
+
+	// It gives up like WaitReady: at once when the process exits.
+	sock2 := filepath.Join(shortDir(t), "api2.sock")
+	bindOnly(t, sock2)
+	exited := make(chan struct{})
+	close(exited)
+	if err := WaitListening(t.Context(), sock2, exited); !errors.Is(err, ErrProcessExited) {
+		t.Fatalf("with the process gone: %v, want ErrProcessExited", err)
+	}
+}
