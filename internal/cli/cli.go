@@ -190,6 +190,8 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 		a.newResumeCmd(),
 		a.newStopCmd(),
 		a.newKillCmd(),
+		a.newSnapshotCmd(),
+		a.newRestoreCmd(),
 		a.newSuperviseCmd(),
 	)
 	return root

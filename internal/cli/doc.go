@@ -32,12 +32,17 @@
 // --net, while --no-nat without --net is a usage error. ps and inspect show the guest's
 // address, and ssh runs the system's ssh client against it with the base image's key.
 //
-// run --detach re-executes smartvm as "smartvm __supervise" in a session of its own (stdio on
-// /dev/null): it reads its request (the MachineSpec and settings) on stdin, starts the VM in
-// the library's owned mode, so Firecracker dies with it, reports the VM's name or the start
-// error as one JSON line on file descriptor 3, and waits until the VM ends, when the library
-// removes the VM's files. From then on its stderr (its log, at the --log-level run was given,
-// and any crash report) goes to supervisor.log in the VM's directory. SIGTERM makes it stop the
-// VM. The other VM commands adopt VMs through the library (Manager.Attach), which reaps dead
-// VMs first.
+// snapshot NAME DIR saves a running VM with Machine.Snapshot (with --stop it keeps the VM
+// paused and kills it afterwards, so it never runs past its snapshot); restore DIR starts it
+// again with Manager.Restore, in the foreground like run or detached like run --detach. The
+// library restores a VM only under its old name, so restore has no --name.
+//
+// run --detach (and restore --detach) re-executes smartvm as "smartvm __supervise" in a
+// session of its own (stdio on /dev/null): it reads its request (the MachineSpec, or the
+// snapshot to restore, and settings) on stdin, starts the VM in the library's owned mode, so
+// Firecracker dies with it, reports the VM's name or the start error as one JSON line on file
+// descriptor 3, and waits until the VM ends, when the library removes the VM's files. From
+// then on its stderr (its log, at the --log-level run was given, and any crash report) goes to
+// supervisor.log in the VM's directory. SIGTERM makes it stop the VM. The other VM commands
+// adopt VMs through the library (Manager.Attach), which reaps dead VMs first.
 package cli

@@ -42,6 +42,9 @@ type runPlan struct {
 	Hello bool `json:"hello,omitempty"`
 	// GeneratedName lets start pick another name when the generated one is taken.
 	GeneratedName bool `json:"generated_name,omitempty"`
+	// Snapshot, when set, is the absolute path of a snapshot directory: the VM saved there
+	// is restored, and Spec is not used.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 func (a *app) newRunCmd() *cobra.Command {
@@ -341,10 +344,13 @@ func (a *app) installLatest(ctx context.Context) (string, error) {
 	return res.Firecracker, nil
 }
 
-// startVM starts the plan's VM. For the hello image it writes the test guest to a temporary
-// file that is removed once Firecracker has loaded it. A generated name that is taken is
-// replaced by another.
+// startVM starts the plan's VM, or restores its snapshot. For the hello image it writes the
+// test guest to a temporary file that is removed once Firecracker has loaded it. A generated
+// name that is taken is replaced by another.
 func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...smartvm.StartOption) (*smartvm.Machine, error) {
+	if plan.Snapshot != "" {
+		return restoreVM(ctx, mgr, plan.Snapshot, opts...)
+	}
 	spec := plan.Spec
 	if plan.Hello {
 		dir, err := os.MkdirTemp("", "smartvm-hello-")

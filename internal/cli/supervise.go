@@ -18,7 +18,7 @@ import (
 	"github.com/smartvm/smartvm"
 )
 
-// superviseCmd is the hidden command a detached run re-executes smartvm with.
+// superviseCmd is the hidden command a detached run or restore re-executes smartvm with.
 const superviseCmd = "__supervise"
 
 // supervisorLog is the file in the VM's directory that the supervisor's stderr goes to once
@@ -36,7 +36,7 @@ const (
 // statusFD is the supervisor's file descriptor for its status pipe (the first of ExtraFiles).
 const statusFD = 3
 
-// superviseRequest is what a detached run sends the supervisor on its stdin.
+// superviseRequest is what a detached run or restore sends the supervisor on its stdin.
 type superviseRequest struct {
 	Plan        runPlan `json:"plan"`
 	Firecracker string  `json:"firecracker"`
@@ -129,13 +129,13 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 func (a *app) newSuperviseCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:    superviseCmd,
-		Short:  "Run a detached VM (started by run --detach; not for direct use)",
+		Short:  "Run a detached VM (started by run and restore --detach; not for direct use)",
 		Hidden: true,
 		Args:   noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			status := os.NewFile(statusFD, "status")
 			if status == nil {
-				return errors.New(superviseCmd + " is started by 'smartvm run --detach'")
+				return errors.New(superviseCmd + " is started by 'smartvm run --detach' and 'smartvm restore --detach'")
 			}
 			syscall.CloseOnExec(statusFD) // firecracker must not inherit it
 			return a.supervise(cmd.Context(), status)
@@ -143,7 +143,7 @@ func (a *app) newSuperviseCmd() *cobra.Command {
 	}
 }
 
-// supervise starts the VM the request on stdin describes, owning it (firecracker dies with
+// supervise starts (or restores) the VM the request on stdin describes, owning it (firecracker dies with
 // this process), reports to status, and waits until the VM ends, when the library removes
 // everything it left. SIGTERM or SIGINT (ctx) stop the VM gracefully.
 func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {

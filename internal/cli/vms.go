@@ -119,16 +119,27 @@ func (a *app) onVMs(ctx context.Context, names []string, release bool, opts []sm
 // withVM attaches the running VM called name, runs fn on it, and lets go of it (it keeps
 // running).
 func (a *app) withVM(ctx context.Context, name string, fn func(*smartvm.Machine) error) error {
-	mgr, err := a.manager(nil)
+	mgr, m, err := a.attachVM(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer mgr.Close()
+	return errors.Join(fn(m), m.Release())
+}
+
+// attachVM opens the runtime root and attaches the running VM called name. The caller lets
+// go of the VM (Release) or closes it, then closes the manager.
+func (a *app) attachVM(ctx context.Context, name string) (*smartvm.Manager, *smartvm.Machine, error) {
+	mgr, err := a.manager(nil)
+	if err != nil {
+		return nil, nil, err
+	}
 	m, err := attach(ctx, mgr, name)
 	if err != nil {
-		return err
+		mgr.Close()
+		return nil, nil, err
 	}
-	return errors.Join(fn(m), m.Release())
+	return mgr, m, nil
 }
 
 // eachVM attaches every named VM and runs fn on it, all at once. It prints the name of each VM

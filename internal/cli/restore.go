@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smartvm/smartvm"
+	"github.com/smartvm/smartvm/fcapi"
+)
+
+func (a *app) newRestoreCmd() *cobra.Command {
+	var detach bool
+	cmd := &cobra.Command{
+		Use:   "restore DIR [--detach]",
+		Short: "Start a VM again from a snapshot",
+		Long: `Start the VM that 'smartvm snapshot' saved in DIR again, where it was, under the name it
+had. As with run, its serial console is attached to this terminal (` + escapeHelp + ` stops the VM,
+as do SIGINT and SIGTERM), or with --detach restore returns once the VM runs and prints its
+name, and a supervisor process owns the VM.
+
+A snapshot loads only:
+  - with a Firecracker of the release that wrote it (the same major and minor version),
+    found as run finds one (--firecracker-bin, $SMARTVM_FIRECRACKER_BIN,
+    ~/.smartvm/bin/firecracker, PATH) but never installed;
+  - in the runtime directory it was taken in, when it holds ephemeral drives;
+  - while no VM runs under its name: stop the original first, or take the snapshot with
+    --stop.
+
+The restored VM reads its memory from DIR: keep DIR until the VM has ended. Restoring leaves
+DIR as it was, so it can be restored again.`,
+		Example: `  smartvm snapshot web ./web.snap --stop
+  smartvm restore ./web.snap
+  smartvm restore -d ./web.snap`,
+		Args: exactArgs(1, "a snapshot directory"),
+		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+			return nil, cobra.ShellCompDirectiveFilterDirs
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			snap, err := openSnapshot(args[0])
+			if err != nil {
+				return err
+			}
+			fc, err := a.findFirecracker()
+			if err != nil {
+				return err
+			}
+			plan := runPlan{Snapshot: snap.Dir}
+			if detach {
+				return a.startDetached(ctx, fc.Path, plan)
+			}
+			return a.runForeground(ctx, fc.Path, plan)
+		},
+	}
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background and print the VM's name")
+	return cmd
+}
+
+// openSnapshot reads the snapshot in dir, with errors that say what dir is instead.
+func openSnapshot(dir string) (smartvm.Snapshot, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return smartvm.Snapshot{}, fmt.Errorf("snapshot directory %s: %w", dir, err)
+	}
+	switch st, err := os.Stat(abs); {
+	case errors.Is(err, fs.ErrNotExist):
+		return smartvm.Snapshot{}, fmt.Errorf("snapshot directory %s does not exist", abs)
+	case err != nil:
+		return smartvm.Snapshot{}, fmt.Errorf("snapshot directory %s: %w", abs, err)
+	case !st.IsDir():
+		return smartvm.Snapshot{}, fmt.Errorf("%s is not a snapshot: a snapshot is the directory 'smartvm snapshot NAME DIR' wrote", abs)
+	}
+	snap, err := smartvm.OpenSnapshot(abs)
+	if errors.Is(err, smartvm.ErrNotFound) {
+		return snap, fmt.Errorf("%s is not a snapshot: it has no manifest.json (give the directory 'smartvm snapshot NAME DIR' wrote)", abs)
+	}
+	return snap, err
+}
+
+// restoreVM restores the VM saved in dir, with its serial input connected (a snapshot taken
+// without one gets one, as every VM run starts does).
+func restoreVM(ctx context.Context, mgr *smartvm.Manager, dir string, opts ...smartvm.StartOption) (*smartvm.Machine, error) {
+	snap, err := openSnapshot(dir)
+	if err != nil {
+		return nil, err
+	}
+	snap.Spec.SerialInput = true
+	m, err := mgr.Restore(ctx, snap, opts...)
+	var se *smartvm.StartError
+	switch {
+	case err == nil:
+		return m, nil
+	case errors.Is(err, smartvm.ErrExists):
+		return nil, fmt.Errorf("vm %s is still running, and a snapshot is restored under the name it was taken with: stop it first ('smartvm stop %s'), or take the snapshot with --stop",
+			snap.Name, snap.Name)
+	case errors.Is(err, errors.ErrUnsupported) && errors.As(err, &se):
+		// The binary cannot load the snapshot: another minor release.
+		want := snap.FirecrackerVersion
+		if v, perr := fcapi.ParseVersion(want); perr == nil {
+			want = fmt.Sprintf("v%d.%d.x", v.Major, v.Minor)
+		}
+		return nil, fmt.Errorf("%w; point --firecracker-bin or $%s at a Firecracker %s ('smartvm setup --version vX.Y.Z --dir DIR' installs one)",
+			err, envFirecrackerBin, want)
+	case errors.Is(err, errors.ErrUnsupported):
+		// The snapshot's drives were staged in another runtime root.
+		return nil, fmt.Errorf("%w; choose that runtime root with --runtime-dir or $%s", err, envRuntimeDir)
+	}
+	return nil, err
+}

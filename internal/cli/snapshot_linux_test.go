@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/fakefc"
+	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// runCounter starts a detached counter guest called name and waits until it has ticked.
+func runCounter(t *testing.T, env cliEnv, name string, extra ...string) {
+	t.Helper()
+	args := append([]string{"run", "-d", "--name", name, "--image", "hello", "--memory", "64",
+		"--boot-args", bootArgs(testguest.ModeCounter)}, extra...)
+	env.run(t, args...).ok(t)
+	waitLogs(t, env, name, testguest.TickLine(1))
+}
+
+// ticks returns the tick numbers of the counter lines in a console's output, in order. A
+// restored guest may first finish a line the snapshot cut short: such a line is skipped.
+func ticks(out string) []uint64 {
+	var n []uint64
+	for _, line := range strings.Split(out, "\n") {
+		if tick, ok := testguest.ParseTick(line); ok {
+			n = append(n, tick)
+		}
+	}
+	return n
+}
+
+// lastTick returns the last tick the VM called name has printed.
+func lastTick(t *testing.T, env cliEnv, name string) uint64 {
+	t.Helper()
+	n := ticks(env.run(t, "logs", name).ok(t).stdout)
+	if len(n) == 0 {
+		t.Fatalf("vm %s has printed no tick", name)
+	}
+	return n[len(n)-1]
+}
+
+// checkCountsOn fails unless a restored counter guest's console goes on from past tick k
+// rather than booting again (which starts at tick 0).
+func checkCountsOn(t *testing.T, console string, k uint64) {
+	t.Helper()
+	n := ticks(console)
+	if len(n) == 0 || n[0] <= k {
+		t.Errorf("the restored guest printed ticks %v; the original had reached %d before the snapshot:\n%.300s", n, k, console)
+	}
+}
+
+// testSnapshotRestoreDetached: snapshot a detached VM (it runs on), refuse to restore it
+// while it runs, stop it, restore it detached and see it count on from where it was.
+func testSnapshotRestoreDetached(t *testing.T, env cliEnv) {
+	runCounter(t, env, "snap1")
+	k := lastTick(t, env, "snap1")
+	dir := filepath.Join(t.TempDir(), "snap")
+	if r := env.run(t, "snapshot", "snap1", dir).ok(t); r.stdout != dir+"\n" {
+		t.Errorf("snapshot printed %q, want the directory", r.stdout)
+	}
+	vm := env.psOne(t, "snap1")
+	if vm.State != "Running" {
+		t.Errorf("the vm is %s after its snapshot, want it resumed", vm.State)
+	}
+	waitLogs(t, env, "snap1", testguest.TickLine(lastTick(t, env, "snap1")+1))
+	env.run(t, "restore", "-d", dir).fails(t, ExitError, "vm snap1 is still running")
+	env.run(t, "stop", "snap1").ok(t)
+	assertGone(t, vm)
+
+	if r := env.run(t, "restore", "-d", dir).ok(t); r.stdout != "snap1\n" {
+		t.Errorf("restore -d printed %q, want the name", r.stdout)
+	}
+	restored := env.psOne(t, "snap1")
+	if restored.State != "Running" || restored.PID == vm.PID {
+		t.Errorf("restored vm: %+v", restored)
+	}
+	if parentPID(t, restored.PID) == os.Getpid() {
+		t.Errorf("the restored firecracker is a child of the test process, not of a supervisor")
+	}
+	waitLogs(t, env, "snap1", testguest.TickPrefix)
+	checkCountsOn(t, env.run(t, "logs", "snap1").ok(t).stdout, k)
+	env.run(t, "stop", "snap1").ok(t)
+	assertGone(t, restored)
+	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); err != nil {
+		t.Errorf("the snapshot went with the restored vm: %v", err)
+	}
+}
+
+// testRestoreForeground: snapshot --stop ends the VM; restore brings it back in the
+// foreground, with its console, until Ctrl-] q stops it.
+func testRestoreForeground(t *testing.T, env cliEnv) {
+	runCounter(t, env, "snap2")
+	k := lastTick(t, env, "snap2")
+	vm := env.psOne(t, "snap2")
+	dir := filepath.Join(t.TempDir(), "snap")
+	env.run(t, "snapshot", "--stop", "snap2", dir).ok(t)
+	if vms := env.ps(t); len(vms) != 0 {
+		t.Fatalf("snapshot --stop left %+v", vms)
+	}
+	assertGone(t, vm)
+
+	in, typed := io.Pipe()
+	defer typed.Close()
+	var out, errOut syncBuffer
+	done := make(chan result, 1)
+	go func() { done <- env.runIO(t.Context(), in, &out, &errOut, "restore", dir) }()
+	waitOutput(t, &out, testguest.TickPrefix)
+	restored := env.psOne(t, "snap2")
+	if _, err := typed.Write([]byte("\x1dq")); err != nil {
+		t.Fatal(err)
+	}
+	(<-done).ok(t)
+	checkCountsOn(t, out.String(), k)
+	assertGone(t, restored)
+}
+
+func TestSnapshotRestoreDetached(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testSnapshotRestoreDetached(t, fakeEnv(t))
+}
+
+func TestRestoreForeground(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testRestoreForeground(t, fakeEnv(t))
+}
+
+func TestRealSnapshotRestore(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := vmEnv(t, testutil.FirecrackerBin(t))
+	t.Run("detached", func(t *testing.T) { testSnapshotRestoreDetached(t, env) })
+	t.Run("foreground", func(t *testing.T) { testRestoreForeground(t, env) })
+}
+
+func TestSnapshotErrors(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	env.run(t, "snapshot", "web").fails(t, ExitUsage, "want a VM name and a directory, got 1")
+	env.run(t, "restore").fails(t, ExitUsage, "want a snapshot directory, got 0")
+	env.run(t, "snapshot", "nope", t.TempDir()).fails(t, ExitError, `no running vm is called "nope"`)
+
+	missing := filepath.Join(t.TempDir(), "missing")
+	env.run(t, "restore", missing).fails(t, ExitError, missing+" does not exist")
+	empty := t.TempDir()
+	env.run(t, "restore", empty).fails(t, ExitError, empty+" is not a snapshot: it has no manifest.json")
+	file := filepath.Join(empty, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env.run(t, "restore", file).fails(t, ExitError, file+" is not a snapshot")
+
+	// A VM with an ephemeral drive, whose copy the snapshot holds.
+	data := filepath.Join(t.TempDir(), "data.img")
+	if err := os.WriteFile(data, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runCounter(t, env, "snap3", "--drive", data)
+	env.run(t, "snapshot", "snap3", empty).fails(t, ExitError, empty+" is not empty: give a new or empty directory")
+	dir := filepath.Join(t.TempDir(), "snap")
+	env.run(t, "snapshot", "--stop", "snap3", dir).ok(t)
+	if _, err := os.Stat(filepath.Join(dir, "drives", "drive0.img")); err != nil {
+		t.Errorf("the snapshot lacks the drive's copy: %v", err)
+	}
+
+	// Another runtime root stages the drive elsewhere.
+	r := env.run(t, "--runtime-dir", t.TempDir(), "restore", dir)
+	r.fails(t, ExitError, "restore in the runtime root the snapshot was taken in")
+	r.fails(t, ExitError, "choose that runtime root with --runtime-dir or $SMARTVM_RUNTIME_DIR")
+
+	// Another minor release of Firecracker, in the foreground and through the supervisor.
+	t.Setenv(fakefc.EnvVersion, "1.7.0")
+	for _, args := range [][]string{{"restore", dir}, {"restore", "-d", dir}} {
+		r := env.run(t, args...)
+		r.fails(t, ExitError, "snapshot written by Firecracker 1.14.2 cannot be loaded by 1.7.0")
+		r.fails(t, ExitError, "point --firecracker-bin or $SMARTVM_FIRECRACKER_BIN at a Firecracker v1.14.x")
+	}
+	if vms := env.ps(t); len(vms) != 0 {
+		t.Errorf("failed restores left %+v", vms)
+	}
+}
