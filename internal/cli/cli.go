@@ -65,6 +65,10 @@ type app struct {
 	fcBinFlag           string
 	runtimeDirFlag      string
 
+	// helpErr is set instead of printing help for a command line such as "bogus --help",
+	// whose command does not exist.
+	helpErr error
+
 	log *slog.Logger
 }
 
@@ -95,6 +99,9 @@ func (a *app) run(ctx context.Context, args []string) int {
 	root := a.newRootCmd()
 	root.SetArgs(args)
 	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		err = a.helpErr
+	}
 	if err == nil {
 		return ExitOK
 	}
@@ -168,6 +175,16 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &usageError{err}
 	})
+	root.SetHelpCommand(newHelpCmd())
+	showHelp := root.HelpFunc()
+	root.SetHelpFunc(func(cmd *cobra.Command, args []string) {
+		// --help after a word that names no subcommand: cobra would show the parent's help.
+		if words := cmd.Flags().Args(); cmd.HasAvailableSubCommands() && len(words) > 0 {
+			a.helpErr = unknownCommand(cmd, words[0])
+			return
+		}
+		showHelp(cmd, args)
+	})
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.logLevel, "log-level", "warn", "smartvm's own log level: debug, info, warn or error")
 	pf.StringVar(&a.logFormat, "log-format", "text", "smartvm's own log format on stderr: text or json")
@@ -204,6 +221,38 @@ func unknownCommand(cmd *cobra.Command, word string) error {
 		msg += fmt.Sprintf("; did you mean %s?", strings.Join(s, " or "))
 	}
 	return &usageError{errors.New(msg)}
+}
+
+// newHelpCmd is "smartvm help [command]", which, unlike cobra's, fails with a usage error
+// for a command that does not exist.
+func newHelpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, prefix string) ([]string, cobra.ShellCompDirective) {
+			target, _, err := cmd.Root().Find(args)
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			var names []string
+			for _, sub := range target.Commands() {
+				if sub.IsAvailableCommand() && strings.HasPrefix(sub.Name(), prefix) {
+					names = append(names, sub.Name())
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target, words, err := cmd.Root().Find(args)
+			if err != nil {
+				return &usageError{err}
+			}
+			if len(words) > 0 {
+				return unknownCommand(target, words[0])
+			}
+			return target.Help()
+		},
+	}
 }
 
 // groupCmd is a command that only holds subcommands: without arguments it prints its help,

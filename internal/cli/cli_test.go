@@ -165,6 +165,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--log-format", "xml", "version"}, `invalid --log-format "xml"`},
 		{[]string{"setup", "--version", "latest"}, `invalid --version "latest"`},
 		{[]string{"images", "bogus"}, `unknown command "bogus" for "smartvm images"`},
+		{[]string{"bogus", "--help"}, `unknown command "bogus" for "smartvm"`},
+		{[]string{"images", "bogus", "-h"}, `unknown command "bogus" for "smartvm images"`},
+		{[]string{"help", "bogus"}, `unknown command "bogus" for "smartvm"`},
+		{[]string{"help", "images", "bogus"}, `unknown command "bogus" for "smartvm images"`},
 		{[]string{"images", "pull", "--preset", "lts", "--manifest-path", "/m"}, "use only one of"},
 		{[]string{"images", "prune", "--keep", "-1"}, "invalid --keep -1"},
 		{[]string{"run", "--image", "hello", "--kernel", "/k"}, "--kernel cannot be combined with --image"},
@@ -188,6 +192,11 @@ func TestHelp(t *testing.T) {
 	for _, want := range []string{"Usage:", "SMARTVM_FIRECRACKER_BIN", "Exit codes"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("help does not mention %q:\n%s", want, r.stdout)
+		}
+	}
+	for _, args := range [][]string{{"help", "images", "pull"}, {"images", "pull", "--help"}} {
+		if r := newEnv(t).run(t, args...).ok(t); !strings.Contains(r.stdout, "smartvm images pull [--preset") {
+			t.Errorf("%s printed no help for images pull:\n%s", strings.Join(args, " "), r.stdout)
 		}
 	}
 }
