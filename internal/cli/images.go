@@ -17,14 +17,16 @@ type imageFlags struct {
 	preset, manifestURL, manifestPath string
 }
 
-// source resolves the base image source: the flags, else $SMARTVM_BASE_IMAGE_MANIFEST_URL,
+// imageSource resolves the base image source: the flags, else $SMARTVM_BASE_IMAGE_MANIFEST_URL,
 // $SMARTVM_BASE_IMAGE_MANIFEST_PATH or $SMARTVM_BASE_IMAGE_PRESET, else preset latest. Setting
-// more than one flag is a usage error; setting more than one variable is an error.
+// more than one flag, or a bad flag value, is a usage error; setting more than one variable,
+// or a bad value in one, is an error that names the variable.
 func (a *app) imageSource(f imageFlags) (baseimage.Source, error) {
 	src, n := imageSourceOf(f)
 	if n > 1 {
 		return baseimage.Source{}, usagef("use only one of --preset, --manifest-url and --manifest-path")
 	}
+	fromFlag := n == 1
 	if n == 0 {
 		env := imageFlags{
 			preset:       a.getenv(envBaseImagePreset),
@@ -46,7 +48,18 @@ func (a *app) imageSource(f imageFlags) (baseimage.Source, error) {
 		src.ManifestPath = p
 	}
 	if err := src.Validate(); err != nil {
-		return baseimage.Source{}, err
+		field := 0 // the source is a preset, a manifest URL or a manifest path
+		switch {
+		case src.ManifestURL != "":
+			field = 1
+		case src.ManifestPath != "":
+			field = 2
+		}
+		if fromFlag {
+			return baseimage.Source{}, usagef("invalid %s: %w", []string{"--preset", "--manifest-url", "--manifest-path"}[field], err)
+		}
+		return baseimage.Source{}, fmt.Errorf("invalid $%s: %w; fix or unset it",
+			[]string{envBaseImagePreset, envBaseImageManifest, envBaseImageManifestP}[field], err)
 	}
 	return src, nil
 }
@@ -195,7 +208,7 @@ func (a *app) newImagesRmCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "rm ID...",
 		Short: "Remove cached base images (an ID or a unique prefix of one)",
-		Args:  minArgs(1, "at least one image ID (see 'smartvm images ls')"),
+		Args:  minArgs(1, "at least one image ID, from 'smartvm images ls'"),
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			m, err := a.baseImages(nil)
 			if err != nil {

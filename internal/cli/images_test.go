@@ -154,6 +154,9 @@ func TestImageSourceResolution(t *testing.T) {
 		{"two flags", imageFlags{preset: "lts", manifestPath: "/m"}, cliEnv{}, baseimage.Source{}, "use only one of"},
 		{"two env", imageFlags{}, cliEnv{envBaseImagePreset: "lts", envBaseImageManifestP: "/m"}, baseimage.Source{}, "set only one of"},
 		{"bad preset", imageFlags{preset: "newest"}, cliEnv{}, baseimage.Source{}, `unknown preset "newest"`},
+		{"bad preset flag", imageFlags{preset: "newest"}, cliEnv{}, baseimage.Source{}, `invalid --preset: base image source: unknown preset "newest"`},
+		{"bad env preset", imageFlags{}, cliEnv{envBaseImagePreset: "newest"}, baseimage.Source{}, `invalid $SMARTVM_BASE_IMAGE_PRESET: base image source: unknown preset "newest"`},
+		{"bad env url", imageFlags{}, cliEnv{envBaseImageManifest: "ftp://m"}, baseimage.Source{}, "invalid $SMARTVM_BASE_IMAGE_MANIFEST_URL: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := &app{lookupEnv: tc.env.lookup}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,11 +131,11 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 		s.Name = generateName()
 		p.GeneratedName = true
 	}
-	if f.cpus < 1 {
-		return p, usagef("invalid --cpus %d: want 1 or more", f.cpus)
+	if f.cpus < 1 || f.cpus > smartvm.MaxVCPUs {
+		return p, usagef("invalid --cpus %d: want 1 to %d", f.cpus, smartvm.MaxVCPUs)
 	}
-	if f.memory < 1 {
-		return p, usagef("invalid --memory %d: want a size in MiB, such as 512", f.memory)
+	if f.memory < 1 || f.memory > smartvm.MaxMemoryMiB {
+		return p, usagef("invalid --memory %d: want a size in MiB, such as 512, up to %d", f.memory, smartvm.MaxMemoryMiB)
 	}
 	s.VCPUs, s.MemoryMiB = f.cpus, f.memory
 	s.BootArgs = f.bootArgs
@@ -218,10 +217,11 @@ func (a *app) planImage(p *runPlan, image string) error {
 		setBaseImage(&p.Spec, baseimage.Source{Preset: image})
 		return nil
 	case strings.HasPrefix(image, "http://") || strings.HasPrefix(image, "https://"):
-		if _, err := url.Parse(image); err != nil {
-			return usagef("invalid --image URL %q: %w", image, err)
+		src := baseimage.Source{ManifestURL: image}
+		if err := src.Validate(); err != nil {
+			return usagef("invalid --image %q: %w", image, err)
 		}
-		setBaseImage(&p.Spec, baseimage.Source{ManifestURL: image})
+		setBaseImage(&p.Spec, src)
 		return nil
 	}
 	path, err := absPath("--image", image)

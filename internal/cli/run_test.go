@@ -125,6 +125,9 @@ func TestPlanRun(t *testing.T) {
 		{"unknown image", with(func(f *runFlags) { f.image = "ubuntu" }), cliEnv{}, nil, `invalid --image "ubuntu"`},
 		{"boot mode", with(func(f *runFlags) { f.bootMode = "fast" }), cliEnv{}, nil, `invalid --boot-mode "fast"`},
 		{"cpus", with(func(f *runFlags) { f.cpus = 0 }), cliEnv{}, nil, "invalid --cpus 0"},
+		{"too many cpus", with(func(f *runFlags) { f.cpus = smartvm.MaxVCPUs + 1 }), cliEnv{}, nil, "invalid --cpus 33: want 1 to 32"},
+		{"too much memory", with(func(f *runFlags) { f.memory = smartvm.MaxMemoryMiB + 1 }), cliEnv{}, nil, "invalid --memory 1048577"},
+		{"bad image URL", with(func(f *runFlags) { f.image = "https://" }), cliEnv{}, nil, `invalid --image "https://"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := &app{lookupEnv: tc.env.lookup}
