@@ -112,8 +112,12 @@ func statusOf(ps *os.ProcessState, waitErr error) Status {
 // Attach watches a process this program did not start, identified by pid and start time,
 // through a pidfd. Its exit status cannot be learned (Status.Known is false once it ends).
 // It returns an error wrapping os.ErrProcessDone when no such process runs, either because
-// the pid is gone or because it now belongs to another process (then also ErrPIDReused).
+// the pid is gone (or is not a process id at all, such as 0) or because it now belongs to
+// another process (then also ErrPIDReused).
 func Attach(pid int, startTime uint64) (*Process, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("attach pid %d: not a process id: %w", pid, os.ErrProcessDone)
+	}
 	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if errors.Is(err, unix.ESRCH) {
 		return nil, fmt.Errorf("attach pid %d: %w", pid, os.ErrProcessDone)

@@ -388,6 +388,11 @@ func TestAttachRefusesWrongProcess(t *testing.T) {
 	if alive, err := Alive(child.PID(), child.StartTime()); alive || err != nil {
 		t.Errorf("Alive after exit = %v, %v", alive, err)
 	}
+	for _, pid := range []int{0, -1} {
+		if _, err := Attach(pid, 0); !errors.Is(err, os.ErrProcessDone) {
+			t.Errorf("Attach(%d): %v, want ErrProcessDone", pid, err)
+		}
+	}
 }
 
 func TestAttachRelease(t *testing.T) {
