@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -195,16 +194,9 @@ func checkTUN() check {
 // checkTool looks for a host tool in PATH and the sbin directories.
 func (a *app) checkTool(name, pkg string) check {
 	c := check{Name: name}
-	dirs := append(filepath.SplitList(a.getenv("PATH")), sbinDirs...)
-	for _, d := range dirs {
-		if d == "" || !filepath.IsAbs(d) {
-			continue
-		}
-		p := filepath.Join(d, name)
-		if checkExecutable(p) == nil {
-			c.Status, c.Detail = checkOK, p
-			return c
-		}
+	if p, err := a.lookPath(name, sbinDirs...); err == nil {
+		c.Status, c.Detail = checkOK, p
+		return c
 	}
 	c.Status, c.Detail = checkFail, "not found; needed to turn the default base images (squashfs) into ext4 root filesystems"
 	c.Fix = "sudo apt-get install " + pkg + " (Debian/Ubuntu; the package is " + pkg + " on most distributions)"

@@ -15,8 +15,9 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
+
+	"github.com/smartvm/smartvm/baseimage"
 )
 
 // defaultReleaseURL is Firecracker's GitHub releases page. Under it, download/<tag>/<asset>
@@ -37,9 +38,9 @@ type releaseSite struct {
 }
 
 func (a *app) releaseSite() (releaseSite, error) {
-	arch, err := hostArch()
+	arch, err := baseimage.HostArch()
 	if err != nil {
-		return releaseSite{}, err
+		return releaseSite{}, fmt.Errorf("no Firecracker release for this host: %w", err)
 	}
 	base := defaultReleaseURL
 	if v := a.getenv(envFirecrackerReleases); v != "" {
@@ -50,17 +51,6 @@ func (a *app) releaseSite() (releaseSite, error) {
 		base = v
 	}
 	return releaseSite{base: strings.TrimRight(base, "/"), arch: arch, client: a.client()}, nil
-}
-
-// hostArch is the host's architecture as Firecracker names it.
-func hostArch() (string, error) {
-	switch runtime.GOARCH {
-	case "amd64":
-		return "x86_64", nil
-	case "arm64":
-		return "aarch64", nil
-	}
-	return "", fmt.Errorf("firecracker has no release for %s: %w", runtime.GOARCH, errors.ErrUnsupported)
 }
 
 // normalizeTag turns "1.14.2" or "v1.14.2" into "v1.14.2".

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/smartvm/smartvm/baseimage"
 )
 
 // releaseServer serves a Firecracker release site: download/<tag>/firecracker-<tag>-<arch>.tgz
@@ -28,7 +30,7 @@ type releaseServer struct {
 
 func newReleaseServer(t *testing.T, tag string) *releaseServer {
 	t.Helper()
-	arch, err := hostArch()
+	arch, err := baseimage.HostArch()
 	if err != nil {
 		t.Skip(err)
 	}
