@@ -31,7 +31,7 @@ const (
 // goes to stdout and stderr; the console of a foreground VM reads os.Stdin. Errors are printed
 // once on stderr as "smartvm: <message>". ctx ends the command: main cancels it on SIGINT and
 // SIGTERM, which stops a foreground VM gracefully. Run returns the process exit code: ExitOK,
-// ExitError or ExitUsage.
+// ExitError or ExitUsage, except for ssh, which passes on the exit code of the ssh client.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	a := &app{
 		stdin:     os.Stdin,
@@ -151,7 +151,7 @@ Environment (flags win over the environment, the environment over defaults):
   SMARTVM_BASE_IMAGE_MANIFEST_PATH   default base image manifest file
   SMARTVM_FIRECRACKER_RELEASE_URL    Firecracker release site that setup downloads from
 
-Exit codes: 0 ok, 1 error, 2 usage.`,
+Exit codes: 0 ok, 1 error, 2 usage (ssh passes on the exit code of ssh).`,
 		SilenceUsage:               true,
 		SilenceErrors:              true,
 		SuggestionsMinimumDistance: 2,
@@ -189,7 +189,7 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 	pf.StringVar(&a.logLevel, "log-level", "warn", "smartvm's own log level: debug, info, warn or error")
 	pf.StringVar(&a.logFormat, "log-format", "text", "smartvm's own log format on stderr: text or json")
 	pf.StringVar(&a.fcBinFlag, "firecracker-bin", "", "firecracker binary (default: $SMARTVM_FIRECRACKER_BIN, ~/.smartvm/bin/firecracker, then PATH)")
-	pf.StringVar(&a.runtimeDirFlag, "runtime-dir", "", "runtime directory for VM sockets, logs and state (default: $SMARTVM_RUNTIME_DIR, else /dev/shm/.smartvm/runtime)")
+	pf.StringVar(&a.runtimeDirFlag, "runtime-dir", "", "runtime directory for VM sockets, logs and state (default: $SMARTVM_RUNTIME_DIR, else /dev/shm/.smartvm/runtime on tmpfs, else $TMPDIR/.smartvm/runtime)")
 
 	root.AddCommand(
 		a.newVersionCmd(),

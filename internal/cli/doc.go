@@ -2,7 +2,8 @@
 // flags into calls of the smartvm library; the package holds no VM logic of its own.
 //
 // Run is the whole program: cmd/smartvm's main only adds signal handling and os.Exit. Run prints
-// errors once on stderr as "smartvm: <message>" and returns ExitOK, ExitError or ExitUsage.
+// errors once on stderr as "smartvm: <message>" and returns ExitOK, ExitError or ExitUsage
+// (ssh returns the exit code of the ssh client it runs).
 //
 // The CLI is the only part of smartvm that reads the environment. Flags win over the
 // environment, the environment over defaults:

@@ -19,8 +19,11 @@ type inspectJSON struct {
 
 func (a *app) newInspectCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:               "inspect NAME",
-		Short:             "Print a running VM's spec, state, pid, paths, network, Firecracker version and live config as JSON",
+		Use:   "inspect NAME",
+		Short: "Print a running VM's description and live configuration as JSON",
+		Long: `Print a running VM as JSON: its spec, state, pid, paths, network and guest address,
+Firecracker binary and version, and, as vm_config, the configuration Firecracker reports
+(GET /vm/config).`,
 		Args:              exactArgs(1, "one VM name"),
 		ValidArgsFunction: a.completeOneVMName,
 		RunE: func(cmd *cobra.Command, args []string) error {
