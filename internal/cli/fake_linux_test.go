@@ -47,6 +47,14 @@ func TestForegroundFailure(t *testing.T) {
 	}
 }
 
+// A supervisor that dies before it reports leaves run -d with an error that says what to do.
+func TestSupervisorDiesEarly(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	env[testSelf] = "/bin/false"
+	env.run(t, "run", "-d", "--image", "hello").fails(t, ExitError, "ended before the vm started (exit status 1): start it without --detach to see why")
+}
+
 func TestStopEscalates(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)

@@ -120,7 +120,8 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 	case st.Error != "":
 		return errors.New(st.Error)
 	case st.Name == "":
-		return fmt.Errorf("the supervisor (pid %d) ended before the vm started: %w", cmd.Process.Pid, <-exited)
+		return fmt.Errorf("the supervisor (pid %d) ended before the vm started (%w): start it without --detach to see why",
+			cmd.Process.Pid, <-exited)
 	}
 	fmt.Fprintln(a.stdout, st.Name)
 	return nil
