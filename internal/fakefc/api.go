@@ -145,8 +145,9 @@ func (h *Handler) parse(method, uri string, body []byte) (*call, *apiError) {
 		c, err = h.parsePut(t0, t1, tokens, body, uri)
 	case method == "PATCH" && has:
 		c, err = h.parsePatch(t0, t1, tokens, body)
-	case method == "PATCH" && !has && t0 == "balloon" && t1 == "hinting" && len(tokens) > 2 && tokens[2] == "stop" &&
-		h.rel.hasOp("PATCH", "/balloon/hinting/stop"):
+	case method == "PATCH" && !has && t0 == "balloon" && t1 == "hinting" && len(tokens) > 2 &&
+		(tokens[2] == "start" || tokens[2] == "stop") && h.rel.hasOp("PATCH", "/balloon/hinting/"+tokens[2]):
+		// Both take an empty body: start's fields are all optional.
 		c = &call{phase: phasePost, run: func(v *vm, _ *Handler) (any, *apiError) { return v.balloonHinting() }}
 	case method == "DELETE" && !has:
 		c, err = h.parseDelete(t0, tokens)
@@ -191,7 +192,7 @@ func (h *Handler) parseGet(t0, t1 string, tokens []string) (*call, *apiError) {
 		case t1 == "statistics":
 			return &call{phase: phasePost, run: func(v *vm, _ *Handler) (any, *apiError) { return v.balloonStats() }}, nil
 		case t1 == "hinting" && len(tokens) > 2 && tokens[2] == "status" && h.rel.hasOp("GET", "/balloon/hinting/status"):
-			return &call{phase: phasePost, run: func(v *vm, _ *Handler) (any, *apiError) { return v.balloonHinting() }}, nil
+			return &call{phase: phasePost, run: func(v *vm, _ *Handler) (any, *apiError) { return v.balloonHintingStatus() }}, nil
 		}
 		return nil, parseError(fmt.Sprintf("InvalidPathMethod(%s, Get)", rustDebugString(t1)), "Unrecognized GET request path `%s`.", t1)
 	case t0 == "hotplug" && t1 == "memory" && h.rel.hasOp("GET", "/hotplug/memory"):

@@ -33,6 +33,8 @@ var scenarios = []scenario{
 	{"body checks", scBodyChecks},
 	{"http errors", scHTTPErrors},
 	{"device checks", scDeviceChecks},
+	{"templates and boot source", scTemplatesBootSource},
+	{"inactive balloon", scInactiveBalloon},
 	{"kernel checks", scKernelChecks},
 	{"hello exits", scHello},
 	{"halt ignores ctrl-alt-del", scHalt},
@@ -726,4 +728,95 @@ func scLimits(r *run) {
 		q.wait("signal killed")
 		_ = os.Remove(q.sock)
 	}
+}
+
+// scTemplatesBootSource: which CPU template is in force, the order of the MMDS checks, and
+// which boot source a failed PUT /boot-source leaves.
+func scTemplatesBootSource(r *run) {
+	legacy := r.tg.minor < 10
+	p := r.start("fc")
+	machine := func(tmpl string) string {
+		return `{"vcpu_count":1,"mem_size_mib":32,"smt":false` + tmpl + `,"track_dirty_pages":false,"huge_pages":"None"}`
+	}
+	p.ok("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":32,"cpu_template":"T2"}`)
+	p.expect("GET", "/machine-config", "", 200, machine(`,"cpu_template":"T2"`))
+	p.ok("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":32}`) // keeps the template
+	p.expect("GET", "/machine-config", "", 200, machine(`,"cpu_template":"T2"`))
+	p.ok("PATCH", "/machine-config", `{"cpu_template":"None"}`) // removes it
+	p.expect("GET", "/machine-config", "", 200, machine(""))
+	p.ok("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":32,"cpu_template":"T2"}`)
+	p.ok("PUT", "/cpu-config", `{}`) // a custom template replaces the static one
+	custom := ""
+	if legacy {
+		custom = `,"cpu_template":"None"`
+	}
+	p.expect("GET", "/machine-config", "", 200, machine(custom))
+
+	p.refused("PUT", "/mmds/config", `{"network_interfaces":[],"ipv4_address":"10.0.0.1"}`, "MMMDS config error: The MMDS IPv4 address is not link local.")
+
+	halt := testguest.BootArgs("halt")
+	p.ok("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q,"boot_args":%q}`, r.kernel, halt))
+	p.refused("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q,"initrd_path":%q}`, r.kernel, r.path("missing")),
+		"Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. No such file or directory (os error 2)")
+	shown := fmt.Sprintf(`{"kernel_image_path":%q,"initrd_path":null,"boot_args":%q}`, r.kernel, halt)
+	if legacy {
+		shown = fmt.Sprintf(`{"kernel_image_path":%q,"initrd_path":%q,"boot_args":null}`, r.kernel, r.path("missing"))
+	}
+	cfg := p.expect("GET", "/vm/config", "", 200, "*")
+	if !strings.Contains(cfg.body, `"boot-source":`+shown) {
+		r.t.Errorf("GET /vm/config reports the boot source\n%s\nwant %s", cfg.body, shown)
+	}
+	// The boot source that succeeded boots, whatever GET /vm/config says.
+	p.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
+	p.waitSerial(testguest.FirstLine("halt"))
+}
+
+// scInactiveBalloon: a balloon that the guest never activates (the test guest has no
+// balloon driver), and one that is missing.
+func scInactiveBalloon(r *run) {
+	legacy := r.tg.minor < 10
+	hinting := r.tg.minor >= 14
+	p := r.start("fc")
+	extra := ""
+	if hinting {
+		extra = `,"free_page_hinting":true`
+	}
+	p.ok("PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true,"stats_polling_interval_s":1`+extra+`}`)
+	p.boot("halt")
+	p.expect("GET", "/balloon/statistics", "", 200, `{"target_pages":256,"actual_pages":0,"target_mib":1,"actual_mib":0}`)
+	msg := func(legacyVariant, current string) string {
+		if legacy {
+			return "Balloon config error: Error creating the balloon device: " + legacyVariant
+		}
+		return current
+	}
+	inactive := "Balloon update error: Balloon: Device not activated yet."
+	p.refused("PATCH", "/balloon", `{"amount_mib":2}`, msg("DeviceNotActive", inactive))
+	p.refused("PATCH", "/balloon", `{"amount_mib":2000}`, msg("TooManyPagesRequested", inactive))
+	p.refused("PATCH", "/balloon/statistics", `{"stats_polling_interval_s":0}`,
+		msg("StatisticsStateChange", "Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation."))
+	p.ok("PATCH", "/balloon/statistics", `{"stats_polling_interval_s":1}`)
+	if hinting {
+		p.refused("PATCH", "/balloon/hinting/start", "", inactive) // the body is optional
+		p.expect("GET", "/balloon/hinting/status", "", 200, `{"host_cmd":0,"guest_cmd":null}`)
+		p.refused("PATCH", "/balloon/hinting/stop", "", inactive)
+	}
+	if legacy {
+		// v1.7.0 panics on a new interval for a device that is not active.
+		_, err := p.try("PATCH", "/balloon/statistics", `{"stats_polling_interval_s":2}`, nil)
+		r.note("fc: PATCH /balloon/statistics to a new interval: answered %v", err == nil)
+		p.wait("signal aborted")
+	} else {
+		p.ok("PATCH", "/balloon/statistics", `{"stats_polling_interval_s":2}`)
+	}
+
+	q := r.start("nb")
+	q.boot("halt")
+	missing := "Failed perform action on device: Device not found"
+	if r.tg.minor < 13 {
+		missing = "Device manager error: Failed to find the device on the bus."
+	}
+	q.refused("GET", "/balloon", "", msg("DeviceNotFound", "Internal VMM error: "+missing))
+	q.refused("GET", "/balloon/statistics", "", msg("DeviceNotFound", "Internal VMM error: "+missing))
+	q.refused("PATCH", "/balloon/statistics", `{"stats_polling_interval_s":2}`, msg("DeviceNotFound", "Balloon update error: "+missing))
 }

@@ -13,6 +13,11 @@ import (
 
 func (v *vm) putBootSource(b bootSource) (any, *apiError) {
 	v.bootPath = true
+	if v.rel.legacyErrors() {
+		// Before v1.10 GET /vm/config reports the last request even when it failed; the boot
+		// source InstanceStart uses is still the last one that succeeded.
+		v.bootShown = &b
+	}
 	img, err := readKernel(b.KernelImagePath)
 	if err != nil {
 		return nil, fault("Boot source error: The kernel file cannot be opened: %s", osError(err))
@@ -20,10 +25,6 @@ func (v *vm) putBootSource(b bootSource) (any, *apiError) {
 	if b.InitrdPath != nil {
 		f, err := os.Open(*b.InitrdPath)
 		if err != nil {
-			if v.rel.legacyErrors() {
-				// Before v1.10 the configuration was kept even when the initrd failed.
-				v.boot, v.kernel = &b, img
-			}
 			return nil, fault("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. %s", osError(err))
 		}
 		_ = f.Close()
@@ -44,18 +45,30 @@ func (v *vm) checkMachine(m machineConfig) *apiError {
 	return nil
 }
 
+// cpuTemplate applies the cpu_template of a machine-config request to the template in force:
+// absent keeps it, "None" removes it (a custom one too), a static one replaces it. It returns
+// the static template and whether a custom template (PUT /cpu-config) stays in force.
+func (v *vm) cpuTemplate(req *string) (*string, bool) {
+	switch {
+	case req == nil:
+		return v.machine.CPUTemplate, v.customCPU
+	case *req == "None":
+		return nil, false
+	}
+	return req, false
+}
+
 func (v *vm) putMachine(m machineConfig) (any, *apiError) {
 	v.bootPath = true
 	if m.HugePages == "" {
 		m.HugePages = "None"
 	}
-	if m.CPUTemplate == nil {
-		m.CPUTemplate = v.machine.CPUTemplate
-	}
+	var custom bool
+	m.CPUTemplate, custom = v.cpuTemplate(m.CPUTemplate)
 	if err := v.checkMachine(m); err != nil {
 		return nil, err
 	}
-	v.machine = m
+	v.machine, v.customCPU = m, custom
 	return nil, nil
 }
 
@@ -71,9 +84,8 @@ func (v *vm) patchMachine(u machineConfigUpdate) (any, *apiError) {
 	if u.Smt != nil {
 		m.Smt = *u.Smt
 	}
-	if u.CPUTemplate != nil {
-		m.CPUTemplate = u.CPUTemplate
-	}
+	var custom bool
+	m.CPUTemplate, custom = v.cpuTemplate(u.CPUTemplate)
 	if u.TrackDirtyPages != nil {
 		m.TrackDirtyPages = *u.TrackDirtyPages
 	}
@@ -83,12 +95,13 @@ func (v *vm) patchMachine(u machineConfigUpdate) (any, *apiError) {
 	if err := v.checkMachine(m); err != nil {
 		return nil, err
 	}
-	v.machine = m
+	v.machine, v.customCPU = m, custom
 	return nil, nil
 }
 
+// putCPUConfig sets a custom CPU template, which replaces a static one.
 func (v *vm) putCPUConfig() (any, *apiError) {
-	v.cpuConfig = true
+	v.machine.CPUTemplate, v.customCPU = nil, true
 	return nil, nil
 }
 
@@ -171,7 +184,11 @@ func (v *vm) patchDrive(u driveUpdate) (any, *apiError) {
 		return nil, fault("Drive config error: Unable to patch the block device: %s Please verify the request arguments.", v.notFound())
 	}
 	if u.PathOnHost == nil && u.RateLimiter == nil {
-		return nil, fault("Drive config error: Unable to patch the block device: Block: Running method expected different backend. Please verify the request arguments.")
+		origin := "Block"
+		if !v.rel.atLeast(13) {
+			origin = "Device manager error"
+		}
+		return nil, fault("Drive config error: Unable to patch the block device: %s: Running method expected different backend. Please verify the request arguments.", origin)
 	}
 	if u.PathOnHost != nil {
 		f, err := os.Open(*u.PathOnHost)
@@ -360,7 +377,7 @@ func (v *vm) putBalloon(b balloonConfig) (any, *apiError) {
 func (v *vm) getBalloon() (any, *apiError) {
 	if v.balloon == nil {
 		if v.booted {
-			return nil, fault("Internal VMM error: %s", v.notFound())
+			return nil, v.balloonErr("DeviceNotFound", "Internal VMM error: "+v.notFound())
 		}
 		return nil, fault("Balloon config error: No balloon device found.")
 	}
@@ -375,15 +392,26 @@ func (v *vm) notFound() string {
 	return "Device manager error: Failed to find the device on the bus."
 }
 
+// balloonErr is a balloon failure after boot. Before v1.10 every such failure reads "Balloon
+// config error: Error creating the balloon device: <variant>"; later releases word it msg.
+func (v *vm) balloonErr(variant, msg string) *apiError {
+	if v.rel.legacyErrors() {
+		return fault("Balloon config error: Error creating the balloon device: %s", variant)
+	}
+	return fault("%s", msg)
+}
+
 // The guests the fake emulates have no virtio-balloon driver, so the device never activates,
 // as with the project's test guest under a real Firecracker.
 
+const msgBalloonInactive = "Balloon update error: Balloon: Device not activated yet."
+
 func (v *vm) balloonStats() (any, *apiError) {
 	if v.balloon == nil {
-		return nil, fault("Internal VMM error: %s", v.notFound())
+		return nil, v.balloonErr("DeviceNotFound", "Internal VMM error: "+v.notFound())
 	}
 	if v.balloon.StatsPollingIntervalS == 0 {
-		return nil, fault("Internal VMM error: Balloon: Received stats query when stats are disabled.")
+		return nil, v.balloonErr("StatisticsDisabled", "Internal VMM error: Balloon: Received stats query when stats are disabled.")
 	}
 	target := uint64(v.balloon.AmountMib)
 	return jobj{{"target_pages", target * 256}, {"actual_pages", 0}, {"target_mib", target}, {"actual_mib", 0}}, nil
@@ -391,29 +419,59 @@ func (v *vm) balloonStats() (any, *apiError) {
 
 func (v *vm) patchBalloon(u balloonUpdate) (any, *apiError) {
 	if v.balloon == nil {
-		return nil, fault("Balloon update error: %s", v.notFound())
+		return nil, v.balloonErr("DeviceNotFound", "Balloon update error: "+v.notFound())
 	}
-	return nil, fault("Balloon update error: Balloon: Device not activated yet.")
+	if v.rel.legacyErrors() && uint64(u.AmountMib) > v.machine.MemSizeMib {
+		// Checked before activation only by the old releases.
+		return nil, fault("Balloon config error: Error creating the balloon device: TooManyPagesRequested")
+	}
+	return nil, v.balloonErr("DeviceNotActive", msgBalloonInactive)
 }
 
+// patchBalloonStats changes the statistics interval, which works on a device the guest has
+// not activated, except before v1.10: v1.7.0 panics on a change between two non-zero
+// intervals there.
 func (v *vm) patchBalloonStats(u balloonStatsUpdate) (any, *apiError) {
 	if v.balloon == nil {
-		return nil, fault("Balloon update error: %s", v.notFound())
+		return nil, v.balloonErr("DeviceNotFound", "Balloon update error: "+v.notFound())
 	}
-	if (u.StatsPollingIntervalS == 0) != (v.balloon.StatsPollingIntervalS == 0) {
-		return nil, fault("Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation.")
+	switch {
+	case u.StatsPollingIntervalS == v.balloon.StatsPollingIntervalS:
+	case u.StatsPollingIntervalS == 0 || v.balloon.StatsPollingIntervalS == 0:
+		return nil, v.balloonErr("StatisticsStateChange", "Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation.")
+	case v.rel.legacyErrors():
+		v.panicked("src/vmm/src/devices/virtio/balloon/device.rs:457:43", "called `Option::unwrap()` on a `None` value")
+	default:
+		v.balloon.StatsPollingIntervalS = u.StatsPollingIntervalS
 	}
-	return nil, fault("Balloon update error: Balloon: Device not activated yet.")
+	return nil, nil
 }
 
-func (v *vm) balloonHinting() (any, *apiError) {
+// checkHinting is the check every free page hinting call makes first.
+func (v *vm) checkHinting() *apiError {
 	if v.balloon == nil {
-		return nil, fault("Balloon update error: %s", v.notFound())
+		return fault("Balloon update error: %s", v.notFound())
 	}
 	if !v.balloon.FreePageHinting {
-		return nil, fault("Balloon update error: Balloon: Attempting to use hinting when not enabled")
+		return fault("Balloon update error: Balloon: Attempting to use hinting when not enabled")
 	}
-	return nil, fault("Balloon update error: Balloon: Device not activated yet.")
+	return nil
+}
+
+// balloonHinting is PATCH /balloon/hinting/start or stop: the device must be active.
+func (v *vm) balloonHinting() (any, *apiError) {
+	if err := v.checkHinting(); err != nil {
+		return nil, err
+	}
+	return nil, fault(msgBalloonInactive)
+}
+
+// balloonHintingStatus is GET /balloon/hinting/status: no command yet on either side.
+func (v *vm) balloonHintingStatus() (any, *apiError) {
+	if err := v.checkHinting(); err != nil {
+		return nil, err
+	}
+	return jobj{{"host_cmd", 0}, {"guest_cmd", nil}}, nil
 }
 
 func (v *vm) putEntropy(e entropyConfig) (any, *apiError) {
@@ -429,18 +487,18 @@ func (v *vm) putSerial(s serialConfig) (any, *apiError) {
 
 func (v *vm) putMmdsConfig(c mmdsConfig) (any, *apiError) {
 	v.bootPath = true
+	if c.IPv4Address != nil {
+		ip := net.ParseIP(*c.IPv4Address).To4()
+		if ip == nil || ip[0] != 169 || ip[1] != 254 {
+			return nil, fault("MMMDS config error: The MMDS IPv4 address is not link local.")
+		}
+	}
 	if len(c.NetworkInterfaces) == 0 {
 		return nil, fault("MMMDS config error: The list of network interface IDs that allow forwarding MMDS requests is empty.")
 	}
 	for _, id := range c.NetworkInterfaces {
 		if !slices.ContainsFunc(v.nets, func(n *netConfig) bool { return n.IfaceID == id }) {
 			return nil, fault("MMMDS config error: The list of network interface IDs provided contains at least one ID that does not correspond to any existing network interface.")
-		}
-	}
-	if c.IPv4Address != nil {
-		ip := net.ParseIP(*c.IPv4Address).To4()
-		if ip == nil || ip[0] != 169 || ip[1] != 254 {
-			return nil, fault("MMMDS config error: The MMDS IPv4 address is not link local.")
 		}
 	}
 	v.mmdsCfg = &c

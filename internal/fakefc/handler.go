@@ -142,7 +142,8 @@ func newHandler(opts Options, log *fcLogger) (*Handler, error) {
 func (h *Handler) Done() <-chan struct{} { return h.done }
 
 // ExitCode waits for Done and returns the exit status of the emulated process: 0 after a
-// guest reset or Ctrl-Alt-Del, 1 after a failed snapshot load, -1 when Close ended it.
+// guest reset or Ctrl-Alt-Del, 1 after a failed snapshot load, 134 after a panic (the
+// process aborts), -1 when Close ended it.
 func (h *Handler) ExitCode() int {
 	<-h.done
 	return h.vm.exitCode
@@ -231,6 +232,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.vm.metrics.deprecated()
 	}
 	out, aerr := h.run(c)
+	if h.vm.aborted {
+		panic(http.ErrAbortHandler) // the process panicked: no response
+	}
 	h.vm.metrics.count(r.Method, c.metric, aerr != nil)
 	switch {
 	case aerr != nil:

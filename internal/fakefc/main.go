@@ -291,6 +291,9 @@ func (p *process) run(a args) int {
 	}
 	<-h.Done()
 	code := h.ExitCode()
+	if code == exitAborted {
+		abort()
+	}
 	if code == 1 {
 		fmt.Fprintln(p.stderr, "Error: RunWithApi(BuildMicroVmError(Restore))")
 	}

@@ -104,6 +104,10 @@ func (v *vm) createSnapshot(c snapshotCreate) (any, *apiError) {
 	} else if kind == "diff" {
 		v.log.info(threadMain, "[DevPreview] Virtual machine diff snapshots is in development preview.")
 	}
+	if kind == "diff" && !v.rel.atLeast(13) && !v.machine.TrackDirtyPages {
+		// Diff snapshots without dirty page tracking (mincore) arrived in v1.13.
+		return nil, fault("The requested operation is not supported: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.")
+	}
 	if v.state != statePaused {
 		return nil, fault("Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running")
 	}

@@ -2,6 +2,7 @@ package fakefc
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -69,7 +70,8 @@ type vm struct {
 	booted   bool // InstanceStart or a snapshot load succeeded
 	bootPath bool // a boot-specific resource was configured (no snapshot load any more)
 
-	boot      *bootSource
+	boot      *bootSource // the boot source InstanceStart uses
+	bootShown *bootSource // what GET /vm/config reports instead, when not nil
 	kernel    kernelImage
 	machine   machineConfig
 	drives    []*driveConfig
@@ -83,7 +85,7 @@ type vm struct {
 	mmdsCfg   *mmdsConfig
 	mmdsData  any
 	hotplug   *hotplugConfig
-	cpuConfig bool
+	customCPU bool // a custom CPU template (PUT /cpu-config) is in force
 
 	guest *guest
 
@@ -93,6 +95,7 @@ type vm struct {
 
 	exitOnce sync.Once
 	exitCode int
+	aborted  bool // a request made it panic (set under the Handler's lock)
 	exited   chan struct{}
 	onExit   func(code int) // tells the embedding (Main, Server) that the process ended
 }
@@ -108,6 +111,10 @@ func defaultMachine() machineConfig {
 	return machineConfig{VcpuCount: 1, MemSizeMib: 128, HugePages: "None"}
 }
 
+// exitAborted is the exit code of a process that panicked: Firecracker aborts (SIGABRT),
+// which a shell reports as 134.
+const exitAborted = 134
+
 // exit ends the emulated process with code, once.
 func (v *vm) exit(code int) {
 	v.exitOnce.Do(func() {
@@ -115,6 +122,7 @@ func (v *vm) exit(code int) {
 		switch {
 		case code == 0:
 			v.log.info(threadMain, "Firecracker exiting successfully. exit_code=0")
+		case code == exitAborted:
 		case code > 0:
 			v.log.err(threadMain, "Firecracker exiting with error. exit_code=%d", code)
 		}
@@ -129,6 +137,14 @@ func (v *vm) exit(code int) {
 			v.onExit(code)
 		}
 	})
+}
+
+// panicked ends the emulated process as a panic in Firecracker's VMM does: the message is
+// logged, the request that caused it gets no answer, and the process aborts.
+func (v *vm) panicked(location, msg string) {
+	v.log.err(threadMain, "Firecracker panicked at %s:\n%s", location, msg)
+	v.aborted = true
+	v.exit(exitAborted)
 }
 
 // guestReset is the guest resetting the CPU (reboot=k, Ctrl-Alt-Del): Firecracker stops the
@@ -251,8 +267,12 @@ func (v *vm) versionInfo() any { return jobj{{"firecracker_version", v.rel.versi
 func (v *vm) machineOut() jobj {
 	m := v.machine
 	o := jobj{{"vcpu_count", m.VcpuCount}, {"mem_size_mib", m.MemSizeMib}, {"smt", m.Smt}}
-	if m.CPUTemplate != nil {
+	switch {
+	case m.CPUTemplate != nil:
 		o = o.add("cpu_template", *m.CPUTemplate)
+	case v.customCPU && v.rel.legacyErrors():
+		// v1.7.0 reports a custom template as "None"; v1.14.2 leaves the field out.
+		o = o.add("cpu_template", "None")
 	}
 	return o.add("track_dirty_pages", m.TrackDirtyPages).add("huge_pages", m.HugePages)
 }
@@ -308,9 +328,9 @@ func (v *vm) vmConfig() any {
 	}
 	boot := jobj{{"kernel_image_path", ""}, {"initrd_path", nil}, {"boot_args", nil}}
 	// A restored VM reports its boot source too (v1.7.0 and v1.14.2 alike).
-	if v.boot != nil {
-		boot = jobj{{"kernel_image_path", v.boot.KernelImagePath}, {"initrd_path", orNull(v.boot.InitrdPath)},
-			{"boot_args", orNull(v.boot.BootArgs)}}
+	if b := cmp.Or(v.bootShown, v.boot); b != nil {
+		boot = jobj{{"kernel_image_path", b.KernelImagePath}, {"initrd_path", orNull(b.InitrdPath)},
+			{"boot_args", orNull(b.BootArgs)}}
 	}
 	var mmds any
 	if v.mmdsCfg != nil {
