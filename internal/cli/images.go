@@ -256,6 +256,6 @@ running VM uses are kept even beyond N.`,
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&keep, "keep", 0, "how many of the most recently used images to keep")
+	cmd.Flags().IntVar(&keep, "keep", 0, "how many of the most recently used images to keep (0: remove every image no VM uses)")
 	return cmd
 }

@@ -109,7 +109,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.StringVar(&f.bootArgs, "boot-args", "", "kernel command line (default: the image's, else \""+smartvm.DefaultBootArgs+"\")")
 	fl.IntVar(&f.cpus, "cpus", smartvm.DefaultVCPUs, "number of vCPUs")
 	fl.IntVar(&f.memory, "memory", smartvm.DefaultMemoryMiB, "guest memory in MiB")
-	fl.StringArrayVar(&f.drives, "drive", nil, "extra drive PATH[:ro][:persistent] (repeatable)")
+	fl.StringArrayVar(&f.drives, "drive", nil, "extra drive (repeatable): `PATH` (the VM writes to a private copy), PATH:ro (read-only) or PATH:persistent (written in place)")
 	fl.BoolVar(&f.persistentRootfs, "persistent-rootfs", false, "let the guest write to the --rootfs file itself instead of a copy")
 	fl.StringVar(&f.bootMode, "boot-mode", string(smartvm.BootModeAPI), "how to configure Firecracker: api or config-file")
 	fl.BoolVar(&f.enablePCI, "enable-pci", false, "use PCI instead of MMIO for virtio devices (Firecracker 1.13+, guest needs PCI)")
