@@ -127,6 +127,8 @@ type Machine struct {
 	stateMu sync.Mutex
 	state   MachineState // last seen
 
+	endMu      sync.Mutex
+	endClaimed bool          // supervise or Release has claimed the handles (claimEnd)
 	released   chan struct{} // closed by Release: stop supervising
 	done       chan struct{} // closed once the process ended and the cleanup ran
 	result     error         // Wait's result, set before done is closed
@@ -362,18 +364,27 @@ func (m *Machine) signalKill() {
 const killWait = 10 * time.Second
 
 // Kill sends SIGKILL to the VM's process and waits until it has ended and its files are
-// removed. Killing a VM that has ended returns nil.
+// removed. Killing a VM that has ended returns nil. A process that is still there after 10
+// seconds (stuck in the kernel) makes Kill return an error; its files are removed once it
+// ends.
 func (m *Machine) Kill() error {
-	if m.exited() {
-		m.waitFor(context.Background(), killWait)
-		return nil
+	if !m.exited() {
+		m.log.Info("killing vm")
+		if err := m.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("kill vm %s: %w", m.name, err)
+		}
 	}
-	m.log.Info("killing vm")
-	if err := m.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill vm %s: %w", m.name, err)
+	t := time.NewTimer(killWait)
+	defer t.Stop()
+	select {
+	case <-m.proc.Done():
+	case <-t.C:
+		return fmt.Errorf("kill vm %s: pid %d still there %v after SIGKILL; its files are removed once it ends", m.name, m.proc.PID(), killWait)
 	}
-	if !m.waitFor(context.Background(), killWait) {
-		return fmt.Errorf("kill vm %s: pid %d still there after %v", m.name, m.proc.PID(), killWait)
+	// The cleanup after the end is bounded by its own timeout.
+	select {
+	case <-m.done:
+	case <-m.released:
 	}
 	return nil
 }
@@ -400,8 +411,10 @@ func (m *Machine) Close() error {
 	}
 	m.closeOnce.Do(func() {
 		errs := []error{m.Kill()}
-		if m.waitFor(context.Background(), -1) {
+		select {
+		case <-m.done:
 			errs = append(errs, m.cleanupErr)
+		default: // Kill gave up on a process that does not die; supervise cleans up later
 		}
 		m.serial.Close()
 		errs = append(errs, m.proc.Release())
@@ -413,15 +426,21 @@ func (m *Machine) Close() error {
 // Release stops watching the VM and leaves it running, for another process (or a later
 // Attach) to adopt: for an attached VM, and for one this process started Detached (this
 // process then also lets go of the VM's lock, so once the VM ends, the next reap removes what
-// it left). It returns an error wrapping errors.ErrUnsupported for a VM this process owns,
-// which dies with this process anyway: stop it, or start it Detached.
+// it left). Releasing a VM that has just ended waits for its cleanup, as Close does. It
+// returns an error wrapping errors.ErrUnsupported for a VM this process owns, which dies
+// with this process anyway: stop it, or start it Detached.
 func (m *Machine) Release() error {
 	if m.started && m.mode == ModeOwned {
 		return fmt.Errorf("release vm %s: an owned vm dies with this process and cannot be released (start it Detached to let it outlive this process): %w", m.name, errors.ErrUnsupported)
 	}
-	var err error
 	m.closeOnce.Do(func() {
-		close(m.released)
+		if !m.claimEnd(true) {
+			// The VM ended, and supervise is cleaning up after it with the same handles.
+			<-m.done
+			m.serial.Close()
+			m.closeErr = errors.Join(m.cleanupErr, m.proc.Release())
+			return
+		}
 		m.serial.Close()
 		m.client.Close()
 		errs := []error{m.proc.Release()}
@@ -433,10 +452,25 @@ func (m *Machine) Release() error {
 			m.netns.Close()
 		}
 		m.mgr.forget(m)
-		err = errors.Join(errs...)
-		m.closeErr = err
+		m.closeErr = errors.Join(errs...)
 	})
-	return err
+	return m.closeErr
+}
+
+// claimEnd decides, once, who lets go of the VM's handles: supervise, cleaning up after the
+// VM ended (release false), or Release, leaving the VM running (release true, which also
+// stops supervise). It reports whether the caller won.
+func (m *Machine) claimEnd(release bool) bool {
+	m.endMu.Lock()
+	defer m.endMu.Unlock()
+	if m.endClaimed {
+		return false
+	}
+	m.endClaimed = true
+	if release {
+		close(m.released)
+	}
+	return true
 }
 
 // supervise waits for the process to end, records the result and cleans up.
@@ -445,6 +479,9 @@ func (m *Machine) supervise() {
 	case <-m.proc.Done():
 	case <-m.released:
 		return
+	}
+	if !m.claimEnd(false) {
+		return // released meanwhile
 	}
 	st := m.proc.Status()
 	if st.Known && !st.Success() {

@@ -229,12 +229,18 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		return nil, s.fail("spawn firecracker", err)
 	}
 	p := s.proc
-	s.push(func(context.Context) error {
+	s.push(func(ctx context.Context) error {
 		if err := p.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			return err
 		}
-		<-p.Done()
-		return nil
+		select {
+		case <-p.Done():
+			return nil
+		case <-ctx.Done():
+			// A process stuck in the kernel (uninterruptible I/O) outlives SIGKILL for a
+			// while; the rest of the cleanup must not wait for it forever.
+			return fmt.Errorf("firecracker pid %d did not end after SIGKILL: %w", p.PID(), ctx.Err())
+		}
 	})
 	s.log.Debug("spawned firecracker", "pid", p.PID(), "args", args)
 	s.bootSent = s.spec.BootMode == BootModeConfigFile
