@@ -839,3 +839,58 @@ func TestReleaseDetached(t *testing.T) {
 	}
 	adopted.Close()
 }
+
+// TestAttachStarting: a VM whose state.json has no pid yet (Start records a base image before
+// it spawns firecracker) is not found while its starter holds it, and is reaped by Attach once
+// the starter is gone.
+func TestAttachStarting(t *testing.T) {
+	mgr, _, _ := fakeSetup(t)
+	ctx := context.Background()
+	dir, err := mgr.root.Create(ctx, "starting")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.WriteState(&rundir.State{Mode: ModeOwned}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Attach(ctx, "starting"); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "still starting") {
+		t.Fatalf("attach to a starting vm: %v, want ErrNotFound saying it is starting", err)
+	}
+	if !mgr.root.Has("starting") {
+		t.Fatal("attach reaped a vm that is starting")
+	}
+	dir.Unlock() // its starter died before spawning firecracker
+	if _, err := mgr.Attach(ctx, "starting"); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "gone") {
+		t.Fatalf("attach to a vm whose starter died: %v, want ErrNotFound", err)
+	}
+	if mgr.root.Has("starting") {
+		t.Fatal("the dead starter's vm was not reaped")
+	}
+}
+
+// TestAttachConcurrent: concurrent Attach calls for one VM get the same Machine, and the
+// Machines that lost the race leave no watcher behind.
+func TestAttachConcurrent(t *testing.T) {
+	testutil.CheckLeaks(t)
+	root, bin, pid := detachedVM(t, "shared", testguest.ModeHalt)
+	mgr := newManager(t, root, bin)
+	const n = 8
+	ms := make([]*Machine, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { ms[i], errs[i] = mgr.Attach(context.Background(), "shared") })
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || ms[i] != ms[0] {
+			t.Fatalf("attach %d: %p, %v; attach 0: %p", i, ms[i], errs[i], ms[0])
+		}
+	}
+	if ms[0].PID() != pid {
+		t.Fatalf("attached pid %d, want %d", ms[0].PID(), pid)
+	}
+	if err := ms[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+}

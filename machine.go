@@ -633,8 +633,13 @@ func tailOf(path string, n int64) string {
 func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundir.State) (*Machine, error) {
 	p, err := proc.Attach(st.PID, st.StartTime)
 	if errors.Is(err, os.ErrProcessDone) {
-		if _, rerr := dir.Reap(ctx); rerr != nil {
+		gone, rerr := dir.Reap(ctx)
+		if rerr != nil {
 			mgr.log.Warn("reap dead vm", "vm", st.Name, "err", rerr)
+		}
+		if st.PID == 0 && !gone {
+			// No process yet, and its starter holds it: Start has not spawned firecracker.
+			return nil, fmt.Errorf("it is still starting (no firecracker process yet); attach once Start has returned: %w", ErrNotFound)
 		}
 		return nil, fmt.Errorf("its process is gone: %w", ErrNotFound)
 	}
@@ -681,9 +686,6 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		m.paths.SerialIn = filepath.Join(m.paths.Dir, rundir.SerialInFile)
 	}
 	m.spec.Name = st.Name
-	if f, err := os.Open(st.Paths.Serial); err == nil {
-		m.serial = f
-	}
 	reap := func(ctx context.Context) error { return waitGone(ctx, dir) }
 	if m.network != nil {
 		// When its owner is gone, reaping removes the network here: in the namespace Attach
@@ -702,6 +704,9 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 	m.cleanups = []func(context.Context) error{
 		reap,
 		func(context.Context) error { client.Close(); return nil },
+	}
+	if f, err := os.Open(st.Paths.Serial); err == nil {
+		m.serial = f
 	}
 	return m, nil
 }

@@ -173,14 +173,20 @@ func (mgr *Manager) killAll() {
 	}
 }
 
-func (mgr *Manager) register(m *Machine) error {
+// register records m, a Machine this manager started or attached, and returns it; for an
+// attached m, a Machine already recorded under its name (a concurrent Attach got there
+// first) is returned instead.
+func (mgr *Manager) register(m *Machine) (*Machine, error) {
 	mgr.mu.Lock()
 	defer mgr.mu.Unlock()
 	if mgr.closed {
-		return ErrClosed
+		return nil, ErrClosed
+	}
+	if have := mgr.machines[m.name]; have != nil && !m.started {
+		return have, nil
 	}
 	mgr.machines[m.name] = m
-	return nil
+	return m, nil
 }
 
 func (mgr *Manager) forget(m *Machine) {
@@ -205,7 +211,8 @@ func (mgr *Manager) lookup(name string) (*Machine, error) {
 // must answer GET /. The returned Machine can pause, resume, stop, kill and wait for the VM,
 // and removes its directory once it ends. Its Close kills the VM; Release stops watching it
 // and leaves it running. Wait cannot learn an attached VM's exit code: it returns nil once
-// the VM has ended. A VM this manager already runs is returned as is.
+// the VM has ended. A VM this manager already runs or has attached is returned as is, also
+// to concurrent calls.
 //
 // Attach returns an error wrapping ErrNotFound when no live VM has the name (a dead one is
 // reaped), and ErrClosed after Close.
@@ -221,12 +228,17 @@ func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach vm %s: %w", name, err)
 	}
-	if err := mgr.register(m); err != nil {
+	got, err := mgr.register(m)
+	if got != m {
 		m.Release()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("attach vm %s: %w", name, err)
 	}
-	go m.supervise()
-	return m, nil
+	if got == m {
+		go m.supervise()
+	}
+	return got, nil
 }
 
 // List reaps dead VMs, then describes every live VM in the runtime root, sorted by name, with

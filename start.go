@@ -268,7 +268,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		}
 	}
 	m := s.machine()
-	if err := s.mgr.register(m); err != nil {
+	if _, err := s.mgr.register(m); err != nil {
 		return nil, s.fail("register", err)
 	}
 	go m.supervise()
