@@ -207,6 +207,42 @@ func Alive(pid int, startTime uint64) (bool, error) {
 	return !ended(state), nil
 }
 
+// Exiting reports whether process pid, started at startTime, is ending but not gone: its
+// main thread has exited (Alive reports false), yet some of its threads still run, so its
+// open files, sockets and devices are not released yet. A multi-threaded process killed with
+// SIGKILL passes through this state for a moment. It is false for a running process and for
+// one that is gone, or only a zombie waiting to be reaped.
+func Exiting(pid int, startTime uint64) (bool, error) {
+	if pid <= 0 {
+		return false, nil
+	}
+	// A pidfd of the process becomes readable once every thread of it has exited.
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("process %d: open pidfd: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	st, state, err := readStat(pid)
+	if errors.Is(err, os.ErrProcessDone) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if st != startTime || !ended(state) {
+		return false, nil
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(pfd, 0)
+	if err != nil {
+		return false, fmt.Errorf("process %d: poll pidfd: %w", pid, err)
+	}
+	return n == 0, nil
+}
+
 // ended reports whether a /proc stat state letter means the process has ended: a zombie
 // waiting to be reaped, or dead.
 func ended(state byte) bool { return state == 'Z' || state == 'X' || state == 'x' }

@@ -8,14 +8,21 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/smartvm/smartvm/internal/testutil"
 )
+
+// The main goroutine stays on the process's main thread, so that the "leader-exit" helper
+// can end that thread alone.
+func init() { runtime.LockOSThread() }
 
 func TestMain(m *testing.M) {
 	// Under -race a process that exits 0 sleeps a second first (atexit_sleep_ms); the helper
@@ -28,8 +35,8 @@ func TestMain(m *testing.M) {
 }
 
 // helperMain is a stand-in child: "exit N", "print TEXT" (TEXT on stdout and stderr, then
-// exit 0), "copy" (stdin to stdout until EOF), "sleep" (until killed) or "ignore-term"
-// (sleep, ignoring SIGTERM).
+// exit 0), "copy" (stdin to stdout until EOF), "sleep" (until killed), "ignore-term"
+// (sleep, ignoring SIGTERM) or "leader-exit" (end the main thread alone).
 func helperMain(args []string) int {
 	switch args[0] {
 	case "copy":
@@ -44,6 +51,15 @@ func helperMain(args []string) int {
 		os.Stdout.WriteString(args[1] + "\n")
 		os.Stderr.WriteString("err:" + args[1] + "\n")
 		return 0
+	case "leader-exit":
+		// The main thread exits on its own: the process goes on in its other threads, its
+		// main thread a zombie, as while a killed multi-threaded process winds down.
+		if unix.Gettid() != os.Getpid() {
+			return 3
+		}
+		go time.Sleep(time.Hour)
+		os.Stdout.WriteString("ready\n")
+		syscall.Syscall(unix.SYS_EXIT, 0, 0, 0)
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fallthrough
@@ -474,5 +490,48 @@ func TestThreads(t *testing.T) {
 	}
 	if _, err := Threads(0); !errors.Is(err, os.ErrProcessDone) {
 		t.Fatalf("Threads(0): %v", err)
+	}
+}
+
+// TestExiting: a process whose main thread has ended while other threads run is exiting, not
+// alive; a running process and an ended one are neither.
+func TestExiting(t *testing.T) {
+	t.Parallel()
+	p, out := start(t, false, "leader-exit")
+	waitOutput(t, out, "ready")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		alive, err := Alive(p.PID(), p.StartTime())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the main thread never ended")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if exiting, err := Exiting(p.PID(), p.StartTime()); !exiting || err != nil {
+		t.Fatalf("Exiting with the main thread gone and others running = %v, %v", exiting, err)
+	}
+	if exiting, _ := Exiting(p.PID(), p.StartTime()+1); exiting {
+		t.Error("Exiting with another start time")
+	}
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, p)
+	if exiting, err := Exiting(p.PID(), p.StartTime()); exiting || err != nil {
+		t.Errorf("Exiting after the end = %v, %v", exiting, err)
+	}
+
+	running, _ := start(t, false, "sleep")
+	if exiting, err := Exiting(running.PID(), running.StartTime()); exiting || err != nil {
+		t.Errorf("Exiting of a running process = %v, %v", exiting, err)
+	}
+	if exiting, err := Exiting(0, 0); exiting || err != nil {
+		t.Errorf("Exiting(0) = %v, %v", exiting, err)
 	}
 }

@@ -24,5 +24,8 @@ func StartTime(pid int) (uint64, error) { return 0, errNotLinux }
 // Alive is not supported on this system.
 func Alive(pid int, startTime uint64) (bool, error) { return false, errNotLinux }
 
+// Exiting is not supported on this system.
+func Exiting(pid int, startTime uint64) (bool, error) { return false, errNotLinux }
+
 // Threads is not supported on this system.
 func Threads(pid int) ([]string, error) { return nil, errNotLinux }
