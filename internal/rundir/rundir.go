@@ -136,6 +136,13 @@ func (st *State) Alive() bool {
 	return err == nil && alive
 }
 
+// exiting reports whether the state's process is winding down: its main thread has ended
+// but other threads still hold its files, sockets and devices.
+func (st *State) exiting() bool {
+	exiting, err := proc.Exiting(st.PID, st.StartTime)
+	return err == nil && exiting
+}
+
 // ReapFunc releases what a dead VM held outside its directory (base-image markers, network
 // leases). It runs before the directory is removed; an error keeps the directory for the
 // next reap. st is nil when the VM died before it wrote a readable state.json.
@@ -289,9 +296,10 @@ func (r *Root) create(name string) (*Dir, error) {
 
 // Dead owners: a VM whose process is gone but whose lock is still held is being cleaned up
 // by its owner, or its owner is dying: an owner killed with SIGKILL loses its lock a moment
-// after its Firecracker dies of the parent-death signal. Reaping, creating and looking at
-// such a VM waits up to heldWait (trying every heldPoll, with root.lock released meanwhile
-// so an owner can finish its cleanup) before it leaves the VM alone.
+// after its Firecracker dies of the parent-death signal. A Firecracker that was just killed
+// also still holds its devices and sockets while its threads wind down. Reaping, creating
+// and looking at such a VM waits up to heldWait (trying every heldPoll, with root.lock
+// released meanwhile so an owner can finish its cleanup) before it leaves the VM alone.
 const (
 	heldWait = 200 * time.Millisecond
 	heldPoll = 5 * time.Millisecond
@@ -460,7 +468,8 @@ func (r *Root) Names() ([]string, error) {
 // Reap removes the directory of every VM whose process is gone and whose lock nobody
 // holds, calling the root's ReapFunc for each first. It returns the names it removed. A VM
 // whose process is gone while its lock is still held gets up to 200 ms to have the lock
-// released (its owner is cleaning up, or dying). A VM that cannot be reaped now is left for
+// released (its owner is cleaning up, or dying), and so does one whose process is still
+// winding down after its main thread ended (proc.Exiting). A VM that cannot be reaped now is left for
 // the next call, and its error is joined into the result.
 func (r *Root) Reap(ctx context.Context) ([]string, error) {
 	var names, reapedNames []string
@@ -502,7 +511,7 @@ const (
 	kept   reapResult = iota // left alone: the VM is alive, or being created
 	reaped                   // removed
 	gone                     // there was no directory
-	held                     // left alone: its process is gone, but its lock is held
+	held                     // left alone for now: its process is gone but its lock is held, or it is still exiting
 )
 
 // reapLocked removes VM name's directory if nobody holds its lock and its process is gone.
@@ -531,12 +540,15 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 	}
 	defer l.Unlock()
 	st, err := readState(p.State)
-	if err != nil {
+	switch {
+	case err != nil:
 		// No readable state: the owner died before the VM ran (the lock is free), so nothing
 		// outside the directory was recorded as held.
 		st = nil
-	} else if st.Alive() {
+	case st.Alive():
 		return kept, nil // a detached VM whose starter has exited
+	case st.exiting():
+		return held, nil // killed a moment ago: its threads still hold its TAPs and sockets
 	}
 	if r.onReap != nil {
 		if err := r.onReap(ctx, name, st); err != nil {
