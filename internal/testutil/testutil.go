@@ -2,7 +2,9 @@
 // real components, a TestMain entry point that lets a test binary stand in for other programs
 // (the fake firecracker, the smartvm CLI) when it is executed under their names, checks that
 // a test leaves no goroutines, child processes or files behind (CheckLeaks, NoFilesUnder),
-// and golden-file comparison with an -update flag (Golden).
+// golden-file comparison with an -update flag (Golden), a buffer a child process may write
+// while the test reads it (SyncBuffer), and a network namespace of the test's own
+// (EnterNetns).
 package testutil
 
 import (
