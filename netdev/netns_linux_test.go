@@ -2,12 +2,10 @@ package netdev
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -19,83 +17,27 @@ import (
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
-// testNetns is a network namespace a test created and entered. Path opens it (for InNetns)
-// while the test runs.
+// testNetns is a network namespace a test created and entered (testutil.EnterNetns), with a
+// netlink handle in it.
 type testNetns struct {
 	f    *os.File
-	Path string
+	Path string // opens the namespace (for InNetns) while the test runs
 	h    *netlink.Handle
 }
 
-// enterTestNetns locks the test's goroutine to its OS thread and moves the thread into a new,
-// empty network namespace, with lo up, until the test ends: Setup, CreateTAP and the rest then
-// work inside it, and nothing reaches the host's namespace. When the test ends, it checks that
-// nothing of netdev's is left in the namespace, and that the host's namespace gained no smv
-// device, moves the thread back and drops the namespace. It skips the test when not root or
-// when namespaces cannot be made.
+// enterTestNetns moves the test's goroutine into a new, empty network namespace until the
+// test ends: Setup, CreateTAP and the rest then work inside it, and nothing reaches the
+// host's namespace, which must gain no smv device. It skips the test when not root or when
+// namespaces cannot be made.
 func enterTestNetns(t testing.TB) *testNetns {
 	t.Helper()
-	testutil.RequiresRoot(t)
-	before := smvLinks(t)
-	runtime.LockOSThread()
-	orig, err := threadNetns()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		orig.Close()
-		runtime.UnlockOSThread()
-		t.Skipf("cannot create a network namespace: %v", err)
-	}
-	f, err := threadNetns()
+	n := testutil.EnterNetns(t, Prefix)
+	h, err := nsHandle(n.File)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns := &testNetns{f: f, Path: fmt.Sprintf("/proc/self/fd/%d", f.Fd())}
-	t.Cleanup(func() {
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked and is discarded when the test's goroutine ends.
-			t.Errorf("return to the original network namespace: %v", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		orig.Close()
-		ns.h.Close()
-		f.Close()
-		for _, l := range smvLinks(t) {
-			if !slices.Contains(before, l) {
-				t.Errorf("host namespace gained the device %s", l)
-			}
-		}
-	})
-	if ns.h, err = nsHandle(f); err != nil {
-		t.Fatal(err)
-	}
-	lo, err := ns.h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.h.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	return ns
-}
-
-// smvLinks lists the devices called smv* in the calling thread's namespace.
-func smvLinks(t testing.TB) []string {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, i := range ifs {
-		if strings.HasPrefix(i.Name, Prefix) {
-			names = append(names, i.Name)
-		}
-	}
-	return names
+	t.Cleanup(h.Close)
+	return &testNetns{f: n.File, Path: n.Path, h: h}
 }
 
 // addUplink adds a device "upl0" with 10.99.0.1/24 and a default route through it, to stand
@@ -150,7 +92,7 @@ func (ns *testNetns) requireNAT(t testing.TB) {
 // or if the state directory holds a lease or record, or nsDir a namespace.
 func (ns *testNetns) checkClean(t testing.TB, dir, nsDir string) {
 	t.Helper()
-	if l := smvLinks(t); len(l) > 0 {
+	if l := testutil.LinksWithPrefix(t, Prefix); len(l) > 0 {
 		t.Errorf("devices left behind: %v", l)
 	}
 	if ns.hasTable(t) {

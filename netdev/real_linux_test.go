@@ -1,7 +1,6 @@
 package netdev
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,24 +21,6 @@ import (
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
-
-// lockedBuffer is a bytes.Buffer safe for a process's writes and the test's reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // attachTAP tries to open the TAP called name in the namespace ns as Firecracker does
 // (TUNSETIFF without IFF_TUN_EXCL), and closes it again: EBUSY means another process holds it.
@@ -118,7 +98,7 @@ func TestRealFirecrackerHoldsTAP(t *testing.T) {
 	if err := os.WriteFile(logPath, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var serial, stderr lockedBuffer
+	var serial, stderr testutil.SyncBuffer
 	cmd := exec.Command(bin, "--api-sock", sock, "--config-file", cfgPath, "--log-path", logPath, "--level", "Info")
 	cmd.Stdout, cmd.Stderr = &serial, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

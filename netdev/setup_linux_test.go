@@ -20,6 +20,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/smartvm/smartvm/internal/testutil"
 )
 
 // checkTAP checks a TAP made by Setup for nic of owner, through h.
@@ -478,7 +480,7 @@ func TestReclaim(t *testing.T) {
 		t.Errorf("leases after reclaim: %+v", ls)
 	}
 	checkTAP(t, ns.h, "live", live.NICs[0])
-	if l := smvLinks(t); len(l) != 1 {
+	if l := testutil.LinksWithPrefix(t, Prefix); len(l) != 1 {
 		t.Errorf("devices after reclaim: %v", l)
 	}
 	if err := Reclaim(ctx, dir, func(string) bool { return false }); err != nil {

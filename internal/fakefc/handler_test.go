@@ -84,9 +84,6 @@ func listen(t *testing.T, opts Options) (*Server, *client, string) {
 	return s, newClient(t, sock), dir
 }
 
-// syncWriter is a goroutine-safe buffer for serial output.
-type syncWriter struct{ syncBuffer }
-
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -113,8 +110,8 @@ func writeGuest(t *testing.T, dir string) string {
 
 func TestListenLifecycle(t *testing.T) {
 	testutil.CheckLeaks(t)
-	var serial syncWriter
-	var logBuf syncWriter
+	var serial testutil.SyncBuffer
+	var logBuf testutil.SyncBuffer
 	s, c, dir := listen(t, Options{Stdout: &serial, Log: &logBuf, ID: "vm-1"})
 	kernel := writeGuest(t, dir)
 	if got := c.must("GET", "/", "", 200); got != `{"id":"vm-1","state":"Not started","vmm_version":"1.14.2","app_name":"Firecracker"}` {
@@ -231,7 +228,7 @@ func TestModeFailStart(t *testing.T) {
 
 func TestModeIgnoreCtrlAltDel(t *testing.T) {
 	testutil.CheckLeaks(t)
-	var serial syncWriter
+	var serial testutil.SyncBuffer
 	s, c, dir := listen(t, Options{Modes: []string{ModeIgnoreCtrlAltDel}, Stdout: &serial})
 	c.must("PUT", "/boot-source", bootBody(writeGuest(t, dir), testguest.ModeCAD), 204)
 	c.must("PUT", "/actions", `{"action_type":"InstanceStart"}`, 204)
@@ -246,7 +243,7 @@ func TestModeIgnoreCtrlAltDel(t *testing.T) {
 
 func TestCounterFreezesWhilePaused(t *testing.T) {
 	testutil.CheckLeaks(t)
-	var serial syncWriter
+	var serial testutil.SyncBuffer
 	s, c, dir := listen(t, Options{Stdout: &serial})
 	c.must("PUT", "/boot-source", bootBody(writeGuest(t, dir), testguest.ModeCounter), 204)
 	c.must("PUT", "/actions", `{"action_type":"InstanceStart"}`, 204)
@@ -272,7 +269,7 @@ func TestCounterFreezesWhilePaused(t *testing.T) {
 
 func TestSnapshotInProcess(t *testing.T) {
 	testutil.CheckLeaks(t)
-	var serial syncWriter
+	var serial testutil.SyncBuffer
 	s, c, dir := listen(t, Options{Stdout: &serial})
 	c.must("PUT", "/boot-source", bootBody(writeGuest(t, dir), testguest.ModeCounter), 204)
 	c.must("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":512}`, 204)
@@ -301,7 +298,7 @@ func TestSnapshotInProcess(t *testing.T) {
 	<-s.Done()
 
 	// A fresh process restores the guest where it was: it ticks on from the same number.
-	var serial2 syncWriter
+	var serial2 testutil.SyncBuffer
 	s2, c2, _ := listen(t, Options{Stdout: &serial2})
 	c2.must("PUT", "/snapshot/load", fmt.Sprintf(`{"snapshot_path":%q,"mem_backend":{"backend_type":"File","backend_path":%q},"resume_vm":true}`, state, mem), 204)
 	if got := c2.must("GET", "/machine-config", "", 200); got != `{"vcpu_count":2,"mem_size_mib":512,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}` {
@@ -327,7 +324,7 @@ func TestSnapshotInProcess(t *testing.T) {
 }
 
 func TestSerialFile(t *testing.T) {
-	var stdout syncWriter
+	var stdout testutil.SyncBuffer
 	_, c, dir := listen(t, Options{Stdout: &stdout})
 	out := filepath.Join(dir, "serial.out")
 	c.must("PUT", "/serial", fmt.Sprintf(`{"serial_out_path":%q}`, out), 204)
@@ -357,7 +354,7 @@ func linuxKernel(t *testing.T, dir string) string {
 
 func TestLinuxGuest(t *testing.T) {
 	testutil.CheckLeaks(t)
-	var serial, logBuf syncWriter
+	var serial, logBuf testutil.SyncBuffer
 	s, c, dir := listen(t, Options{Stdout: &serial, Log: &logBuf, BootTimer: true})
 	c.must("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q,"boot_args":"console=ttyS0 reboot=k panic=1"}`, linuxKernel(t, dir)), 204)
 	c.must("PUT", "/actions", `{"action_type":"InstanceStart"}`, 204)
@@ -374,7 +371,7 @@ func TestLinuxGuest(t *testing.T) {
 		t.Errorf("no boot time in the log:\n%s", logBuf.String())
 	}
 	// Without console=ttyS0 (Firecracker's default command line) nothing is printed.
-	var quiet syncWriter
+	var quiet testutil.SyncBuffer
 	s2, c2, dir2 := listen(t, Options{Stdout: &quiet})
 	c2.must("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q}`, linuxKernel(t, dir2)), 204)
 	c2.must("PUT", "/actions", `{"action_type":"InstanceStart"}`, 204)
@@ -452,7 +449,7 @@ func TestEveryRelease(t *testing.T) {
 	for _, r := range fcspec.Releases() {
 		t.Run(r.Version, func(t *testing.T) {
 			t.Parallel()
-			var serial syncWriter
+			var serial testutil.SyncBuffer
 			s, c, dir := listen(t, Options{Version: r.Version, Stdout: &serial})
 			if got := c.must("GET", "/version", "", 200); got != fmt.Sprintf(`{"firecracker_version":%q}`, r.Version) {
 				t.Errorf("GET /version = %s", got)
@@ -492,7 +489,7 @@ func TestChunkedBody(t *testing.T) {
 }
 
 func TestLoggerModuleFilter(t *testing.T) {
-	var b syncWriter
+	var b testutil.SyncBuffer
 	l := newLogger(&b, "vm")
 	mod := "firecracker::api_server"
 	if err := l.configure(loggerConfig{Module: &mod}, true); err != nil {

@@ -1,7 +1,6 @@
 package fakefc
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -77,24 +76,6 @@ func realTarget(t *testing.T) target {
 	return target{bin: bin, version: version, minor: minor, real: true}
 }
 
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // run is one scenario run against one target: its directory, kernel and transcript.
 type run struct {
 	t      *testing.T
@@ -150,8 +131,8 @@ type proc struct {
 	name    string
 	sock    string
 	cmd     *exec.Cmd
-	stdout  syncBuffer
-	stderr  syncBuffer
+	stdout  testutil.SyncBuffer
+	stderr  testutil.SyncBuffer
 	done    chan struct{}
 	waitErr error
 	client  *http.Client
