@@ -58,7 +58,8 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithVersion presets the running Firecracker version, so the version gate never asks GET
-// /version.
+// /version. By default the client asks once, on the first request that uses a feature not
+// every release has.
 func WithVersion(v Version) Option { return func(c *Client) { c.ver = v } }
 
 // WithRequestTimeout sets the timeout applied to a request whose ctx has no deadline

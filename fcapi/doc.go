@@ -20,10 +20,14 @@
 // # Errors
 //
 // A status other than 200 or 204 is an *APIError with Firecracker's message (from either of
-// its error shapes). errors.Is(err, ErrNotAllowedAfterBoot) and errors.Is(err,
-// ErrNotAllowedBeforeBoot) recognise the refusal of a call in the wrong phase. Transport
-// failures are returned wrapped, naming the request. WaitReady's error wraps ErrProcessExited
-// when the process exits first, or the ctx's error when it ends first.
+// its error shapes). A method documented "Pre-boot only" fails after the microVM started (or
+// was restored) with an *APIError matching ErrNotAllowedAfterBoot; one documented "Post-boot
+// only" fails before that with one matching ErrNotAllowedBeforeBoot. A request whose body is
+// over the payload limit fails with an error wrapping ErrPayloadTooLarge, and one that uses
+// what the running release lacks with an *UnsupportedError (see Version gate); nothing is sent
+// then. Transport failures are returned wrapped, naming the request, the ctx's error among
+// them. WaitReady's error wraps ErrProcessExited when the process exits first, or the ctx's
+// error when it ends first.
 //
 // # Version gate
 //

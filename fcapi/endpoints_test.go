@@ -3,12 +3,13 @@ package fcapi
 import (
 	"context"
 	"encoding/json"
-	"github.com/smartvm/smartvm/internal/testutil"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/smartvm/smartvm/internal/testutil"
 )
 
 // endpointCase is one client call, with its golden request in testdata/<name>.json.

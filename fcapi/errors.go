@@ -64,18 +64,12 @@ func (e *APIError) Is(target error) bool {
 	return false
 }
 
-// faultMessage extracts Firecracker's explanation from an error body: {"fault_message": ...}
+// parseErrorBody extracts Firecracker's explanation from an error body: {"fault_message": ...}
 // from the API layer, {"error": ...} from micro-http (whose messages hold raw newlines, which
-// strict JSON forbids), or the raw text.
-func faultMessage(body []byte) string {
-	msg, _ := parseErrorBody(body)
-	return msg
-}
-
-// parseErrorBody is faultMessage that also reports whether the body came from the API layer
-// ({"fault_message": ...}). Any other error comes from micro-http, which answers before it has
-// read the whole request: the rest of the request's bytes are then parsed as new requests, so
-// the connection must not be used again.
+// strict JSON forbids), or the raw text. apiLayer reports a {"fault_message": ...} body. Any
+// other error comes from micro-http, which answers before it has read the whole request: the
+// rest of the request's bytes are then parsed as new requests, so the connection must not be
+// used again.
 func parseErrorBody(body []byte) (msg string, apiLayer bool) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {

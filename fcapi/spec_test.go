@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"github.com/smartvm/smartvm/internal/testutil"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,8 +15,10 @@ import (
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
+
 	"github.com/smartvm/smartvm/fcapi/internal/specgate"
 	"github.com/smartvm/smartvm/internal/fcspec"
+	"github.com/smartvm/smartvm/internal/testutil"
 )
 
 // specFile is one release's Firecracker API spec.
