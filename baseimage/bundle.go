@@ -112,10 +112,11 @@ type Bundle struct {
 	Rootfs string `json:"rootfs"`
 	// BootArgs is the kernel command line to boot with.
 	BootArgs string `json:"boot_args"`
-	// SSHPrivateKey is the OpenSSH private key (mode 0600) whose public half is root's
-	// authorized_keys in Rootfs, or "" when the rootfs came as ext4 and was used as it is.
+	// SSHPrivateKey is the path of the OpenSSH private key (mode 0600) whose public half is
+	// root's authorized_keys in Rootfs, or "" when the rootfs came as ext4 and was used as it is.
 	SSHPrivateKey string `json:"ssh_private_key,omitempty"`
-	// SSHPublicKey is the public half of SSHPrivateKey, in authorized_keys format, or "".
+	// SSHPublicKey is the path of the public half of SSHPrivateKey (authorized_keys format), or
+	// "" when there is no key.
 	SSHPublicKey string `json:"ssh_public_key,omitempty"`
 	// Source is the request that installed the bundle.
 	Source Source `json:"source"`

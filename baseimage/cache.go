@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -499,7 +500,8 @@ func (m *Manager) pruneLocked(ctx context.Context, keep int) ([]Bundle, error) {
 // evicted nor removed until release is called. The marker is a file in the cache, so it
 // protects the bundle from other processes too, and outlives this process if release is never
 // called (a detached VM); another process can drop it with Release. Using a bundle counts as a
-// use for eviction. Use returns ErrNotFound when the bundle is not installed.
+// use for eviction. release may be called more than once, from any goroutine: later calls
+// return the first one's result. Use returns ErrNotFound when the bundle is not installed.
 func (m *Manager) Use(ctx context.Context, id, holder string) (release func() error, err error) {
 	if !holderRE.MatchString(holder) {
 		return nil, fmt.Errorf("base image holder %q: want 1 to 128 of A-Z a-z 0-9 . _ @ : + -, starting with a letter or digit", holder)
@@ -527,14 +529,7 @@ func (m *Manager) Use(ctx context.Context, id, holder string) (release func() er
 	if err != nil {
 		return nil, err
 	}
-	done := false
-	return func() error {
-		if done {
-			return nil
-		}
-		done = true
-		return m.Release(context.WithoutCancel(ctx), full, holder)
-	}, nil
+	return sync.OnceValue(func() error { return m.Release(context.WithoutCancel(ctx), full, holder) }), nil
 }
 
 // Release drops holder's in-use marker on the bundle with the given ID, for a process other

@@ -343,6 +343,7 @@ type watchdog struct {
 	t       *time.Timer
 	d       time.Duration
 	ctx     context.Context
+	cancel  context.CancelCauseFunc
 	stalled atomic.Bool
 }
 
@@ -350,7 +351,7 @@ type watchdog struct {
 // when the request is done.
 func (m *Manager) newWatchdog(ctx context.Context) (context.Context, *watchdog) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	w := &watchdog{d: m.stall, ctx: ctx}
+	w := &watchdog{d: m.stall, ctx: ctx, cancel: cancel}
 	w.t = time.AfterFunc(m.stall, func() {
 		w.stalled.Store(true)
 		cancel(fmt.Errorf("%w: no data for %s", errStall, m.stall))
@@ -358,7 +359,11 @@ func (m *Manager) newWatchdog(ctx context.Context) (context.Context, *watchdog) 
 	return ctx, w
 }
 
-func (w *watchdog) stop() { w.t.Stop() }
+// stop ends the watch and releases the request's context.
+func (w *watchdog) stop() {
+	w.t.Stop()
+	w.cancel(context.Canceled)
+}
 
 // wrap turns the error of a request the watchdog cancelled into a transient stall error.
 func (w *watchdog) wrap(err error) error {

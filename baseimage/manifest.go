@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -255,7 +256,7 @@ func decodeObject(data []byte, path string, allowed []string) (map[string]json.R
 			return nil, &ManifestError{Field: path, Err: fmt.Errorf("malformed JSON: %w", err)}
 		}
 		key, _ := tok.(string) // object keys are always strings
-		if !containsString(allowed, key) {
+		if !slices.Contains(allowed, key) {
 			return nil, &ManifestError{Field: field(key), Err: fmt.Errorf("unknown field (allowed here: %s)", strings.Join(allowed, ", "))}
 		}
 		if _, dup := out[key]; dup {
@@ -274,15 +275,6 @@ func decodeObject(data []byte, path string, allowed []string) (map[string]json.R
 		return nil, &ManifestError{Field: path, Err: errors.New("trailing data after the JSON object")}
 	}
 	return out, nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // location is where an artifact is read from: an http(s) URL or a local file.

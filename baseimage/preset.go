@@ -23,9 +23,7 @@ type plan struct {
 	fc        *VersionRange
 	format    string // the rootfs format: ext4 or squashfs
 	artifacts []refArtifact
-	base      *url.URL // manifest URL (hosted manifests)
-	baseDir   string   // manifest directory (manifest files)
-	locs      []location
+	locs      []location // where each artifact is read from
 }
 
 // defaultBootArgs is the kernel command line for presets (firecracker-notes §10): a serial
