@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -55,7 +57,8 @@ func TestExampleManifestHosting(t *testing.T) {
 			}
 			assertNothingCached(t, m)
 
-			// Filled in from the published files.
+			// Filled in from the published files: by the script the README names, and from Go.
+			scripted := fillDigests(t, dir, data)
 			for _, f := range []*ManifestFile{&mf.Kernel, &mf.Rootfs, mf.Initrd} {
 				if f == nil {
 					continue
@@ -69,6 +72,9 @@ func TestExampleManifestHosting(t *testing.T) {
 			}
 			if err := mf.Validate(); err != nil {
 				t.Fatal(err)
+			}
+			if scripted != nil && !reflect.DeepEqual(scripted, mf) {
+				t.Errorf("fill-digests.sh wrote %+v, want %+v", scripted, mf)
 			}
 			filled, _ := json.MarshalIndent(mf, "", "  ")
 			if err := os.WriteFile(filepath.Join(dir, "manifest.json"), filled, 0o644); err != nil {
@@ -105,4 +111,47 @@ func TestExampleManifestHosting(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fillDigests runs assets/base-images/fill-digests.sh on a copy of the manifest data in dir,
+// next to the files it names, and returns the manifest it wrote; nil when the host lacks sh,
+// awk or sha256sum. Pointing a URL at a file that is not there fails and changes nothing.
+func fillDigests(t *testing.T, dir string, data []byte) *Manifest {
+	t.Helper()
+	for _, tool := range []string{"sh", "awk", "sha256sum"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Logf("not checking fill-digests.sh: %v", err)
+			return nil
+		}
+	}
+	script, err := filepath.Abs(filepath.Join("..", "assets", "base-images", "fill-digests.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "scripted.json")
+	broken := bytes.Replace(data, []byte(`"url": "`), []byte(`"url": "missing-`), 1)
+	if err := os.WriteFile(path, broken, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("sh", script, path).CombinedOutput(); err == nil || !bytes.Contains(out, []byte("cannot read")) {
+		t.Errorf("fill-digests.sh with a missing file: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, broken) {
+		t.Errorf("fill-digests.sh changed a manifest it failed on:\n%s", got)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("sh", script, path).CombinedOutput(); err != nil {
+		t.Fatalf("fill-digests.sh: %v\n%s", err, out)
+	}
+	filled, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf, err := ParseManifest(filled)
+	if err != nil {
+		t.Fatalf("the manifest fill-digests.sh wrote: %v\n%s", err, filled)
+	}
+	return mf
 }
