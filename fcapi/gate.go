@@ -42,8 +42,28 @@ var manualFeatures = []feature{
 	{op: configFileOp, field: "cpu-config", since: Version{Major: 1, Minor: 13}},
 }
 
-// specTable is the gate's table: the spec-derived features merged with the manual ones.
-var specTable = newFeatureTable(slices.Concat(specFeatures, manualFeatures))
+// specOmissions are features that the specs date too late: the specs of older releases leave
+// them out, but those releases accept them (checked against the real v1.7.0).
+var specOmissions = []feature{
+	// The v1.7.0 to v1.10.1 specs lack kvm_capabilities in CpuConfig.
+	{op: "PUT /cpu-config", field: "kvm_capabilities"},
+	{op: configFileOp, field: "cpu-config.kvm_capabilities"},
+	// The v1.7.0 spec's FullVmConfiguration lacks entropy; a config file may hold it.
+	{op: configFileOp, field: "entropy"},
+}
+
+// specTable is the gate's table: the spec-derived features less the omissions, merged with
+// the manual ones.
+var specTable = newFeatureTable(slices.Concat(withoutOmissions(specFeatures), manualFeatures))
+
+// withoutOmissions drops the features of specOmissions from fs.
+func withoutOmissions(fs []feature) []feature {
+	return slices.DeleteFunc(slices.Clone(fs), func(f feature) bool {
+		return slices.ContainsFunc(specOmissions, func(o feature) bool {
+			return o.op == f.op && o.field == f.field && o.value == f.value
+		})
+	})
+}
 
 // featureTable indexes features by endpoint.
 type featureTable struct {

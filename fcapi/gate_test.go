@@ -80,6 +80,12 @@ func TestCheckVMConfig(t *testing.T) {
 	if err := CheckVMConfig(mustVersion(t, "1.16.1"), fullVMConfig()); err != nil {
 		t.Errorf("full config on v1.16.1: %v", err)
 	}
+	// v1.7.0 boots a config file with an entropy device, although its spec does not list it.
+	withEntropy := minVMConfig()
+	withEntropy.Entropy = &EntropyDevice{}
+	if err := CheckVMConfig(mustVersion(t, "1.7.0"), withEntropy); err != nil {
+		t.Errorf("entropy device on v1.7.0: %v", err)
+	}
 	for _, tc := range []struct {
 		version string
 		mutate  func(*VMConfig)

@@ -135,6 +135,11 @@ func TestRealFirecracker(t *testing.T) {
 	if mc, err := c.GetMachineConfig(ctx); err != nil || mc.MemSizeMiB != 128 || !mc.TrackDirtyPages {
 		t.Errorf("after PATCH: %+v, %v", mc, err)
 	}
+	// kvm_capabilities works on every release, although the specs before v1.12 leave it out;
+	// the next PUT replaces this template before the boot.
+	if err := c.PutCPUConfig(ctx, CPUConfig{KVMCapabilities: []string{"1"}}); err != nil {
+		t.Errorf("PutCPUConfig with kvm_capabilities: %v", err)
+	}
 	if err := c.PutCPUConfig(ctx, x86CPUIDTemplate); err != nil {
 		t.Errorf("PutCPUConfig: %v", err)
 	}

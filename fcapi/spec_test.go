@@ -205,6 +205,12 @@ func TestDerivedTableHasKnownFeatures(t *testing.T) {
 			t.Errorf("%s gated since %v; every spec has it", op, o.since)
 		}
 	}
+	// Nor what the older specs leave out but v1.7.0 accepts.
+	for _, f := range specOmissions {
+		if since := specTable.since(f.op, f.field); !since.IsZero() {
+			t.Errorf("%s field %s gated since %v; v1.7.0 accepts it", f.op, f.field, since)
+		}
+	}
 }
 
 // opPattern turns "PUT /drives/{drive_id}" into a pattern for the concrete path.

@@ -106,13 +106,22 @@ func CloseObjects(doc *openapi3.T, open []string) {
 // FixKnownDefects corrects, in doc, the spec errors that Firecracker's parser contradicts, so
 // that bodies Firecracker accepts validate: before v1.14 the spec types CpuConfig as a string
 // (v1.7, v1.10) and its modifier lists as objects, while Firecracker has always parsed a JSON
-// object of arrays. There only the property names are kept.
+// object of arrays; there only the property names are kept. Before v1.12 CpuConfig lacks
+// kvm_capabilities, and before v1.10 FullVmConfiguration lacks entropy, which v1.7.0 accepts.
 func FixKnownDefects(doc *openapi3.T) {
+	if ref := doc.Components.Schemas["FullVmConfiguration"]; ref != nil && ref.Value.Properties != nil && ref.Value.Properties["entropy"] == nil {
+		if entropy := doc.Components.Schemas["EntropyDevice"]; entropy != nil {
+			ref.Value.Properties["entropy"] = entropy
+		}
+	}
 	ref := doc.Components.Schemas["CpuConfig"]
 	if ref == nil {
 		return
 	}
 	s := ref.Value
+	if s.Properties["kvm_capabilities"] == nil && len(s.Properties) > 0 {
+		s.Properties["kvm_capabilities"] = &openapi3.SchemaRef{Value: &openapi3.Schema{Type: &openapi3.Types{"array"}}}
+	}
 	arrays := true
 	for _, p := range s.Properties {
 		if !p.Value.Type.Is("array") {
