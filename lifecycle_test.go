@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -612,14 +613,20 @@ func TestList(t *testing.T) {
 }
 
 // TestOwnerCrashReaped kills a process that owns a VM with SIGKILL: the VM dies with it, and
-// the next manager removes what it left.
+// the next manager removes what it left, its vsock socket outside the runtime root included.
 func TestOwnerCrashReaped(t *testing.T) {
 	testutil.CheckLeaks(t)
 	root := testRoot(t)
 	bin := testutil.Link(t, "firecracker")
-	owner, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: guestSpec(guestKernel(t), testguest.ModeCounter)})
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	vsock := filepath.Join(t.TempDir(), "vm.vsock")
+	spec.Vsock = &VsockSpec{CID: 3, Path: vsock}
+	owner, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: spec})
 	if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 1 {
 		t.Fatalf("vm dirs while the owner runs: %v", ents)
+	}
+	if _, err := os.Lstat(vsock); err != nil {
+		t.Fatalf("no vsock socket while the vm runs: %v", err)
 	}
 	killOwner(t, owner)
 	if !processGone(pid, time.Second) {
@@ -629,6 +636,42 @@ func TestOwnerCrashReaped(t *testing.T) {
 	mgr := newManager(t, root, bin)
 	if infos, err := mgr.List(context.Background()); err != nil || len(infos) != 0 {
 		t.Fatalf("list after reaping: %v, %v", infos, err)
+	}
+	if _, err := os.Lstat(vsock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the dead vm's vsock socket was left: %v", err)
+	}
+}
+
+// TestRemoveStaleSocket: only a socket nobody listens on is removed.
+func TestRemoveStaleSocket(t *testing.T) {
+	dir := t.TempDir()
+	stale, live, file := filepath.Join(dir, "stale.sock"), filepath.Join(dir, "live.sock"), filepath.Join(dir, "file")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	ln, err = net.Listen("unix", live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{stale, live, file, filepath.Join(dir, "missing")} {
+		if err := removeStaleSocket(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	if _, err := os.Lstat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale socket kept: %v", err)
+	}
+	for _, p := range []string{live, file} {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("%s removed: %v", p, err)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,6 +63,17 @@ func (mgr *Manager) Start(ctx context.Context, spec MachineSpec, opts ...StartOp
 // launch runs a start (or, with snap, a restore) of spec, which has its defaults and name,
 // and undoes it all if it fails.
 func (mgr *Manager) launch(ctx context.Context, spec MachineSpec, snap *Snapshot, opts []StartOption) (*Machine, error) {
+	if v := spec.Vsock; v != nil && v.Path != "" {
+		// state.json records the absolute path, so that reaping (from another process, in
+		// another directory) finds the socket.
+		abs, err := filepath.Abs(v.Path)
+		if err != nil {
+			return nil, fmt.Errorf("start vm %s: vsock path: %w", spec.Name, err)
+		}
+		vs := *v
+		vs.Path = abs
+		spec.Vsock = &vs
+	}
 	s := &starter{
 		mgr:   mgr,
 		spec:  spec,
@@ -461,12 +473,10 @@ func (s *starter) vmConfig(drives []fcapi.Drive) fcapi.VMConfig {
 	return cfg
 }
 
-// vsockPath is the vsock's host socket: as given, or vsock.sock in the VM's directory.
+// vsockPath is the vsock's host socket: as given (made absolute by launch), or vsock.sock in
+// the VM's directory.
 func (s *starter) vsockPath() string {
 	if p := s.spec.Vsock.Path; p != "" {
-		if abs, err := filepath.Abs(p); err == nil {
-			return abs
-		}
 		return p
 	}
 	return s.dir.Vsock
@@ -524,6 +534,33 @@ func (s *starter) args(cfg fcapi.VMConfig) ([]string, error) {
 func removeIfExists(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	return nil
+}
+
+// removeStaleSocket removes the Unix socket at path when nothing listens on it any more (it
+// was a dead Firecracker's), and leaves anything else there alone.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stale socket %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return nil
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return nil // someone listens: not stale
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return nil
+	}
+	if err := removeIfExists(path); err != nil {
+		return fmt.Errorf("stale socket %s: %w", path, err)
 	}
 	return nil
 }
