@@ -420,6 +420,8 @@ func (s MachineSpec) problems() []error {
 
 	if s.Name != "" && !nameRE.MatchString(s.Name) {
 		add("name %q: use 1 to 64 ASCII letters, digits or '-'", s.Name)
+	} else if strings.HasPrefix(s.Name, "--") {
+		add("name %q: Firecracker would read a name that starts with \"--\" as a flag; start it with a letter or digit", s.Name)
 	}
 
 	images := 0
@@ -569,6 +571,8 @@ func (s MachineSpec) driveProblems() []error {
 		} else {
 			if err := checkFile(label, d.Path, !d.ReadOnly && d.Persistent); err != nil {
 				errs = append(errs, err)
+			} else if fi, err := os.Stat(d.Path); err == nil && d.Ephemeral() && !fi.Mode().IsRegular() {
+				add("%s: %s is a device, and an ephemeral drive is a copy of an image file: set persistent (or read_only) to use the device in place", label, d.Path)
 			}
 			if !d.ReadOnly && d.Persistent {
 				if other, ok := writers[d.Path]; ok {

@@ -196,6 +196,8 @@ func TestValidateProblems(t *testing.T) {
 			s.Network = &NetworkSpec{Namespace: true}
 		}), []string{"use network.nics instead"}},
 		{"network name", with(func(s *MachineSpec) { s.Name = "-vm"; s.Network = &NetworkSpec{} }), []string{"starts with a letter or digit"}},
+		{"flag-like name", with(func(s *MachineSpec) { s.Name = "--help" }), []string{`starts with "--"`}},
+		{"ephemeral device", with(func(s *MachineSpec) { s.Drives = []DriveSpec{{Path: os.DevNull}} }), []string{"set persistent"}},
 	}
 	if os.Geteuid() != 0 { // root reads anything
 		tests = append(tests, struct {
