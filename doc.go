@@ -57,9 +57,9 @@
 // # Errors
 //
 // Errors wrap their causes with %w. Callers branch with errors.Is on ErrExists,
-// ErrNotFound, ErrNotRunning and ErrClosed (and errors.ErrUnsupported for features the
-// installed Firecracker lacks), and with errors.As on *StartError, *ExitError and
-// *fcapi.APIError.
+// ErrNotFound, ErrNotRunning, ErrClosed and ErrNoConsoleInput (and errors.ErrUnsupported for
+// features the installed Firecracker lacks), and with errors.As on *StartError, *ExitError
+// and *fcapi.APIError.
 //
 // The library logs through the *slog.Logger given with WithLogger and is silent otherwise;
 // it never prints, panics or reads environment variables.

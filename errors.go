@@ -18,7 +18,7 @@ var (
 	ErrNotFound = rundir.ErrNotFound
 	// ErrNotRunning reports a call that needs a running VM made after its process ended.
 	ErrNotRunning = errors.New("vm not running")
-	// ErrClosed reports a call on a Manager or Machine after its Close.
+	// ErrClosed reports a Start, Restore or Attach on a Manager after its Close.
 	ErrClosed = errors.New("closed")
 	// ErrNoConsoleInput reports Machine.ConsoleInput on a VM started without
 	// MachineSpec.SerialInput.

@@ -793,6 +793,41 @@ func TestHandleSignals(t *testing.T) {
 	}
 }
 
+// TestHandleSignalsTwice: a second signal while the VMs stop (here a guest that ignores
+// Ctrl-Alt-Del and a Firecracker that ignores SIGTERM, with a long grace period) kills them
+// at once, and the owner then dies of the first signal.
+func TestHandleSignalsTwice(t *testing.T) {
+	testutil.CheckLeaks(t)
+	fakeEnv(t, "", fakefc.ModeIgnoreCtrlAltDel, fakefc.ModeIgnoreSigterm)
+	root := testRoot(t)
+	bin := testutil.Link(t, "firecracker")
+	const grace = time.Minute
+	owner, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: guestSpec(guestKernel(t), testguest.ModeCounter), Signals: true, Grace: grace})
+	exited := make(chan error, 1)
+	go func() { exited <- owner.Wait() }()
+	owner.Process.Signal(syscall.SIGTERM)
+	time.Sleep(100 * time.Millisecond) // two pending SIGTERMs would merge into one
+	owner.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-exited:
+		ws, _ := owner.ProcessState.Sys().(syscall.WaitStatus)
+		if err == nil || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+			t.Fatalf("owner ended with %v, want killed by SIGTERM", err)
+		}
+	case <-time.After(waitLong):
+		owner.Process.Kill()
+		<-exited
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("the owner still stopped its vm %v after the second signal (grace %v)", waitLong, grace)
+	}
+	if !processGone(pid, 0) {
+		t.Fatal("vm outlived its owner")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 0 {
+		t.Fatalf("left: %v", ents)
+	}
+}
+
 // TestVersionProbedOnce counts `firecracker --version` runs: one per binary, again after the
 // binary changes.
 func TestVersionProbedOnce(t *testing.T) {

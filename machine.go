@@ -275,7 +275,8 @@ const termGrace = time.Second
 // react), waits up to the manager's stop grace period for the VM to end, then sends SIGTERM,
 // waits up to a second, then SIGKILL. It returns once the VM has ended and its files are
 // removed (for a VM this process started), or when ctx ends: then it sends SIGKILL at once
-// and returns ctx.Err() without waiting further. Stopping a VM that has ended returns nil.
+// and returns an error wrapping ctx.Err() without waiting further. Stopping a VM that has
+// ended returns nil.
 func (m *Machine) Stop(ctx context.Context) error {
 	if m.waitFor(ctx, 0) {
 		return nil
@@ -288,8 +289,10 @@ func (m *Machine) Stop(ctx context.Context) error {
 	if ctx.Err() == nil {
 		m.log.Debug("vm ignored ctrl-alt-del; sending SIGTERM")
 		if err := m.proc.Signal(syscall.SIGTERM); errors.Is(err, os.ErrProcessDone) {
-			m.waitFor(ctx, -1)
-			return ctx.Err()
+			if !m.waitFor(ctx, -1) {
+				return fmt.Errorf("stop vm %s: wait for the cleanup: %w", m.name, ctx.Err())
+			}
+			return nil
 		}
 		if m.waitFor(ctx, termGrace) {
 			return nil

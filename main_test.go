@@ -33,6 +33,8 @@ type ownerArgs struct {
 	Exit bool `json:"exit,omitempty"`
 	// Signals makes the owner call HandleSignals before starting the VM.
 	Signals bool `json:"signals,omitempty"`
+	// Grace is the manager's stop grace period; zero: 200 ms.
+	Grace time.Duration `json:"grace,omitempty"`
 	// ImageDir is a base-image cache for the manager; empty: none.
 	ImageDir string `json:"image_dir,omitempty"`
 	// NetnsDir is where the manager mounts VM network namespaces; empty: the default.
@@ -47,7 +49,10 @@ func ownerMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	opts := []Option{WithRuntimeDir(a.Root), WithFirecrackerBinary(a.Binary), WithStopGracePeriod(200 * time.Millisecond), WithNetnsDir(a.NetnsDir)}
+	if a.Grace == 0 {
+		a.Grace = 200 * time.Millisecond
+	}
+	opts := []Option{WithRuntimeDir(a.Root), WithFirecrackerBinary(a.Binary), WithStopGracePeriod(a.Grace), WithNetnsDir(a.NetnsDir)}
 	if a.ImageDir != "" {
 		images, err := baseimage.New(baseimage.Options{Dir: a.ImageDir})
 		if err != nil {

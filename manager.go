@@ -366,6 +366,7 @@ func FirecrackerVersion(ctx context.Context, bin string) (fcapi.Version, error) 
 	var out, errb bytes.Buffer
 	cmd := exec.CommandContext(ctx, bin, "--version")
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.WaitDelay = time.Second // a child it left holding the output does not hold up Run
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()

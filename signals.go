@@ -10,9 +10,9 @@ import (
 // HandleSignals is an opt-in helper for programs whose VMs must not outlive an interrupt:
 // on the first SIGINT or SIGTERM it closes the manager, which stops every VM it owns
 // (Ctrl-Alt-Del, then SIGTERM, then SIGKILL, within the stop grace period) and removes what
-// they left; VMs started Detached keep running. A second signal meanwhile kills them at once. Then it stops handling the signals
-// and sends the first one to this process again, so the program ends as it would have
-// without the handler (or its own handlers run).
+// they left; VMs started Detached keep running. A second signal meanwhile kills them at
+// once. Then it stops handling the signals and sends the first one to this process again,
+// so the program ends as it would have without the handler (or its own handlers run).
 //
 // The library installs no signal handler unless this is called. The returned function
 // removes the handler (when no signal has arrived yet); it is safe to call more than once.
