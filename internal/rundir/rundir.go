@@ -519,13 +519,11 @@ const (
 func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) {
 	p := r.Paths(name)
 	l := flock.New(p.Lock)
+	// TryLock creates the lock file if a removal that was cut short took it: only a missing
+	// directory makes it fail with ErrNotExist.
 	ok, err := l.TryLock()
 	if errors.Is(err, fs.ErrNotExist) {
-		if _, serr := os.Lstat(p.Dir); errors.Is(serr, fs.ErrNotExist) {
-			return gone, nil
-		}
-		// The directory lost its lock file: nobody can own it.
-		ok, err = true, nil
+		return gone, nil
 	}
 	if err != nil {
 		return kept, fmt.Errorf("reap vm %s: %w", name, err)

@@ -520,3 +520,23 @@ func TestMakeFIFO(t *testing.T) {
 		t.Errorf("second MakeFIFO: %v, want ErrExist", err)
 	}
 }
+
+// TestReapWithoutLockFile: a directory whose removal was cut short after the lock file went
+// is reaped; a name with no directory is gone.
+func TestReapWithoutLockFile(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	d.WriteState(&State{PID: 999999999, StartTime: 1})
+	d.Unlock()
+	if err := os.Remove(d.Lock); err != nil {
+		t.Fatal(err)
+	}
+	reaped, err := r.Reap(context.Background())
+	if err != nil || strings.Join(reaped, ",") != "vm1" || r.Has("vm1") {
+		t.Fatalf("reap: %v, %v; left: %v", reaped, err, r.Has("vm1"))
+	}
+	if gone, err := d.Reap(context.Background()); !gone || err != nil {
+		t.Fatalf("reap of a missing dir: %v, %v", gone, err)
+	}
+}
