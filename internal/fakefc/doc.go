@@ -47,7 +47,9 @@
 // # Process behaviour
 //
 // A guest reset or Ctrl-Alt-Del ends the process with status 0; a failed snapshot load ends
-// it with status 1 after its 400; SIGTERM keeps its default action (death by the signal);
+// it with status 1 after its 400; a request that makes the release panic (v1.7.0 and a new
+// balloon statistics interval before the guest activated the device) gets no answer and the
+// process aborts; SIGTERM keeps its default action (death by the signal);
 // an invalid --id or an unreadable --config-file aborts (SIGABRT) as Firecracker's panics do;
 // a leftover socket path exits 1; a bad --level exits 152 and bad arguments 153. In process,
 // the end of the emulated process closes Handler.Done and Server.Done, and later requests get

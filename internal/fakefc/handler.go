@@ -76,7 +76,7 @@ type Request struct {
 
 // Handler is the fake's API: an http.Handler with Firecracker's state machine for one VM.
 // It serves one request at a time, as Firecracker does. When the emulated process ends
-// (the guest resets, Ctrl-Alt-Del, a failed snapshot load), Done is closed and later
+// (the guest resets, Ctrl-Alt-Del, a failed snapshot load, a panic), Done is closed and later
 // requests are dropped without a response (ServeHTTP panics with http.ErrAbortHandler, which
 // servers treat as "close the connection").
 type Handler struct {
