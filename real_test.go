@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,97 +16,106 @@ import (
 // The TestReal tests boot the project's test guest with the real Firecracker named by
 // SMARTVM_FIRECRACKER_BIN, and skip without it.
 
+// realVM boots the test guest in guest mode with the real Firecracker, in boot mode, on a
+// fresh runtime root checked for leftovers, and follows its console. edit, when not nil,
+// changes the spec first.
+func realVM(t *testing.T, boot BootMode, guest string, edit func(*MachineSpec)) (*Machine, *console) {
+	t.Helper()
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	mgr := newManager(t, testRoot(t), bin)
+	spec := guestSpec(guestKernel(t), guest)
+	spec.BootMode = boot
+	if edit != nil {
+		edit(&spec)
+	}
+	m := start(t, mgr, spec)
+	return m, followConsole(t, m)
+}
+
 // TestRealLifecycle boots the counter guest, shows that pause stops the counter and resume
 // restarts it, stops the VM gracefully (the guest resets on Ctrl-Alt-Del, so Firecracker
 // exits 0) and checks that nothing is left.
 func TestRealLifecycle(t *testing.T) {
-	for _, mode := range []BootMode{BootModeAPI, BootModeConfigFile} {
-		t.Run(string(mode), func(t *testing.T) {
-			bin := testutil.FirecrackerBin(t)
-			testutil.CheckLeaks(t)
-			root := testRoot(t)
-			mgr := newManager(t, root, bin)
-			spec := guestSpec(guestKernel(t), testguest.ModeCounter)
-			spec.BootMode = mode
-			m := start(t, mgr, spec)
-			con := followConsole(t, m)
-			con.waitFor(t, testguest.TickLine(0))
+	bothModes(t, func(t *testing.T, mode BootMode) {
+		m, con := realVM(t, mode, testguest.ModeCounter, nil)
+		con.waitFor(t, testguest.TickLine(0))
 
-			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-			defer cancel()
-			if err := m.Pause(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if st, err := m.State(ctx); err != nil || st != StatePaused {
-				t.Fatalf("state after pause: %v, %v", st, err)
-			}
-			con.drain(100 * time.Millisecond) // ticks written before the pause took hold
-			if got := con.drain(300 * time.Millisecond); len(got) != 0 {
-				t.Fatalf("the counter went on while paused: %q", got)
-			}
-			if err := m.Resume(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if st, err := m.State(ctx); err != nil || st != StateRunning {
-				t.Fatalf("state after resume: %v, %v", st, err)
-			}
-			before := con.nextTick(t)
-			if after := con.nextTick(t); after <= before {
-				t.Fatalf("tick %d after %d", after, before)
-			}
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		if err := m.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := m.State(ctx); err != nil || st != StatePaused {
+			t.Fatalf("state after pause: %v, %v", st, err)
+		}
+		con.drain(100 * time.Millisecond) // ticks written before the pause took hold
+		if got := con.drain(300 * time.Millisecond); len(got) != 0 {
+			t.Fatalf("the counter went on while paused: %q", got)
+		}
+		if err := m.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := m.State(ctx); err != nil || st != StateRunning {
+			t.Fatalf("state after resume: %v, %v", st, err)
+		}
+		before := con.nextTick(t)
+		if after := con.nextTick(t); after <= before {
+			t.Fatalf("tick %d after %d", after, before)
+		}
 
-			if err := m.Stop(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := m.Wait(ctx); err != nil {
-				t.Fatalf("wait after a graceful stop: %v, want nil (exit 0)", err)
-			}
-			if st, _ := m.State(ctx); st != StateExited {
-				t.Fatalf("state after stop: %v", st)
-			}
-			if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("runtime dir left after stop: %v", err)
-			}
-		})
-	}
+		if err := m.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Wait(ctx); err != nil {
+			t.Fatalf("wait after a graceful stop: %v, want nil (exit 0)", err)
+		}
+		if st, _ := m.State(ctx); st != StateExited {
+			t.Fatalf("state after stop: %v", st)
+		}
+		if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("runtime dir left after stop: %v", err)
+		}
+	})
 }
 
 // TestRealGuestRebootExitsZero boots the hello guest, which prints its marker and resets:
 // Wait returns nil and the VM cleans up after itself without Close.
 func TestRealGuestRebootExitsZero(t *testing.T) {
-	for _, mode := range []BootMode{BootModeAPI, BootModeConfigFile} {
-		t.Run(string(mode), func(t *testing.T) {
-			bin := testutil.FirecrackerBin(t)
-			testutil.CheckLeaks(t)
-			root := testRoot(t)
-			mgr := newManager(t, root, bin)
-			spec := guestSpec(guestKernel(t), testguest.ModeHello)
-			spec.BootMode = mode
-			m := start(t, mgr, spec)
-			con := followConsole(t, m)
-			if err := wait(t, m); err != nil {
-				t.Fatalf("wait: %v, want nil", err)
-			}
-			con.waitFor(t, testguest.HelloLine)
-			if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("runtime dir left after the guest ended: %v", err)
-			}
-		})
-	}
+	bothModes(t, func(t *testing.T, mode BootMode) {
+		m, con := realVM(t, mode, testguest.ModeHello, nil)
+		if err := wait(t, m); err != nil {
+			t.Fatalf("wait: %v, want nil", err)
+		}
+		con.waitFor(t, testguest.HelloLine)
+		if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("runtime dir left after the guest ended: %v", err)
+		}
+	})
 }
 
 // TestRealOwnerKilled kills a process that owns a VM with SIGKILL: Firecracker must be gone
-// within a second, and the next manager reaps the VM's directory.
+// within a second, and the next manager reaps the VM's directory and its vsock socket, which
+// the spec put outside the runtime root.
 func TestRealOwnerKilled(t *testing.T) {
 	bin := testutil.FirecrackerBin(t)
 	testutil.CheckLeaks(t)
 	root := testRoot(t)
-	owner, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: guestSpec(guestKernel(t), testguest.ModeHalt)})
+	spec := guestSpec(guestKernel(t), testguest.ModeHalt)
+	vsock := filepath.Join(t.TempDir(), "vm.vsock")
+	spec.Vsock = &VsockSpec{CID: 3, Path: vsock}
+	owner, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: spec})
+	if _, err := os.Lstat(vsock); err != nil {
+		t.Fatalf("no vsock socket while the vm runs: %v", err)
+	}
 	killOwner(t, owner)
 	if !processGone(pid, time.Second) {
 		t.Fatalf("firecracker %d outlived its owner by more than 1s", pid)
 	}
 	newManager(t, root, bin) // reaps
+	if _, err := os.Lstat(vsock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the dead vm's vsock socket was left: %v", err)
+	}
 }
 
 // TestRealConcurrentStarts starts 20 VMs at once with one manager: all boot, and all clean

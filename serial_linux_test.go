@@ -186,35 +186,27 @@ func fifoQueued(t *testing.T, f *os.File) int {
 // FIFO: the bytes written leave the pipe (the halt guest never reads its UART; Firecracker
 // buffers or drops what the guest does not take).
 func TestRealConsoleInput(t *testing.T) {
-	for _, mode := range []BootMode{BootModeAPI, BootModeConfigFile} {
-		t.Run(string(mode), func(t *testing.T) {
-			bin := testutil.FirecrackerBin(t)
-			testutil.CheckLeaks(t)
-			root := testRoot(t)
-			mgr := newManager(t, root, bin)
-			spec := guestSpec(guestKernel(t), testguest.ModeHalt)
-			spec.BootMode, spec.SerialInput = mode, true
-			m := start(t, mgr, spec)
-			followConsole(t, m).waitFor(t, testguest.HaltLine)
-			w, err := m.ConsoleInput()
-			if err != nil {
-				t.Fatal(err)
+	bothModes(t, func(t *testing.T, mode BootMode) {
+		m, con := realVM(t, mode, testguest.ModeHalt, func(s *MachineSpec) { s.SerialInput = true })
+		con.waitFor(t, testguest.HaltLine)
+		w, err := m.ConsoleInput()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		const sent = 100
+		if _, err := w.Write([]byte(strings.Repeat("x", sent))); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(waitLong)
+		for fifoQueued(t, w.(*os.File)) == sent {
+			if time.Now().After(deadline) {
+				t.Fatalf("firecracker read none of the %d bytes from its stdin FIFO", sent)
 			}
-			defer w.Close()
-			const sent = 100
-			if _, err := w.Write([]byte(strings.Repeat("x", sent))); err != nil {
-				t.Fatal(err)
-			}
-			deadline := time.Now().Add(waitLong)
-			for fifoQueued(t, w.(*os.File)) == sent {
-				if time.Now().After(deadline) {
-					t.Fatalf("firecracker read none of the %d bytes from its stdin FIFO", sent)
-				}
-				time.Sleep(time.Millisecond)
-			}
-			if err := m.Kill(); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+			time.Sleep(time.Millisecond)
+		}
+		if err := m.Kill(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
