@@ -28,83 +28,30 @@ import (
 // that namespace, and Firecracker (the fake) is started in it (or in the VM's namespace, which
 // the test's namespace is the host of). Nothing touches the host's devices or firewall.
 
-// testNetns is the network namespace a test created and entered.
+// testNetns is the network namespace a test created and entered, with a netlink handle in it.
 type testNetns struct {
-	f *os.File
+	*testutil.Netns
 	h *netlink.Handle
 }
 
 // enterTestNetns locks the test's goroutine to its OS thread and moves the thread into a new
-// network namespace, with lo up, until the test ends. Call it right after CheckLeaks and
-// before anything that registers a cleanup needing the namespace (the manager, VMs). It skips
-// the test when not root or when namespaces cannot be made.
+// network namespace, with lo up, until the test ends (testutil.EnterNetns, which also checks
+// that the host's namespace gains no smv* device). Call it right after CheckLeaks and before
+// anything that registers a cleanup needing the namespace (the manager, VMs). It skips the
+// test when not root or when namespaces cannot be made.
 func enterTestNetns(t *testing.T) *testNetns {
 	t.Helper()
-	testutil.RequiresRoot(t)
-	hostLinks := smvLinks(t)
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		orig.Close()
-		runtime.UnlockOSThread()
-		t.Skipf("cannot create a network namespace: %v", err)
-	}
-	ns := &testNetns{}
-	t.Cleanup(func() {
-		if ns.h != nil {
-			ns.h.Close()
-		}
-		if ns.f != nil {
-			ns.f.Close()
-		}
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked and is discarded when the test's goroutine ends.
-			t.Errorf("return to the original network namespace: %v", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		orig.Close()
-		for _, l := range smvLinks(t) {
-			if !slices.Contains(hostLinks, l) {
-				t.Errorf("the host's namespace gained the device %s", l)
-			}
-		}
-	})
-	if ns.f, err = os.Open("/proc/thread-self/ns/net"); err != nil {
-		t.Fatal(err)
-	}
+	ns := &testNetns{Netns: testutil.EnterNetns(t, "smv")}
+	var err error
 	if ns.h, err = netlink.NewHandle(); err != nil {
 		t.Fatal(err)
 	}
-	lo, err := ns.h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.h.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { ns.h.Close() })
 	return ns
 }
 
 // smvLinks lists the devices called smv* in the calling thread's namespace.
-func smvLinks(t *testing.T) []string {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, i := range ifs {
-		if strings.HasPrefix(i.Name, netdev.Prefix) {
-			names = append(names, i.Name)
-		}
-	}
-	return names
-}
+func smvLinks(t *testing.T) []string { return testutil.LinksWithPrefix(t, "smv") }
 
 // addUplink adds "upl0" (10.99.0.1/24) with the default route through it, as the host's
 // uplink for NAT: one end of a veth pair whose peer stays in the namespace. It skips the test
@@ -144,7 +91,7 @@ func (ns *testNetns) addUplink(t *testing.T) {
 // where nftables cannot be used).
 func (ns *testNetns) hasNATTable(t *testing.T) bool {
 	t.Helper()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns.f.Fd())))
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns.File.Fd())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +141,6 @@ func sameNetns(t *testing.T, pid int, path string) bool {
 }
 
 // path names the test namespace for sameNetns and netdev.InNetns.
-func (ns *testNetns) path() string { return fmt.Sprintf("/proc/self/fd/%d", ns.f.Fd()) }
 
 // netSetup is fakeSetup for network tests: leak checks, a namespace, a root, a manager whose
 // VM namespaces go to a temporary directory.
@@ -255,7 +201,7 @@ func TestNetworkOneNIC(t *testing.T) {
 		if err != nil || ifc.MTU != 1400 || ifc.Flags&net.FlagUp == 0 {
 			t.Fatalf("tap %s: %+v, %v", nic.TAP, ifc, err)
 		}
-		if !sameNetns(t, m.PID(), ns.path()) {
+		if !sameNetns(t, m.PID(), ns.Path) {
 			t.Error("firecracker does not run in the namespace its TAP is in")
 		}
 		ifaces, bootArgs := vmConfigOf(t, m)
@@ -534,7 +480,7 @@ func TestRealNetwork(t *testing.T) {
 			m := start(t, mgr, spec)
 			followConsole(t, m).waitFor(t, testguest.HaltLine)
 			n := m.Info().Network
-			tap, where := n.NICs[0].TAP, ns.path()
+			tap, where := n.NICs[0].TAP, ns.Path
 			if tc.namespace {
 				where = n.Netns.Path
 			}
