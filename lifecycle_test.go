@@ -424,6 +424,7 @@ func TestStopEscalation(t *testing.T) {
 		{name: "ctrl-alt-del", grace: 10 * time.Second},
 		{name: "ctrl-alt-del when paused", pause: true, grace: 10 * time.Second},
 		{name: "sigterm", modes: []string{fakefc.ModeIgnoreCtrlAltDel}, signal: "SIGTERM"},
+		{name: "negative grace", modes: []string{fakefc.ModeIgnoreCtrlAltDel}, grace: -time.Hour, signal: "SIGTERM"},
 		{name: "sigkill", modes: []string{fakefc.ModeIgnoreCtrlAltDel, fakefc.ModeIgnoreSigterm}, signal: "SIGKILL"},
 		{name: "ctx ends first", modes: []string{fakefc.ModeIgnoreCtrlAltDel}, grace: 10 * time.Second, timeout: 100 * time.Millisecond,
 			wantErr: context.DeadlineExceeded, signal: "SIGKILL"},
@@ -432,7 +433,7 @@ func TestStopEscalation(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			fakeEnv(t, "", tc.modes...)
 			var opts []Option
-			if tc.grace > 0 {
+			if tc.grace != 0 {
 				opts = append(opts, WithStopGracePeriod(tc.grace))
 			}
 			mgr, _, kernel := fakeSetup(t, opts...)

@@ -51,9 +51,11 @@ func WithLogger(l *slog.Logger) Option {
 func WithBaseImages(m *baseimage.Manager) Option { return func(o *options) { o.images = m } }
 
 // WithStopGracePeriod sets how long Machine.Stop waits for the guest to shut down after
-// Ctrl-Alt-Del before sending SIGTERM (Stop's ctx can cut it shorter). Default:
-// DefaultStopGracePeriod.
-func WithStopGracePeriod(d time.Duration) Option { return func(o *options) { o.grace = d } }
+// Ctrl-Alt-Del before sending SIGTERM (Stop's ctx can cut it shorter); 0 (or less) sends
+// SIGTERM right after Ctrl-Alt-Del. Default: DefaultStopGracePeriod.
+func WithStopGracePeriod(d time.Duration) Option {
+	return func(o *options) { o.grace = max(d, 0) }
+}
 
 // WithNetnsDir sets where the network namespaces of VMs with NetworkSpec.Namespace are
 // bind-mounted. Default: netdev.DefaultNetnsDir (/var/run/netns), where `ip netns` finds
