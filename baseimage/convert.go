@@ -24,16 +24,17 @@ var toolPackages = map[string]string{
 	"debugfs":    "e2fsprogs",
 }
 
-// sbinDirs are searched after PATH: mkfs.ext4 lives in /sbin or /usr/sbin, which are often
-// not in an ordinary user's PATH.
-var sbinDirs = []string{"/usr/sbin", "/sbin", "/usr/local/sbin"}
+// sbinDirs are the directories searched for host tools after PATH: mkfs.ext4 lives in /sbin
+// or /usr/sbin, which are often not in an ordinary user's PATH.
+func sbinDirs() []string { return []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} }
 
-// lookTool finds a host tool or returns an ErrMissingTool error naming its package.
-func lookTool(name string) (string, error) {
+// lookTool finds a host tool in PATH, then in dirs, or returns an ErrMissingTool error naming
+// its package.
+func lookTool(dirs []string, name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	for _, d := range sbinDirs {
+	for _, d := range dirs {
 		p := filepath.Join(d, name)
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
 			return p, nil
@@ -44,8 +45,8 @@ func lookTool(name string) (string, error) {
 
 // runTool runs a host tool and returns its standard output. A failure carries the tail of
 // its standard error.
-func runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
-	path, err := lookTool(name)
+func (m *Manager) runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
+	path, err := lookTool(m.toolDirs, name)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +103,7 @@ func (m *Manager) checkConvertTools() error {
 		tools = append(tools, "debugfs")
 	}
 	for _, t := range tools {
-		if _, err := lookTool(t); err != nil {
+		if _, err := lookTool(m.toolDirs, t); err != nil {
 			return err
 		}
 	}
@@ -132,7 +133,7 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 	tree := filepath.Join(work, "tree")
 	var entries []fsEntry
 	if !m.euidIsRoot {
-		out, err := runTool(ctx, "unsquashfs", "-lln", "-d", listingRoot, src)
+		out, err := m.runTool(ctx, "unsquashfs", "-lln", "-d", listingRoot, src)
 		if err != nil {
 			return fmt.Errorf("list squashfs: %w", err)
 		}
@@ -140,7 +141,7 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 			return fmt.Errorf("list squashfs: %w", err)
 		}
 	}
-	if _, err := runTool(ctx, "unsquashfs", "-no-progress", "-d", tree, src); err != nil {
+	if _, err := m.runTool(ctx, "unsquashfs", "-no-progress", "-d", tree, src); err != nil {
 		// Without root, exit code 2 (non-fatal errors: device nodes, xattrs) is expected;
 		// checkTree below verifies everything else came out.
 		var te *toolError
@@ -178,7 +179,7 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 	if err = f.Truncate(int64(sizeMiB) << 20); err != nil {
 		return fmt.Errorf("size %s: %w", tmp, err)
 	}
-	if _, err = runTool(ctx, "mkfs.ext4", "-q", "-F", "-N", strconv.FormatInt(inodes, 10),
+	if _, err = m.runTool(ctx, "mkfs.ext4", "-q", "-F", "-N", strconv.FormatInt(inodes, 10),
 		"-E", "root_owner=0:0", "-d", tree, tmp); err != nil {
 		return fmt.Errorf("build ext4: %w", err)
 	}
@@ -186,11 +187,11 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 		return fmt.Errorf("remove unpacked tree: %w", err)
 	}
 	if !m.euidIsRoot {
-		if err = applyOwnership(ctx, tmp, work, append(entries, fixups...)); err != nil {
+		if err = m.applyOwnership(ctx, tmp, work, append(entries, fixups...)); err != nil {
 			return fmt.Errorf("set owners in ext4: %w", err)
 		}
 	}
-	if _, err = runTool(ctx, "e2fsck", "-fn", tmp); err != nil {
+	if _, err = m.runTool(ctx, "e2fsck", "-fn", tmp); err != nil {
 		return fmt.Errorf("check ext4: %w", err)
 	}
 	if err = f.Close(); err != nil { // install fsyncs it
@@ -459,7 +460,7 @@ func (u treeUsage) imageSize(minMiB, headMiB int) (sizeMiB int, inodes int64) {
 
 // applyOwnership writes owners, groups and modes of entries into the ext4 image with
 // debugfs, creating the device nodes unsquashfs could not.
-func applyOwnership(ctx context.Context, image, work string, entries []fsEntry) error {
+func (m *Manager) applyOwnership(ctx context.Context, image, work string, entries []fsEntry) error {
 	var b strings.Builder
 	for _, e := range entries {
 		t := e.mode & sIFMT
@@ -478,7 +479,7 @@ func applyOwnership(ctx context.Context, image, work string, entries []fsEntry) 
 	if err := os.WriteFile(script, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("write debugfs script: %w", err)
 	}
-	path, err := lookTool("debugfs")
+	path, err := lookTool(m.toolDirs, "debugfs")
 	if err != nil {
 		return err
 	}

@@ -252,11 +252,9 @@ func TestPullStallsAndTimeouts(t *testing.T) {
 func TestPullMissingTools(t *testing.T) {
 	bucket := newFakeBucket(t)
 	populateBucket(t, bucket)
-	saved := sbinDirs
-	defer func() { sbinDirs = saved }()
-	sbinDirs = nil
 	t.Setenv("PATH", t.TempDir())
 	m := testManager(t, bucket)
+	m.toolDirs = nil
 	_, err := m.Pull(context.Background(), Source{Preset: PresetLatest})
 	if !errors.Is(err, ErrMissingTool) || !strings.Contains(err.Error(), "squashfs-tools") {
 		t.Fatalf("pull without unsquashfs: %v; want ErrMissingTool naming squashfs-tools", err)

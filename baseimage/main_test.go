@@ -154,7 +154,7 @@ func testSquashfs(t testing.TB) []byte {
 func needConvertTools(t testing.TB) {
 	t.Helper()
 	for _, tool := range []string{"unsquashfs", "mkfs.ext4", "e2fsck", "debugfs"} {
-		if _, err := lookTool(tool); err != nil {
+		if _, err := lookTool(sbinDirs(), tool); err != nil {
 			t.Skipf("needs %v", err)
 		}
 	}

@@ -97,6 +97,7 @@ type Manager struct {
 	mu         sync.Mutex
 	flights    map[string]*flight
 	euidIsRoot bool
+	toolDirs   []string // searched for host tools after PATH
 }
 
 // HostArch returns the guest architecture matching the host: x86_64 or aarch64, or an error
@@ -118,7 +119,7 @@ func New(opts Options) (*Manager, error) {
 		dir: opts.Dir, keep: opts.Keep, arch: opts.Arch, client: opts.HTTPClient, log: opts.Logger,
 		progress: opts.Progress, sizeMiB: opts.RootfsSizeMiB, headMiB: opts.RootfsHeadroomMiB,
 		retries: opts.Retries, backoff: opts.RetryBackoff, stall: opts.StallTimeout,
-		euidIsRoot: isRoot(), flights: make(map[string]*flight),
+		euidIsRoot: isRoot(), flights: make(map[string]*flight), toolDirs: sbinDirs(),
 	}
 	if m.dir == "" {
 		m.dir = DefaultDir

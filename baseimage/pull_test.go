@@ -125,7 +125,7 @@ func checkBootReady(t *testing.T, b *Bundle) {
 
 func mustTool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := lookTool(name)
+	p, err := lookTool(sbinDirs(), name)
 	if err != nil {
 		t.Skip(err)
 	}
