@@ -317,8 +317,10 @@ func deleteOwned(h *netlink.Handle, name, kind, owner string) error {
 // them), TAP devices, the veth pair and the namespace, then releases the leases and removes the
 // record. It runs relative to the calling thread's network namespace, which must be the one
 // Setup ran in. What is already gone is skipped, so it is safe to call again after a partial
-// failure; devices that are not the VM's are never touched. The leases and the record are kept
-// until everything else is gone. Run it after the VM's Firecracker has exited.
+// failure; devices that are not the VM's are never touched, and a namespace at the recorded
+// path that holds other devices is left alone with an error wrapping ErrNotOwned. The leases
+// and the record are kept until everything else is gone. Run it after the VM's Firecracker
+// has exited. Errors: ErrNotOwned, ErrPermission, and ctx's error while waiting for the lock.
 func (n *Network) Teardown(ctx context.Context, opts ...Option) error {
 	if n == nil {
 		return nil
