@@ -66,7 +66,6 @@ func (s Status) String() string {
 type Process struct {
 	pid       int
 	startTime uint64
-	child     bool
 	done      chan struct{}
 	status    Status // written once, before done is closed
 
@@ -80,9 +79,6 @@ func (p *Process) PID() int { return p.pid }
 // StartTime returns the process start time in clock ticks since boot (field 22 of
 // /proc/<pid>/stat), which together with the pid identifies the process.
 func (p *Process) StartTime() uint64 { return p.startTime }
-
-// Child reports whether this process started the process (and so can learn its exit status).
-func (p *Process) Child() bool { return p.child }
 
 // Done is closed when the process has ended (and, for a child, has been reaped).
 func (p *Process) Done() <-chan struct{} { return p.done }

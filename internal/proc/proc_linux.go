@@ -41,7 +41,7 @@ func Start(cfg Config) (*Process, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	}
 
-	p := &Process{child: true, done: make(chan struct{})}
+	p := &Process{done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
 		if !cfg.Detached {
