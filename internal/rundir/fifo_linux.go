@@ -24,9 +24,13 @@ func OpenFIFO(path string) (*os.File, error) {
 		return nil, fmt.Errorf("open fifo %s: %w", path, err)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("open fifo %s: not a fifo", path)
+		return nil, fmt.Errorf("open fifo %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open fifo %s: not a fifo (mode %#o)", path, st.Mode)
 	}
 	return os.NewFile(uintptr(fd), path), nil
 }

@@ -540,3 +540,33 @@ func TestReapWithoutLockFile(t *testing.T) {
 		t.Fatalf("reap of a missing dir: %v, %v", gone, err)
 	}
 }
+
+// TestOpenFIFO: the FIFO opens read-write without blocking (no other reader or writer), and
+// carries what is written; anything else is refused.
+func TestOpenFIFO(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fifo, file := filepath.Join(dir, "fifo"), filepath.Join(dir, "file")
+	if err := MakeFIFO(fifo); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenFIFO(fifo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 2)
+	if _, err := f.Read(b); err != nil || string(b) != "hi" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	os.WriteFile(file, nil, 0o600)
+	if _, err := OpenFIFO(file); err == nil || !strings.Contains(err.Error(), "not a fifo") {
+		t.Errorf("regular file: %v", err)
+	}
+	if _, err := OpenFIFO(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing: %v", err)
+	}
+}
