@@ -14,7 +14,8 @@ var (
 	// ErrExists reports a VM name already used by a live VM (or one being started) in the
 	// runtime root.
 	ErrExists = rundir.ErrExists
-	// ErrNotFound reports that no live VM has the name.
+	// ErrNotFound reports that no live VM has the name, or (from OpenSnapshot) that a
+	// directory holds no snapshot.
 	ErrNotFound = rundir.ErrNotFound
 	// ErrNotRunning reports a call that needs a running VM made after its process ended.
 	ErrNotRunning = errors.New("vm not running")
