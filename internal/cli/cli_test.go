@@ -1,14 +1,12 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -80,13 +78,13 @@ func (e cliEnv) run(t *testing.T, args ...string) result {
 
 func (e cliEnv) runCtx(t *testing.T, ctx context.Context, args ...string) result {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	return e.runIO(ctx, strings.NewReader(""), &out, &errOut, args...)
 }
 
 // runIO runs the CLI in-process with the given stdio; stdout and stderr must be safe to read
 // while it runs if the caller watches them.
-func (e cliEnv) runIO(ctx context.Context, stdin io.Reader, stdout, stderr *syncBuffer, args ...string) result {
+func (e cliEnv) runIO(ctx context.Context, stdin io.Reader, stdout, stderr *testutil.SyncBuffer, args ...string) result {
 	a := &app{
 		stdin:     stdin,
 		stdout:    stdout,
@@ -99,24 +97,6 @@ func (e cliEnv) runIO(ctx context.Context, stdin io.Reader, stdout, stderr *sync
 	}
 	code := a.run(ctx, args)
 	return result{stdout: stdout.String(), stderr: stderr.String(), code: code}
-}
-
-// syncBuffer is a bytes.Buffer that may be read while the CLI writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // ok fails the test unless the run exited 0.

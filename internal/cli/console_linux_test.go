@@ -57,8 +57,8 @@ func termios(t *testing.T, f *os.File) unix.Termios {
 }
 
 // screen collects what the CLI writes to the terminal, until the master is closed.
-func screen(master *os.File) *syncBuffer {
-	var b syncBuffer
+func screen(master *os.File) *testutil.SyncBuffer {
+	var b testutil.SyncBuffer
 	go func() { _, _ = io.Copy(&b, master) }()
 	return &b
 }
@@ -110,7 +110,7 @@ func testForegroundTerminal(t *testing.T, env cliEnv, fake bool) {
 	master, tty := openPTY(t)
 	before := termios(t, tty)
 	shown := screen(master)
-	var errOut syncBuffer
+	var errOut testutil.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		a := &app{stdin: tty, stdout: tty, stderr: &errOut, lookupEnv: env.lookup, self: env[testSelf]}

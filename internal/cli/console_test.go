@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smartvm/smartvm/internal/testutil"
 )
 
 // A guest that does not read its serial input never holds up the escape sequence: input it
@@ -52,7 +54,7 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 // an escape.
 func TestWatchInputForwards(t *testing.T) {
 	t.Parallel()
-	var got syncBuffer
+	var got testutil.SyncBuffer
 	escaped := watchInput(strings.NewReader("ls -l\r\x1d\x1d\x03"), &got, func() {})
 	want := "ls -l\r\x1d\x03"
 	deadline := time.Now().Add(10 * time.Second)

@@ -111,7 +111,7 @@ func TestPsTable(t *testing.T) {
 	if vms[1].Created.After(now) {
 		now = vms[1].Created
 	}
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &out, lookupEnv: env.lookup, now: func() time.Time { return now.Add(90 * time.Second) }}
 	if code := a.run(t.Context(), []string{"ps"}); code != 0 {
 		t.Fatalf("ps: exit %d\n%s", code, out.String())
@@ -150,7 +150,7 @@ func TestLogsFollow(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	env.run(t, "run", "-d", "--name", "talker", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	done := make(chan result, 1)
 	go func() { done <- env.runIO(t.Context(), strings.NewReader(""), &out, &errOut, "logs", "-f", "talker") }()
 	waitOutput(t, &out, testguest.TickLine(3))
@@ -417,8 +417,8 @@ func TestAttach(t *testing.T) {
 	env.run(t, "run", "-d", "--name", "bg", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
 	waitLogs(t, env, "bg", testguest.TickLine(2))
 
-	attach := func(ctx context.Context, in io.Reader) (*syncBuffer, <-chan result) {
-		var out, errOut syncBuffer
+	attach := func(ctx context.Context, in io.Reader) (*testutil.SyncBuffer, <-chan result) {
+		var out, errOut testutil.SyncBuffer
 		done := make(chan result, 1)
 		go func() { done <- env.runIO(ctx, in, &out, &errOut, "attach", "bg") }()
 		return &out, done

@@ -306,7 +306,7 @@ func TestSSH(t *testing.T) {
 
 	dir := fakeSSH(t)
 	env["PATH"] = dir
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	r := env.runIO(t.Context(), strings.NewReader("typed"), &out, &errOut, "ssh", "box", "-i", key, "--", "uname", "-a")
 	if r.code != 7 || strings.Contains(r.stderr, "smartvm:") {
 		t.Errorf("ssh exited %d, want ssh's 7 and no message:\n%s", r.code, r.stderr)

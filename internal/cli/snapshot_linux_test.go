@@ -105,7 +105,7 @@ func testRestoreForeground(t *testing.T, env cliEnv) {
 
 	in, typed := io.Pipe()
 	defer typed.Close()
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	done := make(chan result, 1)
 	go func() { done <- env.runIO(t.Context(), in, &out, &errOut, "restore", dir) }()
 	waitOutput(t, &out, testguest.TickPrefix)

@@ -252,7 +252,7 @@ func TestRealDoctor(t *testing.T) {
 }
 
 // waitOutput waits until buf shows want.
-func waitOutput(t *testing.T, buf *syncBuffer, want string) {
+func waitOutput(t *testing.T, buf *testutil.SyncBuffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(buf.String(), want) {
@@ -269,7 +269,7 @@ func testForegroundStop(t *testing.T, env cliEnv) {
 	t.Run("signal", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		var out, errOut syncBuffer
+		var out, errOut testutil.SyncBuffer
 		done := make(chan result, 1)
 		go func() {
 			done <- env.runIO(ctx, strings.NewReader(""), &out, &errOut, "run", "--name", "fg-sig", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter))
@@ -284,7 +284,7 @@ func testForegroundStop(t *testing.T, env cliEnv) {
 	t.Run("escape", func(t *testing.T) {
 		in, typed := io.Pipe()
 		defer typed.Close()
-		var out, errOut syncBuffer
+		var out, errOut testutil.SyncBuffer
 		done := make(chan result, 1)
 		go func() {
 			done <- env.runIO(t.Context(), in, &out, &errOut, "run", "--name", "fg-esc", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD))
@@ -329,7 +329,7 @@ func BenchmarkRealRunHello(b *testing.B) {
 	fc := testutil.FirecrackerBin(b)
 	env := cliEnv{envFirecrackerBin: fc, envRuntimeDir: b.TempDir(), envBaseImageDir: b.TempDir(), "HOME": b.TempDir()}
 	for b.Loop() {
-		var out, errOut syncBuffer
+		var out, errOut testutil.SyncBuffer
 		r := env.runIO(b.Context(), strings.NewReader(""), &out, &errOut, "run", "--image", "hello")
 		if r.code != 0 || r.stdout != testguest.HelloLine+"\n" {
 			b.Fatalf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
