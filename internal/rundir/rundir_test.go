@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -197,7 +198,9 @@ func TestReap(t *testing.T) {
 		return nil
 	})
 	owned := create(t, r, "owned") // lock held: kept even without state
-	_ = owned
+	// Keep the Dir reachable: a collected lock's file is closed by its finalizer, which
+	// releases the lock.
+	defer runtime.KeepAlive(owned)
 	live := create(t, r, "live")
 	live.WriteState(selfState(t))
 	live.Unlock()
