@@ -703,6 +703,12 @@ func TestDetachedAttach(t *testing.T) {
 	}
 	con := followConsole(t, m)
 	con.waitFor(t, testguest.ReadyLine)
+	// A file of the caller's in the VM's directory goes with it.
+	f, err := m.CreateFile(ctx, "notes.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 	if err := m.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -730,6 +736,9 @@ func TestDetachedAttach(t *testing.T) {
 	}
 	if _, err := os.Stat(m.Dir()); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("dir left: %v", err)
+	}
+	if _, err := m.CreateFile(ctx, "late.log"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CreateFile after the vm ended: %v, want ErrNotFound", err)
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)

@@ -147,6 +147,19 @@ func (m *Machine) PID() int { return m.proc.PID() }
 // Dir returns the VM's runtime directory (removed when the VM ends).
 func (m *Machine) Dir() string { return m.paths.Dir }
 
+// CreateFile creates a new file of the caller's, called name, in the VM's runtime directory
+// (mode 0600, opened for appending), so that it is removed with the VM's other files: a
+// supervisor's log, say. name must be a plain file name that is none of the directory's own
+// entries (state.json, api.sock, serial.log, ...). It fails with an error wrapping ErrNotFound
+// once the VM has ended and its directory is gone.
+func (m *Machine) CreateFile(ctx context.Context, name string) (*os.File, error) {
+	f, err := m.dir.CreateFile(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", m.name, err)
+	}
+	return f, nil
+}
+
 // APISocket returns the path of Firecracker's API socket.
 func (m *Machine) APISocket() string { return m.paths.APISocket }
 
@@ -671,6 +684,7 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		name:     st.Name,
 		spec:     spec,
 		paths:    st.Paths,
+		dir:      dir,
 		proc:     p,
 		client:   client,
 		version:  ver,

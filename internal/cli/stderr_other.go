@@ -5,8 +5,9 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"os"
 )
 
-func redirectStderr(path string) error {
-	return fmt.Errorf("redirect stderr to %s: %w", path, errors.ErrUnsupported)
+func redirectStderr(f *os.File) error {
+	return fmt.Errorf("redirect stderr to %s: %w", f.Name(), errors.ErrUnsupported)
 }

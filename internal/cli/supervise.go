@@ -9,10 +9,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 
-	"github.com/gofrs/flock"
 	"github.com/spf13/cobra"
 
 	"github.com/smartvm/smartvm"
@@ -25,13 +23,6 @@ const superviseCmd = "__supervise"
 // the VM runs: its log records (at the --log-level run was given) and any crash report. It is
 // removed with the directory.
 const supervisorLog = "supervisor.log"
-
-// The runtime root's lock, taken to create or remove VM directories, and a VM directory's
-// state file (with the firecracker pid), as docs/architecture.md describes them.
-const (
-	rootLock  = "root.lock"
-	stateFile = "state.json"
-)
 
 // statusFD is the supervisor's file descriptor for its status pipe (the first of ExtraFiles).
 const statusFD = 3
@@ -177,7 +168,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 	report(superviseStatus{Name: m.Name(), PID: m.PID()})
 	// From now on nobody reads this process's errors: keep them with the VM. Best effort;
 	// when it fails (the VM has ended already), stderr stays /dev/null.
-	if err := keepStderr(mgr, m); err != nil {
+	if err := keepStderr(ctx, m); err != nil {
 		a.log.Debug("keep the supervisor's stderr", "err", err)
 	}
 	select {
@@ -190,26 +181,13 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 	return m.Close()
 }
 
-// keepStderr sends this process's stderr to supervisor.log in m's directory. It holds the
-// runtime root's lock meanwhile, which the library takes to create and remove VM
-// directories, so the file never appears while the directory is being removed (the removal
-// would fail), and it creates the file only while the directory still belongs to m: its
-// state.json names m's process.
-func keepStderr(mgr *smartvm.Manager, m *smartvm.Machine) error {
-	lk := flock.New(filepath.Join(mgr.RuntimeDir(), rootLock))
-	if err := lk.Lock(); err != nil {
-		return fmt.Errorf("lock runtime root %s: %w", mgr.RuntimeDir(), err)
-	}
-	defer lk.Unlock()
-	b, err := os.ReadFile(filepath.Join(m.Dir(), stateFile))
+// keepStderr sends this process's stderr to supervisor.log in m's directory, which the
+// library removes with the VM (and never creates while the VM's directory is going away).
+func keepStderr(ctx context.Context, m *smartvm.Machine) error {
+	f, err := m.CreateFile(ctx, supervisorLog)
 	if err != nil {
-		return fmt.Errorf("vm %s: %w", m.Name(), err)
+		return err
 	}
-	var st struct {
-		PID int `json:"pid"`
-	}
-	if err := json.Unmarshal(b, &st); err != nil || st.PID != m.PID() {
-		return fmt.Errorf("vm %s has ended: its directory is gone or another vm's", m.Name())
-	}
-	return redirectStderr(filepath.Join(m.Dir(), supervisorLog))
+	defer f.Close()
+	return redirectStderr(f)
 }

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -447,6 +448,34 @@ func (d *Dir) Remove(ctx context.Context) error {
 	}
 	errs = append(errs, d.Unlock())
 	return errors.Join(errs...)
+}
+
+// reservedNames are the entries of a VM directory that this package and its users manage.
+var reservedNames = []string{LockFile, StateFile, SocketFile, LogFile, MetricsFile, SerialFile,
+	SerialInFile, StderrFile, ConfigFile, MetadataFile, VsockFile, DrivesDir, IDFile}
+
+// CreateFile creates a new file called name (mode 0600, opened for appending) in this
+// incarnation of the VM's directory, so that it is removed with the directory. It takes
+// root.lock, so the directory cannot be removed halfway through, and fails with an error
+// wrapping ErrNotFound when the directory is gone or belongs to a newer VM of the same name.
+// name must be a plain file name that is none of the directory's own entries.
+func (d *Dir) CreateFile(ctx context.Context, name string) (*os.File, error) {
+	if name == "" || name != filepath.Base(name) || name == "." || name == ".." || slices.Contains(reservedNames, name) {
+		return nil, fmt.Errorf("create %q in vm dir %s: want a plain file name other than the directory's own entries", name, d.name)
+	}
+	rl, err := d.root.lock(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("create %s in vm dir %s: %w", name, d.name, err)
+	}
+	defer rl.Unlock()
+	if id, err := os.ReadFile(filepath.Join(d.Dir, IDFile)); err != nil || string(id) != d.id {
+		return nil, fmt.Errorf("create %s in vm dir %s: the vm has ended and its directory is gone: %w", name, d.name, ErrNotFound)
+	}
+	f, err := os.OpenFile(filepath.Join(d.Dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create %s in vm dir %s: %w", name, d.name, err)
+	}
+	return f, nil
 }
 
 // Names returns the names of all VM directories, sorted.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -571,5 +572,42 @@ func TestOpenFIFO(t *testing.T) {
 	}
 	if _, err := OpenFIFO(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing: %v", err)
+	}
+}
+
+func TestCreateFile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	f, err := d.CreateFile(ctx, "supervisor.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("x")
+	f.Close()
+	if _, err := d.CreateFile(ctx, "supervisor.log"); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("second CreateFile: %v, want fs.ErrExist", err)
+	}
+	for _, bad := range []string{"", "..", "a/b", StateFile, DrivesDir, IDFile} {
+		if _, err := d.CreateFile(ctx, bad); err == nil || !strings.Contains(err.Error(), "plain file name") {
+			t.Errorf("CreateFile(%q): %v, want a refusal", bad, err)
+		}
+	}
+
+	// Once the directory is removed, or replaced by a newer VM of the same name, nothing is
+	// created in it.
+	if err := d.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateFile(ctx, "late.log"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CreateFile after Remove: %v, want ErrNotFound", err)
+	}
+	newer := create(t, r, "vm1")
+	if _, err := d.CreateFile(ctx, "late.log"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CreateFile in a newer incarnation: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(filepath.Join(newer.Dir, "late.log")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the newer directory got the file: %v", err)
 	}
 }
