@@ -96,15 +96,41 @@ func tail(b []byte, n int) string {
 	return string(b)
 }
 
+// Tool is a host program that converting a squashfs rootfs to ext4 runs.
+type Tool struct {
+	// Name is the program's name, such as "mkfs.ext4".
+	Name string
+	// Package is the Debian package that provides it.
+	Package string
+	// Path is where it was found; empty when it is missing.
+	Path string
+}
+
+// HostTools lists the host programs that a squashfs conversion runs in this process
+// (debugfs only when the process is not root), each looked up as the conversion looks it up:
+// in PATH, then in /usr/sbin, /sbin and /usr/local/sbin. A missing tool has an empty Path;
+// pulling a squashfs base image then fails with an error wrapping ErrMissingTool.
+func HostTools() []Tool { return convertTools(sbinDirs(), isRoot()) }
+
+// convertTools is HostTools for the given search directories and privileges.
+func convertTools(dirs []string, root bool) []Tool {
+	names := []string{"unsquashfs", "mkfs.ext4", "e2fsck"}
+	if !root {
+		names = append(names, "debugfs")
+	}
+	tools := make([]Tool, len(names))
+	for i, n := range names {
+		tools[i] = Tool{Name: n, Package: toolPackages[n]}
+		tools[i].Path, _ = lookTool(dirs, n)
+	}
+	return tools
+}
+
 // checkConvertTools reports the first missing tool the conversion needs.
 func (m *Manager) checkConvertTools() error {
-	tools := []string{"unsquashfs", "mkfs.ext4", "e2fsck"}
-	if !m.euidIsRoot {
-		tools = append(tools, "debugfs")
-	}
-	for _, t := range tools {
-		if _, err := lookTool(m.toolDirs, t); err != nil {
-			return err
+	for _, t := range convertTools(m.toolDirs, m.euidIsRoot) {
+		if t.Path == "" {
+			return missingTool(t.Name, t.Package)
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -304,5 +305,28 @@ func TestPullEscapes(t *testing.T) {
 	mo := testManager(t, bucket, func(o *Options) { o.Dir = open })
 	if _, err := mo.Pull(ctx, Source{Preset: PresetLatest}); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
 		t.Errorf("pull into a world-writable cache dir: %v", err)
+	}
+}
+
+func TestConvertTools(t *testing.T) {
+	bin := t.TempDir()
+	t.Setenv("PATH", t.TempDir())
+	for _, name := range []string{"unsquashfs", "e2fsck"} {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := convertTools([]string{bin}, false)
+	want := []Tool{
+		{Name: "unsquashfs", Package: "squashfs-tools", Path: filepath.Join(bin, "unsquashfs")},
+		{Name: "mkfs.ext4", Package: "e2fsprogs"},
+		{Name: "e2fsck", Package: "e2fsprogs", Path: filepath.Join(bin, "e2fsck")},
+		{Name: "debugfs", Package: "e2fsprogs"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("as non-root: %+v, want %+v", got, want)
+	}
+	if got := convertTools([]string{bin}, true); len(got) != 3 || got[2].Name != "e2fsck" {
+		t.Errorf("as root (no debugfs): %+v", got)
 	}
 }

@@ -346,9 +346,9 @@ func (a *app) client() *http.Client {
 }
 
 // lookPath finds an executable called name in the directories of $PATH (as the CLI reads
-// the environment), skipping relative entries, then in the directories extra.
-func (a *app) lookPath(name string, extra ...string) (string, error) {
-	for _, dir := range append(filepath.SplitList(a.getenv("PATH")), extra...) {
+// the environment), skipping relative entries.
+func (a *app) lookPath(name string) (string, error) {
+	for _, dir := range filepath.SplitList(a.getenv("PATH")) {
 		if dir == "" || !filepath.IsAbs(dir) {
 			continue // a relative PATH entry would depend on the working directory
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/smartvm/smartvm"
+	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/internal/testguest"
 )
 
@@ -48,16 +49,6 @@ const (
 
 // helloTimeout bounds the doctor's boot of the hello guest.
 const helloTimeout = 60 * time.Second
-
-// convertTools are the host tools base image conversion uses, with their Debian packages.
-var convertTools = []struct{ name, pkg string }{
-	{"mkfs.ext4", "e2fsprogs"},
-	{"e2fsck", "e2fsprogs"},
-	{"unsquashfs", "squashfs-tools"},
-}
-
-// sbinDirs are searched after PATH, as the base image cache does.
-var sbinDirs = []string{"/usr/sbin", "/sbin", "/usr/local/sbin"}
 
 func (a *app) newDoctorCmd() *cobra.Command {
 	var asJSON bool
@@ -101,8 +92,8 @@ func (a *app) doctor(ctx context.Context) doctorReport {
 	checks = append(checks, kvm)
 	fc, fcCheck := a.checkFirecracker(ctx)
 	checks = append(checks, fcCheck, checkTUN())
-	for _, t := range convertTools {
-		checks = append(checks, a.checkTool(t.name, t.pkg))
+	for _, t := range baseimage.HostTools() {
+		checks = append(checks, checkTool(t))
 	}
 	checks = append(checks, a.checkRuntimeDir())
 	if kvm.Status == checkOK && fcCheck.Status == checkOK {
@@ -191,15 +182,16 @@ func checkTUN() check {
 	return c
 }
 
-// checkTool looks for a host tool in PATH and the sbin directories.
-func (a *app) checkTool(name, pkg string) check {
-	c := check{Name: name}
-	if p, err := a.lookPath(name, sbinDirs...); err == nil {
-		c.Status, c.Detail = checkOK, p
+// checkTool reports a host tool that base image conversion runs, found as the conversion
+// finds it.
+func checkTool(t baseimage.Tool) check {
+	c := check{Name: t.Name}
+	if t.Path != "" {
+		c.Status, c.Detail = checkOK, t.Path
 		return c
 	}
 	c.Status, c.Detail = checkFail, "not found; needed to turn the default base images (squashfs) into ext4 root filesystems"
-	c.Fix = "sudo apt-get install " + pkg + " (Debian/Ubuntu; the package is " + pkg + " on most distributions)"
+	c.Fix = "sudo apt-get install " + t.Package + " (Debian/Ubuntu; the package is " + t.Package + " on most distributions)"
 	return c
 }
 
