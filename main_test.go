@@ -14,9 +14,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Under -race a process that exits 0 first sleeps a second (atexit_sleep_ms); the
-	// stand-in processes inherit this and exit at once.
-	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	testutil.Main(m, map[string]func([]string) int{
 		"firecracker":   fakefc.Main,
 		"smartvm-owner": ownerMain,

@@ -15,11 +15,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Under -race, every process of this test binary (the fake firecracker, the supervisor)
-	// would otherwise sleep a second on exit for the race detector's report.
-	if _, set := os.LookupEnv("GORACE"); !set {
-		os.Setenv("GORACE", "atexit_sleep_ms=0")
-	}
 	testutil.Main(m, map[string]func([]string) int{
 		"firecracker": fakefc.Main,
 		"smartvm":     smartvmMain,

@@ -48,10 +48,8 @@ func fakeTarget(t *testing.T, version string) target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The race detector's runtime sleeps a second when a process exits (GORACE
-	// atexit_sleep_ms); the fake processes have nothing to report by then.
-	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
-	return target{bin: testutil.Link(t, "firecracker"), env: []string{EnvVersion + "=" + version, "GORACE=" + gorace},
+	// The fake processes inherit GORACE=atexit_sleep_ms=0 from testutil.Main.
+	return target{bin: testutil.Link(t, "firecracker"), env: []string{EnvVersion + "=" + version},
 		version: version, minor: minor}
 }
 

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
@@ -25,9 +23,6 @@ import (
 func init() { runtime.LockOSThread() }
 
 func TestMain(m *testing.M) {
-	// Under -race a process that exits 0 sleeps a second first (atexit_sleep_ms); the helper
-	// children inherit this setting and exit at once.
-	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	testutil.Main(m, map[string]func([]string) int{
 		"proc-helper": helperMain,
 		"proc-owner":  ownerMain,
@@ -52,14 +47,7 @@ func helperMain(args []string) int {
 		os.Stderr.WriteString("err:" + args[1] + "\n")
 		return 0
 	case "leader-exit":
-		// The main thread exits on its own: the process goes on in its other threads, its
-		// main thread a zombie, as while a killed multi-threaded process winds down.
-		if unix.Gettid() != os.Getpid() {
-			return 3
-		}
-		go time.Sleep(time.Hour)
-		os.Stdout.WriteString("ready\n")
-		syscall.Syscall(unix.SYS_EXIT, 0, 0, 0)
+		return testutil.LeaderExitMain(args)
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fallthrough

@@ -3,14 +3,10 @@ package rundir
 import (
 	"bufio"
 	"context"
-	"os"
 	"os/exec"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/testutil"
@@ -21,19 +17,7 @@ import (
 func init() { runtime.LockOSThread() }
 
 func TestMain(m *testing.M) {
-	testutil.Main(m, map[string]func([]string) int{"leader-exit": leaderExitMain})
-}
-
-// leaderExitMain ends the main thread alone, leaving the process running in its other
-// threads with a zombie main thread, as a killed multi-threaded Firecracker is for a moment.
-func leaderExitMain([]string) int {
-	if unix.Gettid() != os.Getpid() {
-		return 3
-	}
-	go time.Sleep(time.Hour)
-	os.Stdout.WriteString("ready\n")
-	syscall.Syscall(unix.SYS_EXIT, 0, 0, 0)
-	return 0
+	testutil.Main(m, map[string]func([]string) int{"leader-exit": testutil.LeaderExitMain})
 }
 
 // TestReapWaitsForAnExitingProcess: a VM whose process is still exiting (its threads hold its
