@@ -14,7 +14,6 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/smartvm/smartvm/internal/fakefc"
@@ -28,10 +27,9 @@ import (
 // that namespace, and Firecracker (the fake) is started in it (or in the VM's namespace, which
 // the test's namespace is the host of). Nothing touches the host's devices or firewall.
 
-// testNetns is the network namespace a test created and entered, with a netlink handle in it.
+// testNetns is the network namespace a test created and entered.
 type testNetns struct {
 	*testutil.Netns
-	h *netlink.Handle
 }
 
 // enterTestNetns locks the test's goroutine to its OS thread and moves the thread into a new
@@ -41,42 +39,17 @@ type testNetns struct {
 // test when not root or when namespaces cannot be made.
 func enterTestNetns(t *testing.T) *testNetns {
 	t.Helper()
-	ns := &testNetns{Netns: testutil.EnterNetns(t, "smv")}
-	var err error
-	if ns.h, err = netlink.NewHandle(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.h.Close() })
-	return ns
+	return &testNetns{Netns: testutil.EnterNetns(t, netdev.Prefix)}
 }
 
 // smvLinks lists the devices called smv* in the calling thread's namespace.
-func smvLinks(t *testing.T) []string { return testutil.LinksWithPrefix(t, "smv") }
+func smvLinks(t *testing.T) []string { return testutil.LinksWithPrefix(t, netdev.Prefix) }
 
-// addUplink adds "upl0" (10.99.0.1/24) with the default route through it, as the host's
-// uplink for NAT: one end of a veth pair whose peer stays in the namespace. It skips the test
-// when the kernel cannot make veth devices or masquerade.
+// addUplink adds the stand-in uplink (testutil.AddUplink) for NAT. It skips the test when the
+// kernel cannot make veth devices or masquerade.
 func (ns *testNetns) addUplink(t *testing.T) {
 	t.Helper()
-	d := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "upl0"}, PeerName: "upl0peer"}
-	if err := ns.h.LinkAdd(d); errors.Is(err, unix.EOPNOTSUPP) {
-		t.Skipf("the kernel cannot make veth devices: %v", err)
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := ns.h.LinkByName("upl0peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, _ := netlink.ParseAddr("10.99.0.1/24")
-	for _, err := range []error{ns.h.LinkSetUp(peer), ns.h.AddrAdd(d, addr), ns.h.LinkSetUp(d)} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := ns.h.RouteAdd(&netlink.Route{LinkIndex: d.Index, Gw: net.ParseIP("10.99.0.254")}); err != nil {
-		t.Fatal(err)
-	}
+	testutil.NeedUplink(t)
 	// Skip unless the kernel can masquerade: set up and tear down a NAT network.
 	n, err := netdev.Setup(context.Background(), netdev.Config{Owner: "nat-probe", Dir: t.TempDir(), NAT: true})
 	if err != nil {
@@ -243,7 +216,7 @@ func TestNetworkTwoNICsNAT(t *testing.T) {
 	if len(n.NICs) != 2 || n.NICs[1].ID != "data" || n.NICs[1].Subnet.String() != "172.16.0.4/30" || n.NICs[1].MAC != "06:00:ac:10:00:06" {
 		t.Fatalf("nics %+v", n.NICs)
 	}
-	if n.NAT == nil || n.NAT.Uplink != "upl0" || !ns.hasNATTable(t) {
+	if n.NAT == nil || n.NAT.Uplink != testutil.UplinkName || !ns.hasNATTable(t) {
 		t.Fatalf("NAT %+v, table %v", n.NAT, ns.hasNATTable(t))
 	}
 	if got := m.Spec().MMDS.Interfaces; !slices.Equal(got, []string{"eth0", "data"}) {

@@ -1,8 +1,6 @@
 package netdev
 
 import (
-	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,7 +10,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/smartvm/smartvm/internal/testutil"
 )
@@ -45,29 +42,7 @@ func enterTestNetns(t testing.TB) *testNetns {
 // nothing sent to it leaves the namespace.
 func (ns *testNetns) addUplink(t testing.TB) {
 	t.Helper()
-	d := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "upl0"}, PeerName: "upl0peer"}
-	if err := ns.h.LinkAdd(d); errors.Is(err, unix.EOPNOTSUPP) {
-		t.Skipf("the kernel cannot make veth devices: %v", err)
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := ns.h.LinkByName("upl0peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.h.LinkSetUp(peer); err != nil {
-		t.Fatal(err)
-	}
-	addr, _ := netlink.ParseAddr("10.99.0.1/24")
-	if err := ns.h.AddrAdd(d, addr); err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.h.LinkSetUp(d); err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.h.RouteAdd(&netlink.Route{LinkIndex: d.Index, Gw: net.ParseIP("10.99.0.254")}); err != nil {
-		t.Fatal(err)
-	}
+	testutil.NeedUplink(t)
 	ns.requireNAT(t)
 }
 

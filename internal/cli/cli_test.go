@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 // smartvmMain is cmd/smartvm's main for the test binary posing as smartvm.
 func smartvmMain(args []string) int {
 	if os.Getenv(envTestUplink) != "" {
-		if err := addTestUplink(); err != nil {
+		if err := testutil.AddUplink(); err != nil {
 			fmt.Fprintln(os.Stderr, "smartvm test: add an uplink:", err)
 			return 1
 		}

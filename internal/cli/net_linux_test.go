@@ -34,30 +34,11 @@ func inTestNetns(cmd *exec.Cmd) {
 	cmd.Env = append(os.Environ(), envTestUplink+"=1")
 }
 
-// addTestUplink brings lo up and adds "upl0", 10.99.0.1/24, with the default route through
-// it, to the calling process's network namespace: one end of a veth pair whose other end is
-// in the same namespace, so nothing sent to it leaves the namespace. NAT needs it.
-func addTestUplink() error {
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "add", "upl0", "type", "veth", "peer", "name", "upl0peer"},
-		{"link", "set", "upl0peer", "up"},
-		{"addr", "add", "10.99.0.1/24", "dev", "upl0"},
-		{"link", "set", "upl0", "up"},
-		{"route", "add", "default", "via", "10.99.0.254"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			return &exec.Error{Name: "ip " + strings.Join(args, " ") + ": " + strings.TrimSpace(string(out)), Err: err}
-		}
-	}
-	return nil
-}
-
 // netProbeMain, in a new network namespace, adds the test uplink and sets up and tears down a
 // NAT network, with state in the directory args[0]: it exits 0 when the tests' supervisors can
 // do the same.
 func netProbeMain(args []string) int {
-	err := addTestUplink()
+	err := testutil.AddUplink()
 	if err == nil {
 		var n *netdev.Network
 		if n, err = netdev.Setup(context.Background(), netdev.Config{Owner: "cli-probe", Dir: args[0], NAT: true}); err == nil {

@@ -1,9 +1,11 @@
 package testutil
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -111,4 +113,48 @@ func LinksWithPrefix(t testing.TB, prefix string) []string {
 		}
 	}
 	return names
+}
+
+// The stand-in uplink that AddUplink creates.
+const (
+	UplinkName = "upl0"
+	UplinkAddr = "10.99.0.1/24"
+)
+
+// AddUplink adds a stand-in for the host's uplink to the network namespace of the calling
+// thread, so NAT has a default route to masquerade through: "upl0" (10.99.0.1/24), one end of
+// a veth pair whose other end stays in the same namespace, so nothing sent to it leaves the
+// namespace, with the default route via 10.99.0.254. It also brings lo up. It runs the ip
+// command (iproute2) and wraps errors.ErrUnsupported when the kernel cannot make veth devices.
+func AddUplink() error {
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", UplinkName, "type", "veth", "peer", "name", UplinkName + "peer"},
+		{"link", "set", UplinkName + "peer", "up"},
+		{"addr", "add", UplinkAddr, "dev", UplinkName},
+		{"link", "set", UplinkName, "up"},
+		{"route", "add", "default", "via", "10.99.0.254"},
+	} {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err == nil {
+			continue
+		}
+		msg := strings.TrimSpace(string(out))
+		if strings.Contains(msg, "not supported") {
+			return fmt.Errorf("ip %s: %s: %w", strings.Join(args, " "), msg, errors.ErrUnsupported)
+		}
+		return fmt.Errorf("ip %s: %s: %w", strings.Join(args, " "), msg, err)
+	}
+	return nil
+}
+
+// NeedUplink is AddUplink for a test: it skips the test when the kernel cannot make veth
+// devices and fails it on other errors.
+func NeedUplink(t testing.TB) {
+	t.Helper()
+	if err := AddUplink(); errors.Is(err, errors.ErrUnsupported) {
+		t.Skipf("the kernel cannot make veth devices: %v", err)
+	} else if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -3,6 +3,8 @@
 package testutil
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"testing"
 )
@@ -27,4 +29,15 @@ func LinksWithPrefix(t testing.TB, prefix string) []string {
 	t.Helper()
 	t.Skip("listing network devices by namespace needs Linux")
 	return nil
+}
+
+// AddUplink needs Linux network namespaces; elsewhere it fails with errors.ErrUnsupported.
+func AddUplink() error {
+	return fmt.Errorf("add a stand-in uplink: %w", errors.ErrUnsupported)
+}
+
+// NeedUplink needs Linux; elsewhere it skips the test.
+func NeedUplink(t testing.TB) {
+	t.Helper()
+	t.Skip("a stand-in uplink needs Linux network namespaces")
 }
