@@ -608,8 +608,8 @@ func (s MachineSpec) interfaceProblems() []error {
 		switch {
 		case n.TAP == "":
 			add("%s: tap is required", label)
-		case len(n.TAP) > 15 || n.TAP == "." || n.TAP == ".." || strings.ContainsAny(n.TAP, "/: \t\n"):
-			add("%s: tap %q is not a valid device name (at most 15 bytes, no '/', ':' or spaces)", label, n.TAP)
+		case netdev.CheckIfName(n.TAP) != nil:
+			add("%s: tap %q is not a valid device name: %w", label, n.TAP, netdev.CheckIfName(n.TAP))
 		case taps[n.TAP]:
 			add("%s: tap %s is used twice", label, n.TAP)
 		}
@@ -654,10 +654,10 @@ func (s MachineSpec) networkProblems() []error {
 	for _, nic := range n.NICs {
 		errs = append(errs, idProblems(fmt.Sprintf("network nic %q", nic.ID), nic.ID, ids)...)
 	}
-	if p, err := netip.ParsePrefix(n.Pool); err != nil || !p.Addr().Is4() || p.Bits() > 30 {
+	if p, err := netip.ParsePrefix(n.Pool); err != nil {
 		add("network pool %q: use an IPv4 network of /30 or larger, such as %s", n.Pool, DefaultNetworkPool)
-	} else if p.Masked() != p {
-		add("network pool %s: host bits are set; did you mean %s?", n.Pool, p.Masked())
+	} else if err := netdev.CheckPool(p); err != nil {
+		add("network: %w", err)
 	} else if need, have := len(n.NICs)+btoi(n.Namespace), 1<<min(30-p.Bits(), 16); need > have {
 		add("network pool %s holds %d /30s, and this vm needs %d (one per nic, one more for a namespace): use a larger pool", n.Pool, have, need)
 	}
@@ -668,8 +668,8 @@ func (s MachineSpec) networkProblems() []error {
 		if !n.NAT {
 			add("network uplink %s: the uplink is used only for NAT; set nat too, or leave the uplink empty", n.Uplink)
 		}
-		if len(n.Uplink) > 15 || n.Uplink == "." || n.Uplink == ".." || strings.ContainsAny(n.Uplink, "/: \t\n") {
-			add("network uplink %q is not a valid device name (at most 15 bytes, no '/', ':' or spaces)", n.Uplink)
+		if err := netdev.CheckIfName(n.Uplink); err != nil {
+			add("network uplink %q is not a valid device name: %w", n.Uplink, err)
 		}
 	}
 	if n.Namespace && len(s.Interfaces) > 0 {

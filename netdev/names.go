@@ -51,8 +51,9 @@ func ifName(vm, suffix string) string {
 	return name[:min(len(name), maxIfName)]
 }
 
-// validIfName reports whether Linux accepts name as an interface name.
-func validIfName(name string) error {
+// CheckIfName reports whether Linux accepts name as a network interface name: 1 to 15 bytes,
+// no '/', ':', spaces or control characters, and not "." or "..".
+func CheckIfName(name string) error {
 	if name == "" || len(name) > maxIfName || name == "." || name == ".." {
 		return fmt.Errorf("interface name %q: want 1 to %d bytes", name, maxIfName)
 	}

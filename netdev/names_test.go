@@ -16,7 +16,7 @@ func TestTAPName(t *testing.T) {
 			if name != TAPName(vm, i) {
 				t.Fatalf("TAPName(%q, %d) is not deterministic", vm, i)
 			}
-			if err := validIfName(name); err != nil || !strings.HasPrefix(name, Prefix) || len(name) > 15 {
+			if err := CheckIfName(name); err != nil || !strings.HasPrefix(name, Prefix) || len(name) > 15 {
 				t.Errorf("TAPName(%q, %d) = %q: not a valid smv name (%v)", vm, i, name, err)
 			}
 			if !strings.HasSuffix(name, fmt.Sprintf("t%d", i)) {

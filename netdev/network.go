@@ -167,7 +167,7 @@ func (c Config) check() (Config, error) {
 		return c, fmt.Errorf("network config: TAP owner %d:%d: ids cannot be negative", c.UID, c.GID)
 	}
 	if c.Uplink != "" {
-		if err := validIfName(c.Uplink); err != nil {
+		if err := CheckIfName(c.Uplink); err != nil {
 			return c, fmt.Errorf("network config: uplink: %w", err)
 		}
 	}
@@ -190,7 +190,7 @@ func (c Config) check() (Config, error) {
 		if nic.TAP == "" {
 			nic.TAP = TAPName(c.Owner, i)
 		}
-		if err := validIfName(nic.TAP); err != nil {
+		if err := CheckIfName(nic.TAP); err != nil {
 			return c, fmt.Errorf("network config: NIC %s: TAP: %w", nic.ID, err)
 		}
 		if nic.TAP == peerVeth && c.Netns {

@@ -58,13 +58,22 @@ func NewPool(dir string, prefix netip.Prefix) (*Pool, error) {
 	if !prefix.IsValid() {
 		prefix = netip.MustParsePrefix(DefaultPool)
 	}
-	if !prefix.Addr().Is4() || prefix.Bits() > subnetBits {
-		return nil, fmt.Errorf("address pool %s: want an IPv4 network of /%d or larger, such as %s", prefix, subnetBits, DefaultPool)
-	}
-	if prefix.Masked() != prefix {
-		return nil, fmt.Errorf("address pool %s: host bits are set; did you mean %s?", prefix, prefix.Masked())
+	if err := CheckPool(prefix); err != nil {
+		return nil, err
 	}
 	return &Pool{dir: abs, prefix: prefix}, nil
+}
+
+// CheckPool reports whether prefix can be an address pool: an IPv4 network of /30 or larger
+// without host bits set. It touches nothing.
+func CheckPool(prefix netip.Prefix) error {
+	if !prefix.IsValid() || !prefix.Addr().Is4() || prefix.Bits() > subnetBits {
+		return fmt.Errorf("address pool %s: want an IPv4 network of /%d or larger, such as %s", prefix, subnetBits, DefaultPool)
+	}
+	if prefix.Masked() != prefix {
+		return fmt.Errorf("address pool %s: host bits are set; did you mean %s?", prefix, prefix.Masked())
+	}
+	return nil
 }
 
 // Prefix returns the pool's address range.

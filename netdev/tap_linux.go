@@ -95,7 +95,7 @@ func nsHandle(ns *os.File) (*netlink.Handle, error) {
 // tunPath. It returns the device's index. The device stays non-persistent, so that it vanishes
 // with the file descriptor on any failure, until everything else is done.
 func createTAP(ns *os.File, h *netlink.Handle, name string, o TAPOptions, tunPath string) (int, error) {
-	if err := validIfName(name); err != nil {
+	if err := CheckIfName(name); err != nil {
 		return 0, fmt.Errorf("create tap: %w", err)
 	}
 	if o.MTU != 0 && (o.MTU < 68 || o.MTU > 65535) {
