@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/smartvm/smartvm/internal/rundir"
+
+	"github.com/smartvm/smartvm/fcapi"
 )
 
 // Sentinel errors. Check them with errors.Is; each function's documentation lists the ones it
@@ -96,6 +98,9 @@ func (e *StartError) Error() string {
 	if e.Exit != nil && !errors.Is(e.Err, e.Exit) {
 		fmt.Fprintf(&b, "; %s", (&ExitError{Code: e.Exit.Code, Signal: e.Exit.Signal}).Error())
 	}
+	if h := startHint(e.Err); h != "" {
+		fmt.Fprintf(&b, "\nhint: %s", h)
+	}
 	if tail := strings.TrimSpace(e.LogTail); tail != "" {
 		fmt.Fprintf(&b, "\nfirecracker output:\n%s", indent(tail))
 	}
@@ -108,6 +113,31 @@ func (e *StartError) Unwrap() []error {
 		return []error{e.Err, e.Exit}
 	}
 	return []error{e.Err}
+}
+
+// startHints say what to do about Firecracker refusals that people commonly meet at start
+// (firecracker-notes §13), keyed by a piece of Firecracker's own message.
+var startHints = []struct{ match, hint string }{
+	{"Kernel Loader", "the kernel must be an uncompressed ELF vmlinux built for this architecture " +
+		"(on x86_64 a bzImage or a compressed kernel is refused before Firecracker 1.17; on aarch64 use a PE Image)"},
+	{"Resource busy", "a TAP device can be held by one Firecracker at a time: stop the process that holds it " +
+		"(a previous VM?), or use another device"},
+	{"Open tap device failed", "create the TAP device first (ip tuntap add dev NAME mode tap) and bring it up, " +
+		"or let smartvm build the network (MachineSpec.Network, smartvm run --net)"},
+}
+
+// startHint returns the hint for a start failure whose Firecracker message it recognises.
+func startHint(err error) string {
+	var ae *fcapi.APIError
+	if !errors.As(err, &ae) {
+		return ""
+	}
+	for _, h := range startHints {
+		if strings.Contains(ae.FaultMessage, h.match) {
+			return h.hint
+		}
+	}
+	return ""
 }
 
 func indent(s string) string {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -268,6 +269,16 @@ func TestStartFailures(t *testing.T) {
 		{name: "bad flag", spec: func(s *MachineSpec) { s.ExtraArgs = []string{"--no-such-flag"} },
 			step: "wait for the API socket", is: fcapi.ErrProcessExited, check: exited(153)},
 		{name: "cancelled", timeout: -1, step: "find firecracker", is: context.Canceled},
+		{name: "kernel not an elf", spec: func(s *MachineSpec) {
+			s.Kernel = filepath.Join(filepath.Dir(s.Kernel), "bzImage")
+			if err := os.WriteFile(s.Kernel, []byte("MZ not an ELF kernel"), 0o644); err != nil {
+				panic(err)
+			}
+		}, step: "InstanceStart", check: func(t *testing.T, se *StartError) {
+			if !strings.Contains(se.Error(), "\nhint: the kernel must be an uncompressed ELF vmlinux") {
+				t.Errorf("no hint about the kernel format in:\n%v", se)
+			}
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -980,5 +991,19 @@ func TestAttachConcurrent(t *testing.T) {
 	}
 	if err := ms[0].Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestStartHints(t *testing.T) {
+	for _, tc := range []struct{ fault, want string }{
+		{"Start microvm error: ... Kernel Loader: Invalid Elf magic number", "uncompressed ELF vmlinux"},
+		{"Network config error: Could not create the network device: Open tap device failed: Error while creating ifreq structure: Resource busy (os error 16).", "held by one Firecracker"},
+		{"Network config error: Could not create the network device: Open tap device failed: Invalid interface name", "create the TAP device first"},
+		{"The requested operation is not supported after starting the microVM.", ""},
+	} {
+		err := fmt.Errorf("put: %w", &fcapi.APIError{Method: "PUT", Path: "/x", StatusCode: 400, FaultMessage: tc.fault})
+		if got := startHint(err); !strings.Contains(got, tc.want) || (tc.want == "") != (got == "") {
+			t.Errorf("hint for %q = %q, want one with %q", tc.fault, got, tc.want)
+		}
 	}
 }
