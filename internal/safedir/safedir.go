@@ -1,0 +1,32 @@
+package safedir
+
+import (
+	"errors"
+	"io/fs"
+)
+
+// ErrUntrusted reports a path or file that another user could have planted or redirected: a
+// symlink, a foreign owner, a directory others can write, a FIFO where a file belongs.
+var ErrUntrusted = errors.New("untrusted path")
+
+// TrustError reports a directory on the way to a trusted one that smartvm must not use.
+type TrustError struct {
+	// Path is the offending directory (or link).
+	Path string
+	// Problem says what is wrong with it.
+	Problem string
+}
+
+func (e *TrustError) Error() string { return e.Path + " " + e.Problem }
+
+// Is makes errors.Is(err, ErrUntrusted) true.
+func (e *TrustError) Is(target error) bool { return target == ErrUntrusted }
+
+// Info describes a file as Dir.Lstat found it.
+type Info struct {
+	Mode fs.FileMode
+	UID  uint32
+	Size int64
+	Dev  uint64
+	Ino  uint64
+}
