@@ -81,7 +81,20 @@ type MachineInfo struct {
 	Network *netdev.Network `json:"network,omitempty"`
 	// Spec is the VM's description, with defaults applied.
 	Spec MachineSpec `json:"spec"`
+	// Note tells something about the VM its state alone does not: NotePausedBySnapshot or
+	// NoteCorruptState. Empty: nothing.
+	Note string `json:"note,omitempty"`
 }
+
+// Notes of MachineInfo.
+const (
+	// NotePausedBySnapshot: the VM is paused because a snapshot of it was interrupted (its
+	// process killed); Machine.Resume lets it run again.
+	NotePausedBySnapshot = "paused by an interrupted snapshot"
+	// NoteCorruptState: the VM's state.json cannot be read, so nothing it records is used;
+	// Manager.Remove with force removes the VM.
+	NoteCorruptState = "state.json is corrupt: nothing it records is trusted; remove the vm with rm -f"
+)
 
 // setNetwork fills Network and GuestIP.
 func (i *MachineInfo) setNetwork(n *netdev.Network) {
@@ -647,7 +660,12 @@ func tailOf(path string, n int64) string {
 
 // attachMachine builds a Machine for a VM another process started.
 func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundir.State) (*Machine, error) {
-	p, err := proc.Attach(st.PID, st.StartTime)
+	id := st.Identity()
+	p, err := proc.Attach(st.PID, st.StartTime, &id)
+	if errors.Is(err, proc.ErrNotOurs) {
+		// state.json names a process that is not this VM's firecracker: never signal it.
+		return nil, fmt.Errorf("its state.json names pid %d, which is not the firecracker this vm runs (%w); remove the vm with rm -f", st.PID, err)
+	}
 	if errors.Is(err, os.ErrProcessDone) {
 		gone, rerr := dir.Reap(ctx)
 		if rerr != nil {
@@ -722,7 +740,7 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		reap,
 		func(context.Context) error { client.Close(); return nil },
 	}
-	if f, err := os.Open(st.Paths.Serial); err == nil {
+	if f, err := dir.OpenFile(rundir.SerialFile); err == nil {
 		m.serial = f
 	}
 	return m, nil

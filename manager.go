@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -77,7 +78,7 @@ func NewManager(opts ...Option) (*Manager, error) {
 		machines: map[string]*Machine{},
 		versions: map[binaryKey]fcapi.Version{},
 	}
-	root, err := rundir.Open(o.runtimeDir, mgr.reapHook)
+	root, err := rundir.Open(o.runtimeDir, mgr.reapHook, o.logger)
 	if err != nil {
 		return nil, fmt.Errorf("new manager: %w", err)
 	}
@@ -166,6 +167,7 @@ func (mgr *Manager) Close() error {
 		})
 	}
 	wg.Wait()
+	errs = append(errs, mgr.root.Close())
 	return errors.Join(errs...)
 }
 
@@ -255,18 +257,27 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	if _, err := mgr.Reap(ctx); err != nil {
 		mgr.log.Warn("reap runtime root", "root", mgr.root.Path(), "err", err)
 	}
-	states, err := mgr.root.States()
+	states, corrupt, err := mgr.root.States()
 	if err != nil {
 		return nil, fmt.Errorf("list vms: %w", err)
 	}
-	infos := make([]MachineInfo, 0, len(states))
+	infos := make([]MachineInfo, 0, len(states)+len(corrupt))
 	for _, st := range states {
 		info := infoFromState(st)
 		c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
 		info.State = queryState(ctx, c)
 		c.Close()
+		if info.State == StatePaused && mgr.root.SnapshotMarked(st.Name) {
+			info.Note = NotePausedBySnapshot
+		}
 		infos = append(infos, info)
 	}
+	for _, name := range corrupt {
+		p := mgr.root.Paths(name)
+		infos = append(infos, MachineInfo{Name: name, State: StateUnknown, RuntimeDir: p.Dir, APISocket: p.APISocket,
+			ConsolePath: p.Serial, LogPath: p.Log, Note: NoteCorruptState})
+	}
+	slices.SortFunc(infos, func(a, b MachineInfo) int { return strings.Compare(a.Name, b.Name) })
 	return infos, nil
 }
 

@@ -12,3 +12,6 @@ import (
 func callerNetns() (*os.File, error) {
 	return nil, fmt.Errorf("vm networks need Linux: %w", errors.ErrUnsupported)
 }
+
+// removeStaleSocket does nothing where no Firecracker runs.
+func removeStaleSocket(string) error { return nil }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -111,6 +110,7 @@ type starter struct {
 	undo []func(context.Context) error
 
 	bin      string
+	exe      string // bin with symlinks resolved: what /proc/<pid>/exe will show
 	version  fcapi.Version
 	dir      *rundir.Dir
 	snap     *Snapshot // set by Restore
@@ -191,6 +191,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	if s.bin, s.version, err = s.mgr.Firecracker(ctx); err != nil {
 		return nil, s.fail("find firecracker", err)
 	}
+	s.exe, _ = filepath.EvalSymlinks(s.bin) // empty (unchecked) if it cannot be resolved
 	s.log.Debug("firecracker", "binary", s.bin, "version", s.version.String())
 	if s.snap != nil {
 		if err := checkSnapshotVersion(s.snap, s.version); err != nil {
@@ -538,33 +539,6 @@ func removeIfExists(path string) error {
 	return nil
 }
 
-// removeStaleSocket removes the Unix socket at path when nothing listens on it any more (it
-// was a dead Firecracker's), and leaves anything else there alone.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("stale socket %s: %w", path, err)
-	}
-	if fi.Mode().Type() != os.ModeSocket {
-		return nil
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return nil // someone listens: not stale
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return nil
-	}
-	if err := removeIfExists(path); err != nil {
-		return fmt.Errorf("stale socket %s: %w", path, err)
-	}
-	return nil
-}
-
 // configure sends the configuration over the API in the conventional order (notes §14.3;
 // the logger and metrics were given as flags), then boots.
 func (s *starter) configure(ctx context.Context, cfg fcapi.VMConfig) error {
@@ -618,6 +592,7 @@ func (s *starter) state() *rundir.State {
 		OwnerPID:           os.Getpid(),
 		Created:            s.begin.UTC(),
 		FirecrackerBinary:  s.bin,
+		Exe:                s.exe,
 		FirecrackerVersion: s.version.String(),
 		Spec:               spec,
 	}

@@ -113,8 +113,10 @@ func statusOf(ps *os.ProcessState, waitErr error) Status {
 // through a pidfd. Its exit status cannot be learned (Status.Known is false once it ends).
 // It returns an error wrapping os.ErrProcessDone when no such process runs, either because
 // the pid is gone (or is not a process id at all, such as 0) or because it now belongs to
-// another process (then also ErrPIDReused).
-func Attach(pid int, startTime uint64) (*Process, error) {
+// another process (then also ErrPIDReused). With id, the process must also match it (Check),
+// or Attach fails with an error wrapping ErrNotOurs: a recorded pid is never trusted to name
+// the process smartvm started.
+func Attach(pid int, startTime uint64, id *Identity) (*Process, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("attach pid %d: not a process id: %w", pid, os.ErrProcessDone)
 	}
@@ -134,6 +136,8 @@ func Attach(pid int, startTime uint64) (*Process, error) {
 		err = fmt.Errorf("%w: %w", ErrPIDReused, os.ErrProcessDone)
 	case ended(state):
 		err = os.ErrProcessDone
+	case id != nil:
+		err = Check(pid, *id)
 	}
 	if err != nil {
 		unix.Close(fd)

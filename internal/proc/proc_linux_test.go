@@ -352,7 +352,7 @@ func TestAttach(t *testing.T) {
 	t.Parallel()
 	child, out := start(t, true, "sleep")
 	waitOutput(t, out, "ready")
-	p, err := Attach(child.PID(), child.StartTime())
+	p, err := Attach(child.PID(), child.StartTime(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,19 +381,19 @@ func TestAttach(t *testing.T) {
 func TestAttachRefusesWrongProcess(t *testing.T) {
 	t.Parallel()
 	child, _ := start(t, false, "sleep")
-	if _, err := Attach(child.PID(), child.StartTime()+1); !errors.Is(err, ErrPIDReused) || !errors.Is(err, os.ErrProcessDone) {
+	if _, err := Attach(child.PID(), child.StartTime()+1, nil); !errors.Is(err, ErrPIDReused) || !errors.Is(err, os.ErrProcessDone) {
 		t.Errorf("wrong start time: %v, want ErrPIDReused and ErrProcessDone", err)
 	}
 	child.Signal(syscall.SIGKILL)
 	waitDone(t, child)
-	if _, err := Attach(child.PID(), child.StartTime()); !errors.Is(err, os.ErrProcessDone) {
+	if _, err := Attach(child.PID(), child.StartTime(), nil); !errors.Is(err, os.ErrProcessDone) {
 		t.Errorf("ended process: %v, want ErrProcessDone", err)
 	}
 	if alive, err := Alive(child.PID(), child.StartTime()); alive || err != nil {
 		t.Errorf("Alive after exit = %v, %v", alive, err)
 	}
 	for _, pid := range []int{0, -1} {
-		if _, err := Attach(pid, 0); !errors.Is(err, os.ErrProcessDone) {
+		if _, err := Attach(pid, 0, nil); !errors.Is(err, os.ErrProcessDone) {
 			t.Errorf("Attach(%d): %v, want ErrProcessDone", pid, err)
 		}
 	}
@@ -402,7 +402,7 @@ func TestAttachRefusesWrongProcess(t *testing.T) {
 func TestAttachRelease(t *testing.T) {
 	t.Parallel()
 	child, _ := start(t, false, "sleep")
-	p, err := Attach(child.PID(), child.StartTime())
+	p, err := Attach(child.PID(), child.StartTime(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,5 +521,44 @@ func TestExiting(t *testing.T) {
 	}
 	if exiting, err := Exiting(0, 0); exiting || err != nil {
 		t.Errorf("Exiting(0) = %v, %v", exiting, err)
+	}
+}
+
+// A recorded pid is trusted only when the process matches everything smartvm knows of the
+// one it started: its user, its executable and an argument pair.
+func TestAttachChecksIdentity(t *testing.T) {
+	t.Parallel()
+	child, out := start(t, false, "sleep", "--api-sock", "/run/x/api.sock")
+	waitOutput(t, out, "ready")
+	exe, err := ExePath(child.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _ := os.Executable()
+	if exe != self {
+		t.Fatalf("ExePath = %s, want the test binary %s", exe, self)
+	}
+	uid := uint32(os.Getuid())
+	good := Identity{UID: uid, Exe: exe, Flag: "--api-sock", Value: "/run/x/api.sock"}
+	p, err := Attach(child.PID(), child.StartTime(), &good)
+	if err != nil {
+		t.Fatalf("matching identity: %v", err)
+	}
+	p.Release()
+	for name, id := range map[string]Identity{
+		"uid":   {UID: uid + 1, Exe: exe, Flag: "--api-sock", Value: "/run/x/api.sock"},
+		"exe":   {UID: uid, Exe: "/usr/bin/firecracker", Flag: "--api-sock", Value: "/run/x/api.sock"},
+		"args":  {UID: uid, Exe: exe, Flag: "--api-sock", Value: "/run/y/api.sock"},
+		"value": {UID: uid, Exe: exe, Flag: "/run/x/api.sock", Value: "--api-sock"},
+	} {
+		if _, err := Attach(child.PID(), child.StartTime(), &id); !errors.Is(err, ErrNotOurs) || errors.Is(err, os.ErrProcessDone) {
+			t.Errorf("wrong %s: %v, want ErrNotOurs", name, err)
+		}
+	}
+	if pids := FindByArgs(uid, "--api-sock", "/run/x/api.sock"); len(pids) != 1 || pids[0] != child.PID() {
+		t.Errorf("FindByArgs = %v, want [%d]", pids, child.PID())
+	}
+	if pids := FindByArgs(uid, "--api-sock", "/run/none"); len(pids) != 0 {
+		t.Errorf("FindByArgs found %v for an unused socket", pids)
 	}
 }

@@ -16,7 +16,7 @@ var errNotLinux = fmt.Errorf("firecracker processes need Linux: %w", errors.ErrU
 func Start(cfg Config) (*Process, error) { return nil, errNotLinux }
 
 // Attach is not supported on this system.
-func Attach(pid int, startTime uint64) (*Process, error) { return nil, errNotLinux }
+func Attach(pid int, startTime uint64, id *Identity) (*Process, error) { return nil, errNotLinux }
 
 // StartTime is not supported on this system.
 func StartTime(pid int) (uint64, error) { return 0, errNotLinux }
@@ -29,3 +29,22 @@ func Exiting(pid int, startTime uint64) (bool, error) { return false, errNotLinu
 
 // Threads is not supported on this system.
 func Threads(pid int) ([]string, error) { return nil, errNotLinux }
+
+// ErrNotOurs reports that a process is not the one smartvm started.
+var ErrNotOurs = errors.New("process is not the one smartvm started")
+
+// Identity is what a process smartvm started can be recognised by.
+type Identity struct {
+	UID         uint32
+	Exe         string
+	Flag, Value string
+}
+
+// ExePath is not supported on this system.
+func ExePath(int) (string, error) { return "", errNotLinux }
+
+// Check is not supported on this system.
+func Check(int, Identity) error { return errNotLinux }
+
+// FindByArgs is not supported on this system.
+func FindByArgs(uint32, string, string) []int { return nil }

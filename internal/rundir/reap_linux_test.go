@@ -17,7 +17,11 @@ import (
 func init() { runtime.LockOSThread() }
 
 func TestMain(m *testing.M) {
-	testutil.Main(m, map[string]func([]string) int{"leader-exit": testutil.LeaderExitMain})
+	testutil.Main(m, map[string]func([]string) int{
+		"leader-exit": testutil.LeaderExitMain,
+		// A stand-in firecracker: it only has to run with the arguments a VM's has.
+		"firecracker": func([]string) int { time.Sleep(time.Hour); return 0 },
+	})
 }
 
 // TestReapWaitsForAnExitingProcess: a VM whose process is still exiting (its threads hold its

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,9 +16,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gofrs/flock"
-
 	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // File and directory names inside a VM directory.
@@ -39,7 +39,13 @@ const (
 	// IDFile holds a random token naming this incarnation of the directory, so a later VM
 	// that reuses the name (and possibly the inode) is never mistaken for it.
 	IDFile = "id"
+	// SnapshotMarkFile exists while a snapshot has the VM paused; one left behind says a
+	// snapshot was interrupted and the VM stays paused until it is resumed.
+	SnapshotMarkFile = "snapshot.pending"
 )
+
+// maxStateSize bounds what is read of state.json: a larger one is corrupt.
+const maxStateSize = 16 << 20
 
 // StateVersion is the state.json format this package writes and the newest it reads.
 const StateVersion = 1
@@ -50,6 +56,9 @@ var (
 	ErrExists = errors.New("vm already exists")
 	// ErrNotFound reports that no VM directory has the name.
 	ErrNotFound = errors.New("vm not found")
+	// ErrCorruptState reports a state.json that cannot be read as a state: the VM shows as
+	// unknown, and can still be removed.
+	ErrCorruptState = errors.New("corrupt state.json")
 )
 
 // lockRetry is how often a blocked lock is retried while its ctx allows.
@@ -87,11 +96,14 @@ type State struct {
 	// Mode is "owned" (firecracker dies with its owner) or "detached".
 	Mode string `json:"mode"`
 	// OwnerPID is the process that started the VM.
-	OwnerPID           int       `json:"owner_pid"`
-	Created            time.Time `json:"created"`
-	FirecrackerBinary  string    `json:"firecracker_binary"`
-	FirecrackerVersion string    `json:"firecracker_version,omitempty"`
-	Paths              Paths     `json:"paths"`
+	OwnerPID          int       `json:"owner_pid"`
+	Created           time.Time `json:"created"`
+	FirecrackerBinary string    `json:"firecracker_binary"`
+	// Exe is the firecracker binary with symlinks resolved, as /proc/<pid>/exe shows it; a
+	// recorded pid is signalled only when its process runs it (empty: not checked).
+	Exe                string `json:"exe,omitempty"`
+	FirecrackerVersion string `json:"firecracker_version,omitempty"`
+	Paths              Paths  `json:"paths"`
 	// BaseImage records the base-image bundle the VM holds in use, if any.
 	BaseImage *BaseImage `json:"base_image,omitempty"`
 	// Spec is the VM's description as its owner serialised it.
@@ -113,28 +125,37 @@ type BaseImage struct {
 func ParseState(b []byte) (*State, error) {
 	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("parse state: %w", err)
+		return nil, fmt.Errorf("parse state: %w: %w", ErrCorruptState, err)
 	}
 	switch {
 	case st.Version < 1:
-		return nil, fmt.Errorf("parse state: missing or invalid version %d", st.Version)
+		return nil, fmt.Errorf("parse state: %w: missing or invalid version %d", ErrCorruptState, st.Version)
 	case st.Version > StateVersion:
-		return nil, fmt.Errorf("parse state: version %d is newer than this smartvm understands (%d); use a newer smartvm", st.Version, StateVersion)
+		return nil, fmt.Errorf("parse state: %w: version %d is newer than this smartvm understands (%d); use a newer smartvm", ErrCorruptState, st.Version, StateVersion)
 	case checkName(st.Name) != nil:
-		return nil, fmt.Errorf("parse state: %w", checkName(st.Name))
+		return nil, fmt.Errorf("parse state: %w: %w", ErrCorruptState, checkName(st.Name))
 	case st.PID < 0:
-		return nil, fmt.Errorf("parse state: negative pid %d", st.PID)
+		return nil, fmt.Errorf("parse state: %w: negative pid %d", ErrCorruptState, st.PID)
 	}
 	return &st, nil
 }
 
-// Alive reports whether the state's process runs with the recorded start time.
+// Identity is what the VM's firecracker must match before its recorded pid is believed: it
+// runs as this user, runs the recorded executable, and serves the API socket of the VM's own
+// directory (st.Paths, which reading a state recomputes from the runtime root, never takes
+// from the file).
+func (st *State) Identity() proc.Identity {
+	return proc.Identity{UID: uint32(os.Geteuid()), Exe: st.Exe, Flag: "--api-sock", Value: st.Paths.APISocket}
+}
+
+// Alive reports whether the state's process runs with the recorded start time and is the
+// firecracker this VM directory's owner started (Identity).
 func (st *State) Alive() bool {
 	if st.PID <= 0 {
 		return false
 	}
 	alive, err := proc.Alive(st.PID, st.StartTime)
-	return err == nil && alive
+	return err == nil && alive && proc.Check(st.PID, st.Identity()) == nil
 }
 
 // exiting reports whether the state's process is winding down: its main thread has ended
@@ -150,15 +171,23 @@ func (st *State) exiting() bool {
 type ReapFunc func(ctx context.Context, name string, st *State) error
 
 // Root is a runtime root. Its methods are safe for concurrent use, also by several processes
-// sharing the directory.
+// sharing the directory. Everything inside it is reached through its open directory
+// (internal/safedir): no name is resolved through a symlink or resolved twice.
 type Root struct {
 	path   string
+	dir    *safedir.Dir // the root
+	vms    *safedir.Dir // <root>/vms
 	onReap ReapFunc
+	log    *slog.Logger
 }
 
-// Open creates (if needed) and opens the runtime root at path. onReap, which may be nil, is
-// called for every VM directory reaped through this Root.
-func Open(path string, onReap ReapFunc) (*Root, error) {
+// Open creates (if needed) and opens the runtime root at path. Every directory on the way
+// must be trustworthy (safedir.OpenTrusted): a symlink, another user's directory, or one that
+// others can write (other than a sticky one owned by root, such as /dev/shm) is refused with
+// an error that says so. onReap, which may be nil, is called for every VM directory reaped
+// through this Root. log, which may be nil, hears about waits for a lock another process
+// holds.
+func Open(path string, onReap ReapFunc, log *slog.Logger) (*Root, error) {
 	if path == "" {
 		return nil, errors.New("open runtime root: empty path")
 	}
@@ -166,11 +195,26 @@ func Open(path string, onReap ReapFunc) (*Root, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open runtime root %s: %w", path, err)
 	}
-	if err := os.MkdirAll(filepath.Join(abs, "vms"), 0o700); err != nil {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d, err := safedir.OpenTrusted(abs, true)
+	if err != nil {
+		if errors.Is(err, safedir.ErrUntrusted) {
+			return nil, fmt.Errorf("runtime root %s: %w; remove it if you know it, or choose another runtime root (--runtime-dir or SMARTVM_RUNTIME_DIR)", abs, err)
+		}
 		return nil, fmt.Errorf("open runtime root %s: %w", abs, err)
 	}
-	return &Root{path: abs, onReap: onReap}, nil
+	vms, err := d.MkdirAll("vms", 0o700)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("open runtime root %s: %w", abs, err)
+	}
+	return &Root{path: abs, dir: d, vms: vms, onReap: onReap, log: log}, nil
 }
+
+// Close releases the root's open directories.
+func (r *Root) Close() error { return errors.Join(r.vms.Close(), r.dir.Close()) }
 
 // Path returns the root's absolute path.
 func (r *Root) Path() string { return r.path }
@@ -195,22 +239,101 @@ func (r *Root) Paths(name string) Paths {
 	}
 }
 
-// lock takes root.lock, waiting while ctx allows.
-func (r *Root) lock(ctx context.Context) (*flock.Flock, error) {
-	l := flock.New(filepath.Join(r.path, "root.lock"))
-	ok, err := l.TryLockContext(ctx, lockRetry)
+// Lock waits: after lockNotice the wait is logged with the holder's pid, and after lockLimit
+// it fails, so a holder that hangs (or was stopped with SIGSTOP) cannot hold every command
+// forever.
+const (
+	lockNotice = 500 * time.Millisecond
+	lockLimit  = 30 * time.Second
+)
+
+// fileLock is a flock held through an open file; closing the file releases it.
+type fileLock struct{ f *os.File }
+
+func (l *fileLock) Unlock() error { return l.f.Close() }
+
+// tryLock takes the flock of file name beneath d without waiting. create makes the file when
+// it is missing. ok is false when another process holds it.
+func tryLock(d *safedir.Dir, name string, create bool) (l *fileLock, ok bool, err error) {
+	flag := os.O_RDWR
+	if create {
+		flag |= os.O_CREATE
+	}
+	f, err := d.OpenFile(name, flag, 0o600)
+	if err != nil {
+		return nil, false, err
+	}
+	ok, err = flockNB(f)
+	if err != nil || !ok {
+		f.Close()
+		return nil, false, err
+	}
+	return &fileLock{f: f}, true, nil
+}
+
+// lock takes root.lock, waiting while ctx allows and at most lockLimit; a wait longer than
+// lockNotice is logged once, naming the process that holds the lock.
+func (r *Root) lock(ctx context.Context) (*fileLock, error) {
+	f, err := r.dir.OpenFile("root.lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock runtime root %s: %w", r.path, err)
 	}
-	if !ok {
-		return nil, fmt.Errorf("lock runtime root %s: %w", r.path, ctx.Err())
+	begin := time.Now()
+	noticed := false
+	for {
+		ok, err := flockNB(f)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock runtime root %s: %w", r.path, err)
+		}
+		if ok {
+			return &fileLock{f: f}, nil
+		}
+		waited := time.Since(begin)
+		if !noticed && waited >= lockNotice {
+			noticed = true
+			r.log.Warn("waiting for the runtime root's lock", "root", r.path, "held_by", holderName(f))
+		}
+		if waited >= lockLimit {
+			holder := holderName(f)
+			f.Close()
+			return nil, fmt.Errorf("lock runtime root %s: held by %s for %s; if that process hangs or is stopped, end it (kill -CONT, or kill)", r.path, holder, lockLimit)
+		}
+		t := time.NewTimer(lockRetry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			holder := holderName(f)
+			f.Close()
+			return nil, fmt.Errorf("lock runtime root %s (held by %s): %w", r.path, holder, ctx.Err())
+		case <-t.C:
+		}
 	}
-	return l, nil
+}
+
+// holderName describes the process that holds f's lock: "pid 123 (smartvm)".
+func holderName(f *os.File) string {
+	pid := safedir.LockHolder(f)
+	if pid == 0 {
+		return "another process"
+	}
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return fmt.Sprintf("pid %d (%s)", pid, strings.TrimSpace(string(comm)))
+}
+
+// lockHolder describes the process that holds VM name's lock.
+func (r *Root) lockHolder(name string) string {
+	f, err := r.vms.OpenFile(name+"/"+LockFile, os.O_RDONLY, 0)
+	if err != nil {
+		return "another process"
+	}
+	defer f.Close()
+	return holderName(f)
 }
 
 // checkName refuses names that are not a single path element.
 func checkName(name string) error {
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) || strings.HasPrefix(name, ".") {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "-") {
 		return fmt.Errorf("invalid vm name %q", name)
 	}
 	return nil
@@ -221,8 +344,8 @@ type Dir struct {
 	Paths
 	root *Root
 	name string
-	id   string       // the content of IDFile
-	lock *flock.Flock // held by the owner; nil for a looked-up directory
+	id   string    // the content of IDFile
+	lock *fileLock // held by the owner; nil for a looked-up directory
 }
 
 // Name returns the VM's name.
@@ -241,8 +364,7 @@ func (r *Root) Create(ctx context.Context, name string) (*Dir, error) {
 	}
 	var d *Dir
 	err := r.retryHeld(ctx, func(last bool) (bool, error) {
-		p := r.Paths(name)
-		if _, err := os.Lstat(p.Dir); err == nil {
+		if _, err := r.vms.Lstat(name); err == nil {
 			switch res, err := r.reapLocked(ctx, name); {
 			case err != nil:
 				return false, err
@@ -262,38 +384,54 @@ func (r *Root) Create(ctx context.Context, name string) (*Dir, error) {
 	return d, nil
 }
 
-// create makes and locks the directory of VM name, which does not exist. The caller holds
-// root.lock.
+// create makes and locks the directory of VM name, which does not exist. It is built under
+// a temporary name and renamed into place whole, so a VM directory always has its id and
+// lock files. The caller holds root.lock.
 func (r *Root) create(name string) (*Dir, error) {
-	p := r.Paths(name)
-	if err := os.Mkdir(p.Dir, 0o700); err != nil {
-		return nil, err
-	}
-	d := &Dir{Paths: p, root: r, name: name}
-	fail := func(err error) (*Dir, error) {
-		os.RemoveAll(p.Dir)
-		return nil, err
-	}
 	var b [16]byte
 	rand.Read(b[:])
-	d.id = hex.EncodeToString(b[:])
-	if err := os.WriteFile(filepath.Join(p.Dir, IDFile), []byte(d.id), 0o600); err != nil {
+	id := hex.EncodeToString(b[:])
+	tmp := newPrefix + id
+	fail := func(err error) (*Dir, error) {
+		r.vms.RemoveAll(tmp)
+		return nil, err
+	}
+	if err := r.vms.Mkdir(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := r.vms.OpenFile(tmp+"/"+IDFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
 		return fail(err)
 	}
-	if err := os.Mkdir(p.Drives, 0o700); err != nil {
+	_, err = f.WriteString(id)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fail(err)
 	}
-	l := flock.New(p.Lock)
-	ok, err := l.TryLock()
+	if err := r.vms.Mkdir(tmp+"/"+DrivesDir, 0o700); err != nil {
+		return fail(err)
+	}
+	l, ok, err := tryLock(r.vms, tmp+"/"+LockFile, true)
 	if err != nil {
 		return fail(err)
 	}
 	if !ok {
 		return fail(errors.New("lock held by another process"))
 	}
-	d.lock = l
-	return d, nil
+	if err := r.vms.Rename(tmp, r.vms, name); err != nil {
+		l.Unlock()
+		return fail(err)
+	}
+	return &Dir{Paths: r.Paths(name), root: r, name: name, id: id, lock: l}, nil
 }
+
+// Entries of vms/ that are not VM directories: one being built, and one being removed.
+const (
+	newPrefix   = ".new-"
+	trashPrefix = ".trash-"
+)
 
 // Dead owners: a VM whose process is gone but whose lock is still held is being cleaned up
 // by its owner, or its owner is dying: an owner killed with SIGKILL loses its lock a moment
@@ -332,35 +470,62 @@ func (r *Root) retryHeld(ctx context.Context, fn func(last bool) (retry bool, er
 }
 
 // Lookup returns the directory of VM name, not owned, with its state. It returns an error
-// wrapping ErrNotFound when there is no such directory or it holds no state yet.
+// wrapping ErrNotFound when there is no such directory or it holds no state yet, and one
+// wrapping ErrCorruptState (with the Dir) when its state.json cannot be read as a state.
 func (r *Root) Lookup(name string) (*Dir, *State, error) {
 	if err := checkName(name); err != nil {
 		return nil, nil, fmt.Errorf("look up vm: %w: %w", err, ErrNotFound)
 	}
-	p := r.Paths(name)
-	id, err := os.ReadFile(filepath.Join(p.Dir, IDFile))
+	id, err := r.readID(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, fmt.Errorf("look up vm %s: %w", name, ErrNotFound)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("look up vm %s: %w", name, err)
 	}
-	st, err := readState(p.State)
+	d := &Dir{Paths: r.Paths(name), root: r, name: name, id: id}
+	st, err := r.readState(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, fmt.Errorf("look up vm %s: no state yet: %w", name, ErrNotFound)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("look up vm %s: %w", name, err)
+		return d, nil, fmt.Errorf("look up vm %s: %w", name, err)
 	}
-	return &Dir{Paths: p, root: r, name: name, id: string(id)}, st, nil
+	return d, st, nil
 }
 
-func readState(path string) (*State, error) {
-	b, err := os.ReadFile(path)
+// readID reads VM name's id file, which must hold the 32 hex digits create writes.
+func (r *Root) readID(name string) (string, error) {
+	b, err := r.vms.ReadFile(name+"/"+IDFile, 64)
+	if err != nil {
+		return "", err
+	}
+	if len(b) != 32 || strings.Trim(string(b), "0123456789abcdef") != "" {
+		return "", fmt.Errorf("vm %s: its id file is not one smartvm wrote", name)
+	}
+	return string(b), nil
+}
+
+// readState reads and parses VM name's state.json. The paths in it are replaced by the ones
+// the runtime root gives the name: what the file says is data, never where to look. A state
+// that does not parse, or names another VM, wraps ErrCorruptState.
+func (r *Root) readState(name string) (*State, error) {
+	b, err := r.vms.ReadFile(name+"/"+StateFile, maxStateSize)
+	if err != nil {
+		if errors.Is(err, safedir.ErrUntrusted) {
+			return nil, fmt.Errorf("%w: %w", ErrCorruptState, err)
+		}
+		return nil, err
+	}
+	st, err := ParseState(b)
 	if err != nil {
 		return nil, err
 	}
-	return ParseState(b)
+	if st.Name != name {
+		return nil, fmt.Errorf("%w: it names vm %q", ErrCorruptState, st.Name)
+	}
+	st.Paths = r.Paths(name)
+	return st, nil
 }
 
 // WriteState writes state.json atomically: a temporary file in the same directory, fsync,
@@ -373,14 +538,16 @@ func (d *Dir) WriteState(st *State) error {
 	if err != nil {
 		return fmt.Errorf("write state of vm %s: %w", d.name, err)
 	}
-	if err := WriteFileAtomic(d.State, append(b, '\n'), 0o600); err != nil {
+	if err := d.root.vms.WriteFileAtomic(d.name+"/"+StateFile, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write state of vm %s: %w", d.name, err)
 	}
 	return nil
 }
 
 // WriteFileAtomic replaces path with data so that readers see the old or the new content,
-// never a part: a temporary file in the same directory, fsync, rename, directory fsync.
+// never a part: a temporary file in the same directory, fsync, rename, directory fsync. It is
+// for paths the caller chose (a snapshot directory); inside the runtime root, Dir's methods
+// work relative to the open root instead.
 func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
@@ -436,23 +603,35 @@ func (d *Dir) Remove(ctx context.Context) error {
 	}
 	defer rl.Unlock()
 	var errs []error
-	// Every directory gets its id file while root.lock is held, so under the lock a missing
-	// id file means a removal that was interrupted: what is left is garbage either way.
-	id, err := os.ReadFile(filepath.Join(d.Dir, IDFile))
-	if (err == nil && string(id) == d.id) || errors.Is(err, fs.ErrNotExist) {
-		if err := os.RemoveAll(d.Dir); err != nil {
-			errs = append(errs, fmt.Errorf("remove vm dir %s: %w", d.name, err))
-		}
-	} else if err != nil {
+	id, err := d.root.readID(d.name)
+	if err == nil && id == d.id {
+		errs = append(errs, d.root.removeLocked(d.name))
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove vm dir %s: %w", d.name, err))
 	}
 	errs = append(errs, d.Unlock())
 	return errors.Join(errs...)
 }
 
+// removeLocked takes VM name's directory out of vms/ in one rename, then deletes it: a
+// removal cut short leaves a trash entry the next reap finishes, never a VM directory
+// without its id or lock. The caller holds root.lock.
+func (r *Root) removeLocked(name string) error {
+	var b [8]byte
+	rand.Read(b[:])
+	trash := trashPrefix + hex.EncodeToString(b[:])
+	if err := r.vms.Rename(name, r.vms, trash); err != nil {
+		return fmt.Errorf("remove vm dir %s: %w", name, err)
+	}
+	if err := r.vms.RemoveAll(trash); err != nil {
+		return fmt.Errorf("remove vm dir %s: %w", name, err)
+	}
+	return nil
+}
+
 // reservedNames are the entries of a VM directory that this package and its users manage.
 var reservedNames = []string{LockFile, StateFile, SocketFile, LogFile, MetricsFile, SerialFile,
-	SerialInFile, StderrFile, ConfigFile, MetadataFile, VsockFile, DrivesDir, IDFile}
+	SerialInFile, StderrFile, ConfigFile, MetadataFile, VsockFile, DrivesDir, IDFile, SnapshotMarkFile}
 
 // CreateFile creates a new file called name (mode 0600, opened for appending) in this
 // incarnation of the VM's directory, so that it is removed with the directory. It takes
@@ -463,30 +642,77 @@ func (d *Dir) CreateFile(ctx context.Context, name string) (*os.File, error) {
 	if name == "" || name != filepath.Base(name) || name == "." || name == ".." || slices.Contains(reservedNames, name) {
 		return nil, fmt.Errorf("create %q in vm dir %s: want a plain file name other than the directory's own entries", name, d.name)
 	}
+	return d.createFile(ctx, name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND)
+}
+
+func (d *Dir) createFile(ctx context.Context, name string, flag int) (*os.File, error) {
 	rl, err := d.root.lock(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("create %s in vm dir %s: %w", name, d.name, err)
 	}
 	defer rl.Unlock()
-	if id, err := os.ReadFile(filepath.Join(d.Dir, IDFile)); err != nil || string(id) != d.id {
+	if id, err := d.root.readID(d.name); err != nil || id != d.id {
 		return nil, fmt.Errorf("create %s in vm dir %s: the vm has ended and its directory is gone: %w", name, d.name, ErrNotFound)
 	}
-	f, err := os.OpenFile(filepath.Join(d.Dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	f, err := d.root.vms.OpenFile(d.name+"/"+name, flag, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create %s in vm dir %s: %w", name, d.name, err)
 	}
 	return f, nil
 }
 
-// Names returns the names of all VM directories, sorted.
+// MarkSnapshot records that a snapshot is pausing the VM (SnapshotMarkFile), until
+// UnmarkSnapshot: a snapshotting process that is killed leaves the mark, and the VM is then
+// reported as paused by an interrupted snapshot.
+func (d *Dir) MarkSnapshot(ctx context.Context) error {
+	f, err := d.createFile(ctx, SnapshotMarkFile, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	return f.Close()
+}
+
+// UnmarkSnapshot removes the mark MarkSnapshot left, if any.
+func (d *Dir) UnmarkSnapshot() error {
+	err := d.root.vms.Remove(d.name + "/" + SnapshotMarkFile)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// SnapshotMarked reports whether a snapshot mark is left in the VM's directory.
+func (d *Dir) SnapshotMarked() bool { return d.root.SnapshotMarked(d.name) }
+
+// SnapshotMarked reports whether a snapshot mark is left in VM name's directory.
+func (r *Root) SnapshotMarked(name string) bool {
+	if checkName(name) != nil {
+		return false
+	}
+	_, err := r.vms.Lstat(name + "/" + SnapshotMarkFile)
+	return err == nil
+}
+
+// OpenFile opens file name of the VM's directory for reading, refusing anything but a
+// regular file smartvm's user owns (a FIFO, a socket or a link is never followed).
+func (d *Dir) OpenFile(name string) (*os.File, error) {
+	if name == "" || name != filepath.Base(name) || name == "." || name == ".." {
+		return nil, fmt.Errorf("open %q in vm dir %s: want a plain file name", name, d.name)
+	}
+	return d.root.vms.OpenRegular(d.name + "/" + name)
+}
+
+// Names returns the names of all VM directories, sorted. Entries of vms/ that smartvm does
+// not make (a symlink, a file, a name it would refuse) are left out.
 func (r *Root) Names() ([]string, error) {
-	ents, err := os.ReadDir(filepath.Join(r.path, "vms"))
+	ents, err := r.vms.ReadDir(".")
 	if err != nil {
 		return nil, fmt.Errorf("list vms in %s: %w", r.path, err)
 	}
 	var names []string
 	for _, e := range ents {
-		if e.IsDir() && checkName(e.Name()) == nil {
+		if e.Type().IsDir() && checkName(e.Name()) == nil {
 			names = append(names, e.Name())
 		}
 	}
@@ -494,12 +720,32 @@ func (r *Root) Names() ([]string, error) {
 	return names, nil
 }
 
+// strays returns the entries of vms/ that are neither VM directories nor smartvm's own
+// temporary ones, for reporting: nothing of them is touched.
+func (r *Root) strays() []string {
+	ents, err := r.vms.ReadDir(".")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		n := e.Name()
+		if e.Type().IsDir() && (checkName(n) == nil || strings.HasPrefix(n, newPrefix) || strings.HasPrefix(n, trashPrefix)) {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
 // Reap removes the directory of every VM whose process is gone and whose lock nobody
 // holds, calling the root's ReapFunc for each first. It returns the names it removed. A VM
 // whose process is gone while its lock is still held gets up to 200 ms to have the lock
 // released (its owner is cleaning up, or dying), and so does one whose process is still
 // winding down after its main thread ended (proc.Exiting). A VM that cannot be reaped now is left for
-// the next call, and its error is joined into the result.
+// the next call, and its error is joined into the result. A directory that does not carry
+// smartvm's proof (see reapLocked), and anything else in vms/ that smartvm did not make, is
+// left alone and reported in the error.
 func (r *Root) Reap(ctx context.Context) ([]string, error) {
 	var names, reapedNames []string
 	var errs []error
@@ -510,6 +756,10 @@ func (r *Root) Reap(ctx context.Context) ([]string, error) {
 			var err error
 			if names, err = r.Names(); err != nil {
 				return false, err
+			}
+			errs = append(errs, r.emptyTrashLocked())
+			for _, s := range r.strays() {
+				errs = append(errs, fmt.Errorf("%s: not a directory smartvm made; left alone (remove it by hand if you know what it is)", filepath.Join(r.path, "vms", s)))
 			}
 		}
 		var again []string
@@ -533,6 +783,22 @@ func (r *Root) Reap(ctx context.Context) ([]string, error) {
 	return reapedNames, errors.Join(errs...)
 }
 
+// emptyTrashLocked deletes what removals and creations cut short left in vms/. Under
+// root.lock nobody is using those entries. The caller holds root.lock.
+func (r *Root) emptyTrashLocked() error {
+	ents, err := r.vms.ReadDir(".")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if n := e.Name(); e.Type().IsDir() && (strings.HasPrefix(n, newPrefix) || strings.HasPrefix(n, trashPrefix)) {
+			errs = append(errs, r.vms.RemoveAll(n))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // reapResult is what reapLocked found and did.
 type reapResult int
 
@@ -543,14 +809,38 @@ const (
 	held                     // left alone for now: its process is gone but its lock is held, or it is still exiting
 )
 
-// reapLocked removes VM name's directory if nobody holds its lock and its process is gone.
-// The caller holds root.lock.
+// proof checks that vms/name is a directory smartvm made: a directory of this user, mode
+// 0700, holding the id file create writes and a lock file, with no symlink, no entry of
+// another user and nothing of another filesystem anywhere beneath it.
+func (r *Root) proof(name string) error {
+	fi, err := r.vms.Lstat(name)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode.IsDir() || fi.UID != r.vms.UID() || fi.Mode.Perm() != 0o700 {
+		return fmt.Errorf("it is not a private directory of smartvm's user (%v, uid %d)", fi.Mode, fi.UID)
+	}
+	if _, err := r.readID(name); errors.Is(err, fs.ErrNotExist) {
+		return errors.New("no id file")
+	} else if err != nil {
+		return fmt.Errorf("no valid id file: %w", err)
+	}
+	if li, err := r.vms.Lstat(name + "/" + LockFile); err != nil || !li.Mode.IsRegular() {
+		return errors.New("no lock file")
+	}
+	return r.vms.CheckTree(name)
+}
+
+// reapLocked removes VM name's directory if it carries smartvm's proof, nobody holds its
+// lock and its process is gone. The caller holds root.lock.
 func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) {
-	p := r.Paths(name)
-	l := flock.New(p.Lock)
-	// TryLock creates the lock file if a removal that was cut short took it: only a missing
-	// directory makes it fail with ErrNotExist.
-	ok, err := l.TryLock()
+	if _, err := r.vms.Lstat(name); errors.Is(err, fs.ErrNotExist) {
+		return gone, nil
+	}
+	if err := r.proof(name); err != nil {
+		return kept, fmt.Errorf("vm directory %s does not look like one smartvm made (%w); left alone: remove it by hand if you know what it is", filepath.Join(r.path, "vms", name), err)
+	}
+	l, ok, err := tryLock(r.vms, name+"/"+LockFile, false)
 	if errors.Is(err, fs.ErrNotExist) {
 		return gone, nil
 	}
@@ -560,17 +850,24 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 	if !ok {
 		// Its owner holds it. A recorded process that is gone means the owner is cleaning
 		// up, or is dying itself.
-		if st, err := readState(p.State); err == nil && st.PID > 0 && !st.Alive() {
+		if st, err := r.readState(name); err == nil && st.PID > 0 && !st.Alive() {
 			return held, nil
 		}
 		return kept, nil
 	}
 	defer l.Unlock()
-	st, err := readState(p.State)
+	st, err := r.readState(name)
 	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// No state: the owner died before the VM ran (the lock is free), so nothing outside
+		// the directory was recorded as held.
+		st = nil
 	case err != nil:
-		// No readable state: the owner died before the VM ran (the lock is free), so nothing
-		// outside the directory was recorded as held.
+		// An unreadable state names no process to trust; a firecracker still serving the
+		// directory's socket keeps it.
+		if len(r.FindProcesses(name)) > 0 {
+			return kept, nil
+		}
 		st = nil
 	case st.Alive():
 		return kept, nil // a detached VM whose starter has exited
@@ -582,28 +879,38 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 			return kept, fmt.Errorf("reap vm %s: %w", name, err)
 		}
 	}
-	if err := os.RemoveAll(p.Dir); err != nil {
+	if err := r.removeLocked(name); err != nil {
 		return kept, fmt.Errorf("reap vm %s: %w", name, err)
 	}
 	return reaped, nil
 }
 
-// States returns the state of every VM whose process is alive, sorted by name. VMs still
-// starting (no pid yet) and dead ones are left out.
-func (r *Root) States() ([]*State, error) {
+// FindProcesses returns the pids of this user's processes that serve VM name's API socket:
+// the way to find its firecracker when its state.json cannot be trusted or read.
+func (r *Root) FindProcesses(name string) []int {
+	return proc.FindByArgs(uint32(os.Geteuid()), "--api-sock", r.Paths(name).APISocket)
+}
+
+// States returns the state of every VM whose process is alive, sorted by name, and the names
+// of VMs whose state.json is corrupt (ErrCorruptState). VMs still starting (no pid yet) and
+// dead ones are left out.
+func (r *Root) States() (states []*State, corrupt []string, err error) {
 	names, err := r.Names()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []*State
 	for _, name := range names {
-		st, err := readState(r.Paths(name).State)
+		st, err := r.readState(name)
+		if errors.Is(err, ErrCorruptState) {
+			corrupt = append(corrupt, name)
+			continue
+		}
 		if err != nil || !st.Alive() {
 			continue
 		}
-		out = append(out, st)
+		states = append(states, st)
 	}
-	return out, nil
+	return states, corrupt, nil
 }
 
 // ID returns the random token that names this incarnation of the directory.
@@ -616,8 +923,8 @@ func (d *Dir) ID() string { return d.id }
 func (d *Dir) Reap(ctx context.Context) (bool, error) {
 	isGone := false
 	err := d.root.retryHeld(ctx, func(last bool) (bool, error) {
-		id, err := os.ReadFile(filepath.Join(d.Dir, IDFile))
-		if errors.Is(err, fs.ErrNotExist) || (err == nil && string(id) != d.id) {
+		id, err := d.root.readID(d.name)
+		if errors.Is(err, fs.ErrNotExist) || (err == nil && id != d.id) {
 			isGone = true
 			return false, nil
 		}
@@ -632,6 +939,44 @@ func (d *Dir) Reap(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("reap vm %s: %w", d.name, err)
 	}
 	return isGone, nil
+}
+
+// ForceRemove removes VM name whatever its state.json says, for a VM whose state is corrupt:
+// it kills (SIGKILL) this user's processes that serve the directory's API socket, waits for
+// them to end, calls the ReapFunc with a nil state, and removes the directory. The directory
+// must carry smartvm's proof, and nobody may hold its lock. It returns the pids it killed.
+func (r *Root) ForceRemove(ctx context.Context, name string) ([]int, error) {
+	if err := checkName(name); err != nil {
+		return nil, fmt.Errorf("remove vm: %w: %w", err, ErrNotFound)
+	}
+	var killed []int
+	err := r.Locked(ctx, func() error {
+		if _, err := r.vms.Lstat(name); errors.Is(err, fs.ErrNotExist) {
+			return ErrNotFound
+		}
+		if err := r.proof(name); err != nil {
+			return fmt.Errorf("%s does not look like a vm directory smartvm made (%w); left alone", filepath.Join(r.path, "vms", name), err)
+		}
+		l, ok, err := tryLock(r.vms, name+"/"+LockFile, false)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("its owner (%s) still holds it: stop the vm through its owner, or end that process", r.lockHolder(name))
+		}
+		defer l.Unlock()
+		killed = killServing(ctx, r.FindProcesses(name), proc.Identity{UID: uint32(os.Geteuid()), Flag: "--api-sock", Value: r.Paths(name).APISocket})
+		if r.onReap != nil {
+			if err := r.onReap(ctx, name, nil); err != nil {
+				return err
+			}
+		}
+		return r.removeLocked(name)
+	})
+	if err != nil {
+		return killed, fmt.Errorf("remove vm %s: %w", name, err)
+	}
+	return killed, nil
 }
 
 // Locked runs fn while holding root.lock, so that no VM directory is created, removed or
@@ -651,6 +996,6 @@ func (r *Root) Has(name string) bool {
 	if checkName(name) != nil {
 		return false
 	}
-	_, err := os.Lstat(r.Paths(name).Dir)
+	_, err := r.vms.Lstat(name)
 	return err == nil
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,8 +27,8 @@ const resolve = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_N
 // never absolute, never with ".."), resolved as the package doc says. A Dir is safe for
 // concurrent use. Close it when done.
 type Dir struct {
-	f    *os.File // keeps fd open; O_RDONLY|O_DIRECTORY
-	fd   int
+	f    *os.File     // keeps fd open; O_RDONLY|O_DIRECTORY
+	fd   atomic.Int32 // -1 once closed, so a number reused by another file is never acted on
 	path string
 	uid  uint32 // the owner everything this Dir creates, opens as a directory or removes has
 	dev  uint64
@@ -42,6 +43,9 @@ func (d *Dir) Join(name string) string { return filepath.Join(d.path, name) }
 // Close closes the directory. It is safe to call more than once.
 func (d *Dir) Close() error {
 	if d == nil || d.f == nil {
+		return nil
+	}
+	if d.fd.Swap(-1) == -1 {
 		return nil
 	}
 	return d.f.Close()
@@ -124,7 +128,9 @@ func newDir(fd int, path string, uid uint32) (*Dir, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("stat %s: %w", path, err)
 	}
-	return &Dir{f: os.NewFile(uintptr(fd), path), fd: fd, path: path, uid: uid, dev: st.Dev}, nil
+	d := &Dir{f: os.NewFile(uintptr(fd), path), path: path, uid: uid, dev: st.Dev}
+	d.fd.Store(int32(fd))
+	return d, nil
 }
 
 // componentError explains why component c (path next) of a trusted path could not be opened.
@@ -198,7 +204,7 @@ func (d *Dir) openat2(name string, flags int, mode uint32) (int, error) {
 		how.Mode = uint64(mode)
 	}
 	for range 64 {
-		fd, err := unix.Openat2(d.fd, name, &how)
+		fd, err := unix.Openat2(int(d.fd.Load()), name, &how)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -232,7 +238,7 @@ func (d *Dir) parent(name string) (fd int, base string, done func(), err error) 
 		return -1, "", nil, fmt.Errorf("invalid name %q: want a file or directory name", name)
 	}
 	if dir == "" {
-		return d.fd, base, func() {}, nil
+		return int(d.fd.Load()), base, func() {}, nil
 	}
 	fd, err = d.openat2(filepath.Clean(dir), unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
