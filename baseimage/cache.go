@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -17,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gofrs/flock"
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // Cache layout below Options.Dir:
@@ -42,43 +43,78 @@ const (
 // lockPoll is how often a waiting lock is retried.
 const lockPoll = 20 * time.Millisecond
 
+// maxMetaSize bounds what is read of meta.json and refs: a larger one is not ours.
+const maxMetaSize = 1 << 20
+
 var (
 	idRE     = regexp.MustCompile(`^[0-9a-f]{16}$`)
 	idPrefRE = regexp.MustCompile(`^[0-9a-f]{1,16}$`)
 	holderRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$`)
 )
 
-// ensureDirs creates the cache layout and checks the cache directory's owner.
+// ensureDirs opens the cache directory, once, after checking every directory on the way to it
+// (safedir.OpenTrusted: no symlink, no directory of another user, none that others can write
+// but a sticky one of root's such as /tmp), and creates the cache layout. From then on the
+// cache is only worked on relative to that open directory.
 func (m *Manager) ensureDirs() error {
-	if err := os.MkdirAll(m.dir, 0o700); err != nil {
-		return fmt.Errorf("create cache dir: %w", err)
+	_, err := m.cacheDir()
+	return err
+}
+
+// cacheDir returns the open cache directory (see ensureDirs).
+func (m *Manager) cacheDir() (*safedir.Dir, error) {
+	m.rootMu.Lock()
+	defer m.rootMu.Unlock()
+	if m.root != nil {
+		return m.root, nil
 	}
-	if err := checkDirOwner(m.dir); err != nil {
-		return err
+	d, err := safedir.OpenTrusted(m.dir, true)
+	if err != nil {
+		if errors.Is(err, safedir.ErrUntrusted) {
+			return nil, fmt.Errorf("base image cache %s: %w; remove it if you know it, or choose another cache directory (SMARTVM_BASE_IMAGE_DIR for the smartvm command, Options.Dir for the library)", m.dir, err)
+		}
+		return nil, fmt.Errorf("create cache dir: %w", err)
 	}
-	for _, d := range []string{dirBundles, dirRefs, dirInUse, dirStaging, dirTrash, dirLocks} {
-		if err := os.Mkdir(filepath.Join(m.dir, d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("create cache dir: %w", err)
+	for _, sub := range []string{dirBundles, dirRefs, dirInUse, dirStaging, dirTrash, dirLocks} {
+		if err := d.Mkdir(sub, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			d.Close()
+			return nil, fmt.Errorf("create cache dir: %w", err)
 		}
 	}
-	return nil
+	m.root = d
+	return d, nil
 }
+
+// rel joins the parts of a name inside the cache directory.
+func rel(elem ...string) string { return path.Join(elem...) }
 
 func (m *Manager) path(elem ...string) string {
 	return filepath.Join(append([]string{m.dir}, elem...)...)
 }
 
 // lock takes an exclusive file lock, waiting until ctx ends.
-func (m *Manager) lock(ctx context.Context, name string) (*flock.Flock, error) {
-	l := flock.New(m.path(dirLocks, name+".lock"))
-	ok, err := l.TryLockContext(ctx, lockPoll)
+func (m *Manager) lock(ctx context.Context, name string) (*safedir.Lock, error) {
+	d, err := m.cacheDir()
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", l.Path(), err)
+		return nil, err
 	}
-	if !ok { // only when ctx ended
-		return nil, fmt.Errorf("lock %s: %w", l.Path(), context.Cause(ctx))
+	file := rel(dirLocks, name+".lock")
+	for {
+		l, ok, err := d.TryLock(file, true)
+		if err != nil {
+			return nil, fmt.Errorf("lock %s: %w", d.Join(file), err)
+		}
+		if ok {
+			return l, nil
+		}
+		t := time.NewTimer(lockPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("lock %s: %w", d.Join(file), context.Cause(ctx))
+		case <-t.C:
+		}
 	}
-	return l, nil
 }
 
 // withCacheLock runs fn holding the cache lock.
@@ -110,8 +146,12 @@ type meta struct {
 
 // readBundle loads an installed bundle. A bundle that is not installed is ErrNotFound.
 func (m *Manager) readBundle(id string) (*Bundle, error) {
+	d, err := m.cacheDir()
+	if err != nil {
+		return nil, err
+	}
 	dir := m.path(dirBundles, id)
-	data, err := os.ReadFile(filepath.Join(dir, fileMeta))
+	data, err := d.ReadFile(rel(dirBundles, id, fileMeta), maxMetaSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("base image %s: %w", id, ErrNotFound)
 	}
@@ -125,14 +165,14 @@ func (m *Manager) readBundle(id string) (*Bundle, error) {
 	if md.Version != metaVersion || md.ID != id {
 		return nil, fmt.Errorf("read base image %s: %s has version %d and id %q", id, fileMeta, md.Version, md.ID)
 	}
-	st, err := os.Stat(dir)
+	st, err := d.Lstat(rel(dirBundles, id))
 	if err != nil {
 		return nil, fmt.Errorf("read base image %s: %w", id, err)
 	}
 	b := &Bundle{
 		ID: md.ID, Name: md.Name, Arch: md.Arch, BootArgs: md.BootArgs, Source: md.Source,
 		Firecracker: md.Firecracker, Artifacts: md.Artifacts, Size: md.Size, Created: md.Created,
-		LastUsed: st.ModTime(),
+		LastUsed: st.ModTime,
 	}
 	b.withDir(dir)
 	if b.Holders, err = m.holders(id); err != nil {
@@ -143,7 +183,11 @@ func (m *Manager) readBundle(id string) (*Bundle, error) {
 
 // holders lists the in-use markers of a bundle.
 func (m *Manager) holders(id string) ([]string, error) {
-	ents, err := os.ReadDir(m.path(dirInUse, id))
+	d, err := m.cacheDir()
+	if err != nil {
+		return nil, err
+	}
+	ents, err := d.ReadDir(rel(dirInUse, id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -160,7 +204,11 @@ func (m *Manager) holders(id string) ([]string, error) {
 // touch records a use of the bundle: its directory's mtime is its last use.
 func (m *Manager) touch(b *Bundle) {
 	now := time.Now()
-	if err := os.Chtimes(b.Dir, now, now); err != nil {
+	d, err := m.cacheDir()
+	if err == nil {
+		err = d.Chtimes(rel(dirBundles, b.ID), now)
+	}
+	if err != nil {
 		m.log.Debug("record base image use", "id", b.ID, "err", err)
 		return
 	}
@@ -170,8 +218,10 @@ func (m *Manager) touch(b *Bundle) {
 // staging is an install in progress: a directory next to bundles/ and the lock that tells
 // other processes it is alive.
 type staging struct {
-	dir  string
-	lock *flock.Flock
+	dir  string // absolute path
+	name string // its name in staging/
+	root *safedir.Dir
+	lock *safedir.Lock
 }
 
 // newStaging creates a staging directory, after clearing what interrupted installs left. Both
@@ -181,13 +231,17 @@ func (m *Manager) newStaging(ctx context.Context) (*staging, error) {
 	var s *staging
 	err := m.withCacheLock(ctx, func() error {
 		m.cleanStale()
+		d, err := m.cacheDir()
+		if err != nil {
+			return err
+		}
 		name := randomHex(8)
-		l := flock.New(m.path(dirStaging, name+".lock"))
-		if ok, err := l.TryLock(); err != nil || !ok {
+		l, ok, err := d.TryLock(rel(dirStaging, name+".lock"), true)
+		if err != nil || !ok {
 			return fmt.Errorf("lock staging dir %s: %w", name, errors.Join(err, errors.New("lock busy")))
 		}
-		s = &staging{dir: m.path(dirStaging, name), lock: l}
-		if err := os.Mkdir(s.dir, 0o700); err != nil {
+		s = &staging{dir: m.path(dirStaging, name), name: name, root: d, lock: l}
+		if err := d.Mkdir(rel(dirStaging, name), 0o700); err != nil {
 			s.discard()
 			return fmt.Errorf("create staging dir: %w", err)
 		}
@@ -198,35 +252,39 @@ func (m *Manager) newStaging(ctx context.Context) (*staging, error) {
 
 // discard removes the staging directory (if it was not installed) and its lock.
 func (s *staging) discard() {
-	os.RemoveAll(s.dir)
-	os.Remove(s.lock.Path())
+	s.root.RemoveAll(rel(dirStaging, s.name))
+	s.root.Remove(rel(dirStaging, s.name+".lock"))
 	s.lock.Unlock()
 }
 
 // cleanStale removes staging directories whose process is gone and anything in trash/.
 // The caller holds the cache lock. Failures only leave wasted space, so they are logged.
 func (m *Manager) cleanStale() {
-	ents, _ := os.ReadDir(m.path(dirStaging))
+	d, err := m.cacheDir()
+	if err != nil {
+		return
+	}
+	ents, _ := d.ReadDir(dirStaging)
 	names := make(map[string]bool)
 	for _, e := range ents {
 		names[strings.TrimSuffix(e.Name(), ".lock")] = true
 	}
 	for name := range names {
-		l := flock.New(m.path(dirStaging, name+".lock"))
-		if ok, err := l.TryLock(); err != nil || !ok {
+		l, ok, err := d.TryLock(rel(dirStaging, name+".lock"), true)
+		if err != nil || !ok {
 			continue // its install is running
 		}
 		m.log.Debug("removing what an interrupted install left", "dir", m.path(dirStaging, name))
-		if err := os.RemoveAll(m.path(dirStaging, name)); err != nil {
-			m.log.Debug("remove interrupted install", "err", err)
+		if err := d.RemoveAll(rel(dirStaging, name)); err != nil {
+			m.log.Warn("remove interrupted install", "err", err)
 		}
-		os.Remove(l.Path())
+		d.Remove(rel(dirStaging, name+".lock"))
 		l.Unlock()
 	}
-	trash, _ := os.ReadDir(m.path(dirTrash))
+	trash, _ := d.ReadDir(dirTrash)
 	for _, e := range trash {
-		if err := os.RemoveAll(m.path(dirTrash, e.Name())); err != nil {
-			m.log.Debug("empty cache trash", "err", err)
+		if err := d.RemoveAll(rel(dirTrash, e.Name())); err != nil {
+			m.log.Warn("empty cache trash", "err", err)
 		}
 	}
 }
@@ -249,7 +307,7 @@ func (m *Manager) install(ctx context.Context, s *staging, b *Bundle) (*Bundle, 
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", fileMeta, err)
 	}
-	if err := writeFileSync(filepath.Join(s.dir, fileMeta), append(data, '\n'), 0o644); err != nil {
+	if err := writeFileSync(filepath.Join(s.dir, fileMeta), append(data, '\n'), 0o600); err != nil {
 		return nil, err
 	}
 	if err := syncFiles(s.dir); err != nil {
@@ -257,13 +315,12 @@ func (m *Manager) install(ctx context.Context, s *staging, b *Bundle) (*Bundle, 
 	}
 	var out *Bundle
 	err = m.withCacheLock(ctx, func() error {
-		dst := m.path(dirBundles, b.ID)
-		if _, err := os.Stat(filepath.Join(dst, fileMeta)); err == nil {
+		if _, err := s.root.Lstat(rel(dirBundles, b.ID, fileMeta)); err == nil {
 			m.log.Debug("bundle already installed by another source", "id", b.ID)
 			out, err = m.readBundle(b.ID)
 			return err
 		}
-		if err := os.Rename(s.dir, dst); err != nil {
+		if err := s.root.Rename(rel(dirStaging, s.name), s.root, rel(dirBundles, b.ID)); err != nil {
 			return fmt.Errorf("install bundle %s: %w", b.ID, err)
 		}
 		if err := syncDir(m.path(dirBundles)); err != nil {
@@ -306,7 +363,11 @@ type refArtifact struct {
 }
 
 func (m *Manager) readRef(key string) (*ref, error) {
-	data, err := os.ReadFile(m.path(dirRefs, key+".json"))
+	d, err := m.cacheDir()
+	if err != nil {
+		return nil, err
+	}
+	data, err := d.ReadFile(rel(dirRefs, key+".json"), maxMetaSize)
 	if err != nil {
 		return nil, err
 	}
@@ -326,13 +387,11 @@ func (m *Manager) writeRef(key string, r *ref) error {
 	if err != nil {
 		return fmt.Errorf("encode ref: %w", err)
 	}
-	dst := m.path(dirRefs, key+".json")
-	tmp := dst + "." + randomHex(4) + ".tmp"
-	if err := writeFileSync(tmp, append(data, '\n'), 0o644); err != nil {
+	d, err := m.cacheDir()
+	if err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, dst); err != nil {
-		os.Remove(tmp)
+	if err := d.WriteFileAtomic(rel(dirRefs, key+".json"), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write ref: %w", err)
 	}
 	return nil
@@ -342,12 +401,16 @@ func (m *Manager) writeRef(key string, r *ref) error {
 // nothing uses it. The records of what sources resolved to stay: pulling the same preset again
 // downloads the same artifacts until a Refresh.
 func (m *Manager) removeLocked(id string) error {
-	trash := m.path(dirTrash, id+"-"+randomHex(4))
-	if err := os.Rename(m.path(dirBundles, id), trash); err != nil {
+	d, err := m.cacheDir()
+	if err != nil {
+		return err
+	}
+	trash := rel(dirTrash, id+"-"+randomHex(4))
+	if err := d.Rename(rel(dirBundles, id), d, trash); err != nil {
 		return fmt.Errorf("remove base image %s: %w", id, err)
 	}
-	os.Remove(m.path(dirInUse, id)) // empty: the caller checked
-	if err := os.RemoveAll(trash); err != nil {
+	d.Remove(rel(dirInUse, id)) // empty: the caller checked
+	if err := d.RemoveAll(trash); err != nil {
 		return fmt.Errorf("remove base image %s: %w", id, err)
 	}
 	return nil
@@ -359,7 +422,11 @@ func (m *Manager) resolveID(id string) (string, error) {
 		return "", fmt.Errorf("base image id %q: want up to 16 lowercase hex digits: %w", id, ErrNotFound)
 	}
 	if len(id) == 16 {
-		if _, err := os.Stat(m.path(dirBundles, id, fileMeta)); err != nil {
+		d, err := m.cacheDir()
+		if err != nil {
+			return "", err
+		}
+		if _, err := d.Lstat(rel(dirBundles, id, fileMeta)); err != nil {
 			return "", fmt.Errorf("base image %s: %w", id, ErrNotFound)
 		}
 		return id, nil
@@ -384,7 +451,11 @@ func (m *Manager) resolveID(id string) (string, error) {
 }
 
 func (m *Manager) installedIDs() ([]string, error) {
-	ents, err := os.ReadDir(m.path(dirBundles))
+	d, err := m.cacheDir()
+	if err != nil {
+		return nil, err
+	}
+	ents, err := d.ReadDir(dirBundles)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -393,7 +464,7 @@ func (m *Manager) installedIDs() ([]string, error) {
 	}
 	var ids []string
 	for _, e := range ents {
-		if idRE.MatchString(e.Name()) && e.IsDir() {
+		if idRE.MatchString(e.Name()) && e.Type().IsDir() {
 			ids = append(ids, e.Name())
 		}
 	}
@@ -511,12 +582,15 @@ func (m *Manager) Use(ctx context.Context, id, holder string) (release func() er
 		if full, err = m.resolveID(id); err != nil {
 			return err
 		}
-		dir := m.path(dirInUse, full)
-		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		d, err := m.cacheDir()
+		if err != nil {
+			return err
+		}
+		if err := d.Mkdir(rel(dirInUse, full), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("mark base image %s in use: %w", full, err)
 		}
 		marker := fmt.Sprintf("{\"holder\":%q,\"pid\":%d,\"since\":%q}\n", holder, os.Getpid(), time.Now().UTC().Format(time.RFC3339))
-		if err := writeFileSync(filepath.Join(dir, holder), []byte(marker), 0o644); err != nil {
+		if err := d.WriteFileAtomic(rel(dirInUse, full, holder), []byte(marker), 0o600); err != nil {
 			return fmt.Errorf("mark base image %s in use: %w", full, err)
 		}
 		b, err := m.readBundle(full)
@@ -540,11 +614,15 @@ func (m *Manager) Release(ctx context.Context, id, holder string) error {
 		return fmt.Errorf("release base image %q for %q: malformed id or holder", id, holder)
 	}
 	return m.withCacheLock(ctx, func() error {
-		err := os.Remove(m.path(dirInUse, id, holder))
+		d, err := m.cacheDir()
+		if err != nil {
+			return err
+		}
+		err = d.Remove(rel(dirInUse, id, holder))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("release base image %s: %w", id, err)
 		}
-		os.Remove(m.path(dirInUse, id)) // only when empty
+		d.Remove(rel(dirInUse, id)) // only when empty
 		return nil
 	})
 }

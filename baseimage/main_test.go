@@ -227,6 +227,7 @@ func testManager(t testing.TB, bucket *fakeBucket, mod ...func(*Options)) *Manag
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { m.Close() })
 	return m
 }
 

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // Defaults for Options fields left at their zero value.
@@ -98,6 +100,9 @@ type Manager struct {
 	flights    map[string]*flight
 	euidIsRoot bool
 	toolDirs   []string // searched for host tools after PATH
+
+	rootMu sync.Mutex
+	root   *safedir.Dir // the cache directory, held open once checked (see ensureDirs)
 }
 
 // HostArch returns the guest architecture matching the host: x86_64 or aarch64, or an error
@@ -180,6 +185,16 @@ func New(opts Options) (*Manager, error) {
 		m.stall = DefaultStallTimeout
 	}
 	return m, nil
+}
+
+// Close releases the cache directory the Manager holds open. A closed Manager opens it again
+// (checking it again) when it is next used. Close is safe to call more than once.
+func (m *Manager) Close() error {
+	m.rootMu.Lock()
+	defer m.rootMu.Unlock()
+	err := m.root.Close()
+	m.root = nil
+	return err
 }
 
 // Dir returns the cache directory.

@@ -30,6 +30,7 @@ func TestPullDiskFull(t *testing.T) {
 	bucket := newFakeBucket(t)
 	url, _ := hostExt4(t, bucket, "big", 3<<20)
 	m := testManager(t, bucket, func(o *Options) { o.Dir = filepath.Join(dir, "cache") })
+	defer m.Close() // before the unmount
 	_, err := m.Pull(context.Background(), Source{ManifestURL: url})
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("pull onto a full disk: %v, want ENOSPC", err)

@@ -247,33 +247,9 @@ const (
 	lockLimit  = 30 * time.Second
 )
 
-// fileLock is a flock held through an open file; closing the file releases it.
-type fileLock struct{ f *os.File }
-
-func (l *fileLock) Unlock() error { return l.f.Close() }
-
-// tryLock takes the flock of file name beneath d without waiting. create makes the file when
-// it is missing. ok is false when another process holds it.
-func tryLock(d *safedir.Dir, name string, create bool) (l *fileLock, ok bool, err error) {
-	flag := os.O_RDWR
-	if create {
-		flag |= os.O_CREATE
-	}
-	f, err := d.OpenFile(name, flag, 0o600)
-	if err != nil {
-		return nil, false, err
-	}
-	ok, err = flockNB(f)
-	if err != nil || !ok {
-		f.Close()
-		return nil, false, err
-	}
-	return &fileLock{f: f}, true, nil
-}
-
 // lock takes root.lock, waiting while ctx allows and at most lockLimit; a wait longer than
 // lockNotice is logged once, naming the process that holds the lock.
-func (r *Root) lock(ctx context.Context) (*fileLock, error) {
+func (r *Root) lock(ctx context.Context) (*safedir.Lock, error) {
 	f, err := r.dir.OpenFile("root.lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock runtime root %s: %w", r.path, err)
@@ -281,13 +257,13 @@ func (r *Root) lock(ctx context.Context) (*fileLock, error) {
 	begin := time.Now()
 	noticed := false
 	for {
-		ok, err := flockNB(f)
+		ok, err := safedir.Flock(f)
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("lock runtime root %s: %w", r.path, err)
 		}
 		if ok {
-			return &fileLock{f: f}, nil
+			return safedir.LockOf(f), nil
 		}
 		waited := time.Since(begin)
 		if !noticed && waited >= lockNotice {
@@ -344,8 +320,8 @@ type Dir struct {
 	Paths
 	root *Root
 	name string
-	id   string    // the content of IDFile
-	lock *fileLock // held by the owner; nil for a looked-up directory
+	id   string        // the content of IDFile
+	lock *safedir.Lock // held by the owner; nil for a looked-up directory
 }
 
 // Name returns the VM's name.
@@ -413,7 +389,7 @@ func (r *Root) create(name string) (*Dir, error) {
 	if err := r.vms.Mkdir(tmp+"/"+DrivesDir, 0o700); err != nil {
 		return fail(err)
 	}
-	l, ok, err := tryLock(r.vms, tmp+"/"+LockFile, true)
+	l, ok, err := r.vms.TryLock(tmp+"/"+LockFile, true)
 	if err != nil {
 		return fail(err)
 	}
@@ -840,7 +816,7 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 	if err := r.proof(name); err != nil {
 		return kept, fmt.Errorf("vm directory %s does not look like one smartvm made (%w); left alone: remove it by hand if you know what it is", filepath.Join(r.path, "vms", name), err)
 	}
-	l, ok, err := tryLock(r.vms, name+"/"+LockFile, false)
+	l, ok, err := r.vms.TryLock(name+"/"+LockFile, false)
 	if errors.Is(err, fs.ErrNotExist) {
 		return gone, nil
 	}
@@ -957,7 +933,7 @@ func (r *Root) ForceRemove(ctx context.Context, name string) ([]int, error) {
 		if err := r.proof(name); err != nil {
 			return fmt.Errorf("%s does not look like a vm directory smartvm made (%w); left alone", filepath.Join(r.path, "vms", name), err)
 		}
-		l, ok, err := tryLock(r.vms, name+"/"+LockFile, false)
+		l, ok, err := r.vms.TryLock(name+"/"+LockFile, false)
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
@@ -182,7 +183,7 @@ func tryFlock(path string) (bool, error) {
 		return false, err
 	}
 	defer f.Close()
-	return flockNB(f)
+	return safedir.Flock(f)
 }
 
 // Another user who created the runtime root's parent first cannot make smartvm use it: the

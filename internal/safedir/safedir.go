@@ -3,6 +3,8 @@ package safedir
 import (
 	"errors"
 	"io/fs"
+	"os"
+	"time"
 )
 
 // ErrUntrusted reports a path or file that another user could have planted or redirected: a
@@ -24,9 +26,14 @@ func (e *TrustError) Is(target error) bool { return target == ErrUntrusted }
 
 // Info describes a file as Dir.Lstat found it.
 type Info struct {
-	Mode fs.FileMode
-	UID  uint32
-	Size int64
-	Dev  uint64
-	Ino  uint64
+	Mode    fs.FileMode
+	UID     uint32
+	Size    int64
+	Blocks  int64 // 512-byte blocks allocated
+	Dev     uint64
+	Ino     uint64
+	ModTime time.Time
 }
+
+// LockOf wraps f, on which the caller holds a flock, as a Lock.
+func LockOf(f *os.File) *Lock { return &Lock{f: f} }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -467,7 +468,7 @@ func infoOf(st *unix.Stat_t) Info {
 	if st.Mode&unix.S_ISVTX != 0 {
 		mode |= fs.ModeSticky
 	}
-	return Info{Mode: mode, UID: st.Uid, Size: st.Size, Dev: st.Dev, Ino: st.Ino}
+	return Info{Mode: mode, UID: st.Uid, Size: st.Size, Blocks: st.Blocks, Dev: st.Dev, Ino: st.Ino, ModTime: time.Unix(st.Mtim.Unix())}
 }
 
 // Stat describes the open file f as Lstat does.
@@ -656,4 +657,70 @@ func LockHolder(f *os.File) int {
 		}
 	}
 	return 0
+}
+
+// Chtimes sets name's access and modification times, without following it.
+func (d *Dir) Chtimes(name string, t time.Time) error {
+	pfd, base, done, err := d.parent(name)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
+	if err := unix.UtimesNanoAt(pfd, base, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "chtimes", Path: d.Join(name), Err: err}
+	}
+	return nil
+}
+
+// Lock is an exclusive flock held through an open file: Unlock (closing the file) releases it.
+type Lock struct{ f *os.File }
+
+// File returns the locked file.
+func (l *Lock) File() *os.File { return l.f }
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() error { return l.f.Close() }
+
+// TryLock takes an exclusive flock on file name beneath d without waiting, creating the file
+// (mode 0600) when create is set. ok is false when another open file holds it.
+func (d *Dir) TryLock(name string, create bool) (l *Lock, ok bool, err error) {
+	flag := os.O_RDWR
+	if create {
+		flag |= os.O_CREATE
+	}
+	f, err := d.OpenFile(name, flag, 0o600)
+	if err != nil {
+		return nil, false, err
+	}
+	ok, err = Flock(f)
+	if err != nil || !ok {
+		f.Close()
+		return nil, false, err
+	}
+	return &Lock{f: f}, true, nil
+}
+
+// Flock takes an exclusive flock on f without blocking; ok is false when another open file
+// holds it.
+func Flock(f *os.File) (ok bool, err error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			ferr = unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
+			if !errors.Is(ferr, unix.EINTR) {
+				return
+			}
+		}
+	}); err != nil {
+		return false, err
+	}
+	if errors.Is(ferr, unix.EWOULDBLOCK) {
+		return false, nil
+	}
+	return ferr == nil, ferr
 }

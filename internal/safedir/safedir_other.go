@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 var errUnsupported = fmt.Errorf("safe directory access needs Linux (openat2): %w", errors.ErrUnsupported)
@@ -74,3 +75,21 @@ func (d *Dir) CheckTree(string) error { return errUnsupported }
 
 // LockHolder cannot tell on this system.
 func LockHolder(*os.File) int { return 0 }
+
+// Chtimes needs Linux.
+func (d *Dir) Chtimes(string, time.Time) error { return errUnsupported }
+
+// Lock is an exclusive flock; on this system none can be taken.
+type Lock struct{ f *os.File }
+
+// File returns the locked file.
+func (l *Lock) File() *os.File { return l.f }
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() error { return nil }
+
+// TryLock needs Linux.
+func (d *Dir) TryLock(string, bool) (*Lock, bool, error) { return nil, false, errUnsupported }
+
+// Flock needs Linux.
+func Flock(*os.File) (bool, error) { return false, errUnsupported }
