@@ -27,9 +27,12 @@ type options struct {
 	netnsDir   string
 }
 
-// WithRuntimeDir sets the runtime root. Default: /dev/shm/.smartvm/runtime when /dev/shm is a
-// writable tmpfs, else .smartvm/runtime under os.TempDir() ($TMPDIR). Managers in several
-// processes may share one root.
+// WithRuntimeDir sets the runtime root. Default, for root: /dev/shm/.smartvm/runtime when
+// /dev/shm is a writable tmpfs, else .smartvm/runtime under os.TempDir() ($TMPDIR); for any
+// other user, .smartvm-<uid>/runtime in the same place. Managers in several processes of one
+// user may share one root. The root and every directory on the way to it must be
+// trustworthy (see docs/security.md): NewManager refuses a symlink, another user's directory
+// or one that others can write (except a sticky one of root's, such as /dev/shm).
 func WithRuntimeDir(dir string) Option { return func(o *options) { o.runtimeDir = dir } }
 
 // WithFirecrackerBinary sets the firecracker executable: a path, or a name looked up in PATH.

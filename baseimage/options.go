@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
+	"strconv"
 	"runtime"
 	"strings"
 	"sync"
@@ -37,8 +39,10 @@ const (
 
 // Options configure a Manager. Zero values mean the documented defaults.
 type Options struct {
-	// Dir is the cache directory. Default DefaultDir. It is created with mode 0700 and must be
-	// owned by the current user and not writable by others.
+	// Dir is the cache directory. Default UserDefaultDir(): DefaultDir for root, a directory of
+	// the user's own for anyone else. Missing directories are created with mode 0700; it and
+	// every directory on the way must pass safedir's checks (no symlink, no other user's
+	// directory, none that others can write but a sticky one of root's, such as /tmp).
 	Dir string
 	// Keep is how many bundles automatic eviction keeps after each install, the most recently
 	// used first. Default DefaultKeep (2); a negative value turns automatic eviction off.
@@ -117,6 +121,21 @@ func HostArch() (string, error) {
 	return "", fmt.Errorf("host architecture %s has no Firecracker guests: %w", runtime.GOARCH, errors.ErrUnsupported)
 }
 
+// UserDefaultDir returns the cache directory Options.Dir defaults to for the calling user:
+// DefaultDir for root; for any other user smartvm/base-images under os.UserCacheDir
+// ($XDG_CACHE_HOME, else ~/.cache), or /tmp/.smartvm-<uid>/base-images when there is no home.
+// Users never share a cache: one user's images are never another's input.
+func UserDefaultDir() string {
+	uid := os.Geteuid()
+	if uid == 0 {
+		return DefaultDir
+	}
+	if d, err := os.UserCacheDir(); err == nil && filepath.IsAbs(d) {
+		return filepath.Join(d, "smartvm", "base-images")
+	}
+	return filepath.Join("/tmp", ".smartvm-"+strconv.Itoa(uid), "base-images")
+}
+
 // New returns a Manager for opts. It checks the options but does no I/O: the cache directory is
 // created by the first call that writes to it.
 func New(opts Options) (*Manager, error) {
@@ -127,7 +146,7 @@ func New(opts Options) (*Manager, error) {
 		euidIsRoot: isRoot(), flights: make(map[string]*flight), toolDirs: sbinDirs(),
 	}
 	if m.dir == "" {
-		m.dir = DefaultDir
+		m.dir = UserDefaultDir()
 	}
 	dir, err := filepath.Abs(m.dir)
 	if err != nil {

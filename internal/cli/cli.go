@@ -144,7 +144,8 @@ Quick start:
 Environment (flags win over the environment, the environment over defaults):
   SMARTVM_FIRECRACKER_BIN            firecracker binary (--firecracker-bin)
   SMARTVM_RUNTIME_DIR                runtime directory (--runtime-dir)
-  SMARTVM_BASE_IMAGE_DIR             base image cache
+  SMARTVM_BASE_IMAGE_DIR             base image cache (default: /tmp/.smartvm/base-images
+                                     for root, ~/.cache/smartvm/base-images for others)
   SMARTVM_CI_BUCKET_URL              Firecracker CI bucket the presets list
   SMARTVM_BASE_IMAGE_PRESET          default preset: latest or lts
   SMARTVM_BASE_IMAGE_MANIFEST_URL    default base image manifest URL
@@ -189,7 +190,7 @@ Exit codes: 0 ok, 1 error, 2 usage (ssh passes on the exit code of ssh).`,
 	pf.StringVar(&a.logLevel, "log-level", "warn", "smartvm's own log level: debug, info, warn or error")
 	pf.StringVar(&a.logFormat, "log-format", "text", "smartvm's own log format on stderr: text or json")
 	pf.StringVar(&a.fcBinFlag, "firecracker-bin", "", "firecracker binary (default: $SMARTVM_FIRECRACKER_BIN, ~/.smartvm/bin/firecracker, then PATH)")
-	pf.StringVar(&a.runtimeDirFlag, "runtime-dir", "", "runtime directory for VM sockets, logs and state (default: $SMARTVM_RUNTIME_DIR, else /dev/shm/.smartvm/runtime on tmpfs, else $TMPDIR/.smartvm/runtime)")
+	pf.StringVar(&a.runtimeDirFlag, "runtime-dir", "", "runtime directory for VM sockets, logs and state (default: $SMARTVM_RUNTIME_DIR, else /dev/shm/.smartvm/runtime for root and /dev/shm/.smartvm-UID/runtime for other users, on tmpfs; else the same under $TMPDIR)")
 
 	root.AddCommand(
 		a.newVersionCmd(),
