@@ -26,6 +26,12 @@ var (
 	// ErrNoConsoleInput reports Machine.ConsoleInput on a VM started without
 	// MachineSpec.SerialInput.
 	ErrNoConsoleInput = errors.New("vm has no console input (start it with serial_input)")
+	// ErrDriveInUse reports a drive used in place (persistent, or read-only) that another VM
+	// holds: one writes it, or it is to be written while others read it.
+	ErrDriveInUse = errors.New("drive in use")
+	// ErrCorruptState reports a VM whose state.json cannot be read: nothing it records is
+	// trusted, and Manager.Remove with force removes the VM.
+	ErrCorruptState = rundir.ErrCorruptState
 )
 
 // ExitError reports how a firecracker process ended when it did not exit with code 0: from

@@ -278,6 +278,9 @@ func (m *Machine) Resume(ctx context.Context) error {
 		return fmt.Errorf("resume vm %s: %w", m.name, m.notRunning(err))
 	}
 	m.setState(StateRunning)
+	if err := m.dir.UnmarkSnapshot(); err != nil {
+		m.log.Warn("remove the mark of an interrupted snapshot", "err", err)
+	}
 	m.log.Info("vm resumed")
 	return nil
 }

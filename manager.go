@@ -250,6 +250,29 @@ func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 	return got, nil
 }
 
+// ForceRemove removes VM name without trusting its state.json, for a VM whose state is
+// corrupt (ErrCorruptState) or names a process that is not its firecracker: it kills (SIGKILL)
+// the processes of this user that serve the VM's API socket, releases what it can, and removes
+// the VM's directory. The directory must be one smartvm made (its proof: owner, mode, id and
+// lock files, no symlinks), and no process may own the VM. It returns the pids it killed, and
+// an error wrapping ErrNotFound when there is no such VM. A network the corrupt state recorded
+// is not torn down by name; Reap removes networks whose VM has no directory.
+func (mgr *Manager) ForceRemove(ctx context.Context, name string) ([]int, error) {
+	if m, err := mgr.lookup(name); err != nil {
+		return nil, err
+	} else if m != nil {
+		return nil, fmt.Errorf("remove vm %s: this manager runs it: use Kill and Close: %w", name, ErrExists)
+	}
+	killed, err := mgr.root.ForceRemove(ctx, name)
+	if len(killed) > 0 {
+		mgr.log.Info("killed the processes of a vm removed by force", "vm", name, "pids", killed)
+	}
+	if err != nil {
+		return killed, err
+	}
+	return killed, mgr.reclaimNetworks(ctx)
+}
+
 // List reaps dead VMs, then describes every live VM in the runtime root, sorted by name, with
 // its state as Firecracker reports it (StateUnknown when its API does not answer in time).
 // VMs still starting are left out.

@@ -15,3 +15,9 @@ func callerNetns() (*os.File, error) {
 
 // removeStaleSocket does nothing where no Firecracker runs.
 func removeStaleSocket(string) error { return nil }
+
+// openNoFollow opens path for reading.
+func openNoFollow(path string) (*os.File, error) { return os.Open(path) }
+
+// fdPath names f by its path where there is no /proc.
+func fdPath(f *os.File) string { return f.Name() }

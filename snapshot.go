@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/smartvm/smartvm/fcapi"
-	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/stage"
 	"github.com/smartvm/smartvm/netdev"
 )
@@ -44,6 +46,9 @@ type Snapshot struct {
 	Created            time.Time `json:"created"`
 	// Drives are the ephemeral drives copied into the snapshot, by drive ID.
 	Drives map[string]SnapshotDrive `json:"drives,omitempty"`
+	// PersistentSizes are the sizes of the persistent (read-write, in place) drives when the
+	// snapshot was taken, by drive ID: Restore refuses a drive whose size changed since.
+	PersistentSizes map[string]int64 `json:"persistent_sizes,omitempty"`
 	// Network is the VM's managed network when the snapshot was taken: Restore gives the
 	// NICs the same TAP names and, with NetworkSpec.Namespace, the same guest addresses,
 	// which the guest keeps in its memory.
@@ -65,12 +70,23 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", dir, err)
 	}
-	b, err := os.ReadFile(filepath.Join(abs, snapshotManifest))
+	f, err := safedir.OpenInput(filepath.Join(abs, snapshotManifest), false, false)
 	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(filepath.Join(abs, snapshotMemory)); serr == nil {
+			return Snapshot{}, fmt.Errorf("open snapshot %s: it has no %s: the snapshot was interrupted before it finished; remove the directory and take it again: %w", abs, snapshotManifest, ErrNotFound)
+		}
 		return Snapshot{}, fmt.Errorf("open snapshot %s: no %s: %w", abs, snapshotManifest, ErrNotFound)
 	}
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", abs, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", abs, err)
+	}
+	if len(b) > maxManifestSize {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: %s is larger than %d bytes: not one smartvm wrote", abs, snapshotManifest, maxManifestSize)
 	}
 	var s Snapshot
 	if err := json.Unmarshal(b, &s); err != nil {
@@ -79,12 +95,22 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 	if s.Version != snapshotFormat {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: manifest version %d, this smartvm reads %d: %w", abs, s.Version, snapshotFormat, errors.ErrUnsupported)
 	}
-	if !nameRE.MatchString(s.Name) {
+	if !nameRE.MatchString(s.Name) || strings.HasPrefix(s.Name, "-") {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: invalid vm name %q", abs, s.Name)
+	}
+	// A snapshot is input: its drive copies must be the files smartvm writes, in the
+	// snapshot's own drives directory, and nowhere else.
+	for id, d := range s.Drives {
+		if !resourceRE.MatchString(id) || d.File != filepath.Join(snapshotDrives, id+".img") {
+			return Snapshot{}, fmt.Errorf("open snapshot %s: drive %q has file %q: want %s/<id>.img for a drive id of letters, digits and _", abs, id, d.File, snapshotDrives)
+		}
 	}
 	s.Dir = abs
 	return s, nil
 }
+
+// maxManifestSize bounds what is read of a snapshot's manifest.json.
+const maxManifestSize = 16 << 20
 
 // stagedDrives returns the IDs of the drives Start stages for spec (which has its defaults):
 // a base image's root drive and the ephemeral drives.
@@ -117,29 +143,54 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
-	if ents, err := os.ReadDir(abs); err == nil && len(ents) > 0 {
-		return Snapshot{}, fmt.Errorf("snapshot vm %s: %s is not empty: %w", m.name, abs, ErrExists)
+	if root := m.mgr.root.Path(); abs == root || strings.HasPrefix(abs, root+string(filepath.Separator)) {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %s is inside the runtime root %s, which smartvm cleans up: choose a directory outside it", m.name, abs, root)
 	}
-	if err := os.MkdirAll(filepath.Join(abs, snapshotDrives), 0o700); err != nil {
+	// The snapshot holds the guest's memory: its directory must be private, and nobody else
+	// may be able to swap the files Firecracker writes.
+	sd, err := safedir.OpenTrusted(abs, true)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	defer sd.Close()
+	if ents, err := sd.ReadDir("."); err != nil || len(ents) > 0 {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %s is not empty: %w", m.name, abs, errors.Join(err, ErrExists))
+	}
+	if err := sd.Chmod(".", 0o700); err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	if err := sd.Mkdir(snapshotDrives, 0o700); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
 	defer func() {
 		if err != nil {
 			for _, name := range []string{snapshotManifest, snapshotState, snapshotMemory, snapshotDrives} {
-				os.RemoveAll(filepath.Join(abs, name))
+				sd.RemoveAll(name)
 			}
 			os.Remove(abs) // only if this left it empty
 		}
 	}()
+	// Created here, private, for Firecracker to write into (it keeps an existing file's mode).
+	for _, name := range []string{snapshotState, snapshotMemory} {
+		f, err := sd.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+		}
+		f.Close()
+	}
 
 	state, err := m.State(ctx)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
 	if state == StateRunning {
-		if err := m.Pause(ctx); err != nil {
+		// The mark tells a later command, should this process be killed before it resumes
+		// the VM, why the VM is paused.
+		if err := m.dir.MarkSnapshot(ctx); err != nil {
 			return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 		}
+		// Resumed whatever happens from here, an interrupt (a cancelled ctx) included: a
+		// pause request cut short by the ctx may still have paused the VM.
 		defer func() {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopRequestTimeout)
 			defer cancel()
@@ -147,6 +198,9 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 				err = errors.Join(err, fmt.Errorf("snapshot vm %s: %w", m.name, rerr))
 			}
 		}()
+		if err := m.Pause(ctx); err != nil {
+			return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+		}
 	}
 	t0 := time.Now()
 	if err := m.client.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{
@@ -165,6 +219,23 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 		Created:            time.Now().UTC(),
 		Network:            m.network,
 	}
+	for _, d := range m.spec.Drives {
+		if writable(d) {
+			fi, err := os.Stat(d.Path)
+			if err != nil {
+				return Snapshot{}, fmt.Errorf("snapshot vm %s: drive %s: %w", m.name, d.ID, err)
+			}
+			if snap.PersistentSizes == nil {
+				snap.PersistentSizes = map[string]int64{}
+			}
+			snap.PersistentSizes[d.ID] = fi.Size()
+		}
+	}
+	for _, name := range []string{snapshotState, snapshotMemory} {
+		if err := sd.Chmod(name, 0o600); err != nil {
+			return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+		}
+	}
 	for _, id := range stagedDrives(m.spec) {
 		file := filepath.Join(snapshotDrives, id+".img")
 		if _, err := stage.Copy(ctx, m.paths.Drive(id), filepath.Join(abs, file)); err != nil {
@@ -179,7 +250,7 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
-	if err := rundir.WriteFileAtomic(filepath.Join(abs, snapshotManifest), append(b, '\n'), 0o600); err != nil {
+	if err := sd.WriteFileAtomic(snapshotManifest, append(b, '\n'), 0o600); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
 	m.log.Info("vm snapshot taken", "dir", abs, "took", time.Since(t0))

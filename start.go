@@ -18,6 +18,7 @@ import (
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/stage"
 	"github.com/smartvm/smartvm/netdev"
 )
@@ -115,9 +116,10 @@ type starter struct {
 	dir      *rundir.Dir
 	snap     *Snapshot // set by Restore
 	image    *resolvedImage
-	serial   *os.File // read handle on serial.log
-	stdin    *os.File // firecracker's end of serial.in, with SerialInput
-	callerNS *os.File // the network namespace Start was called in, with a network
+	serial   *os.File   // read handle on serial.log
+	stdin    *os.File   // firecracker's end of serial.in, with SerialInput
+	held     []*os.File // drives used in place, locked, handed to firecracker to hold
+	callerNS *os.File   // the network namespace Start was called in, with a network
 	net      *netdev.Network
 	proc     *proc.Process
 	client   *fcapi.Client
@@ -217,6 +219,14 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 			return nil, s.fail("base image", err)
 		}
 	}
+	if err := s.checkInputs(); err != nil {
+		return nil, s.fail("check the kernel and drives", err)
+	}
+	defer func() {
+		for _, f := range s.held {
+			f.Close() // firecracker has its own copies, and with them the locks
+		}
+	}()
 	stdout, stderr, err := s.createFiles()
 	if err != nil {
 		return nil, s.fail("create files", err)
@@ -237,7 +247,8 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		return nil, s.fail("write config", err)
 	}
 
-	pcfg := proc.Config{Path: s.bin, Args: args, Stdin: s.stdin, Stdout: stdout, Stderr: stderr, Detached: s.opts.detached, Around: s.spawnAround()}
+	pcfg := proc.Config{Path: s.bin, Args: args, Stdin: s.stdin, Stdout: stdout, Stderr: stderr, ExtraFiles: s.held,
+		Detached: s.opts.detached, Around: s.spawnAround()}
 	if s.proc, err = proc.Start(pcfg); err != nil {
 		return nil, s.fail("spawn firecracker", err)
 	}
@@ -416,15 +427,109 @@ func (s *starter) stageDrives(ctx context.Context) ([]fcapi.Drive, error) {
 	return drives, nil
 }
 
-// restageDrives stages a snapshot's copies of the ephemeral drives where the VM had them.
+// restageDrives stages a snapshot's copies of the ephemeral drives where the VM had them. A
+// copy is opened without following a symlink (a snapshot is input, and one could point its
+// drive at any file of the host), and staged from the file it opened.
 func (s *starter) restageDrives(ctx context.Context) error {
 	for id, d := range s.snap.Drives {
-		if _, err := stage.Copy(ctx, filepath.Join(s.snap.Dir, d.File), s.dir.Drive(id)); err != nil {
+		src := filepath.Join(s.snap.Dir, d.File)
+		f, err := openNoFollow(src)
+		if err != nil {
+			return fmt.Errorf("drive %s of the snapshot: %w", id, err)
+		}
+		_, err = stage.Copy(ctx, fdPath(f), s.dir.Drive(id))
+		f.Close()
+		if err != nil {
 			return fmt.Errorf("drive %s: %w", id, err)
 		}
 	}
 	return nil
 }
+
+// checkInputs opens the kernel, the initrd and every drive without blocking and refuses
+// anything but a regular file (or a block device, for a drive): a FIFO or a socket there would
+// hang Firecracker. It refuses one file given as two drives when either may be written, and a
+// persistent drive of a snapshot whose size changed since. It locks the drives used in place,
+// a writable one exclusively and a read-only one shared, so that no two VMs write one
+// persistent drive and none reads one another VM writes. The locked files are handed to
+// firecracker, so the locks last exactly as long as it runs.
+func (s *starter) checkInputs() error {
+	kernel, initrd := s.spec.Kernel, s.spec.Initrd
+	drives := s.spec.Drives
+	if s.image != nil {
+		kernel, initrd = s.image.kernel, s.image.initrd
+		drives = append([]DriveSpec{s.image.root}, drives...)
+	}
+	for _, in := range []struct{ what, path string }{{"kernel", kernel}, {"initrd", initrd}} {
+		if in.path == "" || s.snap != nil { // a snapshot loads without them
+			continue
+		}
+		f, err := safedir.OpenInput(in.path, false, false)
+		if err != nil {
+			return fmt.Errorf("%s: %w", in.what, err)
+		}
+		f.Close()
+	}
+	type fileID struct{ dev, ino uint64 }
+	type input struct {
+		d    DriveSpec
+		f    *os.File
+		info safedir.Info
+	}
+	var inputs []input
+	defer func() {
+		for _, in := range inputs {
+			if !slices.Contains(s.held, in.f) {
+				in.f.Close()
+			}
+		}
+	}()
+	seen := map[fileID]DriveSpec{}
+	for _, d := range drives {
+		if s.snap != nil && d.Ephemeral() {
+			continue // staged from the snapshot's copy
+		}
+		f, err := safedir.OpenInput(d.Path, writable(d), true)
+		if err != nil {
+			return fmt.Errorf("drive %s: %w", d.ID, err)
+		}
+		info, err := safedir.Stat(f)
+		inputs = append(inputs, input{d, f, info})
+		if err != nil {
+			return fmt.Errorf("drive %s: %w", d.ID, err)
+		}
+		id := fileID{info.Dev, info.Ino}
+		if prev, ok := seen[id]; ok && (writable(prev) || writable(d)) {
+			return fmt.Errorf("drives %s and %s are the same file (%s): a drive that is written cannot also be another drive; give it once", prev.ID, d.ID, d.Path)
+		}
+		seen[id] = d
+	}
+	var held []*os.File
+	for _, in := range inputs {
+		d, f, info := in.d, in.f, in.info
+		if d.Ephemeral() {
+			continue // copied: only checked
+		}
+		if s.snap != nil && !d.ReadOnly {
+			if want, ok := s.snap.PersistentSizes[d.ID]; ok && want != info.Size && info.Mode.IsRegular() {
+				return fmt.Errorf("persistent drive %s (%s) is %d bytes, but was %d when the snapshot was taken: the guest's memory no longer matches it; restore it to its size, or boot afresh", d.ID, d.Path, info.Size, want)
+			}
+		}
+		lock, how := safedir.Flock, "read-write"
+		if d.ReadOnly {
+			lock, how = safedir.FlockShared, "read-only"
+		}
+		if ok, err := lock(f); err != nil || !ok {
+			return fmt.Errorf("drive %s: %s is in use by another vm (or program) that holds a lock on it, so it cannot be used %s here: stop that vm, or use a copy: %w", d.ID, d.Path, how, errors.Join(err, ErrDriveInUse))
+		}
+		held = append(held, f)
+	}
+	s.held = held
+	return nil
+}
+
+// writable reports whether a drive may be written where it is (a persistent read-write drive).
+func writable(d DriveSpec) bool { return !d.Ephemeral() && !d.ReadOnly }
 
 // vmConfig is the VM's whole configuration, in Firecracker's terms. Both boot modes use it:
 // the API mode sends it piece by piece, the config-file mode writes it.

@@ -24,6 +24,10 @@ type Config struct {
 	// Stdin is the process's standard input (a FIFO, say); the caller may close it once
 	// Start returns. Nil means /dev/null.
 	Stdin *os.File
+	// ExtraFiles are passed to the process as descriptors 3, 4, ... (exec.Cmd.ExtraFiles):
+	// a lock held through one of them lasts as long as the process. The caller may close
+	// them once Start returns.
+	ExtraFiles []*os.File
 	// Around, when set, runs start, which forks the process, and returns its error. It runs
 	// on the OS thread that forks, locked to its goroutine, so it can move that thread into
 	// another namespace for the fork and back afterwards (netdev.InNetns): the process is

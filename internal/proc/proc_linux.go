@@ -35,6 +35,7 @@ func Start(cfg Config) (*Process, error) {
 	if cfg.Stdin != nil {
 		cmd.Stdin = cfg.Stdin
 	}
+	cmd.ExtraFiles = cfg.ExtraFiles
 	if cfg.Detached {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	} else {

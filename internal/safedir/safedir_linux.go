@@ -703,7 +703,13 @@ func (d *Dir) TryLock(name string, create bool) (l *Lock, ok bool, err error) {
 
 // Flock takes an exclusive flock on f without blocking; ok is false when another open file
 // holds it.
-func Flock(f *os.File) (ok bool, err error) {
+func Flock(f *os.File) (ok bool, err error) { return flock(f, unix.LOCK_EX) }
+
+// FlockShared takes a shared flock on f without blocking; ok is false when another open file
+// holds an exclusive one.
+func FlockShared(f *os.File) (ok bool, err error) { return flock(f, unix.LOCK_SH) }
+
+func flock(f *os.File, how int) (ok bool, err error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return false, err
@@ -711,7 +717,7 @@ func Flock(f *os.File) (ok bool, err error) {
 	var ferr error
 	if err := rc.Control(func(fd uintptr) {
 		for {
-			ferr = unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
+			ferr = unix.Flock(int(fd), how|unix.LOCK_NB)
 			if !errors.Is(ferr, unix.EINTR) {
 				return
 			}
@@ -723,4 +729,57 @@ func Flock(f *os.File) (ok bool, err error) {
 		return false, nil
 	}
 	return ferr == nil, ferr
+}
+
+// OpenInput opens a file smartvm reads or hands to Firecracker (a kernel, an initrd, a drive,
+// a manifest) without blocking: a FIFO or a socket there would otherwise hang the open, or
+// Firecracker. It must be a regular file, or a block device when device is set. write opens
+// it for reading and writing. The file is returned in blocking mode.
+func OpenInput(path string, write, device bool) (*os.File, error) {
+	flag := unix.O_RDONLY
+	if write {
+		flag = unix.O_RDWR
+	}
+	fd, err := unix.Open(path, flag|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if errors.Is(err, unix.ENXIO) || errors.Is(err, unix.EOPNOTSUPP) {
+		// A FIFO without a reader (opened for writing) or a socket.
+		return nil, &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("%w: a FIFO or socket, not a file", ErrUntrusted)}
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	switch t := st.Mode & unix.S_IFMT; {
+	case t == unix.S_IFREG, t == unix.S_IFBLK && device:
+	default:
+		unix.Close(fd)
+		want := "a regular file"
+		if device {
+			want = "a regular file or a block device"
+		}
+		return nil, &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("%w: a %s, not %s", ErrUntrusted, TypeName(st.Mode), want)}
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// Chmod sets the permission bits of name ("." for d itself), without following it.
+func (d *Dir) Chmod(name string, perm fs.FileMode) error {
+	fd, err := d.openat2(name, unix.O_PATH, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	// chmod through the descriptor's /proc link acts on the file just opened, not on a name.
+	if err := unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(perm.Perm())); err != nil {
+		return &fs.PathError{Op: "chmod", Path: d.Join(name), Err: err}
+	}
+	return nil
 }

@@ -93,3 +93,12 @@ func (d *Dir) TryLock(string, bool) (*Lock, bool, error) { return nil, false, er
 
 // Flock needs Linux.
 func Flock(*os.File) (bool, error) { return false, errUnsupported }
+
+// OpenInput needs Linux.
+func OpenInput(string, bool, bool) (*os.File, error) { return nil, errUnsupported }
+
+// FlockShared needs Linux.
+func FlockShared(*os.File) (bool, error) { return false, errUnsupported }
+
+// Chmod needs Linux.
+func (d *Dir) Chmod(string, fs.FileMode) error { return errUnsupported }

@@ -45,10 +45,13 @@ func copyFile(ctx context.Context, src, dst string, s strategy) (res Result, err
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
-	in, err := os.Open(src)
+	// Non-blocking, so that a FIFO (or a device that would block) is refused at once
+	// instead of hanging the open.
+	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return Result{}, err
+		return Result{}, &os.PathError{Op: "open", Path: src, Err: err}
 	}
+	in := os.NewFile(uintptr(fd), src)
 	defer in.Close()
 	st, err := in.Stat()
 	if err != nil {
@@ -56,6 +59,9 @@ func copyFile(ctx context.Context, src, dst string, s strategy) (res Result, err
 	}
 	if !st.Mode().IsRegular() {
 		return Result{}, fmt.Errorf("source is not a regular file (mode %s): give an image file", st.Mode())
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		return Result{}, err
 	}
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
