@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/netdev"
@@ -420,8 +421,11 @@ func (s MachineSpec) problems() []error {
 
 	if s.Name != "" && !nameRE.MatchString(s.Name) {
 		add("name %q: use 1 to 64 ASCII letters, digits or '-'", s.Name)
-	} else if strings.HasPrefix(s.Name, "--") {
-		add("name %q: Firecracker would read a name that starts with \"--\" as a flag; start it with a letter or digit", s.Name)
+	} else if strings.HasPrefix(s.Name, "-") {
+		add("name %q: a name that starts with '-' would be read as a flag by Firecracker and other tools; start it with a letter or digit", s.Name)
+	}
+	if i := strings.IndexFunc(s.BootArgs, unicode.IsControl); i >= 0 {
+		add("boot_args: control character %q at byte %d: the kernel command line is one line of printable text", s.BootArgs[i], i)
 	}
 
 	images := 0
@@ -641,9 +645,6 @@ func (s MachineSpec) networkProblems() []error {
 	}
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if s.Name != "" && s.Name[0] == '-' {
-		add("name %q: a vm with a network needs a name that starts with a letter or digit", s.Name)
-	}
 	if len(n.NICs) > MaxNICs {
 		add("network: %d nics; at most %d are supported", len(n.NICs), MaxNICs)
 	}

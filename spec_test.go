@@ -195,8 +195,9 @@ func TestValidateProblems(t *testing.T) {
 			s.Interfaces = []InterfaceSpec{{TAP: "t"}}
 			s.Network = &NetworkSpec{Namespace: true}
 		}), []string{"use network.nics instead"}},
-		{"network name", with(func(s *MachineSpec) { s.Name = "-vm"; s.Network = &NetworkSpec{} }), []string{"starts with a letter or digit"}},
-		{"flag-like name", with(func(s *MachineSpec) { s.Name = "--help" }), []string{`starts with "--"`}},
+		{"flag-like name", with(func(s *MachineSpec) { s.Name = "--help" }), []string{`starts with '-'`}},
+		{"dash name", with(func(s *MachineSpec) { s.Name = "-x" }), []string{`starts with '-'`}},
+		{"control character in boot args", with(func(s *MachineSpec) { s.BootArgs = "console=ttyS0\ninit=/bin/sh" }), []string{`control character '\n' at byte 13`}},
 		{"ephemeral device", with(func(s *MachineSpec) { s.Drives = []DriveSpec{{Path: os.DevNull}} }), []string{"set persistent"}},
 	}
 	if os.Geteuid() != 0 { // root reads anything

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // transientError marks a failure that a later attempt of the same request may not meet:
@@ -243,7 +245,7 @@ func (d *download) restart() error {
 
 // copyFile copies a local artifact.
 func (d *download) copyFile(ctx context.Context) error {
-	src, err := os.Open(d.req.loc.path)
+	src, err := safedir.OpenInput(d.req.loc.path, false, false)
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
 	}

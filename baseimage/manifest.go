@@ -9,11 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // ManifestVersion is the manifest schema version this package reads.
@@ -332,7 +333,7 @@ func resolveRef(base *url.URL, baseDir, ref, field string) (location, error) {
 // is the file's base name (relative, so it resolves next to the manifest), with its sha256 and
 // size. Set Format yourself for a rootfs.
 func ManifestFileFor(path string) (ManifestFile, error) {
-	f, err := os.Open(path)
+	f, err := safedir.OpenInput(path, false, false)
 	if err != nil {
 		return ManifestFile{}, fmt.Errorf("describe %s: %w", path, err)
 	}

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // Pull returns a verified, boot-ready bundle for src, downloading and converting it when it is
@@ -296,7 +298,7 @@ func (m *Manager) fetchManifest(ctx context.Context, rawURL string) (*plan, erro
 
 // readManifestFile reads and parses a local manifest.
 func (m *Manager) readManifestFile(path string) (*plan, error) {
-	f, err := os.Open(path)
+	f, err := safedir.OpenInput(path, false, false)
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)
 	}

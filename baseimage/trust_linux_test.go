@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/testutil"
@@ -40,5 +42,22 @@ func TestCacheRefusesAnotherUsersDirectory(t *testing.T) {
 		if ents, _ := os.ReadDir(victim); len(ents) != 0 {
 			t.Fatalf("%s: written through the planted directory: %v", plant, ents)
 		}
+	}
+}
+
+// A manifest path that is a FIFO is refused at once, not read forever.
+func TestManifestFIFORefused(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "manifest.json")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := testManager(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := m.Pull(ctx, Source{ManifestPath: fifo}); !errors.Is(err, safedir.ErrUntrusted) || ctx.Err() != nil {
+		t.Fatalf("pull a FIFO manifest: %v (ctx %v)", err, ctx.Err())
+	}
+	if _, err := ManifestFileFor(fifo); !errors.Is(err, safedir.ErrUntrusted) {
+		t.Fatalf("describe a FIFO: %v", err)
 	}
 }

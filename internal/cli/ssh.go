@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -53,6 +55,9 @@ The guest's host key changes with every VM, so it is not checked and not remembe
 func (a *app) ssh(ctx context.Context, name, identity, user string, command []string) error {
 	if user == "" {
 		return usagef("--user needs a user name")
+	}
+	if strings.HasPrefix(user, "-") || strings.ContainsFunc(user, func(r rune) bool { return r == '@' || unicode.IsSpace(r) || unicode.IsControl(r) }) {
+		return usagef("--user %q: a user name must not start with '-' (ssh would read it as an option) or hold '@', spaces or control characters", user)
 	}
 	var info smartvm.MachineInfo
 	if err := a.withVM(ctx, name, func(m *smartvm.Machine) error {

@@ -50,3 +50,11 @@ func TestSSHArgs(t *testing.T) {
 		})
 	}
 }
+
+// A user name ssh would read as an option (or as a host) is refused before ssh runs.
+func TestSSHRefusesOptionLikeUser(t *testing.T) {
+	env := newEnv(t)
+	for _, user := range []string{"-oProxyCommand=touch /tmp/pwned", "root@10.0.0.1", "a b", "a\nb"} {
+		env.run(t, "ssh", "--user="+user, "vm1").fails(t, ExitUsage, "must not start with '-'")
+	}
+}
