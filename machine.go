@@ -757,6 +757,10 @@ func waitGone(ctx context.Context, dir *rundir.Dir) error {
 		if gone || err != nil {
 			return err
 		}
+		if pid := dir.StoppedOwner(); pid > 0 {
+			// It cleans up once continued; waiting for that could take forever.
+			return fmt.Errorf("vm %s has ended, but its owner (pid %d) is stopped (SIGSTOP) and cleans up only once it is continued", dir.Name(), pid)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("wait for the owner to clean up vm %s: %w", dir.Name(), ctx.Err())

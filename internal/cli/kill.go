@@ -1,16 +1,20 @@
 package cli
 
 import (
-	"context"
-
 	"github.com/spf13/cobra"
-
-	"github.com/smartvm/smartvm"
 )
 
 func (a *app) newKillCmd() *cobra.Command {
-	return a.newVMsCmd("kill NAME...", "Kill VMs at once (SIGKILL)",
-		`Kill VMs at once with SIGKILL. When kill returns, each VM's process, API socket,
-staged drives and runtime directory are gone.`, false,
-		func(_ context.Context, m *smartvm.Machine) error { return m.Kill() })
+	return &cobra.Command{
+		Use:   "kill NAME...",
+		Short: "Kill VMs at once (SIGKILL)",
+		Long: `Kill VMs at once with SIGKILL. When kill returns, each VM's process, API socket,
+staged drives and runtime directory are gone. A VM whose state.json is corrupt is killed
+through the firecracker that serves its API socket, as rm -f does.`,
+		Args:              minArgs(1, "at least one VM name"),
+		ValidArgsFunction: a.completeVMNames,
+		RunE: func(cmd *cobra.Command, names []string) error {
+			return a.removeVMs(cmd.Context(), names, true, "kill")
+		},
+	}
 }

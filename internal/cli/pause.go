@@ -9,6 +9,6 @@ import (
 )
 
 func (a *app) newPauseCmd() *cobra.Command {
-	return a.newVMsCmd("pause NAME...", "Pause running VMs (their vCPUs stop; memory stays)", "", true,
+	return a.newVMsCmd("pause NAME...", "Pause running VMs (their vCPUs stop; memory stays)", "", vmRelease,
 		func(ctx context.Context, m *smartvm.Machine) error { return m.Pause(ctx) })
 }

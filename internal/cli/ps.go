@@ -62,7 +62,7 @@ and spec.`,
 				if ip == "" {
 					ip = "-"
 				}
-				t.row(info.Name, string(info.State), strconv.Itoa(info.Spec.VCPUs),
+				t.row(info.Name, stateLabel(info), strconv.Itoa(info.Spec.VCPUs),
 					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), ip, imageLabel(info.Spec),
 					humanDuration(info.Uptime(now)), strconv.Itoa(info.PID))
 			}
@@ -71,4 +71,16 @@ and spec.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
 	return cmd
+}
+
+// stateLabel is a VM's state for ps's table: a VM a killed snapshot left paused, and one whose
+// state.json is corrupt, say so.
+func stateLabel(info smartvm.MachineInfo) string {
+	switch info.Note {
+	case smartvm.NotePausedBySnapshot:
+		return string(info.State) + " (by an interrupted snapshot: resume it)"
+	case smartvm.NoteCorruptState:
+		return "unknown (corrupt state.json: rm -f it)"
+	}
+	return string(info.State)
 }

@@ -9,6 +9,6 @@ import (
 )
 
 func (a *app) newResumeCmd() *cobra.Command {
-	return a.newVMsCmd("resume NAME...", "Resume paused VMs", "", true,
+	return a.newVMsCmd("resume NAME...", "Resume paused VMs", "", vmRelease,
 		func(ctx context.Context, m *smartvm.Machine) error { return m.Resume(ctx) })
 }

@@ -65,7 +65,7 @@ func attach(ctx context.Context, mgr *smartvm.Manager, name string) (*smartvm.Ma
 }
 
 // newVMsCmd builds a command that runs fn on each VM named on its command line (see eachVM).
-func (a *app) newVMsCmd(use, short, long string, release bool, fn func(context.Context, *smartvm.Machine) error) *cobra.Command {
+func (a *app) newVMsCmd(use, short, long string, after afterVM, fn func(context.Context, *smartvm.Machine) error) *cobra.Command {
 	return &cobra.Command{
 		Use:               use,
 		Short:             short,
@@ -73,7 +73,7 @@ func (a *app) newVMsCmd(use, short, long string, release bool, fn func(context.C
 		Args:              minArgs(1, "at least one VM name"),
 		ValidArgsFunction: a.completeVMNames,
 		RunE: func(cmd *cobra.Command, names []string) error {
-			return a.onVMs(cmd.Context(), names, release, nil, fn)
+			return a.onVMs(cmd.Context(), names, after, nil, fn)
 		},
 	}
 }
@@ -106,14 +106,23 @@ func (a *app) completeVMNames(cmd *cobra.Command, args []string, _ string) ([]st
 	return names, cobra.ShellCompDirectiveNoFileComp
 }
 
+// What eachVM does with a VM after fn.
+type afterVM int
+
+const (
+	vmClose   afterVM = iota // close it: fn ended it, and closing waits until its files are gone
+	vmRelease                // let go of it: it keeps running
+	vmDone                   // nothing: fn closed or released it itself
+)
+
 // onVMs opens the runtime root with opts and runs eachVM.
-func (a *app) onVMs(ctx context.Context, names []string, release bool, opts []smartvm.Option, fn func(context.Context, *smartvm.Machine) error) error {
+func (a *app) onVMs(ctx context.Context, names []string, after afterVM, opts []smartvm.Option, fn func(context.Context, *smartvm.Machine) error) error {
 	mgr, err := a.manager(nil, opts...)
 	if err != nil {
 		return err
 	}
 	defer mgr.Close()
-	return a.eachVM(ctx, mgr, names, release, fn)
+	return a.eachVM(ctx, mgr, names, after, fn)
 }
 
 // withVM attaches the running VM called name, runs fn on it, and lets go of it (it keeps
@@ -143,10 +152,9 @@ func (a *app) attachVM(ctx context.Context, name string) (*smartvm.Manager, *sma
 }
 
 // eachVM attaches every named VM and runs fn on it, all at once. It prints the name of each VM
-// fn succeeded on, in the order given, and returns the failures as one error. release says
-// whether to let go of the VM afterwards (it keeps running) rather than close it (fn ended
-// it; closing waits until its files are gone).
-func (a *app) eachVM(ctx context.Context, mgr *smartvm.Manager, names []string, release bool, fn func(context.Context, *smartvm.Machine) error) error {
+// fn succeeded on, in the order given, and returns the failures as one error. after says what
+// to do with the VM once fn returns.
+func (a *app) eachVM(ctx context.Context, mgr *smartvm.Manager, names []string, after afterVM, fn func(context.Context, *smartvm.Machine) error) error {
 	var unique []string
 	for _, n := range names {
 		if !slices.Contains(unique, n) {
@@ -164,9 +172,10 @@ func (a *app) eachVM(ctx context.Context, mgr *smartvm.Manager, names []string, 
 				return
 			}
 			err = fn(ctx, m)
-			if release {
+			switch after {
+			case vmRelease:
 				err = errors.Join(err, m.Release())
-			} else {
+			case vmClose:
 				err = errors.Join(err, m.Close())
 			}
 			errs[i] = err

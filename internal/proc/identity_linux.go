@@ -118,3 +118,10 @@ func hasPair(cmdline []byte, flag, value string) bool {
 	}
 	return false
 }
+
+// Stopped reports whether process pid is stopped (by SIGSTOP or a tracer): it holds what it
+// holds, and does nothing, until something continues it.
+func Stopped(pid int) bool {
+	_, state, err := readStat(pid)
+	return err == nil && (state == 'T' || state == 't')
+}

@@ -48,3 +48,6 @@ func Check(int, Identity) error { return errNotLinux }
 
 // FindByArgs is not supported on this system.
 func FindByArgs(uint32, string, string) []int { return nil }
+
+// Stopped is not supported on this system.
+func Stopped(int) bool { return false }

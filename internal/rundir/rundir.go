@@ -297,6 +297,20 @@ func holderName(f *os.File) string {
 	return fmt.Sprintf("pid %d (%s)", pid, strings.TrimSpace(string(comm)))
 }
 
+// StoppedOwner returns the pid of the process that holds the VM's lock when that process is
+// stopped (SIGSTOP): it will not clean up until it is continued. It returns 0 otherwise.
+func (d *Dir) StoppedOwner() int {
+	f, err := d.root.vms.OpenFile(d.name+"/"+LockFile, os.O_RDONLY, 0)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	if pid := safedir.LockHolder(f); pid > 0 && proc.Stopped(pid) {
+		return pid
+	}
+	return 0
+}
+
 // lockHolder describes the process that holds VM name's lock.
 func (r *Root) lockHolder(name string) string {
 	f, err := r.vms.OpenFile(name+"/"+LockFile, os.O_RDONLY, 0)
@@ -919,40 +933,59 @@ func (d *Dir) Reap(ctx context.Context) (bool, error) {
 
 // ForceRemove removes VM name whatever its state.json says, for a VM whose state is corrupt:
 // it kills (SIGKILL) this user's processes that serve the directory's API socket, waits for
-// them to end, calls the ReapFunc with a nil state, and removes the directory. The directory
-// must carry smartvm's proof, and nobody may hold its lock. It returns the pids it killed.
+// them to end, then removes the directory, calling the ReapFunc with a nil state first. When
+// the VM's owner holds its lock, the owner removes the directory once the VM has ended;
+// ForceRemove waits for that while ctx allows. The directory must carry smartvm's proof. It
+// returns the pids it killed.
 func (r *Root) ForceRemove(ctx context.Context, name string) ([]int, error) {
 	if err := checkName(name); err != nil {
 		return nil, fmt.Errorf("remove vm: %w: %w", err, ErrNotFound)
 	}
-	var killed []int
-	err := r.Locked(ctx, func() error {
-		if _, err := r.vms.Lstat(name); errors.Is(err, fs.ErrNotExist) {
-			return ErrNotFound
-		}
-		if err := r.proof(name); err != nil {
-			return fmt.Errorf("%s does not look like a vm directory smartvm made (%w); left alone", filepath.Join(r.path, "vms", name), err)
-		}
-		l, ok, err := r.vms.TryLock(name+"/"+LockFile, false)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("its owner (%s) still holds it: stop the vm through its owner, or end that process", r.lockHolder(name))
-		}
-		defer l.Unlock()
-		killed = killServing(ctx, r.FindProcesses(name), proc.Identity{UID: uint32(os.Geteuid()), Flag: "--api-sock", Value: r.Paths(name).APISocket})
-		if r.onReap != nil {
-			if err := r.onReap(ctx, name, nil); err != nil {
+	id, err := r.readID(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("remove vm %s: %w", name, ErrNotFound)
+	}
+	if err := r.proof(name); err != nil {
+		return nil, fmt.Errorf("remove vm %s: %s does not look like a vm directory smartvm made (%w); left alone", name, filepath.Join(r.path, "vms", name), err)
+	}
+	ident := proc.Identity{UID: uint32(os.Geteuid()), Flag: "--api-sock", Value: r.Paths(name).APISocket}
+	killed := killServing(ctx, r.FindProcesses(name), ident)
+	d := &Dir{Paths: r.Paths(name), root: r, name: name, id: id}
+	for {
+		var owner string
+		err := r.Locked(ctx, func() error {
+			if cur, err := r.readID(name); err != nil || cur != id {
+				return nil // gone, or a newer VM of the name: done
+			}
+			l, ok, err := r.vms.TryLock(name+"/"+LockFile, false)
+			if err != nil {
 				return err
 			}
+			if !ok {
+				owner = r.lockHolder(name)
+				return nil
+			}
+			defer l.Unlock()
+			if r.onReap != nil {
+				if err := r.onReap(ctx, name, nil); err != nil {
+					return err
+				}
+			}
+			return r.removeLocked(name)
+		})
+		if err != nil {
+			return killed, fmt.Errorf("remove vm %s: %w", name, err)
 		}
-		return r.removeLocked(name)
-	})
-	if err != nil {
-		return killed, fmt.Errorf("remove vm %s: %w", name, err)
+		if owner == "" {
+			return killed, nil
+		}
+		// The owner removes the directory once it sees the VM end.
+		select {
+		case <-ctx.Done():
+			return killed, fmt.Errorf("remove vm %s: its firecracker is killed, but its owner (%s) has not cleaned up: %w", d.name, owner, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	return killed, nil
 }
 
 // Locked runs fn while holding root.lock, so that no VM directory is created, removed or
