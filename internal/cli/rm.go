@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -42,27 +40,7 @@ func (a *app) removeVMs(ctx context.Context, names []string, force bool, forceCm
 		return err
 	}
 	defer mgr.Close()
-	var unique []string
-	for _, n := range names {
-		if !slices.Contains(unique, n) {
-			unique = append(unique, n)
-		}
-	}
-	errs := make([]error, len(unique))
-	var wg sync.WaitGroup
-	for i, name := range unique {
-		wg.Go(func() { errs[i] = removeVM(ctx, mgr, name, force, forceCmd) })
-	}
-	wg.Wait()
-	var failed []error
-	for i, name := range unique {
-		if errs[i] != nil {
-			failed = append(failed, errs[i])
-			continue
-		}
-		fmt.Fprintln(a.stdout, name)
-	}
-	return joinErrors(failed)
+	return a.eachName(names, func(name string) error { return removeVM(ctx, mgr, name, force, forceCmd) })
 }
 
 func removeVM(ctx context.Context, mgr *smartvm.Manager, name string, force bool, forceCmd string) error {

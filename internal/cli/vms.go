@@ -155,35 +155,39 @@ func (a *app) attachVM(ctx context.Context, name string) (*smartvm.Manager, *sma
 // fn succeeded on, in the order given, and returns the failures as one error. after says what
 // to do with the VM once fn returns.
 func (a *app) eachVM(ctx context.Context, mgr *smartvm.Manager, names []string, after afterVM, fn func(context.Context, *smartvm.Machine) error) error {
+	return a.eachName(names, func(name string) error {
+		m, err := attach(ctx, mgr, name)
+		if err != nil {
+			return err
+		}
+		err = fn(ctx, m)
+		switch after {
+		case vmRelease:
+			err = errors.Join(err, m.Release())
+		case vmClose:
+			err = errors.Join(err, m.Close())
+		}
+		return err
+	})
+}
+
+// eachName runs fn on every name once (duplicates dropped), all at once. It prints each name
+// fn succeeded on, in the order given, and returns the failures as one error.
+func (a *app) eachName(names []string, fn func(name string) error) error {
 	var unique []string
 	for _, n := range names {
 		if !slices.Contains(unique, n) {
 			unique = append(unique, n)
 		}
 	}
-	names = unique
-	errs := make([]error, len(names))
+	errs := make([]error, len(unique))
 	var wg sync.WaitGroup
-	for i, name := range names {
-		wg.Go(func() {
-			m, err := attach(ctx, mgr, name)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			err = fn(ctx, m)
-			switch after {
-			case vmRelease:
-				err = errors.Join(err, m.Release())
-			case vmClose:
-				err = errors.Join(err, m.Close())
-			}
-			errs[i] = err
-		})
+	for i, name := range unique {
+		wg.Go(func() { errs[i] = fn(name) })
 	}
 	wg.Wait()
 	var failed []error
-	for i, name := range names {
+	for i, name := range unique {
 		if errs[i] != nil {
 			failed = append(failed, errs[i])
 			continue
