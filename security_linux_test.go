@@ -16,6 +16,7 @@ import (
 
 	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
 )
 
 // Snapshots hold the guest's memory: their files are 0600 and their directories 0700,
@@ -44,6 +45,22 @@ func TestSnapshotIsPrivate(t *testing.T) {
 		}
 		return nil
 	})
+	// Another user can read none of it, even where it can reach the directory.
+	if os.Geteuid() == 0 {
+		u := testutil.OtherUser(t)
+		top := filepath.Dir(filepath.Dir(dir))
+		os.Chmod(top, 0o755)
+		defer os.Chmod(top, 0o700)
+		os.WriteFile(filepath.Join(filepath.Dir(dir), "public"), nil, 0o644)
+		if out, err := u.Command("cat", filepath.Join(filepath.Dir(dir), "public")).CombinedOutput(); err != nil {
+			t.Fatalf("%s cannot even read a public file beside the snapshot: %v %s", u.Name, err, out)
+		}
+		for _, f := range []string{"vm.mem", "vm.state", "manifest.json", "drives/scratch.img"} {
+			if out, err := u.Command("cat", filepath.Join(dir, f)).CombinedOutput(); err == nil {
+				t.Errorf("%s read %s: %q", u.Name, f, out)
+			}
+		}
+	}
 	for _, bad := range []string{m.Dir(), filepath.Join(m.Dir(), "snap"), filepath.Join(root, "snap")} {
 		if _, err := m.Snapshot(ctx, bad); err == nil || !strings.Contains(err.Error(), "inside the runtime root") {
 			t.Errorf("snapshot into %s: %v, want a refusal", bad, err)

@@ -226,3 +226,42 @@ func FuzzParseState(f *testing.F) {
 		}
 	})
 }
+
+// Another user runs a process whose arguments name the VM's API socket, and a state.json
+// names it (pid and start time right): it is still not the VM's firecracker, because it runs
+// as another user. It is neither believed nor signalled, nor found by FindProcesses.
+func TestOtherUsersProcessIsNotTheVM(t *testing.T) {
+	u := testutil.OtherUser(t)
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	// sh keeps running (two commands, so it does not exec sleep) with the socket in its
+	// arguments.
+	cmd := u.Command("/bin/sh", "-c", "sleep 30; true", "firecracker", "--api-sock", d.APISocket)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	start, err := proc.StartTime(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := proc.ExePath(cmd.Process.Pid)
+	d.WriteState(&State{PID: cmd.Process.Pid, StartTime: start, Exe: exe})
+	d.Unlock()
+	_, st, err := r.Lookup("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Alive() {
+		t.Fatal("another user's process counts as the vm's firecracker")
+	}
+	if pids := r.FindProcesses("vm1"); len(pids) != 0 {
+		t.Fatalf("FindProcesses found %v", pids)
+	}
+	if reaped, err := r.Reap(context.Background()); err != nil || len(reaped) != 1 {
+		t.Fatalf("reap: %v %v", reaped, err)
+	}
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the other user's process was signalled: %v", err)
+	}
+}
