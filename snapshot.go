@@ -192,7 +192,9 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 		// Resumed whatever happens from here, an interrupt (a cancelled ctx) included: a
 		// pause request cut short by the ctx may still have paused the VM.
 		defer func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopRequestTimeout)
+			// Firecracker answers the resume only once it has finished the snapshot that an
+			// interrupt cut short: writing a large guest's memory takes a while.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
 			if rerr := m.Resume(rctx); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("snapshot vm %s: %w", m.name, rerr))

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/smartvm/smartvm/internal/fakefc"
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
@@ -102,4 +104,76 @@ func TestCorruptStateCLI(t *testing.T) {
 	for _, vm := range vms {
 		assertGone(t, vm)
 	}
+}
+
+// command runs the CLI as a process of its own, with the env's variables.
+func (e cliEnv) command(args ...string) *exec.Cmd {
+	cmd := exec.Command(e[testSelf], args...)
+	cmd.Env = os.Environ()
+	for k, v := range e {
+		if !strings.HasPrefix(k, "\x00") {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	return cmd
+}
+
+// A snapshot interrupted while Firecracker writes it: SIGINT resumes the VM and removes the
+// partial snapshot; SIGKILL leaves the VM paused, ps says why, and resume lets it run.
+func TestInterruptedSnapshotCLI(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	t.Setenv(fakefc.EnvMode, fakefc.ModeSlowSnapshot)
+	env.run(t, "run", "-d", "--name", "snappy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	vm := env.psOne(t, "snappy")
+	for i, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {
+		dir := filepath.Join(t.TempDir(), "snap")
+		cmd := env.command("snapshot", "snappy", dir)
+		var out testutil.SyncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Wait until the snapshot has marked the VM and paused it: the fake then takes
+		// SlowSnapshotDelay to write it. (Asking the VM's state now would wait for that, as
+		// Firecracker's API does.)
+		mark := filepath.Join(vm.RuntimeDir, "snapshot.pending")
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if _, err := os.Stat(mark); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the snapshot never started: %s", i, out.String())
+			}
+		}
+		time.Sleep(fakefc.SlowSnapshotDelay / 4)
+		cmd.Process.Signal(sig)
+		cmd.Wait()
+		r := env.run(t, "ps").ok(t)
+		switch sig {
+		case syscall.SIGINT:
+			if !strings.Contains(r.stdout, "Running") {
+				t.Errorf("after SIGINT the vm is not running:\n%s\n%s", r.stdout, out.String())
+			}
+			if _, err := os.Stat(filepath.Join(dir, "vm.mem")); err == nil {
+				ents, _ := os.ReadDir(dir); t.Errorf("after SIGINT the partial snapshot is left: %v\n%s", ents, out.String())
+			}
+		case syscall.SIGKILL:
+			// Firecracker finishes the snapshot nobody waits for any more; until then its
+			// API does not answer.
+			time.Sleep(fakefc.SlowSnapshotDelay)
+			r = env.run(t, "ps").ok(t)
+			if !strings.Contains(r.stdout, "by an interrupted snapshot") {
+				t.Errorf("after SIGKILL ps says:\n%s", r.stdout)
+			}
+			env.run(t, "resume", "snappy").ok(t)
+			if vm := env.psOne(t, "snappy"); vm.State != "Running" {
+				t.Errorf("after resume: %s", vm.State)
+			}
+			if r := env.run(t, "ps").ok(t); strings.Contains(r.stdout, "interrupted") {
+				t.Errorf("the mark outlived the resume:\n%s", r.stdout)
+			}
+		}
+	}
+	env.run(t, "stop", "snappy").ok(t)
 }

@@ -60,7 +60,7 @@
 //
 // # Failure modes
 //
-// ModeExitEarly, ModeNoSocket, ModeSlowSocket, ModeFailStart, ModeIgnoreCtrlAltDel and
+// ModeExitEarly, ModeNoSocket, ModeSlowSocket, ModeFailStart, ModeIgnoreCtrlAltDel, ModeSlowSnapshot and
 // ModeIgnoreSigterm make the process misbehave on purpose, for tests of the code that drives
 // it.
 //

@@ -25,12 +25,18 @@ const (
 	ModeIgnoreCtrlAltDel = "ignore-ctrl-alt-del"
 	// ModeIgnoreSigterm: the process ignores SIGTERM (only SIGKILL ends it).
 	ModeIgnoreSigterm = "ignore-sigterm"
+	// ModeSlowSnapshot: creating a snapshot takes SlowSnapshotDelay, as writing a large
+	// guest's memory does, so that a test can interrupt the process that asked for it.
+	ModeSlowSnapshot = "slow-snapshot"
 )
+
+// SlowSnapshotDelay is how long a snapshot takes in ModeSlowSnapshot.
+const SlowSnapshotDelay = 2 * time.Second
 
 // SlowSocketDelay is the bind-to-listen delay of ModeSlowSocket.
 const SlowSocketDelay = 2 * time.Second
 
-var knownModes = []string{ModeExitEarly, ModeNoSocket, ModeSlowSocket, ModeFailStart, ModeIgnoreCtrlAltDel, ModeIgnoreSigterm}
+var knownModes = []string{ModeExitEarly, ModeNoSocket, ModeSlowSocket, ModeFailStart, ModeIgnoreCtrlAltDel, ModeIgnoreSigterm, ModeSlowSnapshot}
 
 // DefaultMaxPayload is Firecracker's default --http-api-max-payload-size.
 const DefaultMaxPayload = 51200
@@ -130,7 +136,7 @@ func newHandler(opts Options, log *fcLogger) (*Handler, error) {
 	h := &Handler{opts: opts, rel: rel, log: log, maxPayload: opts.MaxPayload, done: make(chan struct{})}
 	h.vm = &vm{
 		rel: rel, log: h.log, metrics: newMetrics(), id: opts.ID, stdout: opts.Stdout,
-		failBoot: opts.has(ModeFailStart), noCAD: opts.has(ModeIgnoreCtrlAltDel),
+		failBoot: opts.has(ModeFailStart), noCAD: opts.has(ModeIgnoreCtrlAltDel), slowSnapshot: opts.has(ModeSlowSnapshot),
 		mmdsLimit: opts.MmdsSizeLimit, enablePCI: opts.EnablePCI, bootTimer: opts.BootTimer,
 		machine: defaultMachine(), exited: make(chan struct{}),
 	}

@@ -94,6 +94,9 @@ func compatibleFormat(have, file string) bool {
 }
 
 func (v *vm) createSnapshot(c snapshotCreate) (any, *apiError) {
+	if v.slowSnapshot {
+		time.Sleep(SlowSnapshotDelay)
+	}
 	start := time.Now()
 	kind := "full"
 	if c.SnapshotType != nil && *c.SnapshotType == "Diff" {

@@ -61,6 +61,8 @@ type vm struct {
 	stdout   io.Writer
 	failBoot bool // fail-start mode
 	noCAD    bool // ignore-ctrl-alt-del mode
+	// slowSnapshot: slow-snapshot mode
+	slowSnapshot bool
 
 	mmdsLimit int
 	enablePCI bool
