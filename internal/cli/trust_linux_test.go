@@ -156,7 +156,8 @@ func TestInterruptedSnapshotCLI(t *testing.T) {
 				t.Errorf("after SIGINT the vm is not running:\n%s\n%s", r.stdout, out.String())
 			}
 			if _, err := os.Stat(filepath.Join(dir, "vm.mem")); err == nil {
-				ents, _ := os.ReadDir(dir); t.Errorf("after SIGINT the partial snapshot is left: %v\n%s", ents, out.String())
+				ents, _ := os.ReadDir(dir)
+				t.Errorf("after SIGINT the partial snapshot is left: %v\n%s", ents, out.String())
 			}
 		case syscall.SIGKILL:
 			// Firecracker finishes the snapshot nobody waits for any more; until then its
