@@ -303,7 +303,7 @@ func TestPullEscapes(t *testing.T) {
 	}
 	os.Chmod(open, 0o777)
 	mo := testManager(t, bucket, func(o *Options) { o.Dir = open })
-	if _, err := mo.Pull(ctx, Source{Preset: PresetLatest}); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+	if _, err := mo.Pull(ctx, Source{Preset: PresetLatest}); err == nil || !strings.Contains(err.Error(), "can be written by other users") {
 		t.Errorf("pull into a world-writable cache dir: %v", err)
 	}
 }
