@@ -369,7 +369,7 @@ func TestDetachedSupervisorCleansUp(t *testing.T) {
 
 	env.run(t, "run", "-d", "--name", "polite", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	vm = env.psOne(t, "polite")
-	if err := syscall.Kill(parentPID(t, vm.PID), syscall.SIGTERM); err != nil {
+	if err := syscall.Kill(supervisorPID(t, vm), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	waitEmpty(t, env)
@@ -383,7 +383,7 @@ func TestSupervisorLog(t *testing.T) {
 	env := fakeEnv(t)
 	env.run(t, "run", "-d", "--name", "crashy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	vm := env.psOne(t, "crashy")
-	supervisor := parentPID(t, vm.PID)
+	supervisor := supervisorPID(t, vm)
 	// The supervisor redirects its stderr after it reported the VM's start.
 	log := filepath.Join(vm.RuntimeDir, supervisorLog)
 	deadline := time.Now().Add(10 * time.Second)

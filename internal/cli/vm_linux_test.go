@@ -89,6 +89,17 @@ func processExists(pid int) bool {
 	return err == nil
 }
 
+// supervisorPID returns the pid of the detached VM's supervisor: the owner its state records,
+// which must be a running smartvm (a test never signals a pid that may have been reused).
+func supervisorPID(t *testing.T, vm psEntry) int {
+	t.Helper()
+	pid := int(stateOf(t, vm)["owner_pid"].(float64))
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) != "smartvm" {
+		t.Fatalf("owner pid %d of vm %s is %q, not a smartvm supervisor", pid, vm.Name, comm)
+	}
+	return pid
+}
+
 // parentPID reads the parent of pid from /proc.
 func parentPID(t *testing.T, pid int) int {
 	t.Helper()
@@ -184,7 +195,7 @@ func testDetachedLifecycle(t *testing.T, env cliEnv) {
 
 	env.run(t, "run", "-d", "--name", "det2", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	vm = env.psOne(t, "det2")
-	supervisor := parentPID(t, vm.PID)
+	supervisor := supervisorPID(t, vm)
 	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
