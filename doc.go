@@ -48,6 +48,13 @@
 // removed when the VM ends, or by reaping when its owner died. Networks are built and removed
 // in the network namespace of the calling thread: the host's, in an ordinary program.
 //
+// # vsock
+//
+// With MachineSpec.Vsock the VM has a virtio-vsock device whose host side is a Unix socket
+// (Machine.VsockSocket). Machine.DialVsock connects to a port in the guest, doing
+// Firecracker's CONNECT handshake and retrying until a guest program listens or its ctx
+// ends; Machine.ListenVsock accepts the connections guest programs make to the host (CID 2).
+//
 // # Snapshots
 //
 // Machine.Snapshot saves a VM (state, memory, and copies of its ephemeral drives) into a
@@ -57,7 +64,8 @@
 // # Errors
 //
 // Errors wrap their causes with %w. Callers branch with errors.Is on ErrExists,
-// ErrNotFound, ErrNotRunning, ErrClosed and ErrNoConsoleInput (and errors.ErrUnsupported for
+// ErrNotFound, ErrNotRunning, ErrClosed, ErrNoConsoleInput, ErrNoVsock, ErrNoVsockListener
+// and ErrPaused (and errors.ErrUnsupported for
 // features the installed Firecracker lacks), and with errors.As on *StartError, *ExitError
 // and *fcapi.APIError.
 //

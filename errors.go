@@ -32,6 +32,15 @@ var (
 	// ErrCorruptState reports a VM whose state.json cannot be read: nothing it records is
 	// trusted, and Manager.Remove with force removes the VM.
 	ErrCorruptState = rundir.ErrCorruptState
+	// ErrNoVsock reports Machine.DialVsock or Machine.ListenVsock on a VM started without a
+	// vsock device (MachineSpec.Vsock).
+	ErrNoVsock = errors.New("vm has no vsock device (start it with a vsock)")
+	// ErrNoVsockListener reports a Machine.DialVsock that Firecracker turned down until its
+	// ctx ended: nothing in the guest listened on the port.
+	ErrNoVsockListener = errors.New("nobody listened on the vsock port in the guest")
+	// ErrPaused reports a call that needs a running guest made while the VM is paused, such
+	// as Machine.DialVsock: resume the VM first.
+	ErrPaused = errors.New("vm is paused (resume it first)")
 )
 
 // ExitError reports how a firecracker process ended when it did not exit with code 0: from

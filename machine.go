@@ -149,6 +149,10 @@ type Machine struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	vsockMu        sync.Mutex
+	vsockListeners map[uint32]*vsockListener // ListenVsock's open listeners, by port
+	vsockEnded     bool                      // the VM has ended: no more listeners
 }
 
 // Name returns the VM's name.
@@ -526,6 +530,7 @@ func (m *Machine) supervise() {
 	for i := len(m.cleanups) - 1; i >= 0; i-- {
 		errs = append(errs, m.cleanups[i](ctx))
 	}
+	m.closeVsockListeners()
 	m.cleanupErr = errors.Join(errs...)
 	if m.cleanupErr != nil {
 		m.log.Warn("clean up after vm", "err", m.cleanupErr)

@@ -111,8 +111,8 @@ func (mgr *Manager) Reap(ctx context.Context) ([]string, error) {
 }
 
 // reapHook releases what a dead VM held outside its directory: its network (torn down in the
-// calling thread's network namespace), its vsock socket when the spec put it elsewhere, and
-// its base image.
+// calling thread's network namespace), its vsock socket and vsock listeners' sockets when the
+// spec put them elsewhere, and its base image.
 func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State) error {
 	if st == nil {
 		return nil
@@ -124,8 +124,9 @@ func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State)
 	var spec MachineSpec
 	if json.Unmarshal(st.Spec, &spec) == nil && spec.Vsock != nil && spec.Vsock.Path != "" {
 		// Firecracker never removes the vsock's socket, and one outside the VM's directory
-		// would make the next VM that names the path fail to start.
-		errs = append(errs, removeStaleSocket(spec.Vsock.Path))
+		// would make the next VM that names the path fail to start. The same goes for the
+		// sockets of vsock listeners (<path>_<port>) whose process died without closing them.
+		errs = append(errs, removeStaleSocket(spec.Vsock.Path), removeStaleVsockSockets(spec.Vsock.Path))
 	}
 	if st.BaseImage != nil {
 		if mgr.images == nil {

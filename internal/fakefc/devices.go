@@ -321,10 +321,10 @@ func (v *vm) patchPmem(u pmemUpdate) (any, *apiError) {
 func (v *vm) putVsock(c vsockConfig) (any, *apiError) {
 	v.bootPath = true
 	// Replacing the device drops the old one, whose backend removes its socket.
-	if v.vsockLn != nil {
-		_ = v.vsockLn.Close()
+	if v.vsockDev != nil {
+		v.vsockDev.close()
 		_ = os.Remove(v.vsock.UDSPath)
-		v.vsockLn, v.vsock = nil, nil
+		v.vsockDev, v.vsock = nil, nil
 	}
 	ln, err := listenUnixKeep(c.UDSPath)
 	if err != nil {
@@ -333,8 +333,7 @@ func (v *vm) putVsock(c vsockConfig) (any, *apiError) {
 		}
 		return nil, fault("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: %s", osError(err))
 	}
-	v.vsock, v.vsockLn = &c, ln
-	go serveVsock(ln)
+	v.vsock, v.vsockDev = &c, newVsockDev(c.UDSPath, ln)
 	return nil, nil
 }
 
@@ -351,18 +350,6 @@ func listenUnixKeep(path string) (*net.UnixListener, error) {
 	}
 	ln.SetUnlinkOnClose(false)
 	return ln, nil
-}
-
-// serveVsock answers host-initiated vsock connections: nothing in the guest listens, so
-// Firecracker closes each one.
-func serveVsock(ln *net.UnixListener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		_ = c.Close()
-	}
 }
 
 func (v *vm) putBalloon(b balloonConfig) (any, *apiError) {

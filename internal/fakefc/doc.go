@@ -37,12 +37,24 @@
 // test guest (internal/testguest), the mode comes from smartvm.test=<mode> in the boot
 // arguments and the serial output is the guest's own: hello prints its line and resets (the
 // process exits 0), halt prints its line and ignores Ctrl-Alt-Del, counter prints a tick every
-// 5 ms (frozen while paused) and cad prints its ready line; both reset on Ctrl-Alt-Del. Any
+// 5 ms (frozen while paused) and cad prints its ready line; both reset on Ctrl-Alt-Del;
+// vsock-echo prints its vsock ready line, echoes connections to vsock port 52, calls the
+// host on uds_path_52 (again 50 ms after each call ends or finds no listener) and resets on
+// Ctrl-Alt-Del (without a vsock device it says so and resets). Any
 // other ELF kernel is treated as Linux: a short boot log on the serial console when the
 // command line names console=ttyS0, then idle until Ctrl-Alt-Del reboots it. Serial output
 // goes to Options.Stdout (the process's stdout) or to PUT /serial's file. Virtio devices never
 // activate, as with a guest without drivers, so balloon and memory-hotplug updates get the
-// real "not activated" answers.
+// real "not activated" answers; the vsock device is the exception.
+//
+// # vsock
+//
+// The vsock device's uds_path is a Unix listener, as Firecracker's. Until the guest's driver
+// is up (the vsock-echo guest's, or a Linux guest's at once) host connections are not read;
+// then "CONNECT <port>\n" (read as Firecracker reads it) gets "OK <port>\n", with host ports
+// from 1<<30 up, when the guest listens on the port, and is closed when it does not. A paused
+// guest lets a request time out after 2 s, and stops echoing until resumed. Connections
+// close when the process ends; the socket file stays.
 //
 // # Process behaviour
 //

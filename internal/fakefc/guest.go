@@ -24,6 +24,10 @@ type guestState struct {
 	Tick       uint64 `json:"tick"`
 	CADPending bool   `json:"cad_pending"`
 	Halted     bool   `json:"halted"`
+	// VsockUp: the vsock-echo guest's driver is up. VsockCalledBack: its call to the host
+	// is established (it does not call again after a restore then).
+	VsockUp         bool `json:"vsock_up,omitempty"`
+	VsockCalledBack bool `json:"vsock_called_back,omitempty"`
 }
 
 // guest emulates the guest's behaviour on the serial console and the i8042 (Ctrl-Alt-Del):
@@ -88,6 +92,41 @@ func (g *guest) state() guestState {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.st
+}
+
+// running reports whether the guest's vCPU runs (booted, not paused, not ended).
+func (g *guest) running() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.paused && !g.stopped
+}
+
+// ended reports whether the guest is gone.
+func (g *guest) ended() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.stopped
+}
+
+// vsockPeer says what the guest does with vsock connections: a Linux guest has a driver and
+// listens on no port; the vsock-echo test guest echoes once its driver is up; the other
+// test-guest modes have no driver.
+func (g *guest) vsockPeer() vsockPeer {
+	if !g.spec.testGuest {
+		return peerRefuses
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.st.VsockUp {
+		return peerEchoes
+	}
+	return peerInactive
+}
+
+func (g *guest) setCalledBack(b bool) {
+	g.mu.Lock()
+	g.st.VsockCalledBack = b
+	g.mu.Unlock()
 }
 
 func (g *guest) print(line string) {
@@ -180,6 +219,34 @@ func (g *guest) run() {
 		}
 	case mode == testguest.ModeCounter:
 		g.runCounter()
+	case mode == testguest.ModeVsockEcho:
+		g.runVsockEcho()
+	}
+}
+
+// runVsockEcho brings the vsock driver up (or, without a vsock device, says so and resets),
+// calls the host back, and resets on Ctrl-Alt-Del.
+func (g *guest) runVsockEcho() {
+	dev := g.vm.vsockDevice()
+	if dev == nil {
+		g.print(testguest.NoVsockLine)
+		g.reset()
+		return
+	}
+	g.mu.Lock()
+	calledBack := g.resumed && g.st.VsockCalledBack
+	g.st.VsockUp = true
+	g.mu.Unlock()
+	if !g.resumed {
+		g.print(testguest.VsockReadyLine)
+	}
+	if !calledBack {
+		// After a restore, a call that was established is gone with the old process, and
+		// the guest, which never hears of it, does not call again.
+		go dev.callBack(g)
+	}
+	if cad, _ := g.waitCAD(0); cad {
+		g.reset()
 	}
 }
 

@@ -175,6 +175,9 @@ func (v *vm) loadSnapshot(c snapshotLoad) (any, *apiError) {
 	v.booted, v.state = true, statePaused
 	v.guest = newGuest(v, v.stdout, guestSpec{testGuest: st.TestGuest, cmdline: st.Cmdline})
 	v.guest.st, v.guest.resumed, v.guest.paused = st.Guest, true, true
+	if v.vsockDev != nil {
+		v.vsockDev.setGuest(v.guest)
+	}
 	v.afterResponse = append(v.afterResponse, v.guest.start)
 	if c.ResumeVM {
 		v.log.info(threadMain, "Artificially kick devices")
@@ -259,8 +262,7 @@ func (v *vm) readSnapshot(c snapshotLoad) (snapshotState, string) {
 		}
 		cfg := *st.Vsock
 		cfg.UDSPath = uds
-		v.vsock, v.vsockLn = &cfg, ln
-		go serveVsock(ln)
+		v.vsock, v.vsockDev = &cfg, newVsockDev(uds, ln)
 	}
 	return st, ""
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -80,7 +79,7 @@ type vm struct {
 	nets      []*netConfig
 	pmems     []*pmemConfig
 	vsock     *vsockConfig
-	vsockLn   *net.UnixListener
+	vsockDev  *vsockDev
 	balloon   *balloonConfig
 	entropy   *entropyConfig
 	serial    *serialConfig
@@ -131,8 +130,8 @@ func (v *vm) exit(code int) {
 		if v.guest != nil {
 			v.guest.stop()
 		}
-		if v.vsockLn != nil {
-			_ = v.vsockLn.Close()
+		if v.vsockDev != nil {
+			v.vsockDev.close()
 		}
 		close(v.exited)
 		if v.onExit != nil {
@@ -188,9 +187,15 @@ func (v *vm) instanceStart() (any, *apiError) {
 	}
 	v.booted, v.state = true, stateRunning
 	v.guest = newGuest(v, out, guestSpec{testGuest: v.kernel.testGuest, cmdline: v.cmdline()})
+	if v.vsockDev != nil {
+		v.vsockDev.setGuest(v.guest)
+	}
 	v.afterResponse = append(v.afterResponse, v.guest.start)
 	return nil, nil
 }
+
+// vsockDevice is the vsock device, nil without one. It is set before the guest starts.
+func (v *vm) vsockDevice() *vsockDev { return v.vsockDev }
 
 // cmdline is the boot_args, or Firecracker's default command line.
 func (v *vm) cmdline() string {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Modes: the values of smartvm.test= that the guest knows.
@@ -17,13 +18,26 @@ const (
 	ModeHalt    = "halt"
 	ModeCounter = "counter"
 	ModeCAD     = "cad"
+	// ModeVsockEcho drives the virtio-mmio vsock device: it echoes every byte of every
+	// connection made to VsockEchoPort, and calls the host back on VsockEchoPort.
+	ModeVsockEcho = "vsock-echo"
 )
+
+// VsockEchoPort is the vsock port the vsock-echo guest accepts connections on, and the host
+// port it connects to: once its driver is up, and again about VsockCallbackPause after each
+// time Firecracker turns the connection down or ends it.
+const VsockEchoPort = 52
+
+// VsockCallbackPause is how long the vsock-echo guest waits before it calls the host again.
+const VsockCallbackPause = 50 * time.Millisecond
 
 // The serial output, one line per constant; the guest ends each with "\n".
 const (
 	HelloLine       = "smartvm-testguest: hello"
 	HaltLine        = "smartvm-testguest: halt"
 	ReadyLine       = "smartvm-testguest: ready"
+	VsockReadyLine  = "smartvm-testguest: vsock ready"
+	NoVsockLine     = "smartvm-testguest: no vsock device"
 	UnknownModeLine = "smartvm-testguest: unknown mode"
 	// TickPrefix starts each counter line; the tick number in decimal follows (TickLine).
 	TickPrefix = "smartvm-testguest: tick "
@@ -48,7 +62,7 @@ func BootArgs(mode string) string {
 }
 
 // Modes returns the modes the guest knows, ModeHello first.
-func Modes() []string { return []string{ModeHello, ModeHalt, ModeCounter, ModeCAD} }
+func Modes() []string { return []string{ModeHello, ModeHalt, ModeCounter, ModeCAD, ModeVsockEcho} }
 
 // ModeFromCmdline returns the mode the guest runs for a kernel command line, parsed as the
 // guest parses it: the value of the first space-separated word that starts with ModeKey, or
@@ -82,6 +96,8 @@ func FirstLine(mode string) string {
 		return TickLine(0)
 	case ModeCAD:
 		return ReadyLine
+	case ModeVsockEcho:
+		return VsockReadyLine
 	}
 	return UnknownModeLine
 }

@@ -266,13 +266,13 @@ func TestLines(t *testing.T) {
 			t.Errorf("ParseTick(%q) = %d, %v; want %d, %v", tc.line, n, ok, tc.n, tc.ok)
 		}
 	}
-	want := map[string]string{ModeHello: HelloLine, ModeHalt: HaltLine, ModeCounter: TickLine(0), ModeCAD: ReadyLine, "bogus": UnknownModeLine}
+	want := map[string]string{ModeHello: HelloLine, ModeHalt: HaltLine, ModeCounter: TickLine(0), ModeCAD: ReadyLine, ModeVsockEcho: VsockReadyLine, "bogus": UnknownModeLine}
 	for mode, line := range want {
 		if got := FirstLine(mode); got != line {
 			t.Errorf("FirstLine(%q) = %q, want %q", mode, got, line)
 		}
 	}
-	if !slices.Equal(Modes(), []string{ModeHello, ModeHalt, ModeCounter, ModeCAD}) {
+	if !slices.Equal(Modes(), []string{ModeHello, ModeHalt, ModeCounter, ModeCAD, ModeVsockEcho}) {
 		t.Errorf("Modes() = %q", Modes())
 	}
 }
