@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -138,4 +139,90 @@ func TestRealConcurrentStarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkGone(t, root, ms)
+}
+
+// realVsockVM boots the vsock-echo guest with a vsock device under the real Firecracker.
+func realVsockVM(t *testing.T, boot BootMode) *Machine {
+	t.Helper()
+	m, con := realVM(t, boot, testguest.ModeVsockEcho, func(s *MachineSpec) {
+		s.Name = "vsock"
+		s.Vsock = &VsockSpec{CID: 3}
+	})
+	con.waitFor(t, testguest.VsockReadyLine)
+	return m
+}
+
+// TestRealDialVsock checks DialVsock and ListenVsock against the real Firecracker and the
+// vsock-echo guest: port 52 echoes, a port nobody listens on fails with the clear error,
+// and the guest's call to the host reaches a ListenVsock listener.
+func TestRealDialVsock(t *testing.T) {
+	bothModes(t, func(t *testing.T, mode BootMode) {
+		m := realVsockVM(t, mode)
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		t0 := time.Now()
+		c, err := m.DialVsock(ctx, testguest.VsockEchoPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		t.Logf("DialVsock: %v", time.Since(t0))
+		checkEcho(t, c, "hello over vsock")
+		checkEcho(t, c, strings.Repeat("x", 100<<10))
+
+		short, cancelShort := context.WithTimeout(ctx, time.Second)
+		defer cancelShort()
+		_, err = m.DialVsock(short, 53)
+		if !errors.Is(err, ErrNoVsockListener) || !strings.Contains(err.Error(), "nobody listened on port 53") {
+			t.Fatalf("dial port 53: %v, want ErrNoVsockListener saying nobody listened on port 53", err)
+		}
+
+		ln, err := m.ListenVsock(testguest.VsockEchoPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ln.(interface{ SetDeadline(time.Time) error }).SetDeadline(time.Now().Add(waitLong))
+		call, err := ln.Accept()
+		if err != nil {
+			t.Fatalf("no call from the guest: %v", err)
+		}
+		defer call.Close()
+		checkEcho(t, call, "the guest called")
+	})
+}
+
+// TestRealDialVsockAfterRestore snapshots the vsock-echo guest, restores it in a new
+// Firecracker and dials it again.
+func TestRealDialVsockAfterRestore(t *testing.T) {
+	m := realVsockVM(t, BootModeAPI)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	c, err := m.DialVsock(ctx, testguest.VsockEchoPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEcho(t, c, "before the snapshot")
+	snap, err := m.Snapshot(ctx, filepath.Join(t.TempDir(), "snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEcho(t, c, "after the snapshot, in the original")
+	c.Close()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := m.mgr.Restore(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	t0 := time.Now()
+	c, err = r.DialVsock(ctx, testguest.VsockEchoPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	t.Logf("DialVsock after restore: %v", time.Since(t0))
+	checkEcho(t, c, "after the restore")
 }

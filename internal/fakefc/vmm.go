@@ -407,7 +407,7 @@ func readKernel(path string) (kernelImage, error) {
 	head := make([]byte, 64)
 	n, _ := io.ReadFull(f, head)
 	img := kernelImage{header: head[:n]}
-	// The test guest is a few hundred bytes; a Linux kernel is megabytes.
+	// The test guest is a few KiB; a Linux kernel is megabytes.
 	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() && st.Size() < 1<<20 {
 		if _, err := f.Seek(0, io.SeekStart); err == nil {
 			if all, err := io.ReadAll(f); err == nil {

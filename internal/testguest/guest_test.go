@@ -168,7 +168,7 @@ func TestELF(t *testing.T) {
 	if !bytes.Equal(seg, code) {
 		t.Error("segment does not hold the assembled listing")
 	}
-	for _, s := range []string{ModeKey, HelloLine + "\n", HaltLine + "\n", ReadyLine + "\n", UnknownModeLine + "\n", TickPrefix} {
+	for _, s := range []string{ModeKey, MMIODeviceKey, ModeVsockEcho, HelloLine + "\n", HaltLine + "\n", ReadyLine + "\n", UnknownModeLine + "\n", TickPrefix, VsockReadyLine + "\n", NoVsockLine + "\n"} {
 		if !bytes.Contains(seg, append([]byte(s), 0)) {
 			t.Errorf("segment lacks %q", s)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -91,16 +92,34 @@ type fcVM struct {
 // bin with bootArgs, 1 vCPU and 128 MiB. The process is killed when the test ends.
 func bootGuest(t testing.TB, bin, bootArgs string) *fcVM {
 	t.Helper()
+	return bootGuestIn(t, t.TempDir(), bin, bootArgs, nil)
+}
+
+// bootGuestVsock is bootGuest with a vsock device (guest CID 3) whose socket it returns.
+func bootGuestVsock(t testing.TB, bin, bootArgs string) (*fcVM, string) {
+	t.Helper()
 	dir := t.TempDir()
+	uds := filepath.Join(dir, "v.sock")
+	return bootGuestIn(t, dir, bin, bootArgs, map[string]any{"guest_cid": 3, "uds_path": uds}), uds
+}
+
+// bootGuestIn boots the guest from files in dir, with the vsock device configured by vsock
+// (none when nil).
+func bootGuestIn(t testing.TB, dir, bin, bootArgs string, vsock map[string]any) *fcVM {
+	t.Helper()
 	kernel := filepath.Join(dir, "vmlinux")
 	if err := Write(kernel); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := json.Marshal(map[string]any{
+	config := map[string]any{
 		"boot-source":    map[string]any{"kernel_image_path": kernel, "boot_args": bootArgs},
 		"drives":         []any{},
 		"machine-config": map[string]any{"vcpu_count": 1, "mem_size_mib": 128},
-	})
+	}
+	if vsock != nil {
+		config["vsock"] = vsock
+	}
+	cfg, err := json.Marshal(config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,6 +282,137 @@ func TestRealCAD(t *testing.T) {
 	vm.waitExit(t)
 	if out := vm.serial.String(); out != ReadyLine+"\n" {
 		t.Fatalf("serial %q, want %q", out, ReadyLine+"\n")
+	}
+}
+
+// vsockConnect connects to port in the guest through Firecracker's vsock socket uds and
+// returns the connection once the guest has accepted, or nil when Firecracker closed it
+// (nothing listens on the port).
+func vsockConnect(t *testing.T, uds string, port int) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(bootWait))
+	if _, err := fmt.Fprintf(c, "CONNECT %d\n", port); err != nil {
+		t.Fatal(err)
+	}
+	var line []byte
+	b := make([]byte, 1)
+	for {
+		if _, err := c.Read(b); err != nil {
+			c.Close()
+			if len(line) == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+				return nil
+			}
+			t.Fatalf("read the answer to CONNECT %d: %v (after %q)", port, err, line)
+		}
+		if b[0] == '\n' {
+			break
+		}
+		line = append(line, b[0])
+	}
+	if !strings.HasPrefix(string(line), "OK ") {
+		t.Fatalf("answer to CONNECT %d: %q", port, line)
+	}
+	return c
+}
+
+// echoes checks that c sends back msg, written while it reads.
+func echoes(t *testing.T, c net.Conn, msg []byte) {
+	t.Helper()
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		werr <- err
+	}()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("read the echo of %d bytes: %v", len(msg), err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("echo differs from the %d bytes sent", len(msg))
+	}
+}
+
+// TestRealVsockEcho boots the vsock-echo guest and talks to it through Firecracker's hybrid
+// vsock socket, with no library code in between: host-initiated connections to port 52 echo
+// (one and several at once, small and larger than the guest's buffers and credit), a port
+// nobody listens on is closed, and the guest calls the host's uds_52.
+func TestRealVsockEcho(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	vm, uds := bootGuestVsock(t, bin, BootArgs(ModeVsockEcho))
+	vm.serial.waitFor(t, vm, "vsock ready line", hasLine(VsockReadyLine))
+	t.Logf("exec to vsock ready: %v", time.Since(vm.started))
+
+	t0 := time.Now()
+	c := vsockConnect(t, uds, VsockEchoPort)
+	if c == nil {
+		t.Fatalf("Firecracker closed CONNECT %d; log:\n%s", VsockEchoPort, vm.logs())
+	}
+	defer c.Close()
+	t.Logf("connect: %v", time.Since(t0))
+	t0 = time.Now()
+	echoes(t, c, []byte("hello, vsock\n"))
+	t.Logf("echo of 13 bytes: %v", time.Since(t0))
+	c2 := vsockConnect(t, uds, VsockEchoPort)
+	if c2 == nil {
+		t.Fatal("second connection closed")
+	}
+	defer c2.Close()
+	echoes(t, c2, []byte("second"))
+	big := bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB: many packets, credit updates
+	t0 = time.Now()
+	echoes(t, c, big)
+	t.Logf("echo of %d bytes: %v", len(big), time.Since(t0))
+	echoes(t, c2, []byte("second again"))
+
+	if c := vsockConnect(t, uds, VsockEchoPort+1); c != nil {
+		c.Close()
+		t.Fatalf("CONNECT %d (nobody listens) was accepted", VsockEchoPort+1)
+	}
+
+	// The guest calls the host on port 52 (every 50 ms while nobody listens).
+	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", uds, VsockEchoPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ln.(*net.UnixListener).SetDeadline(time.Now().Add(bootWait))
+	call, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("no call from the guest: %v; log:\n%s", err, vm.logs())
+	}
+	call.SetDeadline(time.Now().Add(bootWait))
+	echoes(t, call, []byte("calling back"))
+	call.Close()
+	// Once the call ends, the guest calls again.
+	call, err = ln.Accept()
+	if err != nil {
+		t.Fatalf("no second call from the guest: %v", err)
+	}
+	call.SetDeadline(time.Now().Add(bootWait))
+	echoes(t, call, []byte("again"))
+	call.Close()
+
+	vm.ctrlAltDel(t)
+	vm.waitExit(t)
+}
+
+// TestRealVsockNoDevice boots the vsock-echo guest without a vsock device: it says so and
+// resets.
+func TestRealVsockNoDevice(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	vm := bootGuest(t, bin, BootArgs(ModeVsockEcho))
+	vm.waitExit(t)
+	if out := vm.serial.String(); out != NoVsockLine+"\n" {
+		t.Fatalf("serial %q, want %q", out, NoVsockLine+"\n")
 	}
 }
 
