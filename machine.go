@@ -79,6 +79,9 @@ type MachineInfo struct {
 	// Network is the host network smartvm set up for the VM (MachineSpec.Network); nil
 	// without one.
 	Network *netdev.Network `json:"network,omitempty"`
+	// VsockSocket is the host-side Unix socket of the VM's vsock device (see
+	// Machine.DialVsock); empty without one.
+	VsockSocket string `json:"vsock_socket,omitempty"`
 	// Spec is the VM's description, with defaults applied.
 	Spec MachineSpec `json:"spec"`
 	// Note tells something about the VM its state alone does not: NotePausedBySnapshot or
@@ -216,6 +219,7 @@ func (m *Machine) Info() MachineInfo {
 	if m.spec.Metrics {
 		info.MetricsPath = m.paths.Metrics
 	}
+	info.VsockSocket = vsockSocketOf(m.spec, m.paths)
 	info.setNetwork(m.network)
 	return info
 }

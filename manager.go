@@ -337,6 +337,7 @@ func infoFromState(st *rundir.State) MachineInfo {
 	if info.Spec.Metrics {
 		info.MetricsPath = st.Paths.Metrics
 	}
+	info.VsockSocket = vsockSocketOf(info.Spec, st.Paths)
 	if st.BaseImage != nil {
 		info.BaseImage, info.SSHKey = st.BaseImage.ID, st.BaseImage.SSHKey
 	}

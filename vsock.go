@@ -2,6 +2,7 @@ package smartvm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,17 +37,51 @@ const maxConnectReply = 32
 // path, or vsock.sock in the VM's directory. It returns an error wrapping ErrNoVsock when the
 // VM has no vsock device.
 func (m *Machine) VsockSocket() (string, error) {
-	v := m.spec.Vsock
-	if v == nil {
+	sock := vsockSocketOf(m.spec, m.paths)
+	if sock == "" {
 		return "", fmt.Errorf("vm %s: %w", m.name, ErrNoVsock)
 	}
-	if v.Path != "" {
-		return v.Path, nil
+	return sock, nil
+}
+
+// vsockSocketOf is the vsock device's host socket of a VM with spec and paths; empty
+// without a vsock device.
+func vsockSocketOf(spec MachineSpec, paths rundir.Paths) string {
+	switch {
+	case spec.Vsock == nil:
+		return ""
+	case spec.Vsock.Path != "":
+		return spec.Vsock.Path
+	case paths.Vsock != "":
+		return paths.Vsock
 	}
-	if m.paths.Vsock != "" {
-		return m.paths.Vsock, nil
+	return filepath.Join(paths.Dir, rundir.VsockFile)
+}
+
+// FreeVsockCID returns the lowest guest CID (3 or more) that no VM in the runtime root uses,
+// for a MachineSpec.Vsock. Firecracker's vsock is hybrid (a Unix socket on the host side), so
+// CIDs need not be unique on the host; unique ones keep guests apart for tools that assume
+// they are. Two VMs started at the same moment may get the same one.
+func (mgr *Manager) FreeVsockCID(ctx context.Context) (uint32, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("free vsock cid: %w", err)
 	}
-	return filepath.Join(m.paths.Dir, rundir.VsockFile), nil
+	states, _, err := mgr.root.States() // corrupt ones record nothing to trust
+	if err != nil {
+		return 0, fmt.Errorf("free vsock cid: %w", err)
+	}
+	used := make(map[uint32]bool)
+	for _, st := range states {
+		var spec MachineSpec
+		if json.Unmarshal(st.Spec, &spec) == nil && spec.Vsock != nil {
+			used[spec.Vsock.CID] = true
+		}
+	}
+	cid := uint32(3)
+	for used[cid] {
+		cid++
+	}
+	return cid, nil
 }
 
 // DialVsock connects to port in the guest through the VM's vsock device and returns the

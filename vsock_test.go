@@ -351,3 +351,39 @@ func TestDialVsockAfterRestore(t *testing.T) {
 	defer c.Close()
 	checkEcho(t, c, "after the restore")
 }
+
+func TestFreeVsockCID(t *testing.T) {
+	mgr, _, kernel := fakeSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if cid, err := mgr.FreeVsockCID(ctx); err != nil || cid != 3 {
+		t.Fatalf("FreeVsockCID in an empty root = %d, %v; want 3", cid, err)
+	}
+	for _, cid := range []uint32{3, 5} {
+		spec := vsockGuest(kernel)
+		spec.Name = fmt.Sprintf("cid%d", cid)
+		spec.Vsock.CID = cid
+		start(t, mgr, spec)
+	}
+	plain := guestSpec(kernel, testguest.ModeHalt)
+	plain.Name = "plain"
+	if m := start(t, mgr, plain); m.Info().VsockSocket != "" {
+		t.Errorf("vsock socket of a vm without vsock: %q", m.Info().VsockSocket)
+	}
+	if cid, err := mgr.FreeVsockCID(ctx); err != nil || cid != 4 {
+		t.Fatalf("FreeVsockCID with 3 and 5 taken = %d, %v; want 4", cid, err)
+	}
+	infos, err := mgr.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, info := range infos {
+		want := ""
+		if info.Spec.Vsock != nil {
+			want = filepath.Join(info.RuntimeDir, "vsock.sock")
+		}
+		if info.VsockSocket != want {
+			t.Errorf("vm %s: listed vsock socket %q, want %q", info.Name, info.VsockSocket, want)
+		}
+	}
+}

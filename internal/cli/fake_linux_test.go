@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -137,6 +139,9 @@ func TestInspect(t *testing.T) {
 	}
 	if got["state"] != "Running" || got["firecracker_version"] != "1.14.2" {
 		t.Errorf("inspect: state %v, version %v", got["state"], got["firecracker_version"])
+	}
+	if v, ok := got["vsock_socket"]; ok {
+		t.Errorf("inspect of a vm without vsock shows vsock_socket %v", v)
 	}
 	mc, _ := got["vm_config"].(map[string]any)["machine-config"].(map[string]any)
 	if mc["mem_size_mib"] != float64(256) {
@@ -455,4 +460,74 @@ func TestAttach(t *testing.T) {
 	(<-done).ok(t)
 	assertGone(t, vm)
 	env.run(t, "attach", "bg").fails(t, ExitError, `no running vm is called "bg"`)
+}
+
+// TestRunVsock runs two VMs with --vsock: each gets its own CID and a socket in its
+// directory, which inspect shows and which reaches the vsock-echo guest.
+func TestRunVsock(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	for _, name := range []string{"vs1", "vs2"} {
+		env.run(t, "run", "-d", "--vsock", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeVsockEcho)).ok(t)
+		defer env.run(t, "kill", name)
+	}
+	for i, name := range []string{"vs1", "vs2"} {
+		var got struct {
+			RuntimeDir  string `json:"runtime_dir"`
+			VsockSocket string `json:"vsock_socket"`
+			Spec        struct {
+				Vsock struct {
+					CID uint32 `json:"cid"`
+				} `json:"vsock"`
+			} `json:"spec"`
+			VMConfig struct {
+				Vsock struct {
+					GuestCID int    `json:"guest_cid"`
+					UDSPath  string `json:"uds_path"`
+				} `json:"vsock"`
+			} `json:"vm_config"`
+		}
+		r := env.run(t, "inspect", name).ok(t)
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+			t.Fatalf("inspect: %v\n%s", err, r.stdout)
+		}
+		want := filepath.Join(got.RuntimeDir, "vsock.sock")
+		if got.VsockSocket != want || got.VMConfig.Vsock.UDSPath != want {
+			t.Errorf("vm %s: vsock_socket %q, Firecracker's uds_path %q; want %q", name, got.VsockSocket, got.VMConfig.Vsock.UDSPath, want)
+		}
+		if cid := uint32(3 + i); got.Spec.Vsock.CID != cid || got.VMConfig.Vsock.GuestCID != int(cid) {
+			t.Errorf("vm %s: cid %d (Firecracker's %d), want %d", name, got.Spec.Vsock.CID, got.VMConfig.Vsock.GuestCID, cid)
+		}
+		c := dialEcho(t, got.VsockSocket)
+		c.Close()
+	}
+}
+
+// dialEcho connects to port 52 of the vsock-echo guest through the vsock socket sock and
+// checks the echo.
+func dialEcho(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "CONNECT 52\n")
+		line, err := bufio.NewReader(c).ReadString('\n') // nothing follows OK until we write
+		if err == nil && strings.HasPrefix(line, "OK ") {
+			io.WriteString(c, "ping")
+			got := make([]byte, 4)
+			if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
+				t.Fatalf("echo %q, %v", got, err)
+			}
+			return c
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("CONNECT 52: %q, %v", line, err)
+		}
+		time.Sleep(10 * time.Millisecond) // the guest's driver is not up yet
+	}
 }

@@ -10,8 +10,8 @@ import (
 )
 
 // inspectJSON is what `inspect` prints: the library's description of the VM (spec, state,
-// pid, paths, guest address and network, Firecracker binary and version) and Firecracker's
-// live configuration.
+// pid, paths including vsock_socket, guest address and network, Firecracker binary and
+// version) and Firecracker's live configuration.
 type inspectJSON struct {
 	smartvm.MachineInfo
 	VMConfig fcapi.VMConfig `json:"vm_config"`
@@ -21,9 +21,9 @@ func (a *app) newInspectCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "inspect NAME",
 		Short: "Print a running VM's description and live configuration as JSON",
-		Long: `Print a running VM as JSON: its spec, state, pid, paths, network and guest address,
-Firecracker binary and version, and, as vm_config, the configuration Firecracker reports
-(GET /vm/config).`,
+		Long: `Print a running VM as JSON: its spec, state, pid, paths (vsock_socket is the host side of
+its vsock device, if it has one), network and guest address, Firecracker binary and version,
+and, as vm_config, the configuration Firecracker reports (GET /vm/config).`,
 		Args:              exactArgs(1, "one VM name"),
 		ValidArgsFunction: a.completeOneVMName,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -30,6 +30,7 @@ type runFlags struct {
 	detach, noInstall           bool
 	net, noNAT                  bool
 	netNamespace, netIPArg      bool
+	vsock                       bool
 }
 
 // runPlan is what to boot, resolved from the flags and the environment. The detached
@@ -44,6 +45,9 @@ type runPlan struct {
 	// Snapshot, when set, is the absolute path of a snapshot directory: the VM saved there
 	// is restored, and Spec is not used.
 	Snapshot string `json:"snapshot,omitempty"`
+	// Vsock adds a vsock device with a free guest CID, picked at start, and its socket in
+	// the VM's directory.
+	Vsock bool `json:"vsock,omitempty"`
 }
 
 func (a *app) newRunCmd() *cobra.Command {
@@ -86,6 +90,12 @@ Networking (needs root, or CAP_NET_ADMIN):
                            guests without fcnet (implies --net)
 ps and inspect show the guest's address; 'smartvm ssh NAME' logs in to a base image's guest.
 
+--vsock gives the VM a virtio-vsock device: the lowest guest CID (3 or more) no other VM in
+the runtime root uses, and a host-side Unix socket in the VM's directory, which inspect shows
+as vsock_socket. Connect to it and send "CONNECT <port>\n" to reach a guest port (Firecracker
+answers "OK <hostport>\n"); guest connections to the host's port P arrive on
+<vsock_socket>_P.
+
 With --detach, run returns once the VM runs and prints its name. A supervisor process (smartvm
 itself, in the background) owns the VM and cleans up when it ends; see ps, logs, attach, stop.
 
@@ -117,6 +127,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.BoolVar(&f.noNAT, "no-nat", false, "with --net: no NAT, the guest reaches only the host")
 	fl.BoolVar(&f.netNamespace, "net-namespace", false, "put the VM's TAP device in a network namespace of its own (implies --net)")
 	fl.BoolVar(&f.netIPArg, "net-ip-arg", false, "configure the guest with the kernel's ip= argument, for guests without fcnet (implies --net)")
+	fl.BoolVar(&f.vsock, "vsock", false, "give the VM a vsock device (a free guest CID; its socket in the VM's directory)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	return cmd
@@ -140,6 +151,7 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 	s.VCPUs, s.MemoryMiB = f.cpus, f.memory
 	s.BootArgs = f.bootArgs
 	s.EnablePCI = f.enablePCI
+	p.Vsock = f.vsock
 	// Always: the foreground console types into it, and a detached VM keeps it for attach.
 	s.SerialInput = true
 	switch {
@@ -352,6 +364,13 @@ func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...sm
 		return restoreVM(ctx, mgr, plan.Snapshot, opts...)
 	}
 	spec := plan.Spec
+	if plan.Vsock && spec.Vsock == nil {
+		cid, err := mgr.FreeVsockCID(ctx)
+		if err != nil {
+			return nil, err
+		}
+		spec.Vsock = &smartvm.VsockSpec{CID: cid}
+	}
 	if plan.Hello {
 		dir, err := os.MkdirTemp("", "smartvm-hello-")
 		if err != nil {
