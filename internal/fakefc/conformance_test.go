@@ -39,6 +39,7 @@ var scenarios = []scenario{
 	{"hello exits", scHello},
 	{"halt ignores ctrl-alt-del", scHalt},
 	{"counter pauses", scCounter},
+	{"vsock", scVsock},
 	{"snapshot", scSnapshot},
 	{"snapshot resume_vm", scSnapshotResume},
 	{"fresh-process rule", scFreshProcess},

@@ -169,6 +169,8 @@ func (d *vsockDev) hostConn(c net.Conn) {
 	if !ok {
 		return
 	}
+	// Firecracker allocates the host-side port before it asks the guest.
+	local := d.allocPort()
 	if peer == peerRefuses || port != testguest.VsockEchoPort {
 		return // the guest resets the request
 	}
@@ -179,7 +181,7 @@ func (d *vsockDev) hostConn(c net.Conn) {
 			return
 		}
 	}
-	if _, err := io.WriteString(c, "OK "+strconv.FormatUint(uint64(d.allocPort()), 10)+"\n"); err != nil {
+	if _, err := io.WriteString(c, "OK "+strconv.FormatUint(uint64(local), 10)+"\n"); err != nil {
 		return
 	}
 	d.echo(c, g)
@@ -239,8 +241,11 @@ func readConnect(c net.Conn) (uint32, bool) {
 func (d *vsockDev) callBack(g *guest) {
 	path := d.uds + "_" + strconv.Itoa(testguest.VsockEchoPort)
 	for {
-		if !g.waitRunning() {
-			return
+		// Polled, not waitRunning: the guest's own goroutine takes its wake-ups.
+		for !g.running() {
+			if g.ended() || !d.wait() {
+				return
+			}
 		}
 		c, err := net.Dial("unix", path)
 		if err == nil {
