@@ -213,3 +213,49 @@ func ExampleMachineSpec_Validate() {
 	// drive "rootfs": a second root drive; only one drive can be the root device
 	// drive "rootfs": stat /nonexistent/b.ext4: no such file or directory
 }
+
+// Talk to a program listening on vsock port 1024 in the guest, and accept the connections
+// guest programs make to the host's port 1025.
+func ExampleMachine_DialVsock() {
+	mgr, err := smartvm.NewManager()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mgr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cid, err := mgr.FreeVsockCID(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	m, err := mgr.Start(ctx, smartvm.MachineSpec{
+		BaseImagePreset: "latest",
+		Vsock:           &smartvm.VsockSpec{CID: cid}, // its socket in the VM's directory
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close()
+
+	// DialVsock retries until the guest program listens, or ctx ends.
+	conn, err := m.DialVsock(ctx, 1024)
+	switch {
+	case errors.Is(err, smartvm.ErrNoVsockListener):
+		log.Fatal(err) // "... nobody listened on port 1024 in the guest ..."
+	case err != nil:
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintln(conn, "hello, guest")
+
+	ln, err := m.ListenVsock(1025) // closed when the VM ends
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	from, err := ln.Accept()
+	if err != nil {
+		log.Fatal(err)
+	}
+	io.Copy(os.Stdout, from)
+}

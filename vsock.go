@@ -24,7 +24,7 @@ import (
 // A guest connecting to the host (CID 2) on port P makes Firecracker connect to the Unix
 // socket <socket>_P.
 
-// vsockDialPause bounds the pause between two connection attempts of DialVsock.
+// The pause between two connection attempts of DialVsock doubles from the first to the most.
 const (
 	vsockDialFirstPause = 5 * time.Millisecond
 	vsockDialMaxPause   = 100 * time.Millisecond
@@ -280,8 +280,9 @@ func isClosedByPeer(err error) bool {
 // handshake to read.
 //
 // Closing the listener removes the socket. So does the end of the VM: its listeners are then
-// closed, and Accept returns an error wrapping net.ErrClosed. The socket of a listener whose
-// process died is removed by reaping (Manager.Reap).
+// closed, and Accept returns an error wrapping net.ErrClosed (after Machine.Release, which
+// stops watching the VM, the caller closes them). The socket of a listener whose process died
+// is removed by reaping (Manager.Reap).
 //
 // Errors wrap ErrNoVsock when the VM has no vsock device, ErrNotRunning when the VM has
 // ended, and ErrExists when a listener on the port is already open.
