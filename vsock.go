@@ -88,6 +88,10 @@ func (mgr *Manager) FreeVsockCID(ctx context.Context) (uint32, error) {
 // connection once the guest has accepted it: the bytes read from it are the guest's, from
 // its first one (nothing the guest sends right after accepting is lost).
 //
+// The connection is the *net.UnixConn to Firecracker. Firecracker ends a connection once the
+// host side stops writing: after CloseWrite, what the guest still sends is dropped, so mark
+// the end of the input in the protocol spoken over the connection, not with a half-close.
+//
 // A guest program's listener may not be up yet, so DialVsock tries again, with short pauses,
 // while Firecracker turns the connection down (nothing listens on the port in the guest) or
 // the guest does not answer, until ctx ends. ctx bounds the dial only, not the connection.
@@ -209,7 +213,7 @@ var errNoAnswer = errors.New("no answer")
 
 // dialVsockOnce makes one connection through Firecracker's vsock socket. It reads the answer
 // to CONNECT a byte at a time, so that no byte of the guest's is read along with it and the
-// caller gets the *net.UnixConn itself (with CloseWrite).
+// caller gets the *net.UnixConn itself.
 func dialVsockOnce(ctx context.Context, sock string, port uint32) (net.Conn, error) {
 	c, err := (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	if err != nil {
