@@ -33,6 +33,10 @@
 // --net, while --no-nat without --net is a usage error. ps and inspect show the guest's
 // address, and ssh runs the system's ssh client against it with the base image's key.
 //
+// run --vsock adds a vsock device with Manager.FreeVsockCID's CID (picked at start, in the
+// supervisor for run -d) and the default socket in the VM's directory; inspect shows it as
+// vsock_socket (MachineInfo.VsockSocket).
+//
 // snapshot NAME DIR saves a running VM with Machine.Snapshot (with --stop it keeps the VM
 // paused and kills it afterwards, so it never runs past its snapshot); restore DIR starts it
 // again with Manager.Restore, in the foreground like run or detached like run --detach. The
