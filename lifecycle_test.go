@@ -625,7 +625,8 @@ func TestList(t *testing.T) {
 }
 
 // TestOwnerCrashReaped kills a process that owns a VM with SIGKILL: the VM dies with it, and
-// the next manager removes what it left, its vsock socket outside the runtime root included.
+// the next manager removes what it left, its vsock socket outside the runtime root (and a
+// vsock listener's socket next to it) included.
 func TestOwnerCrashReaped(t *testing.T) {
 	testutil.CheckLeaks(t)
 	root := testRoot(t)
@@ -640,6 +641,13 @@ func TestOwnerCrashReaped(t *testing.T) {
 	if _, err := os.Lstat(vsock); err != nil {
 		t.Fatalf("no vsock socket while the vm runs: %v", err)
 	}
+	// What a ListenVsock listener of the dead owner leaves: a socket nobody listens on.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: vsock + "_52", Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
 	killOwner(t, owner)
 	if !processGone(pid, time.Second) {
 		syscall.Kill(pid, syscall.SIGKILL)
@@ -651,6 +659,9 @@ func TestOwnerCrashReaped(t *testing.T) {
 	}
 	if _, err := os.Lstat(vsock); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the dead vm's vsock socket was left: %v", err)
+	}
+	if _, err := os.Lstat(vsock + "_52"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the dead owner's vsock listener socket was left: %v", err)
 	}
 }
 
