@@ -433,3 +433,42 @@ func BenchmarkRealHelloFirstByte(b *testing.B) {
 	b.ReportMetric(float64(first.Nanoseconds())/float64(b.N), "ns-to-first-byte/op")
 	b.ReportMetric(float64(exit.Nanoseconds())/float64(b.N), "ns-to-exit/op")
 }
+
+// BenchmarkRealVsockEcho measures a 64-byte round trip through Firecracker's hybrid vsock to
+// the vsock-echo guest (host socket → guest → host socket) on one connection.
+func BenchmarkRealVsockEcho(b *testing.B) {
+	bin := testutil.FirecrackerBin(b)
+	vm, uds := bootGuestVsock(b, bin, BootArgs(ModeVsockEcho))
+	deadline := time.Now().Add(bootWait)
+	for !strings.Contains(vm.serial.String(), VsockReadyLine+"\n") {
+		if time.Now().After(deadline) {
+			b.Fatalf("no vsock ready line; serial %q\n%s", vm.serial.String(), vm.logs())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c, err := net.Dial("unix", uds)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "CONNECT 52\n"); err != nil {
+		b.Fatal(err)
+	}
+	var line []byte
+	one := make([]byte, 1)
+	for len(line) == 0 || line[len(line)-1] != '\n' {
+		if _, err := c.Read(one); err != nil {
+			b.Fatalf("answer to CONNECT: %v (after %q)", err, line)
+		}
+		line = append(line, one[0])
+	}
+	msg, got := bytes.Repeat([]byte("x"), 64), make([]byte, 64)
+	for b.Loop() {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
