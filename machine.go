@@ -528,13 +528,14 @@ func (m *Machine) supervise() {
 		m.result = &ExitError{Code: st.Code, Signal: st.Signal, LogTail: logTail(m.paths)}
 	}
 	m.log.Info("vm exited", "status", st.String())
+	// Before the cleanup removes the directory their sockets may be in.
+	m.closeVsockListeners()
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	var errs []error
 	for i := len(m.cleanups) - 1; i >= 0; i-- {
 		errs = append(errs, m.cleanups[i](ctx))
 	}
-	m.closeVsockListeners()
 	m.cleanupErr = errors.Join(errs...)
 	if m.cleanupErr != nil {
 		m.log.Warn("clean up after vm", "err", m.cleanupErr)

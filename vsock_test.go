@@ -223,15 +223,26 @@ func TestDialVsockBadAnswer(t *testing.T) {
 }
 
 func TestListenVsock(t *testing.T) {
+	for _, outside := range []bool{false, true} {
+		t.Run(map[bool]string{false: "socket in the vm's directory", true: "socket elsewhere"}[outside], func(t *testing.T) {
+			testListenVsock(t, outside)
+		})
+	}
+}
+
+func testListenVsock(t *testing.T, outside bool) {
 	mgr, _, kernel := fakeSetup(t)
 	spec := vsockGuest(kernel)
-	spec.Vsock.Path = filepath.Join(t.TempDir(), "v.sock")
+	if outside {
+		spec.Vsock.Path = filepath.Join(t.TempDir(), "v.sock")
+	}
 	m := start(t, mgr, spec)
 	ln, err := m.ListenVsock(testguest.VsockEchoPort)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := spec.Vsock.Path + "_52"
+	sock, _ := m.VsockSocket()
+	path := sock + "_52"
 	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("listener socket: %v, %v", fi, err)
 	}
