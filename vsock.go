@@ -280,8 +280,10 @@ func isClosedByPeer(err error) bool {
 
 // ListenVsock listens for connections that programs in the guest make to the host (CID 2)
 // on port: Firecracker connects to the Unix socket <VsockSocket()>_<port>, which ListenVsock
-// creates (mode 0600). Each accepted connection carries one guest connection, with no
-// handshake to read.
+// creates. Each accepted connection carries one guest connection, with no handshake to read.
+// Only the VM's owner can reach a socket in the VM's directory (mode 0700); one next to a
+// vsock path of the caller's gets the mode the umask gives, as Firecracker's own socket does
+// (a chmod by path could be redirected by whoever can write that directory).
 //
 // Closing the listener removes the socket. So does the end of the VM: its listeners are then
 // closed, and Accept returns an error wrapping net.ErrClosed (after Machine.Release, which
@@ -317,10 +319,6 @@ func (m *Machine) ListenVsock(port uint32) (net.Listener, error) {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fail(fmt.Errorf("%s is in use by another process: %w", path, ErrExists))
 		}
-		return nil, fail(err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, fail(err)
 	}
 	l := &vsockListener{UnixListener: ln, m: m, port: port}
