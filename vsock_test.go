@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smartvm/smartvm/internal/fakefc"
 	"github.com/smartvm/smartvm/internal/testguest"
 )
 
@@ -396,5 +397,51 @@ func TestFreeVsockCID(t *testing.T) {
 		if info.VsockSocket != want {
 			t.Errorf("vm %s: listed vsock socket %q, want %q", info.Name, info.VsockSocket, want)
 		}
+	}
+}
+
+// TestDialVsockForward dials a guest port that the fake relays to a program on the host, as
+// a guest agent would listen: its greeting, sent right behind the OK, arrives whole, and a
+// relayed port whose program is gone is turned down.
+func TestDialVsockForward(t *testing.T) {
+	agent := filepath.Join(t.TempDir(), "agent.sock")
+	t.Setenv(fakefc.EnvVsockForward, "1024="+agent)
+	ln, err := net.Listen("unix", agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "agent ready\n")
+		io.Copy(c, c)
+	}()
+	mgr, _, kernel := fakeSetup(t)
+	m := start(t, mgr, vsockGuest(kernel))
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	c, err := m.DialVsock(ctx, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(waitLong))
+	greeting := make([]byte, len("agent ready\n"))
+	if _, err := io.ReadFull(c, greeting); err != nil || string(greeting) != "agent ready\n" {
+		t.Fatalf("greeting %q, %v", greeting, err)
+	}
+	checkEcho(t, c, "to the agent")
+	c.Close()
+	<-served
+	ln.Close()
+
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	if _, err := m.DialVsock(short, 1024); !errors.Is(err, ErrNoVsockListener) {
+		t.Fatalf("dial a relayed port whose program is gone: %v, want ErrNoVsockListener", err)
 	}
 }

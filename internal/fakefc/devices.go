@@ -333,7 +333,7 @@ func (v *vm) putVsock(c vsockConfig) (any, *apiError) {
 		}
 		return nil, fault("Vsock config error: Cannot create backend for vsock device: Error binding to the host-side Unix socket: %s", osError(err))
 	}
-	v.vsock, v.vsockDev = &c, newVsockDev(c.UDSPath, ln)
+	v.vsock, v.vsockDev = &c, newVsockDev(c.UDSPath, ln, v.vsockForward)
 	return nil, nil
 }
 

@@ -54,7 +54,10 @@
 // then "CONNECT <port>\n" (read as Firecracker reads it) gets "OK <port>\n", with host ports
 // from 1<<30 up, when the guest listens on the port, and is closed when it does not. A paused
 // guest lets a request time out after 2 s, and stops echoing until resumed. Connections
-// close when the process ends; the socket file stays.
+// close when the process ends; the socket file stays. Options.VsockForward
+// (SMARTVM_FAKEFC_VSOCK_FORWARD=PORT=PATH,...) gives the guest listeners on more ports: host
+// Unix sockets, such as an agent run on the host, that connections to those ports are
+// relayed to.
 //
 // # Process behaviour
 //

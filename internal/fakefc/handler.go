@@ -67,6 +67,11 @@ type Options struct {
 	EnablePCI bool
 	// BootTimer mimics --boot-timer: a Linux guest's boot time is logged.
 	BootTimer bool
+	// VsockForward maps guest vsock ports to host Unix sockets that stand in for the guest
+	// programs listening on them (an agent run on the host, say): once the guest's vsock
+	// driver is up, a CONNECT to such a port is relayed to its socket, and turned down when
+	// nothing listens there. Nil: the guest's own behaviour only.
+	VsockForward map[uint32]string
 }
 
 func (o Options) has(mode string) bool { return slices.Contains(o.Modes, mode) }
@@ -138,7 +143,8 @@ func newHandler(opts Options, log *fcLogger) (*Handler, error) {
 		rel: rel, log: h.log, metrics: newMetrics(), id: opts.ID, stdout: opts.Stdout,
 		failBoot: opts.has(ModeFailStart), noCAD: opts.has(ModeIgnoreCtrlAltDel), slowSnapshot: opts.has(ModeSlowSnapshot),
 		mmdsLimit: opts.MmdsSizeLimit, enablePCI: opts.EnablePCI, bootTimer: opts.BootTimer,
-		machine: defaultMachine(), exited: make(chan struct{}),
+		vsockForward: opts.VsockForward,
+		machine:      defaultMachine(), exited: make(chan struct{}),
 	}
 	h.vm.onExit = func(int) { close(h.done) }
 	return h, nil

@@ -19,6 +19,8 @@ const (
 	EnvVersion     = "SMARTVM_FAKEFC_VERSION"      // the release to mimic, like "1.14.2"
 	EnvMode        = "SMARTVM_FAKEFC_MODE"         // comma-separated failure modes
 	EnvSocketDelay = "SMARTVM_FAKEFC_SOCKET_DELAY" // a Go duration between bind and listen
+	// EnvVsockForward is Options.VsockForward: comma-separated PORT=PATH pairs.
+	EnvVsockForward = "SMARTVM_FAKEFC_VSOCK_FORWARD"
 )
 
 // exitUsage is what Main returns when the fake itself is misconfigured through its
@@ -27,7 +29,8 @@ const exitUsage = 2
 
 // Main runs the fake as the firecracker executable: args are the command-line arguments
 // without the program name; the result is the exit status. It writes to the process's
-// standard output and error, reads the environment (EnvVersion, EnvMode, EnvSocketDelay) and
+// standard output and error, reads the environment (EnvVersion, EnvMode, EnvSocketDelay,
+// EnvVsockForward) and
 // may end the process by a signal: SIGABRT where Firecracker panics (an invalid --id, an
 // unreadable --config-file), and SIGTERM is left to its default action unless the
 // ignore-sigterm mode is set.
@@ -98,6 +101,12 @@ func (p *process) main(argv []string) int {
 			if s = strings.TrimSpace(s); s != "" {
 				p.opts.Modes = append(p.opts.Modes, s)
 			}
+		}
+	}
+	if f := os.Getenv(EnvVsockForward); f != "" {
+		if p.opts.VsockForward, err = ParseVsockForward(f); err != nil {
+			fmt.Fprintf(p.stderr, "fake firecracker: %s: %v\n", EnvVsockForward, err)
+			return exitUsage
 		}
 	}
 	if d := os.Getenv(EnvSocketDelay); d != "" {

@@ -262,7 +262,7 @@ func (v *vm) readSnapshot(c snapshotLoad) (snapshotState, string) {
 		}
 		cfg := *st.Vsock
 		cfg.UDSPath = uds
-		v.vsock, v.vsockDev = &cfg, newVsockDev(uds, ln)
+		v.vsock, v.vsockDev = &cfg, newVsockDev(uds, ln, v.vsockForward)
 	}
 	return st, ""
 }

@@ -80,13 +80,15 @@ type vm struct {
 	pmems     []*pmemConfig
 	vsock     *vsockConfig
 	vsockDev  *vsockDev
-	balloon   *balloonConfig
-	entropy   *entropyConfig
-	serial    *serialConfig
-	mmdsCfg   *mmdsConfig
-	mmdsData  any
-	hotplug   *hotplugConfig
-	customCPU bool // a custom CPU template (PUT /cpu-config) is in force
+	// vsockForward is Options.VsockForward.
+	vsockForward map[uint32]string
+	balloon      *balloonConfig
+	entropy      *entropyConfig
+	serial       *serialConfig
+	mmdsCfg      *mmdsConfig
+	mmdsData     any
+	hotplug      *hotplugConfig
+	customCPU    bool // a custom CPU template (PUT /cpu-config) is in force
 
 	guest *guest
 

@@ -1,6 +1,7 @@
 package fakefc
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -39,8 +40,9 @@ const (
 
 // vsockDev is the vsock device's host side.
 type vsockDev struct {
-	uds string
-	ln  *net.UnixListener
+	uds     string
+	ln      *net.UnixListener
+	forward map[uint32]string // Options.VsockForward
 
 	mu        sync.Mutex
 	guest     *guest // the running guest, once booted or restored
@@ -50,8 +52,8 @@ type vsockDev struct {
 	done      chan struct{}
 }
 
-func newVsockDev(uds string, ln *net.UnixListener) *vsockDev {
-	d := &vsockDev{uds: uds, ln: ln, conns: make(map[net.Conn]struct{}), localPort: firstLocalPort - 1, done: make(chan struct{})}
+func newVsockDev(uds string, ln *net.UnixListener, forward map[uint32]string) *vsockDev {
+	d := &vsockDev{uds: uds, ln: ln, forward: forward, conns: make(map[net.Conn]struct{}), localPort: firstLocalPort - 1, done: make(chan struct{})}
 	go d.serve()
 	return d
 }
@@ -171,7 +173,8 @@ func (d *vsockDev) hostConn(c net.Conn) {
 	}
 	// Firecracker allocates the host-side port before it asks the guest.
 	local := d.allocPort()
-	if peer == peerRefuses || port != testguest.VsockEchoPort {
+	path, forwarded := d.forward[port]
+	if !forwarded && (peer == peerRefuses || port != testguest.VsockEchoPort) {
 		return // the guest resets the request
 	}
 	// The guest answers once it runs; a paused guest lets the request time out.
@@ -181,10 +184,57 @@ func (d *vsockDev) hostConn(c net.Conn) {
 			return
 		}
 	}
+	var peerConn net.Conn
+	if forwarded {
+		var err error
+		if peerConn, err = net.Dial("unix", path); err != nil {
+			return // nothing listens on the port: the guest resets the request
+		}
+		if !d.track(peerConn) {
+			_ = peerConn.Close()
+			return
+		}
+		defer d.untrack(peerConn)
+	}
 	if _, err := io.WriteString(c, "OK "+strconv.FormatUint(uint64(local), 10)+"\n"); err != nil {
 		return
 	}
+	if forwarded {
+		relay(c, peerConn)
+		return
+	}
 	d.echo(c, g)
+}
+
+// relay copies between a and b until either side ends, then closes both: Firecracker ends
+// the whole connection when either side stops.
+func relay(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	for _, p := range [][2]net.Conn{{a, b}, {b, a}} {
+		go func() {
+			_, _ = io.Copy(p[0], p[1])
+			done <- struct{}{}
+		}()
+	}
+	<-done
+	_ = a.Close()
+	_ = b.Close()
+	<-done
+}
+
+// ParseVsockForward reads EnvVsockForward's format, comma-separated PORT=PATH pairs, into an
+// Options.VsockForward.
+func ParseVsockForward(s string) (map[uint32]string, error) {
+	m := make(map[uint32]string)
+	for _, pair := range strings.Split(s, ",") {
+		port, path, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		n, err := strconv.ParseUint(port, 10, 32)
+		if !ok || err != nil || path == "" {
+			return nil, fmt.Errorf("%q: want PORT=PATH, such as 1024=/tmp/agent.sock", pair)
+		}
+		m[uint32(n)] = path
+	}
+	return m, nil
 }
 
 // echo sends back every byte read from c while the guest runs, until c ends.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/smartvm/smartvm/internal/testguest"
@@ -114,4 +115,16 @@ func scVsock(r *run) {
 	}
 	p.ok("PUT", "/actions", `{"action_type":"SendCtrlAltDel"}`)
 	p.wait("exit 0")
+}
+
+func TestParseVsockForward(t *testing.T) {
+	got, err := ParseVsockForward("1024=/run/a.sock, 52=/tmp/b")
+	if err != nil || len(got) != 2 || got[1024] != "/run/a.sock" || got[52] != "/tmp/b" {
+		t.Errorf("ParseVsockForward = %v, %v", got, err)
+	}
+	for _, bad := range []string{"", "1024", "x=/a", "1024=", "-1=/a", "4294967296=/a", "1=/a,,2=/b"} {
+		if _, err := ParseVsockForward(bad); err == nil {
+			t.Errorf("ParseVsockForward(%q) succeeded", bad)
+		}
+	}
 }
