@@ -1,6 +1,7 @@
 package smartvm
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -230,5 +231,13 @@ func TestBaseImageSSHKey(t *testing.T) {
 	}
 	if err := am.Release(); err != nil {
 		t.Fatal(err)
+	}
+	// A key path in state.json is data: one that is not the cache's key for the image is
+	// never handed out.
+	stPath := filepath.Join(m.Dir(), "state.json")
+	st, _ := os.ReadFile(stPath)
+	os.WriteFile(stPath, bytes.ReplaceAll(st, []byte(b.SSHPrivateKey), []byte("/etc/shadow")), 0o600)
+	if infos, err := other.List(ctx); err != nil || len(infos) != 1 || infos[0].SSHKey != "" {
+		t.Errorf("a forged key path was listed: %+v, %v", infos, err)
 	}
 }

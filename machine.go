@@ -727,7 +727,7 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		done:     make(chan struct{}),
 	}
 	if st.BaseImage != nil {
-		m.image, m.sshKey = st.BaseImage.ID, st.BaseImage.SSHKey
+		m.image, m.sshKey = st.BaseImage.ID, mgr.recordedSSHKey(st.BaseImage)
 	}
 	m.network = networkOf(st)
 	if m.paths.SerialIn == "" { // written by a smartvm before serial input

@@ -287,7 +287,7 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	}
 	infos := make([]MachineInfo, 0, len(states)+len(corrupt))
 	for _, st := range states {
-		info := infoFromState(st)
+		info := mgr.infoFromState(st)
 		c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
 		info.State = queryState(ctx, c)
 		c.Close()
@@ -316,7 +316,7 @@ func queryState(ctx context.Context, c *fcapi.Client) MachineState {
 	return stateOf(ii.State)
 }
 
-func infoFromState(st *rundir.State) MachineInfo {
+func (mgr *Manager) infoFromState(st *rundir.State) MachineInfo {
 	info := MachineInfo{
 		Name:               st.Name,
 		PID:                st.PID,
@@ -339,10 +339,20 @@ func infoFromState(st *rundir.State) MachineInfo {
 	}
 	info.VsockSocket = vsockSocketOf(info.Spec, st.Paths)
 	if st.BaseImage != nil {
-		info.BaseImage, info.SSHKey = st.BaseImage.ID, st.BaseImage.SSHKey
+		info.BaseImage, info.SSHKey = st.BaseImage.ID, mgr.recordedSSHKey(st.BaseImage)
 	}
 	info.setNetwork(networkOf(st))
 	return info
+}
+
+// recordedSSHKey returns the SSH key path state.json records for a VM's base image when it is
+// the one the cache keeps for that image, and "" otherwise: a recorded path is data, never a
+// file to hand to ssh on its word.
+func (mgr *Manager) recordedSSHKey(b *rundir.BaseImage) string {
+	if mgr.images == nil || b.SSHKey == "" || b.SSHKey != mgr.images.SSHKeyPath(b.ID) {
+		return ""
+	}
+	return b.SSHKey
 }
 
 // networkOf returns the network state.json records, or nil.

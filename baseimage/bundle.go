@@ -259,6 +259,16 @@ const (
 	metaVersion = 1
 )
 
+// SSHKeyPath returns where the bundle with the given ID keeps its SSH private key, if it has
+// one: a caller that recorded a bundle's key path can check it against this instead of trusting
+// the record. It returns "" for a malformed ID.
+func (m *Manager) SSHKeyPath(id string) string {
+	if !idRE.MatchString(id) {
+		return ""
+	}
+	return m.path(dirBundles, id, fileKey)
+}
+
 // withDir fills in the absolute paths from the bundle directory.
 func (b *Bundle) withDir(dir string) {
 	b.Dir = dir
