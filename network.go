@@ -122,6 +122,15 @@ func (mgr *Manager) teardownRecorded(ctx context.Context, name string, raw json.
 	if err := json.Unmarshal(raw, &n); err != nil {
 		return fmt.Errorf("network of vm %s in state.json: %w", name, err)
 	}
+	// The record is data: it may only name this VM, this root's address pool and a namespace
+	// in the namespace directory, never paths of its own choosing to unmount or delete.
+	nsDir := mgr.netnsDir
+	if nsDir == "" {
+		nsDir = netdev.DefaultNetnsDir
+	}
+	if n.Owner != name || n.Dir != mgr.netDir() || (n.Netns != nil && (filepath.Dir(n.Netns.Path) != nsDir || filepath.Base(n.Netns.Path) != n.Netns.Name)) {
+		return fmt.Errorf("network of vm %s in state.json names another owner (%q) or paths outside %s and %s; left alone: remove it by hand", name, n.Owner, mgr.netDir(), nsDir)
+	}
 	return n.Teardown(ctx, netdev.WithLogger(mgr.log))
 }
 

@@ -260,3 +260,42 @@ func TestCorruptStateIsRemovable(t *testing.T) {
 		t.Errorf("left listed: %+v", infos)
 	}
 }
+
+// A network record in state.json that names paths of its own is not torn down: reaping leaves
+// it, and the paths, alone and reports it.
+func TestForgedNetworkRecordIsNotTornDown(t *testing.T) {
+	mgr, _, kernel := fakeSetup(t)
+	ctx := context.Background()
+	spec := guestSpec(kernel, testguest.ModeHalt)
+	spec.Name = "forged"
+	m := start(t, mgr, spec, Detached())
+	pid := m.PID()
+	m.Release()
+	victim := t.TempDir()
+	os.WriteFile(filepath.Join(victim, "lock"), []byte("keep"), 0o600)
+	stPath := filepath.Join(m.Dir(), "state.json")
+	var st map[string]any
+	b, _ := os.ReadFile(stPath)
+	json.Unmarshal(b, &st)
+	st["network"] = map[string]any{"owner": "forged", "dir": victim, "netns": map[string]any{"name": "x", "path": filepath.Join(victim, "lock")}}
+	b, _ = json.Marshal(st)
+	os.WriteFile(stPath, b, 0o600)
+	syscall.Kill(pid, syscall.SIGKILL)
+	if !processGone(pid, 5*time.Second) {
+		t.Fatal("firecracker did not die")
+	}
+	_, err := mgr.Reap(ctx)
+	if err == nil || !strings.Contains(err.Error(), "left alone") {
+		t.Errorf("reap: %v, want the forged record reported", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(victim, "lock")); err != nil || string(b) != "keep" {
+		t.Errorf("the victim was touched: %q %v", b, err)
+	}
+	// Once the record is gone, the directory goes.
+	delete(st, "network")
+	b, _ = json.Marshal(st)
+	os.WriteFile(stPath, b, 0o600)
+	if names, err := mgr.Reap(ctx); err != nil || len(names) != 1 {
+		t.Errorf("reap after fixing the record: %v %v", names, err)
+	}
+}
