@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/netdev"
@@ -124,6 +126,12 @@ type MachineSpec struct {
 	// guest's serial console accepts input: Machine.ConsoleInput writes to it. Off by
 	// default: stdin is /dev/null.
 	SerialInput bool `json:"serial_input,omitempty"`
+
+	// Labels are the caller's key=value metadata about the VM. smartvm records them (they are
+	// part of state.json) and never interprets them; `smartvm ps --filter label=K=V` selects
+	// VMs by them. Keys are 1 to 128 bytes of printable ASCII without '=', ',' or spaces;
+	// values are at most 4096 bytes of UTF-8 without control characters. Zero value: none.
+	Labels map[string]string `json:"labels,omitempty"`
 
 	// Network asks smartvm to create the VM's network before boot and remove it at cleanup:
 	// a TAP device per NIC with a /30 from the pool, optionally NAT and a network namespace of
@@ -319,6 +327,7 @@ func (s MachineSpec) WithDefaults() MachineSpec {
 	if s.BootMode == "" {
 		s.BootMode = BootModeAPI
 	}
+	s.Labels = maps.Clone(s.Labels)
 	s.Drives = append([]DriveSpec(nil), s.Drives...)
 	for i := range s.Drives {
 		if s.Drives[i].ID == "" {
@@ -465,6 +474,7 @@ func (s MachineSpec) problems() []error {
 		add("memory_mib %d: use 1 to %d (the value is in MiB)", s.MemoryMiB, MaxMemoryMiB)
 	}
 
+	errs = append(errs, labelProblems(s.Labels)...)
 	errs = append(errs, s.driveProblems()...)
 	errs = append(errs, s.interfaceProblems()...)
 	errs = append(errs, s.networkProblems()...)
@@ -677,6 +687,42 @@ func (s MachineSpec) networkProblems() []error {
 		add("interfaces: with network.namespace Firecracker runs in the vm's own namespace, where the host's TAP devices are not visible; use network.nics instead")
 	}
 	return errs
+}
+
+// Limits on MachineSpec.Labels.
+const (
+	MaxLabelKey   = 128
+	MaxLabelValue = 4096
+)
+
+// labelProblems checks label keys and values; the messages list the labels in key order.
+func labelProblems(labels map[string]string) []error {
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		if err := CheckLabel(k, labels[k]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// CheckLabel reports what is wrong with the label k=v, as MachineSpec.Validate does.
+func CheckLabel(k, v string) error {
+	if k == "" || len(k) > MaxLabelKey {
+		return fmt.Errorf("label %q: use a key of 1 to %d bytes", k, MaxLabelKey)
+	}
+	for _, c := range []byte(k) {
+		if c <= ' ' || c >= 0x7f || c == '=' || c == ',' {
+			return fmt.Errorf("label %q: use printable ASCII without '=', ',' or spaces in keys", k)
+		}
+	}
+	if len(v) > MaxLabelValue {
+		return fmt.Errorf("label %q: the value is %d bytes; at most %d are allowed", k, len(v), MaxLabelValue)
+	}
+	if !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) {
+		return fmt.Errorf("label %q: use UTF-8 text without control characters in values", k)
+	}
+	return nil
 }
 
 func btoi(b bool) int {

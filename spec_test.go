@@ -132,6 +132,9 @@ func TestValidateProblems(t *testing.T) {
 		{"absurd vcpus", with(func(s *MachineSpec) { s.VCPUs = 33 }), []string{"vcpus 33"}},
 		{"absurd memory", with(func(s *MachineSpec) { s.MemoryMiB = 2 << 20 }), []string{"memory_mib"}},
 		{"negative memory", with(func(s *MachineSpec) { s.MemoryMiB = -5 }), []string{"memory_mib -5"}},
+		{"bad labels", with(func(s *MachineSpec) {
+			s.Labels = map[string]string{"": "x", "a=b": "c", "ok": "fine", "sp ace": "", "ctl": "a\nb", "big": strings.Repeat("v", MaxLabelValue+1)}
+		}), []string{`label ""`, `label "a=b"`, `label "sp ace"`, `label "ctl": use UTF-8 text`, `label "big": the value is 4097 bytes`}},
 		{"two roots", with(func(s *MachineSpec) {
 			s.Drives = []DriveSpec{{ID: "a", Path: rootfs, Root: true}, {ID: "b", Path: data, Root: true}}
 		}), []string{"second root drive"}},
@@ -290,6 +293,7 @@ func TestSpecJSONRoundTrip(t *testing.T) {
 		MMDS:       &MMDSSpec{Data: json.RawMessage(`{"k":"v"}`)},
 		BootMode:   BootModeConfigFile,
 		ExtraArgs:  []string{"--boot-timer"},
+		Labels:     map[string]string{"team": "infra", "empty": ""},
 	}
 	b, err := json.Marshal(in)
 	if err != nil {

@@ -31,6 +31,7 @@ type runFlags struct {
 	net, noNAT                  bool
 	netNamespace, netIPArg      bool
 	vsock                       bool
+	labels                      []string
 }
 
 // runPlan is what to boot, resolved from the flags and the environment. The detached
@@ -128,6 +129,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.BoolVar(&f.netNamespace, "net-namespace", false, "put the VM's TAP device in a network namespace of its own (implies --net)")
 	fl.BoolVar(&f.netIPArg, "net-ip-arg", false, "configure the guest with the kernel's ip= argument, for guests without fcnet (implies --net)")
 	fl.BoolVar(&f.vsock, "vsock", false, "give the VM a vsock device (a free guest CID; its socket in the VM's directory)")
+	fl.StringArrayVarP(&f.labels, "label", "l", nil, "label the VM (repeatable): `KEY=VALUE`, or KEY for an empty value; ps --filter label=KEY=VALUE selects by it")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	return cmd
@@ -149,6 +151,10 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 		return p, usagef("invalid --memory %d: want a size in MiB, such as 512, up to %d", f.memory, smartvm.MaxMemoryMiB)
 	}
 	s.VCPUs, s.MemoryMiB = f.cpus, f.memory
+	var err error
+	if s.Labels, err = parseLabels(f.labels); err != nil {
+		return p, err
+	}
 	s.BootArgs = f.bootArgs
 	s.EnablePCI = f.enablePCI
 	p.Vsock = f.vsock
@@ -264,6 +270,23 @@ func absPath(flag, p string) (string, error) {
 		return "", fmt.Errorf("%s %s: %w", flag, p, err)
 	}
 	return abs, nil
+}
+
+// parseLabels reads --label KEY=VALUE (or KEY, for an empty value) flags; a later flag for
+// the same key wins.
+func parseLabels(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	labels := make(map[string]string, len(flags))
+	for _, l := range flags {
+		k, v, _ := strings.Cut(l, "=")
+		if err := smartvm.CheckLabel(k, v); err != nil {
+			return nil, usagef("invalid --label %q: %w", l, err)
+		}
+		labels[k] = v
+	}
+	return labels, nil
 }
 
 // parseDrive reads --drive PATH[:ro][:persistent].
