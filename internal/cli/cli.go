@@ -170,6 +170,11 @@ Exit codes: 0 ok, 1 error, 2 usage (ssh passes on the exit code of ssh).`,
 			return a.setupLogging()
 		},
 	}
+	// --version prints what the first line of 'smartvm version' does, without looking for
+	// Firecracker.
+	root.Version = versionLine()
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.Flags().Bool("version", false, "print smartvm's version and exit")
 	root.SetIn(a.stdin)
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)

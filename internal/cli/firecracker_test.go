@@ -82,3 +82,13 @@ func TestVersionCommand(t *testing.T) {
 		t.Errorf("version does not say %q:\n%s", want, r.stdout)
 	}
 }
+
+func TestVersionFlag(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	env[envFirecrackerBin] = "/nonexistent/firecracker" // --version never looks for it
+	r := env.run(t, "--version").ok(t)
+	if r.stdout != versionLine()+"\n" || !strings.HasPrefix(r.stdout, "smartvm ") {
+		t.Errorf("--version printed %q", r.stdout)
+	}
+}

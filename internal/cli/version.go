@@ -19,13 +19,18 @@ func smartvmVersion() string {
 	return "(devel)"
 }
 
+// versionLine is smartvm's version, the Go release it was built with and its platform.
+func versionLine() string {
+	return fmt.Sprintf("smartvm %s (%s %s/%s)", smartvmVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
 func (a *app) newVersionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print smartvm's version and the Firecracker it uses",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(a.stdout, "smartvm %s (%s %s/%s)\n", smartvmVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			fmt.Fprintln(a.stdout, versionLine())
 			fc, err := a.findFirecracker()
 			switch {
 			case errors.Is(err, errNoFirecracker):
