@@ -148,7 +148,7 @@ func TestInspect(t *testing.T) {
 		t.Errorf("live vm_config machine-config: %v", mc)
 	}
 	env.run(t, "inspect", "nope").fails(t, ExitError, `no running vm is called "nope"`)
-	env.run(t, "inspect").fails(t, ExitUsage, "want one VM name")
+	env.run(t, "inspect").fails(t, ExitUsage, "want at least one VM name")
 }
 
 func TestLogsFollow(t *testing.T) {

@@ -166,13 +166,29 @@ type imageJSON struct {
 }
 
 func (a *app) newImagesLsCmd() *cobra.Command {
-	var asJSON bool
+	var (
+		asJSON bool
+		format string
+	)
 	cmd := &cobra.Command{
-		Use:     "ls [--json]",
+		Use:     "ls [--json | --format TEMPLATE]",
 		Aliases: []string{"list"},
 		Short:   "List cached base images, the most recently used first",
-		Args:    noArgs,
+		Long: `List cached base images, the most recently used first: ID, name, size, when a VM last
+used it, the VMs that use it now and where it came from.
+
+--json prints an array of objects; --format prints each image with a Go template over the
+same object, by its Go field names: {{.ID}}, {{.Name}}, {{.Size}}, {{.Source}},
+{{.InUse}}; {{json .}} prints the object on one line.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			tmpl, err := parseFormat(format)
+			if err != nil {
+				return err
+			}
+			if asJSON && tmpl != nil {
+				return usagef("use only one of --json and --format")
+			}
 			m, err := a.baseImages(nil)
 			if err != nil {
 				return err
@@ -181,12 +197,15 @@ func (a *app) newImagesLsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				out := make([]imageJSON, 0, len(list))
-				for _, b := range list {
-					out = append(out, imageJSON{Bundle: b, InUse: len(b.Holders) > 0})
-				}
+			out := make([]imageJSON, 0, len(list))
+			for _, b := range list {
+				out = append(out, imageJSON{Bundle: b, InUse: len(b.Holders) > 0})
+			}
+			switch {
+			case asJSON:
 				return writeJSON(a.stdout, out)
+			case tmpl != nil:
+				return writeFormatted(a.stdout, tmpl, out)
 			}
 			now := a.clock()
 			t := newTable(a.stdout, "ID", "NAME", "SIZE", "LAST USED", "USED BY", "SOURCE")
@@ -201,6 +220,7 @@ func (a *app) newImagesLsCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	cmd.Flags().StringVar(&format, "format", "", formatHelp)
 	return cmd
 }
 

@@ -105,6 +105,17 @@ func TestImagesPullListRemove(t *testing.T) {
 	}
 	got := strings.ReplaceAll(strings.ReplaceAll(out.String(), id, strings.Repeat("x", len(id))), manifest, "<manifest>")
 	testutil.Golden(t, "images-ls", []byte(got))
+	r = env.run(t, "images", "ls", "--format", "{{.ID}} {{.Name}} {{.InUse}}").ok(t)
+	if r.stdout != id+" tiny-1 false\n" {
+		t.Errorf("images ls --format printed %q", r.stdout)
+	}
+	r = env.run(t, "images", "ls", "--format", "json").ok(t)
+	var one map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &one); err != nil || one["id"] != id || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("images ls --format json printed %q (%v)", r.stdout, err)
+	}
+	env.run(t, "images", "ls", "--format", "{{.Nope").fails(t, ExitUsage, "invalid --format")
+	env.run(t, "images", "ls", "--format", "{{.Nope}}").fails(t, ExitError, "can't evaluate field Nope")
 
 	env.run(t, "images", "rm", "ffff").fails(t, ExitError, "not found")
 	r = env.run(t, "images", "rm", id[:6]).ok(t)

@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -10,34 +13,95 @@ import (
 )
 
 // inspectJSON is what `inspect` prints: the library's description of the VM (spec, state,
-// pid, paths including vsock_socket, guest address and network, Firecracker binary and
-// version) and Firecracker's live configuration.
+// pid, paths, guest address and network, Firecracker binary and version, labels) and
+// Firecracker's live configuration.
 type inspectJSON struct {
 	smartvm.MachineInfo
-	VMConfig fcapi.VMConfig `json:"vm_config"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	VMConfig fcapi.VMConfig    `json:"vm_config"`
 }
 
+// Label returns the value of the VM's label k, "" when it has none; for --format
+// '{{.Label "k"}}'.
+func (i inspectJSON) Label(k string) string { return i.Labels[k] }
+
 func (a *app) newInspectCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "inspect NAME",
-		Short: "Print a running VM's description and live configuration as JSON",
-		Long: `Print a running VM as JSON: its spec, state, pid, paths (vsock_socket is the host side of
-its vsock device, if it has one), network and guest address, Firecracker binary and version,
-and, as vm_config, the configuration Firecracker reports (GET /vm/config).`,
-		Args:              exactArgs(1, "one VM name"),
-		ValidArgsFunction: a.completeOneVMName,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			return a.withVM(ctx, args[0], func(m *smartvm.Machine) error {
-				if _, err := m.State(ctx); err != nil {
-					return err
+	var format string
+	cmd := &cobra.Command{
+		Use:   "inspect NAME... [--format TEMPLATE]",
+		Short: "Print running VMs' descriptions and live configuration as JSON",
+		Long: `Print a running VM as JSON: its spec, state, pid, paths, network and guest address,
+Firecracker binary and version, labels and, as vm_config, the configuration Firecracker
+reports (GET /vm/config). With several names it prints a JSON array, in the order given;
+names that match no running VM are reported on stderr, and the exit code is 1.
+
+--format prints each VM with a Go template over the same object, by its Go field names:
+{{.Name}}, {{.PID}}, {{.GuestIP}}, {{.Labels}}, {{.Label "KEY"}}, {{.Spec.VCPUs}},
+{{.VMConfig.MachineConfig.MemSizeMiB}}; {{json .}} prints the object on one line.`,
+		Args:              minArgs(1, "at least one VM name"),
+		ValidArgsFunction: a.completeVMNames,
+		RunE: func(cmd *cobra.Command, names []string) error {
+			tmpl, err := parseFormat(format)
+			if err != nil {
+				return err
+			}
+			mgr, err := a.manager(nil)
+			if err != nil {
+				return err
+			}
+			defer mgr.Close()
+			var (
+				out  []inspectJSON
+				errs []error
+			)
+			for i, name := range names {
+				if slices.Contains(names[:i], name) {
+					continue
 				}
-				cfg, err := m.Client().GetVMConfig(ctx)
+				v, err := inspectVM(cmd.Context(), mgr, name)
 				if err != nil {
-					return fmt.Errorf("vm %s: %w", m.Name(), err)
+					errs = append(errs, err)
+					continue
 				}
-				return writeJSON(a.stdout, inspectJSON{MachineInfo: m.Info(), VMConfig: cfg})
-			})
+				out = append(out, v)
+			}
+			switch {
+			case tmpl != nil:
+				err = writeFormatted(a.stdout, tmpl, out)
+			case len(names) == 1 && len(out) == 1:
+				err = writeJSON(a.stdout, out[0])
+			case len(names) > 1:
+				if out == nil {
+					out = []inspectJSON{}
+				}
+				err = writeJSON(a.stdout, out)
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
+			return joinErrors(errs)
 		},
 	}
+	cmd.Flags().StringVar(&format, "format", "", formatHelp)
+	return cmd
+}
+
+// inspectVM attaches the running VM called name, describes it and lets go of it.
+func inspectVM(ctx context.Context, mgr *smartvm.Manager, name string) (inspectJSON, error) {
+	m, err := attach(ctx, mgr, name)
+	if err != nil {
+		return inspectJSON{}, err
+	}
+	v, err := func() (inspectJSON, error) {
+		if _, err := m.State(ctx); err != nil {
+			return inspectJSON{}, err
+		}
+		cfg, err := m.Client().GetVMConfig(ctx)
+		if err != nil {
+			return inspectJSON{}, fmt.Errorf("vm %s: %w", m.Name(), err)
+		}
+		info := m.Info()
+		return inspectJSON{MachineInfo: info, Labels: info.Spec.Labels, VMConfig: cfg}, nil
+	}()
+	return v, errors.Join(err, m.Release())
 }

@@ -2,37 +2,114 @@ package cli
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/smartvm/smartvm"
 )
 
-// psJSON is one VM in `ps --json`: the library's description plus the image label and uptime.
+// psJSON is one VM in `ps --json` and the data of `ps --format`: the library's description
+// plus the image label, uptime and labels.
 type psJSON struct {
 	smartvm.MachineInfo
-	VCPUs         int    `json:"vcpus"`
-	MemoryMiB     int    `json:"memory_mib"`
-	Image         string `json:"image"`
-	UptimeSeconds int64  `json:"uptime_seconds"`
+	VCPUs         int               `json:"vcpus"`
+	MemoryMiB     int               `json:"memory_mib"`
+	Image         string            `json:"image"`
+	UptimeSeconds int64             `json:"uptime_seconds"`
+	Labels        map[string]string `json:"labels,omitempty"`
+}
+
+// Label returns the value of the VM's label k, "" when it has none; for --format
+// '{{.Label "k"}}'.
+func (p psJSON) Label(k string) string { return p.Labels[k] }
+
+// psFilter is the --filter flags of ps: a VM is listed when it matches every key given, and
+// for a key given more than once, any of its values.
+type psFilter struct {
+	names, states, labels []string
+}
+
+// parsePsFilter reads --filter KEY=VALUE flags (commas separate several in one flag).
+func parsePsFilter(flags []string) (psFilter, error) {
+	var f psFilter
+	for _, fl := range flags {
+		k, v, ok := strings.Cut(fl, "=")
+		if !ok || v == "" {
+			return f, usagef("invalid --filter %q: want KEY=VALUE with KEY name, state or label", fl)
+		}
+		switch strings.ToLower(k) {
+		case "name":
+			f.names = append(f.names, v)
+		case "state", "status":
+			f.states = append(f.states, strings.ToLower(v))
+		case "label":
+			f.labels = append(f.labels, v)
+		default:
+			return f, usagef("invalid --filter %q: unknown key %q; want name, state or label", fl, k)
+		}
+	}
+	return f, nil
+}
+
+// match reports whether the VM passes the filter: name=TEXT matches names that contain
+// TEXT, state=S the state S (any case), label=K a VM that has label K and label=K=V one
+// whose label K is V.
+func (f psFilter) match(info smartvm.MachineInfo) bool {
+	anyOf := func(vals []string, ok func(string) bool) bool {
+		return len(vals) == 0 || slices.ContainsFunc(vals, ok)
+	}
+	return anyOf(f.names, func(v string) bool { return strings.Contains(info.Name, v) }) &&
+		anyOf(f.states, func(v string) bool { return strings.EqualFold(string(info.State), v) }) &&
+		anyOf(f.labels, func(v string) bool {
+			k, want, hasValue := strings.Cut(v, "=")
+			got, has := info.Spec.Labels[k]
+			return has && (!hasValue || got == want)
+		})
 }
 
 func (a *app) newPsCmd() *cobra.Command {
-	var asJSON bool
+	var (
+		asJSON, quiet bool
+		filters       []string
+		format        string
+	)
 	cmd := &cobra.Command{
-		Use:     "ps [--json]",
+		Use:     "ps [-q] [--filter KEY=VALUE] [--format TEMPLATE | --json]",
 		Aliases: []string{"ls"},
 		Short:   "List running VMs",
 		Long: `List running VMs: name, state, vCPUs, memory, the guest's IP address (for VMs started
 with --net), image, uptime and pid. VMs whose process is gone are cleaned up first and never
 listed.
 
+-q prints only the names, one per line.
+
+--filter KEY=VALUE lists only the VMs that match (repeat it, or separate several with commas;
+VMs must match every key, and any value of a key given more than once):
+  name=TEXT     names that contain TEXT
+  state=STATE   running, paused or unknown
+  label=KEY     VMs labelled KEY (run --label), label=KEY=VALUE those with that value
+
 --json prints an array of objects with, among others, name, state (Running or Paused), pid,
-api_socket, runtime_dir, console_path, vcpus, memory_mib, image, guest_ip (when networked)
-and spec.`,
+api_socket, runtime_dir, console_path, vcpus, memory_mib, image, guest_ip (when networked),
+labels and spec. --format prints each VM with a Go template over the same object, by its Go
+field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Labels}},
+{{.Label "KEY"}}, {{.Spec.MemoryMiB}}; {{json .}} prints the JSON object on one line.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			filter, err := parsePsFilter(filters)
+			if err != nil {
+				return err
+			}
+			tmpl, err := parseFormat(format)
+			if err != nil {
+				return err
+			}
+			if n := btoi(quiet) + btoi(asJSON) + btoi(tmpl != nil); n > 1 {
+				return usagef("use only one of -q, --json and --format")
+			}
 			mgr, err := a.manager(nil)
 			if err != nil {
 				return err
@@ -42,19 +119,30 @@ and spec.`,
 			if err != nil {
 				return err
 			}
-			now := a.clock()
-			if asJSON {
-				out := make([]psJSON, 0, len(infos))
+			infos = slices.DeleteFunc(infos, func(info smartvm.MachineInfo) bool { return !filter.match(info) })
+			if quiet {
 				for _, info := range infos {
-					out = append(out, psJSON{
-						MachineInfo:   info,
-						VCPUs:         info.Spec.VCPUs,
-						MemoryMiB:     info.Spec.MemoryMiB,
-						Image:         imageLabel(info.Spec),
-						UptimeSeconds: int64(info.Uptime(now).Seconds()),
-					})
+					fmt.Fprintln(a.stdout, info.Name)
 				}
+				return nil
+			}
+			now := a.clock()
+			out := make([]psJSON, 0, len(infos))
+			for _, info := range infos {
+				out = append(out, psJSON{
+					MachineInfo:   info,
+					VCPUs:         info.Spec.VCPUs,
+					MemoryMiB:     info.Spec.MemoryMiB,
+					Image:         imageLabel(info.Spec),
+					UptimeSeconds: int64(info.Uptime(now).Seconds()),
+					Labels:        info.Spec.Labels,
+				})
+			}
+			switch {
+			case asJSON:
 				return writeJSON(a.stdout, out)
+			case tmpl != nil:
+				return writeFormatted(a.stdout, tmpl, out)
 			}
 			t := newTable(a.stdout, "NAME", "STATE", "VCPUS", "MEMORY", "IP", "IMAGE", "UPTIME", "PID")
 			for _, info := range infos {
@@ -69,7 +157,11 @@ and spec.`,
 			return t.flush()
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	fl := cmd.Flags()
+	fl.BoolVar(&asJSON, "json", false, "print a JSON array")
+	fl.BoolVarP(&quiet, "quiet", "q", false, "print only the VMs' names")
+	fl.StringSliceVarP(&filters, "filter", "f", nil, "list only the VMs that match `KEY=VALUE`: name=TEXT, state=STATE, label=KEY[=VALUE] (repeatable)")
+	fl.StringVar(&format, "format", "", formatHelp)
 	return cmd
 }
 
@@ -83,4 +175,11 @@ func stateLabel(info smartvm.MachineInfo) string {
 		return "unknown (corrupt state.json: rm -f it)"
 	}
 	return string(info.State)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

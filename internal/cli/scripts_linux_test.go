@@ -1,0 +1,80 @@
+package cli
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// ps and inspect serve scripts: names only, filters, templates, labels and JSON arrays.
+func TestPsAndInspectForScripts(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	halt := bootArgs(testguest.ModeHalt)
+	env.run(t, "run", "-d", "--name", "web-1", "--label", "tier=web", "--label", "team=a", "--image", "hello", "--boot-args", halt).ok(t)
+	env.run(t, "run", "-d", "--name", "web-2", "-l", "tier=web", "-l", "canary", "--image", "hello", "--boot-args", halt).ok(t)
+	env.run(t, "run", "-d", "--name", "db", "--label", "tier=db", "--image", "hello", "--boot-args", halt).ok(t)
+	defer env.run(t, "kill", "web-1", "web-2", "db")
+	env.run(t, "pause", "web-2").ok(t)
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ps", "-q"}, "db\nweb-1\nweb-2\n"},
+		{[]string{"ps", "-q", "--filter", "name=web"}, "web-1\nweb-2\n"},
+		{[]string{"ps", "-q", "--filter", "label=tier=web"}, "web-1\nweb-2\n"},
+		{[]string{"ps", "-q", "--filter", "label=canary"}, "web-2\n"},
+		{[]string{"ps", "-q", "--filter", "state=running"}, "db\nweb-1\n"},
+		{[]string{"ps", "-q", "--filter", "label=tier=web,state=Paused"}, "web-2\n"},
+		{[]string{"ps", "-q", "--filter", "name=web", "--filter", "name=db", "--filter", "state=running"}, "db\nweb-1\n"},
+		{[]string{"ps", "-q", "--filter", "label=tier=cache"}, ""},
+		{[]string{"ps", "--format", "{{.Name}} {{.State}} {{.Label \"tier\"}} {{.Image}}"}, "db Running db hello\nweb-1 Running web hello\nweb-2 Paused web hello\n"},
+		{[]string{"ps", "--format", "{{.Name}}:{{index .Labels \"team\"}}", "-f", "name=web-1"}, "web-1:a\n"},
+		{[]string{"inspect", "--format", "{{.Name}} {{.Spec.Labels}} {{.VMConfig.MachineConfig.MemSizeMiB}}", "web-1", "db"}, "web-1 map[team:a tier:web] 512\ndb map[tier:db] 512\n"},
+	} {
+		if r := env.run(t, tc.args...).ok(t); r.stdout != tc.want {
+			t.Errorf("%s printed %q, want %q", strings.Join(tc.args, " "), r.stdout, tc.want)
+		}
+	}
+
+	r := env.run(t, "ps", "--format", "{{json .}}", "--filter", "name=db").ok(t)
+	var one psEntry
+	if err := json.Unmarshal([]byte(r.stdout), &one); err != nil || one.Name != "db" || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("ps --format '{{json .}}' printed %q (%v)", r.stdout, err)
+	}
+
+	// inspect with several names prints an array in their order; one name an object.
+	r = env.run(t, "inspect", "web-2", "db").ok(t)
+	var arr []struct {
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels"`
+		Spec   struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &arr); err != nil {
+		t.Fatalf("inspect web-2 db: %v\n%s", err, r.stdout)
+	}
+	if len(arr) != 2 || arr[0].Name != "web-2" || arr[1].Name != "db" ||
+		arr[0].Labels["canary"] != "" || arr[0].Spec.Labels["tier"] != "web" || arr[1].Labels["tier"] != "db" {
+		t.Errorf("inspect web-2 db: %+v", arr)
+	}
+	if _, ok := arr[0].Labels["canary"]; !ok {
+		t.Errorf("inspect lost the empty label canary: %+v", arr[0].Labels)
+	}
+	r = env.run(t, "inspect", "db", "nope", "web-1")
+	r.fails(t, ExitError, `no running vm is called "nope"`)
+	if err := json.Unmarshal([]byte(r.stdout), &arr); err != nil || len(arr) != 2 {
+		t.Errorf("inspect with a missing name printed %q (%v), want the two others", r.stdout, err)
+	}
+
+	env.run(t, "ps", "--filter", "color=red").fails(t, ExitUsage, `unknown key "color"`)
+	env.run(t, "ps", "--filter", "name").fails(t, ExitUsage, "want KEY=VALUE")
+	env.run(t, "ps", "-q", "--json").fails(t, ExitUsage, "use only one of -q, --json and --format")
+	env.run(t, "ps", "--format", "{{.Name").fails(t, ExitUsage, "invalid --format")
+	env.run(t, "run", "--label", "a b=c", "--image", "hello").fails(t, ExitUsage, `invalid --label "a b=c"`)
+}
