@@ -151,6 +151,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--cpus", "64"}, "invalid --cpus 64: want 1 to 32"},
 		{[]string{"run", "--image", "hello", "--kernel", "/k"}, "--kernel cannot be combined with --image"},
 		{[]string{"run", "--cpus", "x"}, `invalid argument "x" for "--cpus"`},
+		{[]string{"run", "--memory", "1Q"}, `invalid argument "1Q" for "--memory" flag: "1Q": unknown unit "Q"`},
+		{[]string{"run", "--memory", "2T"}, "invalid --memory 2097152: want 1 MiB to 1048576 MiB"},
 		{[]string{"run", "--no-nat"}, "--no-nat needs --net"},
 		{[]string{"attach"}, "want one VM name"},
 		{[]string{"stop"}, "want at least one VM name"},

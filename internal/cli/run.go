@@ -119,7 +119,8 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.StringVar(&f.rootfs, "rootfs", "", "root filesystem image to boot with --kernel")
 	fl.StringVar(&f.bootArgs, "boot-args", "", "kernel command line (default: the image's, else \""+smartvm.DefaultBootArgs+"\")")
 	fl.IntVar(&f.cpus, "cpus", smartvm.DefaultVCPUs, "number of vCPUs")
-	fl.IntVar(&f.memory, "memory", smartvm.DefaultMemoryMiB, "guest memory in MiB")
+	f.memory = smartvm.DefaultMemoryMiB
+	fl.Var(mibFlag{&f.memory}, "memory", "guest memory: MiB (512), or a size with a unit (512M, 1G, 1GiB)")
 	fl.StringArrayVar(&f.drives, "drive", nil, "extra drive (repeatable): `PATH` (the VM writes to a private copy), PATH:ro (read-only) or PATH:persistent (written in place)")
 	fl.BoolVar(&f.persistentRootfs, "persistent-rootfs", false, "let the guest write to the --rootfs file itself instead of a copy")
 	fl.StringVar(&f.bootMode, "boot-mode", string(smartvm.BootModeAPI), "how to configure Firecracker: api or config-file")
@@ -148,7 +149,7 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 		return p, usagef("invalid --cpus %d: want 1 to %d", f.cpus, smartvm.MaxVCPUs)
 	}
 	if f.memory < 1 || f.memory > smartvm.MaxMemoryMiB {
-		return p, usagef("invalid --memory %d: want a size in MiB, such as 512, up to %d", f.memory, smartvm.MaxMemoryMiB)
+		return p, usagef("invalid --memory %d: want 1 MiB to %d MiB", f.memory, smartvm.MaxMemoryMiB)
 	}
 	s.VCPUs, s.MemoryMiB = f.cpus, f.memory
 	var err error

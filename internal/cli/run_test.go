@@ -127,6 +127,11 @@ func TestPlanRun(t *testing.T) {
 		{"cpus", with(func(f *runFlags) { f.cpus = 0 }), cliEnv{}, nil, "invalid --cpus 0"},
 		{"too many cpus", with(func(f *runFlags) { f.cpus = smartvm.MaxVCPUs + 1 }), cliEnv{}, nil, "invalid --cpus 33: want 1 to 32"},
 		{"too much memory", with(func(f *runFlags) { f.memory = smartvm.MaxMemoryMiB + 1 }), cliEnv{}, nil, "invalid --memory 1048577"},
+		{"memory with a unit", with(func(f *runFlags) { f.memory = 2048 }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if p.Spec.MemoryMiB != 2048 {
+				t.Errorf("memory %d", p.Spec.MemoryMiB)
+			}
+		}, ""},
 		{"bad image URL", with(func(f *runFlags) { f.image = "https://" }), cliEnv{}, nil, `invalid --image "https://"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -174,5 +179,31 @@ func TestCRLFWriter(t *testing.T) {
 	w.Write([]byte("\nd\n"))
 	if want := "a\r\nb\r\nc\r\nd\r\n"; b.String() != want {
 		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
+
+func TestParseMiB(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]int{
+		"512": 512, "512M": 512, "512m": 512, "512MB": 512, "512MiB": 512, "512mib": 512,
+		"1G": 1024, "1g": 1024, "1GiB": 1024, "1GB": 1024, "1.5G": 1536, "0.5g": 512,
+		"1T": 1 << 20, "2097152k": 2048, "1048576KiB": 1024, "536870912b": 512, " 2G ": 2048, "1 GiB": 1024,
+	} {
+		if got, err := parseMiB(in); err != nil || got != want {
+			t.Errorf("parseMiB(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for in, want := range map[string]string{
+		"":            "not a size",
+		"G":           "not a size",
+		"1.2.3":       "not a size",
+		"12X":         `unknown unit "X"`,
+		"1000k":       "not a whole number of MiB",
+		"-1G":         "not a size",
+		"9999999999T": "too large",
+	} {
+		if _, err := parseMiB(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("parseMiB(%q) = %v, want an error containing %q", in, err, want)
+		}
 	}
 }
