@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -403,26 +404,43 @@ func TestStopEscalation(t *testing.T) {
 		pause   bool
 		grace   time.Duration
 		timeout time.Duration
-		wantErr error  // from Stop
-		signal  string // in Wait's ExitError; "" for exit 0
+		wantErr error    // from Stop
+		signal  string   // in Wait's ExitError; "" for exit 0
+		notes   []string // the escalations WithStopNotify hears of
 	}{
 		{name: "ctrl-alt-del", grace: 10 * time.Second},
 		{name: "ctrl-alt-del when paused", pause: true, grace: 10 * time.Second},
-		{name: "sigterm", modes: []string{fakefc.ModeIgnoreCtrlAltDel}, signal: "SIGTERM"},
-		{name: "negative grace", modes: []string{fakefc.ModeIgnoreCtrlAltDel}, grace: -time.Hour, signal: "SIGTERM"},
-		{name: "sigkill", modes: []string{fakefc.ModeIgnoreCtrlAltDel, fakefc.ModeIgnoreSigterm}, signal: "SIGKILL"},
+		{name: "sigterm", modes: []string{fakefc.ModeIgnoreCtrlAltDel}, signal: "SIGTERM",
+			notes: []string{"the guest ignored Ctrl-Alt-Del for 200ms: sending SIGTERM"}},
+		{name: "negative grace", modes: []string{fakefc.ModeIgnoreCtrlAltDel}, grace: -time.Hour, signal: "SIGTERM",
+			notes: []string{"no grace period: sending SIGTERM"}},
+		{name: "sigkill", modes: []string{fakefc.ModeIgnoreCtrlAltDel, fakefc.ModeIgnoreSigterm}, signal: "SIGKILL",
+			notes: []string{"the guest ignored Ctrl-Alt-Del for 200ms: sending SIGTERM", "firecracker ignored SIGTERM for 1s: sending SIGKILL"}},
 		{name: "ctx ends first", modes: []string{fakefc.ModeIgnoreCtrlAltDel}, grace: 10 * time.Second, timeout: 100 * time.Millisecond,
-			wantErr: context.DeadlineExceeded, signal: "SIGKILL"},
+			wantErr: context.DeadlineExceeded, signal: "SIGKILL", notes: []string{"the stop ran out of time: sending SIGKILL"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			fakeEnv(t, "", tc.modes...)
-			var opts []Option
+			var (
+				notesMu sync.Mutex
+				notes   []string
+			)
+			opts := []Option{WithStopNotify(func(e StopEscalation) {
+				notesMu.Lock()
+				defer notesMu.Unlock()
+				if e.VM != "vm-under-test" {
+					t.Errorf("escalation names vm %q", e.VM)
+				}
+				notes = append(notes, e.String())
+			})}
 			if tc.grace != 0 {
 				opts = append(opts, WithStopGracePeriod(tc.grace))
 			}
 			mgr, _, kernel := fakeSetup(t, opts...)
-			m := start(t, mgr, guestSpec(kernel, testguest.ModeCAD))
+			spec := guestSpec(kernel, testguest.ModeCAD)
+			spec.Name = "vm-under-test"
+			m := start(t, mgr, spec)
 			followConsole(t, m).waitFor(t, testguest.ReadyLine)
 			if tc.pause {
 				if err := m.Pause(context.Background()); err != nil {
@@ -453,6 +471,11 @@ func TestStopEscalation(t *testing.T) {
 			}
 			if err := m.Stop(context.Background()); err != nil {
 				t.Errorf("stop after the end: %v", err)
+			}
+			notesMu.Lock()
+			defer notesMu.Unlock()
+			if !slices.Equal(notes, tc.notes) {
+				t.Errorf("escalations %q, want %q", notes, tc.notes)
 			}
 		})
 	}

@@ -310,21 +310,31 @@ const termGrace = time.Second
 
 // Stop shuts the VM down: it sends Ctrl-Alt-Del (resuming a paused VM first, so the guest can
 // react), waits up to the manager's stop grace period for the VM to end, then sends SIGTERM,
-// waits up to a second, then SIGKILL. It returns once the VM has ended and its files are
-// removed (for a VM this process started), or when ctx ends: then it sends SIGKILL at once
-// and returns an error wrapping ctx.Err() without waiting further. Stopping a VM that has
-// ended returns nil.
+// waits up to a second, then SIGKILL; with a grace period of 0 it sends SIGTERM at once. Each
+// escalation goes to the logger (Info) and to WithStopNotify's function. It returns once the
+// VM has ended and its files are removed (for a VM this process started), or when ctx ends:
+// then it sends SIGKILL at once and returns an error wrapping ctx.Err() without waiting
+// further. Stopping a VM that has ended returns nil.
 func (m *Machine) Stop(ctx context.Context) error {
 	if m.waitFor(ctx, 0) {
 		return nil
 	}
 	m.log.Info("stopping vm")
-	if m.askShutdown(ctx) && m.waitFor(ctx, m.mgr.grace) {
-		m.log.Debug("vm stopped by ctrl-alt-del")
-		return nil
+	grace := m.mgr.grace
+	reason := "no grace period"
+	if grace > 0 {
+		if !m.askShutdown(ctx) {
+			reason = "Ctrl-Alt-Del could not be sent"
+		} else {
+			if m.waitFor(ctx, grace) {
+				m.log.Debug("vm stopped by ctrl-alt-del")
+				return nil
+			}
+			reason = fmt.Sprintf("the guest ignored Ctrl-Alt-Del for %v", grace)
+		}
 	}
 	if ctx.Err() == nil {
-		m.log.Debug("vm ignored ctrl-alt-del; sending SIGTERM")
+		m.escalate("SIGTERM", reason)
 		if err := m.proc.Signal(syscall.SIGTERM); errors.Is(err, os.ErrProcessDone) {
 			if !m.waitFor(ctx, -1) {
 				return fmt.Errorf("stop vm %s: wait for the cleanup: %w", m.name, ctx.Err())
@@ -334,8 +344,11 @@ func (m *Machine) Stop(ctx context.Context) error {
 		if m.waitFor(ctx, termGrace) {
 			return nil
 		}
+		reason = fmt.Sprintf("firecracker ignored SIGTERM for %v", termGrace)
+	} else {
+		reason = "the stop ran out of time"
 	}
-	m.log.Debug("sending SIGKILL")
+	m.escalate("SIGKILL", reason)
 	m.signalKill()
 	if ctx.Err() != nil {
 		return fmt.Errorf("stop vm %s: killed: %w", m.name, ctx.Err())
@@ -345,6 +358,14 @@ func (m *Machine) Stop(ctx context.Context) error {
 		return fmt.Errorf("stop vm %s: killed: %w", m.name, err)
 	}
 	return nil
+}
+
+// escalate tells the logger and the stop notifier that Stop sends signal, and why.
+func (m *Machine) escalate(signal, reason string) {
+	m.log.Info("stop escalates", "signal", signal, "reason", reason)
+	if fn := m.mgr.stopNotify; fn != nil {
+		fn(StopEscalation{VM: m.name, Signal: signal, Reason: reason})
+	}
 }
 
 // stopRequestTimeout bounds each API request of Stop, so a Firecracker whose API hangs does

@@ -33,6 +33,8 @@ type Manager struct {
 	bin    string
 	images *baseimage.Manager
 	grace  time.Duration
+	// stopNotify, when set, hears of Stop's escalations (WithStopNotify).
+	stopNotify func(StopEscalation)
 	// netnsDir is where per-VM network namespaces are mounted; empty: netdev's default.
 	netnsDir string
 
@@ -70,13 +72,14 @@ func NewManager(opts ...Option) (*Manager, error) {
 		o.binary = DefaultFirecrackerBinary
 	}
 	mgr := &Manager{
-		log:      o.logger,
-		bin:      o.binary,
-		images:   o.images,
-		grace:    o.grace,
-		netnsDir: o.netnsDir,
-		machines: map[string]*Machine{},
-		versions: map[binaryKey]fcapi.Version{},
+		log:        o.logger,
+		bin:        o.binary,
+		images:     o.images,
+		grace:      o.grace,
+		stopNotify: o.stopNotify,
+		netnsDir:   o.netnsDir,
+		machines:   map[string]*Machine{},
+		versions:   map[binaryKey]fcapi.Version{},
 	}
 	root, err := rundir.Open(o.runtimeDir, mgr.reapHook, o.logger)
 	if err != nil {

@@ -8,8 +8,9 @@ import (
 )
 
 // DefaultStopGracePeriod is how long Stop waits for the guest to react to Ctrl-Alt-Del
-// before it escalates to SIGTERM.
-const DefaultStopGracePeriod = 5 * time.Second
+// before it escalates to SIGTERM. The smartvm command uses it for `stop`, for a foreground
+// VM's escape sequence and signals, and for a detached VM's supervisor.
+const DefaultStopGracePeriod = 10 * time.Second
 
 // DefaultFirecrackerBinary is the firecracker executable a Manager runs unless
 // WithFirecrackerBinary names another: looked up in PATH.
@@ -24,6 +25,7 @@ type options struct {
 	logger     *slog.Logger
 	images     *baseimage.Manager
 	grace      time.Duration
+	stopNotify func(StopEscalation)
 	netnsDir   string
 }
 
@@ -54,11 +56,31 @@ func WithLogger(l *slog.Logger) Option {
 func WithBaseImages(m *baseimage.Manager) Option { return func(o *options) { o.images = m } }
 
 // WithStopGracePeriod sets how long Machine.Stop waits for the guest to shut down after
-// Ctrl-Alt-Del before sending SIGTERM (Stop's ctx can cut it shorter); 0 (or less) sends
-// SIGTERM right after Ctrl-Alt-Del. Default: DefaultStopGracePeriod.
+// Ctrl-Alt-Del before sending SIGTERM (Stop's ctx can cut it shorter); 0 (or less) means no
+// grace period: Stop sends SIGTERM at once, without Ctrl-Alt-Del. Default:
+// DefaultStopGracePeriod.
 func WithStopGracePeriod(d time.Duration) Option {
 	return func(o *options) { o.grace = max(d, 0) }
 }
+
+// StopEscalation is reported when Machine.Stop (or Manager.Close) moves to a signal because
+// the VM did not end in time.
+type StopEscalation struct {
+	// VM is the VM's name.
+	VM string
+	// Signal is what Stop sends now: "SIGTERM" or "SIGKILL".
+	Signal string
+	// Reason says why, such as "the guest ignored Ctrl-Alt-Del for 10s".
+	Reason string
+}
+
+// String reads like "the guest ignored Ctrl-Alt-Del for 10s: sending SIGTERM".
+func (e StopEscalation) String() string { return e.Reason + ": sending " + e.Signal }
+
+// WithStopNotify makes Stop call fn each time it escalates to a signal, so that a program
+// can tell its user why a stop takes the hard way; fn must not block. The logger also gets
+// each escalation, at Info level. Default: none.
+func WithStopNotify(fn func(StopEscalation)) Option { return func(o *options) { o.stopNotify = fn } }
 
 // WithNetnsDir sets where the network namespaces of VMs with NetworkSpec.Namespace are
 // bind-mounted. Default: netdev.DefaultNetnsDir (/var/run/netns), where `ip netns` finds
