@@ -64,14 +64,32 @@ func TestStopEscalates(t *testing.T) {
 	env.run(t, "run", "-d", "--name", "deaf", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	vm := env.psOne(t, "deaf")
 	begin := time.Now()
-	if r := env.run(t, "stop", "--timeout", "200ms", "deaf").ok(t); r.stdout != "deaf\n" {
+	r := env.run(t, "stop", "--timeout", "200ms", "deaf").ok(t)
+	if r.stdout != "deaf\n" {
 		t.Errorf("stop printed %q", r.stdout)
+	}
+	if r.stderr != "vm deaf: the guest ignored Ctrl-Alt-Del for 200ms: sending SIGTERM\n" {
+		t.Errorf("stop said %q on stderr, want why it escalated", r.stderr)
 	}
 	if took := time.Since(begin); took < 200*time.Millisecond {
 		t.Errorf("stop took %v: it did not give the guest its --timeout", took)
 	}
 	assertGone(t, vm)
-	env.run(t, "stop", "--timeout", "0s", "deaf").fails(t, ExitUsage, "invalid --timeout")
+
+	// -t 0: no grace period, SIGTERM at once.
+	env.run(t, "run", "-d", "--name", "deaf", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	vm = env.psOne(t, "deaf")
+	begin = time.Now()
+	r = env.run(t, "stop", "-t", "0", "deaf").ok(t)
+	if r.stderr != "vm deaf: no grace period: sending SIGTERM\n" {
+		t.Errorf("stop -t 0 said %q on stderr", r.stderr)
+	}
+	if took := time.Since(begin); took > 2*time.Second {
+		t.Errorf("stop -t 0 took %v", took)
+	}
+	assertGone(t, vm)
+	env.run(t, "stop", "--timeout", "-1s", "deaf").fails(t, ExitUsage, "want 0 or more")
+	env.run(t, "stop", "-t", "soon", "deaf").fails(t, ExitUsage, "want a duration such as 10s or a number of seconds")
 }
 
 func TestKill(t *testing.T) {

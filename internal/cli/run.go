@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,7 +74,7 @@ Writable drives are ephemeral: the VM writes to a private copy that is deleted w
 
 In the foreground, the VM's serial console is attached to this terminal, in raw mode when
 stdin is a terminal: every key, Ctrl-C included, goes to the guest. ` + escapeHelp + ` (Ctrl-], then q,
-no Enter needed) stops the VM gracefully (Ctrl-Alt-Del, then SIGTERM, then SIGKILL), as do
+no Enter needed) stops the VM gracefully (Ctrl-Alt-Del, then SIGTERM after ` + stopGrace.String() + `, then SIGKILL), as do
 SIGINT and SIGTERM sent to smartvm; Ctrl-] Ctrl-] sends one Ctrl-] to the guest. When stdin
 is not a terminal, what it carries goes to the guest, and the escape sequence works there
 too. run exits 0 when the guest shut down or was stopped, 1 when Firecracker failed.
@@ -419,9 +420,6 @@ func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...sm
 	}
 }
 
-// stopGrace is how long a foreground VM gets to shut down after Ctrl-Alt-Del.
-const stopGrace = smartvm.DefaultStopGracePeriod
-
 // runForeground boots the VM, shows its console until it ends, and stops it on the escape
 // sequence, SIGINT or SIGTERM (ctx).
 func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error {
@@ -430,7 +428,11 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 	if err != nil {
 		return err
 	}
-	mgr, err := a.manager(images, smartvm.WithFirecrackerBinary(fc), smartvm.WithStopGracePeriod(stopGrace))
+	var notes io.Writer = a.stderr
+	if isTerminal(a.stderr) {
+		notes = &crlfWriter{w: a.stderr} // the console may have the terminal in raw mode
+	}
+	mgr, err := a.manager(images, smartvm.WithFirecrackerBinary(fc), smartvm.WithStopGracePeriod(stopGrace), stopNotifier(notes))
 	if err != nil {
 		return err
 	}
