@@ -9,6 +9,9 @@ import (
 )
 
 func (a *app) newResumeCmd() *cobra.Command {
-	return a.newVMsCmd("resume NAME...", "Resume paused VMs", "", vmRelease,
-		func(ctx context.Context, m *smartvm.Machine) error { return m.Resume(ctx) })
+	return a.newVMsCmd("resume NAME...", "Resume paused VMs",
+		"Resume paused VMs. A VM that is running already stays so, and resume says so on stderr.", vmRelease,
+		func(ctx context.Context, m *smartvm.Machine) error {
+			return a.setPaused(ctx, m, false)
+		})
 }

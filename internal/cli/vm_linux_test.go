@@ -183,9 +183,15 @@ func testDetachedLifecycle(t *testing.T, env cliEnv) {
 	if vm := env.psOne(t, "det1"); vm.State != "Paused" {
 		t.Errorf("state after pause: %s", vm.State)
 	}
+	if r := env.run(t, "pause", "det1").ok(t); r.stderr != "vm det1 is paused already\n" || r.stdout != "det1\n" {
+		t.Errorf("pausing a paused vm printed %q on stderr, %q on stdout", r.stderr, r.stdout)
+	}
 	env.run(t, "resume", "det1").ok(t)
 	if vm := env.psOne(t, "det1"); vm.State != "Running" {
 		t.Errorf("state after resume: %s", vm.State)
+	}
+	if r := env.run(t, "resume", "det1").ok(t); r.stderr != "vm det1 is running already\n" {
+		t.Errorf("resuming a running vm printed %q on stderr", r.stderr)
 	}
 	if r := env.run(t, "stop", "det1").ok(t); r.stdout != "det1\n" {
 		t.Errorf("stop printed %q", r.stdout)
