@@ -243,6 +243,17 @@ func TestStartFailures(t *testing.T) {
 			}
 		}
 	}
+	// refused: the start stopped before firecracker was spawned, with an error containing want.
+	refused := func(want string) check {
+		return func(t *testing.T, se *StartError) {
+			if se.Exit != nil || se.LogTail != "" {
+				t.Errorf("firecracker ran: exit %v, log %q", se.Exit, se.LogTail)
+			}
+			if !strings.Contains(se.Error(), want) {
+				t.Errorf("error %q lacks %q", se.Error(), want)
+			}
+		}
+	}
 	alive := func(t *testing.T, se *StartError) {
 		if se.Exit != nil {
 			t.Errorf("firecracker had died: %v", se.Exit)
@@ -262,11 +273,14 @@ func TestStartFailures(t *testing.T) {
 		{name: "no socket", modes: []string{fakefc.ModeNoSocket}, timeout: 300 * time.Millisecond, step: "wait for the API socket", is: context.DeadlineExceeded, check: alive},
 		{name: "instance start fails", modes: []string{fakefc.ModeFailStart}, step: "InstanceStart", check: alive},
 		{name: "newer field, api", version: "1.7.0", spec: func(s *MachineSpec) { s.Interfaces = []InterfaceSpec{{TAP: "t0", MTU: 1400}} },
-			step: "PUT /network-interfaces/eth0", is: errors.ErrUnsupported, check: alive},
+			step: "check the firecracker version", is: errors.ErrUnsupported, check: refused(`field "network-interfaces.mtu": it needs v1.16.0`)},
 		{name: "newer field, config file", version: "1.7.0", spec: func(s *MachineSpec) {
 			s.Interfaces = []InterfaceSpec{{TAP: "t0", MTU: 1400}}
 			s.BootMode = BootModeConfigFile
-		}, step: "write config", is: errors.ErrUnsupported},
+		}, step: "check the firecracker version", is: errors.ErrUnsupported, check: refused(`field "network-interfaces.mtu": it needs v1.16.0`)},
+		{name: "newer flag", version: "1.7.0", spec: func(s *MachineSpec) { s.EnablePCI = true },
+			step: "check the firecracker version", is: errors.ErrUnsupported,
+			check: refused("firecracker v1.7.0 does not support the flag --enable-pci: it needs v1.13.0 or newer")},
 		{name: "bad flag", spec: func(s *MachineSpec) { s.ExtraArgs = []string{"--no-such-flag"} },
 			step: "wait for the API socket", is: fcapi.ErrProcessExited, check: exited(153)},
 		{name: "cancelled", timeout: -1, step: "find firecracker", is: context.Canceled},

@@ -195,6 +195,9 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	}
 	s.exe, _ = filepath.EvalSymlinks(s.bin) // empty (unchecked) if it cannot be resolved
 	s.log.Debug("firecracker", "binary", s.bin, "version", s.version.String())
+	if err := s.checkVersion(); err != nil {
+		return nil, s.fail("check the firecracker version", err)
+	}
 	if s.snap != nil {
 		if err := checkSnapshotVersion(s.snap, s.version); err != nil {
 			return nil, s.fail("check the snapshot", err)
@@ -413,18 +416,45 @@ func (s *starter) stageDrives(ctx context.Context) ([]fcapi.Drive, error) {
 			s.log.Debug("staged drive", "id", d.ID, "src", d.Path, "method", res.Method, "bytes", res.BytesWritten, "took", time.Since(t0))
 			path = dst
 		}
-		drives = append(drives, fcapi.Drive{
-			DriveID:      d.ID,
-			PathOnHost:   path,
-			IsRootDevice: d.Root,
-			IsReadOnly:   d.ReadOnly,
-			PartUUID:     d.PartUUID,
-			CacheType:    d.CacheType,
-			IOEngine:     d.IOEngine,
-			RateLimiter:  d.RateLimiter,
-		})
+		drives = append(drives, driveConfig(d, path))
 	}
 	return drives, nil
+}
+
+// driveConfig is the drive d as Firecracker gets it, backed by path.
+func driveConfig(d DriveSpec, path string) fcapi.Drive {
+	return fcapi.Drive{
+		DriveID:      d.ID,
+		PathOnHost:   path,
+		IsRootDevice: d.Root,
+		IsReadOnly:   d.ReadOnly,
+		PartUUID:     d.PartUUID,
+		CacheType:    d.CacheType,
+		IOEngine:     d.IOEngine,
+		RateLimiter:  d.RateLimiter,
+	}
+}
+
+// checkVersion refuses, before anything is created or spawned, a spec that needs a newer
+// Firecracker than the binary's: a flag (EnablePCI, ExtraArgs) or, for a fresh boot in
+// either boot mode, a configuration field or value (fcapi's version gate). The error is an
+// *fcapi.UnsupportedError naming the first release that has what is missing.
+func (s *starter) checkVersion() error {
+	var flags []string
+	if s.spec.EnablePCI {
+		flags = append(flags, "--enable-pci")
+	}
+	if err := fcapi.CheckFlags(s.version, append(flags, s.spec.ExtraArgs...)); err != nil {
+		return err
+	}
+	if s.snap != nil {
+		return nil // a restore loads the snapshot's configuration
+	}
+	drives := make([]fcapi.Drive, 0, len(s.spec.Drives))
+	for _, d := range s.spec.Drives {
+		drives = append(drives, driveConfig(d, d.Path))
+	}
+	return fcapi.CheckVMConfig(s.version, s.vmConfig(drives))
 }
 
 // restageDrives stages a snapshot's copies of the ephemeral drives where the VM had them. A
@@ -582,8 +612,8 @@ func (s *starter) vmConfig(drives []fcapi.Drive) fcapi.VMConfig {
 // vsockPath is the vsock's host socket: as given (made absolute by launch), or vsock.sock in
 // the VM's directory.
 func (s *starter) vsockPath() string {
-	if p := s.spec.Vsock.Path; p != "" {
-		return p
+	if p := s.spec.Vsock.Path; p != "" || s.dir == nil {
+		return p // no directory yet: checkVersion needs no path
 	}
 	return s.dir.Vsock
 }
@@ -595,7 +625,7 @@ var logLevels = map[string]string{
 }
 
 // args builds firecracker's command line; in config-file mode it also writes config.json
-// (and metadata.json for MMDS data), checked against the binary's version first.
+// (and metadata.json for MMDS data). checkVersion has checked both against the binary.
 func (s *starter) args(cfg fcapi.VMConfig) ([]string, error) {
 	p := s.dir.Paths
 	args := []string{
@@ -613,9 +643,6 @@ func (s *starter) args(cfg fcapi.VMConfig) ([]string, error) {
 		s.push(func(context.Context) error { return removeIfExists(vs) })
 	}
 	if s.spec.BootMode == BootModeConfigFile {
-		if err := fcapi.CheckVMConfig(s.version, cfg); err != nil {
-			return nil, err
-		}
 		b, err := json.MarshalIndent(cfg, "", "  ")
 		if err != nil {
 			return nil, err

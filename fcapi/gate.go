@@ -247,3 +247,23 @@ func CheckVMConfig(v Version, cfg VMConfig) error {
 	}
 	return check(v, used)
 }
+
+// flagFeatures are the firecracker command-line flags newer than the oldest supported
+// release, with the first release that has them (CHANGELOG; an older firecracker exits with
+// "UnexpectedArgument"). The API specs do not describe flags.
+var flagFeatures = map[string]Version{
+	"--enable-pci": {Major: 1, Minor: 13},
+}
+
+// CheckFlags checks a firecracker command line against the release v before it runs: it
+// returns an *UnsupportedError (matching errors.ErrUnsupported) naming the first flag that v
+// does not have. A flag may be given as "--flag" or "--flag=value".
+func CheckFlags(v Version, args []string) error {
+	for _, a := range args {
+		flag, _, _ := strings.Cut(a, "=")
+		if since, ok := flagFeatures[flag]; ok && !v.AtLeast(since) {
+			return &UnsupportedError{Feature: "the flag " + flag, Since: since, Running: v}
+		}
+	}
+	return nil
+}

@@ -113,6 +113,25 @@ func TestCheckVMConfig(t *testing.T) {
 	}
 }
 
+func TestCheckFlags(t *testing.T) {
+	for _, args := range [][]string{nil, {"--boot-timer"}, {"--mmds-size-limit", "4096"}} {
+		if err := CheckFlags(mustVersion(t, "1.7.0"), args); err != nil {
+			t.Errorf("%q on v1.7.0: %v", args, err)
+		}
+	}
+	if err := CheckFlags(mustVersion(t, "1.13.0"), []string{"--enable-pci"}); err != nil {
+		t.Errorf("--enable-pci on v1.13.0: %v", err)
+	}
+	for _, args := range [][]string{{"--enable-pci"}, {"--boot-timer", "--enable-pci=true"}} {
+		err := CheckFlags(mustVersion(t, "1.12.1"), args)
+		var u *UnsupportedError
+		if !errors.As(err, &u) || !errors.Is(err, errors.ErrUnsupported) || u.Since.String() != "1.13.0" ||
+			err.Error() != "firecracker v1.12.1 does not support the flag --enable-pci: it needs v1.13.0 or newer" {
+			t.Errorf("%q on v1.12.1: %v", args, err)
+		}
+	}
+}
+
 // TestGateRefusesBeforeSending is the acceptance check of the issue: v1.7.0 has no /serial, and
 // the client must not send the request.
 func TestGateRefusesBeforeSending(t *testing.T) {

@@ -549,3 +549,19 @@ func dialEcho(t *testing.T, sock string) net.Conn {
 		time.Sleep(10 * time.Millisecond) // the guest's driver is not up yet
 	}
 }
+
+// A flag that needs a newer Firecracker is refused before firecracker starts, naming the
+// first release that has it.
+func TestRunRefusesNewerFlag(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	t.Setenv(fakefc.EnvVersion, "1.7.0")
+	for _, detach := range []bool{false, true} {
+		args := []string{"run", "--image", "hello", "--name", "pci", "--enable-pci"}
+		if detach {
+			args = append(args, "-d")
+		}
+		env.run(t, args...).fails(t, ExitError,
+			"start vm pci: check the firecracker version: firecracker v1.7.0 does not support the flag --enable-pci: it needs v1.13.0 or newer")
+	}
+}
