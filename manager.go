@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -44,13 +43,6 @@ type Manager struct {
 
 	verMu    sync.Mutex
 	versions map[binaryKey]fcapi.Version
-}
-
-// binaryKey identifies a firecracker binary as last seen: its version is probed once per key.
-type binaryKey struct {
-	path  string
-	mtime time.Time
-	size  int64
 }
 
 // NewManager opens (creating it if needed) the runtime root and reaps the directories of VMs
@@ -371,8 +363,9 @@ func networkOf(st *rundir.State) *netdev.Network {
 }
 
 // Firecracker resolves the manager's firecracker binary to an absolute path and returns its
-// version. The version is probed (FirecrackerVersion) once per binary path, size and
-// modification time, and cached.
+// version. The version is probed (FirecrackerVersion) once per binary identity (path, device,
+// inode, size, modification and change times) and cached, in memory and, for later
+// processes, in a private file per binary under the runtime root.
 func (mgr *Manager) Firecracker(ctx context.Context) (path string, version fcapi.Version, err error) {
 	bin := mgr.bin
 	if !strings.ContainsRune(bin, '/') {
@@ -386,31 +379,40 @@ func (mgr *Manager) Firecracker(ctx context.Context) (path string, version fcapi
 	if err != nil {
 		return "", fcapi.Version{}, fmt.Errorf("firecracker binary %s: %w", bin, err)
 	}
-	fi, err := os.Stat(abs)
+	key, fi, err := probeKey(abs)
 	if err != nil {
 		return "", fcapi.Version{}, fmt.Errorf("firecracker binary: %w", err)
 	}
 	if fi.IsDir() || fi.Mode()&0o111 == 0 {
 		return "", fcapi.Version{}, fmt.Errorf("firecracker binary %s is not an executable file", abs)
 	}
-	key := binaryKey{path: abs, mtime: fi.ModTime(), size: fi.Size()}
 	mgr.verMu.Lock()
 	defer mgr.verMu.Unlock()
 	if v, ok := mgr.versions[key]; ok {
 		return abs, v, nil
+	}
+	onDisk := key.Ino != 0 // the platform gives the binary's identity
+	if onDisk {
+		if v, ok := mgr.cachedVersion(key); ok {
+			mgr.versions[key] = v
+			return abs, v, nil
+		}
 	}
 	v, err := FirecrackerVersion(ctx, abs)
 	if err != nil {
 		return "", fcapi.Version{}, err
 	}
 	mgr.versions[key] = v
+	if onDisk {
+		mgr.storeVersion(key, v)
+	}
 	return abs, v, nil
 }
 
 // FirecrackerVersion runs `bin --version` and parses the first line it prints, such as
 // "Firecracker v1.14.2". It takes at most 10 seconds (less if ctx says so).
 func FirecrackerVersion(ctx context.Context, bin string) (fcapi.Version, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, versionProbeTimeout)
 	defer cancel()
 	var out, errb bytes.Buffer
 	cmd := exec.CommandContext(ctx, bin, "--version")
