@@ -80,6 +80,18 @@ type MachineSpec struct {
 	// DefaultMemoryMiB.
 	MemoryMiB int `json:"memory_mib,omitempty"`
 
+	// SMT enables simultaneous multithreading (x86_64 only): the guest sees two threads per
+	// core, and VCPUs must then be 1 or even. Zero value: off.
+	SMT bool `json:"smt,omitempty"`
+	// HugePages backs guest memory with huge pages: fcapi.HugePages2M (the host needs free
+	// 2 MiB hugetlbfs pages, and MemoryMiB a multiple of 2) or fcapi.HugePagesTransparent
+	// (newer than v1.16.1). Zero value: fcapi.HugePagesNone, ordinary pages.
+	HugePages fcapi.HugePages `json:"huge_pages,omitempty"`
+	// CPUTemplate is a static CPU template that masks CPU features from the guest: C3, T2,
+	// T2S, T2CL or T2A (x86_64), V1N1 (aarch64). Zero value: none (the host's CPU as
+	// Firecracker exposes it by default).
+	CPUTemplate fcapi.CPUTemplate `json:"cpu_template,omitempty"`
+
 	// Drives are the block devices, in order. At most one is the root drive.
 	Drives []DriveSpec `json:"drives,omitempty"`
 	// Interfaces are network interfaces backed by TAP devices that already exist.
@@ -474,6 +486,24 @@ func (s MachineSpec) problems() []error {
 		add("memory_mib %d: use 1 to %d (the value is in MiB)", s.MemoryMiB, MaxMemoryMiB)
 	}
 
+	if s.SMT && s.VCPUs > 1 && s.VCPUs%2 == 1 {
+		add("vcpus %d: with smt, use 1 or an even number", s.VCPUs)
+	}
+	switch s.HugePages {
+	case "", fcapi.HugePagesNone, fcapi.HugePagesTransparent:
+	case fcapi.HugePages2M:
+		if s.MemoryMiB%2 != 0 {
+			add("memory_mib %d: with 2M huge pages, use a multiple of 2", s.MemoryMiB)
+		}
+	default:
+		add("huge_pages %q: use None, 2M or Transparent", s.HugePages)
+	}
+	switch s.CPUTemplate {
+	case "", fcapi.CPUTemplateNone, fcapi.CPUTemplateC3, fcapi.CPUTemplateT2, fcapi.CPUTemplateT2S,
+		fcapi.CPUTemplateT2CL, fcapi.CPUTemplateT2A, fcapi.CPUTemplateV1N1:
+	default:
+		add("cpu_template %q: use C3, T2, T2S, T2CL, T2A, V1N1 or None", s.CPUTemplate)
+	}
 	errs = append(errs, labelProblems(s.Labels)...)
 	errs = append(errs, s.driveProblems()...)
 	errs = append(errs, s.interfaceProblems()...)

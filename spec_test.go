@@ -132,6 +132,10 @@ func TestValidateProblems(t *testing.T) {
 		{"absurd vcpus", with(func(s *MachineSpec) { s.VCPUs = 33 }), []string{"vcpus 33"}},
 		{"absurd memory", with(func(s *MachineSpec) { s.MemoryMiB = 2 << 20 }), []string{"memory_mib"}},
 		{"negative memory", with(func(s *MachineSpec) { s.MemoryMiB = -5 }), []string{"memory_mib -5"}},
+		{"smt with odd vcpus", with(func(s *MachineSpec) { s.SMT, s.VCPUs = true, 3 }), []string{"vcpus 3: with smt"}},
+		{"huge pages", with(func(s *MachineSpec) { s.HugePages, s.MemoryMiB = fcapi.HugePages2M, 33 }), []string{"memory_mib 33: with 2M huge pages"}},
+		{"unknown huge pages", with(func(s *MachineSpec) { s.HugePages = "1G" }), []string{`huge_pages "1G"`}},
+		{"unknown cpu template", with(func(s *MachineSpec) { s.CPUTemplate = "T3" }), []string{`cpu_template "T3"`}},
 		{"bad labels", with(func(s *MachineSpec) {
 			s.Labels = map[string]string{"": "x", "a=b": "c", "ok": "fine", "sp ace": "", "ctl": "a\nb", "big": strings.Repeat("v", MaxLabelValue+1)}
 		}), []string{`label ""`, `label "a=b"`, `label "sp ace"`, `label "ctl": use UTF-8 text`, `label "big": the value is 4097 bytes`}},
