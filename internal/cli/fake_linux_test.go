@@ -565,3 +565,28 @@ func TestRunRefusesNewerFlag(t *testing.T) {
 			"start vm pci: check the firecracker version: firecracker v1.7.0 does not support the flag --enable-pci: it needs v1.13.0 or newer")
 	}
 }
+
+// run -f boots a spec file, flags override it, and the machine flags reach Firecracker.
+func TestRunSpecFileAndMachineFlags(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	dir := t.TempDir()
+	if err := testguest.Write(filepath.Join(dir, "guest")); err != nil {
+		t.Fatal(err)
+	}
+	spec := `{"name": "filed", "kernel": "guest", "vcpus": 2, "memory_mib": 128, "boot_args": "` + bootArgs(testguest.ModeHalt) + `",
+		"labels": {"from": "file"}}`
+	if err := os.WriteFile(filepath.Join(dir, "spec.json"), []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env.run(t, "run", "-d", "-f", filepath.Join(dir, "spec.json"), "--memory", "256M", "--smt", "--huge-pages", "2M",
+		"--cpu-template", "T2", "--balloon", "64M", "--balloon-deflate-on-oom").ok(t)
+	defer env.run(t, "kill", "filed")
+	r := env.run(t, "inspect", "--format", "{{json .VMConfig}} {{.Labels}}", "filed").ok(t)
+	for _, want := range []string{`"vcpu_count":2`, `"mem_size_mib":256`, `"smt":true`, `"huge_pages":"2M"`, `"cpu_template":"T2"`,
+		`"balloon":{"amount_mib":64,"deflate_on_oom":true`, "map[from:file]"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("inspect lacks %s:\n%s", want, r.stdout)
+		}
+	}
+}

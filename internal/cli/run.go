@@ -1,12 +1,16 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +18,7 @@ import (
 
 	"github.com/smartvm/smartvm"
 	"github.com/smartvm/smartvm/baseimage"
+	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/testguest"
 )
 
@@ -33,6 +38,16 @@ type runFlags struct {
 	netNamespace, netIPArg      bool
 	vsock                       bool
 	labels                      []string
+	nics                        int
+	uplink                      string
+	specFile, metadata          string
+	balloon                     int
+	balloonDeflate              bool
+	cpuTemplate, hugePages      string
+	smt                         bool
+	// changed reports whether the command line set a flag; nil: every flag counts as set.
+	// With --file, only the flags set override the file's spec.
+	changed func(name string) bool
 }
 
 // runPlan is what to boot, resolved from the flags and the environment. The detached
@@ -68,6 +83,8 @@ What to boot:
   --image hello            the built-in test guest: prints a greeting and ends (no download)
   --kernel K [--rootfs R] [--initrd I]
                            your own kernel, root filesystem and initrd
+  -f spec.json             a MachineSpec in its JSON form (relative paths are relative to
+                           the file); the flags given with it override it
 
 Writable drives are ephemeral: the VM writes to a private copy that is deleted with it.
 --persistent-rootfs and --drive PATH:persistent write to the files themselves.
@@ -90,6 +107,11 @@ Networking (needs root, or CAP_NET_ADMIN):
                            (implies --net)
   --net-ip-arg             also configure the guest with the kernel's ip= argument, for
                            guests without fcnet (implies --net)
+  --nics N                 N interfaces, eth0 to eth<N-1>, each on a TAP and /30 of its own
+  --uplink DEV             the host device NAT sends traffic out of (default: the device of
+                           the default route)
+  --metadata FILE          the metadata service (MMDS, V2) starts with FILE's JSON; the guest
+                           reaches it at 169.254.169.254 through its interfaces
 ps and inspect show the guest's address; 'smartvm ssh NAME' logs in to a base image's guest.
 
 --vsock gives the VM a virtio-vsock device: the lowest guest CID (3 or more) no other VM in
@@ -105,6 +127,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 'smartvm setup' does, unless --no-install is given.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.changed = cmd.Flags().Changed
 			plan, err := a.planRun(f)
 			if err != nil {
 				return err
@@ -131,48 +154,90 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.BoolVar(&f.netNamespace, "net-namespace", false, "put the VM's TAP device in a network namespace of its own (implies --net)")
 	fl.BoolVar(&f.netIPArg, "net-ip-arg", false, "configure the guest with the kernel's ip= argument, for guests without fcnet (implies --net)")
 	fl.BoolVar(&f.vsock, "vsock", false, "give the VM a vsock device (a free guest CID; its socket in the VM's directory)")
+	fl.StringVarP(&f.specFile, "file", "f", "", "boot the MachineSpec in this JSON `FILE` (relative paths in it are relative to the file); flags given too override it")
+	fl.StringVar(&f.metadata, "metadata", "", "start the metadata service (MMDS) with the JSON in `FILE`; the guest reaches it through its NIC (needs --net)")
+	fl.Var(mibFlag{&f.balloon}, "balloon", "add a memory balloon inflated to this size (MiB, or 256M, 1G)")
+	fl.BoolVar(&f.balloonDeflate, "balloon-deflate-on-oom", false, "with --balloon: let the guest deflate the balloon when it runs out of memory")
+	fl.IntVar(&f.nics, "nics", 0, "with --net: this many network interfaces (eth0, eth1, ...), each on a TAP of its own (implies --net)")
+	fl.StringVar(&f.uplink, "uplink", "", "with --net: the host `DEV`ice NAT sends the guest's traffic out of (default: the device of the default route; implies --net)")
+	fl.StringVar(&f.cpuTemplate, "cpu-template", "", "static CPU template that masks CPU features: C3, T2, T2S, T2CL, T2A (x86_64) or V1N1 (aarch64)")
+	fl.StringVar(&f.hugePages, "huge-pages", "", "back guest memory with huge pages: 2M (needs free hugetlbfs pages) or transparent (newer than Firecracker v1.16)")
+	fl.BoolVar(&f.smt, "smt", false, "enable simultaneous multithreading (x86_64; --cpus must be 1 or even)")
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "label the VM (repeatable): `KEY=VALUE`, or KEY for an empty value; ps --filter label=KEY=VALUE selects by it")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	return cmd
 }
 
-// planRun turns the flags (and, without image flags, the environment) into a runPlan.
+// planRun turns the flags (and, without image flags, the environment) into a runPlan. With
+// --file it starts from the file's spec, and the flags that were given override it.
 func (a *app) planRun(f runFlags) (runPlan, error) {
 	var p runPlan
 	s := &p.Spec
-	s.Name = f.name
+	fromFile := f.specFile != ""
+	if fromFile {
+		spec, err := readSpecFile(f.specFile)
+		if err != nil {
+			return p, err
+		}
+		*s = spec
+	}
+	set := func(name string) bool { return !fromFile || f.changed == nil || f.changed(name) }
+	if set("name") {
+		s.Name = f.name
+	}
 	if s.Name == "" {
 		s.Name = generateName()
 		p.GeneratedName = true
 	}
-	if f.cpus < 1 || f.cpus > smartvm.MaxVCPUs {
-		return p, usagef("invalid --cpus %d: want 1 to %d", f.cpus, smartvm.MaxVCPUs)
+	if set("cpus") {
+		if f.cpus < 1 || f.cpus > smartvm.MaxVCPUs {
+			return p, usagef("invalid --cpus %d: want 1 to %d", f.cpus, smartvm.MaxVCPUs)
+		}
+		s.VCPUs = f.cpus
 	}
-	if f.memory < 1 || f.memory > smartvm.MaxMemoryMiB {
-		return p, usagef("invalid --memory %d: want 1 MiB to %d MiB", f.memory, smartvm.MaxMemoryMiB)
+	if set("memory") {
+		if f.memory < 1 || f.memory > smartvm.MaxMemoryMiB {
+			return p, usagef("invalid --memory %d: want 1 MiB to %d MiB", f.memory, smartvm.MaxMemoryMiB)
+		}
+		s.MemoryMiB = f.memory
 	}
-	s.VCPUs, s.MemoryMiB = f.cpus, f.memory
-	var err error
-	if s.Labels, err = parseLabels(f.labels); err != nil {
+	labels, err := parseLabels(f.labels)
+	if err != nil {
 		return p, err
 	}
-	s.BootArgs = f.bootArgs
-	s.EnablePCI = f.enablePCI
+	if len(labels) > 0 {
+		s.Labels = maps.Clone(s.Labels)
+		if s.Labels == nil {
+			s.Labels = map[string]string{}
+		}
+		maps.Copy(s.Labels, labels)
+	}
+	if set("boot-args") {
+		s.BootArgs = f.bootArgs
+	}
+	if set("enable-pci") {
+		s.EnablePCI = f.enablePCI
+	}
+	if set("smt") {
+		s.SMT = f.smt
+	}
+	if err := planMachine(s, f); err != nil {
+		return p, err
+	}
 	p.Vsock = f.vsock
 	// Always: the foreground console types into it, and a detached VM keeps it for attach.
 	s.SerialInput = true
-	switch {
-	case f.net || f.netNamespace || f.netIPArg:
-		s.Network = &smartvm.NetworkSpec{NAT: !f.noNAT, Namespace: f.netNamespace, KernelIPArg: f.netIPArg}
-	case f.noNAT:
-		return p, usagef("--no-nat needs --net")
+	if err := planNetwork(s, f); err != nil {
+		return p, err
 	}
-	switch smartvm.BootMode(f.bootMode) {
-	case smartvm.BootModeAPI, smartvm.BootModeConfigFile:
-		s.BootMode = smartvm.BootMode(f.bootMode)
-	default:
-		return p, usagef("invalid --boot-mode %q: want api or config-file", f.bootMode)
+	if set("boot-mode") {
+		switch smartvm.BootMode(f.bootMode) {
+		case smartvm.BootModeAPI, smartvm.BootModeConfigFile:
+			s.BootMode = smartvm.BootMode(f.bootMode)
+		default:
+			return p, usagef("invalid --boot-mode %q: want api or config-file", f.bootMode)
+		}
 	}
 
 	switch {
@@ -182,11 +247,12 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 				return p, usagef("%s cannot be combined with --image: the image brings its own kernel and root filesystem", flag)
 			}
 		}
+		clearBoot(s)
 		if err := a.planImage(&p, f.image); err != nil {
 			return p, err
 		}
 	case f.kernel != "":
-		var err error
+		clearBoot(s)
 		if s.Kernel, err = absPath("--kernel", f.kernel); err != nil {
 			return p, err
 		}
@@ -195,15 +261,10 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 				return p, err
 			}
 		}
-		if f.rootfs != "" {
-			root, err := absPath("--rootfs", f.rootfs)
-			if err != nil {
-				return p, err
-			}
-			s.Drives = append(s.Drives, smartvm.DriveSpec{Path: root, Root: true, Persistent: f.persistentRootfs})
-		}
-	case f.initrd != "" || f.rootfs != "":
+	case f.initrd != "" || (f.rootfs != "" && s.Kernel == ""):
 		return p, usagef("--initrd and --rootfs need --kernel")
+	case fromFile && (s.Kernel != "" || s.UsesBaseImage()):
+		// The file says what to boot.
 	default:
 		src, err := a.imageSource(imageFlags{})
 		if err != nil {
@@ -211,7 +272,14 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 		}
 		setBaseImage(s, src)
 	}
-	if f.persistentRootfs && f.rootfs == "" {
+	if f.rootfs != "" {
+		root, err := absPath("--rootfs", f.rootfs)
+		if err != nil {
+			return p, err
+		}
+		s.Drives = slices.DeleteFunc(slices.Clone(s.Drives), func(d smartvm.DriveSpec) bool { return d.Root })
+		s.Drives = append([]smartvm.DriveSpec{{Path: root, Root: true, Persistent: f.persistentRootfs}}, s.Drives...)
+	} else if f.persistentRootfs {
 		return p, usagef("--persistent-rootfs needs --rootfs (a base image's root filesystem is always a private copy)")
 	}
 	for _, d := range f.drives {
@@ -221,7 +289,161 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 		}
 		s.Drives = append(s.Drives, drive)
 	}
+	if f.metadata != "" {
+		if err := planMetadata(s, f.metadata); err != nil {
+			return p, err
+		}
+	}
 	return p, nil
+}
+
+// clearBoot forgets what a spec file said to boot, for --image or --kernel: its kernel,
+// initrd, base image and root drive.
+func clearBoot(s *smartvm.MachineSpec) {
+	s.Kernel, s.Initrd = "", ""
+	setBaseImage(s, baseimage.Source{})
+	s.Drives = slices.DeleteFunc(slices.Clone(s.Drives), func(d smartvm.DriveSpec) bool { return d.Root })
+}
+
+// planMachine applies --cpu-template, --huge-pages and --balloon.
+func planMachine(s *smartvm.MachineSpec, f runFlags) error {
+	if f.cpuTemplate != "" {
+		t, ok := cpuTemplates[strings.ToUpper(f.cpuTemplate)]
+		if !ok {
+			return usagef("invalid --cpu-template %q: want C3, T2, T2S, T2CL, T2A, V1N1 or none", f.cpuTemplate)
+		}
+		s.CPUTemplate = t
+	}
+	if f.hugePages != "" {
+		switch strings.ToLower(f.hugePages) {
+		case "2m":
+			s.HugePages = fcapi.HugePages2M
+		case "transparent":
+			s.HugePages = fcapi.HugePagesTransparent
+		case "none":
+			s.HugePages = fcapi.HugePagesNone
+		default:
+			return usagef("invalid --huge-pages %q: want 2M, transparent or none", f.hugePages)
+		}
+	}
+	switch {
+	case f.balloon > 0:
+		s.Balloon = &smartvm.BalloonSpec{AmountMiB: f.balloon, DeflateOnOOM: f.balloonDeflate}
+	case f.balloonDeflate:
+		if s.Balloon == nil {
+			return usagef("--balloon-deflate-on-oom needs --balloon")
+		}
+		b := *s.Balloon
+		b.DeflateOnOOM = true
+		s.Balloon = &b
+	}
+	return nil
+}
+
+var cpuTemplates = map[string]fcapi.CPUTemplate{
+	"C3": fcapi.CPUTemplateC3, "T2": fcapi.CPUTemplateT2, "T2S": fcapi.CPUTemplateT2S, "T2CL": fcapi.CPUTemplateT2CL,
+	"T2A": fcapi.CPUTemplateT2A, "V1N1": fcapi.CPUTemplateV1N1, "NONE": fcapi.CPUTemplateNone,
+}
+
+// planNetwork applies --net, --no-nat, --net-namespace, --net-ip-arg, --nics and --uplink,
+// on top of a spec file's network when there is one.
+func planNetwork(s *smartvm.MachineSpec, f runFlags) error {
+	if f.nics < 0 || f.nics > smartvm.MaxNICs {
+		return usagef("invalid --nics %d: want 1 to %d", f.nics, smartvm.MaxNICs)
+	}
+	if !(f.net || f.netNamespace || f.netIPArg || f.nics > 0 || f.uplink != "") {
+		if f.noNAT {
+			if s.Network == nil {
+				return usagef("--no-nat needs --net")
+			}
+			n := *s.Network
+			n.NAT, n.Uplink = false, ""
+			s.Network = &n
+		}
+		return nil
+	}
+	n := smartvm.NetworkSpec{NAT: true}
+	if s.Network != nil {
+		n = *s.Network
+	}
+	if f.noNAT {
+		if f.uplink != "" {
+			return usagef("--uplink names the device NAT uses: it means nothing with --no-nat")
+		}
+		n.NAT, n.Uplink = false, ""
+	}
+	n.Namespace = n.Namespace || f.netNamespace
+	n.KernelIPArg = n.KernelIPArg || f.netIPArg
+	if f.nics > 0 {
+		n.NICs = make([]smartvm.NICSpec, f.nics)
+	}
+	if f.uplink != "" {
+		n.Uplink = f.uplink
+	}
+	s.Network = &n
+	return nil
+}
+
+// planMetadata applies --metadata FILE: the MMDS store starts with the file's JSON.
+func planMetadata(s *smartvm.MachineSpec, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--metadata: %w", err)
+	}
+	if !json.Valid(b) {
+		return usagef("invalid --metadata %s: the file is not JSON", path)
+	}
+	if s.Network == nil && len(s.Interfaces) == 0 {
+		return usagef("--metadata needs --net: the guest reaches the metadata service through a network interface")
+	}
+	m := smartvm.MMDSSpec{}
+	if s.MMDS != nil {
+		m = *s.MMDS
+	}
+	m.Data = b
+	s.MMDS = &m
+	return nil
+}
+
+// readSpecFile reads a MachineSpec in its JSON form (unknown keys are an error, to catch
+// typos), with paths relative to the file's directory made absolute.
+func readSpecFile(path string) (smartvm.MachineSpec, error) {
+	var s smartvm.MachineSpec
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return s, fmt.Errorf("--file: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return s, usagef("invalid --file %s: %w", path, err)
+	}
+	if dec.More() {
+		return s, usagef("invalid --file %s: more than one JSON value", path)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return s, fmt.Errorf("--file: %w", err)
+	}
+	dir := filepath.Dir(abs)
+	resolve := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	resolve(&s.Kernel)
+	resolve(&s.Initrd)
+	resolve(&s.BaseImageManifestPath)
+	s.Drives = slices.Clone(s.Drives)
+	for i := range s.Drives {
+		resolve(&s.Drives[i].Path)
+	}
+	if s.Vsock != nil {
+		v := *s.Vsock
+		resolve(&v.Path)
+		s.Vsock = &v
+	}
+	return s, nil
 }
 
 // planImage applies --image: hello, a preset, a manifest URL or a manifest file.

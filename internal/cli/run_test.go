@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/smartvm/smartvm"
+	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/testguest"
 )
 
@@ -44,6 +45,20 @@ func TestPlanRun(t *testing.T) {
 	manifest := filepath.Join(dir, "m.json")
 	if err := os.WriteFile(manifest, []byte("{}"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	metadata := filepath.Join(dir, "meta.json")
+	specFile := filepath.Join(dir, "spec.json")
+	typoFile := filepath.Join(dir, "typo.json")
+	for path, content := range map[string]string{
+		metadata:          `{"k":"v"}`,
+		manifest + ".bad": `{"k":`,
+		specFile: `{"name": "from-file", "kernel": "vmlinux", "vcpus": 2, "memory_mib": 256, "boot_mode": "config-file",
+			"labels": {"from": "file"}, "drives": [{"path": "root.ext4", "root": true}, {"path": "/abs/data.img", "read_only": true}]}`,
+		typoFile: `{"vcpu": 2}`,
+	} {
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	defaults := runFlags{cpus: 1, memory: 512, bootMode: "api"}
 	with := func(edit func(*runFlags)) runFlags {
@@ -119,6 +134,62 @@ func TestPlanRun(t *testing.T) {
 			}
 		}, ""},
 		{"no nat alone", with(func(f *runFlags) { f.noNAT = true }), cliEnv{}, nil, "--no-nat needs --net"},
+		{"nics and uplink", with(func(f *runFlags) { f.nics, f.uplink = 3, "wan0" }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if n := p.Spec.Network; n == nil || !n.NAT || len(n.NICs) != 3 || n.Uplink != "wan0" {
+				t.Errorf("network %+v", n)
+			}
+		}, ""},
+		{"uplink without nat", with(func(f *runFlags) { f.net, f.noNAT, f.uplink = true, true, "wan0" }), cliEnv{}, nil, "--uplink names the device NAT uses"},
+		{"too many nics", with(func(f *runFlags) { f.nics = smartvm.MaxNICs + 1 }), cliEnv{}, nil, "invalid --nics 9"},
+		{"machine", with(func(f *runFlags) {
+			f.image, f.cpuTemplate, f.hugePages, f.smt, f.balloon, f.balloonDeflate = "hello", "t2s", "2m", true, 64, true
+		}), cliEnv{}, func(t *testing.T, p runPlan) {
+			s := p.Spec
+			if s.CPUTemplate != fcapi.CPUTemplateT2S || s.HugePages != fcapi.HugePages2M || !s.SMT ||
+				s.Balloon == nil || s.Balloon.AmountMiB != 64 || !s.Balloon.DeflateOnOOM {
+				t.Errorf("spec %+v", s)
+			}
+		}, ""},
+		{"metadata", with(func(f *runFlags) { f.image, f.net, f.metadata = "hello", true, metadata }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if m := p.Spec.MMDS; m == nil || string(m.Data) != `{"k":"v"}` {
+				t.Errorf("mmds %+v", m)
+			}
+		}, ""},
+		{"metadata without net", with(func(f *runFlags) { f.image, f.metadata = "hello", metadata }), cliEnv{}, nil, "--metadata needs --net"},
+		{"metadata not json", with(func(f *runFlags) { f.image, f.net, f.metadata = "hello", true, manifest+".bad" }), cliEnv{}, nil, "the file is not JSON"},
+		{"bad cpu template", with(func(f *runFlags) { f.cpuTemplate = "T9" }), cliEnv{}, nil, `invalid --cpu-template "T9"`},
+		{"bad huge pages", with(func(f *runFlags) { f.hugePages = "1G" }), cliEnv{}, nil, `invalid --huge-pages "1G"`},
+		{"deflate without balloon", with(func(f *runFlags) { f.balloonDeflate = true }), cliEnv{}, nil, "--balloon-deflate-on-oom needs --balloon"},
+		{"spec file", with(func(f *runFlags) { f.specFile, f.changed = specFile, func(string) bool { return false } }), cliEnv{}, func(t *testing.T, p runPlan) {
+			s := p.Spec
+			if s.Name != "from-file" || p.GeneratedName || s.VCPUs != 2 || s.MemoryMiB != 256 || s.Kernel != filepath.Join(dir, "vmlinux") ||
+				len(s.Drives) != 2 || s.Drives[0].Path != filepath.Join(dir, "root.ext4") || s.Drives[1].Path != "/abs/data.img" ||
+				s.BootMode != smartvm.BootModeConfigFile || s.Labels["from"] != "file" || !s.SerialInput {
+				t.Errorf("spec %+v", s)
+			}
+		}, ""},
+		{"spec file with overrides", with(func(f *runFlags) {
+			f.specFile, f.name, f.memory, f.labels, f.rootfs, f.net = specFile, "flagged", 1024, []string{"extra=1"}, "other.ext4", true
+			f.changed = func(n string) bool { return n == "name" || n == "memory" }
+		}), cliEnv{}, func(t *testing.T, p runPlan) {
+			s := p.Spec
+			if s.Name != "flagged" || s.VCPUs != 2 || s.MemoryMiB != 1024 || s.Labels["from"] != "file" || s.Labels["extra"] != "1" ||
+				len(s.Drives) != 2 || !strings.HasSuffix(s.Drives[0].Path, "/other.ext4") || !s.Drives[0].Root || s.Network == nil ||
+				s.BootMode != smartvm.BootModeConfigFile {
+				t.Errorf("spec %+v", s)
+			}
+		}, ""},
+		{"spec file, image flag", with(func(f *runFlags) {
+			f.specFile, f.image = specFile, "lts"
+			f.changed = func(string) bool { return false }
+		}),
+			cliEnv{}, func(t *testing.T, p runPlan) {
+				s := p.Spec
+				if s.Kernel != "" || s.BaseImagePreset != "lts" || len(s.Drives) != 1 || s.Drives[0].Root {
+					t.Errorf("spec %+v", s)
+				}
+			}, ""},
+		{"spec file typo", with(func(f *runFlags) { f.specFile, f.changed = typoFile, func(string) bool { return false } }), cliEnv{}, nil, `json: unknown field "vcpu"`},
 		{"image and kernel", with(func(f *runFlags) { f.image, f.kernel = "hello", "k" }), cliEnv{}, nil, "--kernel cannot be combined with --image"},
 		{"rootfs alone", with(func(f *runFlags) { f.rootfs = "r" }), cliEnv{}, nil, "need --kernel"},
 		{"persistent without rootfs", with(func(f *runFlags) { f.persistentRootfs = true }), cliEnv{}, nil, "--persistent-rootfs needs --rootfs"},
