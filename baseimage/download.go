@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -32,7 +33,17 @@ func transient(err error) error {
 	if err == nil {
 		return nil
 	}
+	if noSuchHost(err) {
+		return err // a name that does not resolve now will not in a second either
+	}
 	return &transientError{err: err}
+}
+
+// noSuchHost reports whether err says that a host name does not exist (NXDOMAIN), as opposed to
+// a DNS server that did not answer in time, which is worth another try.
+func noSuchHost(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && de.IsNotFound && !de.IsTimeout && !de.IsTemporary
 }
 
 func isRetryable(err error) bool {

@@ -7,11 +7,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -328,5 +330,35 @@ func TestConvertTools(t *testing.T) {
 	}
 	if got := convertTools([]string{bin}, true); len(got) != 3 || got[2].Name != "e2fsck" {
 		t.Errorf("as root (no debugfs): %+v", got)
+	}
+}
+
+// A host name that does not resolve fails at once; a DNS server that times out is retried.
+func TestPullNoSuchHostIsNotRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		dnsErr   net.DNSError
+		attempts int
+	}{
+		{"no such host", net.DNSError{Err: "no such host", Name: "nowhere.invalid", IsNotFound: true}, 1},
+		{"dns timeout", net.DNSError{Err: "i/o timeout", Name: "nowhere.invalid", IsTimeout: true}, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var dials atomic.Int32
+			client := &http.Client{Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
+				dials.Add(1)
+				e := tc.dnsErr
+				return nil, &net.OpError{Op: "dial", Net: "tcp", Err: &e}
+			}}}
+			m := testManager(t, nil, func(o *Options) { o.HTTPClient, o.Retries = client, 2 })
+			_, err := m.Pull(context.Background(), Source{ManifestURL: "http://nowhere.invalid/manifest.json"})
+			var de *net.DNSError
+			if !errors.As(err, &de) {
+				t.Fatalf("pull: %v, want a *net.DNSError", err)
+			}
+			if n := int(dials.Load()); n != tc.attempts {
+				t.Errorf("%d attempts, want %d: %v", n, tc.attempts, err)
+			}
+		})
 	}
 }
