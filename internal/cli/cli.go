@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/net/http/httpproxy"
 )
 
 // Exit codes of the smartvm command.
@@ -151,6 +153,7 @@ Environment (flags win over the environment, the environment over defaults):
   SMARTVM_BASE_IMAGE_MANIFEST_URL    default base image manifest URL
   SMARTVM_BASE_IMAGE_MANIFEST_PATH   default base image manifest file
   SMARTVM_FIRECRACKER_RELEASE_URL    Firecracker release site that setup downloads from
+  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  proxies for every download (releases, base images)
 
 Exit codes: 0 ok, 1 error, 2 usage (ssh passes on the exit code of ssh).`,
 		SilenceUsage:               true,
@@ -345,11 +348,29 @@ func (e *multiError) Error() string {
 
 func (e *multiError) Unwrap() []error { return e.errs }
 
+// client is the HTTP client for every download of the CLI (releases and base images): the
+// injected one, else one that uses the proxies the CLI's environment names.
 func (a *app) client() *http.Client {
 	if a.httpClient != nil {
 		return a.httpClient
 	}
-	return http.DefaultClient
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	proxy := a.proxyConfig().ProxyFunc()
+	t.Proxy = func(r *http.Request) (*url.URL, error) { return proxy(r.URL) }
+	a.httpClient = &http.Client{Transport: t}
+	return a.httpClient
+}
+
+// proxyConfig reads HTTPS_PROXY, HTTP_PROXY and NO_PROXY (or their lower-case forms, which
+// win, as curl's and Go's own reading do) from the CLI's environment.
+func (a *app) proxyConfig() *httpproxy.Config {
+	get := func(name string) string {
+		if v, ok := a.lookupEnv(strings.ToLower(name)); ok && v != "" {
+			return v
+		}
+		return a.getenv(name)
+	}
+	return &httpproxy.Config{HTTPSProxy: get("HTTPS_PROXY"), HTTPProxy: get("HTTP_PROXY"), NoProxy: get("NO_PROXY")}
 }
 
 // lookPath finds an executable called name in the directories of $PATH (as the CLI reads

@@ -81,7 +81,7 @@ func (a *app) baseImages(prog *progress) (*baseimage.Manager, error) {
 	opts := baseimage.Options{
 		Dir:        a.getenv(envBaseImageDir),
 		BucketURL:  a.getenv(envCIBucketURL),
-		HTTPClient: a.httpClient,
+		HTTPClient: a.client(),
 		Logger:     a.log,
 	}
 	if prog != nil {

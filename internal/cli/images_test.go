@@ -210,3 +210,29 @@ func TestImagesPullNoticeWhenSlow(t *testing.T) {
 		t.Errorf("pulling a cached image printed:\n%s", r.stderr)
 	}
 }
+
+// Image downloads go through the proxy the environment names (HTTP_PROXY here; the hosts are
+// not resolvable, so only the proxy can answer), and skip it for NO_PROXY's hosts.
+func TestImagesPullUsesProxy(t *testing.T) {
+	t.Parallel()
+	manifest := writeManifest(t, "proxied", "kernel via proxy")
+	files := http.FileServer(http.Dir(filepath.Dir(manifest)))
+	var proxied []string
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Host != "images.smartvm.invalid" {
+			http.Error(w, "unexpected host "+r.URL.Host, http.StatusBadGateway)
+			return
+		}
+		proxied = append(proxied, r.URL.Path)
+		files.ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	env := imagesEnv(t)
+	env["http_proxy"] = proxy.URL
+	r := env.run(t, "images", "pull", "--manifest-url", "http://images.smartvm.invalid/manifest.json").ok(t)
+	if !strings.Contains(r.stdout, "proxied") || len(proxied) != 3 {
+		t.Errorf("pull through the proxy: proxied %q\n%s", proxied, r.stdout)
+	}
+	env["NO_PROXY"] = "images.smartvm.invalid"
+	env.run(t, "images", "pull", "--refresh", "--manifest-url", "http://images.smartvm.invalid/manifest.json").fails(t, ExitError, "images.smartvm.invalid")
+}
