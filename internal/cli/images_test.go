@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -235,4 +237,24 @@ func TestImagesPullUsesProxy(t *testing.T) {
 	}
 	env["NO_PROXY"] = "images.smartvm.invalid"
 	env.run(t, "images", "pull", "--refresh", "--manifest-url", "http://images.smartvm.invalid/manifest.json").fails(t, ExitError, "images.smartvm.invalid")
+}
+
+// A run whose image download cannot reach its host says what works offline, at once.
+func TestRunOfflineHint(t *testing.T) {
+	t.Parallel()
+	env := imagesEnv(t)
+	env[envFirecrackerBin] = writeScript(t, filepath.Join(t.TempDir(), "firecracker"), "v1.14.2")
+	var dials int
+	client := &http.Client{Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
+		dials++
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "spec.ccfc.min", IsNotFound: true}}
+	}}}
+	var out, errOut strings.Builder
+	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, lookupEnv: env.lookup, httpClient: client}
+	code := a.run(t.Context(), []string{"run", "--image", "https://images.smartvm.invalid/manifest.json"})
+	result{stdout: out.String(), stderr: errOut.String(), code: code}.fails(t, ExitError,
+		"hint: offline? boot the built-in test guest with --image hello, point $SMARTVM_CI_BUCKET_URL at a reachable mirror")
+	if dials != 1 {
+		t.Errorf("%d attempts to reach a host that does not exist, want 1", dials)
+	}
 }

@@ -351,3 +351,12 @@ func holdsTAP(t *testing.T, pid int, tap string) bool {
 	}
 	return false
 }
+
+// An uplink that does not exist fails the start, and the error says which flags help.
+func TestRunNetUplinkHint(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := netEnv(t)
+	env.run(t, "run", "-d", "--net", "--uplink", "nosuch0", "--name", "upl", "--image", "hello").fails(t, ExitError,
+		"hint: name the host device that reaches the outside with --uplink DEV (see 'ip route'), or use --no-nat to reach only the host")
+	checkNoLeases(t, env)
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // imageHello is the --image value that boots the built-in test guest.
@@ -554,7 +556,7 @@ func (a *app) runVM(ctx context.Context, f runFlags, plan runPlan) error {
 	if plan.Spec.UsesBaseImage() {
 		// Pull here, with progress on this terminal; Start then finds the image cached.
 		if _, err := a.pull(ctx, baseImageSource(plan.Spec)); err != nil {
-			return err
+			return withOfflineHint(err)
 		}
 	}
 	if f.detach {
@@ -603,6 +605,19 @@ func (a *app) installLatest(ctx context.Context) (string, error) {
 	return res.Firecracker, nil
 }
 
+// withOfflineHint adds what to do offline to err when a download failed because the network
+// is unreachable: the host name did not resolve or the connection could not be made.
+func withOfflineHint(err error) error {
+	var (
+		de *net.DNSError
+		oe *net.OpError
+	)
+	if !errors.As(err, &de) && !(errors.As(err, &oe) && oe.Op == "dial") {
+		return err
+	}
+	return fmt.Errorf("%w\nhint: offline? boot the built-in test guest with --image hello, point $%s at a reachable mirror of Firecracker's CI bucket, or boot a local manifest with --image PATH", err, envCIBucketURL)
+}
+
 // startVM starts the plan's VM, or restores its snapshot. For the hello image it writes the
 // test guest to a temporary file that is removed once Firecracker has loaded it. A generated
 // name that is taken is replaced by another.
@@ -637,6 +652,9 @@ func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...sm
 				continue
 			}
 			return nil, fmt.Errorf("a vm called %q is already running: choose another --name, or stop it first", spec.Name)
+		}
+		if errors.Is(err, netdev.ErrUplinkNotFound) {
+			err = fmt.Errorf("%w\nhint: name the host device that reaches the outside with --uplink DEV (see 'ip route'), or use --no-nat to reach only the host", err)
 		}
 		return m, err
 	}
