@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
@@ -528,8 +529,9 @@ func (m *Manager) Remove(ctx context.Context, id string) error {
 }
 
 // Prune evicts bundles until at most keep remain, the least recently used first, and returns
-// the evicted ones. Bundles in use are never evicted, so more than keep may remain. It logs a
-// warning naming each bundle before evicting it.
+// the evicted ones. Bundles in use are never evicted, so more than keep may remain. The
+// caller asked for the removals and gets them back, so each is logged at Info only; the
+// eviction that follows a Pull warns instead.
 func (m *Manager) Prune(ctx context.Context, keep int) ([]Bundle, error) {
 	if keep < 0 {
 		return nil, fmt.Errorf("prune: keep is %d, want 0 or more", keep)
@@ -538,13 +540,14 @@ func (m *Manager) Prune(ctx context.Context, keep int) ([]Bundle, error) {
 	err := m.withCacheLock(ctx, func() error {
 		m.cleanStale()
 		var err error
-		evicted, err = m.pruneLocked(ctx, keep)
+		evicted, err = m.pruneLocked(ctx, keep, slog.LevelInfo)
 		return err
 	})
 	return evicted, err
 }
 
-func (m *Manager) pruneLocked(ctx context.Context, keep int) ([]Bundle, error) {
+// pruneLocked evicts bundles beyond keep, logging each eviction at level.
+func (m *Manager) pruneLocked(ctx context.Context, keep int, level slog.Level) ([]Bundle, error) {
 	all, err := m.List(ctx)
 	if err != nil {
 		return nil, err
@@ -558,7 +561,7 @@ func (m *Manager) pruneLocked(ctx context.Context, keep int) ([]Bundle, error) {
 			m.log.Debug("not evicting a base image in use", "id", b.ID, "name", b.Name, "holders", b.Holders)
 			continue
 		}
-		m.log.Warn("evicting base image", "id", b.ID, "name", b.Name, "last_used", b.LastUsed, "size", b.Size, "keep", keep)
+		m.log.Log(ctx, level, "evicting base image", "id", b.ID, "name", b.Name, "last_used", b.LastUsed, "size", b.Size, "keep", keep)
 		if err := m.removeLocked(b.ID); err != nil {
 			return evicted, err
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -216,7 +217,7 @@ func (m *Manager) pull(ctx context.Context, src Source, key string) (*Bundle, er
 	}
 	if m.keep >= 0 {
 		err := m.withCacheLock(ctx, func() error {
-			_, err := m.pruneLocked(ctx, m.keep)
+			_, err := m.pruneLocked(ctx, m.keep, slog.LevelWarn)
 			return err
 		})
 		if err != nil { // the new bundle is installed and usable: eviction is retried next time

@@ -303,6 +303,16 @@ func minArgs(n int, what string) cobra.PositionalArgs {
 	}
 }
 
+// maxArgs is cobra.MaximumNArgs as a usage error that names what is expected.
+func maxArgs(n int, what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) > n {
+			return usagef("want at most %s, got %d arguments", what, len(args))
+		}
+		return nil
+	}
+}
+
 // noArgs is cobra.NoArgs as a usage error.
 func noArgs(_ *cobra.Command, args []string) error {
 	if len(args) > 0 {

@@ -147,7 +147,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"images", "pull", "--preset", "lts", "--manifest-path", "/m"}, "use only one of"},
 		{[]string{"images", "prune", "--keep", "-1"}, "invalid --keep -1"},
 		{[]string{"images", "pull", "--preset", "newest"}, `invalid --preset: base image source: unknown preset "newest"`},
-		{[]string{"images", "rm"}, "want at least one image ID, from 'smartvm images ls' (see 'smartvm images rm --help')"},
+		{[]string{"images", "rm"}, "want at least one image name or ID, from 'smartvm images ls' (see 'smartvm images rm --help')"},
 		{[]string{"run", "--cpus", "64"}, "invalid --cpus 64: want 1 to 32"},
 		{[]string{"run", "--image", "hello", "--kernel", "/k"}, "--kernel cannot be combined with --image"},
 		{[]string{"run", "--cpus", "x"}, `invalid argument "x" for "--cpus"`},

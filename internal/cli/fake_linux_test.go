@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -297,8 +298,8 @@ func TestRunBaseImage(t *testing.T) {
 	manifest := writeGuestManifest(t, testguest.ModeHalt)
 	env[envBaseImageManifestP] = manifest // no image flags: the environment's default
 	env.run(t, "run", "-d", "--name", "holder").ok(t)
-	if vm := env.psOne(t, "holder"); vm.Image != manifest {
-		t.Errorf("ps shows image %q, want the manifest", vm.Image)
+	if vm := env.psOne(t, "holder"); vm.Image != "guest-halt" {
+		t.Errorf("ps shows image %q, want the image's name", vm.Image)
 	}
 	var images []imageJSON
 	if err := json.Unmarshal([]byte(env.run(t, "images", "ls", "--json").ok(t).stdout), &images); err != nil {
@@ -308,17 +309,22 @@ func TestRunBaseImage(t *testing.T) {
 	for _, im := range images {
 		if im.Name == "guest-halt" {
 			held = im.ID
-			if !im.InUse {
-				t.Errorf("images ls --json does not mark the running VM's image in use: %+v", im)
+			if !im.InUse || !slices.Equal(im.UsedBy, []string{"holder"}) {
+				t.Errorf("images ls --json does not mark the running VM's image used by it: %+v", im)
 			}
 		}
 	}
 	if held == "" {
 		t.Fatalf("images ls --json lacks the VM's image: %+v", images)
 	}
+	if r := env.run(t, "images", "ls", "--format", "{{.Name}} {{join .UsedBy \",\"}}").ok(t); !strings.Contains(r.stdout, "guest-halt holder\n") {
+		t.Errorf("images ls does not show the VM using the image:\n%s", r.stdout)
+	}
 	env.run(t, "images", "rm", held).fails(t, ExitError, "in use")
 	env.run(t, "kill", "holder").ok(t)
-	env.run(t, "images", "rm", held).ok(t)
+	if r := env.run(t, "images", "rm", "guest-halt").ok(t); !strings.HasPrefix(r.stdout, "removed "+held+" guest-halt (") || r.stderr != "" {
+		t.Errorf("images rm by name printed %q, %q", r.stdout, r.stderr)
+	}
 }
 
 func TestRunDrivesAndBootModes(t *testing.T) {

@@ -3,7 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -107,18 +109,35 @@ func (a *app) newImagesPullCmd() *cobra.Command {
 	var f imageFlags
 	var refresh bool
 	cmd := &cobra.Command{
-		Use:   "pull [--preset latest|lts] [--manifest-url U | --manifest-path P] [--refresh]",
+		Use:   "pull [IMAGE | --preset latest|lts | --manifest-url U | --manifest-path P] [--refresh]",
 		Short: "Download a base image into the cache",
 		Long: `Download, verify and cache a base image: a kernel and an ext4 root filesystem.
 
-Without flags it pulls $SMARTVM_BASE_IMAGE_MANIFEST_URL, $SMARTVM_BASE_IMAGE_MANIFEST_PATH or
+IMAGE takes the forms of 'run --image': latest, lts, an http(s) manifest URL or a manifest
+file (hello is built in and needs no pull). Without IMAGE or flags it pulls $SMARTVM_BASE_IMAGE_MANIFEST_URL, $SMARTVM_BASE_IMAGE_MANIFEST_PATH or
 $SMARTVM_BASE_IMAGE_PRESET when one is set, else preset latest. Presets come from Firecracker's
 CI bucket ($SMARTVM_CI_BUCKET_URL replaces it): latest is the newest kernel and Ubuntu rootfs,
 lts the newest 6.1 kernel. A cached image is used again without network access; --refresh
 looks for a newer one.`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			src, err := a.imageSource(f)
+		Args:              maxArgs(1, "one IMAGE"),
+		ValidArgsFunction: completeImageArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var (
+				src baseimage.Source
+				err error
+			)
+			switch {
+			case len(args) == 1 && args[0] == imageHello:
+				fmt.Fprintln(a.stderr, "hello is built into smartvm: there is nothing to pull ('smartvm run --image hello' boots it)")
+				return nil
+			case len(args) == 1:
+				if _, n := imageSourceOf(f); n > 0 {
+					return usagef("give IMAGE or one of --preset, --manifest-url and --manifest-path, not both")
+				}
+				src, err = parseImage("IMAGE", args[0])
+			default:
+				src, err = a.imageSource(f)
+			}
 			if err != nil {
 				return err
 			}
@@ -163,6 +182,8 @@ func (a *app) pull(ctx context.Context, src baseimage.Source) (*baseimage.Bundle
 type imageJSON struct {
 	baseimage.Bundle
 	InUse bool `json:"in_use"`
+	// UsedBy are the names of the VMs that use the image.
+	UsedBy []string `json:"used_by"`
 }
 
 func (a *app) newImagesLsCmd() *cobra.Command {
@@ -179,7 +200,7 @@ used it, the VMs that use it now and where it came from.
 
 --json prints an array of objects; --format prints each image with a Go template over the
 same object, by its Go field names: {{.ID}}, {{.Name}}, {{.Size}}, {{.Source}},
-{{.InUse}}; {{json .}} prints the object on one line.`,
+{{.InUse}}, {{.UsedBy}}; {{json .}} prints the object on one line.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			tmpl, err := parseFormat(format)
@@ -189,17 +210,13 @@ same object, by its Go field names: {{.ID}}, {{.Name}}, {{.Size}}, {{.Source}},
 			if asJSON && tmpl != nil {
 				return usagef("use only one of --json and --format")
 			}
-			m, err := a.baseImages(nil)
-			if err != nil {
-				return err
-			}
-			list, err := m.List(cmd.Context())
+			_, list, err := a.cachedImages(cmd.Context())
 			if err != nil {
 				return err
 			}
 			out := make([]imageJSON, 0, len(list))
 			for _, b := range list {
-				out = append(out, imageJSON{Bundle: b, InUse: len(b.Holders) > 0})
+				out = append(out, imageJSON{Bundle: b, InUse: len(b.Holders) > 0, UsedBy: vmNames(b.Holders)})
 			}
 			switch {
 			case asJSON:
@@ -212,7 +229,7 @@ same object, by its Go field names: {{.ID}}, {{.Name}}, {{.Size}}, {{.Source}},
 			for _, b := range list {
 				usedBy := "-"
 				if len(b.Holders) > 0 {
-					usedBy = strings.Join(b.Holders, ",")
+					usedBy = strings.Join(vmNames(b.Holders), ",")
 				}
 				t.row(b.ID, b.Name, formatBytes(b.Size), ago(now, b.LastUsed), usedBy, b.Source.String())
 			}
@@ -226,25 +243,105 @@ same object, by its Go field names: {{.ID}}, {{.Name}}, {{.Size}}, {{.Source}},
 
 func (a *app) newImagesRmCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "rm ID...",
-		Short: "Remove cached base images (an ID or a unique prefix of one)",
-		Args:  minArgs(1, "at least one image ID, from 'smartvm images ls'"),
-		RunE: func(cmd *cobra.Command, ids []string) error {
-			m, err := a.baseImages(nil)
+		Use:   "rm IMAGE...",
+		Short: "Remove cached base images, by name, ID or a unique prefix of an ID",
+		Long: `Remove cached base images. IMAGE is an image's name (as 'images ls' shows it), its ID, or
+a prefix of its ID that no other image shares; an ambiguous one is refused, with the
+candidates. An image a running VM uses is not removed. Each removal prints one line:
+"removed ID NAME (SIZE)", as prune does.`,
+		Args:              minArgs(1, "at least one image name or ID, from 'smartvm images ls'"),
+		ValidArgsFunction: a.completeImageRefs,
+		RunE: func(cmd *cobra.Command, refs []string) error {
+			ctx := cmd.Context()
+			m, list, err := a.cachedImages(ctx)
 			if err != nil {
 				return err
 			}
 			var errs []error
-			for _, id := range ids {
-				if err := m.Remove(cmd.Context(), id); err != nil {
+			done := map[string]bool{}
+			for _, ref := range refs {
+				b, err := findImage(list, ref)
+				if err == nil && !done[b.ID] {
+					err = m.Remove(ctx, b.ID)
+				}
+				if err != nil {
 					errs = append(errs, err)
 					continue
 				}
-				fmt.Fprintf(a.stdout, "removed %s\n", id)
+				if !done[b.ID] {
+					printRemoved(a.stdout, b)
+				}
+				done[b.ID] = true
 			}
 			return joinErrors(errs)
 		},
 	}
+}
+
+// cachedImages opens the base image cache and lists its images, the most recently used first.
+func (a *app) cachedImages(ctx context.Context) (*baseimage.Manager, []baseimage.Bundle, error) {
+	m, err := a.baseImages(nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := m.List(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, list, nil
+}
+
+// printRemoved is the line rm and prune print for each image they removed.
+func printRemoved(w io.Writer, b baseimage.Bundle) {
+	fmt.Fprintf(w, "removed %s %s (%s)\n", b.ID, b.Name, formatBytes(b.Size))
+}
+
+// findImage finds the image ref names in list: by ID, by name, or by a prefix of its ID that
+// no other image shares. An ambiguous ref is an error that lists the candidates.
+func findImage(list []baseimage.Bundle, ref string) (baseimage.Bundle, error) {
+	var byName, byPrefix []baseimage.Bundle
+	for _, b := range list {
+		switch {
+		case b.ID == ref:
+			return b, nil
+		case b.Name == ref:
+			byName = append(byName, b)
+		case strings.HasPrefix(b.ID, ref):
+			byPrefix = append(byPrefix, b)
+		}
+	}
+	matches := byName
+	if len(matches) == 0 {
+		matches = byPrefix
+	}
+	switch len(matches) {
+	case 0:
+		return baseimage.Bundle{}, fmt.Errorf("no cached base image is called or has an ID starting with %q (see 'smartvm images ls'): %w", ref, baseimage.ErrNotFound)
+	case 1:
+		return matches[0], nil
+	}
+	var cands []string
+	for _, b := range matches {
+		cands = append(cands, b.ID+" ("+b.Name+")")
+	}
+	return baseimage.Bundle{}, fmt.Errorf("%q is ambiguous: it matches %s; give more of the ID", ref, strings.Join(cands, ", "))
+}
+
+// vmNames turns the holders of a bundle into the names of the VMs that use it: smartvm's
+// holders are "vm:NAME@INCARNATION"; other holders (a program using the library) are shown as
+// they are.
+func vmNames(holders []string) []string {
+	out := make([]string, 0, len(holders))
+	for _, h := range holders {
+		if name, ok := strings.CutPrefix(h, "vm:"); ok {
+			name, _, _ = strings.Cut(name, "@")
+			h = name
+		}
+		if !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 func (a *app) newImagesPruneCmd() *cobra.Command {
@@ -265,7 +362,7 @@ running VM uses are kept even beyond N.`,
 			}
 			evicted, err := m.Prune(cmd.Context(), keep)
 			for _, b := range evicted {
-				fmt.Fprintf(a.stdout, "removed %s %s (%s)\n", b.ID, b.Name, formatBytes(b.Size))
+				printRemoved(a.stdout, b)
 			}
 			if err != nil {
 				return err

@@ -119,9 +119,9 @@ func TestImagesPullListRemove(t *testing.T) {
 	env.run(t, "images", "ls", "--format", "{{.Nope").fails(t, ExitUsage, "invalid --format")
 	env.run(t, "images", "ls", "--format", "{{.Nope}}").fails(t, ExitError, "can't evaluate field Nope")
 
-	env.run(t, "images", "rm", "ffff").fails(t, ExitError, "not found")
+	env.run(t, "images", "rm", "ffff").fails(t, ExitError, `no cached base image is called or has an ID starting with "ffff"`)
 	r = env.run(t, "images", "rm", id[:6]).ok(t)
-	if r.stdout != "removed "+id[:6]+"\n" {
+	if !strings.HasPrefix(r.stdout, "removed "+id+" tiny-1 (") {
 		t.Errorf("images rm printed %q", r.stdout)
 	}
 	r = env.run(t, "images", "ls", "--json").ok(t)
@@ -256,5 +256,59 @@ func TestRunOfflineHint(t *testing.T) {
 		"hint: offline? boot the built-in test guest with --image hello, point $SMARTVM_CI_BUCKET_URL at a reachable mirror")
 	if dials != 1 {
 		t.Errorf("%d attempts to reach a host that does not exist, want 1", dials)
+	}
+}
+
+// images pull takes run's IMAGE forms; an edited manifest file is read again without
+// --refresh; images rm finds an image by name or ID prefix and refuses an ambiguous prefix.
+func TestImagesPullPositionalAndRm(t *testing.T) {
+	t.Parallel()
+	env := imagesEnv(t)
+	m := writeManifest(t, "edited", "kernel one")
+	r := env.run(t, "images", "pull", m).ok(t)
+	if !strings.Contains(r.stdout, "edited") {
+		t.Fatalf("pull IMAGE:\n%s", r.stdout)
+	}
+	first := strings.Fields(strings.Split(r.stdout, "\n")[1])[0]
+	// Edit the manifest in place: another kernel (and sha256) under the same path.
+	other := writeManifest(t, "edited", "kernel two")
+	for _, f := range []string{"manifest.json", "vmlinux"} {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(other), f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(filepath.Dir(m), f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = env.run(t, "images", "pull", m).ok(t)
+	second := strings.Fields(strings.Split(r.stdout, "\n")[1])[0]
+	if second == first {
+		t.Errorf("pull after editing the manifest served the old image %s", first)
+	}
+	if r := env.run(t, "images", "pull", "hello").ok(t); !strings.Contains(r.stderr, "nothing to pull") {
+		t.Errorf("pull hello: %q", r.stderr)
+	}
+	env.run(t, "images", "pull", "ubuntu").fails(t, ExitUsage, `invalid IMAGE "ubuntu"`)
+	env.run(t, "images", "pull", "lts", "--preset", "latest").fails(t, ExitUsage, "give IMAGE or one of")
+
+	// Two images named alike: the name is ambiguous, an ID prefix is not.
+	var common int
+	for common < len(first) && first[common] == second[common] {
+		common++
+	}
+	env.run(t, "images", "rm", "edited").fails(t, ExitError, `"edited" is ambiguous: it matches`)
+	if common > 0 {
+		env.run(t, "images", "rm", first[:common]).fails(t, ExitError, "is ambiguous")
+	}
+	r = env.run(t, "images", "rm", second[:common+1], first).ok(t)
+	if strings.Count(r.stdout, "removed ") != 2 || !strings.Contains(r.stdout, "removed "+second+" edited (") {
+		t.Errorf("images rm printed %q", r.stdout)
+	}
+	// prune reports in the same format, and logs no second line about it.
+	env.run(t, "images", "pull", m).ok(t)
+	r = env.run(t, "images", "prune").ok(t)
+	if !strings.HasPrefix(r.stdout, "removed "+second+" edited (") || r.stderr != "" {
+		t.Errorf("prune printed %q and %q on stderr", r.stdout, r.stderr)
 	}
 }

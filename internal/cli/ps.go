@@ -127,13 +127,14 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 				return nil
 			}
 			now := a.clock()
+			names := a.imageNames(cmd.Context())
 			out := make([]psJSON, 0, len(infos))
 			for _, info := range infos {
 				out = append(out, psJSON{
 					MachineInfo:   info,
 					VCPUs:         info.Spec.VCPUs,
 					MemoryMiB:     info.Spec.MemoryMiB,
-					Image:         imageLabel(info.Spec),
+					Image:         imageLabel(info, names),
 					UptimeSeconds: int64(info.Uptime(now).Seconds()),
 					Labels:        info.Spec.Labels,
 				})
@@ -151,7 +152,7 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 					ip = "-"
 				}
 				t.row(info.Name, stateLabel(info), strconv.Itoa(info.Spec.VCPUs),
-					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), ip, imageLabel(info.Spec),
+					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), ip, imageLabel(info, names),
 					humanDuration(info.Uptime(now)), strconv.Itoa(info.PID))
 			}
 			return t.flush()

@@ -450,33 +450,42 @@ func readSpecFile(path string) (smartvm.MachineSpec, error) {
 
 // planImage applies --image: hello, a preset, a manifest URL or a manifest file.
 func (a *app) planImage(p *runPlan, image string) error {
-	switch {
-	case image == imageHello:
+	if image == imageHello {
 		p.Hello = true
 		if p.Spec.BootArgs == "" {
 			p.Spec.BootArgs = testguest.BootArgs(testguest.ModeHello)
 		}
 		return nil
-	case image == baseimage.PresetLatest || image == baseimage.PresetLTS:
-		setBaseImage(&p.Spec, baseimage.Source{Preset: image})
-		return nil
-	case strings.HasPrefix(image, "http://") || strings.HasPrefix(image, "https://"):
-		src := baseimage.Source{ManifestURL: image}
-		if err := src.Validate(); err != nil {
-			return usagef("invalid --image %q: %w", image, err)
-		}
-		setBaseImage(&p.Spec, src)
-		return nil
 	}
-	path, err := absPath("--image", image)
+	src, err := parseImage("--image", image)
 	if err != nil {
 		return err
 	}
-	if st, err := os.Stat(path); err != nil || st.IsDir() {
-		return usagef("invalid --image %q: want latest, lts, hello, an http(s) manifest URL or a manifest file", image)
-	}
-	setBaseImage(&p.Spec, baseimage.Source{ManifestPath: path})
+	setBaseImage(&p.Spec, src)
 	return nil
+}
+
+// parseImage reads the IMAGE of run --image and images pull (flag names it in errors): a
+// preset (latest, lts), an http(s) manifest URL or a manifest file. hello is not a source.
+func parseImage(flag, image string) (baseimage.Source, error) {
+	switch {
+	case image == baseimage.PresetLatest || image == baseimage.PresetLTS:
+		return baseimage.Source{Preset: image}, nil
+	case strings.HasPrefix(image, "http://") || strings.HasPrefix(image, "https://"):
+		src := baseimage.Source{ManifestURL: image}
+		if err := src.Validate(); err != nil {
+			return src, usagef("invalid %s %q: %w", flag, image, err)
+		}
+		return src, nil
+	}
+	path, err := absPath(flag, image)
+	if err != nil {
+		return baseimage.Source{}, err
+	}
+	if st, err := os.Stat(path); err != nil || st.IsDir() {
+		return baseimage.Source{}, usagef("invalid %s %q: want latest, lts, hello, an http(s) manifest URL or a manifest file", flag, image)
+	}
+	return baseimage.Source{ManifestPath: path}, nil
 }
 
 func setBaseImage(s *smartvm.MachineSpec, src baseimage.Source) {

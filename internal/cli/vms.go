@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/spf13/cobra"
@@ -197,17 +199,38 @@ func (a *app) eachName(names []string, fn func(name string) error) error {
 	return joinErrors(failed)
 }
 
-// imageLabel names what a VM boots, for ps: its base image preset, manifest or kernel file.
-func imageLabel(spec smartvm.MachineSpec) string {
+// imageLabel names what a VM boots, shortly, for ps: its base image's name (names maps
+// cached image IDs to names), else its preset, the file name of its manifest (without .json)
+// or its kernel file's name.
+func imageLabel(info smartvm.MachineInfo, names map[string]string) string {
+	spec := info.Spec
+	if n := names[info.BaseImage]; n != "" && info.BaseImage != "" {
+		return n
+	}
 	switch {
 	case spec.BaseImagePreset != "":
 		return spec.BaseImagePreset
 	case spec.BaseImageManifestURL != "":
-		return spec.BaseImageManifestURL
+		u := strings.TrimRight(spec.BaseImageManifestURL, "/")
+		if i := strings.IndexAny(u, "?#"); i >= 0 {
+			u = u[:i]
+		}
+		return strings.TrimSuffix(path.Base(u), ".json")
 	case spec.BaseImageManifestPath != "":
-		return spec.BaseImageManifestPath
+		return strings.TrimSuffix(filepath.Base(spec.BaseImageManifestPath), ".json")
 	case spec.Kernel != "":
 		return filepath.Base(spec.Kernel)
 	}
 	return "-"
+}
+
+// imageNames maps the IDs of the cached base images to their names; empty when the cache
+// cannot be read (ps then shows less precise labels).
+func (a *app) imageNames(ctx context.Context) map[string]string {
+	names := map[string]string{}
+	_, list, _ := a.cachedImages(ctx)
+	for _, b := range list {
+		names[b.ID] = b.Name
+	}
+	return names
 }
