@@ -155,8 +155,24 @@ type Progress struct {
 	// File is the artifact's file name, for example "vmlinux-6.1.155" or "ubuntu-24.04.squashfs".
 	File string
 	// Done is the number of bytes received so far; Total is the expected size (-1 if unknown).
+	// During a Phase, Done is 0 until the phase ends, then 1, and Total is 1.
 	Done, Total int64
+	// Phase is empty while File downloads. Turning a squashfs File into the ext4 rootfs then
+	// reports PhaseUnpack, PhaseKey, PhaseMkfs and PhaseCheck in turn: when each begins, about
+	// every second while it runs, and when it ends (Done == 1). A phase that fails reports no
+	// end; Pull returns the error.
+	Phase string
+	// Elapsed is the time since the phase began (zero while downloading).
+	Elapsed time.Duration
 }
+
+// Conversion phases, as Progress.Phase reports them.
+const (
+	PhaseUnpack = "unpack" // unsquashfs
+	PhaseKey    = "key"    // installing the SSH key and measuring the tree
+	PhaseMkfs   = "mkfs"   // mkfs.ext4 (and, without root, setting owners with debugfs)
+	PhaseCheck  = "check"  // e2fsck
+)
 
 // VersionRange is an inclusive range of Firecracker versions. A bound with fewer than three
 // components covers every version it prefixes: Max "1.14" admits 1.14.9, Min "1.14" admits

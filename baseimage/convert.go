@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -137,14 +138,15 @@ func (m *Manager) checkConvertTools() error {
 }
 
 // convertSquashfs makes the ext4 image dst from the squashfs src, with pub installed as root's
-// authorized_keys. work is a scratch directory that must not exist; it is removed.
+// authorized_keys. name is the squashfs as progress reports show it. work is a scratch
+// directory that must not exist; it is removed.
 //
 // The image keeps the squashfs's owners, groups and modes. As root, unsquashfs restores them and
 // mkfs.ext4 -d copies them. As another user, unsquashfs cannot: files come out owned by that
 // user, device nodes are skipped and set-id bits dropped. The squashfs's own listing
 // (unsquashfs -lln) then supplies every entry's owner, group and mode, and debugfs writes them
 // into the image and creates the device nodes. Either way the result is the same.
-func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pub []byte) (err error) {
+func (m *Manager) convertSquashfs(ctx context.Context, name, src, dst, work string, pub []byte) (err error) {
 	if err := m.checkConvertTools(); err != nil {
 		return err
 	}
@@ -157,6 +159,9 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 		}
 	}()
 	tree := filepath.Join(work, "tree")
+	file := name // as the download showed it
+	end := m.beginPhase(file, PhaseUnpack)
+	defer func() { end(false) }()
 	var entries []fsEntry
 	if !m.euidIsRoot {
 		out, err := m.runTool(ctx, "unsquashfs", "-lln", "-d", listingRoot, src)
@@ -180,6 +185,8 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 			return fmt.Errorf("unpack squashfs: %w", err)
 		}
 	}
+	end(true)
+	end = m.beginPhase(file, PhaseKey)
 	fixups, err := installKey(tree, pub, m.euidIsRoot)
 	if err != nil {
 		return fmt.Errorf("install ssh key: %w", err)
@@ -190,6 +197,8 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 	}
 	sizeMiB, inodes := usage.imageSize(m.sizeMiB, m.headMiB)
 	m.log.Debug("building ext4 rootfs", "size_mib", sizeMiB, "content_bytes", usage.bytes, "files", usage.inodes)
+	end(true)
+	end = m.beginPhase(file, PhaseMkfs)
 
 	tmp := dst + ".part"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
@@ -217,9 +226,12 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 			return fmt.Errorf("set owners in ext4: %w", err)
 		}
 	}
+	end(true)
+	end = m.beginPhase(file, PhaseCheck)
 	if _, err = m.runTool(ctx, "e2fsck", "-fn", tmp); err != nil {
 		return fmt.Errorf("check ext4: %w", err)
 	}
+	end(true)
 	if err = f.Close(); err != nil { // install fsyncs it
 		return fmt.Errorf("close %s: %w", tmp, err)
 	}
@@ -227,6 +239,44 @@ func (m *Manager) convertSquashfs(ctx context.Context, src, dst, work string, pu
 		return fmt.Errorf("rename %s: %w", tmp, err)
 	}
 	return nil
+}
+
+// phaseTick is how often a running conversion phase reports its elapsed time.
+const phaseTick = time.Second
+
+// beginPhase reports that phase of converting file begins, and then its elapsed time every
+// phaseTick. The returned end stops the reports; end(true) also reports the phase's end. Only
+// its first call counts.
+func (m *Manager) beginPhase(file, phase string) (end func(ok bool)) {
+	if m.progress == nil {
+		return func(bool) {}
+	}
+	t0 := time.Now()
+	m.progress(Progress{File: file, Phase: phase, Total: 1})
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(phaseTick)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				m.progress(Progress{File: file, Phase: phase, Total: 1, Elapsed: time.Since(t0)})
+			}
+		}
+	}()
+	var once sync.Once
+	return func(ok bool) {
+		once.Do(func() {
+			close(stop)
+			<-stopped
+			if ok {
+				m.progress(Progress{File: file, Phase: phase, Done: 1, Total: 1, Elapsed: time.Since(t0)})
+			}
+		})
+	}
 }
 
 // listingRoot is the root name passed to unsquashfs -lln -d.

@@ -62,7 +62,7 @@ func helperMain(mode string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if err := m.convertSquashfs(ctx, filepath.Join(dir, "rootfs.squashfs"), filepath.Join(dir, "rootfs.ext4"), filepath.Join(dir, "work"), key); err != nil {
+		if err := m.convertSquashfs(ctx, "rootfs.squashfs", filepath.Join(dir, "rootfs.squashfs"), filepath.Join(dir, "rootfs.ext4"), filepath.Join(dir, "work"), key); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}

@@ -357,7 +357,7 @@ func (m *Manager) build(ctx context.Context, src Source, p *plan) (*Bundle, erro
 	defer s.discard()
 	b := &Bundle{Name: p.name, Arch: m.arch, BootArgs: p.bootArgs, Source: src, Firecracker: p.fc}
 	b.Source.Refresh = false
-	var squashfs string
+	var squashfs, squashfsName string
 	for i := range p.artifacts {
 		a := &p.artifacts[i]
 		dst := filepath.Join(s.dir, map[string]string{roleKernel: fileKernel, roleInitrd: fileInitrd, roleRootfs: fileRootfs}[a.Role])
@@ -368,6 +368,9 @@ func (m *Manager) build(ctx context.Context, src Source, p *plan) (*Bundle, erro
 		name := a.URL[strings.LastIndex(a.URL, "/")+1:]
 		if p.locs[i].url == nil {
 			name = filepath.Base(p.locs[i].path)
+		}
+		if dst == squashfs {
+			squashfsName = name
 		}
 		req := fetchReq{name: name, loc: p.locs[i], size: a.Size, sha256: a.SHA256, etag: a.ETag}
 		res, err := m.fetch(ctx, req, dst)
@@ -387,7 +390,7 @@ func (m *Manager) build(ctx context.Context, src Source, p *plan) (*Bundle, erro
 		return existing, nil
 	}
 	if squashfs != "" {
-		if err := m.convert(ctx, s.dir, squashfs); err != nil {
+		if err := m.convert(ctx, s.dir, squashfs, squashfsName); err != nil {
 			return nil, err
 		}
 	}
@@ -400,7 +403,7 @@ func (m *Manager) build(ctx context.Context, src Source, p *plan) (*Bundle, erro
 }
 
 // convert turns the downloaded squashfs into rootfs.ext4 with a fresh SSH key for root.
-func (m *Manager) convert(ctx context.Context, dir, squashfs string) error {
+func (m *Manager) convert(ctx context.Context, dir, squashfs, name string) error {
 	key, err := newSSHKey()
 	if err != nil {
 		return err
@@ -412,7 +415,7 @@ func (m *Manager) convert(ctx context.Context, dir, squashfs string) error {
 		return err
 	}
 	start := time.Now()
-	if err := m.convertSquashfs(ctx, squashfs, filepath.Join(dir, fileRootfs), filepath.Join(dir, "work"), key.authorizedKey); err != nil {
+	if err := m.convertSquashfs(ctx, name, squashfs, filepath.Join(dir, fileRootfs), filepath.Join(dir, "work"), key.authorizedKey); err != nil {
 		return fmt.Errorf("convert rootfs to ext4: %w", err)
 	}
 	m.log.Debug("converted rootfs", "took", time.Since(start))

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -283,5 +285,47 @@ func TestPullRecordedKeysAfterRemove(t *testing.T) {
 	}
 	if got := artifactKey(t, m, fresh, roleKernel); got != newer+"vmlinux-6.1.200" {
 		t.Errorf("refresh resolved %s", got)
+	}
+}
+
+// Converting a squashfs reports each phase when it begins and ends, in order, with the time
+// it took.
+func TestPullReportsConversionPhases(t *testing.T) {
+	needConvertTools(t)
+	bucket := newFakeBucket(t)
+	populateBucket(t, bucket)
+	var (
+		mu     sync.Mutex
+		phases []Progress
+	)
+	m := testManager(t, bucket, func(o *Options) {
+		o.Progress = func(p Progress) {
+			if p.Phase != "" {
+				mu.Lock()
+				defer mu.Unlock()
+				phases = append(phases, p)
+			}
+		}
+	})
+	if _, err := m.Pull(context.Background(), Source{Preset: PresetLatest}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var got []string
+	for _, p := range phases {
+		if p.File != "ubuntu-24.04.squashfs" || p.Total != 1 || p.Elapsed < 0 {
+			t.Errorf("phase progress %+v", p)
+		}
+		if p.Elapsed == 0 && p.Done == 0 {
+			got = append(got, p.Phase+" begins")
+		}
+		if p.Done == 1 {
+			got = append(got, p.Phase+" ends")
+		}
+	}
+	want := []string{"unpack begins", "unpack ends", "key begins", "key ends", "mkfs begins", "mkfs ends", "check begins", "check ends"}
+	if !slices.Equal(got, want) {
+		t.Errorf("phases %q, want %q", got, want)
 	}
 }

@@ -87,7 +87,13 @@ func (a *app) baseImages(prog *progress) (*baseimage.Manager, error) {
 		Logger:     a.log,
 	}
 	if prog != nil {
-		opts.Progress = func(p baseimage.Progress) { prog.update(p.File, p.Done, p.Total) }
+		opts.Progress = func(p baseimage.Progress) {
+			if p.Phase != "" {
+				prog.phase(p.File, p.Phase, p.Elapsed, p.Done == 1)
+				return
+			}
+			prog.update(p.File, p.Done, p.Total)
+		}
 	}
 	m, err := baseimage.New(opts)
 	if err != nil {

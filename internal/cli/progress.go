@@ -9,6 +9,8 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
+
+	"github.com/smartvm/smartvm/baseimage"
 )
 
 // isTerminal reports whether w is a terminal.
@@ -90,6 +92,45 @@ func (p *progress) update(file string, done, total int64) {
 		p.lastPct = 0
 		p.lastMiB = done
 		fmt.Fprintf(p.w, "%s: %s\n", file, formatBytes(done))
+	}
+}
+
+// phaseWords says what each conversion phase does, as it runs and once done.
+var phaseWords = map[string][2]string{
+	baseimage.PhaseUnpack: {"unpacking", "unpacked"},
+	baseimage.PhaseKey:    {"installing the SSH key", "installed the SSH key"},
+	baseimage.PhaseMkfs:   {"building the ext4 root filesystem", "built the ext4 root filesystem"},
+	baseimage.PhaseCheck:  {"checking the ext4 root filesystem", "checked the ext4 root filesystem"},
+}
+
+// plainPhaseStep is how often a plain (not terminal) progress says a phase still runs.
+const plainPhaseStep = 10 * time.Second
+
+// phase shows a conversion phase of file: on a terminal one line that counts the seconds and
+// ends with the time taken; otherwise a line when it begins, every plainPhaseStep while it
+// runs, and when it ends.
+func (p *progress) phase(file, phase string, elapsed time.Duration, ended bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.shown = true
+	p.finishLocked()
+	p.file = ""
+	words, ok := phaseWords[phase]
+	if !ok {
+		words = [2]string{phase, phase + " done"}
+	}
+	secs := elapsed.Round(time.Second)
+	switch {
+	case ended && p.tty:
+		fmt.Fprintf(p.w, "\r\033[K%s: %s in %s\n", file, words[1], elapsed.Round(100*time.Millisecond))
+	case ended:
+		fmt.Fprintf(p.w, "%s: %s in %s\n", file, words[1], elapsed.Round(100*time.Millisecond))
+	case p.tty:
+		fmt.Fprintf(p.w, "\r\033[K%s: %s %s", file, words[0], secs)
+	case elapsed == 0:
+		fmt.Fprintf(p.w, "%s: %s\n", file, words[0])
+	case elapsed%plainPhaseStep < time.Second:
+		fmt.Fprintf(p.w, "%s: %s (%s)\n", file, words[0], secs)
 	}
 }
 
