@@ -200,6 +200,8 @@ Exit codes: 0 ok, 1 error, 2 usage (ssh passes on the exit code of ssh).`,
 	pf.StringVar(&a.fcBinFlag, "firecracker-bin", "", "firecracker binary (default: $SMARTVM_FIRECRACKER_BIN, ~/.smartvm/bin/firecracker, then PATH)")
 	pf.StringVar(&a.runtimeDirFlag, "runtime-dir", "", "runtime directory for VM sockets, logs and state (default: $SMARTVM_RUNTIME_DIR, else /dev/shm/.smartvm/runtime for root and /dev/shm/.smartvm-UID/runtime for other users, on tmpfs; else the same under $TMPDIR)")
 
+	_ = root.RegisterFlagCompletionFunc("log-level", fixedValues("debug", "info", "warn", "error"))
+	_ = root.RegisterFlagCompletionFunc("log-format", fixedValues("text", "json"))
 	root.AddCommand(
 		a.newVersionCmd(),
 		a.newCompletionCmd(),

@@ -47,3 +47,51 @@ func (a *app) completeImageRefs(cmd *cobra.Command, args []string, _ string) ([]
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
 }
+
+// fixedValues completes a flag with one of values.
+func fixedValues(values ...string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(_ *cobra.Command, _ []string, prefix string) ([]string, cobra.ShellCompDirective) {
+		var out []string
+		for _, v := range values {
+			if strings.HasPrefix(v, prefix) {
+				out = append(out, v)
+			}
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// registerRunCompletions completes run's flags that take a word: --image (presets, then
+// manifest files), --boot-mode, --cpu-template and --huge-pages.
+func registerRunCompletions(cmd *cobra.Command) {
+	_ = cmd.RegisterFlagCompletionFunc("image", func(_ *cobra.Command, _ []string, prefix string) ([]string, cobra.ShellCompDirective) {
+		return presetsFor(prefix), cobra.ShellCompDirectiveDefault
+	})
+	_ = cmd.RegisterFlagCompletionFunc("boot-mode", fixedValues("api", "config-file"))
+	_ = cmd.RegisterFlagCompletionFunc("cpu-template", fixedValues("C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "none"))
+	_ = cmd.RegisterFlagCompletionFunc("huge-pages", fixedValues("2M", "transparent", "none"))
+}
+
+// completePsFilter completes ps --filter: the keys, then the names, states and labels of the
+// running VMs.
+func (a *app) completePsFilter(cmd *cobra.Command, _ []string, prefix string) ([]string, cobra.ShellCompDirective) {
+	words := []string{"name=", "state=running", "state=paused", "label="}
+	if mgr, err := a.manager(nil); err == nil {
+		if infos, err := mgr.List(cmd.Context()); err == nil {
+			for _, info := range infos {
+				words = append(words, "name="+info.Name)
+				for k, v := range info.Spec.Labels {
+					words = append(words, "label="+k, "label="+k+"="+v)
+				}
+			}
+		}
+		mgr.Close()
+	}
+	var out []string
+	for _, w := range words {
+		if strings.HasPrefix(w, prefix) && !slices.Contains(out, w) {
+			out = append(out, w)
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveNoSpace
+}

@@ -163,6 +163,7 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 	fl.BoolVarP(&quiet, "quiet", "q", false, "print only the VMs' names")
 	fl.StringSliceVarP(&filters, "filter", "f", nil, "list only the VMs that match `KEY=VALUE`: name=TEXT, state=STATE, label=KEY[=VALUE] (repeatable)")
 	fl.StringVar(&format, "format", "", formatHelp)
+	_ = cmd.RegisterFlagCompletionFunc("filter", a.completePsFilter)
 	return cmd
 }
 

@@ -168,6 +168,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "label the VM (repeatable): `KEY=VALUE`, or KEY for an empty value; ps --filter label=KEY=VALUE selects by it")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
+	registerRunCompletions(cmd)
 	return cmd
 }
 

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -77,4 +78,53 @@ func TestPsAndInspectForScripts(t *testing.T) {
 	env.run(t, "ps", "-q", "--json").fails(t, ExitUsage, "use only one of -q, --json and --format")
 	env.run(t, "ps", "--format", "{{.Name").fails(t, ExitUsage, "invalid --format")
 	env.run(t, "run", "--label", "a b=c", "--image", "hello").fails(t, ExitUsage, `invalid --label "a b=c"`)
+}
+
+// Completion offers VM names to every command that takes them, image names and IDs to
+// images rm, and the presets to --image.
+func TestCompletionWords(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	env.run(t, "run", "-d", "--name", "comp-a", "--label", "tier=web", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	defer env.run(t, "kill", "comp-a")
+	env.run(t, "images", "pull", writeManifest(t, "img-one", "kernel")).ok(t)
+	words := func(args ...string) []string {
+		t.Helper()
+		r := env.run(t, append([]string{"__complete"}, args...)...).ok(t)
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		var out []string
+		for _, l := range lines[:len(lines)-1] { // the last line is the directive
+			w, _, _ := strings.Cut(l, "\t")
+			out = append(out, w)
+		}
+		return out
+	}
+	for _, cmd := range [][]string{{"stop", ""}, {"kill", ""}, {"pause", ""}, {"resume", ""}, {"inspect", ""},
+		{"logs", ""}, {"attach", ""}, {"ssh", ""}, {"snapshot", ""}} {
+		if got := words(cmd...); !slices.Contains(got, "comp-a") {
+			t.Errorf("%s completes %q, want the VM's name", cmd[0], got)
+		}
+	}
+	if got := words("run", "--image", ""); !slices.Equal(got, []string{"latest", "lts", "hello"}) {
+		t.Errorf("run --image completes %q", got)
+	}
+	if got := words("run", "--image", "l"); !slices.Equal(got, []string{"latest", "lts"}) {
+		t.Errorf("run --image l completes %q", got)
+	}
+	if got := words("images", "pull", ""); !slices.Contains(got, "lts") {
+		t.Errorf("images pull completes %q", got)
+	}
+	got := words("images", "rm", "")
+	if len(got) != 2 || got[0] != "img-one" || len(got[1]) != 16 {
+		t.Errorf("images rm completes %q, want the image's name and ID", got)
+	}
+	if got := words("ps", "--filter", "label=t"); !slices.Equal(got, []string{"label=tier", "label=tier=web"}) {
+		t.Errorf("ps --filter label=t completes %q", got)
+	}
+	if got := words("ps", "--filter", "name=c"); !slices.Equal(got, []string{"name=comp-a"}) {
+		t.Errorf("ps --filter name=c completes %q", got)
+	}
+	if got := words("run", "--huge-pages", ""); !slices.Equal(got, []string{"2M", "transparent", "none"}) {
+		t.Errorf("run --huge-pages completes %q", got)
+	}
 }
