@@ -3,10 +3,10 @@ package baseimage
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/base64"
-	"encoding/binary"
 	"encoding/pem"
 	"fmt"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // keyComment is the comment on generated keys.
@@ -18,50 +18,23 @@ type sshKeyPair struct {
 	privatePEM    []byte // "-----BEGIN OPENSSH PRIVATE KEY-----…", unencrypted
 }
 
-// newSSHKey generates an ed25519 key. The private key follows OpenSSH's PROTOCOL.key
-// ("openssh-key-v1", cipher and KDF "none"), which ssh and ssh-keygen read.
+// newSSHKey generates an ed25519 key and marshals it with golang.org/x/crypto/ssh: the
+// authorized_keys line, and the private key in OpenSSH's format, which ssh and ssh-keygen
+// read.
 func newSSHKey() (*sshKeyPair, error) {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate ed25519 key: %w", err)
 	}
-	const keyType = "ssh-ed25519"
-	var pubBlob []byte
-	pubBlob = appendString(pubBlob, []byte(keyType))
-	pubBlob = appendString(pubBlob, pub)
-
-	var check [4]byte
-	if _, err := rand.Read(check[:]); err != nil {
-		return nil, fmt.Errorf("generate key check bytes: %w", err)
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("ssh public key: %w", err)
 	}
-	var secret []byte
-	secret = append(secret, check[:]...)
-	secret = append(secret, check[:]...)
-	secret = appendString(secret, []byte(keyType))
-	secret = appendString(secret, pub)
-	secret = appendString(secret, priv) // seed || public key, 64 bytes
-	secret = appendString(secret, []byte(keyComment))
-	for i := byte(1); len(secret)%8 != 0; i++ { // pad to the "none" cipher's block size
-		secret = append(secret, i)
+	block, err := ssh.MarshalPrivateKey(priv, keyComment)
+	if err != nil {
+		return nil, fmt.Errorf("marshal ssh private key: %w", err)
 	}
-
-	blob := []byte("openssh-key-v1\x00")
-	blob = appendString(blob, []byte("none")) // cipher
-	blob = appendString(blob, []byte("none")) // KDF
-	blob = appendString(blob, nil)            // KDF options
-	blob = binary.BigEndian.AppendUint32(blob, 1)
-	blob = appendString(blob, pubBlob)
-	blob = appendString(blob, secret)
-
-	line := keyType + " " + base64.StdEncoding.EncodeToString(pubBlob) + " " + keyComment + "\n"
-	return &sshKeyPair{
-		authorizedKey: []byte(line),
-		privatePEM:    pem.EncodeToMemory(&pem.Block{Type: "OPENSSH PRIVATE KEY", Bytes: blob}),
-	}, nil
-}
-
-// appendString appends an SSH wire-format string: a uint32 length, then the bytes.
-func appendString(b, s []byte) []byte {
-	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
-	return append(b, s...)
+	line := ssh.MarshalAuthorizedKey(sshPub) // "ssh-ed25519 AAAA…\n"
+	line = append(line[:len(line)-1], " "+keyComment+"\n"...)
+	return &sshKeyPair{authorizedKey: line, privatePEM: pem.EncodeToMemory(block)}, nil
 }
