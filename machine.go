@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/logcap"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/netdev"
@@ -602,6 +603,54 @@ func (m *Machine) Console() (io.ReadCloser, error) {
 	return &consoleReader{f: m.serial, ended: m.proc.Done(), closed: make(chan struct{})}, nil
 }
 
+// serialCapEvery is how often capSerial checks the size of serial.log.
+const serialCapEvery = 250 * time.Millisecond
+
+// capSerial keeps serial.log within the manager's limit (WithSerialLogLimit) until the VM
+// ends or is released. Only the process that started the VM runs it: an attaching one does
+// not know the limit the VM was started with.
+func (m *Machine) capSerial() {
+	limit := m.mgr.serialMax
+	if limit < 0 {
+		return
+	}
+	f, err := os.OpenFile(m.paths.Serial, os.O_WRONLY, 0)
+	if err != nil {
+		m.log.Debug("bound the serial log", "err", err)
+		return
+	}
+	defer f.Close()
+	t := time.NewTicker(serialCapEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.proc.Done():
+			return
+		case <-m.released:
+			return
+		case <-t.C:
+		}
+		if _, err := logcap.Trim(f, limit); err != nil {
+			m.log.Warn("bound the serial log", "err", err)
+			return
+		}
+	}
+}
+
+// ConsoleLog returns what the guest's serial console has written so far, from the oldest
+// byte kept (see WithSerialLogLimit). Close it when done.
+func (m *Machine) ConsoleLog() (io.ReadCloser, error) {
+	f, err := os.Open(m.paths.Serial)
+	if err != nil {
+		return nil, fmt.Errorf("console of vm %s: %w", m.name, err)
+	}
+	if _, err := f.Seek(logcap.DataStart(f, 0), io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("console of vm %s: %w", m.name, err)
+	}
+	return f, nil
+}
+
 // consolePoll is how often a console stream at the end of the log looks for more.
 const consolePoll = 10 * time.Millisecond
 
@@ -629,6 +678,7 @@ func (r *consoleReader) Read(p []byte) (int, error) {
 			ended = true // whatever it wrote is in the file now
 		default:
 		}
+		r.off = logcap.DataStart(r.f, r.off) // skip what WithSerialLogLimit released
 		n, err := r.f.ReadAt(p, r.off)
 		r.off += int64(n)
 		if n > 0 {

@@ -34,6 +34,8 @@ type Manager struct {
 	grace  time.Duration
 	// stopNotify, when set, hears of Stop's escalations (WithStopNotify).
 	stopNotify func(StopEscalation)
+	// serialMax bounds serial.log (WithSerialLogLimit); < 0: no limit.
+	serialMax int64
 	// netnsDir is where per-VM network namespaces are mounted; empty: netdev's default.
 	netnsDir string
 
@@ -63,12 +65,16 @@ func NewManager(opts ...Option) (*Manager, error) {
 	if o.binary == "" {
 		o.binary = DefaultFirecrackerBinary
 	}
+	if o.serialMax == 0 {
+		o.serialMax = DefaultSerialLogLimit
+	}
 	mgr := &Manager{
 		log:        o.logger,
 		bin:        o.binary,
 		images:     o.images,
 		grace:      o.grace,
 		stopNotify: o.stopNotify,
+		serialMax:  o.serialMax,
 		netnsDir:   o.netnsDir,
 		machines:   map[string]*Machine{},
 		versions:   map[binaryKey]fcapi.Version{},

@@ -12,6 +12,10 @@ import (
 // VM's escape sequence and signals, and for a detached VM's supervisor.
 const DefaultStopGracePeriod = 10 * time.Second
 
+// DefaultSerialLogLimit is how much of a VM's serial console serial.log keeps unless
+// WithSerialLogLimit says otherwise.
+const DefaultSerialLogLimit = 64 << 20
+
 // DefaultFirecrackerBinary is the firecracker executable a Manager runs unless
 // WithFirecrackerBinary names another: looked up in PATH.
 const DefaultFirecrackerBinary = "firecracker"
@@ -27,6 +31,7 @@ type options struct {
 	grace      time.Duration
 	stopNotify func(StopEscalation)
 	netnsDir   string
+	serialMax  int64
 }
 
 // WithRuntimeDir sets the runtime root. Default, for root: /dev/shm/.smartvm/runtime when
@@ -81,6 +86,15 @@ func (e StopEscalation) String() string { return e.Reason + ": sending " + e.Sig
 // can tell its user why a stop takes the hard way; fn must not block. The logger also gets
 // each escalation, at Info level. Default: none.
 func WithStopNotify(fn func(StopEscalation)) Option { return func(o *options) { o.stopNotify = fn } }
+
+// WithSerialLogLimit bounds each VM's serial.log, so that a chatty guest cannot fill the
+// runtime directory's filesystem (tmpfs: memory): while the process that started the VM runs,
+// older output is released (the file keeps its apparent size, with a hole where the old output
+// was) and about the last n bytes are kept; Console and ConsoleLog start at the oldest byte
+// kept. A VM started Detached outlives the bound when its starter exits (the smartvm command
+// keeps a supervisor process for that). n < 0: no limit. Default (and 0):
+// DefaultSerialLogLimit.
+func WithSerialLogLimit(n int64) Option { return func(o *options) { o.serialMax = n } }
 
 // WithNetnsDir sets where the network namespaces of VMs with NetworkSpec.Namespace are
 // bind-mounted. Default: netdev.DefaultNetnsDir (/var/run/netns), where `ip netns` finds

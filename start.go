@@ -299,6 +299,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		return nil, s.fail("register", err)
 	}
 	go m.supervise()
+	go m.capSerial()
 	m.log.Info("vm started", "pid", p.PID(), "took", time.Since(s.begin), "mode", m.mode, "boot_mode", s.spec.BootMode)
 	return m, nil
 }

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 
@@ -33,9 +32,9 @@ sequences that move the cursor, retitle the window or make it answer back) are p
 			}
 			return a.withVM(ctx, args[0], func(m *smartvm.Machine) error {
 				if !follow {
-					f, err := os.Open(m.ConsolePath())
+					f, err := m.ConsoleLog()
 					if err != nil {
-						return fmt.Errorf("console of vm %s: %w", m.Name(), err)
+						return err
 					}
 					defer f.Close()
 					_, err = io.Copy(out, f)

@@ -43,6 +43,7 @@ type runFlags struct {
 	nics                        int
 	uplink                      string
 	specFile, metadata          string
+	serialLogMiB                int
 	balloon                     int
 	balloonDeflate              bool
 	cpuTemplate, hugePages      string
@@ -67,6 +68,14 @@ type runPlan struct {
 	// Vsock adds a vsock device with a free guest CID, picked at start, and its socket in
 	// the VM's directory.
 	Vsock bool `json:"vsock,omitempty"`
+	// SerialLogLimit bounds serial.log in bytes (smartvm.WithSerialLogLimit): 0 for the
+	// default, -1 for none.
+	SerialLogLimit int64 `json:"serial_log_limit,omitempty"`
+}
+
+// managerOptions are the options of the manager that runs the plan's VM.
+func (p runPlan) managerOptions() []smartvm.Option {
+	return []smartvm.Option{smartvm.WithStopGracePeriod(stopGrace), smartvm.WithSerialLogLimit(p.SerialLogLimit)}
 }
 
 func (a *app) newRunCmd() *cobra.Command {
@@ -166,6 +175,8 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.StringVar(&f.hugePages, "huge-pages", "", "back guest memory with huge pages: 2M (needs free hugetlbfs pages) or transparent (newer than Firecracker v1.16)")
 	fl.BoolVar(&f.smt, "smt", false, "enable simultaneous multithreading (x86_64; --cpus must be 1 or even)")
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "label the VM (repeatable): `KEY=VALUE`, or KEY for an empty value; ps --filter label=KEY=VALUE selects by it")
+	f.serialLogMiB = smartvm.DefaultSerialLogLimit >> 20
+	fl.Var(mibFlag{&f.serialLogMiB}, "serial-log-limit", "keep about this much of the guest's serial output in serial.log (MiB, or 1G...); older output is dropped; 0: no limit")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	registerRunCompletions(cmd)
@@ -231,6 +242,10 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 	p.Vsock = f.vsock
 	// Always: the foreground console types into it, and a detached VM keeps it for attach.
 	s.SerialInput = true
+	p.SerialLogLimit = int64(f.serialLogMiB) << 20
+	if f.serialLogMiB == 0 {
+		p.SerialLogLimit = -1
+	}
 	if err := planNetwork(s, f); err != nil {
 		return p, err
 	}
@@ -682,7 +697,7 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 	if isTerminal(a.stderr) {
 		notes = &crlfWriter{w: a.stderr} // the console may have the terminal in raw mode
 	}
-	mgr, err := a.manager(images, smartvm.WithFirecrackerBinary(fc), smartvm.WithStopGracePeriod(stopGrace), stopNotifier(notes))
+	mgr, err := a.manager(images, append(plan.managerOptions(), smartvm.WithFirecrackerBinary(fc), stopNotifier(notes))...)
 	if err != nil {
 		return err
 	}

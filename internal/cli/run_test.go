@@ -60,7 +60,7 @@ func TestPlanRun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	defaults := runFlags{cpus: 1, memory: 512, bootMode: "api"}
+	defaults := runFlags{cpus: 1, memory: 512, bootMode: "api", serialLogMiB: 64}
 	with := func(edit func(*runFlags)) runFlags {
 		f := defaults
 		edit(&f)
@@ -157,6 +157,16 @@ func TestPlanRun(t *testing.T) {
 		}, ""},
 		{"metadata without net", with(func(f *runFlags) { f.image, f.metadata = "hello", metadata }), cliEnv{}, nil, "--metadata needs --net"},
 		{"metadata not json", with(func(f *runFlags) { f.image, f.net, f.metadata = "hello", true, manifest+".bad" }), cliEnv{}, nil, "the file is not JSON"},
+		{"serial log limit", with(func(f *runFlags) { f.image, f.serialLogMiB = "hello", 2 }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if p.SerialLogLimit != 2<<20 {
+				t.Errorf("serial log limit %d", p.SerialLogLimit)
+			}
+		}, ""},
+		{"no serial log limit", with(func(f *runFlags) { f.image, f.serialLogMiB = "hello", 0 }), cliEnv{}, func(t *testing.T, p runPlan) {
+			if p.SerialLogLimit != -1 {
+				t.Errorf("serial log limit %d", p.SerialLogLimit)
+			}
+		}, ""},
 		{"bad cpu template", with(func(f *runFlags) { f.cpuTemplate = "T9" }), cliEnv{}, nil, `invalid --cpu-template "T9"`},
 		{"bad huge pages", with(func(f *runFlags) { f.hugePages = "1G" }), cliEnv{}, nil, `invalid --huge-pages "1G"`},
 		{"deflate without balloon", with(func(f *runFlags) { f.balloonDeflate = true }), cliEnv{}, nil, "--balloon-deflate-on-oom needs --balloon"},

@@ -154,7 +154,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		return v, ok
 	}
 	a.runtimeDirFlag = ""
-	mgr, err := a.manager(nil, smartvm.WithFirecrackerBinary(req.Firecracker), smartvm.WithStopGracePeriod(stopGrace), stopNotifier(a.stderr))
+	mgr, err := a.manager(nil, append(req.Plan.managerOptions(), smartvm.WithFirecrackerBinary(req.Firecracker), stopNotifier(a.stderr))...)
 	if err != nil {
 		report(superviseStatus{Error: err.Error()})
 		return err
