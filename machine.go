@@ -83,6 +83,12 @@ type MachineInfo struct {
 	// VsockSocket is the host-side Unix socket of the VM's vsock device (see
 	// Machine.DialVsock); empty without one.
 	VsockSocket string `json:"vsock_socket,omitempty"`
+	// StagingDir is where the VM's ephemeral drives are staged: drives/ in RuntimeDir, or a
+	// directory under WithStagingDir's.
+	StagingDir string `json:"staging_dir"`
+	// StagedBytes is the space the staged drives take now (allocated blocks: a reflinked or
+	// sparse copy counts only what differs or holds data).
+	StagedBytes int64 `json:"staged_bytes"`
 	// Spec is the VM's description, with defaults applied.
 	Spec MachineSpec `json:"spec"`
 	// Note tells something about the VM its state alone does not: NotePausedBySnapshot or
@@ -215,6 +221,8 @@ func (m *Machine) Info() MachineInfo {
 		Created:            m.created,
 		BaseImage:          m.image,
 		SSHKey:             m.sshKey,
+		StagingDir:         m.paths.Drives,
+		StagedBytes:        stagedBytes(m.paths.Drives),
 		Spec:               m.spec,
 	}
 	if m.spec.Metrics {

@@ -36,6 +36,8 @@ type Manager struct {
 	stopNotify func(StopEscalation)
 	// serialMax bounds serial.log (WithSerialLogLimit); < 0: no limit.
 	serialMax int64
+	// stagingDir is where staged drives go (WithStagingDir); "": the VMs' directories.
+	stagingDir string
 	// netnsDir is where per-VM network namespaces are mounted; empty: netdev's default.
 	netnsDir string
 
@@ -68,6 +70,13 @@ func NewManager(opts ...Option) (*Manager, error) {
 	if o.serialMax == 0 {
 		o.serialMax = DefaultSerialLogLimit
 	}
+	if o.stagingDir != "" {
+		abs, err := filepath.Abs(o.stagingDir)
+		if err != nil {
+			return nil, fmt.Errorf("new manager: staging dir: %w", err)
+		}
+		o.stagingDir = abs
+	}
 	mgr := &Manager{
 		log:        o.logger,
 		bin:        o.binary,
@@ -75,6 +84,7 @@ func NewManager(opts ...Option) (*Manager, error) {
 		grace:      o.grace,
 		stopNotify: o.stopNotify,
 		serialMax:  o.serialMax,
+		stagingDir: o.stagingDir,
 		netnsDir:   o.netnsDir,
 		machines:   map[string]*Machine{},
 		versions:   map[binaryKey]fcapi.Version{},
@@ -121,6 +131,10 @@ func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State)
 	var errs []error
 	if len(st.Network) > 0 {
 		errs = append(errs, mgr.teardownRecorded(ctx, name, st.Network))
+	}
+	if st.Paths.Drives != "" && st.Paths.Drives != filepath.Join(st.Paths.Dir, rundir.DrivesDir) {
+		// Staged in a staging root (WithStagingDir), outside the VM's directory.
+		errs = append(errs, removeStaging(st.Paths.Drives, name))
 	}
 	var spec MachineSpec
 	if json.Unmarshal(st.Spec, &spec) == nil && spec.Vsock != nil && spec.Vsock.Path != "" {
@@ -329,6 +343,8 @@ func (mgr *Manager) infoFromState(st *rundir.State) MachineInfo {
 		FirecrackerVersion: st.FirecrackerVersion,
 		Mode:               st.Mode,
 		Created:            st.Created,
+		StagingDir:         st.Paths.Drives,
+		StagedBytes:        stagedBytes(st.Paths.Drives),
 	}
 	if len(st.Spec) > 0 {
 		// A spec that does not parse (written by a different smartvm) leaves Spec empty;

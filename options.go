@@ -32,6 +32,7 @@ type options struct {
 	stopNotify func(StopEscalation)
 	netnsDir   string
 	serialMax  int64
+	stagingDir string
 }
 
 // WithRuntimeDir sets the runtime root. Default, for root: /dev/shm/.smartvm/runtime when
@@ -95,6 +96,13 @@ func WithStopNotify(fn func(StopEscalation)) Option { return func(o *options) { 
 // keeps a supervisor process for that). n < 0: no limit. Default (and 0):
 // DefaultSerialLogLimit.
 func WithSerialLogLimit(n int64) Option { return func(o *options) { o.serialMax = n } }
+
+// WithStagingDir sets where the private copies of ephemeral drives (and of a base image's
+// rootfs) are staged: a directory per VM under dir, removed with the VM. A copy costs the
+// space of the data the guest can see until it is written, except where dir's filesystem
+// makes reflinks (btrfs, XFS): put dir there to make copies free. On tmpfs, the default
+// runtime root's filesystem, each copy costs RAM. Default: "", the VM's runtime directory.
+func WithStagingDir(dir string) Option { return func(o *options) { o.stagingDir = dir } }
 
 // WithNetnsDir sets where the network namespaces of VMs with NetworkSpec.Namespace are
 // bind-mounted. Default: netdev.DefaultNetnsDir (/var/run/netns), where `ip netns` finds

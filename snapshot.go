@@ -278,7 +278,7 @@ func (mgr *Manager) Restore(ctx context.Context, snap Snapshot, opts ...StartOpt
 	if _, err := mgr.lookup(spec.Name); err != nil {
 		return nil, fmt.Errorf("restore vm %s: %w", spec.Name, err)
 	}
-	paths := mgr.root.Paths(spec.Name)
+	paths := mgr.paths(spec.Name)
 	for id, d := range snap.Drives {
 		if d.HostPath != paths.Drive(id) {
 			return nil, fmt.Errorf("restore vm %s: drive %s was staged at %s, and this runtime root stages it at %s: restore in the runtime root the snapshot was taken in: %w",

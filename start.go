@@ -209,6 +209,9 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	}
 	dir := s.dir
 	s.push(dir.Remove)
+	if err := s.prepareStaging(); err != nil {
+		return nil, s.fail("prepare the staging dir", err)
+	}
 
 	if s.spec.Network != nil {
 		// Before the base image, which may take a download: a host that cannot make the

@@ -66,6 +66,7 @@ type app struct {
 	logLevel, logFormat string
 	fcBinFlag           string
 	runtimeDirFlag      string
+	stagingDirFlag      string
 
 	// helpErr is set instead of printing help for a command line such as "bogus --help",
 	// whose command does not exist.
@@ -146,6 +147,7 @@ Quick start:
 Environment (flags win over the environment, the environment over defaults):
   SMARTVM_FIRECRACKER_BIN            firecracker binary (--firecracker-bin)
   SMARTVM_RUNTIME_DIR                runtime directory (--runtime-dir)
+  SMARTVM_STAGING_DIR                where writable drive copies go (--staging-dir)
   SMARTVM_BASE_IMAGE_DIR             base image cache (default: /tmp/.smartvm/base-images
                                      for root, ~/.cache/smartvm/base-images for others)
   SMARTVM_CI_BUCKET_URL              Firecracker CI bucket the presets list
@@ -198,6 +200,7 @@ Exit codes: 0 ok, 1 error, 2 usage (ssh passes on the exit code of ssh).`,
 	pf.StringVar(&a.logLevel, "log-level", "warn", "smartvm's own log level: debug, info, warn or error")
 	pf.StringVar(&a.logFormat, "log-format", "text", "smartvm's own log format on stderr: text or json")
 	pf.StringVar(&a.fcBinFlag, "firecracker-bin", "", "firecracker binary (default: $SMARTVM_FIRECRACKER_BIN, ~/.smartvm/bin/firecracker, then PATH)")
+	pf.StringVar(&a.stagingDirFlag, "staging-dir", "", "where VMs' writable drive copies go (default: $SMARTVM_STAGING_DIR, else each VM's runtime directory); put it on a filesystem with reflinks (btrfs, XFS) to make copies free")
 	pf.StringVar(&a.runtimeDirFlag, "runtime-dir", "", "runtime directory for VM sockets, logs and state (default: $SMARTVM_RUNTIME_DIR, else /dev/shm/.smartvm/runtime for root and /dev/shm/.smartvm-UID/runtime for other users, on tmpfs; else the same under $TMPDIR)")
 
 	_ = root.RegisterFlagCompletionFunc("log-level", fixedValues("debug", "info", "warn", "error"))

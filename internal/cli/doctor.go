@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -95,7 +96,7 @@ func (a *app) doctor(ctx context.Context) doctorReport {
 	for _, t := range baseimage.HostTools() {
 		checks = append(checks, checkTool(t))
 	}
-	checks = append(checks, a.checkRuntimeDir())
+	checks = append(checks, a.checkRuntimeDir(), a.checkStaging(ctx))
 	if kvm.Status == checkOK && fcCheck.Status == checkOK {
 		checks = append(checks, a.checkHello(ctx, fc))
 	} else {
@@ -223,6 +224,48 @@ func (a *app) checkRuntimeDir() check {
 		c.Fix = "a tmpfs (such as /dev/shm) keeps sockets, logs and drive copies off the disk: --runtime-dir /dev/shm/.smartvm/runtime"
 	default:
 		c.Status = checkOK
+	}
+	return c
+}
+
+// checkStaging says where writable drive copies go and what they cost there.
+func (a *app) checkStaging(ctx context.Context) check {
+	c := check{Name: "drive staging", Status: checkOK}
+	mgr, err := a.manager(nil)
+	if err != nil {
+		c.Status, c.Detail = checkFail, err.Error()
+		return c
+	}
+	defer mgr.Close()
+	dir, where := filepath.Join(mgr.RuntimeDir(), "vms"), "each VM's runtime directory"
+	if staging, _ := a.stagingDir(); staging != "" {
+		dir, where = staging, staging
+		if err := os.MkdirAll(staging, 0o700); err != nil {
+			c.Status, c.Detail = checkFail, err.Error()
+			c.Fix = "point --staging-dir or $" + envStagingDir + " at a writable directory"
+			return c
+		}
+	}
+	fs, err := statFS(dir)
+	if err != nil {
+		c.Status, c.Detail = checkFail, err.Error()
+		return c
+	}
+	var staged int64
+	infos, _ := mgr.List(ctx)
+	for _, info := range infos {
+		staged += info.StagedBytes
+	}
+	now := fmt.Sprintf("; %d running VM(s) hold %s of copies", len(infos), formatBytes(staged))
+	switch {
+	case fs.reflinks:
+		c.Detail = fmt.Sprintf("in %s, on %s: copies are reflinks and cost only what the guest writes%s", where, fs.kind, now)
+	case fs.tmpfs:
+		c.Detail = fmt.Sprintf("in %s, on tmpfs: each writable drive copy costs RAM equal to its data (a CI image's root filesystem: about 660 MiB per VM)%s", where, now)
+		c.Status = checkWarn
+		c.Fix = "to make copies free, set --staging-dir or $" + envStagingDir + " to a directory on btrfs or XFS"
+	default:
+		c.Detail = fmt.Sprintf("in %s, on %s: each writable drive copy costs disk space equal to its data%s", where, fs.kind, now)
 	}
 	return c
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -224,7 +225,7 @@ func TestDoctorFake(t *testing.T) {
 			t.Errorf("check %q is %s without a fix", c.Name, c.Status)
 		}
 	}
-	for _, name := range []string{"/dev/kvm", "firecracker", "/dev/net/tun", "mkfs.ext4", "e2fsck", "unsquashfs", "runtime dir", "hello guest"} {
+	for _, name := range []string{"/dev/kvm", "firecracker", "/dev/net/tun", "mkfs.ext4", "e2fsck", "unsquashfs", "runtime dir", "drive staging", "hello guest"} {
 		if _, ok := byName[name]; !ok {
 			t.Errorf("doctor has no %q check", name)
 		}
@@ -617,4 +618,37 @@ func TestRunSerialLogLimit(t *testing.T) {
 		t.Errorf("the supervisor could not bound the serial log:\n%s", b)
 	}
 	env.run(t, "run", "--serial-log-limit", "1.5K", "--image", "hello").fails(t, ExitUsage, "not a whole number of MiB")
+}
+
+// --staging-dir (or $SMARTVM_STAGING_DIR) puts a VM's drive copies there; inspect shows where
+// and how much; doctor says what the copies cost.
+func TestRunStagingDir(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	staging := t.TempDir()
+	env[envStagingDir] = staging
+	data := filepath.Join(t.TempDir(), "data.img")
+	if err := os.WriteFile(data, []byte(strings.Repeat("x", 32<<10)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env.run(t, "run", "-d", "--name", "stg", "--drive", data, "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	r := env.run(t, "inspect", "--format", "{{.StagingDir}} {{.StagedBytes}}", "stg").ok(t)
+	var dir string
+	var n int64
+	if _, err := fmt.Sscan(r.stdout, &dir, &n); err != nil || filepath.Dir(dir) != staging || n < 32<<10 {
+		t.Errorf("inspect: %q (%v)", r.stdout, err)
+	}
+	var rep doctorReport
+	if err := json.Unmarshal([]byte(env.run(t, "doctor", "--json").stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rep.Checks {
+		if c.Name == "drive staging" && (!strings.Contains(c.Detail, "in "+staging) || !strings.Contains(c.Detail, "1 running VM(s) hold")) {
+			t.Errorf("doctor: %+v", c)
+		}
+	}
+	env.run(t, "stop", "stg").ok(t)
+	if ents, _ := os.ReadDir(staging); len(ents) != 0 {
+		t.Errorf("staging dir holds %d entries after stop", len(ents))
+	}
 }

@@ -11,6 +11,7 @@ import (
 const (
 	envFirecrackerBin      = "SMARTVM_FIRECRACKER_BIN"
 	envRuntimeDir          = "SMARTVM_RUNTIME_DIR"
+	envStagingDir          = "SMARTVM_STAGING_DIR"
 	envBaseImageDir        = "SMARTVM_BASE_IMAGE_DIR"
 	envCIBucketURL         = "SMARTVM_CI_BUCKET_URL"
 	envBaseImagePreset     = "SMARTVM_BASE_IMAGE_PRESET"

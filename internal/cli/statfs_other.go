@@ -8,9 +8,10 @@ import (
 )
 
 type fsInfo struct {
-	kind  string
-	tmpfs bool
-	free  int64
+	kind     string
+	tmpfs    bool
+	reflinks bool
+	free     int64
 }
 
 func statFS(dir string) (fsInfo, error) {

@@ -59,7 +59,11 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 	if err != nil {
 		return err
 	}
-	for k, v := range map[string]string{envRuntimeDir: dir, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL)} {
+	staging, err := a.stagingDir()
+	if err != nil {
+		return err
+	}
+	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL)} {
 		if v != "" {
 			req.Env[k] = v
 		}
@@ -153,7 +157,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		v, ok := req.Env[k]
 		return v, ok
 	}
-	a.runtimeDirFlag = ""
+	a.runtimeDirFlag, a.stagingDirFlag = "", ""
 	mgr, err := a.manager(nil, append(req.Plan.managerOptions(), smartvm.WithFirecrackerBinary(req.Firecracker), stopNotifier(a.stderr))...)
 	if err != nil {
 		report(superviseStatus{Error: err.Error()})

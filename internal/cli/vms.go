@@ -32,6 +32,23 @@ func (a *app) runtimeDir() (string, error) {
 	return abs, nil
 }
 
+// stagingDir is --staging-dir, else $SMARTVM_STAGING_DIR, else "" for the VMs' runtime
+// directories.
+func (a *app) stagingDir() (string, error) {
+	dir := a.stagingDirFlag
+	if dir == "" {
+		dir = a.getenv(envStagingDir)
+	}
+	if dir == "" {
+		return "", nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("staging dir %s: %w", dir, err)
+	}
+	return abs, nil
+}
+
 // manager opens the runtime root, reaping dead VMs. images is the base image cache the VMs
 // use (nil: open it without progress reporting); reaping a VM that booted a base image
 // releases its hold on the image there.
@@ -46,7 +63,11 @@ func (a *app) manager(images *baseimage.Manager, opts ...smartvm.Option) (*smart
 	if err != nil {
 		return nil, err
 	}
-	all := []smartvm.Option{smartvm.WithLogger(a.log), smartvm.WithBaseImages(images)}
+	staging, err := a.stagingDir()
+	if err != nil {
+		return nil, err
+	}
+	all := []smartvm.Option{smartvm.WithLogger(a.log), smartvm.WithBaseImages(images), smartvm.WithStagingDir(staging)}
 	if dir != "" {
 		all = append(all, smartvm.WithRuntimeDir(dir))
 	}
