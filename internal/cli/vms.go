@@ -18,33 +18,28 @@ import (
 
 // runtimeDir is --runtime-dir, else $SMARTVM_RUNTIME_DIR, else "" for the library's default.
 func (a *app) runtimeDir() (string, error) {
-	dir := a.runtimeDirFlag
-	if dir == "" {
-		dir = a.getenv(envRuntimeDir)
-	}
-	if dir == "" {
-		return "", nil
-	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", fmt.Errorf("runtime dir %s: %w", dir, err)
-	}
-	return abs, nil
+	return a.dirSetting("runtime dir", a.runtimeDirFlag, envRuntimeDir)
 }
 
 // stagingDir is --staging-dir, else $SMARTVM_STAGING_DIR, else "" for the VMs' runtime
 // directories.
 func (a *app) stagingDir() (string, error) {
-	dir := a.stagingDirFlag
+	return a.dirSetting("staging dir", a.stagingDirFlag, envStagingDir)
+}
+
+// dirSetting is a directory from its flag, else its environment variable, made absolute;
+// "" when neither is set.
+func (a *app) dirSetting(what, flag, env string) (string, error) {
+	dir := flag
 	if dir == "" {
-		dir = a.getenv(envStagingDir)
+		dir = a.getenv(env)
 	}
 	if dir == "" {
 		return "", nil
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", fmt.Errorf("staging dir %s: %w", dir, err)
+		return "", fmt.Errorf("%s %s: %w", what, dir, err)
 	}
 	return abs, nil
 }
