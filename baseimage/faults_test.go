@@ -362,3 +362,36 @@ func TestPullNoSuchHostIsNotRetried(t *testing.T) {
 		})
 	}
 }
+
+// Download fetches one file with Pull's download path: it resumes a dropped transfer,
+// verifies the sha256 and leaves nothing behind on a mismatch.
+func TestDownloadFile(t *testing.T) {
+	bucket := newFakeBucket(t)
+	body := bytes.Repeat([]byte("release "), 64<<10)
+	bucket.putFile("/rel/firecracker.tgz", body)
+	bucket.setFault("/rel/firecracker.tgz", &fault{times: 1, drop: true, dropAfter: 100 << 10})
+	sum := sha256.Sum256(body)
+	var last Progress
+	m := testManager(t, bucket, func(o *Options) { o.Progress = func(p Progress) { last = p } })
+	dir := t.TempDir()
+	got, err := m.Download(context.Background(), bucket.srv.URL+"/rel/firecracker.tgz", filepath.Join(dir, "fc.tgz"), hex.EncodeToString(sum[:]), "fc.tgz")
+	if err != nil || got != hex.EncodeToString(sum[:]) {
+		t.Fatalf("download: %s, %v", got, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "fc.tgz")); !bytes.Equal(b, body) {
+		t.Error("downloaded file differs")
+	}
+	if n := bucket.count("/rel/firecracker.tgz"); n != 2 || len(bucket.ranges) != 1 {
+		t.Errorf("%d requests, ranges %v: want a resumed second request", n, bucket.ranges)
+	}
+	if last.File != "fc.tgz" || last.Done != int64(len(body)) {
+		t.Errorf("last progress %+v", last)
+	}
+	_, err = m.Download(context.Background(), bucket.srv.URL+"/rel/firecracker.tgz", filepath.Join(dir, "bad.tgz"), strings.Repeat("0", 64), "bad.tgz")
+	if !errors.Is(err, ErrChecksum) {
+		t.Errorf("download with a wrong sha256: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("a failed download left files: %v", ents)
+	}
+}

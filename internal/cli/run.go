@@ -611,7 +611,9 @@ func (a *app) firecrackerForRun(ctx context.Context, noInstall bool) (string, er
 // installLatest installs the latest Firecracker release into ~/.smartvm/bin, announcing it on
 // stderr, and returns the firecracker binary's path.
 func (a *app) installLatest(ctx context.Context) (string, error) {
-	site, err := a.releaseSite()
+	prog := newProgress(a.stderr)
+	defer prog.finish()
+	site, err := a.releaseSite(prog)
 	if err != nil {
 		return "", err
 	}
@@ -619,11 +621,11 @@ func (a *app) installLatest(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	tag, err := site.latest(ctx)
+	tag, err := site.Latest(ctx)
 	if err != nil {
 		return "", err
 	}
-	res, err := site.install(ctx, tag, dir, a.stderr, newProgress(a.stderr))
+	res, err := site.Install(ctx, tag, dir, a.stderr)
 	if err != nil {
 		return "", err
 	}

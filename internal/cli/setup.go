@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+
+	"github.com/smartvm/smartvm/internal/fcrelease"
 )
 
 func (a *app) newSetupCmd() *cobra.Command {
@@ -20,20 +22,22 @@ against the published .sha256.txt, and installs firecracker and jailer into ~/.s
 --version it installs the latest release.
 
 $SMARTVM_FIRECRACKER_RELEASE_URL replaces the release site
-(` + defaultReleaseURL + `) with a mirror of the same layout:
+(` + fcrelease.DefaultURL + `) with a mirror of the same layout:
 <url>/download/<tag>/firecracker-<tag>-<arch>.tgz and a <url>/latest that redirects to
 .../<tag>.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			site, err := a.releaseSite()
+			prog := newProgress(a.stderr)
+			defer prog.finish()
+			site, err := a.releaseSite(prog)
 			if err != nil {
 				return err
 			}
 			tag := ""
 			if version != "" {
-				if tag, err = normalizeTag(version); err != nil {
-					return err
+				if tag, err = fcrelease.NormalizeTag(version); err != nil {
+					return usagef("invalid --version %q: want a release tag such as v1.14.2", version)
 				}
 			}
 			if dir == "" {
@@ -44,11 +48,11 @@ $SMARTVM_FIRECRACKER_RELEASE_URL replaces the release site
 				return fmt.Errorf("setup: %w", err)
 			}
 			if tag == "" {
-				if tag, err = site.latest(ctx); err != nil {
+				if tag, err = site.Latest(ctx); err != nil {
 					return err
 				}
 			}
-			_, err = site.install(ctx, tag, dir, a.stdout, newProgress(a.stderr))
+			_, err = site.Install(ctx, tag, dir, a.stdout)
 			return err
 		},
 	}
