@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -42,7 +41,7 @@ type Source struct {
 	Refresh bool `json:"-"`
 }
 
-var releaseRE = regexp.MustCompile(`^v[0-9]{1,3}\.[0-9]{1,3}$`)
+var releaseRE = lazyRegexp(`^v[0-9]{1,3}\.[0-9]{1,3}$`)
 
 // Validate checks that exactly one origin is set and that each set field is well formed.
 func (s Source) Validate() error {
@@ -63,7 +62,7 @@ func (s Source) Validate() error {
 		if s.Preset != PresetLatest && s.Preset != PresetLTS {
 			return fmt.Errorf("base image source: unknown preset %q (want %q or %q)", s.Preset, PresetLatest, PresetLTS)
 		}
-		if s.Release != "" && !releaseRE.MatchString(s.Release) {
+		if s.Release != "" && !releaseRE().MatchString(s.Release) {
 			return fmt.Errorf("base image source: release %q is not of the form vMAJOR.MINOR, for example v1.14", s.Release)
 		}
 	case s.Release != "":
@@ -182,11 +181,11 @@ type VersionRange struct {
 	Max string `json:"max,omitempty"`
 }
 
-var versionRE = regexp.MustCompile(`^v?[0-9]{1,4}(\.[0-9]{1,4}){0,2}$`)
+var versionRE = lazyRegexp(`^v?[0-9]{1,4}(\.[0-9]{1,4}){0,2}$`)
 
 // parseVersion turns "v1.14.2" or "1.14" into its numeric components.
 func parseVersion(v string) ([]int, error) {
-	if !versionRE.MatchString(v) {
+	if !versionRE().MatchString(v) {
 		return nil, fmt.Errorf("version %q is not of the form X, X.Y or X.Y.Z", v)
 	}
 	parts := strings.Split(strings.TrimPrefix(v, "v"), ".")

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -48,9 +47,9 @@ const lockPoll = 20 * time.Millisecond
 const maxMetaSize = 1 << 20
 
 var (
-	idRE     = regexp.MustCompile(`^[0-9a-f]{16}$`)
-	idPrefRE = regexp.MustCompile(`^[0-9a-f]{1,16}$`)
-	holderRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$`)
+	idRE     = lazyRegexp(`^[0-9a-f]{16}$`)
+	idPrefRE = lazyRegexp(`^[0-9a-f]{1,16}$`)
+	holderRE = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$`)
 )
 
 // ensureDirs opens the cache directory, once, after checking every directory on the way to it
@@ -376,7 +375,7 @@ func (m *Manager) readRef(key string) (*ref, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return nil, fmt.Errorf("decode ref %s: %w", key, err)
 	}
-	if r.Version != metaVersion || !idRE.MatchString(r.ID) {
+	if r.Version != metaVersion || !idRE().MatchString(r.ID) {
 		return nil, fmt.Errorf("decode ref %s: version %d, id %q", key, r.Version, r.ID)
 	}
 	return &r, nil
@@ -419,7 +418,7 @@ func (m *Manager) removeLocked(id string) error {
 
 // resolveID finds the installed bundle whose ID is id or starts with it (when unique).
 func (m *Manager) resolveID(id string) (string, error) {
-	if !idPrefRE.MatchString(id) {
+	if !idPrefRE().MatchString(id) {
 		return "", fmt.Errorf("base image id %q: want up to 16 lowercase hex digits: %w", id, ErrNotFound)
 	}
 	if len(id) == 16 {
@@ -465,7 +464,7 @@ func (m *Manager) installedIDs() ([]string, error) {
 	}
 	var ids []string
 	for _, e := range ents {
-		if idRE.MatchString(e.Name()) && e.Type().IsDir() {
+		if idRE().MatchString(e.Name()) && e.Type().IsDir() {
 			ids = append(ids, e.Name())
 		}
 	}
@@ -577,7 +576,7 @@ func (m *Manager) pruneLocked(ctx context.Context, keep int, level slog.Level) (
 // use for eviction. release may be called more than once, from any goroutine: later calls
 // return the first one's result. Use returns ErrNotFound when the bundle is not installed.
 func (m *Manager) Use(ctx context.Context, id, holder string) (release func() error, err error) {
-	if !holderRE.MatchString(holder) {
+	if !holderRE().MatchString(holder) {
 		return nil, fmt.Errorf("base image holder %q: want 1 to 128 of A-Z a-z 0-9 . _ @ : + -, starting with a letter or digit", holder)
 	}
 	var full string
@@ -613,7 +612,7 @@ func (m *Manager) Use(ctx context.Context, id, holder string) (release func() er
 // than the one that called Use (for example one that reaps a dead VM). Releasing a marker that
 // is not there is not an error.
 func (m *Manager) Release(ctx context.Context, id, holder string) error {
-	if !idRE.MatchString(id) || !holderRE.MatchString(holder) {
+	if !idRE().MatchString(id) || !holderRE().MatchString(holder) {
 		return fmt.Errorf("release base image %q for %q: malformed id or holder", id, holder)
 	}
 	return m.withCacheLock(ctx, func() error {

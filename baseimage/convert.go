@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -303,7 +302,7 @@ const (
 	sIFIFO  = 0o010000
 )
 
-var listingLineRE = regexp.MustCompile(`^([-dlcbps])([-rwxsStT]{9}) ([0-9]+)/([0-9]+) +([0-9]+|[0-9]+, *[0-9]+) [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2} (.*)$`)
+var listingLineRE = lazyRegexp(`^([-dlcbps])([-rwxsStT]{9}) ([0-9]+)/([0-9]+) +([0-9]+|[0-9]+, *[0-9]+) [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2} (.*)$`)
 
 // parseSquashfsListing parses the output of unsquashfs -lln -d R.
 func parseSquashfsListing(out []byte) ([]fsEntry, error) {
@@ -312,7 +311,7 @@ func parseSquashfsListing(out []byte) ([]fsEntry, error) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		mt := listingLineRE.FindStringSubmatch(line)
+		mt := listingLineRE().FindStringSubmatch(line)
 		if mt == nil {
 			return nil, fmt.Errorf("unexpected listing line %q (a file name with a newline?)", line)
 		}

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -177,7 +176,7 @@ type download struct {
 
 var errStall = errors.New("stalled")
 
-var contentRangeRE = regexp.MustCompile(`^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$`)
+var contentRangeRE = lazyRegexp(`^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$`)
 
 // attempt makes one HTTP request, resuming with a Range request when bytes are already there.
 func (d *download) attempt(ctx context.Context) (progressed bool, err error) {
@@ -214,7 +213,7 @@ func (d *download) attempt(ctx context.Context) (progressed bool, err error) {
 			return false, fmt.Errorf("%w: server sends %d bytes, want %d", ErrChecksum, resp.ContentLength, d.req.size)
 		}
 	case http.StatusPartialContent:
-		mt := contentRangeRE.FindStringSubmatch(resp.Header.Get("Content-Range"))
+		mt := contentRangeRE().FindStringSubmatch(resp.Header.Get("Content-Range"))
 		if mt == nil || mt[1] != strconv.FormatInt(d.done, 10) {
 			// Not the range asked for: start over on the next attempt.
 			if err := d.restart(); err != nil {

@@ -19,7 +19,7 @@ func (m *Manager) Download(ctx context.Context, rawURL, dst, sha256, name string
 		return "", fmt.Errorf("download: %w", err)
 	}
 	sha256 = strings.ToLower(sha256)
-	if sha256 != "" && !sha256RE.MatchString(sha256) {
+	if sha256 != "" && !sha256RE().MatchString(sha256) {
 		return "", fmt.Errorf("download %s: sha256 %q is not 64 hex digits", rawURL, sha256)
 	}
 	res, err := m.fetch(ctx, fetchReq{name: name, loc: location{url: u}, size: -1, sha256: sha256}, dst)

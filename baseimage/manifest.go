@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/url"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -53,8 +52,8 @@ type ManifestFile struct {
 }
 
 var (
-	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
-	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	nameRE   = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+	sha256RE = lazyRegexp(`^[0-9a-f]{64}$`)
 )
 
 // maxBootArgs bounds boot_args; Firecracker's own limit per architecture is lower or equal.
@@ -82,7 +81,7 @@ func ParseManifest(data []byte) (*Manifest, error) {
 	if err := decodeRequired(top, "name", &m.Name); err != nil {
 		return nil, err
 	}
-	if !nameRE.MatchString(m.Name) {
+	if !nameRE().MatchString(m.Name) {
 		return nil, &ManifestError{Field: "name", Err: fmt.Errorf("%q: want 1 to 128 of A-Z a-z 0-9 . _ + -, starting with a letter or digit", m.Name)}
 	}
 	if err := decodeRequired(top, "arch", &m.Arch); err != nil {
@@ -182,7 +181,7 @@ func decodeFile(top map[string]json.RawMessage, name string, rootfs bool) (Manif
 	switch {
 	case f.URL == "":
 		return f, &ManifestError{Field: name + ".url", Err: errors.New("empty")}
-	case !sha256RE.MatchString(f.SHA256):
+	case !sha256RE().MatchString(f.SHA256):
 		return f, &ManifestError{Field: name + ".sha256", Err: fmt.Errorf("%q: want 64 lowercase hex digits", f.SHA256)}
 	case f.Size <= 0:
 		return f, &ManifestError{Field: name + ".size", Err: fmt.Errorf("%d: want the size in bytes, above 0", f.Size)}

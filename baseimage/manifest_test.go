@@ -248,11 +248,11 @@ func FuzzParseManifest(f *testing.F) {
 			return
 		}
 		// Whatever parses must satisfy the schema's invariants.
-		if m.Version != ManifestVersion || !nameRE.MatchString(m.Name) || (m.Arch != ArchX86_64 && m.Arch != ArchAarch64) {
+		if m.Version != ManifestVersion || !nameRE().MatchString(m.Name) || (m.Arch != ArchX86_64 && m.Arch != ArchAarch64) {
 			t.Fatalf("accepted %+v", m)
 		}
 		for _, f := range []*ManifestFile{&m.Kernel, &m.Rootfs, m.Initrd} {
-			if f != nil && (f.URL == "" || !sha256RE.MatchString(f.SHA256) || f.Size <= 0) {
+			if f != nil && (f.URL == "" || !sha256RE().MatchString(f.SHA256) || f.Size <= 0) {
 				t.Fatalf("accepted file %+v", f)
 			}
 		}

@@ -14,7 +14,7 @@ import (
 // Bucket key patterns (firecracker-notes §9.2, §9.4).
 const ciRoot = "firecracker-ci/"
 
-var buildPrefixRE = regexp.MustCompile(`^firecracker-ci/[0-9]{8}-[^/]+/$`)
+var buildPrefixRE = lazyRegexp(`^firecracker-ci/[0-9]{8}-[^/]+/$`)
 
 // plan is what a source resolved to, before downloading.
 type plan struct {
@@ -85,8 +85,8 @@ func cmpCandidates(a, b candidate) int {
 }
 
 var (
-	kernelKeyRE = regexp.MustCompile(`^vmlinux-([0-9]+)\.([0-9]+)\.([0-9]{1,3})$`)
-	rootfsKeyRE = regexp.MustCompile(`^ubuntu-([0-9]+)\.([0-9]+)\.squashfs$`)
+	kernelKeyRE = lazyRegexp(`^vmlinux-([0-9]+)\.([0-9]+)\.([0-9]{1,3})$`)
+	rootfsKeyRE = lazyRegexp(`^ubuntu-([0-9]+)\.([0-9]+)\.squashfs$`)
 )
 
 // pickPreset chooses the kernel and rootfs of one build directory (prefix ends in "<arch>/").
@@ -96,7 +96,7 @@ func pickPreset(objs []object, prefix, preset string) (kernel, rootfs *candidate
 		series := parseDigits(strings.Split(ltsSeries, "."))
 		want = func(v version) bool { return slices.Equal(v[:2], series) }
 	}
-	return pickHighest(objs, prefix, kernelKeyRE, want), pickHighest(objs, prefix, rootfsKeyRE, nil)
+	return pickHighest(objs, prefix, kernelKeyRE(), want), pickHighest(objs, prefix, rootfsKeyRE(), nil)
 }
 
 // resolvePreset lists the bucket and picks the preset's artifacts.
@@ -128,7 +128,7 @@ func (m *Manager) resolvePreset(ctx context.Context, src Source) (*plan, error) 
 	}
 	var builds []string
 	for _, p := range l.prefixes {
-		if buildPrefixRE.MatchString(p) {
+		if buildPrefixRE().MatchString(p) {
 			builds = append(builds, p)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"strconv"
 )
 
@@ -65,11 +64,11 @@ func CheckIfName(name string) error {
 	return nil
 }
 
-var ownerRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+var ownerRE = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 // validOwner checks an owner (VM) name: it names files, namespaces and rule comments.
 func validOwner(owner string) error {
-	if !ownerRE.MatchString(owner) {
+	if !ownerRE().MatchString(owner) {
 		return fmt.Errorf("owner %q: want 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", owner)
 	}
 	return nil
