@@ -793,7 +793,7 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		log:      log,
 		name:     st.Name,
 		spec:     spec,
-		paths:    st.Paths,
+		paths:    mgr.statePaths(st),
 		dir:      dir,
 		proc:     p,
 		client:   client,

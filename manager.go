@@ -132,9 +132,9 @@ func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State)
 	if len(st.Network) > 0 {
 		errs = append(errs, mgr.teardownRecorded(ctx, name, st.Network))
 	}
-	if st.Paths.Drives != "" && st.Paths.Drives != filepath.Join(st.Paths.Dir, rundir.DrivesDir) {
+	if st.StagingDir != "" {
 		// Staged in a staging root (WithStagingDir), outside the VM's directory.
-		errs = append(errs, removeStaging(st.Paths.Drives, name))
+		errs = append(errs, mgr.removeStaging(st.StagingDir, name))
 	}
 	var spec MachineSpec
 	if json.Unmarshal(st.Spec, &spec) == nil && spec.Vsock != nil && spec.Vsock.Path != "" {
@@ -302,7 +302,7 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	}
 	infos := make([]MachineInfo, 0, len(states)+len(corrupt))
 	for _, st := range states {
-		info := mgr.infoFromState(st)
+		info := mgr.infoFromState(st, mgr.statePaths(st))
 		c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
 		info.State = queryState(ctx, c)
 		c.Close()
@@ -331,7 +331,8 @@ func queryState(ctx context.Context, c *fcapi.Client) MachineState {
 	return stateOf(ii.State)
 }
 
-func (mgr *Manager) infoFromState(st *rundir.State) MachineInfo {
+// infoFromState describes the VM st records, whose files are at paths.
+func (mgr *Manager) infoFromState(st *rundir.State, paths rundir.Paths) MachineInfo {
 	info := MachineInfo{
 		Name:               st.Name,
 		PID:                st.PID,
@@ -343,8 +344,8 @@ func (mgr *Manager) infoFromState(st *rundir.State) MachineInfo {
 		FirecrackerVersion: st.FirecrackerVersion,
 		Mode:               st.Mode,
 		Created:            st.Created,
-		StagingDir:         st.Paths.Drives,
-		StagedBytes:        stagedBytes(st.Paths.Drives),
+		StagingDir:         paths.Drives,
+		StagedBytes:        stagedBytes(paths.Drives),
 	}
 	if len(st.Spec) > 0 {
 		// A spec that does not parse (written by a different smartvm) leaves Spec empty;

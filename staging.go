@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/smartvm/smartvm/internal/rundir"
@@ -17,8 +16,8 @@ import (
 // Staged drives live in the VM's runtime directory (drives/) unless WithStagingDir names a
 // staging root: then in <staging root>/smartvm-<h>-<name>/, where <h> identifies the runtime
 // root, so that two runtime roots can share a staging root. The path is the same for every
-// incarnation of the VM, as Restore needs, and is recorded in state.json (paths.drives), so
-// that reaping removes it.
+// incarnation of the VM, as Restore needs, and is recorded in state.json (staging_dir), so
+// that an attaching process finds it and reaping removes it.
 
 // stagingPrefix starts the name of every staging directory smartvm makes.
 const stagingPrefix = "smartvm-"
@@ -27,10 +26,32 @@ const stagingPrefix = "smartvm-"
 func (mgr *Manager) paths(name string) rundir.Paths {
 	p := mgr.root.Paths(name)
 	if mgr.stagingDir != "" {
-		sum := sha256.Sum256([]byte(mgr.root.Path()))
-		p.Drives = filepath.Join(mgr.stagingDir, stagingPrefix+hex.EncodeToString(sum[:4])+"-"+name)
+		p.Drives = filepath.Join(mgr.stagingDir, mgr.stagingName(name))
 	}
 	return p
+}
+
+// stagingName is the name of VM name's staging directory in a staging root: it carries this
+// runtime root's hash, so that only this root's VM of that name uses (and removes) it.
+func (mgr *Manager) stagingName(name string) string {
+	sum := sha256.Sum256([]byte(mgr.root.Path()))
+	return stagingPrefix + hex.EncodeToString(sum[:4]) + "-" + name
+}
+
+// statePaths are the file paths of the VM st describes: as the runtime root computes them,
+// with the staging directory st records when it is one of this root's for that VM.
+func (mgr *Manager) statePaths(st *rundir.State) rundir.Paths {
+	p := st.Paths
+	if mgr.isStagingDir(st.StagingDir, st.Name) {
+		p.Drives = st.StagingDir
+	}
+	return p
+}
+
+// isStagingDir reports whether dir is a clean absolute path whose last element is VM name's
+// staging directory name for this runtime root.
+func (mgr *Manager) isStagingDir(dir, name string) bool {
+	return dir != "" && filepath.IsAbs(dir) && filepath.Clean(dir) == dir && filepath.Base(dir) == mgr.stagingName(name)
 }
 
 // prepareStaging makes the VM's staging directory outside its runtime directory, when
@@ -45,23 +66,22 @@ func (s *starter) prepareStaging() error {
 	}
 	// A directory left by an incarnation that died before it was reaped: the name is ours
 	// (this root holds the VM's name), so what is in it is too.
-	if err := removeStaging(p.Drives, s.spec.Name); err != nil {
+	if err := s.mgr.removeStaging(p.Drives, s.spec.Name); err != nil {
 		return err
 	}
 	if err := os.Mkdir(p.Drives, 0o700); err != nil {
 		return fmt.Errorf("staging dir: %w", err)
 	}
 	s.dir.Paths.Drives = p.Drives
-	s.push(func(context.Context) error { return removeStaging(p.Drives, s.spec.Name) })
+	s.push(func(context.Context) error { return s.mgr.removeStaging(p.Drives, s.spec.Name) })
 	return nil
 }
 
-// removeStaging removes the staging directory dir of VM name when it lies outside the runtime
-// directory: only a directory (not a link) whose name is smartvm's for that VM, so that a
-// state.json that names another path cannot make smartvm remove it.
-func removeStaging(dir, name string) error {
-	h, ok := strings.CutSuffix(strings.TrimPrefix(filepath.Base(dir), stagingPrefix), "-"+name)
-	if _, err := hex.DecodeString(h); !ok || err != nil || len(h) != 8 || !strings.HasPrefix(filepath.Base(dir), stagingPrefix) {
+// removeStaging removes dir, the staging directory of VM name outside its runtime directory:
+// only when its name is this root's staging name for that VM and it is a directory (not a
+// link), so that a state.json that names another path cannot make smartvm remove it.
+func (mgr *Manager) removeStaging(dir, name string) error {
+	if !mgr.isStagingDir(dir, name) {
 		return fmt.Errorf("staging dir %s: not a staging directory of vm %s; left alone", dir, name)
 	}
 	fi, err := os.Lstat(dir)

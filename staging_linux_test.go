@@ -75,17 +75,24 @@ func TestStagingDir(t *testing.T) {
 func TestRemoveStagingRefusesOtherPaths(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	for _, p := range []string{dir, filepath.Join(dir, "smartvm-0000000-x"), filepath.Join(dir, "smartvm-zzzzzzzz-x"), filepath.Join(dir, "smartvm-00000000-y")} {
+	mgr := newManager(t, testRoot(t), "/bin/true", WithStagingDir(dir))
+	ok := mgr.paths("x").Drives
+	other := newManager(t, testRoot(t), "/bin/true", WithStagingDir(dir)).paths("x").Drives
+	for _, p := range []string{dir, filepath.Join(dir, "smartvm-0000000-x"), ok + "y", other, filepath.Join(dir, "sub", filepath.Base(ok)) + "/../" + filepath.Base(ok)} {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := removeStaging(p, "x"); err == nil {
+		if err := mgr.removeStaging(p, "x"); err == nil {
 			t.Errorf("removeStaging(%s, x) removed it", p)
 		}
 	}
-	ok := filepath.Join(dir, "smartvm-0123abcd-x")
-	os.Mkdir(ok, 0o700)
-	if err := removeStaging(ok, "x"); err != nil {
-		t.Errorf("removeStaging of a staging dir: %v", err)
+	if err := os.Mkdir(ok, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.removeStaging(ok, "x"); err != nil {
+		t.Errorf("removeStaging of the vm's staging dir: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another root's staging dir went: %v", err)
 	}
 }

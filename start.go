@@ -732,6 +732,9 @@ func (s *starter) state() *rundir.State {
 		FirecrackerVersion: s.version.String(),
 		Spec:               spec,
 	}
+	if s.dir.Paths.Drives != s.mgr.root.Paths(s.spec.Name).Drives {
+		st.StagingDir = s.dir.Paths.Drives
+	}
 	if s.proc != nil { // else not spawned yet: PID 0 says so
 		st.PID, st.StartTime = s.proc.PID(), s.proc.StartTime()
 	}

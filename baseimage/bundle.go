@@ -278,7 +278,7 @@ const (
 // one: a caller that recorded a bundle's key path can check it against this instead of trusting
 // the record. It returns "" for a malformed ID.
 func (m *Manager) SSHKeyPath(id string) string {
-	if !idRE.MatchString(id) {
+	if !idRE().MatchString(id) {
 		return ""
 	}
 	return m.path(dirBundles, id, fileKey)

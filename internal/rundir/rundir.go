@@ -111,6 +111,10 @@ type State struct {
 	// Network is the host network set up for the VM (a netdev.Network as its owner
 	// serialised it), if any: reaping tears it down.
 	Network json.RawMessage `json:"network,omitempty"`
+	// StagingDir is where the VM's drives are staged when that is outside its directory (a
+	// staging root of the owner's choosing), if anywhere. Like the rest, it is data: the
+	// reader checks it names a staging directory of this VM before using it.
+	StagingDir string `json:"staging_dir,omitempty"`
 }
 
 // BaseImage names a base-image bundle a VM uses and the holder name it registered with.
