@@ -10,12 +10,14 @@
 //
 //	SMARTVM_FIRECRACKER_BIN            --firecracker-bin
 //	SMARTVM_RUNTIME_DIR                --runtime-dir
+//	SMARTVM_STAGING_DIR                --staging-dir
 //	SMARTVM_BASE_IMAGE_DIR             the base image cache
 //	SMARTVM_CI_BUCKET_URL              the Firecracker CI bucket the presets list
 //	SMARTVM_BASE_IMAGE_PRESET          the default preset (latest or lts)
 //	SMARTVM_BASE_IMAGE_MANIFEST_URL    a default manifest URL instead of a preset
 //	SMARTVM_BASE_IMAGE_MANIFEST_PATH   a default manifest file instead of a preset
 //	SMARTVM_FIRECRACKER_RELEASE_URL    the release site setup downloads from
+//	HTTPS_PROXY, HTTP_PROXY, NO_PROXY  proxies for every download (and lower-case forms)
 //
 // Firecracker is looked up in this order: --firecracker-bin, $SMARTVM_FIRECRACKER_BIN,
 // ~/.smartvm/bin/firecracker (where setup installs it), then PATH. run installs the latest
@@ -24,13 +26,16 @@
 // A foreground run connects the guest's serial console to stdio: the guest's output to stdout,
 // stdin to the guest's serial input (MachineSpec.SerialInput), with the terminal in raw mode
 // when stdin is one, restored however run ends. Ctrl-] then q (no Enter needed), SIGINT or
-// SIGTERM stop the VM gracefully, and the exit code is 0 when the guest ended or was stopped,
+// SIGTERM stop the VM gracefully, with the grace period stop uses
+// (smartvm.DefaultStopGracePeriod), and the exit code is 0 when the guest ended or was stopped,
 // 1 when Firecracker failed. attach does the same for a running VM, where the escape detaches
 // and leaves it running.
 //
-// run --net gives the VM one NIC with NAT (--no-nat: without), --net-namespace puts it in a
-// network namespace of its own and --net-ip-arg adds the kernel's ip= argument; both imply
-// --net, while --no-nat without --net is a usage error. ps and inspect show the guest's
+// run --net gives the VM one NIC with NAT (--no-nat: without; --uplink: through that
+// device), --nics N several, --net-namespace puts it in a network namespace of its own and
+// --net-ip-arg adds the kernel's ip= argument; they imply --net, while --no-nat without --net
+// is a usage error. run -f reads a MachineSpec from a JSON file, which the flags given
+// override. ps and inspect show the guest's
 // address, and ssh runs the system's ssh client against it with the base image's key.
 //
 // run --vsock adds a vsock device with Manager.FreeVsockCID's CID (picked at start, in the
@@ -50,4 +55,7 @@
 // then on its stderr (its log, at the --log-level run was given, and any crash report) goes to
 // supervisor.log in the VM's directory. SIGTERM makes it stop the VM. The other VM commands
 // adopt VMs through the library (Manager.Attach), which reaps dead VMs first.
+//
+// For scripts: ps -q, ps --filter, and --format Go templates on ps, inspect and images ls
+// (over the objects --json prints); inspect with several names prints a JSON array.
 package cli
