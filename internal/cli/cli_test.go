@@ -175,7 +175,7 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	for _, args := range [][]string{{"help", "images", "pull"}, {"images", "pull", "--help"}} {
-		if r := newEnv(t).run(t, args...).ok(t); !strings.Contains(r.stdout, "smartvm images pull [--preset") {
+		if r := newEnv(t).run(t, args...).ok(t); !strings.Contains(r.stdout, "smartvm images pull [IMAGE | --preset") {
 			t.Errorf("%s printed no help for images pull:\n%s", strings.Join(args, " "), r.stdout)
 		}
 	}

@@ -170,8 +170,11 @@ func TestSnapshotErrors(t *testing.T) {
 	r.fails(t, ExitError, "restore in the runtime root the snapshot was taken in")
 	r.fails(t, ExitError, "choose that runtime root with --runtime-dir or $SMARTVM_RUNTIME_DIR")
 
-	// Another minor release of Firecracker, in the foreground and through the supervisor.
+	// Another minor release of Firecracker, in the foreground and through the supervisor:
+	// another binary (a version is a property of the file, and smartvm caches it by the
+	// file's identity), which the fake makes by reading its version from the environment.
 	t.Setenv(fakefc.EnvVersion, "1.7.0")
+	env[envFirecrackerBin] = testutil.Link(t, "firecracker")
 	for _, args := range [][]string{{"restore", dir}, {"restore", "-d", dir}} {
 		r := env.run(t, args...)
 		r.fails(t, ExitError, "snapshot written by Firecracker 1.14.2 cannot be loaded by 1.7.0")
