@@ -4,10 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/smartvm/smartvm/fcapi"
@@ -36,30 +33,32 @@ type binaryKey struct {
 	Ctime int64  `json:"ctime_ns"`
 }
 
+// cacheable reports whether the key identifies the file well enough to cache its version
+// across processes: with its inode and change time.
+func (k binaryKey) cacheable() bool { return k.Ino != 0 && k.Ctime != 0 }
+
 // versionCacheEntry is the content of one version cache file.
 type versionCacheEntry struct {
 	Binary  binaryKey `json:"binary"`
 	Version string    `json:"version"`
 }
 
-// versionCachePath is the cache file of the binary at path (an absolute path).
-func (mgr *Manager) versionCachePath(path string) string {
+// versionCacheName is the name of the cache file of the binary at path (an absolute path).
+func versionCacheName(path string) string {
 	sum := sha256.Sum256([]byte(path))
-	return filepath.Join(mgr.root.Path(), versionCacheDir, "firecracker-"+hex.EncodeToString(sum[:12])+".json")
+	return "firecracker-" + hex.EncodeToString(sum[:12]) + ".json"
 }
 
 // cachedVersion returns the version the cache file records for key. The file is untrusted
-// input: it must be a small regular file (not a link) owned by this process's user and
-// writable by no one else, hold valid JSON for exactly this key and a version that parses;
+// input: it is read through the runtime root's open directory, must be a small regular file
+// owned by this process's user, hold valid JSON for exactly this key and a version that parses;
 // anything else is a miss.
 func (mgr *Manager) cachedVersion(key binaryKey) (fcapi.Version, bool) {
-	f, err := openPrivate(mgr.versionCachePath(key.Path))
-	if err != nil {
+	if !key.cacheable() {
 		return fcapi.Version{}, false
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxVersionCacheFile+1))
-	if err != nil || len(b) > maxVersionCacheFile {
+	b, err := mgr.root.ReadCache(versionCacheName(key.Path), maxVersionCacheFile)
+	if err != nil {
 		return fcapi.Version{}, false
 	}
 	var e versionCacheEntry
@@ -73,38 +72,19 @@ func (mgr *Manager) cachedVersion(key binaryKey) (fcapi.Version, bool) {
 	return v, true
 }
 
-// storeVersion records v for key in the cache, atomically (a temporary file renamed into
-// place), readable and writable by this user only. Failing to store is not an error: the next
-// process probes again.
+// storeVersion records v for key in the cache, atomically, readable and writable by this user
+// only. Failing to store is not an error: the next process probes again.
 func (mgr *Manager) storeVersion(key binaryKey, v fcapi.Version) {
-	if err := writeVersionCache(mgr.versionCachePath(key.Path), versionCacheEntry{Binary: key, Version: v.String()}); err != nil {
+	if !key.cacheable() {
+		return
+	}
+	b, err := json.Marshal(versionCacheEntry{Binary: key, Version: v.String()})
+	if err == nil {
+		err = mgr.root.WriteCache(versionCacheName(key.Path), b)
+	}
+	if err != nil {
 		mgr.log.Debug("store the firecracker version", "err", err)
 	}
-}
-
-func writeVersionCache(path string, e versionCacheEntry) error {
-	b, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	dir := filepath.Dir(path)
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after the rename, a no-op
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	// No fsync: losing the file in a crash costs one probe, and a torn file is a miss.
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // probeKey stats the binary at path (absolute) for its identity.
@@ -121,5 +101,3 @@ func probeKey(path string) (binaryKey, os.FileInfo, error) {
 // versionProbeTimeout bounds `firecracker --version`.
 const versionProbeTimeout = 10 * time.Second
 
-// errNotPrivate: a cache file that someone else could have written.
-var errNotPrivate = errors.New("not a private file")

@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
 
 	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // Staged drives live in the VM's runtime directory (drives/) unless WithStagingDir names a
@@ -61,15 +63,19 @@ func (s *starter) prepareStaging() error {
 	if p.Drives == s.dir.Paths.Drives {
 		return nil
 	}
-	if err := os.MkdirAll(s.mgr.stagingDir, 0o700); err != nil {
+	// The staging root must be as trustworthy as the runtime root (see docs/security.md).
+	d, err := safedir.OpenTrusted(s.mgr.stagingDir, true)
+	if err != nil {
 		return fmt.Errorf("staging dir: %w", err)
 	}
+	defer d.Close()
 	// A directory left by an incarnation that died before it was reaped: the name is ours
 	// (this root holds the VM's name), so what is in it is too.
-	if err := s.mgr.removeStaging(p.Drives, s.spec.Name); err != nil {
-		return err
+	base := filepath.Base(p.Drives)
+	if err := d.RemoveAll(base); err != nil {
+		return fmt.Errorf("staging dir: %w", err)
 	}
-	if err := os.Mkdir(p.Drives, 0o700); err != nil {
+	if err := d.Mkdir(base, 0o700); err != nil {
 		return fmt.Errorf("staging dir: %w", err)
 	}
 	s.dir.Paths.Drives = p.Drives
@@ -84,17 +90,17 @@ func (mgr *Manager) removeStaging(dir, name string) error {
 	if !mgr.isStagingDir(dir, name) {
 		return fmt.Errorf("staging dir %s: not a staging directory of vm %s; left alone", dir, name)
 	}
-	fi, err := os.Lstat(dir)
-	if errors.Is(err, os.ErrNotExist) {
+	// Its parent must be a trustworthy directory, and the removal works relative to it: a
+	// path recorded in state.json never leads anywhere else.
+	d, err := safedir.OpenTrusted(filepath.Dir(dir), false)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("staging dir: %w", err)
+		return fmt.Errorf("staging dir %s: %w; left alone", dir, err)
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("staging dir %s: not a directory; left alone", dir)
-	}
-	if err := os.RemoveAll(dir); err != nil {
+	defer d.Close()
+	if err := d.RemoveAll(filepath.Base(dir)); err != nil {
 		return fmt.Errorf("staging dir: %w", err)
 	}
 	return nil

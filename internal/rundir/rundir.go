@@ -1012,3 +1012,29 @@ func (r *Root) Has(name string) bool {
 	_, err := r.vms.Lstat(name)
 	return err == nil
 }
+
+// cacheDir is the root's directory for small private files of smartvm's own (such as the
+// firecracker version cache).
+const cacheDir = "cache"
+
+// ReadCache reads file name (a plain file name) of the root's cache directory, refusing a file
+// that is not a regular file of this user or is larger than limit. A missing file wraps
+// fs.ErrNotExist.
+func (r *Root) ReadCache(name string, limit int64) ([]byte, error) {
+	if name == "" || name != filepath.Base(name) || strings.HasPrefix(name, ".") {
+		return nil, fmt.Errorf("cache file %q: want a plain file name", name)
+	}
+	return r.dir.ReadFile(cacheDir+"/"+name, limit)
+}
+
+// WriteCache replaces file name of the root's cache directory with data, atomically, mode
+// 0600.
+func (r *Root) WriteCache(name string, data []byte) error {
+	if name == "" || name != filepath.Base(name) || strings.HasPrefix(name, ".") {
+		return fmt.Errorf("cache file %q: want a plain file name", name)
+	}
+	if err := r.dir.Mkdir(cacheDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return r.dir.WriteFileAtomic(cacheDir+"/"+name, data, 0o600)
+}
