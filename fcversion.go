@@ -100,4 +100,3 @@ func probeKey(path string) (binaryKey, os.FileInfo, error) {
 
 // versionProbeTimeout bounds `firecracker --version`.
 const versionProbeTimeout = 10 * time.Second
-
