@@ -70,6 +70,36 @@ func (s *starter) useBaseImage(ctx context.Context) error {
 	return nil
 }
 
+// holdSnapshotImage marks the base image a snapshot's VM booted in use again, for the restored
+// VM's life, and gives it the image's SSH key: the restored VM is the same guest, with the
+// same key for root. The snapshot holds its own copy of the root drive, so a bundle evicted
+// since is no error: the VM then runs without the marker and key, and the log says so.
+func (s *starter) holdSnapshotImage(ctx context.Context) error {
+	images := s.mgr.images
+	id := s.snap.BaseImage
+	if images == nil {
+		s.log.Warn("the snapshot's vm booted a base image, but the manager has no base-image manager (WithBaseImages): no ssh key for it", "image", id)
+		return nil
+	}
+	b, err := images.Get(ctx, id)
+	if errors.Is(err, baseimage.ErrNotFound) {
+		s.log.Warn("the snapshot's base image is no longer in the cache: the restored vm runs without its ssh key", "image", id)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	holder := "vm:" + s.spec.Name + "@" + s.dir.ID()
+	release, err := images.Use(ctx, b.ID, holder)
+	if err != nil {
+		return fmt.Errorf("mark base image %s in use: %w", b.ID, err)
+	}
+	s.push(func(context.Context) error { return release() })
+	s.image = &resolvedImage{id: b.ID, holder: holder, sshKey: b.SSHPrivateKey}
+	// Recorded at once, so reaping releases the marker if this process dies now.
+	return s.dir.WriteState(s.state())
+}
+
 func orOpen(v string) string {
 	if v == "" {
 		return "any"

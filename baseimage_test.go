@@ -241,3 +241,54 @@ func TestBaseImageSSHKey(t *testing.T) {
 		t.Errorf("a forged key path was listed: %+v, %v", infos, err)
 	}
 }
+
+// A VM started from a base image and restored from its snapshot holds the image in use again
+// and has its SSH key, so smartvm ssh works on it.
+func TestRestoredBaseImageVMKeepsItsKey(t *testing.T) {
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	manifest := squashfsImageFiles(t, t.TempDir(), testguest.ModeHalt)
+	images, err := baseimage.New(baseimage.Options{Dir: filepath.Join(t.TempDir(), "cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	mgr := newManager(t, root, testutil.Link(t, "firecracker"), WithBaseImages(images))
+	m := start(t, mgr, MachineSpec{Name: "imaged", BaseImageManifestPath: manifest, MemoryMiB: 32})
+	want := m.Info()
+	if want.SSHKey == "" || want.BaseImage == "" {
+		t.Fatalf("the started vm has no key or image: %+v", want)
+	}
+	dir := filepath.Join(t.TempDir(), "snap")
+	if _, err := m.Snapshot(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	m.Kill()
+	wait(t, m)
+	m.Close()
+	snap, err := OpenSnapshot(dir)
+	if err != nil || snap.BaseImage != want.BaseImage {
+		t.Fatalf("snapshot base image %q, %v; want %q", snap.BaseImage, err, want.BaseImage)
+	}
+	r, err := mgr.Restore(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got := r.Info(); got.SSHKey != want.SSHKey || got.BaseImage != want.BaseImage {
+		t.Errorf("restored vm: key %q image %q; want %q %q", got.SSHKey, got.BaseImage, want.SSHKey, want.BaseImage)
+	}
+	if infos, _ := mgr.List(ctx); len(infos) != 1 || infos[0].SSHKey != want.SSHKey {
+		t.Errorf("listed: %+v", infos)
+	}
+	b, err := images.Get(ctx, want.BaseImage)
+	if err != nil || len(b.Holders) != 1 {
+		t.Errorf("the restored vm does not hold its image: %+v, %v", b, err)
+	}
+	r.Kill()
+	wait(t, r)
+	r.Close()
+	if b, _ := images.Get(ctx, want.BaseImage); b == nil || len(b.Holders) != 0 {
+		t.Errorf("the image is still held after the vm ended: %+v", b)
+	}
+}

@@ -46,6 +46,9 @@ type Snapshot struct {
 	Created            time.Time `json:"created"`
 	// Drives are the ephemeral drives copied into the snapshot, by drive ID.
 	Drives map[string]SnapshotDrive `json:"drives,omitempty"`
+	// BaseImage is the ID of the base-image bundle the VM booted, if any: a restored VM holds
+	// it in use again and gets its SSH key.
+	BaseImage string `json:"base_image,omitempty"`
 	// PersistentSizes are the sizes of the persistent (read-write, in place) drives when the
 	// snapshot was taken, by drive ID: Restore refuses a drive whose size changed since.
 	PersistentSizes map[string]int64 `json:"persistent_sizes,omitempty"`
@@ -104,6 +107,9 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 		if !resourceRE.MatchString(id) || d.File != filepath.Join(snapshotDrives, id+".img") {
 			return Snapshot{}, fmt.Errorf("open snapshot %s: drive %q has file %q: want %s/<id>.img for a drive id of letters, digits and _", abs, id, d.File, snapshotDrives)
 		}
+	}
+	if s.BaseImage != "" && (len(s.BaseImage) != 16 || strings.Trim(s.BaseImage, "0123456789abcdef") != "") {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: base image %q is not a bundle ID (16 hex digits)", abs, s.BaseImage)
 	}
 	s.Dir = abs
 	return s, nil
@@ -220,6 +226,7 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 		FirecrackerVersion: m.version.String(),
 		Created:            time.Now().UTC(),
 		Network:            m.network,
+		BaseImage:          m.image,
 	}
 	for _, d := range m.spec.Drives {
 		if writable(d) {

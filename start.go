@@ -225,6 +225,11 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 			return nil, s.fail("base image", err)
 		}
 	}
+	if s.snap != nil && s.snap.BaseImage != "" {
+		if err := s.holdSnapshotImage(ctx); err != nil {
+			return nil, s.fail("base image", err)
+		}
+	}
 	if err := s.checkInputs(); err != nil {
 		return nil, s.fail("check the kernel and drives", err)
 	}
