@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // DefaultPool is the address range NICs get their /30 from when none is configured.
@@ -242,31 +244,14 @@ func (p *Pool) releaseLocked(owner string) error {
 	return errors.Join(errs...)
 }
 
-// writeJSON writes v to path atomically: a temporary file in the same directory, fsync,
-// rename.
+// writeJSON writes v to path atomically (safedir.WriteFile: a temporary file beside it,
+// fsync, rename, directory fsync), mode 0600.
 func writeJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
+	return safedir.WriteFile(path, append(b, '\n'), 0o600)
 }
 
 func readJSON(path string, v any) error {

@@ -538,42 +538,6 @@ func (d *Dir) WriteState(st *State) error {
 	return nil
 }
 
-// WriteFileAtomic replaces path with data so that readers see the old or the new content,
-// never a part: a temporary file in the same directory, fsync, rename, directory fsync. It is
-// for paths the caller chose (a snapshot directory); inside the runtime root, Dir's methods
-// work relative to the open root instead.
-func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		err = d.Sync()
-		d.Close()
-		return err
-	}
-	return nil
-}
-
 // Unlock releases the VM's lock (a no-op for a looked-up Dir). The directory stays; the next
 // reap removes it once the VM's process is gone.
 func (d *Dir) Unlock() error {

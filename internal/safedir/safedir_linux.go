@@ -783,3 +783,21 @@ func (d *Dir) Chmod(name string, perm fs.FileMode) error {
 	}
 	return nil
 }
+
+// WriteFile replaces the file at path with data atomically, as Dir.WriteFileAtomic does,
+// relative to path's directory held open: a temporary file beside it (mode perm exactly),
+// fsync, renameat, and an fsync of the directory. It is the one atomic write smartvm uses for
+// small files outside a Dir.
+func WriteFile(path string, data []byte, perm fs.FileMode) error {
+	dir := filepath.Dir(path)
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	d, err := newDir(fd, dir, uint32(os.Geteuid()))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.WriteFileAtomic(filepath.Base(path), data, perm)
+}

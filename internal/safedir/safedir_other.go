@@ -102,3 +102,29 @@ func FlockShared(*os.File) (bool, error) { return false, errUnsupported }
 
 // Chmod needs Linux.
 func (d *Dir) Chmod(string, fs.FileMode) error { return errUnsupported }
+
+// WriteFile replaces the file at path with data atomically: a temporary file beside it,
+// fsync, rename.
+func WriteFile(path string, data []byte, perm fs.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // Modes: the values of smartvm.test= that the guest knows.
@@ -128,31 +128,11 @@ func ELF() []byte { return bytes.Clone(image()) }
 // Write writes the guest kernel (ELF) to path with mode 0644, replacing any file there. It
 // writes a temporary file in the same directory and renames it, so path never holds a partial
 // kernel.
-func Write(path string) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
+func Write(path string) error {
+	if err := safedir.WriteFile(path, image(), 0o644); err != nil {
 		return fmt.Errorf("write test guest %s: %w", path, err)
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			err = fmt.Errorf("write test guest %s: %w", path, err)
-		}
-	}()
-	if _, err := f.Write(image()); err != nil {
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return nil
 }
 
 // image builds the ELF once.
