@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/smartvm/smartvm/internal/agentwire"
+)
+
+// announcer keeps a connection to the host (agentwire.HostPort over vsock): it says the agent is ready,
+// takes the host's clock, and, when the connection is reset by a snapshot, makes the vsock
+// listener start over and connects again.
+type announcer struct {
+	dial    func() (net.Conn, error)
+	log     *slog.Logger
+	pid1    bool
+	onReset func()
+	events  chan agentwire.Hello
+	acked   chan struct{} // buffered: the host answered
+}
+
+func (a *announcer) run(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		conn, err := a.dial()
+		if err != nil {
+			// Nobody listens on the host (yet): try again, slowly.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		err = a.session(ctx, conn)
+		conn.Close()
+		if errors.Is(err, syscall.ECONNRESET) {
+			a.log.Info("vsock transport reset (snapshot or restore): listening again")
+			a.onReset()
+		}
+	}
+}
+
+// session says hello on conn, sets the clock from each answer and sends events, until the
+// connection ends.
+func (a *announcer) session(ctx context.Context, conn net.Conn) error {
+	enc := json.NewEncoder(conn)
+	answers := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(conn)
+		for sc.Scan() {
+			var ts agentwire.TimeSync
+			if err := json.Unmarshal(sc.Bytes(), &ts); err != nil {
+				answers <- err
+				return
+			}
+			a.setClock(ts)
+			select {
+			case a.acked <- struct{}{}:
+			default:
+			}
+		}
+		answers <- sc.Err()
+	}()
+	if err := enc.Encode(agentwire.Hello{Event: "ready", Version: version(), PID1: a.pid1}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-answers:
+			return err
+		case ev := <-a.events:
+			if err := enc.Encode(ev); err != nil {
+				a.events <- ev // for the next connection
+				return err
+			}
+		}
+	}
+}
+
+func (a *announcer) setClock(ts agentwire.TimeSync) {
+	if ts.UnixNano == 0 {
+		return
+	}
+	t := unix.NsecToTimespec(ts.UnixNano)
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &t); err != nil {
+		a.log.Debug("set the clock from the host", "err", err)
+		return
+	}
+	a.log.Debug("clock set from the host", "time", time.Unix(0, ts.UnixNano))
+}
+
+// report tells the host how the entrypoint ended and waits a little for its answer.
+func (a *announcer) report(code int) {
+	select {
+	case <-a.acked: // the answer to an earlier hello
+	default:
+	}
+	a.events <- agentwire.Hello{Event: "exit", Code: &code}
+	select {
+	case <-a.acked:
+	case <-time.After(2 * time.Second):
+		a.log.Warn("the host did not acknowledge the exit code")
+	}
+}

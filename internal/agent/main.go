@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"strings"
+)
+
+// version is the agent's version: the module version it was built from.
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// listFlag collects repeated --listen values.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// Main runs smartvm-agent with args (without the program name) and returns its exit code.
+func Main(args []string) int {
+	fl := flag.NewFlagSet("smartvm-agent", flag.ContinueOnError)
+	var listen listFlag
+	fl.Var(&listen, "listen", "where to serve, repeatable: vsock, vsock:PORT, unix:PATH or tcp:HOST:PORT (default: vsock, port 10700)")
+	configPath := fl.String("config", "", "as PID 1: the init config (JSON; default: smartvm.init= from the kernel command line, else "+DefaultInitConfig+")")
+	announce := fl.String("announce", "", "where to report readiness (and, as PID 1, the entrypoint's exit code) and take the clock from: vsock (the host, CID 2, port 10701), unix:PATH, tcp:HOST:PORT or none (default: vsock when listening on vsock, else none)")
+	logLevel := fl.String("log-level", "info", "log level on stderr: debug, info, warn or error")
+	showVersion := fl.Bool("version", false, "print the version and exit")
+	fl.SetOutput(os.Stderr)
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fl.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "smartvm-agent: unexpected argument %q\n", fl.Arg(0))
+		return 2
+	}
+	if *showVersion {
+		fmt.Println("smartvm-agent", version())
+		return 0
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "smartvm-agent: --log-level: %s\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("prog", "smartvm-agent")
+	if len(listen) == 0 {
+		listen = listFlag{"vsock"}
+	}
+	if *announce == "" {
+		*announce = "none"
+		for _, l := range listen {
+			if strings.HasPrefix(l, "vsock") {
+				*announce = "vsock"
+			}
+		}
+	}
+	if *announce == "none" {
+		*announce = ""
+	}
+	cfg := Config{Listen: listen, Announce: *announce, InitConfig: *configPath, PID1: os.Getpid() == 1, Log: log}
+	if err := Run(context.Background(), cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "smartvm-agent: %s\n", err)
+		return 1
+	}
+	return 0
+}
+
+// Config is how Run behaves.
+type Config struct {
+	// Listen holds the addresses to serve on: "vsock", "vsock:PORT", "unix:PATH",
+	// "tcp:HOST:PORT". Required.
+	Listen []string
+	// Announce is where the agent reports readiness and, as PID 1, the entrypoint's exit code,
+	// and takes the clock from: "vsock" (the host on agentwire.HostPort), "unix:PATH" or
+	// "tcp:HOST:PORT"; "" reports nowhere.
+	Announce string
+	// PID1 makes the agent the guest's init: it sets up the system, reaps orphans, runs the
+	// entrypoint of InitConfig and powers off when it ends.
+	PID1 bool
+	// InitConfig is the path of the init config; "" means smartvm.init= from the kernel
+	// command line, else DefaultInitConfig.
+	InitConfig string
+	// Log receives the agent's log; nil discards it.
+	Log *slog.Logger
+	// Stdout and Stderr, as PID 1, are where the entrypoint writes when the host has not
+	// attached to it; nil means the agent's own.
+	Stdout, Stderr io.Writer
+}

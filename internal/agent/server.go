@@ -1,0 +1,248 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/smartvm/smartvm/internal/agentwire"
+	"github.com/smartvm/smartvm/internal/treetar"
+)
+
+// Server serves the agent protocol (package agentwire) on any number of listeners.
+type Server struct {
+	log     *slog.Logger
+	procs   *reaper
+	version string
+	pid1    bool
+	started time.Time
+	handler http.Handler
+}
+
+// newServer returns a server whose commands are started and waited for by procs.
+func newServer(log *slog.Logger, procs *reaper, version string) *Server {
+	s := &Server{log: log, procs: procs, version: version, pid1: procs.pid1, started: time.Now()}
+	opts := connect.WithHandlerOptions(connect.WithCodec(agentwire.Codec{}))
+	mux := http.NewServeMux()
+	mux.Handle(agentwire.ProcExec, connect.NewBidiStreamHandler(agentwire.ProcExec, s.exec, opts))
+	mux.Handle(agentwire.ProcUpload, connect.NewClientStreamHandler(agentwire.ProcUpload, s.upload, opts))
+	mux.Handle(agentwire.ProcDownload, connect.NewServerStreamHandler(agentwire.ProcDownload, s.download, opts))
+	mux.Handle(agentwire.ProcStat, connect.NewUnaryHandler(agentwire.ProcStat, s.stat, opts))
+	mux.Handle(agentwire.ProcMkdir, connect.NewUnaryHandler(agentwire.ProcMkdir, s.mkdir, opts))
+	mux.Handle(agentwire.ProcRemove, connect.NewUnaryHandler(agentwire.ProcRemove, s.remove, opts))
+	mux.Handle(agentwire.ProcHealth, connect.NewUnaryHandler(agentwire.ProcHealth, s.health, opts))
+	s.handler = mux
+	return s
+}
+
+// Serve serves ln until ctx ends, then closes it.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler:           s.handler,
+		Protocols:         &protos,
+		ReadHeaderTimeout: 30 * time.Second,
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerStream:     4 << 20,
+			MaxReceiveBufferPerConnection: 16 << 20,
+		},
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) health(_ context.Context, _ *connect.Request[agentwire.Empty]) (*connect.Response[agentwire.Health], error) {
+	host, _ := os.Hostname()
+	return connect.NewResponse(&agentwire.Health{Version: s.version, PID1: s.pid1, Hostname: host, Started: s.started}), nil
+}
+
+// checkPath refuses a guest path that is relative or has ".." elements.
+func checkPath(p string) error {
+	if !path.IsAbs(p) {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("path %q must be absolute", p))
+	}
+	for _, el := range strings.Split(p, "/") {
+		if el == ".." {
+			return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("path %q must not contain \"..\"", p))
+		}
+	}
+	return nil
+}
+
+// fsError turns a file system error into a Connect error with the matching code.
+func fsError(err error) error {
+	code := connect.CodeUnknown
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		code = connect.CodeNotFound
+	case errors.Is(err, fs.ErrExist):
+		code = connect.CodeAlreadyExists
+	case errors.Is(err, fs.ErrPermission):
+		code = connect.CodePermissionDenied
+	case errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTEMPTY):
+		code = connect.CodeFailedPrecondition
+	}
+	return connect.NewError(code, err)
+}
+
+func (s *Server) stat(_ context.Context, req *connect.Request[agentwire.PathRequest]) (*connect.Response[agentwire.FileInfo], error) {
+	p := req.Msg.Path
+	if err := checkPath(p); err != nil {
+		return nil, err
+	}
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return nil, fsError(err)
+	}
+	info := agentwire.FileInfo{Name: fi.Name(), Size: fi.Size(), Mode: fi.Mode(), ModTime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		info.UID, info.GID = int(st.Uid), int(st.Gid)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		info.Link, _ = os.Readlink(p)
+	}
+	return connect.NewResponse(&info), nil
+}
+
+func (s *Server) mkdir(_ context.Context, req *connect.Request[agentwire.PathRequest]) (*connect.Response[agentwire.Empty], error) {
+	m := req.Msg
+	if err := checkPath(m.Path); err != nil {
+		return nil, err
+	}
+	perm := fs.FileMode(m.Mode).Perm()
+	if perm == 0 {
+		perm = 0o755
+	}
+	var err error
+	if m.Recursive {
+		err = os.MkdirAll(m.Path, perm)
+	} else {
+		err = os.Mkdir(m.Path, perm)
+	}
+	if err != nil {
+		return nil, fsError(err)
+	}
+	return connect.NewResponse(&agentwire.Empty{}), nil
+}
+
+func (s *Server) remove(_ context.Context, req *connect.Request[agentwire.PathRequest]) (*connect.Response[agentwire.Empty], error) {
+	m := req.Msg
+	if err := checkPath(m.Path); err != nil {
+		return nil, err
+	}
+	if filepath.Clean(m.Path) == "/" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("refusing to remove /"))
+	}
+	if _, err := os.Lstat(m.Path); err != nil {
+		return nil, fsError(err)
+	}
+	var err error
+	if m.Recursive {
+		err = os.RemoveAll(m.Path)
+	} else {
+		err = os.Remove(m.Path)
+	}
+	if err != nil {
+		return nil, fsError(err)
+	}
+	return connect.NewResponse(&agentwire.Empty{}), nil
+}
+
+func (s *Server) upload(ctx context.Context, stream *connect.ClientStream[agentwire.UploadIn]) (*connect.Response[agentwire.UploadResult], error) {
+	if !stream.Receive() {
+		if err := stream.Err(); err != nil {
+			return nil, err
+		}
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("upload: no destination"))
+	}
+	dir := stream.Msg().Dir
+	if err := checkPath(dir); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination directory %s does not exist", dir))
+	case err != nil:
+		return nil, fsError(err)
+	case !fi.IsDir():
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination %s is not a directory", dir))
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		for stream.Receive() {
+			if _, err := pw.Write(stream.Msg().Data); err != nil {
+				return // extraction failed and closed the pipe
+			}
+		}
+		pw.CloseWithError(stream.Err()) // nil: EOF
+	}()
+	n, err := treetar.Extract(pr, dir, treetar.Options{Owner: true})
+	pr.CloseWithError(errors.New("extraction ended"))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, connect.NewError(connect.CodeCanceled, err)
+		}
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			return nil, ce
+		}
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("extract into %s: %w", dir, err))
+	}
+	return connect.NewResponse(&agentwire.UploadResult{Files: n}), nil
+}
+
+func (s *Server) download(ctx context.Context, req *connect.Request[agentwire.DownloadRequest], stream *connect.ServerStream[agentwire.Chunk]) error {
+	p := req.Msg.Path
+	if err := checkPath(p); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(p); err != nil {
+		return fsError(err)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(treetar.Write(pw, p, path.Base(p)))
+	}()
+	defer pr.Close()
+	buf := make([]byte, agentwire.ChunkSize)
+	for {
+		n, err := io.ReadFull(pr, buf)
+		if n > 0 {
+			if serr := stream.Send(&agentwire.Chunk{Data: buf[:n]}); serr != nil {
+				return serr
+			}
+		}
+		switch {
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			return nil
+		case err != nil:
+			return connect.NewError(connect.CodeFailedPrecondition, err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,258 @@
+package agentwire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"strings"
+
+	"connectrpc.com/connect"
+)
+
+// ChunkSize is the most bytes one stdin, output or tar message carries.
+const ChunkSize = 128 << 10
+
+// DialFunc opens a new stream connection to the agent.
+type DialFunc func(ctx context.Context) (net.Conn, error)
+
+// ParseAddr parses an agent address: "unix:PATH" or "tcp:HOST:PORT". It returns a dial
+// function for it.
+func ParseAddr(addr string) (DialFunc, error) {
+	network, rest, ok := strings.Cut(addr, ":")
+	if !ok || rest == "" || (network != "unix" && network != "tcp") {
+		return nil, fmt.Errorf("agent address %q: want unix:PATH or tcp:HOST:PORT", addr)
+	}
+	if network == "tcp" {
+		if _, _, err := net.SplitHostPort(rest); err != nil {
+			return nil, fmt.Errorf("agent address %q: %w", addr, err)
+		}
+	}
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, rest)
+	}, nil
+}
+
+// Client calls an agent. Its calls share one HTTP/2 connection, dialled on first use and again
+// after it breaks. Close releases it.
+type Client struct {
+	tr       *http.Transport
+	exec     *connect.Client[ExecIn, ExecOut]
+	upload   *connect.Client[UploadIn, UploadResult]
+	download *connect.Client[DownloadRequest, Chunk]
+	stat     *connect.Client[PathRequest, FileInfo]
+	mkdir    *connect.Client[PathRequest, Empty]
+	remove   *connect.Client[PathRequest, Empty]
+	health   *connect.Client[Empty, Health]
+}
+
+// NewClient returns a client that reaches the agent through dial.
+func NewClient(dial DialFunc) *Client {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{
+		Protocols: &protos,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx)
+		},
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerStream:     4 << 20,
+			MaxReceiveBufferPerConnection: 16 << 20,
+		},
+	}
+	hc := &http.Client{Transport: tr}
+	const base = "http://agent"
+	opts := []connect.ClientOption{connect.WithCodec(Codec{})}
+	return &Client{
+		tr:       tr,
+		exec:     connect.NewClient[ExecIn, ExecOut](hc, base+ProcExec, opts...),
+		upload:   connect.NewClient[UploadIn, UploadResult](hc, base+ProcUpload, opts...),
+		download: connect.NewClient[DownloadRequest, Chunk](hc, base+ProcDownload, opts...),
+		stat:     connect.NewClient[PathRequest, FileInfo](hc, base+ProcStat, opts...),
+		mkdir:    connect.NewClient[PathRequest, Empty](hc, base+ProcMkdir, opts...),
+		remove:   connect.NewClient[PathRequest, Empty](hc, base+ProcRemove, opts...),
+		health:   connect.NewClient[Empty, Health](hc, base+ProcHealth, opts...),
+	}
+}
+
+// Close closes the client's idle connection. Calls in progress go on.
+func (c *Client) Close() error {
+	c.tr.CloseIdleConnections()
+	return nil
+}
+
+// Health asks the agent how it is.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	res, err := c.health.CallUnary(ctx, connect.NewRequest(&Empty{}))
+	if err != nil {
+		return Health{}, callError("health check", "", err)
+	}
+	return *res.Msg, nil
+}
+
+// Stat describes path in the guest (without following a final symlink). A missing path gives an
+// error wrapping fs.ErrNotExist.
+func (c *Client) Stat(ctx context.Context, path string) (FileInfo, error) {
+	res, err := c.stat.CallUnary(ctx, connect.NewRequest(&PathRequest{Path: path}))
+	if err != nil {
+		return FileInfo{}, callError("stat", path, err)
+	}
+	return *res.Msg, nil
+}
+
+// Mkdir creates the directory path in the guest with mode perm (0: 0755), and its missing
+// parents when parents is set.
+func (c *Client) Mkdir(ctx context.Context, path string, perm fs.FileMode, parents bool) error {
+	_, err := c.mkdir.CallUnary(ctx, connect.NewRequest(&PathRequest{Path: path, Mode: uint32(perm.Perm()), Recursive: parents}))
+	return callError("mkdir", path, err)
+}
+
+// Remove removes path in the guest; a directory only when empty, unless recursive.
+func (c *Client) Remove(ctx context.Context, path string, recursive bool) error {
+	_, err := c.remove.CallUnary(ctx, connect.NewRequest(&PathRequest{Path: path, Recursive: recursive}))
+	return callError("remove", path, err)
+}
+
+// Upload sends the tar stream r to the agent, which creates its entries under the existing
+// guest directory dir. It returns the number of entries created.
+func (c *Client) Upload(ctx context.Context, dir string, r io.Reader) (int, error) {
+	stream := c.upload.CallClientStream(ctx)
+	err := stream.Send(&UploadIn{Dir: dir})
+	if err == nil {
+		err = sendChunks(r, func(b []byte) error { return stream.Send(&UploadIn{Data: b}) })
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		// A send error other than the agent ending the call is ours (reading r); the agent's
+		// own reason, if any, comes from CloseAndReceive.
+		_, _ = stream.CloseAndReceive()
+		return 0, err
+	}
+	res, err := stream.CloseAndReceive()
+	if err != nil {
+		return 0, callError("upload to", dir, err)
+	}
+	return res.Msg.Files, nil
+}
+
+// sendChunks reads r in ChunkSize pieces and sends them until EOF.
+func sendChunks(r io.Reader, send func([]byte) error) error {
+	buf := make([]byte, ChunkSize)
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if serr := send(buf[:n]); serr != nil {
+				return serr
+			}
+		}
+		switch {
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			return nil
+		case err != nil:
+			return fmt.Errorf("read: %w", err)
+		}
+	}
+}
+
+// Download returns a tar stream of path in the guest: a file, or a directory and its tree,
+// named base(path). Close the reader to end the call early.
+func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := c.download.CallServerStream(ctx, connect.NewRequest(&DownloadRequest{Path: path}))
+	if err != nil {
+		cancel()
+		return nil, callError("download", path, err)
+	}
+	r := &chunkReader{path: path, stream: stream, cancel: cancel}
+	// Receive the first message now, so that a missing path is reported here.
+	if err := r.next(); err != nil && !errors.Is(err, io.EOF) {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+type chunkReader struct {
+	path   string
+	stream *connect.ServerStreamForClient[Chunk]
+	cancel context.CancelFunc
+	buf    []byte
+	err    error
+}
+
+func (r *chunkReader) next() error {
+	if r.err != nil {
+		return r.err
+	}
+	if r.stream.Receive() {
+		r.buf = r.stream.Msg().Data
+		return nil
+	}
+	if err := r.stream.Err(); err != nil {
+		r.err = callError("download", r.path, err)
+	} else {
+		r.err = io.EOF
+	}
+	return r.err
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if err := r.next(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+func (r *chunkReader) Close() error {
+	r.cancel()
+	return r.stream.Close()
+}
+
+// callError turns a failed call into an error naming op and path. A Connect NotFound error
+// wraps fs.ErrNotExist, AlreadyExists fs.ErrExist, and PermissionDenied fs.ErrPermission.
+func callError(op, path string, err error) error {
+	if err == nil {
+		return nil
+	}
+	what := op
+	if path != "" {
+		what += " " + path
+	}
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return fmt.Errorf("agent %s: %w", what, err)
+	}
+	var kind error
+	switch ce.Code() {
+	case connect.CodeNotFound:
+		kind = fs.ErrNotExist
+	case connect.CodeAlreadyExists:
+		kind = fs.ErrExist
+	case connect.CodePermissionDenied:
+		kind = fs.ErrPermission
+	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeCanceled, connect.CodeDeadlineExceeded:
+		return fmt.Errorf("agent %s: %w", what, err)
+	default:
+		return fmt.Errorf("%s: %s", what, ce.Message())
+	}
+	return &RemoteError{Op: what, Msg: ce.Message(), kind: kind}
+}
+
+// RemoteError is a failure the agent reports about a path. It matches fs.ErrNotExist,
+// fs.ErrExist or fs.ErrPermission with errors.Is, as the agent classified it.
+type RemoteError struct {
+	Op, Msg string
+	kind    error
+}
+
+func (e *RemoteError) Error() string { return e.Op + ": " + e.Msg }
+
+// Is reports whether target is the kind of failure this is.
+func (e *RemoteError) Is(target error) bool { return target == e.kind }

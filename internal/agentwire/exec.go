@@ -1,0 +1,177 @@
+package agentwire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"connectrpc.com/connect"
+)
+
+// ExecIO is where a command's stdio goes on the client side. A nil Stdin gives the command
+// /dev/null; nil Stdout or Stderr discards that output.
+type ExecIO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// Process is a command started by Exec.
+type Process struct {
+	pid    int
+	stream *connect.BidiStreamForClient[ExecIn, ExecOut]
+	cancel context.CancelFunc
+
+	sendMu sync.Mutex
+	done   chan struct{}
+	status ExitStatus
+	err    error
+}
+
+// Exec starts a command in the guest and returns once it runs. A command that cannot start
+// (not found, bad user or directory) is reported by Wait as its ExitStatus, with Code 127 or
+// 126 and the reason in Error, like a shell would. ctx ends the call: cancelling it kills the
+// command.
+func (c *Client) Exec(ctx context.Context, start ExecStart, stdio ExecIO) (*Process, error) {
+	if len(start.Args) == 0 || start.Args[0] == "" {
+		return nil, errors.New("exec: no command")
+	}
+	start.Stdin = stdio.Stdin != nil
+	ctx, cancel := context.WithCancel(ctx)
+	p := &Process{stream: c.exec.CallBidiStream(ctx), cancel: cancel, done: make(chan struct{})}
+	if err := p.send(&ExecIn{Start: &start}); err != nil {
+		cancel()
+		return nil, p.recvError(err)
+	}
+	first, err := p.stream.Receive()
+	if err != nil {
+		cancel()
+		return nil, p.recvError(err)
+	}
+	switch {
+	case first.Started != nil:
+		p.pid = first.Started.PID
+	case first.Exit != nil:
+		p.status = *first.Exit
+		p.finish(nil)
+		return p, nil
+	default:
+		cancel()
+		return nil, errors.New("exec: the agent sent output before the command started")
+	}
+	if stdio.Stdin != nil {
+		go p.pumpStdin(stdio.Stdin)
+	} else {
+		_ = p.stream.CloseRequest()
+	}
+	go p.receive(stdio.Stdout, stdio.Stderr)
+	return p, nil
+}
+
+// recvError names the reason a call failed: a Send that failed with io.EOF means the agent
+// ended the call, and Receive has its reason.
+func (p *Process) recvError(err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := p.stream.Receive(); rerr != nil && !errors.Is(rerr, io.EOF) {
+			err = rerr
+		} else {
+			err = io.ErrUnexpectedEOF
+		}
+	}
+	return callError("exec", "", err)
+}
+
+// PID is the command's process id in the guest; 0 when it did not start.
+func (p *Process) PID() int { return p.pid }
+
+func (p *Process) send(m *ExecIn) error {
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
+	return p.stream.Send(m)
+}
+
+func (p *Process) pumpStdin(r io.Reader) {
+	err := sendChunks(r, func(b []byte) error { return p.send(&ExecIn{Stdin: b}) })
+	if err == nil {
+		_ = p.send(&ExecIn{CloseStdin: true})
+	}
+	// A failed read ends stdin too: the command sees EOF.
+	p.sendMu.Lock()
+	_ = p.stream.CloseRequest()
+	p.sendMu.Unlock()
+}
+
+func (p *Process) receive(stdout, stderr io.Writer) {
+	var err error
+	var exit *ExitStatus
+	for {
+		m, rerr := p.stream.Receive()
+		if rerr != nil {
+			if !errors.Is(rerr, io.EOF) && exit == nil && err == nil {
+				err = callError("exec", "", rerr)
+			}
+			break
+		}
+		if m.Exit != nil {
+			exit = m.Exit
+			continue
+		}
+		w := stdout
+		if m.Stream == Stderr {
+			w = stderr
+		}
+		if w != nil && len(m.Data) > 0 && err == nil {
+			if _, werr := w.Write(m.Data); werr != nil {
+				// Stop reading: the agent's writes block, then the call ends.
+				err = fmt.Errorf("exec: write output: %w", werr)
+				p.cancel()
+			}
+		}
+	}
+	if err == nil && exit == nil {
+		err = callError("exec", "", io.ErrUnexpectedEOF)
+	}
+	if exit != nil {
+		p.status = *exit
+	}
+	p.finish(err)
+}
+
+func (p *Process) finish(err error) {
+	p.err = err
+	p.cancel()
+	close(p.done)
+}
+
+// Signal sends the signal number sig to the command (its process group with a TTY).
+func (p *Process) Signal(sig int) error {
+	return p.control(&ExecIn{Signal: sig})
+}
+
+// Resize changes the size of the command's TTY.
+func (p *Process) Resize(rows, cols uint16) error {
+	return p.control(&ExecIn{Resize: &WinSize{Rows: rows, Cols: cols}})
+}
+
+func (p *Process) control(m *ExecIn) error {
+	select {
+	case <-p.done:
+		return errors.New("exec: the command has ended")
+	default:
+	}
+	if err := p.send(m); err != nil {
+		return fmt.Errorf("exec: %w", err)
+	}
+	return nil
+}
+
+// Done is closed when the call has ended.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait waits for the command to end and its output to be written. The error is about the call
+// (the connection broke, writing output failed); the command's own failure is in ExitStatus.
+func (p *Process) Wait() (ExitStatus, error) {
+	<-p.done
+	return p.status, p.err
+}

@@ -1,0 +1,174 @@
+package agentwire
+
+import (
+	"io/fs"
+	"time"
+)
+
+// Vsock ports, by convention. The agent listens on AgentPort in the guest; when it starts (and
+// again after a snapshot restore) it connects to the host (CID 2) on HostPort, which
+// Firecracker forwards to the Unix socket "<vsock uds_path>_<HostPort>" on the host.
+const (
+	AgentPort uint32 = 10700
+	HostPort  uint32 = 10701
+)
+
+// Procedures, as Connect paths.
+const (
+	Service      = "smartvm.agent.v1.Agent"
+	ProcExec     = "/" + Service + "/Exec"
+	ProcUpload   = "/" + Service + "/Upload"
+	ProcDownload = "/" + Service + "/Download"
+	ProcStat     = "/" + Service + "/Stat"
+	ProcMkdir    = "/" + Service + "/Mkdir"
+	ProcRemove   = "/" + Service + "/Remove"
+	ProcHealth   = "/" + Service + "/Health"
+)
+
+// ExecStart is the first message of an Exec call: what to run.
+type ExecStart struct {
+	// Args is the command and its arguments; Args[0] is looked up in the PATH of Env (or the
+	// default PATH) unless it contains a slash. Required.
+	Args []string `json:"args"`
+	// Env is added to the agent's default environment (PATH, HOME, TERM for a TTY), KEY=VALUE
+	// entries, later ones winning.
+	Env []string `json:"env,omitempty"`
+	// Dir is the working directory; "" is the user's home directory, else /.
+	Dir string `json:"dir,omitempty"`
+	// User is a user name, a uid, or uid:gid (names allowed on both sides); "" is root.
+	User string `json:"user,omitempty"`
+	// TTY runs the command on a new pseudo-terminal of Rows x Cols (zero: 24x80); stdout then
+	// carries everything it writes and there is no separate stderr.
+	TTY  bool   `json:"tty,omitempty"`
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
+	// Stdin says that the client will send stdin; without it the command's stdin is /dev/null.
+	Stdin bool `json:"stdin,omitempty"`
+}
+
+// ExecIn is a message from the client in an Exec call. The first one has Start; later ones
+// carry stdin bytes, the end of stdin, a signal or a window size.
+type ExecIn struct {
+	Start      *ExecStart `json:"start,omitempty"`
+	CloseStdin bool       `json:"close_stdin,omitempty"`
+	// Signal is a signal number to send to the command (its process group with a TTY).
+	Signal int      `json:"signal,omitempty"`
+	Resize *WinSize `json:"resize,omitempty"`
+	Stdin  []byte   `json:"-"`
+}
+
+func (m *ExecIn) payload() *[]byte { return &m.Stdin }
+
+// WinSize is a terminal size in characters.
+type WinSize struct {
+	Rows uint16 `json:"rows"`
+	Cols uint16 `json:"cols"`
+}
+
+// Output streams of ExecOut.
+const (
+	Stdout = 1
+	Stderr = 2
+)
+
+// ExecOut is a message from the agent in an Exec call: first Started (or Exit when the command
+// cannot start), then output, then Exit.
+type ExecOut struct {
+	Started *Started    `json:"started,omitempty"`
+	Exit    *ExitStatus `json:"exit,omitempty"`
+	// Stream says which output Data is: Stdout or Stderr.
+	Stream int    `json:"stream,omitempty"`
+	Data   []byte `json:"-"`
+}
+
+func (m *ExecOut) payload() *[]byte { return &m.Data }
+
+// Started says the command runs, with this pid in the guest.
+type Started struct {
+	PID int `json:"pid"`
+}
+
+// ExitStatus is how a command ended. A command that could not start has Code 127 (not found)
+// or 126 (not executable, bad user or directory) and Error saying why.
+type ExitStatus struct {
+	Code int `json:"code"`
+	// Signal is the number of the signal that killed the command, 0 if it exited.
+	Signal int    `json:"signal,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// UploadIn is a message of an Upload call: the first has Dir, the destination directory in the
+// guest (it must exist); the rest carry a tar stream whose entries are created under Dir.
+type UploadIn struct {
+	Dir  string `json:"dir,omitempty"`
+	Data []byte `json:"-"`
+}
+
+func (m *UploadIn) payload() *[]byte { return &m.Data }
+
+// UploadResult ends an Upload call.
+type UploadResult struct {
+	Files int `json:"files"`
+}
+
+// DownloadRequest asks for a tar stream of Path: a file, or a directory with its whole tree,
+// under the entry name base(Path).
+type DownloadRequest struct {
+	Path string `json:"path"`
+}
+
+// Chunk is part of a byte stream.
+type Chunk struct {
+	Data []byte `json:"-"`
+}
+
+func (m *Chunk) payload() *[]byte { return &m.Data }
+
+// PathRequest names a path in the guest: absolute, without "..".
+type PathRequest struct {
+	Path string `json:"path"`
+	// Recursive: Remove removes a directory's tree; Mkdir creates missing parents.
+	Recursive bool `json:"recursive,omitempty"`
+	// Mode is Mkdir's permission bits (zero: 0755).
+	Mode uint32 `json:"mode,omitempty"`
+}
+
+// FileInfo describes a file in the guest (lstat).
+type FileInfo struct {
+	Name    string      `json:"name"`
+	Size    int64       `json:"size"`
+	Mode    fs.FileMode `json:"mode"`
+	ModTime time.Time   `json:"mtime"`
+	UID     int         `json:"uid"`
+	GID     int         `json:"gid"`
+	// Link is a symlink's target.
+	Link string `json:"link,omitempty"`
+}
+
+// Empty is the message of calls with nothing to say.
+type Empty struct{}
+
+// Health is the agent's answer to a health check.
+type Health struct {
+	Version string `json:"version"`
+	// PID1 says the agent is the guest's init.
+	PID1     bool      `json:"pid1"`
+	Hostname string    `json:"hostname"`
+	Started  time.Time `json:"started"`
+}
+
+// Hello is what the agent sends on its connection to the host (HostPort), one JSON object per
+// line: {"event":"ready",...} when it serves, {"event":"exit","code":N} when the entrypoint it
+// runs as PID 1 ended. The host answers each line with a TimeSync line.
+type Hello struct {
+	Event   string `json:"event"`
+	Version string `json:"version,omitempty"`
+	PID1    bool   `json:"pid1,omitempty"`
+	Code    *int   `json:"code,omitempty"`
+}
+
+// TimeSync is the host's answer to a Hello: its clock, which the agent sets the guest's to
+// (clones restored from a snapshot would otherwise run with the snapshot's time).
+type TimeSync struct {
+	UnixNano int64 `json:"unix_nano"`
+}
