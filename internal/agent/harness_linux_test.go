@@ -2,8 +2,8 @@ package agent
 
 import (
 	"bytes"
-	"debug/elf"
 	"context"
+	"debug/elf"
 	"fmt"
 	"os"
 	"os/exec"

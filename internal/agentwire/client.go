@@ -138,18 +138,19 @@ func (c *Client) Upload(ctx context.Context, dir string, r io.Reader) (int, erro
 	return res.Msg.Files, nil
 }
 
-// sendChunks reads r in ChunkSize pieces and sends them until EOF.
+// sendChunks sends what r gives, as it comes (stdin may be interactive), in pieces of at most
+// ChunkSize, until EOF.
 func sendChunks(r io.Reader, send func([]byte) error) error {
 	buf := make([]byte, ChunkSize)
 	for {
-		n, err := io.ReadFull(r, buf)
+		n, err := r.Read(buf)
 		if n > 0 {
 			if serr := send(buf[:n]); serr != nil {
 				return serr
 			}
 		}
 		switch {
-		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		case errors.Is(err, io.EOF):
 			return nil
 		case err != nil:
 			return fmt.Errorf("read: %w", err)

@@ -60,10 +60,9 @@ func (c *Client) Exec(ctx context.Context, start ExecStart, stdio ExecIO) (*Proc
 		cancel()
 		return nil, errors.New("exec: the agent sent output before the command started")
 	}
+	// The request side stays open after stdin ends: signals and resizes travel on it.
 	if stdio.Stdin != nil {
 		go p.pumpStdin(stdio.Stdin)
-	} else {
-		_ = p.stream.CloseRequest()
 	}
 	go p.receive(stdio.Stdout, stdio.Stderr)
 	return p, nil
@@ -92,14 +91,9 @@ func (p *Process) send(m *ExecIn) error {
 }
 
 func (p *Process) pumpStdin(r io.Reader) {
-	err := sendChunks(r, func(b []byte) error { return p.send(&ExecIn{Stdin: b}) })
-	if err == nil {
-		_ = p.send(&ExecIn{CloseStdin: true})
-	}
 	// A failed read ends stdin too: the command sees EOF.
-	p.sendMu.Lock()
-	_ = p.stream.CloseRequest()
-	p.sendMu.Unlock()
+	_ = sendChunks(r, func(b []byte) error { return p.send(&ExecIn{Stdin: b}) })
+	_ = p.send(&ExecIn{CloseStdin: true})
 }
 
 func (p *Process) receive(stdout, stderr io.Writer) {
