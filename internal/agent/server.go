@@ -60,6 +60,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerStream:     4 << 20,
 			MaxReceiveBufferPerConnection: 16 << 20,
+			MaxReadFrameSize:              1 << 20,
 		},
 		BaseContext: func(net.Listener) context.Context { return ctx },
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
@@ -192,12 +193,21 @@ func (s *Server) upload(ctx context.Context, stream *connect.ClientStream[agentw
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		for stream.Receive() {
-			if _, err := pw.Write(stream.Msg().Data); err != nil {
+		// One message, reused: its data buffer keeps its capacity from chunk to chunk.
+		conn := stream.Conn()
+		var msg agentwire.UploadIn
+		for {
+			if err := conn.Receive(&msg); err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				pw.CloseWithError(err)
+				return
+			}
+			if _, err := pw.Write(msg.Data); err != nil {
 				return // extraction failed and closed the pipe
 			}
 		}
-		pw.CloseWithError(stream.Err()) // nil: EOF
 	}()
 	n, err := treetar.Extract(pr, dir, treetar.Options{Owner: true})
 	pr.CloseWithError(errors.New("extraction ended"))

@@ -14,7 +14,7 @@ import (
 )
 
 // ChunkSize is the most bytes one stdin, output or tar message carries.
-const ChunkSize = 128 << 10
+const ChunkSize = 256 << 10
 
 // DialFunc opens a new stream connection to the agent.
 type DialFunc func(ctx context.Context) (net.Conn, error)
@@ -62,6 +62,7 @@ func NewClient(dial DialFunc) *Client {
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerStream:     4 << 20,
 			MaxReceiveBufferPerConnection: 16 << 20,
+			MaxReadFrameSize:              1 << 20,
 		},
 	}
 	hc := &http.Client{Transport: tr}
@@ -180,6 +181,7 @@ type chunkReader struct {
 	path   string
 	stream *connect.ServerStreamForClient[Chunk]
 	cancel context.CancelFunc
+	msg    Chunk
 	buf    []byte
 	err    error
 }
@@ -188,14 +190,22 @@ func (r *chunkReader) next() error {
 	if r.err != nil {
 		return r.err
 	}
-	if r.stream.Receive() {
-		r.buf = r.stream.Msg().Data
-		return nil
+	// One message, reused: its data buffer keeps its capacity from chunk to chunk.
+	conn, err := r.stream.Conn()
+	if err == nil {
+		err = conn.Receive(&r.msg)
 	}
-	if err := r.stream.Err(); err != nil {
-		r.err = callError("download", r.path, err)
-	} else {
+	switch {
+	case err == nil:
+		r.buf = r.msg.Data
+		return nil
+	case errors.Is(err, io.EOF):
 		r.err = io.EOF
+		if cerr := r.stream.Close(); cerr != nil {
+			r.err = callError("download", r.path, cerr)
+		}
+	default:
+		r.err = callError("download", r.path, err)
 	}
 	return r.err
 }
