@@ -1,0 +1,141 @@
+package agent
+
+import (
+	"bufio"
+	"debug/elf"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/agentwire"
+)
+
+// TestPID1Entrypoint runs an init config's entrypoint as PID 1: it sees the mounts and the
+// hostname, its exit code reaches the host's announce socket, and the agent then powers off
+// (in a PID namespace, reboot(2) ends its init with SIGHUP).
+func TestPID1Entrypoint(t *testing.T) {
+	rootfs := makeRootfs(t)
+	cfg := InitConfig{
+		Entrypoint: []string{"sh", "-c"},
+		Cmd:        []string{`while [ ! -e /data/go ]; do sleep 0.02; done; hostname; grep -c ' /dev/pts devpts' /proc/mounts; echo "$GREETING from $PWD as $(id -u)"; exit 3`},
+		Env:        []string{"GREETING=hello"},
+		WorkingDir: "/data",
+		User:       "tester",
+		Hostname:   "guest1",
+	}
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "init.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(rootfs, "data"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	hostLn, err := net.Listen("unix", filepath.Join(rootfs, "host.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostLn.Close()
+	events := make(chan agentwire.Hello, 10)
+	go func() {
+		for {
+			conn, err := hostLn.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				sc := bufio.NewScanner(conn)
+				for sc.Scan() {
+					var h agentwire.Hello
+					if json.Unmarshal(sc.Bytes(), &h) == nil {
+						events <- h
+					}
+					_ = json.NewEncoder(conn).Encode(agentwire.TimeSync{UnixNano: time.Now().UnixNano()})
+				}
+			}()
+		}
+	}()
+
+	a := startNSAgent(t, rootfs, "--config", "/init.json", "--announce", "unix:/host.sock")
+	if h := waitEvent(t, events); h.Event != "ready" || !h.PID1 {
+		t.Fatalf("first event %+v, want ready from PID 1", h)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "data/go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := waitEvent(t, events)
+	if h.Event != "exit" || h.Code == nil || *h.Code != 3 {
+		t.Fatalf("event %+v, want exit with code 3", h)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not power off after the entrypoint ended")
+	}
+	ws := a.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGHUP {
+		t.Errorf("agent ended with %v, want killed by SIGHUP (reboot in a PID namespace)", a.cmd.ProcessState)
+	}
+	out := a.output.String()
+	for _, want := range []string{"guest1\n", "1\n", "hello from /data as 1000\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("console output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func waitEvent(t *testing.T, events <-chan agentwire.Hello) agentwire.Hello {
+	t.Helper()
+	select {
+	case h := <-events:
+		return h
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event from the agent on the announce socket")
+	}
+	return agentwire.Hello{}
+}
+
+// TestStaticBinary builds cmd/smartvm-agent without cgo and checks that the result has no
+// program interpreter, so it runs in any guest.
+func TestStaticBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a binary; skipped under -short")
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skipf("needs the go command: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "smartvm-agent")
+	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/smartvm-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Fatal("smartvm-agent has a program interpreter: it would need the guest's C library")
+		}
+	}
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "smartvm-agent ") {
+		t.Errorf("smartvm-agent --version: %q, %v", out, err)
+	}
+	var ee *exec.ExitError
+	if err := exec.Command(bin, "--listen", "bogus:x").Run(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("smartvm-agent with a bad address: %v, want exit code 1", err)
+	}
+}

@@ -1,0 +1,117 @@
+package treetar
+
+import (
+	"archive/tar"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+type entry struct {
+	name, link string
+	typ        byte
+	data       string
+}
+
+func tarOf(t *testing.T, entries ...entry) *bytes.Buffer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		hdr := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: 0o644, Size: int64(len(e.data))}
+		if e.typ != tar.TypeReg {
+			hdr.Size = 0
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(e.data)); err != nil && hdr.Size > 0 {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return &buf
+}
+
+func TestExtractRefusesEscapes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		entries []entry
+		want    string
+	}{
+		{"dotdot", []entry{{name: "../x", typ: tar.TypeReg, data: "x"}}, `must not contain ".."`},
+		{"absolute", []entry{{name: "/x", typ: tar.TypeReg, data: "x"}}, "must be relative"},
+		{"symlink then write through it", []entry{{name: "l", link: "/", typ: tar.TypeSymlink}, {name: "l/escaped", typ: tar.TypeReg, data: "x"}}, "escaped"},
+		{"relative symlink out", []entry{{name: "l", link: "../..", typ: tar.TypeSymlink}, {name: "l/escaped", typ: tar.TypeReg, data: "x"}}, "escaped"},
+		{"hard link out", []entry{{name: "h", link: "../outside", typ: tar.TypeLink}}, `must not contain ".."`},
+		{"device", []entry{{name: "dev", typ: tar.TypeChar}}, "not supported"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			parent := t.TempDir()
+			dir := filepath.Join(parent, "dst")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(parent, "outside"), []byte("o"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Extract(tarOf(t, tc.entries...), dir, Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Extract: %v, want an error containing %q", err, tc.want)
+			}
+			for _, p := range []string{filepath.Join(parent, "x"), filepath.Join(parent, "escaped"), "/escaped"} {
+				if _, err := os.Lstat(p); err == nil {
+					t.Errorf("%s was written outside the destination", p)
+				}
+			}
+		})
+	}
+}
+
+func TestWriteExtractRoundTrip(t *testing.T) {
+	t.Parallel()
+	src := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(src, "d/e"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "d/e/f"), []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("e/f", filepath.Join(src, "d/l")); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := Write(&buf, filepath.Join(src, "d"), "copy"); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	n, err := Extract(&buf, dst, Options{})
+	if err != nil || n != 4 {
+		t.Fatalf("Extract: %d entries, %v; want 4", n, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dst, "copy/l")); err != nil || string(b) != "data" {
+		t.Errorf("through the copied symlink: %q, %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dst, "copy/e")); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Errorf("copied directory: %v, %v; want mode 0750", fi.Mode(), err)
+	}
+}
+
+func TestWriteRefusesSpecialFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := mkfifo(fifo); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	err := Write(&bytes.Buffer{}, dir, "x")
+	if err == nil || !strings.Contains(err.Error(), "FIFO files are not copied") {
+		t.Errorf("Write of a tree with a FIFO: %v", err)
+	}
+}
