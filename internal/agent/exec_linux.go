@@ -150,9 +150,14 @@ func lookPath(name, pathList, dir string) (string, error) {
 
 // lookupUser resolves "", "name", "uid", "name:group" or "uid:gid" with the guest's
 // /etc/passwd and /etc/group. It returns the credential and the home directory.
+// No user means the agent's own (root in a guest), with no credential to set.
 func lookupUser(spec string) (*syscall.Credential, string, error) {
 	if spec == "" {
-		spec = "0"
+		home := "/"
+		if u, ok := lookupPasswd(strconv.Itoa(os.Getuid()), true); ok && u.home != "" {
+			home = u.home
+		}
+		return nil, home, nil
 	}
 	uname, gname, hasGroup := strings.Cut(spec, ":")
 	_, nerr := strconv.ParseUint(uname, 10, 32)

@@ -1,0 +1,147 @@
+package smartvm
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/agent"
+)
+
+// localAgent runs an agent in this process on a Unix socket and returns a client of it.
+func localAgent(t *testing.T) (*Agent, string) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx, agent.Config{Listen: []string{"unix:" + sock}}) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	a, err := DialAgent("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := a.Ping(ctx)
+		cancel()
+		if err == nil {
+			return a, sock
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not answer: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAgentCommand(t *testing.T) {
+	a, _ := localAgent(t)
+	ctx := context.Background()
+
+	home, _ := os.UserHomeDir()
+	out, err := a.Command(ctx, "sh", "-c", "echo $X; pwd").Output()
+	if err != nil || string(out) != "\n"+home+"\n" {
+		t.Errorf("Output: %q, %v; want an empty line and %s", out, err, home)
+	}
+	cmd := a.Command(ctx, "sh", "-c", "echo $X; pwd; echo oops >&2; exit 5")
+	cmd.Env, cmd.Dir = []string{"X=42"}, "/"
+	out, err = cmd.CombinedOutput()
+	var ee *CommandExitError
+	if !errors.As(err, &ee) || ee.Code != 5 || string(out) != "42\n/\noops\n" {
+		t.Errorf("CombinedOutput: %q, %v; want exit code 5", out, err)
+	}
+	err = a.Command(ctx, "no-such-command-here").Run()
+	if !errors.As(err, &ee) || ee.Code != 127 || !strings.Contains(ee.Reason, "command not found") {
+		t.Errorf("unknown command: %v; want exit code 127 with a reason", err)
+	}
+	cmd = a.Command(ctx, "cat")
+	cmd.Stdin = strings.NewReader("piped")
+	if out, err := cmd.Output(); err != nil || string(out) != "piped" {
+		t.Errorf("stdin: %q, %v", out, err)
+	}
+	cmd = a.Command(ctx, "sleep", "100")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if cmd.PID() == 0 {
+		t.Error("no pid")
+	}
+	if err := cmd.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); !errors.As(err, &ee) || ee.Signal != syscall.SIGKILL || ee.Code != 137 {
+		t.Errorf("killed command: %v", err)
+	}
+}
+
+func TestAgentCopy(t *testing.T) {
+	a, _ := localAgent(t)
+	ctx := context.Background()
+	src := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(src, "d/sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "d/sub/f"), []byte("content"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	guest := t.TempDir() // the agent runs on this host: its "guest" paths are ours
+	if err := a.CopyTo(ctx, filepath.Join(src, "d"), guest); err != nil {
+		t.Fatal(err)
+	}
+	back := t.TempDir()
+	if err := a.CopyFrom(ctx, filepath.Join(guest, "d"), filepath.Join(back, "copy"), CopyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(back, "copy/sub/f")); err != nil || string(b) != "content" {
+		t.Errorf("round trip: %q, %v", b, err)
+	}
+	if _, err := a.Stat(ctx, filepath.Join(guest, "nothing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Stat of a missing path: %v", err)
+	}
+	if err := a.CopyFrom(ctx, filepath.Join(guest, "nothing"), back, CopyOptions{}); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("CopyFrom of a missing path: %v", err)
+	}
+}
+
+func TestAgentUnreachable(t *testing.T) {
+	if _, err := DialAgent("udp:1.2.3.4:5"); err == nil || !strings.Contains(err.Error(), "unix:PATH or tcp:HOST:PORT") {
+		t.Errorf("DialAgent with a bad address: %v", err)
+	}
+	// Nobody there: fails at once.
+	a, err := DialAgent("unix:" + filepath.Join(t.TempDir(), "none.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Ping(context.Background()); err == nil {
+		t.Error("Ping of a missing socket succeeded")
+	}
+	// A listener that never answers (a guest without an agent, as Firecracker's vsock socket
+	// looks): the caller's deadline bounds the wait.
+	sock := filepath.Join(t.TempDir(), "silent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	silent, _ := DialAgent("unix:" + sock)
+	defer silent.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := silent.Ping(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Ping of a silent socket: %v, want a deadline error", err)
+	}
+}
