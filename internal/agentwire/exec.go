@@ -40,6 +40,12 @@ func (c *Client) Exec(ctx context.Context, start ExecStart, stdio ExecIO) (*Proc
 	start.Stdin = stdio.Stdin != nil
 	ctx, cancel := context.WithCancel(ctx)
 	p := &Process{stream: c.exec.CallBidiStream(ctx), cancel: cancel, done: make(chan struct{})}
+	// HTTP/2 notices a cancelled call only once the request body ends: end it then.
+	context.AfterFunc(ctx, func() {
+		p.sendMu.Lock()
+		_ = p.stream.CloseRequest()
+		p.sendMu.Unlock()
+	})
 	if err := p.send(&ExecIn{Start: &start}); err != nil {
 		cancel()
 		return nil, p.recvError(err)
