@@ -1,0 +1,177 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/smartvm/smartvm"
+)
+
+// agentFlags are the flags of commands that reach a guest agent.
+type agentFlags struct {
+	addr           string
+	connectTimeout time.Duration
+}
+
+func (f *agentFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.addr, "agent-addr", "", "reach smartvm-agent directly at unix:PATH or tcp:HOST:PORT (where it runs with --listen)")
+	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for the agent to answer")
+}
+
+// agent connects to the guest agent the flags name and checks that it answers within the
+// connect timeout. The caller closes the Agent.
+func (a *app) agent(ctx context.Context, f *agentFlags) (*smartvm.Agent, error) {
+	if f.addr == "" {
+		return nil, usagef("name the agent with --agent-addr unix:PATH or tcp:HOST:PORT")
+	}
+	if f.connectTimeout <= 0 {
+		return nil, usagef("--connect-timeout must be positive")
+	}
+	ag, err := smartvm.DialAgent(f.addr)
+	if err != nil {
+		return nil, usagef("--agent-addr: %s", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, f.connectTimeout)
+	defer cancel()
+	if _, err := ag.Ping(pctx); err != nil {
+		ag.Close()
+		if pctx.Err() != nil && ctx.Err() == nil {
+			return nil, fmt.Errorf("no agent answered at %s within %s: is smartvm-agent running there?", f.addr, f.connectTimeout)
+		}
+		return nil, fmt.Errorf("reach the agent at %s: %w", f.addr, err)
+	}
+	return ag, nil
+}
+
+type execOptions struct {
+	agentFlags
+	interactive, tty bool
+	env              []string
+	dir, user        string
+}
+
+func (a *app) newExecCmd() *cobra.Command {
+	var o execOptions
+	cmd := &cobra.Command{
+		Use:   "exec [-i] [-t] [-e K=V]... [-w DIR] [-u USER] --agent-addr ADDR [--] CMD [ARG...]",
+		Short: "Run a command in a guest through its agent",
+		Long: `Run CMD in a guest through smartvm-agent, docker exec style: its output comes to
+smartvm's stdout and stderr, and smartvm exits with its exit code (128+N when signal N
+killed it; 127 when the guest has no such command, 126 when it cannot run it).
+
+The agent is reached at --agent-addr: unix:PATH or tcp:HOST:PORT, where smartvm-agent runs
+with --listen. If it does not answer within --connect-timeout, exec fails.
+
+-i passes smartvm's stdin to the command. -t runs it on a pseudo-terminal, which follows the
+size of smartvm's terminal; with both, smartvm's terminal is put in raw mode while it runs.
+-e sets a variable (K=V, or K alone for its value here), -w the working directory (default:
+the user's home) and -u the user (a name, uid, or user:group; default root).`,
+		Example: `  smartvm exec --agent-addr unix:/run/agent.sock -- uname -a
+  smartvm exec -it --agent-addr tcp:10.0.0.2:10700 -- sh
+  smartvm exec -e DEBUG=1 -w /srv -u www-data --agent-addr unix:/run/agent.sock -- ./job`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 || (len(args) == 1 && args[0] == "--") {
+				return usagef("want a command to run (after --)")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "--" {
+				args = args[1:]
+			}
+			return a.exec(cmd.Context(), &o, args)
+		},
+	}
+	cmd.Flags().SetInterspersed(false)
+	fl := cmd.Flags()
+	fl.BoolVarP(&o.interactive, "interactive", "i", false, "pass stdin to the command")
+	fl.BoolVarP(&o.tty, "tty", "t", false, "run the command on a pseudo-terminal")
+	fl.StringArrayVarP(&o.env, "env", "e", nil, "set an environment variable: K=V, or K for its value here (repeatable)")
+	fl.StringVarP(&o.dir, "workdir", "w", "", "working directory in the guest (default: the user's home)")
+	fl.StringVarP(&o.user, "user", "u", "", "user to run as: a name, uid, or user:group (default: root)")
+	o.agentFlags.register(cmd)
+	return cmd
+}
+
+func (a *app) exec(ctx context.Context, o *execOptions, command []string) error {
+	env := make([]string, 0, len(o.env))
+	for _, kv := range o.env {
+		if kv == "" || strings.HasPrefix(kv, "=") {
+			return usagef("-e %q: want K=V or K", kv)
+		}
+		if !strings.Contains(kv, "=") {
+			v, ok := a.lookupEnv(kv)
+			if !ok {
+				continue // as docker: a variable unset here is not passed
+			}
+			kv += "=" + v
+		}
+		env = append(env, kv)
+	}
+	ag, err := a.agent(ctx, &o.agentFlags)
+	if err != nil {
+		return err
+	}
+	defer ag.Close()
+
+	c := ag.Command(ctx, command[0], command[1:]...)
+	c.Env, c.Dir, c.User, c.TTY = env, o.dir, o.user, o.tty
+	c.Stdout, c.Stderr = a.stdout, a.stderr
+	if o.interactive {
+		c.Stdin = a.stdin
+	}
+	// With -t on a terminal: its size, raw mode with -i, and resizes as it changes.
+	var ttyFd = -1
+	if f, ok := a.stdin.(*os.File); ok && o.tty && term.IsTerminal(int(f.Fd())) {
+		ttyFd = int(f.Fd())
+		if w, h, err := term.GetSize(ttyFd); err == nil {
+			c.Cols, c.Rows = uint16(w), uint16(h)
+		}
+		if o.interactive {
+			old, err := term.MakeRaw(ttyFd)
+			if err != nil {
+				return fmt.Errorf("put the terminal in raw mode: %w", err)
+			}
+			defer func() { _ = term.Restore(ttyFd, old) }()
+		}
+	}
+	if err := c.Start(); err != nil {
+		return err
+	}
+	if ttyFd >= 0 {
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for range winch {
+				if w, h, err := term.GetSize(ttyFd); err == nil {
+					_ = c.Resize(uint16(h), uint16(w))
+				}
+			}
+		}()
+	}
+	return exitCodeOf(c.Wait())
+}
+
+// exitCodeOf turns a guest command's failure into smartvm's exit code.
+func exitCodeOf(err error) error {
+	var ee *smartvm.CommandExitError
+	if !errors.As(err, &ee) {
+		return err
+	}
+	if ee.Reason != "" {
+		return &exitError{code: ee.Code, msg: ee.Reason}
+	}
+	return &exitError{code: ee.Code}
+}
+

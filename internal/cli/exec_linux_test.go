@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/agent"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// startLocalAgent runs an agent in this process on a Unix socket (its "guest" is this host)
+// and returns its address.
+func startLocalAgent(t *testing.T) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx, agent.Config{Listen: []string{"unix:" + sock}}) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return "unix:" + sock
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent does not listen")
+		}
+	}
+}
+
+func TestExec(t *testing.T) {
+	addr := startLocalAgent(t)
+	env := newEnv(t)
+	env["GREETING"] = "hi"
+
+	r := env.run(t, "exec", "--agent-addr", addr, "--", "sh", "-c", "echo out; echo err >&2")
+	r.ok(t)
+	if r.stdout != "out\n" || r.stderr != "err\n" {
+		t.Errorf("stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+	r = env.run(t, "exec", "-e", "A=1", "-e", "GREETING", "-e", "UNSET_HERE", "-w", "/", "--agent-addr", addr, "sh", "-c", `echo "$A $GREETING ${UNSET_HERE-unset} $PWD"; exit 42`)
+	if r.code != 42 || r.stdout != "1 hi unset /\n" || r.stderr != "" {
+		t.Errorf("exit code %d, stdout %q, stderr %q; want 42, \"1 hi unset /\"", r.code, r.stdout, r.stderr)
+	}
+	var out, errOut testutil.SyncBuffer
+	r = env.runIO(t.Context(), strings.NewReader("typed\n"), &out, &errOut, "exec", "-i", "--agent-addr", addr, "--", "cat")
+	if r.code != 0 || r.stdout != "typed\n" {
+		t.Errorf("exec -i cat: code %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	env.run(t, "exec", "--agent-addr", addr, "--", "no-such-command-anywhere").fails(t, 127, "no-such-command-anywhere: command not found")
+	env.run(t, "exec", "-u", "no-such-user", "--agent-addr", addr, "--", "true").fails(t, 126, "no such user")
+	env.run(t, "exec", "--agent-addr", addr).fails(t, 2, "want a command")
+	env.run(t, "exec", "--agent-addr", "ftp:x", "--", "true").fails(t, 2, "want unix:PATH or tcp:HOST:PORT")
+	env.run(t, "exec", "--", "true").fails(t, 2, "--agent-addr")
+}
+
+func TestExecNoAgent(t *testing.T) {
+	env := newEnv(t)
+	// A socket nobody answers on: fails within the connect timeout.
+	sock := filepath.Join(t.TempDir(), "silent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	env.run(t, "exec", "--connect-timeout", "300ms", "--agent-addr", "unix:"+sock, "--", "true").fails(t, 1, "no agent answered at unix:"+sock+" within 300ms")
+	env.run(t, "exec", "--agent-addr", "unix:"+filepath.Join(t.TempDir(), "none"), "--", "true").fails(t, 1, "reach the agent")
+}
+
+func TestCp(t *testing.T) {
+	addr := startLocalAgent(t)
+	env := newEnv(t)
+	src := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(src, "tree/sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "tree/sub/f"), []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	guest := t.TempDir() // the agent's guest is this host
+	env.run(t, "cp", "--agent-addr", addr, filepath.Join(src, "tree"), ":"+guest).ok(t)
+	back := t.TempDir()
+	env.run(t, "cp", "--agent-addr", addr, ":"+filepath.Join(guest, "tree"), filepath.Join(back, "copy")).ok(t)
+	if b, err := os.ReadFile(filepath.Join(back, "copy/sub/f")); err != nil || string(b) != "data" {
+		t.Errorf("copied back: %q, %v", b, err)
+	}
+	env.run(t, "cp", "--agent-addr", addr, filepath.Join(src, "tree"), ":"+filepath.Join(guest, "missing/dir/x")).fails(t, 1, "does not exist in the guest")
+	env.run(t, "cp", "--agent-addr", addr, ":"+filepath.Join(guest, "nothing"), back).fails(t, 1, "no such file")
+	env.run(t, "cp", "--agent-addr", addr, filepath.Join(src, "tree"), ":"+guest+"/../etc").fails(t, 1, `must not contain ".."`)
+	env.run(t, "cp", "--agent-addr", addr, "a", "b").fails(t, 2, "exactly one side")
+	env.run(t, "cp", "--agent-addr", addr, ":", "b").fails(t, 2, "empty")
+}
