@@ -174,4 +174,3 @@ func exitCodeOf(err error) error {
 	}
 	return &exitError{code: ee.Code}
 }
-
