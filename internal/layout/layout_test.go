@@ -48,6 +48,8 @@ func listPackages(t *testing.T) []pkg {
 func TestDependencyDirection(t *testing.T) {
 	// The public subpackages stand alone: they import nothing from the module.
 	standalone := map[string]bool{module + "/fcapi": true, module + "/baseimage": true, module + "/netdev": true}
+	// The guest agent's packages: they import nothing else from the module.
+	agentSide := map[string]bool{module + "/internal/agent": true, module + "/internal/agentwire": true, module + "/internal/treetar": true}
 	// Only these packages may use netlink or nftables directly.
 	netlinkUsers := map[string]bool{module + "/netdev": true}
 	for _, p := range listPackages(t) {
@@ -62,6 +64,10 @@ func TestDependencyDirection(t *testing.T) {
 				t.Errorf("%s imports internal/cli: only cmd/smartvm may", p.ImportPath)
 			case p.ImportPath == module && strings.HasPrefix(imp, module+"/internal/") && isTestOnly(imp):
 				t.Errorf("the root package imports %s, a test-only package", imp)
+			case agentSide[p.ImportPath] && inModule && !agentSide[imp]:
+				t.Errorf("%s imports %s: the guest agent and its protocol import only each other (the agent binary stays small and runs in guests)", p.ImportPath, imp)
+			case imp == module+"/internal/agent" && p.ImportPath != module+"/cmd/smartvm-agent" && p.ImportPath != module+"/cmd/smartvm":
+				t.Errorf("%s imports internal/agent: only the two commands run the agent; the host side uses internal/agentwire", p.ImportPath)
 			}
 		}
 	}
