@@ -190,6 +190,13 @@ func (m *Manager) convertSquashfs(ctx context.Context, name, src, dst, work stri
 	if err != nil {
 		return fmt.Errorf("install ssh key: %w", err)
 	}
+	if m.agentBinary != "" {
+		fx, err := installAgentTree(tree, m.agentBinary, m.euidIsRoot)
+		if err != nil {
+			return fmt.Errorf("install the guest agent: %w", err)
+		}
+		fixups = append(fixups, fx...)
+	}
 	usage, err := measureTree(tree, !m.euidIsRoot)
 	if err != nil {
 		return fmt.Errorf("measure rootfs: %w", err)

@@ -52,7 +52,11 @@ func helperMain(mode string) int {
 		return 0
 	case "convert": // convert a squashfs as the (unprivileged) user this process runs as
 		dir := os.Getenv(envHelperDir)
-		m, err := New(Options{Dir: filepath.Join(dir, "cache"), Arch: ArchX86_64, RootfsSizeMiB: 16, RootfsHeadroomMiB: 4})
+		opts := Options{Dir: filepath.Join(dir, "cache"), Arch: ArchX86_64, RootfsSizeMiB: 16, RootfsHeadroomMiB: 4}
+		if _, err := os.Stat(filepath.Join(dir, "agent")); err == nil {
+			opts.AgentBinary = filepath.Join(dir, "agent")
+		}
+		m, err := New(opts)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

@@ -82,28 +82,33 @@ type Options struct {
 	// StallTimeout aborts a request (then retries it) when no bytes arrive for this long.
 	// Default DefaultStallTimeout.
 	StallTimeout time.Duration
+	// AgentBinary is a static smartvm-agent that root filesystems converted from squashfs get
+	// at AgentPath, with AgentUnit enabled. Default: none. Bundles already in the cache keep
+	// what they were converted with.
+	AgentBinary string
 }
 
 // Manager finds, downloads, verifies, converts and caches base-image bundles. It is safe for
 // concurrent use, and several processes may share one cache directory.
 type Manager struct {
-	dir        string
-	keep       int
-	bucket     *url.URL
-	arch       string
-	client     *http.Client
-	log        *slog.Logger
-	progress   func(Progress)
-	sizeMiB    int
-	headMiB    int
-	retries    int
-	backoff    time.Duration
-	stall      time.Duration
-	group      singleflight.Group
-	mu         sync.Mutex
-	flights    map[string]*flight
-	euidIsRoot bool
-	toolDirs   []string // searched for host tools after PATH
+	dir         string
+	keep        int
+	bucket      *url.URL
+	arch        string
+	client      *http.Client
+	log         *slog.Logger
+	progress    func(Progress)
+	sizeMiB     int
+	headMiB     int
+	retries     int
+	backoff     time.Duration
+	stall       time.Duration
+	group       singleflight.Group
+	mu          sync.Mutex
+	flights     map[string]*flight
+	euidIsRoot  bool
+	toolDirs    []string // searched for host tools after PATH
+	agentBinary string
 
 	rootMu sync.Mutex
 	root   *safedir.Dir // the cache directory, held open once checked (see ensureDirs)
@@ -144,6 +149,7 @@ func New(opts Options) (*Manager, error) {
 		progress: opts.Progress, sizeMiB: opts.RootfsSizeMiB, headMiB: opts.RootfsHeadroomMiB,
 		retries: opts.Retries, backoff: opts.RetryBackoff, stall: opts.StallTimeout,
 		euidIsRoot: isRoot(), flights: make(map[string]*flight), toolDirs: sbinDirs(),
+		agentBinary: opts.AgentBinary,
 	}
 	if m.dir == "" {
 		m.dir = UserDefaultDir()

@@ -73,7 +73,7 @@ func TestConvertWithoutRoot(t *testing.T) {
 		name string
 		data []byte
 		mode os.FileMode
-	}{{"rootfs.squashfs", sq, 0o644}, {"key.pub", key.authorizedKey, 0o644}, {"key", key.privatePEM, 0o600}} {
+	}{{"rootfs.squashfs", sq, 0o644}, {"key.pub", key.authorizedKey, 0o644}, {"key", key.privatePEM, 0o600}, {"agent", []byte("agent bytes"), 0o644}} {
 		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			t.Fatal(err)
 		}
@@ -96,6 +96,7 @@ func TestConvertWithoutRoot(t *testing.T) {
 	if got := debugfsCat(t, filepath.Join(dir, "rootfs.ext4"), "/var/lib/data.bin"); got != strings.Repeat("x", 100000) {
 		t.Errorf("file content lost: %d bytes", len(got))
 	}
+	checkAgentInstalled(t, filepath.Join(dir, "rootfs.ext4"), "agent bytes")
 }
 
 func copyFile(src, dst string) error {
