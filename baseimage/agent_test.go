@@ -22,9 +22,9 @@ func checkAgentInstalled(t *testing.T, image, agentContent string) {
 		t.Errorf("unit in the image: %q", got)
 	}
 	for path, want := range map[string]string{
-		AgentPath:     "regular 0755 uid 0 gid 0",
-		AgentUnitPath: "regular 0644 uid 0 gid 0",
-		"/usr/local":  "directory 0755 uid 0 gid 0",
+		AgentPath:                                "regular 0755 uid 0 gid 0",
+		AgentUnitPath:                            "regular 0644 uid 0 gid 0",
+		"/usr/local":                             "directory 0755 uid 0 gid 0",
 		agentWantsDir + "/smartvm-agent.service": "symlink 0777 uid 0 gid 0",
 	} {
 		if got := debugfsStat(t, image, path); got != want {
