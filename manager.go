@@ -40,6 +40,8 @@ type Manager struct {
 	stagingDir string
 	// netnsDir is where per-VM network namespaces are mounted; empty: netdev's default.
 	netnsDir string
+	// agent is the smartvm-agent binary MachineSpec.Agent installs; empty: none.
+	agent string
 
 	mu       sync.Mutex
 	machines map[string]*Machine // the VMs this manager started or attached, by name
@@ -86,6 +88,7 @@ func NewManager(opts ...Option) (*Manager, error) {
 		serialMax:  o.serialMax,
 		stagingDir: o.stagingDir,
 		netnsDir:   o.netnsDir,
+		agent:      o.agent,
 		machines:   map[string]*Machine{},
 		versions:   map[binaryKey]fcapi.Version{},
 	}

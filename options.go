@@ -33,6 +33,7 @@ type options struct {
 	netnsDir   string
 	serialMax  int64
 	stagingDir string
+	agent      string
 }
 
 // WithRuntimeDir sets the runtime root. Default, for root: /dev/shm/.smartvm/runtime when
@@ -108,6 +109,11 @@ func WithStagingDir(dir string) Option { return func(o *options) { o.stagingDir 
 // bind-mounted. Default: netdev.DefaultNetnsDir (/var/run/netns), where `ip netns` finds
 // them.
 func WithNetnsDir(dir string) Option { return func(o *options) { o.netnsDir = dir } }
+
+// WithAgentBinary gives the manager the static smartvm-agent executable that specs with
+// MachineSpec.Agent get installed (FindAgentBinary finds one). Default: none, and such specs
+// are refused.
+func WithAgentBinary(path string) Option { return func(o *options) { o.agent = path } }
 
 // StartOption configures one Manager.Start.
 type StartOption func(*startOptions)

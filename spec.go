@@ -145,6 +145,14 @@ type MachineSpec struct {
 	// values are at most 4096 bytes of UTF-8 without control characters. Zero value: none.
 	Labels map[string]string `json:"labels,omitempty"`
 
+	// Agent installs the guest agent (smartvm-agent, given to the manager with
+	// WithAgentBinary) into the VM's staged copy of its root drive before the boot, at
+	// /usr/local/bin/smartvm-agent with an enabled systemd unit. The root drive must be
+	// ephemeral (a base image's always is): the cached image and persistent drives are never
+	// changed. The host reaches the agent over a vsock device (Vsock). False (the default):
+	// nothing is installed.
+	Agent bool `json:"agent,omitempty"`
+
 	// Network asks smartvm to create the VM's network before boot and remove it at cleanup:
 	// a TAP device per NIC with a /30 from the pool, optionally NAT and a network namespace of
 	// the VM's own (see package netdev). It needs root, or CAP_NET_ADMIN (and CAP_SYS_ADMIN
@@ -593,6 +601,16 @@ func (s MachineSpec) hasInterface(id string) bool {
 	return slices.Contains(s.interfaceIDs(), id)
 }
 
+// rootDrive returns the root drive among drives, nil if there is none.
+func rootDrive(drives []DriveSpec) *DriveSpec {
+	for i := range drives {
+		if drives[i].Root {
+			return &drives[i]
+		}
+	}
+	return nil
+}
+
 func (s MachineSpec) driveProblems() []error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -630,6 +648,14 @@ func (s MachineSpec) driveProblems() []error {
 		}
 		if d.IOEngine != "" && d.IOEngine != fcapi.IOEngineSync && d.IOEngine != fcapi.IOEngineAsync {
 			add("%s: io_engine %q: use Sync or Async", label, d.IOEngine)
+		}
+	}
+	if s.Agent && !s.UsesBaseImage() {
+		switch root := rootDrive(s.Drives); {
+		case root == nil:
+			add("agent: the agent is installed into the root drive, and there is none")
+		case !root.Ephemeral():
+			add("agent: drive %q is persistent or read-only; the agent is installed only into an ephemeral (staged) root drive, never into the original", root.ID)
 		}
 	}
 	if s.UsesBaseImage() {

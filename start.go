@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
@@ -190,6 +191,11 @@ func (s *starter) ranToCompletion() bool {
 
 func (s *starter) run(ctx context.Context) (*Machine, error) {
 	var err error
+	if s.spec.Agent && s.snap == nil {
+		if err := checkAgentBinary(s.mgr.agent); err != nil {
+			return nil, s.fail("check the guest agent", err)
+		}
+	}
 	if s.bin, s.version, err = s.mgr.Firecracker(ctx); err != nil {
 		return nil, s.fail("find firecracker", err)
 	}
@@ -424,6 +430,12 @@ func (s *starter) stageDrives(ctx context.Context) ([]fcapi.Drive, error) {
 			}
 			s.log.Debug("staged drive", "id", d.ID, "src", d.Path, "method", res.Method, "bytes", res.BytesWritten, "took", time.Since(t0))
 			path = dst
+			if d.Root && s.spec.Agent {
+				if err := baseimage.InstallAgent(ctx, dst, s.mgr.agent); err != nil {
+					return nil, fmt.Errorf("drive %s: %w", d.ID, err)
+				}
+				s.log.Debug("installed the guest agent", "drive", d.ID, "agent", s.mgr.agent)
+			}
 		}
 		drives = append(drives, driveConfig(d, path))
 	}
