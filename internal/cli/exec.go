@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -15,6 +16,28 @@ import (
 
 	"github.com/smartvm/smartvm"
 )
+
+// agentBinary finds the static smartvm-agent that run --agent installs and squashfs
+// conversions include: $SMARTVM_AGENT_BIN when set, else this smartvm executable (it acts as
+// the agent under that name), smartvm-agent next to it, or smartvm-agent in PATH, whichever
+// is statically linked first.
+func (a *app) agentBinary() (string, error) {
+	if p := a.getenv(envAgentBin); p != "" {
+		return smartvm.FindAgentBinary(p)
+	}
+	self := a.self
+	if self == "" {
+		self, _ = os.Executable()
+	}
+	var candidates []string
+	if self != "" {
+		candidates = append(candidates, self, filepath.Join(filepath.Dir(self), "smartvm-agent"))
+	}
+	if p, err := a.lookPath("smartvm-agent"); err == nil {
+		candidates = append(candidates, p)
+	}
+	return smartvm.FindAgentBinary(candidates...)
+}
 
 // agentFlags are the flags of commands that reach a guest agent.
 type agentFlags struct {

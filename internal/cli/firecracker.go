@@ -18,6 +18,7 @@ const (
 	envBaseImageManifest   = "SMARTVM_BASE_IMAGE_MANIFEST_URL"
 	envBaseImageManifestP  = "SMARTVM_BASE_IMAGE_MANIFEST_PATH"
 	envFirecrackerReleases = "SMARTVM_FIRECRACKER_RELEASE_URL"
+	envAgentBin            = "SMARTVM_AGENT_BIN"
 )
 
 // errNoFirecracker: no firecracker binary in any of the places the CLI looks.

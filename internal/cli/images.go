@@ -95,6 +95,9 @@ func (a *app) baseImages(prog *progress) (*baseimage.Manager, error) {
 			prog.update(p.File, p.Done, p.Total)
 		}
 	}
+	if agent, err := a.agentBinary(); err == nil {
+		opts.AgentBinary = agent // squashfs conversions include the guest agent
+	}
 	m, err := baseimage.New(opts)
 	if err != nil {
 		return nil, fmt.Errorf("base image cache: %w", err)

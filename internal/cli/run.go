@@ -38,7 +38,7 @@ type runFlags struct {
 	detach, noInstall           bool
 	net, noNAT                  bool
 	netNamespace, netIPArg      bool
-	vsock                       bool
+	vsock, agent                bool
 	labels                      []string
 	nics                        int
 	uplink                      string
@@ -177,6 +177,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "label the VM (repeatable): `KEY=VALUE`, or KEY for an empty value; ps --filter label=KEY=VALUE selects by it")
 	f.serialLogMiB = smartvm.DefaultSerialLogLimit >> 20
 	fl.Var(mibFlag{&f.serialLogMiB}, "serial-log-limit", "keep about this much of the guest's serial output in serial.log (MiB, or 1G...); older output is dropped; 0: no limit")
+	fl.BoolVar(&f.agent, "agent", false, "install smartvm-agent into the VM's private copy of its ext4 root filesystem, for exec and cp ($"+envAgentBin+", else smartvm itself when built static)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	registerRunCompletions(cmd)
@@ -289,6 +290,15 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 			return p, err
 		}
 		setBaseImage(s, src)
+	}
+	if f.agent {
+		if f.persistentRootfs {
+			return p, usagef("--agent installs the agent into a private copy of the root filesystem, and --persistent-rootfs has none")
+		}
+		if _, err := a.agentBinary(); err != nil {
+			return p, err
+		}
+		s.Agent = true
 	}
 	if f.rootfs != "" {
 		root, err := absPath("--rootfs", f.rootfs)

@@ -63,7 +63,8 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 	if err != nil {
 		return err
 	}
-	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL)} {
+	agent, _ := a.agentBinary() // the supervisor installs the same agent
+	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL), envAgentBin: agent} {
 		if v != "" {
 			req.Env[k] = v
 		}

@@ -63,6 +63,9 @@ func (a *app) manager(images *baseimage.Manager, opts ...smartvm.Option) (*smart
 		return nil, err
 	}
 	all := []smartvm.Option{smartvm.WithLogger(a.log), smartvm.WithBaseImages(images), smartvm.WithStagingDir(staging)}
+	if agent, err := a.agentBinary(); err == nil {
+		all = append(all, smartvm.WithAgentBinary(agent))
+	}
 	if dir != "" {
 		all = append(all, smartvm.WithRuntimeDir(dir))
 	}
