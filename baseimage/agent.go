@@ -79,27 +79,10 @@ func InstallAgent(ctx context.Context, image, agent string) error {
 	}
 	link := debugfsQuote(agentWantsDir + "/smartvm-agent.service")
 	fmt.Fprintf(&b, "rm %s\nsymlink %s %s\n", link, link, debugfsQuote(AgentUnitPath))
-	script := filepath.Join(work, "script")
-	if err := os.WriteFile(script, []byte(b.String()), 0o600); err != nil {
-		return err
-	}
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, debugfs, "-w", "-f", script, image)
-	cmd.Stderr = &stderr
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Run(); err != nil {
-		return &toolError{tool: "debugfs", err: err, stderr: tail(stderr.Bytes(), 2048)}
-	}
-	// debugfs reports failures only on stderr. Directories that exist and files that are not
-	// there yet are expected.
-	for line := range strings.Lines(stderr.String()) {
-		line = strings.TrimSpace(line)
-		switch {
-		case line == "", strings.HasPrefix(line, "debugfs "),
-			strings.HasPrefix(line, "rm: File not found by ext2_lookup"):
-		default:
-			return fmt.Errorf("install the agent into %s: debugfs: %s", image, line)
-		}
+	// Files that are not there yet are expected.
+	notThere := func(line string) bool { return strings.HasPrefix(line, "rm: File not found by ext2_lookup") }
+	if err := runDebugfsScript(ctx, debugfs, image, filepath.Join(work, "script"), b.String(), notThere); err != nil {
+		return fmt.Errorf("install the agent into %s: %w", image, err)
 	}
 	return nil
 }

@@ -557,27 +557,33 @@ func (m *Manager) applyOwnership(ctx context.Context, image, work string, entrie
 		q := debugfsQuote(e.path)
 		fmt.Fprintf(&b, "sif %s uid %d\nsif %s gid %d\nsif %s mode 0%o\n", q, e.uid, q, e.gid, q, e.mode)
 	}
-	script := filepath.Join(work, "debugfs.cmd")
-	if err := os.WriteFile(script, []byte(b.String()), 0o600); err != nil {
-		return fmt.Errorf("write debugfs script: %w", err)
-	}
 	path, err := lookTool(m.toolDirs, "debugfs")
 	if err != nil {
 		return err
 	}
+	return runDebugfsScript(ctx, path, image, filepath.Join(work, "debugfs.cmd"), b.String(), nil)
+}
+
+// runDebugfsScript writes script to the file scriptPath and runs it with debugfs -w on
+// image. debugfs exits 0 even when a command fails; it reports failures on stderr, after its
+// version banner: any such line is an error unless expected says it is not.
+func runDebugfsScript(ctx context.Context, debugfs, image, scriptPath, script string, expected func(line string) bool) error {
+	if err := os.WriteFile(scriptPath, []byte(script), 0o600); err != nil {
+		return fmt.Errorf("write debugfs script: %w", err)
+	}
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, path, "-w", "-f", script, image)
+	cmd := exec.CommandContext(ctx, debugfs, "-w", "-f", scriptPath, image)
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Run(); err != nil {
 		return &toolError{tool: "debugfs", err: err, stderr: tail(stderr.Bytes(), 2048)}
 	}
-	// debugfs exits 0 even when a command fails; it reports failures on stderr, after its
-	// version banner.
 	for line := range strings.Lines(stderr.String()) {
-		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "debugfs ") {
-			return fmt.Errorf("debugfs: %s", line)
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "debugfs ") || (expected != nil && expected(line)) {
+			continue
 		}
+		return fmt.Errorf("debugfs: %s", line)
 	}
 	return nil
 }
