@@ -38,9 +38,10 @@ func ParseAddr(addr string) (DialFunc, error) {
 }
 
 // Client calls an agent. Its calls share one HTTP/2 connection, dialled on first use and again
-// after it breaks. Close releases it.
+// after it breaks; file copies use HTTP/1.1 connections of their own. Close releases idle
+// connections.
 type Client struct {
-	tr       *http.Transport
+	tr, bulk *http.Transport
 	exec     *connect.Client[ExecIn, ExecOut]
 	upload   *connect.Client[UploadIn, UploadResult]
 	download *connect.Client[DownloadRequest, Chunk]
@@ -65,14 +66,30 @@ func NewClient(dial DialFunc) *Client {
 			MaxReadFrameSize:              1 << 20,
 		},
 	}
+	// Copies go over HTTP/1.1, a connection each: their bytes then flow straight through the
+	// socket, without HTTP/2's framing and flow-control round trips, which cost most of the
+	// throughput. Exec needs HTTP/2 (a bidirectional stream), and the small calls share it.
+	var bulkProtos http.Protocols
+	bulkProtos.SetHTTP1(true)
+	bulk := &http.Transport{
+		Protocols: &bulkProtos,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx)
+		},
+		MaxIdleConnsPerHost: 4,
+		WriteBufferSize:     ChunkSize + 64,
+		ReadBufferSize:      ChunkSize + 64,
+	}
 	hc := &http.Client{Transport: tr}
+	bulkClient := &http.Client{Transport: bulk}
 	const base = "http://agent"
 	opts := []connect.ClientOption{connect.WithCodec(Codec{})}
 	return &Client{
 		tr:       tr,
+		bulk:     bulk,
 		exec:     connect.NewClient[ExecIn, ExecOut](hc, base+ProcExec, opts...),
-		upload:   connect.NewClient[UploadIn, UploadResult](hc, base+ProcUpload, opts...),
-		download: connect.NewClient[DownloadRequest, Chunk](hc, base+ProcDownload, opts...),
+		upload:   connect.NewClient[UploadIn, UploadResult](bulkClient, base+ProcUpload, opts...),
+		download: connect.NewClient[DownloadRequest, Chunk](bulkClient, base+ProcDownload, opts...),
 		stat:     connect.NewClient[PathRequest, FileInfo](hc, base+ProcStat, opts...),
 		mkdir:    connect.NewClient[PathRequest, Empty](hc, base+ProcMkdir, opts...),
 		remove:   connect.NewClient[PathRequest, Empty](hc, base+ProcRemove, opts...),
@@ -83,6 +100,7 @@ func NewClient(dial DialFunc) *Client {
 // Close closes the client's idle connection. Calls in progress go on.
 func (c *Client) Close() error {
 	c.tr.CloseIdleConnections()
+	c.bulk.CloseIdleConnections()
 	return nil
 }
 
