@@ -105,8 +105,15 @@ func (p *Process) pumpStdin(r io.Reader) {
 func (p *Process) receive(stdout, stderr io.Writer) {
 	var err error
 	var exit *ExitStatus
+	// One message, reused (reset each time): output does not allocate a buffer per chunk.
+	conn, cerr := p.stream.Conn()
+	var m ExecOut
 	for {
-		m, rerr := p.stream.Receive()
+		m = ExecOut{Data: m.Data[:0]}
+		rerr := cerr
+		if rerr == nil {
+			rerr = conn.Receive(&m)
+		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) && exit == nil && err == nil {
 				err = callError("exec", "", rerr)
