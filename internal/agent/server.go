@@ -191,7 +191,8 @@ func (s *Server) upload(ctx context.Context, stream *connect.ClientStream[agentw
 	case !fi.IsDir():
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination %s is not a directory", dir))
 	}
-	pr, pw := io.Pipe()
+	// Receiving and writing files overlap through the pipe.
+	pipe := agentwire.NewPipe()
 	go func() {
 		// One message, reused: its data buffer keeps its capacity from chunk to chunk.
 		conn := stream.Conn()
@@ -201,16 +202,16 @@ func (s *Server) upload(ctx context.Context, stream *connect.ClientStream[agentw
 				if errors.Is(err, io.EOF) {
 					err = nil
 				}
-				pw.CloseWithError(err)
+				pipe.CloseWrite(err)
 				return
 			}
-			if _, err := pw.Write(msg.Data); err != nil {
+			if _, err := pipe.Write(msg.Data); err != nil {
 				return // extraction failed and closed the pipe
 			}
 		}
 	}()
-	n, err := treetar.Extract(pr, dir, treetar.Options{Owner: true})
-	pr.CloseWithError(errors.New("extraction ended"))
+	n, err := treetar.Extract(pipe, dir, treetar.Options{Owner: true})
+	pipe.CloseRead(errors.New("extraction ended"))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, connect.NewError(connect.CodeCanceled, err)
@@ -232,14 +233,15 @@ func (s *Server) download(ctx context.Context, req *connect.Request[agentwire.Do
 	if _, err := os.Lstat(p); err != nil {
 		return fsError(err)
 	}
-	pr, pw := io.Pipe()
+	// Reading files and sending overlap through the pipe.
+	pipe := agentwire.NewPipe()
 	go func() {
-		pw.CloseWithError(treetar.Write(pw, p, path.Base(p)))
+		pipe.CloseWrite(treetar.Write(pipe, p, path.Base(p)))
 	}()
-	defer pr.Close()
+	defer pipe.CloseRead(nil)
 	buf := make([]byte, agentwire.ChunkSize)
 	for {
-		n, err := io.ReadFull(pr, buf)
+		n, err := io.ReadFull(pipe, buf)
 		if n > 0 {
 			if serr := stream.Send(&agentwire.Chunk{Data: buf[:n]}); serr != nil {
 				return serr

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -42,10 +41,10 @@ func (c *Client) CopyTo(ctx context.Context, src, dst string) error {
 	default:
 		return err
 	}
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(treetar.Write(pw, src, name)) }()
-	_, err = c.Upload(ctx, dir, pr)
-	pr.CloseWithError(errors.New("upload ended"))
+	pipe := NewPipe()
+	go func() { pipe.CloseWrite(treetar.Write(pipe, src, name)) }()
+	_, err = c.Upload(ctx, dir, pipe)
+	pipe.CloseRead(errors.New("upload ended"))
 	return err
 }
 

@@ -1,0 +1,112 @@
+package agentwire
+
+import (
+	"errors"
+	"io"
+	"sync"
+)
+
+// pipeChunks is how many chunks a Pipe holds: its two sides run up to this far apart.
+const pipeChunks = 8
+
+// Pipe is an in-memory pipe like io.Pipe, except that it holds up to pipeChunks writes of at
+// most ChunkSize bytes, so that the writer (reading a file, receiving from the network) and
+// the reader (sending, writing a file) work at the same time instead of in turns. Memory
+// stays bounded by pipeChunks × ChunkSize.
+type Pipe struct {
+	full, free chan []byte
+	done       chan struct{} // closed by CloseRead
+	closeOnce  sync.Once
+	mu         sync.Mutex
+	werr       error // set by CloseWrite; read once full is drained
+	rerr       error // set by CloseRead
+	cur        []byte
+	curBuf     []byte
+}
+
+// NewPipe returns an empty Pipe.
+func NewPipe() *Pipe {
+	p := &Pipe{full: make(chan []byte, pipeChunks), free: make(chan []byte, pipeChunks), done: make(chan struct{})}
+	for range pipeChunks {
+		p.free <- make([]byte, 0, ChunkSize)
+	}
+	return p
+}
+
+// Write copies b into the pipe, blocking while it is full.
+func (p *Pipe) Write(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		var buf []byte
+		select {
+		case buf = <-p.free:
+		case <-p.done:
+			return n, p.readErr()
+		}
+		k := min(len(b), ChunkSize)
+		buf = append(buf[:0], b[:k]...)
+		select {
+		case p.full <- buf:
+		case <-p.done:
+			return n, p.readErr()
+		}
+		n += k
+		b = b[k:]
+	}
+	return n, nil
+}
+
+// CloseWrite ends the writing side: the reader gets err (io.EOF when nil) after the data.
+func (p *Pipe) CloseWrite(err error) {
+	if err == nil {
+		err = io.EOF
+	}
+	p.mu.Lock()
+	if p.werr == nil {
+		p.werr = err
+	}
+	p.mu.Unlock()
+	p.closeOnce.Do(func() { close(p.full) })
+}
+
+// Read reads what was written, blocking while the pipe is empty.
+func (p *Pipe) Read(b []byte) (int, error) {
+	for len(p.cur) == 0 {
+		if p.curBuf != nil {
+			p.free <- p.curBuf
+			p.curBuf = nil
+		}
+		buf, ok := <-p.full
+		if !ok {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return 0, p.werr
+		}
+		p.cur, p.curBuf = buf, buf
+	}
+	n := copy(b, p.cur)
+	p.cur = p.cur[n:]
+	return n, nil
+}
+
+// CloseRead ends the reading side: writes fail with err (io.ErrClosedPipe when nil).
+func (p *Pipe) CloseRead(err error) {
+	if err == nil {
+		err = io.ErrClosedPipe
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rerr == nil {
+		p.rerr = err
+		close(p.done)
+	}
+}
+
+func (p *Pipe) readErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rerr == nil {
+		return errors.New("pipe closed")
+	}
+	return p.rerr
+}
