@@ -3,6 +3,7 @@ package smartvm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/smartvm/smartvm/internal/agent"
+	"github.com/smartvm/smartvm/internal/fakefc"
+	"github.com/smartvm/smartvm/internal/testguest"
 )
 
 // localAgent runs an agent in this process on a Unix socket and returns a client of it.
@@ -144,5 +147,46 @@ func TestAgentUnreachable(t *testing.T) {
 	defer cancel()
 	if _, err := silent.Ping(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Ping of a silent socket: %v, want a deadline error", err)
+	}
+}
+
+// TestMachineCommand runs commands through a VM's vsock device: the fake Firecracker relays
+// the agent's port to an agent running on this host.
+func TestMachineCommand(t *testing.T) {
+	_, sock := localAgent(t)
+	t.Setenv(fakefc.EnvVsockForward, fmt.Sprintf("%d=%s", AgentPort, sock))
+	mgr, _, kernel := fakeSetup(t)
+	spec := guestSpec(kernel, testguest.ModeVsockEcho)
+	spec.Vsock = &VsockSpec{CID: 3}
+	m := start(t, mgr, spec)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := m.Command(ctx, "sh", "-c", "echo through vsock").Output()
+	if err != nil || string(out) != "through vsock\n" {
+		t.Fatalf("Machine.Command: %q, %v", out, err)
+	}
+	ag := m.Agent()
+	defer ag.Close()
+	if info, err := ag.Ping(ctx); err != nil || info.Version == "" {
+		t.Errorf("Ping: %+v, %v", info, err)
+	}
+
+	// Without a vsock device, calls fail at once with ErrNoVsock; without an agent listening,
+	// within the caller's deadline.
+	plain := start(t, mgr, guestSpec(kernel, testguest.ModeHalt))
+	noVsock := plain.Agent()
+	defer noVsock.Close()
+	if _, err := noVsock.Ping(ctx); !errors.Is(err, ErrNoVsock) {
+		t.Errorf("Ping of a VM without vsock: %v, want ErrNoVsock", err)
+	}
+	t.Setenv(fakefc.EnvVsockForward, "")
+	spec.Name = "noagent"
+	silent := start(t, mgr, spec)
+	noAgent := silent.Agent()
+	defer noAgent.Close()
+	sctx, scancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer scancel()
+	if _, err := noAgent.Ping(sctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Ping of a VM without an agent: %v, want a deadline error", err)
 	}
 }

@@ -36,8 +36,10 @@ type Cmd struct {
 
 	ctx   context.Context
 	agent *Agent
-	mu    sync.Mutex
-	proc  *agentwire.Process
+	// ownAgent closes agent when the command ends (Machine.Command).
+	ownAgent bool
+	mu       sync.Mutex
+	proc     *agentwire.Process
 }
 
 // Command returns a Cmd that runs name with args in the agent's guest. ctx bounds the whole
@@ -85,6 +87,9 @@ func (c *Cmd) Start() error {
 	start := agentwire.ExecStart{Args: c.Args, Env: c.Env, Dir: c.Dir, User: c.User, TTY: c.TTY, Rows: c.Rows, Cols: c.Cols}
 	p, err := c.agent.c.Exec(c.ctx, start, agentwire.ExecIO{Stdin: c.Stdin, Stdout: c.Stdout, Stderr: c.Stderr})
 	if err != nil {
+		if c.ownAgent {
+			c.agent.Close()
+		}
 		return err
 	}
 	c.proc = p
@@ -102,6 +107,9 @@ func (c *Cmd) Wait() error {
 		return errors.New("smartvm: Cmd not started")
 	}
 	st, err := p.Wait()
+	if c.ownAgent {
+		c.agent.Close()
+	}
 	if err != nil {
 		return err
 	}
