@@ -190,3 +190,37 @@ func TestMachineCommand(t *testing.T) {
 		t.Errorf("Ping of a VM without an agent: %v, want a deadline error", err)
 	}
 }
+
+// TestWaitAgent: an agent announcing itself on a socket (as it does on vsock port
+// AgentHostPort) is seen ready and gets the host's clock.
+func TestWaitAgent(t *testing.T) {
+	dir := t.TempDir()
+	host := filepath.Join(dir, "host.sock")
+	ln, err := net.Listen("unix", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(ctx, agent.Config{Listen: []string{"unix:" + filepath.Join(dir, "agent.sock")}, Announce: "unix:" + host})
+	}()
+	defer func() { cancel(); <-done }()
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	info, err := waitAgentOn(wctx, ln)
+	if err != nil || info.Version == "" {
+		t.Fatalf("waitAgentOn: %+v, %v", info, err)
+	}
+	// Nobody announcing: the caller's deadline ends the wait.
+	ln2, err := net.Listen("unix", filepath.Join(dir, "silent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer scancel()
+	if _, err := waitAgentOn(sctx, ln2); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("waitAgentOn with no agent: %v", err)
+	}
+}

@@ -83,9 +83,9 @@ type Config struct {
 	// Listen holds the addresses to serve on: "vsock", "vsock:PORT", "unix:PATH",
 	// "tcp:HOST:PORT". Required.
 	Listen []string
-	// Announce is where the agent reports readiness and, as PID 1, the entrypoint's exit code,
-	// and takes the clock from: "vsock" (the host on agentwire.HostPort), "unix:PATH" or
-	// "tcp:HOST:PORT"; "" reports nowhere.
+	// Announce is where the agent reports readiness and, as PID 1, the entrypoint's exit code:
+	// "vsock" (the host on agentwire.HostPort, whose answers set the guest's clock),
+	// "unix:PATH" or "tcp:HOST:PORT" (the clock is left alone); "" reports nowhere.
 	Announce string
 	// PID1 makes the agent the guest's init: it sets up the system, reaps orphans, runs the
 	// entrypoint of InitConfig and powers off when it ends.

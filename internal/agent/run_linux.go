@@ -74,7 +74,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if vsockLn != nil {
 			onReset = vsockLn.reset
 		}
-		host = &announcer{dial: dial, log: log, pid1: cfg.PID1, onReset: onReset, events: make(chan agentwire.Hello, 1), acked: make(chan struct{}, 1)}
+		host = &announcer{dial: dial, syncClock: cfg.Announce == "vsock", log: log, pid1: cfg.PID1, onReset: onReset, events: make(chan agentwire.Hello, 1), acked: make(chan struct{}, 1)}
 		go host.run(ctx)
 	}
 	if init != nil && len(init.Args()) > 0 {
