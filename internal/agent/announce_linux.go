@@ -19,15 +19,15 @@ import (
 // takes the host's clock, and, when the connection is reset by a snapshot, makes the vsock
 // listener start over and connects again.
 type announcer struct {
-	dial    func() (net.Conn, error)
+	dial func() (net.Conn, error)
 	// syncClock sets the guest's clock from the host's answers: only over vsock, in a guest.
 	// Over a socket (tests, guests without vsock) the host may be this machine.
 	syncClock bool
-	log     *slog.Logger
-	pid1    bool
-	onReset func()
-	events  chan agentwire.Hello
-	acked   chan struct{} // buffered: the host answered
+	log       *slog.Logger
+	pid1      bool
+	onReset   func()
+	events    chan agentwire.Hello
+	acked     chan struct{} // buffered: the host answered
 }
 
 func (a *announcer) run(ctx context.Context) {
