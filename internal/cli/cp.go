@@ -13,19 +13,21 @@ func (a *app) newCpCmd() *cobra.Command {
 	var f agentFlags
 	var archive bool
 	cmd := &cobra.Command{
-		Use:   "cp [-a] --agent-addr ADDR (SRC :DST | :SRC DST)",
-		Short: "Copy files and directories into or out of a guest through its agent",
+		Use:   "cp [-a] [--agent-addr ADDR] (SRC NAME:DST | NAME:SRC DST)",
+		Short: "Copy files and directories into or out of a VM through its agent",
 		Long: `Copy a file or a whole directory between this host and a guest, through
-smartvm-agent at --agent-addr (unix:PATH or tcp:HOST:PORT). The guest side is written
-:PATH, with an absolute PATH; a local path with a colon in it is written ./like:this.
+smartvm-agent: NAME:PATH is PATH in the VM called NAME (started with --agent), with an
+absolute PATH. With --agent-addr (unix:PATH or tcp:HOST:PORT), the guest side is written
+:PATH. A local path with a colon in it is written ./like:this.
 
 As with cp -a and docker cp, the copy goes into DST when DST is an existing directory, and
 otherwise becomes DST, whose directory must exist. Modes, times, symlinks and hard links are
 kept. Copies into the guest keep their owners; copies out of it belong to you unless -a
 (archive) keeps the guest's owners and setuid/setgid bits. Nothing a guest sends can land
 outside DST.`,
-		Example: `  smartvm cp --agent-addr unix:/run/agent.sock ./site :/srv/
-  smartvm cp --agent-addr unix:/run/agent.sock :/var/log/app.log ./app.log`,
+		Example: `  smartvm cp ./site web:/srv/
+  smartvm cp web:/var/log/app.log ./app.log
+  smartvm cp --agent-addr unix:/run/agent.sock ./site :/srv/`,
 		Args: exactArgs(2, "a source and a destination"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.cp(cmd.Context(), &f, archive, args[0], args[1])
@@ -36,30 +38,33 @@ outside DST.`,
 	return cmd
 }
 
-// guestPath splits a cp argument into the guest's path when it is written :PATH.
-func guestPath(arg string) (string, bool) {
-	if p, ok := strings.CutPrefix(arg, ":"); ok {
-		return p, true
+// guestPath splits a cp argument written NAME:PATH (or :PATH) into the VM's name and the
+// guest path. A local path has no colon before its first slash.
+func guestPath(arg string) (name, path string, ok bool) {
+	i := strings.IndexByte(arg, ':')
+	if i < 0 || strings.Contains(arg[:i], "/") {
+		return "", "", false
 	}
-	return "", false
+	return arg[:i], arg[i+1:], true
 }
 
 func (a *app) cp(ctx context.Context, f *agentFlags, archive bool, src, dst string) error {
-	gsrc, srcInGuest := guestPath(src)
-	gdst, dstInGuest := guestPath(dst)
+	sname, gsrc, srcInGuest := guestPath(src)
+	dname, gdst, dstInGuest := guestPath(dst)
+	name := sname + dname
 	switch {
 	case src == "" || dst == "":
 		return usagef("empty path")
 	case srcInGuest == dstInGuest:
-		return usagef("write exactly one side as :PATH, the path in the guest")
+		return usagef("write exactly one side as NAME:PATH, the path in the VM (:PATH with --agent-addr)")
 	case (srcInGuest && gsrc == "") || (dstInGuest && gdst == ""):
 		return usagef("the guest path after ':' is empty")
 	}
-	ag, err := a.agent(ctx, f)
+	ag, done, err := a.agent(ctx, f, name)
 	if err != nil {
 		return err
 	}
-	defer ag.Close()
+	defer done()
 	if dstInGuest {
 		return ag.CopyTo(ctx, src, gdst)
 	}

@@ -47,33 +47,53 @@ type agentFlags struct {
 
 func (f *agentFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVar(&f.addr, "agent-addr", "", "reach smartvm-agent directly at unix:PATH or tcp:HOST:PORT (where it runs with --listen)")
+	fl.StringVar(&f.addr, "agent-addr", "", "reach smartvm-agent at unix:PATH or tcp:HOST:PORT (where it runs with --listen) instead of in a VM")
 	fl.DurationVar(&f.connectTimeout, "connect-timeout", 10*time.Second, "how long to wait for the agent to answer")
 }
 
-// agent connects to the guest agent the flags name and checks that it answers within the
-// connect timeout. The caller closes the Agent.
-func (a *app) agent(ctx context.Context, f *agentFlags) (*smartvm.Agent, error) {
-	if f.addr == "" {
-		return nil, usagef("name the agent with --agent-addr unix:PATH or tcp:HOST:PORT")
+// agent connects to the guest agent of the VM called name, or at --agent-addr when name is
+// empty, and checks that it answers within the connect timeout. done releases it all.
+func (a *app) agent(ctx context.Context, f *agentFlags, name string) (ag *smartvm.Agent, done func(), err error) {
+	switch {
+	case f.connectTimeout <= 0:
+		return nil, nil, usagef("--connect-timeout must be positive")
+	case name != "" && f.addr != "":
+		return nil, nil, usagef("name a VM or give --agent-addr, not both")
+	case name == "" && f.addr == "":
+		return nil, nil, usagef("name a VM, or give --agent-addr unix:PATH or tcp:HOST:PORT")
 	}
-	if f.connectTimeout <= 0 {
-		return nil, usagef("--connect-timeout must be positive")
-	}
-	ag, err := smartvm.DialAgent(f.addr)
-	if err != nil {
-		return nil, usagef("--agent-addr: %s", err)
+	where := f.addr
+	if name != "" {
+		mgr, m, err := a.attachVM(ctx, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		ag = m.Agent()
+		where = "vm " + name
+		done = func() {
+			ag.Close()
+			_ = m.Release()
+			mgr.Close()
+		}
+	} else {
+		if ag, err = smartvm.DialAgent(f.addr); err != nil {
+			return nil, nil, usagef("--agent-addr: %s", err)
+		}
+		done = func() { ag.Close() }
 	}
 	pctx, cancel := context.WithTimeout(ctx, f.connectTimeout)
 	defer cancel()
 	if _, err := ag.Ping(pctx); err != nil {
-		ag.Close()
-		if pctx.Err() != nil && ctx.Err() == nil {
-			return nil, fmt.Errorf("no agent answered at %s within %s: is smartvm-agent running there?", f.addr, f.connectTimeout)
+		done()
+		switch {
+		case errors.Is(err, smartvm.ErrNoVsock):
+			return nil, nil, fmt.Errorf("vm %s has no vsock device, so its agent cannot be reached: start it with --agent (or --vsock)", name)
+		case pctx.Err() != nil && ctx.Err() == nil:
+			return nil, nil, fmt.Errorf("no agent answered in %s within %s: is smartvm-agent running there? (smartvm run --agent installs it)", where, f.connectTimeout)
 		}
-		return nil, fmt.Errorf("reach the agent at %s: %w", f.addr, err)
+		return nil, nil, fmt.Errorf("reach the agent in %s: %w", where, err)
 	}
-	return ag, nil
+	return ag, done, nil
 }
 
 type execOptions struct {
@@ -86,20 +106,24 @@ type execOptions struct {
 func (a *app) newExecCmd() *cobra.Command {
 	var o execOptions
 	cmd := &cobra.Command{
-		Use:   "exec [-i] [-t] [-e K=V]... [-w DIR] [-u USER] --agent-addr ADDR [--] CMD [ARG...]",
+		Use:   "exec [-i] [-t] [-e K=V]... [-w DIR] [-u USER] (NAME | --agent-addr ADDR) [--] CMD [ARG...]",
 		Short: "Run a command in a guest through its agent",
 		Long: `Run CMD in a guest through smartvm-agent, docker exec style: its output comes to
 smartvm's stdout and stderr, and smartvm exits with its exit code (128+N when signal N
 killed it; 127 when the guest has no such command, 126 when it cannot run it).
 
-The agent is reached at --agent-addr: unix:PATH or tcp:HOST:PORT, where smartvm-agent runs
-with --listen. If it does not answer within --connect-timeout, exec fails.
+The agent of the VM called NAME is reached over its vsock device (start the VM with --agent,
+which installs the agent and adds the device). --agent-addr reaches an agent directly
+instead, at unix:PATH or tcp:HOST:PORT where smartvm-agent runs with --listen. If the agent
+does not answer within --connect-timeout, exec fails.
 
 -i passes smartvm's stdin to the command. -t runs it on a pseudo-terminal, which follows the
 size of smartvm's terminal; with both, smartvm's terminal is put in raw mode while it runs.
 -e sets a variable (K=V, or K alone for its value here), -w the working directory (default:
 the user's home) and -u the user (a name, uid, or user:group; default root).`,
-		Example: `  smartvm exec --agent-addr unix:/run/agent.sock -- uname -a
+		Example: `  smartvm exec web -- uname -a
+  smartvm exec -it web -- bash
+  smartvm exec --agent-addr unix:/run/agent.sock -- uname -a
   smartvm exec -it --agent-addr tcp:10.0.0.2:10700 -- sh
   smartvm exec -e DEBUG=1 -w /srv -u www-data --agent-addr unix:/run/agent.sock -- ./job`,
 		Args: func(_ *cobra.Command, args []string) error {
@@ -109,10 +133,22 @@ the user's home) and -u the user (a name, uid, or user:group; default root).`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if args[0] == "--" {
+			name := ""
+			if o.addr == "" {
+				if cmd.ArgsLenAtDash() == 0 {
+					return usagef("name a VM before --, or give --agent-addr")
+				}
+				if args[0] != "--" {
+					name, args = args[0], args[1:]
+				}
+			}
+			if len(args) > 0 && args[0] == "--" {
 				args = args[1:]
 			}
-			return a.exec(cmd.Context(), &o, args)
+			if len(args) == 0 {
+				return usagef("want a command to run (after --)")
+			}
+			return a.exec(cmd.Context(), &o, name, args)
 		},
 	}
 	cmd.Flags().SetInterspersed(false)
@@ -126,7 +162,7 @@ the user's home) and -u the user (a name, uid, or user:group; default root).`,
 	return cmd
 }
 
-func (a *app) exec(ctx context.Context, o *execOptions, command []string) error {
+func (a *app) exec(ctx context.Context, o *execOptions, name string, command []string) error {
 	env := make([]string, 0, len(o.env))
 	for _, kv := range o.env {
 		if kv == "" || strings.HasPrefix(kv, "=") {
@@ -141,11 +177,11 @@ func (a *app) exec(ctx context.Context, o *execOptions, command []string) error 
 		}
 		env = append(env, kv)
 	}
-	ag, err := a.agent(ctx, &o.agentFlags)
+	ag, done, err := a.agent(ctx, &o.agentFlags, name)
 	if err != nil {
 		return err
 	}
-	defer ag.Close()
+	defer done()
 
 	c := ag.Command(ctx, command[0], command[1:]...)
 	c.Env, c.Dir, c.User, c.TTY = env, o.dir, o.user, o.tty

@@ -2,14 +2,20 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/smartvm/smartvm"
 	"github.com/smartvm/smartvm/internal/agent"
+	"github.com/smartvm/smartvm/internal/fakefc"
+	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
@@ -73,7 +79,7 @@ func TestExecNoAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	env.run(t, "exec", "--connect-timeout", "300ms", "--agent-addr", "unix:"+sock, "--", "true").fails(t, 1, "no agent answered at unix:"+sock+" within 300ms")
+	env.run(t, "exec", "--connect-timeout", "300ms", "--agent-addr", "unix:"+sock, "--", "true").fails(t, 1, "no agent answered in unix:"+sock+" within 300ms")
 	env.run(t, "exec", "--agent-addr", "unix:"+filepath.Join(t.TempDir(), "none"), "--", "true").fails(t, 1, "reach the agent")
 }
 
@@ -98,5 +104,49 @@ func TestCp(t *testing.T) {
 	env.run(t, "cp", "--agent-addr", addr, ":"+filepath.Join(guest, "nothing"), back).fails(t, 1, "no such file")
 	env.run(t, "cp", "--agent-addr", addr, filepath.Join(src, "tree"), ":"+guest+"/../etc").fails(t, 1, `must not contain ".."`)
 	env.run(t, "cp", "--agent-addr", addr, "a", "b").fails(t, 2, "exactly one side")
+	env.run(t, "cp", "--agent-addr", addr, "./x:y", "vm:/z").fails(t, 2, "not both")
 	env.run(t, "cp", "--agent-addr", addr, ":", "b").fails(t, 2, "empty")
+}
+
+// TestExecVM reaches a VM's agent by its name: the fake Firecracker relays the agent's vsock
+// port to an agent on this host.
+func TestExecVM(t *testing.T) {
+	testutil.CheckLeaks(t)
+	addr := startLocalAgent(t)
+	t.Setenv(fakefc.EnvVsockForward, fmt.Sprintf("%d=%s", smartvm.AgentPort, strings.TrimPrefix(addr, "unix:")))
+	env := fakeEnv(t)
+	env.run(t, "run", "-d", "--name", "withagent", "--vsock", "--image", "hello", "--boot-args", bootArgs(testguest.ModeVsockEcho)).ok(t)
+	defer env.run(t, "kill", "withagent")
+	env.run(t, "run", "-d", "--name", "novsock", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	defer env.run(t, "kill", "novsock")
+
+	r := env.run(t, "exec", "withagent", "--", "sh", "-c", "echo via vsock; exit 3")
+	if r.code != 3 || r.stdout != "via vsock\n" {
+		t.Errorf("exec NAME: code %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	env.run(t, "exec", "novsock", "--", "true").fails(t, ExitError, "has no vsock device")
+	env.run(t, "exec", "nosuchvm", "--", "true").fails(t, ExitError, "nosuchvm")
+
+	src := filepath.Join(t.TempDir(), "f.txt")
+	if err := os.WriteFile(src, []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	guest := t.TempDir()
+	env.run(t, "cp", src, "withagent:"+guest).ok(t)
+	back := filepath.Join(t.TempDir(), "back.txt")
+	env.run(t, "cp", "withagent:"+filepath.Join(guest, "f.txt"), back).ok(t)
+	if b, err := os.ReadFile(back); err != nil || string(b) != "hello" {
+		t.Errorf("cp through the VM: %q, %v", b, err)
+	}
+
+	var insp struct {
+		Agent *agentStatus `json:"agent"`
+	}
+	if err := json.Unmarshal([]byte(env.run(t, "inspect", "withagent").ok(t).stdout), &insp); err != nil || insp.Agent == nil || !insp.Agent.Up {
+		t.Errorf("inspect: agent %+v, %v; want up", insp.Agent, err)
+	}
+	ps := env.run(t, "ps").ok(t).stdout
+	if !regexp.MustCompile(`(?m)^withagent .* up `).MatchString(ps) || !regexp.MustCompile(`(?m)^novsock .* - `).MatchString(ps) {
+		t.Errorf("ps does not show the agent up in withagent and - in novsock:\n%s", ps)
+	}
 }

@@ -116,7 +116,7 @@ var pidColumn = regexp.MustCompile(`(?m)[0-9]+$`)
 func TestPsTable(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	if r := env.run(t, "ps").ok(t); r.stdout != "NAME   STATE   VCPUS   MEMORY   IP   IMAGE   UPTIME   PID\n" {
+	if r := env.run(t, "ps").ok(t); r.stdout != "NAME   STATE   VCPUS   MEMORY   IP   IMAGE   AGENT   UPTIME   PID\n" {
 		t.Errorf("ps with no VMs printed %q", r.stdout)
 	}
 	env.run(t, "run", "-d", "--name", "alpha", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)

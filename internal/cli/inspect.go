@@ -19,6 +19,8 @@ type inspectJSON struct {
 	smartvm.MachineInfo
 	Labels   map[string]string `json:"labels,omitempty"`
 	VMConfig fcapi.VMConfig    `json:"vm_config"`
+	// Agent is whether the guest agent answers; absent for a VM without a vsock device.
+	Agent *agentStatus `json:"agent,omitempty"`
 }
 
 // Label returns the value of the VM's label k, "" when it has none; for --format
@@ -31,8 +33,8 @@ func (a *app) newInspectCmd() *cobra.Command {
 		Use:   "inspect NAME... [--format TEMPLATE]",
 		Short: "Print running VMs' descriptions and live configuration as JSON",
 		Long: `Print a running VM as JSON: its spec, state, pid, paths, network and guest address,
-Firecracker binary and version, labels and, as vm_config, the configuration Firecracker
-reports (GET /vm/config). With several names it prints a JSON array, in the order given;
+Firecracker binary and version, labels, as vm_config, the configuration Firecracker reports
+(GET /vm/config), and, for a VM with a vsock device, as agent, whether its guest agent answers. With several names it prints a JSON array, in the order given;
 names that match no running VM are reported on stderr, and the exit code is 1.
 
 --format prints each VM with a Go template over the same object, by its Go field names:
@@ -101,7 +103,7 @@ func inspectVM(ctx context.Context, mgr *smartvm.Manager, name string) (inspectJ
 			return inspectJSON{}, fmt.Errorf("vm %s: %w", m.Name(), err)
 		}
 		info := m.Info()
-		return inspectJSON{MachineInfo: info, Labels: info.Spec.Labels, VMConfig: cfg}, nil
+		return inspectJSON{MachineInfo: info, Labels: info.Spec.Labels, VMConfig: cfg, Agent: agentStatusOf(ctx, m)}, nil
 	}()
 	return v, errors.Join(err, m.Release())
 }

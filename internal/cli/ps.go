@@ -20,6 +20,8 @@ type psJSON struct {
 	Image         string            `json:"image"`
 	UptimeSeconds int64             `json:"uptime_seconds"`
 	Labels        map[string]string `json:"labels,omitempty"`
+	// Agent is whether the guest agent answers; absent for a VM without a vsock device.
+	Agent *agentStatus `json:"agent,omitempty"`
 }
 
 // Label returns the value of the VM's label k, "" when it has none; for --format
@@ -81,7 +83,8 @@ func (a *app) newPsCmd() *cobra.Command {
 		Aliases: []string{"ls"},
 		Short:   "List running VMs",
 		Long: `List running VMs: name, state, vCPUs, memory, the guest's IP address (for VMs started
-with --net), image, uptime and pid. VMs whose process is gone are cleaned up first and never
+with --net), image, whether the guest agent answers (AGENT: up, down, or - without a vsock
+device), uptime and pid. VMs whose process is gone are cleaned up first and never
 listed.
 
 -q prints only the names, one per line.
@@ -128,8 +131,9 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 			}
 			now := a.clock()
 			names := a.imageNames(cmd.Context())
+			agents := agentStatuses(cmd.Context(), mgr, infos)
 			out := make([]psJSON, 0, len(infos))
-			for _, info := range infos {
+			for i, info := range infos {
 				out = append(out, psJSON{
 					MachineInfo:   info,
 					VCPUs:         info.Spec.VCPUs,
@@ -137,6 +141,7 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 					Image:         imageLabel(info, names),
 					UptimeSeconds: int64(info.Uptime(now).Seconds()),
 					Labels:        info.Spec.Labels,
+					Agent:         agents[i],
 				})
 			}
 			switch {
@@ -145,14 +150,14 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 			case tmpl != nil:
 				return writeFormatted(a.stdout, tmpl, out)
 			}
-			t := newTable(a.stdout, "NAME", "STATE", "VCPUS", "MEMORY", "IP", "IMAGE", "UPTIME", "PID")
-			for _, info := range infos {
+			t := newTable(a.stdout, "NAME", "STATE", "VCPUS", "MEMORY", "IP", "IMAGE", "AGENT", "UPTIME", "PID")
+			for i, info := range infos {
 				ip := info.GuestIP
 				if ip == "" {
 					ip = "-"
 				}
 				t.row(info.Name, stateLabel(info), strconv.Itoa(info.Spec.VCPUs),
-					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), ip, imageLabel(info, names),
+					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), ip, imageLabel(info, names), agents[i].label(),
 					humanDuration(info.Uptime(now)), strconv.Itoa(info.PID))
 			}
 			return t.flush()

@@ -38,7 +38,7 @@ type runFlags struct {
 	detach, noInstall           bool
 	net, noNAT                  bool
 	netNamespace, netIPArg      bool
-	vsock, agent                bool
+	vsock, agent, waitAgent     bool
 	labels                      []string
 	nics                        int
 	uplink                      string
@@ -71,6 +71,8 @@ type runPlan struct {
 	// SerialLogLimit bounds serial.log in bytes (smartvm.WithSerialLogLimit): 0 for the
 	// default, -1 for none.
 	SerialLogLimit int64 `json:"serial_log_limit,omitempty"`
+	// WaitAgent waits, once the VM runs, until its guest agent says it is ready.
+	WaitAgent bool `json:"wait_agent,omitempty"`
 }
 
 // managerOptions are the options of the manager that runs the plan's VM.
@@ -178,6 +180,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	f.serialLogMiB = smartvm.DefaultSerialLogLimit >> 20
 	fl.Var(mibFlag{&f.serialLogMiB}, "serial-log-limit", "keep about this much of the guest's serial output in serial.log (MiB, or 1G...); older output is dropped; 0: no limit")
 	fl.BoolVar(&f.agent, "agent", false, "install smartvm-agent into the VM's private copy of its ext4 root filesystem, for exec and cp ($"+envAgentBin+", else smartvm itself when built static)")
+	fl.BoolVar(&f.waitAgent, "wait-agent", false, "return (or attach the console) only once the guest agent says it is ready, within "+agentReadyTimeout.String())
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	registerRunCompletions(cmd)
@@ -240,7 +243,9 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 	if err := planMachine(s, f); err != nil {
 		return p, err
 	}
-	p.Vsock = f.vsock
+	// The agent is reached over vsock: --agent and --wait-agent add the device.
+	p.Vsock = f.vsock || f.agent || f.waitAgent
+	p.WaitAgent = f.waitAgent
 	// Always: the foreground console types into it, and a detached VM keeps it for attach.
 	s.SerialInput = true
 	p.SerialLogLimit = int64(f.serialLogMiB) << 20
@@ -697,6 +702,22 @@ func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...sm
 	}
 }
 
+// agentReadyTimeout bounds run --wait-agent.
+const agentReadyTimeout = 2 * time.Minute
+
+// waitAgent waits for m's guest agent to announce itself, for run --wait-agent.
+func waitAgent(ctx context.Context, m *smartvm.Machine) error {
+	wctx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
+	defer cancel()
+	if _, err := m.WaitAgent(wctx); err != nil {
+		if wctx.Err() != nil && ctx.Err() == nil {
+			return fmt.Errorf("the agent of vm %s did not say it was ready within %s: does the guest run smartvm-agent? (run --agent installs it)", m.Name(), agentReadyTimeout)
+		}
+		return err
+	}
+	return nil
+}
+
 // runForeground boots the VM, shows its console until it ends, and stops it on the escape
 // sequence, SIGINT or SIGTERM (ctx).
 func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error {
@@ -720,6 +741,12 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 		return err
 	}
 	defer m.Close()
+	if plan.WaitAgent {
+		if err := waitAgent(ctx, m); err != nil {
+			return err // the deferred Close kills the VM
+		}
+		fmt.Fprintf(a.stderr, "smartvm: the agent of vm %s is ready\n", m.Name())
+	}
 	end, err := a.runConsole(ctx, m, consoleSession{
 		banner:     fmt.Sprintf("vm %s is running", m.Name()),
 		escapeDoes: "stops it",

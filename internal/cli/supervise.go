@@ -170,6 +170,15 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		report(superviseStatus{Error: err.Error()})
 		return err
 	}
+	if req.Plan.WaitAgent {
+		if err := waitAgent(ctx, m); err != nil {
+			err = fmt.Errorf("%w; the vm was stopped", err)
+			_ = m.Kill()
+			_ = m.Close()
+			report(superviseStatus{Error: err.Error()})
+			return err
+		}
+	}
 	report(superviseStatus{Name: m.Name(), PID: m.PID()})
 	// From now on nobody reads this process's errors: keep them with the VM. Best effort;
 	// when it fails (the VM has ended already), stderr stays /dev/null.
