@@ -158,12 +158,5 @@ func installAgentTree(tree, agent string, asRoot bool) ([]fsEntry, error) {
 		return nil, fmt.Errorf("enable the agent's unit: %w", err)
 	}
 	fixups = append(fixups, fsEntry{path: "/" + link, mode: sIFLNK | 0o777})
-	if asRoot {
-		for _, e := range fixups {
-			if err := r.Lchown(strings.TrimPrefix(e.path, "/"), 0, 0); err != nil {
-				return nil, fmt.Errorf("chown %s: %w", e.path, err)
-			}
-		}
-	}
-	return fixups, nil
+	return fixups, chownFixups(r, fixups, asRoot)
 }

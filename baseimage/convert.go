@@ -476,14 +476,21 @@ func installKey(tree string, pub []byte, asRoot bool) ([]fsEntry, error) {
 		return nil, fmt.Errorf("chmod /%s: %w", keys, err)
 	}
 	fixups = append(fixups, fsEntry{path: "/" + keys, mode: sIFREG | 0o600})
-	if asRoot {
-		for _, e := range fixups {
-			if err := r.Lchown(strings.TrimPrefix(e.path, "/"), 0, 0); err != nil {
-				return nil, fmt.Errorf("chown %s: %w", e.path, err)
-			}
+	return fixups, chownFixups(r, fixups, asRoot)
+}
+
+// chownFixups gives the fixups' entries to root as root; otherwise applyOwnership does it
+// in the image later.
+func chownFixups(r *os.Root, fixups []fsEntry, asRoot bool) error {
+	if !asRoot {
+		return nil
+	}
+	for _, e := range fixups {
+		if err := r.Lchown(strings.TrimPrefix(e.path, "/"), 0, 0); err != nil {
+			return fmt.Errorf("chown %s: %w", e.path, err)
 		}
 	}
-	return fixups, nil
+	return nil
 }
 
 // treeUsage is what an unpacked tree needs in an ext4 image.
