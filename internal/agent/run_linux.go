@@ -48,7 +48,7 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, len(cfg.Listen))
-	var vsockLn *relistener
+	var listeners []*relistener
 	for _, addr := range cfg.Listen {
 		listen, err := listenFunc(addr)
 		if err != nil {
@@ -58,9 +58,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err := ln.open(); err != nil {
 			return err
 		}
-		if strings.HasPrefix(addr, "vsock") {
-			vsockLn = ln
-		}
+		listeners = append(listeners, ln)
 		log.Info("serving", "addr", addr)
 		go func() { errs <- ln.serve(ctx, srv) }()
 	}
@@ -70,9 +68,12 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		onReset := func() {}
-		if vsockLn != nil {
-			onReset = vsockLn.reset
+		// A reset (a snapshot's vsock transport reset) may have broken the listeners too:
+		// open them all again. Connections in progress are not affected.
+		onReset := func() {
+			for _, ln := range listeners {
+				ln.reset()
+			}
 		}
 		host = &announcer{dial: dial, syncClock: cfg.Announce == "vsock", log: log, pid1: cfg.PID1, onReset: onReset, events: make(chan agentwire.Hello, 1), acked: make(chan struct{}, 1)}
 		go host.run(ctx)
