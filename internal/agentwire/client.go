@@ -83,7 +83,9 @@ func NewClient(dial DialFunc) *Client {
 	hc := &http.Client{Transport: tr}
 	bulkClient := &http.Client{Transport: bulk}
 	const base = "http://agent"
-	opts := []connect.ClientOption{connect.WithCodec(Codec{})}
+	// No gzip: the transport is local (vsock or a socket), where compressing costs far more
+	// than it saves.
+	opts := []connect.ClientOption{connect.WithCodec(Codec{}), connect.WithAcceptCompression("gzip", nil, nil)}
 	return &Client{
 		tr:       tr,
 		bulk:     bulk,
