@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -82,9 +83,13 @@ func TestIntegrationBaseImageBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := testRoot(t)
-	mgr := newManager(t, root, bin, WithBaseImages(images), WithStopGracePeriod(30*time.Second))
+	agentBin := buildStaticAgent(t)
+	mgr := newManager(t, root, bin, WithBaseImages(images), WithStopGracePeriod(30*time.Second), WithAgentBinary(agentBin))
 	spec := integrationSpec(os.Getenv)
 	spec.Name = "integration"
+	// The guest agent, installed into the staged root filesystem, reached over vsock.
+	spec.Agent = true
+	spec.Vsock = &VsockSpec{CID: 3}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	m, err := mgr.Start(ctx, spec)
@@ -96,8 +101,52 @@ func TestIntegrationBaseImageBoot(t *testing.T) {
 	if err := waitOutput(ctx, m, []byte("login:"), 5*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	checkAgent(ctx, t, m)
 	if err := m.Stop(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// buildStaticAgent builds cmd/smartvm-agent without cgo into a temporary directory.
+func buildStaticAgent(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "smartvm-agent")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/smartvm-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build smartvm-agent: %v\n%s", err, b)
+	}
+	return out
+}
+
+// checkAgent waits for the guest agent, runs a command through it and copies a file in and
+// out.
+func checkAgent(ctx context.Context, t *testing.T, m *Machine) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if _, err := m.WaitAgent(wctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err := m.Command(wctx, "cat", "/etc/os-release").Output()
+	if err != nil || !bytes.Contains(out, []byte("NAME=")) {
+		t.Fatalf("exec cat /etc/os-release: %q, %v", out, err)
+	}
+	ag := m.Agent()
+	defer ag.Close()
+	src := filepath.Join(t.TempDir(), "hello.txt")
+	if err := os.WriteFile(src, []byte("from the host\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.CopyTo(wctx, src, "/root/"); err != nil {
+		t.Fatal(err)
+	}
+	back := filepath.Join(t.TempDir(), "back.txt")
+	if err := ag.CopyFrom(wctx, "/root/hello.txt", back, CopyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(back); err != nil || string(b) != "from the host\n" {
+		t.Errorf("copied back: %q, %v", b, err)
 	}
 }
 
