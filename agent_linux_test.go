@@ -1,6 +1,7 @@
 package smartvm
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -209,9 +210,10 @@ func TestWaitAgent(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer wcancel()
-	info, err := waitAgentOn(wctx, ln)
-	if err != nil || info.Version == "" {
-		t.Fatalf("waitAgentOn: %+v, %v", info, err)
+	var ready AgentEvent
+	err = watchAgentOn(wctx, ln, func(e AgentEvent) bool { ready = e; return e.Kind == "ready" })
+	if err != nil || ready.Version == "" {
+		t.Fatalf("watchAgentOn: %+v, %v", ready, err)
 	}
 	// Nobody announcing: the caller's deadline ends the wait.
 	ln2, err := net.Listen("unix", filepath.Join(dir, "silent.sock"))
@@ -220,7 +222,37 @@ func TestWaitAgent(t *testing.T) {
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer scancel()
-	if _, err := waitAgentOn(sctx, ln2); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("waitAgentOn with no agent: %v", err)
+	if err := watchAgentOn(sctx, ln2, func(AgentEvent) bool { return true }); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("watchAgentOn with no agent: %v", err)
+	}
+}
+
+// TestWatchAgentEvents: each announcement is answered with the clock and passed on, the
+// exit code of a PID 1 agent's entrypoint included.
+func TestWatchAgentEvents(t *testing.T) {
+	host, guest := net.Pipe()
+	var events []AgentEvent
+	done := make(chan bool, 1)
+	go func() {
+		done <- serveAgentConn(context.Background(), host, func(e AgentEvent) bool {
+			events = append(events, e)
+			return e.Kind == "exit"
+		})
+	}()
+	sc := bufio.NewScanner(guest)
+	for _, line := range []string{`{"event":"ready","version":"v1","pid1":true}`, `{"event":"exit","code":3}`} {
+		if _, err := guest.Write([]byte(line + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		if !sc.Scan() || !strings.Contains(sc.Text(), `"unix_nano":`) {
+			t.Fatalf("answer to %s: %q, %v", line, sc.Text(), sc.Err())
+		}
+	}
+	if !<-done {
+		t.Error("serveAgentConn did not stop at the exit event")
+	}
+	want := []AgentEvent{{Kind: "ready", Version: "v1", PID1: true}, {Kind: "exit", ExitCode: 3}}
+	if fmt.Sprint(events) != fmt.Sprint(want) {
+		t.Errorf("events %+v, want %+v", events, want)
 	}
 }

@@ -33,46 +33,75 @@ func (m *Machine) Command(ctx context.Context, name string, args ...string) *Cmd
 	return c
 }
 
-// WaitAgent waits until the guest agent says that it is ready and answers it with the host's
-// clock, which the agent sets. The agent announces itself by connecting to the host on
-// AgentHostPort (ListenVsock), once it serves and again after a snapshot restore; WaitAgent
-// listens while it waits and then stops listening. It returns ctx's error when ctx ends
-// first, and errors wrapping ErrNoVsock for a VM without a vsock device.
+// AgentEvent is what the guest agent reports on AgentHostPort.
+type AgentEvent struct {
+	// Kind is "ready" (the agent serves: at start and after a snapshot restore) or "exit"
+	// (the entrypoint it runs as PID 1 ended; the VM powers off next).
+	Kind string
+	// Version and PID1 describe the agent (with "ready").
+	Version string
+	PID1    bool
+	// ExitCode is the entrypoint's exit code (with "exit"): 128+N for a signal N.
+	ExitCode int
+}
+
+// WatchAgent listens on AgentHostPort (ListenVsock) until ctx ends or the VM does, answers
+// every announcement of the guest agent with the host's clock (which keeps the clocks of
+// restored clones right) and passes each event to fn, from one goroutine at a time. It
+// returns ctx's error, or an error wrapping ErrNoVsock for a VM without a vsock device.
+func (m *Machine) WatchAgent(ctx context.Context, fn func(AgentEvent)) error {
+	ln, err := m.ListenVsock(AgentHostPort)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	return watchAgentOn(ctx, ln, func(e AgentEvent) bool { fn(e); return false })
+}
+
+// WaitAgent waits until the guest agent says that it is ready, answering it with the host's
+// clock, and returns what it said. It listens on AgentHostPort while it waits (see
+// WatchAgent). It returns ctx's error when ctx ends first, and errors wrapping ErrNoVsock for
+// a VM without a vsock device.
 func (m *Machine) WaitAgent(ctx context.Context) (AgentInfo, error) {
 	ln, err := m.ListenVsock(AgentHostPort)
 	if err != nil {
 		return AgentInfo{}, err
 	}
 	defer ln.Close()
-	info, err := waitAgentOn(ctx, ln)
+	var info AgentInfo
+	err = watchAgentOn(ctx, ln, func(e AgentEvent) bool {
+		info = AgentInfo{Version: e.Version, PID1: e.PID1}
+		return e.Kind == "ready"
+	})
 	if err != nil {
 		return AgentInfo{}, fmt.Errorf("wait for the agent of vm %s: %w", m.name, err)
 	}
 	return info, nil
 }
 
-// waitAgentOn accepts announcements on ln until one says "ready", answering each line with
-// the host's clock.
-func waitAgentOn(ctx context.Context, ln net.Listener) (AgentInfo, error) {
+// watchAgentOn serves the agent's connections on ln, one at a time (the agent keeps one),
+// until fn returns true (then it returns nil) or ctx ends.
+func watchAgentOn(ctx context.Context, ln net.Listener, fn func(AgentEvent) bool) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
-				return AgentInfo{}, ctx.Err()
+				return ctx.Err()
 			}
-			return AgentInfo{}, err
+			return err
 		}
-		if h, ok := readHello(ctx, conn); ok {
-			return AgentInfo{Version: h.Version, PID1: h.PID1}, nil
+		if serveAgentConn(ctx, conn, fn) {
+			return nil
 		}
 	}
 }
 
-// readHello reads announcement lines from conn, answering each with the host's clock, until
-// one says "ready". It closes conn.
-func readHello(ctx context.Context, conn net.Conn) (agentwire.Hello, bool) {
+// serveAgentConn reads announcement lines from conn, answering each with the host's clock
+// and passing it to fn, until fn returns true (then it returns true) or the connection ends.
+// It closes conn.
+func serveAgentConn(ctx context.Context, conn net.Conn, fn func(AgentEvent) bool) bool {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
@@ -80,14 +109,18 @@ func readHello(ctx context.Context, conn net.Conn) (agentwire.Hello, bool) {
 	for sc.Scan() {
 		var h agentwire.Hello
 		if json.Unmarshal(sc.Bytes(), &h) != nil {
-			return h, false // not an agent: drop the connection
+			return false // not an agent: drop the connection
 		}
 		if err := json.NewEncoder(conn).Encode(agentwire.TimeSync{UnixNano: time.Now().UnixNano()}); err != nil {
-			return h, false
+			return false
 		}
-		if h.Event == "ready" {
-			return h, true
+		e := AgentEvent{Kind: h.Event, Version: h.Version, PID1: h.PID1}
+		if h.Code != nil {
+			e.ExitCode = *h.Code
+		}
+		if fn(e) {
+			return true
 		}
 	}
-	return agentwire.Hello{}, false
+	return false
 }
