@@ -98,7 +98,7 @@ func TestConvertInstallsAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := filepath.Join(dir, "rootfs.ext4")
-	if err := m.convertSquashfs(context.Background(), src, dst, filepath.Join(dir, "work"), key.authorizedKey); err != nil {
+	if err := m.convertSquashfs(context.Background(), "rootfs.squashfs", src, dst, filepath.Join(dir, "work"), key.authorizedKey); err != nil {
 		t.Fatal(err)
 	}
 	checkAgentInstalled(t, dst, "agent bytes")
