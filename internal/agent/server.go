@@ -36,7 +36,7 @@ type Server struct {
 func newServer(log *slog.Logger, procs *reaper, version string) *Server {
 	s := &Server{log: log, procs: procs, version: version, pid1: procs.pid1, started: time.Now()}
 	// No gzip: the transport is local, where compressing output costs far more than it saves.
-	opts := connect.WithHandlerOptions(connect.WithCodec(agentwire.Codec{}), connect.WithCompression("gzip", nil, nil))
+	opts := connect.WithHandlerOptions(connect.WithCodec(agentwire.Codec{}), connect.WithCompression("gzip", nil, nil), connect.WithReadMaxBytes(agentwire.MaxMessage))
 	mux := http.NewServeMux()
 	mux.Handle(agentwire.ProcExec, connect.NewBidiStreamHandler(agentwire.ProcExec, s.exec, opts))
 	mux.Handle(agentwire.ProcUpload, connect.NewClientStreamHandler(agentwire.ProcUpload, s.upload, opts))

@@ -16,6 +16,11 @@ import (
 // ChunkSize is the most bytes one stdin, output or tar message carries.
 const ChunkSize = 256 << 10
 
+// MaxMessage is the most bytes either side reads as one message: the other side is
+// untrusted (a guest's agent for the host, the host for the agent), and a larger length
+// prefix is refused instead of allocated.
+const MaxMessage = 4 << 20
+
 // DialFunc opens a new stream connection to the agent.
 type DialFunc func(ctx context.Context) (net.Conn, error)
 
@@ -85,7 +90,7 @@ func NewClient(dial DialFunc) *Client {
 	const base = "http://agent"
 	// No gzip: the transport is local (vsock or a socket), where compressing costs far more
 	// than it saves.
-	opts := []connect.ClientOption{connect.WithCodec(Codec{}), connect.WithAcceptCompression("gzip", nil, nil)}
+	opts := []connect.ClientOption{connect.WithCodec(Codec{}), connect.WithAcceptCompression("gzip", nil, nil), connect.WithReadMaxBytes(MaxMessage)}
 	return &Client{
 		tr:       tr,
 		bulk:     bulk,
