@@ -36,6 +36,7 @@ func TestStopWithAStoppedSupervisor(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	env.run(t, "run", "-d", "--name", "frozen", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	t.Cleanup(func() { env.run(t, "kill", "frozen") }) // if the test stops early
 	vm := env.psOne(t, "frozen")
 	owner := int(stateOf(t, vm)["owner_pid"].(float64))
 	if err := syscall.Kill(owner, syscall.SIGSTOP); err != nil {
@@ -70,6 +71,7 @@ func TestLogsIgnoresPathsInState(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "secret")
 	os.WriteFile(secret, []byte("TOP SECRET"), 0o600)
 	env.run(t, "run", "-d", "--name", "chatty", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	t.Cleanup(func() { env.run(t, "kill", "chatty") }) // if the test stops early
 	vm := env.psOne(t, "chatty")
 	stPath := filepath.Join(vm.RuntimeDir, "state.json")
 	b, _ := os.ReadFile(stPath)
@@ -88,6 +90,7 @@ func TestCorruptStateCLI(t *testing.T) {
 	env := fakeEnv(t)
 	for _, name := range []string{"c1", "c2"} {
 		env.run(t, "run", "-d", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+		t.Cleanup(func() { env.run(t, "kill", name) }) // if the test stops early
 	}
 	var vms []psEntry
 	for _, vm := range env.ps(t) {
@@ -125,6 +128,7 @@ func TestInterruptedSnapshotCLI(t *testing.T) {
 	env := fakeEnv(t)
 	t.Setenv(fakefc.EnvMode, fakefc.ModeSlowSnapshot)
 	env.run(t, "run", "-d", "--name", "snappy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	t.Cleanup(func() { env.run(t, "kill", "snappy") }) // if the test stops early
 	vm := env.psOne(t, "snappy")
 	for i, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {
 		dir := filepath.Join(t.TempDir(), "snap")

@@ -72,6 +72,7 @@ func TestTwoUsersDoNotShare(t *testing.T) {
 	}
 	t.Cleanup(func() { asUser(t, u, smartvm, uenv, "kill", "theirs") })
 	env.run(t, "run", "-d", "--name", "mine", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	t.Cleanup(func() { env.run(t, "kill", "mine") }) // if the test stops early
 
 	out, err = asUser(t, u, smartvm, uenv, "ps", "--json")
 	var theirs []psEntry
