@@ -1,0 +1,237 @@
+package jailer
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Guard is the init process of a PID namespace that a jailed firecracker runs in. It holds a
+// parent-death signal (SIGKILL) from the thread that cloned it, which stays alive until the
+// guard ends, so the guard dies with this process, and the kernel then kills every process of
+// its namespace. The guard does nothing else: it reaps the processes that end in its
+// namespace, with every signal blocked and every file descriptor closed.
+type Guard struct {
+	pid   int
+	pidfd int
+	ns    *os.File // the guard's PID namespace
+	done  chan struct{}
+	once  sync.Once
+}
+
+// guardMask blocks every signal in the guard (SIGKILL and SIGSTOP cannot be blocked).
+var guardMask = [1]uint64{^uint64(0)}
+
+// guardNap is how long the guard sleeps while it has no process to reap.
+var guardNap = unix.Timespec{Nsec: 50 * int64(time.Millisecond)}
+
+// cloneGuard clones this process into a new PID namespace; the child becomes the guard and
+// never returns. It runs in the child between clone and nothing else, so it may only make raw
+// system calls (no allocation, no stack growth, no runtime), like syscall's own child code.
+// sync is a pipe: the child waits for the parent to write to it (or for it to be closed by the
+// parent's death) after setting the parent-death signal, which closes the race in which the
+// parent dies before the signal is set.
+//
+//go:norace
+//go:nosplit
+func cloneGuard(syncR, syncW int) (pid uintptr, errno syscall.Errno) {
+	pid, _, errno = syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(unix.CLONE_NEWPID|syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if errno != 0 || pid != 0 {
+		return pid, errno
+	}
+	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(&guardMask)), 0, 8, 0, 0)
+	syscall.RawSyscall6(syscall.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0, 0)
+	syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(syncW), 0, 0)
+	var b [1]byte
+	n, _, _ := syscall.RawSyscall(syscall.SYS_READ, uintptr(syncR), uintptr(unsafe.Pointer(&b[0])), 1)
+	if n != 1 {
+		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 1, 0, 0) // the parent died before it let go
+	}
+	syscall.RawSyscall(unix.SYS_CLOSE_RANGE, 0, ^uintptr(0), 0)
+	for {
+		_, _, e := syscall.RawSyscall6(syscall.SYS_WAIT4, ^uintptr(0), 0, unix.WALL, 0, 0, 0)
+		if e == syscall.ECHILD {
+			syscall.RawSyscall(syscall.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&guardNap)), 0, 0)
+		}
+	}
+}
+
+// StartGuard starts a guard. Close (or Kill) ends it, and with it every process in its
+// namespace.
+func StartGuard() (*Guard, error) {
+	type result struct {
+		g   *Guard
+		err error
+	}
+	started := make(chan result, 1)
+	done := make(chan struct{})
+	go func() {
+		// Never unlocked: the guard's parent-death signal follows this thread, which must
+		// live as long as the guard, and exits with this goroutine once the guard is reaped.
+		runtime.LockOSThread()
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			started <- result{err: fmt.Errorf("start jail guard: %w", err)}
+			return
+		}
+		syscall.ForkLock.Lock()
+		pid, errno := cloneGuard(p[0], p[1])
+		syscall.ForkLock.Unlock()
+		if errno != 0 {
+			unix.Close(p[0])
+			unix.Close(p[1])
+			started <- result{err: fmt.Errorf("start jail guard: clone: %w", errno)}
+			return
+		}
+		g := &Guard{pid: int(pid), pidfd: -1, done: done}
+		unix.Write(p[1], []byte{1})
+		unix.Close(p[0])
+		unix.Close(p[1])
+		// The guard is an unreaped child of this thread: its pid and namespace cannot change
+		// hands while they are opened.
+		var err error
+		if g.pidfd, err = unix.PidfdOpen(g.pid, 0); err == nil {
+			g.ns, err = os.Open("/proc/" + strconv.Itoa(g.pid) + "/ns/pid")
+		}
+		if err != nil {
+			unix.Kill(g.pid, unix.SIGKILL)
+			err = fmt.Errorf("start jail guard: %w", err)
+		}
+		started <- result{g, err}
+		var ws unix.WaitStatus
+		for {
+			if _, err := unix.Wait4(g.pid, &ws, 0, nil); !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		close(done)
+	}()
+	r := <-started
+	if r.err != nil {
+		if r.g != nil {
+			<-done
+			r.g.closeFiles()
+		}
+		return nil, r.err
+	}
+	return r.g, nil
+}
+
+// PID returns the guard's pid.
+func (g *Guard) PID() int { return g.pid }
+
+// Done is closed once the guard has ended and been reaped.
+func (g *Guard) Done() <-chan struct{} { return g.done }
+
+// Around runs start, which forks a process, with the calling thread's new children put into
+// the guard's PID namespace, then puts them back into the thread's own. It suits
+// proc.Config.Around: it must run on a locked thread.
+func (g *Guard) Around(start func() error) error {
+	own, err := os.Open("/proc/thread-self/ns/pid_for_children")
+	if err != nil {
+		return fmt.Errorf("enter jail guard's namespace: %w", err)
+	}
+	defer own.Close()
+	if err := unix.Setns(int(g.ns.Fd()), unix.CLONE_NEWPID); err != nil {
+		return fmt.Errorf("enter jail guard's namespace: %w", err)
+	}
+	serr := start()
+	if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWPID); err != nil {
+		// The thread cannot go back: it must not fork anything else. Its goroutine stays
+		// locked to it and it exits with that goroutine.
+		return errors.Join(serr, fmt.Errorf("leave jail guard's namespace: %w", err))
+	}
+	return serr
+}
+
+// Member returns the host pid of the process whose pid in the guard's namespace is nspid and
+// whose parent (on the host) is parent, or the guard itself when parent is 0; the jailer
+// writes firecracker's pid as its namespace sees it.
+func (g *Guard) Member(nspid, parent int) (int, error) {
+	if parent == 0 {
+		parent = g.pid
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		ppid, nsPIDs := statusPIDs(b)
+		if ppid == parent && len(nsPIDs) >= 2 && nsPIDs[0] == pid && nsPIDs[1] == nspid {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no process %d in the jail guard's namespace: %w", nspid, os.ErrProcessDone)
+}
+
+// statusPIDs reads PPid and NSpid from a /proc/<pid>/status.
+func statusPIDs(b []byte) (ppid int, nsPIDs []int) {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Bytes()
+		if rest, ok := bytes.CutPrefix(line, []byte("PPid:")); ok {
+			ppid, _ = strconv.Atoi(string(bytes.TrimSpace(rest)))
+		}
+		if rest, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
+			for _, f := range bytes.Fields(rest) {
+				n, _ := strconv.Atoi(string(f))
+				nsPIDs = append(nsPIDs, n)
+			}
+		}
+	}
+	return ppid, nsPIDs
+}
+
+// Kill sends SIGKILL to the guard, which ends every process of its namespace.
+func (g *Guard) Kill() error {
+	select {
+	case <-g.done:
+		return nil
+	default:
+	}
+	if err := unix.PidfdSendSignal(g.pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill jail guard %d: %w", g.pid, err)
+	}
+	return nil
+}
+
+// Close kills the guard (and its namespace), waits until it is reaped, and releases it. It is
+// safe to call more than once.
+func (g *Guard) Close() error {
+	var err error
+	g.once.Do(func() {
+		err = g.Kill()
+		<-g.done
+		g.closeFiles()
+	})
+	return err
+}
+
+func (g *Guard) closeFiles() {
+	if g.ns != nil {
+		g.ns.Close()
+		g.ns = nil
+	}
+	if g.pidfd >= 0 {
+		unix.Close(g.pidfd)
+		g.pidfd = -1
+	}
+}

@@ -1,0 +1,107 @@
+package jailer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/smartvm/smartvm/internal/proc"
+)
+
+// Jail is a firecracker started by the jailer inside a Guard's namespace.
+type Jail struct {
+	Config Config
+	Guard  *Guard
+	// Firecracker is the jailed firecracker. With NewPIDNS it is watched through a pidfd: it
+	// is the guard's child, not this process's, so its exit status is not known
+	// (Status.Known is false). Without, it is the jailer's own process, this process's child.
+	Firecracker *proc.Process
+	// Jailer is how the jailer itself ended, with NewPIDNS (it exits once firecracker is
+	// cloned into the new namespace).
+	Jailer proc.Status
+}
+
+// Launch starts the jailer as cfg says, with pc's stdio, inside a new Guard, and waits until
+// the jailer has handed over to firecracker. pc.Path and pc.Args are set from cfg, and pc.Detached is set (the guard, not a parent-death
+// signal, ties the jail to this process); pc.Around,
+// if set, runs around the guard's own (to enter a network namespace, say). cfg.Daemonize
+// must be false. On failure nothing it started is left running; the chroot and cgroups the
+// jailer may have made are the caller's to remove (Remove).
+func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Daemonize {
+		return nil, fmt.Errorf("%w: a supervised jail cannot be daemonized", ErrInvalid)
+	}
+	g, err := StartGuard()
+	if err != nil {
+		return nil, err
+	}
+	pc.Path, pc.Args = jailerBin, cfg.Args()
+	// Go's child code kills itself when, with a parent-death signal, its parent pid is not
+	// the one it forked from, which getppid in another PID namespace never is (it reads 0).
+	// The guard's death ends the jailer and firecracker anyway, so neither needs the signal:
+	// the jailer gets its own session, as a detached process does, and handles that itself.
+	pc.Detached = true
+	if outer := pc.Around; outer != nil {
+		pc.Around = func(start func() error) error { return outer(func() error { return g.Around(start) }) }
+	} else {
+		pc.Around = g.Around
+	}
+	jp, err := proc.Start(pc)
+	if err != nil {
+		g.Close()
+		return nil, fmt.Errorf("start jailer: %w", err)
+	}
+	if !cfg.NewPIDNS {
+		// The jailer execs firecracker in place: this child is firecracker (once the jailer
+		// has set up the jail), and its exit status is known.
+		return &Jail{Config: cfg, Guard: g, Firecracker: jp}, nil
+	}
+	<-jp.Done()
+	j := &Jail{Config: cfg, Guard: g, Jailer: jp.Status()}
+	fail := func(err error) (*Jail, error) {
+		g.Close()
+		return nil, err
+	}
+	if !j.Jailer.Success() {
+		return fail(fmt.Errorf("jailer failed (%s): %w", j.Jailer, ErrJailerFailed))
+	}
+	ch := cfg.Chroot()
+	b, err := os.ReadFile(ch.PIDFile())
+	if err != nil {
+		return fail(fmt.Errorf("read firecracker's pid from the jail: %w", err))
+	}
+	nspid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fail(fmt.Errorf("read firecracker's pid from the jail: %w", err))
+	}
+	pid, err := g.Member(nspid, 0)
+	if err != nil {
+		return fail(fmt.Errorf("find the jailed firecracker: %w", err))
+	}
+	st, err := proc.StartTime(pid)
+	if err == nil {
+		j.Firecracker, err = proc.Attach(pid, st, &proc.Identity{UID: cfg.UID})
+	}
+	if err != nil {
+		return fail(fmt.Errorf("watch the jailed firecracker: %w", err))
+	}
+	return j, nil
+}
+
+// ErrJailerFailed reports that the jailer exited with an error before starting firecracker;
+// its stderr says why.
+var ErrJailerFailed = errors.New("jailer failed")
+
+// Close kills the jail's processes and releases them; it is safe to call more than once.
+func (j *Jail) Close() error {
+	err := j.Guard.Close()
+	if j.Firecracker != nil {
+		<-j.Firecracker.Done()
+	}
+	return err
+}

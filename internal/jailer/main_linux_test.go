@@ -1,0 +1,11 @@
+package jailer
+
+import (
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	testutil.Main(m, map[string]func([]string) int{"jail-owner": jailOwnerMain})
+}

@@ -1,0 +1,193 @@
+package jailer
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// realConfig is a jail for the real binaries under a temporary chroot base, with the
+// firecracker copied there under a name the jailer accepts.
+func realConfig(t *testing.T, fc, id string) Config {
+	t.Helper()
+	base := t.TempDir()
+	exe := filepath.Join(t.TempDir(), "firecracker")
+	b, err := os.ReadFile(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return Config{ID: id, ExecFile: exe, UID: 61001, GID: 61001, ChrootBase: base, NewPIDNS: true,
+		FirecrackerArgs: []string{"--api-sock", "/api.sock"}}
+}
+
+func stdio(t *testing.T) (*os.File, *os.File) {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := os.Create(filepath.Join(dir, "stdout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	errf, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { out.Close(); errf.Close() })
+	return out, errf
+}
+
+func statusField(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			return strings.Join(strings.Fields(rest), " ")
+		}
+	}
+	t.Fatalf("no %s in status of %d", field, pid)
+	return ""
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear", path)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRealJailProcess(t *testing.T) {
+	jailerBin, fc := testutil.JailerBins(t)
+	for _, newPIDNS := range []bool{true, false} {
+		t.Run(fmt.Sprintf("new-pid-ns=%v", newPIDNS), func(t *testing.T) {
+			cfg := realConfig(t, fc, "jail-test-1")
+			cfg.NewPIDNS = newPIDNS
+			out, errf := stdio(t)
+			j, err := Launch(jailerBin, cfg, proc.Config{Stdout: out, Stderr: errf})
+			if err != nil {
+				b, _ := os.ReadFile(errf.Name())
+				t.Fatalf("launch: %v\n%s", err, b)
+			}
+			defer j.Close()
+			ch := cfg.Chroot()
+			waitFile(t, ch.Host("/api.sock"))
+			pid := j.Firecracker.PID()
+			if got := statusField(t, pid, "Uid"); got != "61001 61001 61001 61001" {
+				t.Errorf("Uid = %s", got)
+			}
+			if got := statusField(t, pid, "Gid"); got != "61001 61001 61001 61001" {
+				t.Errorf("Gid = %s", got)
+			}
+			for _, c := range []string{"CapInh", "CapPrm", "CapEff", "CapAmb"} {
+				if got := statusField(t, pid, c); got != "0000000000000000" {
+					t.Errorf("%s = %s, want none", c, got)
+				}
+			}
+			var root, want syscall.Stat_t
+			if err := syscall.Stat("/proc/"+strconv.Itoa(pid)+"/root/", &root); err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Stat(ch.Root, &want); err != nil {
+				t.Fatal(err)
+			}
+			if root.Dev != want.Dev || root.Ino != want.Ino {
+				t.Errorf("firecracker's root is not the chroot %s", ch.Root)
+			}
+			ns := strings.Fields(statusField(t, pid, "NSpid"))
+			last := ns[len(ns)-1]
+			if newPIDNS && last != "1" {
+				t.Errorf("NSpid = %v: firecracker is not PID 1 of its namespace", ns)
+			}
+			if !newPIDNS && (len(ns) != 2 || last == "1") {
+				t.Errorf("NSpid = %v: want firecracker in the guard's namespace, under the guard", ns)
+			}
+			if err := j.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if alive, _ := proc.Alive(pid, j.Firecracker.StartTime()); alive {
+				t.Errorf("firecracker %d outlived Close", pid)
+			}
+		})
+	}
+}
+
+// jailOwnerMain is a process that owns a jail: it launches one (jailer, firecracker, chroot
+// base from its arguments), prints firecracker's pid and sleeps until killed.
+func jailOwnerMain(args []string) int {
+	cfg := Config{ID: "jail-owner", ExecFile: args[1], UID: 61002, GID: 61002, ChrootBase: args[2], NewPIDNS: args[3] == "true",
+		FirecrackerArgs: []string{"--api-sock", "/api.sock"}}
+	j, err := Launch(args[0], cfg, proc.Config{Stdout: os.Stderr, Stderr: os.Stderr})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Printf("%d %d\n", j.Firecracker.PID(), j.Firecracker.StartTime())
+	select {}
+}
+
+func TestRealJailOwnerKilled(t *testing.T) {
+	jailerBin, fc := testutil.JailerBins(t)
+	for _, newPIDNS := range []bool{true, false} {
+		t.Run(fmt.Sprintf("new-pid-ns=%v", newPIDNS), func(t *testing.T) {
+			cfg := realConfig(t, fc, "jail-owner")
+			var stderr bytes.Buffer
+			cmd := exec.Command(testutil.Link(t, "jail-owner"), jailerBin, cfg.ExecFile, cfg.ChrootBase, strconv.FormatBool(newPIDNS))
+			cmd.Stderr = &stderr
+			outp, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var pid int
+			var st uint64
+			if _, err := fmt.Fscan(outp, &pid, &st); err != nil {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatalf("owner: %v\n%s", err, stderr.String())
+			}
+			if alive, _ := proc.Alive(pid, st); !alive {
+				t.Fatalf("firecracker %d is not running", pid)
+			}
+			cmd.Process.Signal(syscall.SIGKILL)
+			cmd.Wait()
+			killed := time.Now()
+			for {
+				alive, _ := proc.Alive(pid, st)
+				if !alive {
+					break
+				}
+				if time.Since(killed) > time.Second {
+					syscall.Kill(pid, syscall.SIGKILL)
+					t.Fatalf("jailed firecracker %d still runs 1s after its owner was killed", pid)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			t.Logf("jailed firecracker gone %v after its owner's SIGKILL", time.Since(killed))
+		})
+	}
+}
