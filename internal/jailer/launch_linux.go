@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/smartvm/smartvm/internal/proc"
 )
@@ -62,6 +63,7 @@ func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 		return &Jail{Config: cfg, Guard: g, Firecracker: jp}, nil
 	}
 	<-jp.Done()
+	jailed := time.Now()
 	j := &Jail{Config: cfg, Guard: g, Jailer: jp.Status()}
 	fail := func(err error) (*Jail, error) {
 		g.Close()
@@ -85,13 +87,32 @@ func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 	}
 	st, err := proc.StartTime(pid)
 	if err == nil {
-		j.Firecracker, err = proc.Attach(pid, st, &proc.Identity{UID: cfg.UID})
+		j.Firecracker, err = proc.Attach(pid, st, nil)
 	}
 	if err != nil {
 		return fail(fmt.Errorf("watch the jailed firecracker: %w", err))
 	}
-	return j, nil
+	// The clone may still be building the jail: it is firecracker once it runs as the jail's
+	// uid.
+	for pause := 100 * time.Microsecond; ; pause = min(2*pause, 10*time.Millisecond) {
+		err := proc.Check(pid, proc.Identity{UID: cfg.UID})
+		if err == nil {
+			return j, nil
+		}
+		select {
+		case <-j.Firecracker.Done():
+			return fail(fmt.Errorf("jailed firecracker ended before it ran: %w", ErrJailerFailed))
+		case <-time.After(pause):
+		}
+		if pause == 10*time.Millisecond && time.Since(jailed) > dropTimeout {
+			j.Firecracker.Release()
+			return fail(fmt.Errorf("jailed firecracker did not drop to uid %d within %v: %w", cfg.UID, dropTimeout, err))
+		}
+	}
 }
+
+// dropTimeout bounds the wait for the jailer's clone to become firecracker.
+const dropTimeout = 10 * time.Second
 
 // ErrJailerFailed reports that the jailer exited with an error before starting firecracker;
 // its stderr says why.

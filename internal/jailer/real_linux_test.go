@@ -3,6 +3,7 @@ package jailer
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -189,5 +190,56 @@ func TestRealJailOwnerKilled(t *testing.T) {
 			}
 			t.Logf("jailed firecracker gone %v after its owner's SIGKILL", time.Since(killed))
 		})
+	}
+}
+
+func TestRealJailCgroups(t *testing.T) {
+	jailerBin, fc := testutil.JailerBins(t)
+	l, err := DetectCgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := l.Version()
+	lim := Limits{CPUQuotaUS: 50000, MemoryBytes: 512 << 20, Cpuset: "0"}
+	settings, err := l.Settings(v, lim)
+	if errors.Is(err, ErrCgroupUnsupported) {
+		t.Skipf("this host's cgroups (%s) lack a controller: %v", l, err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := realConfig(t, fc, "jail-cgroups")
+	cfg.CgroupVersion, cfg.Cgroups, cfg.ParentCgroup = v, settings, "smartvm-test"
+	t.Cleanup(func() { RemoveCgroups(l, cfg) })
+	if err := PrepareCgroups(l, cfg); err != nil {
+		t.Fatal(err)
+	}
+	out, errf := stdio(t)
+	j, err := Launch(jailerBin, cfg, proc.Config{Stdout: out, Stderr: errf})
+	if err != nil {
+		b, _ := os.ReadFile(errf.Name())
+		t.Fatalf("launch: %v\n%s", err, b)
+	}
+	t.Cleanup(func() { j.Close() })
+	t.Logf("cgroup layout %s, version %d, dirs %v", l, v, l.CgroupDirs(cfg))
+	if err := l.CheckSettings(cfg); err != nil {
+		t.Error(err)
+	}
+	for _, d := range l.CgroupDirs(cfg) {
+		b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil || !strings.Contains(" "+strings.Join(strings.Fields(string(b)), " ")+" ", " "+strconv.Itoa(j.Firecracker.PID())+" ") {
+			t.Errorf("firecracker %d is not in %s (%q, %v)", j.Firecracker.PID(), d, b, err)
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveCgroups(l, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range l.CgroupDirs(cfg) {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind: %v", d, err)
+		}
 	}
 }

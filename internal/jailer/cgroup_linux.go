@@ -1,0 +1,93 @@
+package jailer
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// DetectCgroups reads this host's cgroup layout from /proc/self/mountinfo and /proc/cgroups.
+func DetectCgroups() (Layout, error) {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return Layout{}, fmt.Errorf("detect cgroups: %w", err)
+	}
+	pc, err := os.ReadFile("/proc/cgroups")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) { // a pure v2 kernel may lack it
+		return Layout{}, fmt.Errorf("detect cgroups: %w", err)
+	}
+	l := ParseMountinfo(mi, pc, nil)
+	if l.V2 != "" {
+		c, err := os.ReadFile(filepath.Join(l.V2, "cgroup.controllers"))
+		if err != nil {
+			return Layout{}, fmt.Errorf("detect cgroups: %w", err)
+		}
+		l = ParseMountinfo(mi, pc, c)
+	}
+	return l, nil
+}
+
+// RemoveCgroups removes the jail's cgroup directories (which must hold no process by then),
+// and the parent cgroup too where it is left empty. Missing directories are not an error.
+func RemoveCgroups(l Layout, cfg Config) error {
+	var errs []error
+	for _, d := range l.CgroupDirs(cfg) {
+		if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+			continue
+		}
+		// Shared with other jails: removed only once none is left in it.
+		if err := unix.Rmdir(filepath.Dir(d)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", filepath.Dir(d), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PrepareCgroups makes what the jailer cannot: under cgroup v1 a new cpuset cgroup starts with
+// no CPUs and no memory nodes, so the jailer's write of its pid there fails (ENOSPC). For a
+// cpuset setting it creates the parent and the jail's cpuset cgroups first, each inheriting
+// cpuset.cpus and cpuset.mems from the level above. RemoveCgroups removes them.
+func PrepareCgroups(l Layout, cfg Config) error {
+	if cfg.CgroupVersion == 2 {
+		return nil
+	}
+	uses := false
+	for _, s := range cfg.Cgroups {
+		uses = uses || s.File == "cpuset.cpus" || s.File == "cpuset.mems"
+	}
+	mnt := l.Mount(1, "cpuset")
+	if !uses || mnt == "" {
+		return nil
+	}
+	dir := mnt
+	for _, c := range []string{cfg.CgroupParent(), cfg.ID} {
+		above := dir
+		dir = filepath.Join(dir, c)
+		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("prepare cgroup %s: %w", dir, err)
+		}
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			cur, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
+				return fmt.Errorf("prepare cgroup %s: %w", dir, err)
+			}
+			if len(bytes.TrimSpace(cur)) > 0 {
+				continue
+			}
+			val, err := os.ReadFile(filepath.Join(above, f))
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, f), val, 0)
+			}
+			if err != nil {
+				return fmt.Errorf("prepare cgroup %s: inherit %s: %w", dir, f, err)
+			}
+		}
+	}
+	return nil
+}
