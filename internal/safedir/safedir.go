@@ -11,6 +11,9 @@ import (
 // symlink, a foreign owner, a directory others can write, a FIFO where a file belongs.
 var ErrUntrusted = errors.New("untrusted path")
 
+// ErrCrossDevice reports a hard link asked for across filesystems.
+var ErrCrossDevice = errors.New("on another filesystem")
+
 // TrustError reports a directory on the way to a trusted one that smartvm must not use.
 type TrustError struct {
 	// Path is the offending directory (or link).

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -499,7 +500,12 @@ func (d *Dir) ReadDir(name string) ([]fs.DirEntry, error) {
 // removed, not what it points to), never descends onto another filesystem, and stops with an
 // error (leaving the rest) at an entry that belongs to anybody but d's owner. A missing name
 // is not an error.
-func (d *Dir) RemoveAll(name string) error {
+func (d *Dir) RemoveAll(name string) error { return d.RemoveAllOwnedBy(name) }
+
+// RemoveAllOwnedBy is RemoveAll that also removes entries owned by the users in owners: a
+// jail's tree, say, where the jailed process (another uid) made files. Every other rule of
+// RemoveAll holds.
+func (d *Dir) RemoveAllOwnedBy(name string, owners ...uint32) error {
 	pfd, base, done, err := d.parent(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -508,10 +514,10 @@ func (d *Dir) RemoveAll(name string) error {
 		return err
 	}
 	defer done()
-	return d.removeAt(pfd, base, d.Join(name))
+	return d.removeAt(pfd, base, d.Join(name), owners)
 }
 
-func (d *Dir) removeAt(pfd int, base, path string) error {
+func (d *Dir) removeAt(pfd int, base, path string, owners []uint32) error {
 	var st unix.Stat_t
 	if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.ENOENT) {
@@ -519,7 +525,7 @@ func (d *Dir) removeAt(pfd int, base, path string) error {
 		}
 		return &fs.PathError{Op: "lstat", Path: path, Err: err}
 	}
-	if st.Uid != d.uid {
+	if st.Uid != d.uid && !slices.Contains(owners, st.Uid) {
 		return &fs.PathError{Op: "remove", Path: path, Err: fmt.Errorf("%w: owned by %s, not %s; left in place", ErrUntrusted, ownerName(st.Uid), ownerName(d.uid))}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
@@ -544,7 +550,7 @@ func (d *Dir) removeAt(pfd int, base, path string) error {
 	for {
 		ents, err := f.ReadDir(256)
 		for _, e := range ents {
-			if err := d.removeAt(fd, e.Name(), filepath.Join(path, e.Name())); err != nil {
+			if err := d.removeAt(fd, e.Name(), filepath.Join(path, e.Name()), owners); err != nil {
 				return err
 			}
 		}
@@ -801,3 +807,38 @@ func WriteFile(path string, data []byte, perm fs.FileMode) error {
 	defer d.Close()
 	return d.WriteFileAtomic(filepath.Base(path), data, perm)
 }
+
+// Chown sets the owner and group of name, without following it.
+func (d *Dir) Chown(name string, uid, gid uint32) error {
+	fd, err := d.openat2(name, unix.O_PATH, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "chown", Path: d.Join(name), Err: err}
+	}
+	return nil
+}
+
+// Link makes name, beneath d, a hard link to the file f has open (not to whatever its path
+// names by now). It fails with an error wrapping unix.EXDEV (errors.Is ErrCrossDevice) when
+// f is on another filesystem.
+func (d *Dir) Link(f *os.File, name string) error {
+	pfd, base, done, err := d.parent(name)
+	if err != nil {
+		return err
+	}
+	defer done()
+	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), pfd, base, unix.AT_SYMLINK_FOLLOW)
+	if errors.Is(err, unix.EXDEV) {
+		err = ErrCrossDevice
+	}
+	if err != nil {
+		return &fs.PathError{Op: "link", Path: d.Join(name), Err: err}
+	}
+	return nil
+}
+
+// Dev returns the device number of d's filesystem.
+func (d *Dir) Dev() uint64 { return d.dev }

@@ -128,3 +128,15 @@ func WriteFile(path string, data []byte, perm fs.FileMode) error {
 	}
 	return err
 }
+
+// RemoveAllOwnedBy returns an error wrapping errors.ErrUnsupported.
+func (d *Dir) RemoveAllOwnedBy(string, ...uint32) error { return errUnsupported }
+
+// Chown returns an error wrapping errors.ErrUnsupported.
+func (d *Dir) Chown(string, uint32, uint32) error { return errUnsupported }
+
+// Link returns an error wrapping errors.ErrUnsupported.
+func (d *Dir) Link(*os.File, string) error { return errUnsupported }
+
+// Dev returns 0.
+func (d *Dir) Dev() uint64 { return 0 }
