@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
@@ -241,5 +242,37 @@ func TestRealJailCgroups(t *testing.T) {
 		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind: %v", d, err)
 		}
+	}
+}
+
+func TestRealJailerVersion(t *testing.T) {
+	jailerBin, fc := testutil.JailerBins(t)
+	ctx := t.Context()
+	jv, err := Version(ctx, jailerBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(fc, "--version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	fv, err := fcapi.ParseVersion(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckVersion(jailerBin, jv, fc, fv); err != nil {
+		t.Errorf("matching pair refused: %v", err)
+	}
+	other := os.Getenv("SMARTVM_OTHER_JAILER_BIN")
+	if other == "" {
+		t.Skip("set SMARTVM_OTHER_JAILER_BIN to a jailer of another release to check the refusal")
+	}
+	ov, err := Version(ctx, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckVersion(other, ov, fc, fv); !errors.Is(err, ErrVersionMismatch) {
+		t.Errorf("jailer v%s with firecracker v%s: %v, want ErrVersionMismatch", ov, fv, err)
 	}
 }

@@ -1,0 +1,83 @@
+package jailer
+
+import (
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/safedir"
+)
+
+func openTestIDs(t *testing.T, first, count uint32) *IDs {
+	t.Helper()
+	root, err := safedir.OpenTrusted(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	ids, err := OpenIDs(root, "jail-ids", first, count)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ids.Close() })
+	return ids
+}
+
+func TestIDs(t *testing.T) {
+	ctx := t.Context()
+	ids := openTestIDs(t, 1_900_000_100, 3)
+	a, err := ids.Allocate(ctx, "a")
+	if err != nil || a != 1_900_000_100 {
+		t.Fatalf("Allocate a = %d, %v", a, err)
+	}
+	if again, _ := ids.Allocate(ctx, "a"); again != a {
+		t.Errorf("a again got %d, want its lease %d", again, a)
+	}
+	b, _ := ids.Allocate(ctx, "b")
+	c, _ := ids.Allocate(ctx, "c")
+	if b == a || c == b || c == a {
+		t.Errorf("uids not distinct: %d %d %d", a, b, c)
+	}
+	if _, err := ids.Allocate(ctx, "d"); !errors.Is(err, ErrIDsExhausted) {
+		t.Errorf("fourth allocation: %v, want ErrIDsExhausted", err)
+	}
+	if err := ids.Release(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := ids.Allocate(ctx, "d"); err != nil || d != b {
+		t.Errorf("after release: %d, %v; want %d", d, err, b)
+	}
+	leases, err := ids.Leases(ctx)
+	if err != nil || len(leases) != 3 || leases[a] != "a" || leases[b] != "d" {
+		t.Errorf("Leases = %v, %v", leases, err)
+	}
+}
+
+func TestIDsSkipHostAccounts(t *testing.T) {
+	ids := openTestIDs(t, 1, 1) // uid 1 is daemon (or bin) on every Linux
+	if !hostUses(1) {
+		t.Skip("uid 1 names no account on this host")
+	}
+	if uid, err := ids.Allocate(t.Context(), "x"); !errors.Is(err, ErrIDsExhausted) {
+		t.Errorf("got uid %d, %v: a host account's uid must not be leased", uid, err)
+	}
+}
+
+func TestIDsConcurrent(t *testing.T) {
+	ids := openTestIDs(t, 1_900_001_000, 64)
+	var mu sync.Mutex
+	seen := map[uint32]bool{}
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Go(func() {
+			uid, err := ids.Allocate(t.Context(), "vm-"+string(rune('a'+i)))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || seen[uid] {
+				t.Errorf("allocation %d: uid %d, %v", i, uid, err)
+			}
+			seen[uid] = true
+		})
+	}
+	wg.Wait()
+}
