@@ -276,3 +276,61 @@ func TestRealJailerVersion(t *testing.T) {
 		t.Errorf("jailer v%s with firecracker v%s: %v, want ErrVersionMismatch", ov, fv, err)
 	}
 }
+
+// A whole jail: prepared tree with a placed file and a log, firecracker serving its API on
+// the host path of its in-chroot socket, and nothing left after Close and Remove.
+func TestRealJailLifecycle(t *testing.T) {
+	jailerBin, fc := testutil.JailerBins(t)
+	cfg := realConfig(t, fc, "jail-life")
+	cfg.ChrootBase = filepath.Join(cfg.ChrootBase, "srv-jailer")
+	cfg.FirecrackerArgs = []string{"--api-sock", "/run/api.sock", "--log-path", "/firecracker.log", "--level", "Info"}
+	tr, err := Prepare(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	kernel := filepath.Join(t.TempDir(), "vmlinux")
+	os.WriteFile(kernel, []byte("not a kernel"), 0o644)
+	if _, err := tr.Place(t.Context(), openFile(t, kernel), kernel, "vmlinux", ReadOnly); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.CreateFile("firecracker.log"); err != nil {
+		t.Fatal(err)
+	}
+	out, errf := stdio(t)
+	j, err := Launch(jailerBin, cfg, proc.Config{Stdout: out, Stderr: errf})
+	if err != nil {
+		b, _ := os.ReadFile(errf.Name())
+		t.Fatalf("launch: %v\n%s", err, b)
+	}
+	sock := tr.Chroot().Host("/run/api.sock")
+	c := fcapi.New(sock)
+	defer c.Close()
+	if err := fcapi.WaitReady(t.Context(), sock, j.Firecracker.Done()); err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.Version(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("jailed firecracker v%s answers on %s", v, sock)
+	if err := proc.Check(j.Firecracker.PID(), proc.Identity{UID: cfg.UID, Flag: "--api-sock", Value: "/run/api.sock"}); err != nil {
+		t.Errorf("identity: %v", err)
+	}
+	if exe, err := proc.ExePath(j.Firecracker.PID()); err == nil {
+		t.Logf("/proc/pid/exe of the jailed firecracker: %s", exe)
+	}
+	if b, _ := os.ReadFile(tr.Chroot().Host("/firecracker.log")); !bytes.Contains(b, []byte("Running Firecracker")) {
+		t.Errorf("log in the jail: %q", b)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(cfg.ChrootBase); len(ents) != 0 {
+		t.Errorf("left under the chroot base: %v", ents)
+	}
+}
+

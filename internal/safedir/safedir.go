@@ -31,6 +31,7 @@ func (e *TrustError) Is(target error) bool { return target == ErrUntrusted }
 type Info struct {
 	Mode    fs.FileMode
 	UID     uint32
+	GID     uint32
 	Size    int64
 	Blocks  int64 // 512-byte blocks allocated
 	Dev     uint64

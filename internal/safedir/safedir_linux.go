@@ -469,7 +469,7 @@ func infoOf(st *unix.Stat_t) Info {
 	if st.Mode&unix.S_ISVTX != 0 {
 		mode |= fs.ModeSticky
 	}
-	return Info{Mode: mode, UID: st.Uid, Size: st.Size, Blocks: st.Blocks, Dev: st.Dev, Ino: st.Ino, ModTime: time.Unix(st.Mtim.Unix())}
+	return Info{Mode: mode, UID: st.Uid, GID: st.Gid, Size: st.Size, Blocks: st.Blocks, Dev: st.Dev, Ino: st.Ino, ModTime: time.Unix(st.Mtim.Unix())}
 }
 
 // Stat describes the open file f as Lstat does.

@@ -1,0 +1,188 @@
+package jailer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/smartvm/smartvm/internal/safedir"
+	"github.com/smartvm/smartvm/internal/stage"
+)
+
+// ErrJailExists reports a jail directory that is already there: a live jail of that ID, or
+// one a crash left behind for reaping.
+var ErrJailExists = errors.New("jail directory exists")
+
+// ErrOtherFilesystem reports a persistent drive that is not on the chroot's filesystem, where
+// it cannot be hard-linked into the jail (and is never copied).
+var ErrOtherFilesystem = errors.New("not on the chroot's filesystem")
+
+// Kind says how a file gets into the jail.
+type Kind int
+
+const (
+	// ReadOnly files (kernel, initrd, read-only drives) are hard-linked when on the chroot's
+	// filesystem and readable by everyone, else copied (reflink where possible) and given to
+	// the jail's uid. A link is never chowned: the original keeps its owner.
+	ReadOnly Kind = iota
+	// Ephemeral writable drives are staged (reflink or sparse copy) into the jail and given
+	// to the jail's uid.
+	Ephemeral
+	// Persistent writable drives are hard-linked, never copied, and given to the jail's uid
+	// while the jail lives (Owner records what Remove gives back). One on another filesystem
+	// is refused with ErrOtherFilesystem.
+	Persistent
+)
+
+// Owner is a file's owner before the jail took it over: Remove gives it back.
+type Owner struct {
+	Name string `json:"name"` // in the chroot's root
+	Ino  uint64 `json:"ino"`  // the file's inode, checked before it is given back
+	UID  uint32 `json:"uid"`
+	GID  uint32 `json:"gid"`
+}
+
+// Tree is a jail's directory, prepared before the jailer runs: the chroot base (trusted like
+// the runtime root) and the chroot <base>/<exec name>/<id>/root in it.
+type Tree struct {
+	cfg    Config
+	base   *safedir.Dir
+	root   *safedir.Dir
+	owners []Owner
+}
+
+// Prepare opens (creating) the chroot base, which must be trustworthy (safedir.OpenTrusted),
+// and creates the jail's directories (mode 0700). A jail directory already there is refused
+// with ErrJailExists: the jailer expects a fresh ID, and a leftover is reaping's to remove.
+func Prepare(cfg Config) (*Tree, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	base, err := safedir.OpenTrusted(cfg.Base(), true)
+	if err != nil {
+		return nil, fmt.Errorf("chroot base: %w", err)
+	}
+	rel := filepath.Join(cfg.ExecName(), cfg.ID)
+	if _, err := base.Lstat(rel); err == nil {
+		base.Close()
+		return nil, fmt.Errorf("%w: %s: a vm of that name runs or its jail was left behind (smartvm gc removes it)", ErrJailExists, base.Join(rel))
+	}
+	root, err := base.MkdirAll(filepath.Join(rel, "root"), 0o700)
+	if err != nil {
+		base.Close()
+		return nil, fmt.Errorf("create jail: %w", err)
+	}
+	return &Tree{cfg: cfg, base: base, root: root}, nil
+}
+
+// Chroot is the jail's layout.
+func (t *Tree) Chroot() Chroot { return t.cfg.Chroot() }
+
+// Dev is the device of the chroot's filesystem.
+func (t *Tree) Dev() uint64 { return t.root.Dev() }
+
+// Owners are the owners Place took files from (persistent drives).
+func (t *Tree) Owners() []Owner { return t.owners }
+
+// Place puts the file f has open (src is its path, for copying) into the jail as name (a
+// single file name in the chroot's root), as kind says, and returns its path as firecracker
+// sees it.
+func (t *Tree) Place(ctx context.Context, f *os.File, src, name string, kind Kind) (string, error) {
+	info, err := safedir.Stat(f)
+	if err != nil {
+		return "", fmt.Errorf("place %s in the jail: %w", src, err)
+	}
+	same := info.Dev == t.root.Dev()
+	inside := "/" + name
+	chown := func() error { return t.root.Chown(name, t.cfg.UID, t.cfg.GID) }
+	switch {
+	case kind == Persistent:
+		if !same {
+			return "", fmt.Errorf("%w: persistent drive %s cannot be hard-linked into the jail under %s, and is never copied: keep it on the chroot's filesystem (or move the chroot base there)", ErrOtherFilesystem, src, t.cfg.Base())
+		}
+		if err := t.root.Link(f, name); err != nil {
+			return "", fmt.Errorf("link %s into the jail: %w", src, err)
+		}
+		t.owners = append(t.owners, Owner{Name: name, Ino: info.Ino, UID: info.UID, GID: info.GID})
+		return inside, chown()
+	case kind == ReadOnly && same && info.Mode.Perm()&0o004 != 0 && info.Mode.IsRegular():
+		if err := t.root.Link(f, name); err == nil {
+			return inside, nil
+		}
+		// A filesystem without hard links (or a protected one): copy instead.
+	}
+	if _, err := stage.Copy(ctx, fdPath(f), t.root.Join(name)); err != nil {
+		return "", fmt.Errorf("copy %s into the jail: %w", src, err)
+	}
+	return inside, chown()
+}
+
+// fdPath names what f has open, for a program that takes a path.
+func fdPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
+
+// CreateFile creates an empty file name in the chroot for firecracker to write (its log,
+// its metrics), owned by the jail's uid with mode 0600.
+func (t *Tree) CreateFile(name string) error {
+	f, err := t.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s in the jail: %w", name, err)
+	}
+	f.Close()
+	return t.root.Chown(name, t.cfg.UID, t.cfg.GID)
+}
+
+// Close releases the directories without removing anything.
+func (t *Tree) Close() error { return errors.Join(t.root.Close(), t.base.Close()) }
+
+// Remove gives the persistent drives back to their owners and removes the jail's directory
+// <base>/<exec name>/<id>, files of the jail's uid included. The jail's processes must have
+// ended. It is safe to call more than once.
+func (t *Tree) Remove() error {
+	err := GiveBack(t.base, t.cfg, t.owners)
+	t.owners = nil
+	return errors.Join(err, RemoveJail(t.base, t.cfg))
+}
+
+// RemoveJail removes cfg's jail directory beneath base (the opened chroot base), as reaping
+// does for a jail whose owner is gone. Persistent drives' owners must be given back first
+// (GiveBack).
+func RemoveJail(base *safedir.Dir, cfg Config) error {
+	rel := filepath.Join(cfg.ExecName(), cfg.ID)
+	if err := base.RemoveAllOwnedBy(rel, cfg.UID); err != nil {
+		return fmt.Errorf("remove jail: %w", err)
+	}
+	// The exec name's directory is shared with other jails: removed once empty.
+	if err := base.Remove(cfg.ExecName()); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
+		return fmt.Errorf("remove jail: %w", err)
+	}
+	return nil
+}
+
+// GiveBack gives the files in owners back to their owners and unlinks them from the jail's
+// root in base (the jail's processes must have ended). A name that no longer is the recorded
+// file is left to RemoveJail.
+func GiveBack(base *safedir.Dir, cfg Config, owners []Owner) error {
+	rel := filepath.Join(cfg.ExecName(), cfg.ID, "root")
+	var errs []error
+	for _, o := range owners {
+		name := filepath.Join(rel, o.Name)
+		info, err := base.Lstat(name)
+		if errors.Is(err, fs.ErrNotExist) || err == nil && (info.Ino != o.Ino || !info.Mode.IsRegular()) {
+			continue
+		}
+		if err == nil {
+			err = base.Chown(name, o.UID, o.GID)
+		}
+		if err == nil {
+			err = base.Remove(name)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("give %s back to uid %d: %w", o.Name, o.UID, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,146 @@
+package jailer
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+func stat(t *testing.T, path string) syscall.Stat_t {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func openFile(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func TestTree(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx := t.Context()
+	base := filepath.Join(t.TempDir(), "jailer")
+	src := t.TempDir() // same filesystem as base
+	cfg := Config{ID: "vm-1", ExecFile: "/opt/firecracker", UID: 4747, GID: 4748, ChrootBase: base}
+	tr, err := Prepare(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if _, err := Prepare(cfg); !errors.Is(err, ErrJailExists) {
+		t.Errorf("second Prepare: %v, want ErrJailExists", err)
+	}
+	ch := tr.Chroot()
+	if st := stat(t, ch.Root); st.Mode&0o777 != 0o700 || st.Uid != 0 {
+		t.Errorf("chroot mode %o owner %d", st.Mode&0o777, st.Uid)
+	}
+
+	kernel := filepath.Join(src, "vmlinux")
+	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	secret := filepath.Join(src, "initrd")
+	os.WriteFile(secret, []byte("initrd"), 0o600)
+	disk := filepath.Join(src, "disk.img")
+	os.WriteFile(disk, []byte("persistent"), 0o640)
+	os.Chown(disk, 1234, 1235)
+	eph := filepath.Join(src, "eph.img")
+	os.WriteFile(eph, []byte("ephemeral"), 0o644)
+
+	for _, p := range []struct {
+		src, name string
+		kind      Kind
+	}{{kernel, "vmlinux", ReadOnly}, {secret, "initrd", ReadOnly}, {disk, "disk.img", Persistent}, {eph, "eph.img", Ephemeral}} {
+		inside, err := tr.Place(ctx, openFile(t, p.src), p.src, p.name, p.kind)
+		if err != nil || inside != "/"+p.name {
+			t.Fatalf("Place %s = %q, %v", p.name, inside, err)
+		}
+	}
+	ks, kj := stat(t, kernel), stat(t, ch.Host("/vmlinux"))
+	if ks.Ino != kj.Ino || kj.Uid != 0 {
+		t.Errorf("a world-readable kernel is linked and keeps its owner: ino %d/%d uid %d", ks.Ino, kj.Ino, kj.Uid)
+	}
+	if is, ij := stat(t, secret), stat(t, ch.Host("/initrd")); is.Ino == ij.Ino || ij.Uid != 4747 || is.Uid != 0 {
+		t.Errorf("a private initrd is copied for the jail: same inode %v, copy uid %d, original uid %d", is.Ino == ij.Ino, ij.Uid, is.Uid)
+	}
+	if ds, dj := stat(t, disk), stat(t, ch.Host("/disk.img")); ds.Ino != dj.Ino || dj.Uid != 4747 || dj.Gid != 4748 {
+		t.Errorf("a persistent drive is linked and the jail's: ino %d/%d owner %d:%d", ds.Ino, dj.Ino, dj.Uid, dj.Gid)
+	}
+	if es, ej := stat(t, eph), stat(t, ch.Host("/eph.img")); es.Ino == ej.Ino || ej.Uid != 4747 {
+		t.Errorf("an ephemeral drive is a copy of the jail's")
+	}
+	if err := tr.CreateFile("firecracker.log"); err != nil {
+		t.Fatal(err)
+	}
+	// What the jailer makes, as the jail's uid.
+	os.MkdirAll(ch.Host("/dev/net"), 0o700)
+	os.Chown(ch.Host("/dev"), 4747, 4748)
+	os.Chown(ch.Host("/dev/net"), 4747, 4748)
+	os.Chown(ch.Root, 4747, 4748)
+
+	if err := tr.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if ds := stat(t, disk); ds.Uid != 1234 || ds.Gid != 1235 {
+		t.Errorf("persistent drive not given back: %d:%d", ds.Uid, ds.Gid)
+	}
+	if b, _ := os.ReadFile(disk); string(b) != "persistent" {
+		t.Errorf("persistent drive changed: %q", b)
+	}
+	ents, _ := os.ReadDir(base)
+	if len(ents) != 0 {
+		t.Errorf("left under the chroot base: %v", ents)
+	}
+	if err := tr.Remove(); err != nil {
+		t.Errorf("second Remove: %v", err)
+	}
+}
+
+func TestTreePersistentOtherFilesystem(t *testing.T) {
+	testutil.RequiresRoot(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	shm, err := os.CreateTemp("/dev/shm", "jail-persistent")
+	if err != nil {
+		t.Skip(err)
+	}
+	defer os.Remove(shm.Name())
+	defer shm.Close()
+	tr, err := Prepare(Config{ID: "vm-2", ExecFile: "/opt/firecracker", UID: 4747, GID: 4747, ChrootBase: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if tr.Dev() == stat(t, shm.Name()).Dev {
+		t.Skip("/dev/shm is on the temp dir's filesystem")
+	}
+	if _, err := tr.Place(t.Context(), shm, shm.Name(), "disk.img", Persistent); !errors.Is(err, ErrOtherFilesystem) {
+		t.Errorf("Place = %v, want ErrOtherFilesystem", err)
+	}
+	if err := tr.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(base); len(ents) != 0 {
+		t.Errorf("left under the chroot base: %v", ents)
+	}
+}
+
+func TestPrepareUntrustedBase(t *testing.T) {
+	testutil.RequiresRoot(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	os.Mkdir(base, 0o777)
+	os.Chmod(base, 0o777)
+	if _, err := Prepare(Config{ID: "vm-3", ExecFile: "/opt/firecracker", UID: 4747, GID: 4747, ChrootBase: base}); err == nil {
+		t.Error("a chroot base writable by everyone was accepted")
+	}
+}
