@@ -51,6 +51,18 @@ func stdio(t *testing.T) (*os.File, *os.File) {
 	return out, errf
 }
 
+// launch launches cfg's jail, failing the test with the jailer's stderr if it cannot.
+func launch(t *testing.T, jailerBin string, cfg Config) *Jail {
+	t.Helper()
+	out, errf := stdio(t)
+	j, err := Launch(jailerBin, cfg, proc.Config{Stdout: out, Stderr: errf})
+	if err != nil {
+		b, _ := os.ReadFile(errf.Name())
+		t.Fatalf("launch: %v\n%s", err, b)
+	}
+	return j
+}
+
 func statusField(t *testing.T, pid int, field string) string {
 	t.Helper()
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
@@ -87,12 +99,7 @@ func TestRealJailProcess(t *testing.T) {
 		t.Run(fmt.Sprintf("new-pid-ns=%v", newPIDNS), func(t *testing.T) {
 			cfg := realConfig(t, fc, "jail-test-1")
 			cfg.NewPIDNS = newPIDNS
-			out, errf := stdio(t)
-			j, err := Launch(jailerBin, cfg, proc.Config{Stdout: out, Stderr: errf})
-			if err != nil {
-				b, _ := os.ReadFile(errf.Name())
-				t.Fatalf("launch: %v\n%s", err, b)
-			}
+			j := launch(t, jailerBin, cfg)
 			defer j.Close()
 			ch := cfg.Chroot()
 			waitFile(t, ch.Host("/api.sock"))
@@ -215,12 +222,7 @@ func TestRealJailCgroups(t *testing.T) {
 	if err := PrepareCgroups(l, cfg); err != nil {
 		t.Fatal(err)
 	}
-	out, errf := stdio(t)
-	j, err := Launch(jailerBin, cfg, proc.Config{Stdout: out, Stderr: errf})
-	if err != nil {
-		b, _ := os.ReadFile(errf.Name())
-		t.Fatalf("launch: %v\n%s", err, b)
-	}
+	j := launch(t, jailerBin, cfg)
 	t.Cleanup(func() { j.Close() })
 	t.Logf("cgroup layout %s, version %d, dirs %v", l, v, l.CgroupDirs(cfg))
 	if err := l.CheckSettings(cfg); err != nil {
@@ -297,12 +299,7 @@ func TestRealJailLifecycle(t *testing.T) {
 	if err := tr.CreateFile("firecracker.log"); err != nil {
 		t.Fatal(err)
 	}
-	out, errf := stdio(t)
-	j, err := Launch(jailerBin, cfg, proc.Config{Stdout: out, Stderr: errf})
-	if err != nil {
-		b, _ := os.ReadFile(errf.Name())
-		t.Fatalf("launch: %v\n%s", err, b)
-	}
+	j := launch(t, jailerBin, cfg)
 	sock := tr.Chroot().Host("/run/api.sock")
 	c := fcapi.New(sock)
 	defer c.Close()
@@ -333,4 +330,3 @@ func TestRealJailLifecycle(t *testing.T) {
 		t.Errorf("left under the chroot base: %v", ents)
 	}
 }
-
