@@ -35,6 +35,10 @@ const exitUsage = 2
 // unreadable --config-file), and SIGTERM is left to its default action unless the
 // ignore-sigterm mode is set.
 func Main(argv []string) int {
+	if err := enterJail(); err != nil {
+		fmt.Fprintf(os.Stderr, "fake firecracker: %v\n", err)
+		return exitUsage
+	}
 	p := &process{stdout: os.Stdout, stderr: os.Stderr}
 	return p.main(argv)
 }

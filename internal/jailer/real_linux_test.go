@@ -63,6 +63,20 @@ func launch(t *testing.T, jailerBin string, cfg Config) *Jail {
 	return j
 }
 
+// endJail closes j and removes tr, and fails unless nothing is left under the chroot base.
+func endJail(t *testing.T, j *Jail, tr *Tree) {
+	t.Helper()
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(tr.cfg.Base()); len(ents) != 0 {
+		t.Errorf("left under the chroot base: %v", ents)
+	}
+}
+
 func statusField(t *testing.T, pid int, field string) string {
 	t.Helper()
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
@@ -320,13 +334,5 @@ func TestRealJailLifecycle(t *testing.T) {
 	if b, _ := os.ReadFile(tr.Chroot().Host("/firecracker.log")); !bytes.Contains(b, []byte("Running Firecracker")) {
 		t.Errorf("log in the jail: %q", b)
 	}
-	if err := j.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Remove(); err != nil {
-		t.Fatal(err)
-	}
-	if ents, _ := os.ReadDir(cfg.ChrootBase); len(ents) != 0 {
-		t.Errorf("left under the chroot base: %v", ents)
-	}
+	endJail(t, j, tr)
 }
