@@ -16,6 +16,7 @@ import (
 func TestMain(m *testing.M) {
 	testutil.Main(m, map[string]func([]string) int{
 		"firecracker":   fakefc.Main,
+		"jailer":        fakefc.JailerMain,
 		"smartvm-owner": ownerMain,
 	})
 }

@@ -42,6 +42,7 @@ type Manager struct {
 	netnsDir string
 	// agent is the smartvm-agent binary MachineSpec.Agent installs; empty: none.
 	agent string
+	jail  jailOptions
 
 	mu       sync.Mutex
 	machines map[string]*Machine // the VMs this manager started or attached, by name
@@ -89,6 +90,7 @@ func NewManager(opts ...Option) (*Manager, error) {
 		stagingDir: o.stagingDir,
 		netnsDir:   o.netnsDir,
 		agent:      o.agent,
+		jail:       o.jail,
 		machines:   map[string]*Machine{},
 		versions:   map[binaryKey]fcapi.Version{},
 	}
@@ -146,6 +148,7 @@ func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State)
 		// sockets of vsock listeners (<path>_<port>) whose process died without closing them.
 		errs = append(errs, removeStaleSocket(spec.Vsock.Path), removeStaleVsockSockets(spec.Vsock.Path))
 	}
+	errs = append(errs, mgr.reapJail(ctx, name, st))
 	if st.BaseImage != nil {
 		if mgr.images == nil {
 			// Without a base-image manager this process cannot release the marker; the cache

@@ -34,6 +34,7 @@ type options struct {
 	serialMax  int64
 	stagingDir string
 	agent      string
+	jail       jailOptions
 }
 
 // WithRuntimeDir sets the runtime root. Default, for root: /dev/shm/.smartvm/runtime when

@@ -158,6 +158,10 @@ type MachineSpec struct {
 	// the VM's own (see package netdev). It needs root, or CAP_NET_ADMIN (and CAP_SYS_ADMIN
 	// for a namespace). nil (the default) means no managed network.
 	Network *NetworkSpec `json:"network,omitempty"`
+
+	// Jailer runs firecracker through Firecracker's jailer (see JailerSpec). nil (the
+	// default) runs it directly, as the calling user.
+	Jailer *JailerSpec `json:"jailer,omitempty"`
 }
 
 // NetworkSpec describes the network smartvm builds for a VM. Each NIC gets a /30 from Pool:
@@ -448,6 +452,9 @@ func (s MachineSpec) problems() []error {
 		}
 	}
 
+	if s.Jailer != nil {
+		errs = append(errs, s.Jailer.problems()...)
+	}
 	if s.Name != "" && !nameRE.MatchString(s.Name) {
 		add("name %q: use 1 to 64 ASCII letters, digits or '-'", s.Name)
 	} else if strings.HasPrefix(s.Name, "-") {

@@ -124,7 +124,8 @@ type starter struct {
 	net      *netdev.Network
 	proc     *proc.Process
 	client   *fcapi.Client
-	bootSent bool // the boot was requested: a clean exit now means the guest ran
+	bootSent bool       // the boot was requested: a clean exit now means the guest ran
+	jail     *startJail // with a JailerSpec
 }
 
 func (s *starter) push(fn func(context.Context) error) { s.undo = append(s.undo, fn) }
@@ -239,6 +240,11 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	if err := s.checkInputs(); err != nil {
 		return nil, s.fail("check the kernel and drives", err)
 	}
+	if s.spec.Jailer != nil {
+		if err := s.prepareJail(ctx); err != nil {
+			return nil, s.fail("prepare the jail", err)
+		}
+	}
 	defer func() {
 		for _, f := range s.held {
 			f.Close() // firecracker has its own copies, and with them the locks
@@ -259,6 +265,11 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		return nil, s.fail("stage drives", err)
 	}
 	cfg := s.vmConfig(drives)
+	if s.jail != nil {
+		if err := s.jailConfig(ctx, &cfg); err != nil {
+			return nil, s.fail("put files into the jail", err)
+		}
+	}
 	args, err := s.args(cfg)
 	if err != nil {
 		return nil, s.fail("write config", err)
@@ -266,7 +277,12 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 
 	pcfg := proc.Config{Path: s.bin, Args: args, Stdin: s.stdin, Stdout: stdout, Stderr: stderr, ExtraFiles: s.held,
 		Detached: s.opts.detached, Around: s.spawnAround()}
-	if s.proc, err = proc.Start(pcfg); err != nil {
+	if s.jail != nil {
+		s.proc, err = s.launchJailed(pcfg)
+	} else {
+		s.proc, err = proc.Start(pcfg)
+	}
+	if err != nil {
 		return nil, s.fail("spawn firecracker", err)
 	}
 	p := s.proc
@@ -748,6 +764,7 @@ func (s *starter) state() *rundir.State {
 		Exe:                s.exe,
 		FirecrackerVersion: s.version.String(),
 		Spec:               spec,
+		Jail:               s.jailRecord(),
 	}
 	if s.dir.Paths.Drives != s.mgr.root.Paths(s.spec.Name).Drives {
 		st.StagingDir = s.dir.Paths.Drives

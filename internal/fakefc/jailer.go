@@ -42,7 +42,7 @@ type JailerConfig struct {
 	Args          []string `json:"args,omitempty"`
 }
 
-// Chroot is <base>/<exec name>/<id>/root.
+// Chroot is <base>/<exec name>/<id>/root, the exec name being the resolved exec file's.
 func (c *JailerConfig) Chroot() string {
 	return filepath.Join(c.ChrootBase, filepath.Base(c.ExecFile), c.ID, "root")
 }
@@ -165,8 +165,9 @@ func parseJailerArgs(rel *release, argv []string) (*JailerConfig, error) {
 	if fi, err := os.Stat(exec); err != nil || !fi.Mode().IsRegular() {
 		return nil, jailerError("Invalid file: " + c.ExecFile)
 	}
-	// The chroot keeps the name given (the real jailer's name is the canonical file's; a
-	// test links its binary under the name it runs as).
+	// Like the real jailer, name the jail after the file found (a test hard-links its binary
+	// under the name it runs as: testutil.HardLink).
+	c.ExecFile = exec
 	if !rel.atLeast(13) && !strings.Contains(filepath.Base(c.ExecFile), "firecracker") {
 		return nil, jailerError(fmt.Sprintf("Invalid filename. The filename of `--exec-file` option must contain \"firecracker\": %s", filepath.Base(c.ExecFile)))
 	}

@@ -24,7 +24,7 @@ func TestFakeJail(t *testing.T) {
 	testutil.RequiresRoot(t)
 	for _, newPIDNS := range []bool{true, false} {
 		t.Run("new-pid-ns="+strconv.FormatBool(newPIDNS), func(t *testing.T) {
-			cfg := Config{ID: "fake-jail", ExecFile: testutil.Link(t, "firecracker"), UID: 61003, GID: 61004,
+			cfg := Config{ID: "fake-jail", ExecFile: testutil.HardLink(t, "firecracker"), UID: 61003, GID: 61004,
 				ChrootBase: t.TempDir(), NewPIDNS: newPIDNS, CgroupVersion: 2,
 				Cgroups: []Setting{{"cpu.max", "50000 100000"}, {"memory.max", "1048576"}}, ParentCgroup: "smartvm",
 				FSize: 1 << 30, NoFile: 4096, FirecrackerArgs: []string{"--api-sock", "/run/api.sock", "--log-path", "/fc.log"}}

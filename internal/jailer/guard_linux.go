@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smartvm/smartvm/internal/proc"
 )
 
 // Guard is the init process of a PID namespace that a jailed firecracker runs in. It holds a
@@ -23,6 +25,7 @@ import (
 // namespace, with every signal blocked and every file descriptor closed.
 type Guard struct {
 	pid   int
+	start uint64
 	pidfd int
 	ns    *os.File // the guard's PID namespace
 	done  chan struct{}
@@ -44,13 +47,13 @@ var guardNap = unix.Timespec{Nsec: 50 * int64(time.Millisecond)}
 //
 //go:norace
 //go:nosplit
-func cloneGuard(syncR, syncW int) (pid uintptr, errno syscall.Errno) {
+func cloneGuard(syncR, syncW int, pdeathsig uintptr) (pid uintptr, errno syscall.Errno) {
 	pid, _, errno = syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(unix.CLONE_NEWPID|syscall.SIGCHLD), 0, 0, 0, 0, 0)
 	if errno != 0 || pid != 0 {
 		return pid, errno
 	}
 	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(&guardMask)), 0, 8, 0, 0)
-	syscall.RawSyscall6(syscall.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0, 0)
+	syscall.RawSyscall6(syscall.SYS_PRCTL, unix.PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0, 0)
 	syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(syncW), 0, 0)
 	var b [1]byte
 	n, _, _ := syscall.RawSyscall(syscall.SYS_READ, uintptr(syncR), uintptr(unsafe.Pointer(&b[0])), 1)
@@ -67,8 +70,13 @@ func cloneGuard(syncR, syncW int) (pid uintptr, errno syscall.Errno) {
 }
 
 // StartGuard starts a guard. Close (or Kill) ends it, and with it every process in its
-// namespace.
-func StartGuard() (*Guard, error) {
+// namespace. A detached guard has no parent-death signal: it, and its namespace, outlive this
+// process, until something kills it (KillGuard).
+func StartGuard(detached bool) (*Guard, error) {
+	var sig uintptr = uintptr(syscall.SIGKILL)
+	if detached {
+		sig = 0
+	}
 	type result struct {
 		g   *Guard
 		err error
@@ -85,7 +93,7 @@ func StartGuard() (*Guard, error) {
 			return
 		}
 		syscall.ForkLock.Lock()
-		pid, errno := cloneGuard(p[0], p[1])
+		pid, errno := cloneGuard(p[0], p[1], sig)
 		syscall.ForkLock.Unlock()
 		if errno != 0 {
 			unix.Close(p[0])
@@ -102,6 +110,9 @@ func StartGuard() (*Guard, error) {
 		var err error
 		if g.pidfd, err = unix.PidfdOpen(g.pid, 0); err == nil {
 			g.ns, err = os.Open("/proc/" + strconv.Itoa(g.pid) + "/ns/pid")
+		}
+		if err == nil {
+			g.start, err = proc.StartTime(g.pid)
 		}
 		if err != nil {
 			unix.Kill(g.pid, unix.SIGKILL)
@@ -129,6 +140,40 @@ func StartGuard() (*Guard, error) {
 
 // PID returns the guard's pid.
 func (g *Guard) PID() int { return g.pid }
+
+// StartTime returns the guard's start time (proc.StartTime), with PID its identity.
+func (g *Guard) StartTime() uint64 { return g.start }
+
+// KillGuard kills the guard pid started at startTime, found after its owner is gone (a
+// detached jail's): only a process that is one, the init of a PID namespace running as this
+// process's user, is killed, through a pidfd that pins it. A guard that is gone is not an
+// error.
+func KillGuard(pid int, startTime uint64) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kill jail guard %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	st, err := proc.StartTime(pid)
+	if err != nil || st != startTime {
+		return nil // gone, or the pid is another process's now
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return nil
+	}
+	_, ns := statusPIDs(b)
+	if len(ns) < 2 || ns[len(ns)-1] != 1 || !bytes.Contains(b, []byte("\nUid:\t"+strconv.Itoa(os.Geteuid())+"\t")) {
+		return fmt.Errorf("kill jail guard %d: it is not a jail guard (not the init of a PID namespace of this user); left alone", pid)
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill jail guard %d: %w", pid, err)
+	}
+	return nil
+}
 
 // Done is closed once the guard has ended and been reaped.
 func (g *Guard) Done() <-chan struct{} { return g.done }

@@ -18,7 +18,10 @@ var ErrJailerFailed = errors.New("jailer failed")
 type Guard struct{}
 
 // StartGuard returns an error wrapping errors.ErrUnsupported.
-func StartGuard() (*Guard, error) { return nil, errUnsupported }
+func StartGuard(bool) (*Guard, error) { return nil, errUnsupported }
+
+// KillGuard returns an error wrapping errors.ErrUnsupported.
+func KillGuard(int, uint64) error { return errUnsupported }
 
 // Jail is Linux-only.
 type Jail struct {

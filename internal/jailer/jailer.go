@@ -50,6 +50,9 @@ type Config struct {
 	// Daemonize detaches the jailer (--daemonize). smartvm keeps it false: the guard and the
 	// caller then supervise the jailer.
 	Daemonize bool
+	// Detached lets the jail outlive this process (Launch's guard holds no parent-death
+	// signal): a detached VM's. Not a jailer argument.
+	Detached bool
 	// FirecrackerArgs are firecracker's own arguments, passed after "--"; paths in them are inside the
 	// chroot.
 	FirecrackerArgs []string

@@ -37,7 +37,7 @@ func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 	if cfg.Daemonize {
 		return nil, fmt.Errorf("%w: a supervised jail cannot be daemonized", ErrInvalid)
 	}
-	g, err := StartGuard()
+	g, err := StartGuard(cfg.Detached)
 	if err != nil {
 		return nil, err
 	}

@@ -198,19 +198,8 @@ func TestRealJailOwnerKilled(t *testing.T) {
 			}
 			cmd.Process.Signal(syscall.SIGKILL)
 			cmd.Wait()
-			killed := time.Now()
-			for {
-				alive, _ := proc.Alive(pid, st)
-				if !alive {
-					break
-				}
-				if time.Since(killed) > time.Second {
-					syscall.Kill(pid, syscall.SIGKILL)
-					t.Fatalf("jailed firecracker %d still runs 1s after its owner was killed", pid)
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-			t.Logf("jailed firecracker gone %v after its owner's SIGKILL", time.Since(killed))
+			took := testutil.GoneWithin(t, pid, st, time.Second)
+			t.Logf("jailed firecracker gone %v after its owner's SIGKILL", took)
 		})
 	}
 }

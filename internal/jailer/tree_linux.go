@@ -186,3 +186,15 @@ func GiveBack(base *safedir.Dir, cfg Config, owners []Owner) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Own gives name (a path relative to the chroot's root, such as "drives/rootfs.img") to the
+// jail's uid and gid: a file smartvm made there for firecracker to use.
+func (t *Tree) Own(name string) error { return t.root.Chown(name, t.cfg.UID, t.cfg.GID) }
+
+// Mkdir makes directory name in the chroot's root (mode 0700), owned by the jail's uid.
+func (t *Tree) Mkdir(name string) error {
+	if err := t.root.Mkdir(name, 0o700); err != nil {
+		return fmt.Errorf("create %s in the jail: %w", name, err)
+	}
+	return t.Own(name)
+}

@@ -115,6 +115,8 @@ type State struct {
 	// staging root of the owner's choosing), if anywhere. Like the rest, it is data: the
 	// reader checks it names a staging directory of this VM before using it.
 	StagingDir string `json:"staging_dir,omitempty"`
+	// Jail describes the jail its firecracker runs in, if the jailer started it.
+	Jail *Jail `json:"jail,omitempty"`
 }
 
 // BaseImage names a base-image bundle a VM uses and the holder name it registered with.
@@ -140,6 +142,8 @@ func ParseState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("parse state: %w: %w", ErrCorruptState, checkName(st.Name))
 	case st.PID < 0:
 		return nil, fmt.Errorf("parse state: %w: negative pid %d", ErrCorruptState, st.PID)
+	case st.Jail != nil && st.Jail.check(st.Name) != nil:
+		return nil, fmt.Errorf("parse state: %w: %w", ErrCorruptState, st.Jail.check(st.Name))
 	}
 	return &st, nil
 }
@@ -148,7 +152,15 @@ func ParseState(b []byte) (*State, error) {
 // runs as this user, runs the recorded executable, and serves the API socket of the VM's own
 // directory (st.Paths, which reading a state recomputes from the runtime root, never takes
 // from the file).
+//
+// A jailed firecracker runs as the jail's uid, sees its executable at /<exec name> and was
+// given its socket's path inside the chroot. Its executable is not compared: how
+// /proc/<pid>/exe shows a file in another mount namespace varies, and the uid is the VM's
+// own (leased to it alone).
 func (st *State) Identity() proc.Identity {
+	if j := st.Jail; j != nil {
+		return proc.Identity{UID: j.UID, Flag: "--api-sock", Value: j.APISocket}
+	}
 	return proc.Identity{UID: uint32(os.Geteuid()), Exe: st.Exe, Flag: "--api-sock", Value: st.Paths.APISocket}
 }
 
@@ -519,6 +531,9 @@ func (r *Root) readState(name string) (*State, error) {
 		return nil, fmt.Errorf("%w: it names vm %q", ErrCorruptState, st.Name)
 	}
 	st.Paths = r.Paths(name)
+	if st.Jail != nil {
+		st.Paths = st.Paths.jailPaths(st.Jail)
+	}
 	return st, nil
 }
 

@@ -1,8 +1,13 @@
 package testutil
 
 import (
+	"bytes"
 	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // EnvJailerBin names the real jailer binary that TestRealJail... tests use, with the
@@ -32,4 +37,60 @@ func JailerBins(t testing.TB) (jailer, firecracker string) {
 		t.Skip("needs root: the jailer chroots, makes device nodes and changes its uid")
 	}
 	return jailer, firecracker
+}
+
+// HardLink is Link for programs that resolve their executable's path, as the jailer does
+// (it names the jail after the file it finds): it makes the running test binary available
+// as name through a hard link (a copy across filesystems) in a temporary directory, and
+// returns its path.
+func HardLink(t testing.TB, name string) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatalf("locate test binary: %v", err)
+	}
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.Link(self, p); err == nil {
+		return p
+	}
+	b, err := os.ReadFile(self)
+	if err == nil {
+		err = os.WriteFile(p, b, 0o755)
+	}
+	if err != nil {
+		t.Fatalf("copy test binary as %s: %v", name, err)
+	}
+	return p
+}
+
+// GoneWithin fails the test unless process pid, started at startTime (field 22 of its stat), ends
+// within d; it kills a survivor with SIGKILL so the test leaves nothing running. It returns
+// how long the end took.
+func GoneWithin(t testing.TB, pid int, startTime uint64, d time.Duration) time.Duration {
+	t.Helper()
+	t0 := time.Now()
+	for {
+		if !running(pid, startTime) {
+			return time.Since(t0)
+		}
+		if time.Since(t0) > d {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("process %d still runs %v later", pid, d)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// running reports whether pid runs (not a zombie) with startTime, field 22 of its stat.
+func running(pid int, startTime uint64) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	f := bytes.Fields(b[bytes.LastIndexByte(b, ')')+1:])
+	if len(f) < 20 || f[0][0] == 'Z' || f[0][0] == 'X' {
+		return false
+	}
+	st, err := strconv.ParseUint(string(f[19]), 10, 64)
+	return err == nil && st == startTime
 }

@@ -1,0 +1,325 @@
+package smartvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/jailer"
+	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/safedir"
+	"golang.org/x/sys/unix"
+)
+
+// jailAPISocket is the API socket's path inside a jail.
+const jailAPISocket = "/run/" + rundir.SocketFile
+
+// startJail is a start's jail while it is built.
+type startJail struct {
+	bin  string // the jailer
+	cfg  jailer.Config
+	tree *jailer.Tree
+	rec  *rundir.Jail
+	// cgroupDirs are the cgroups the limits made.
+	cgroupDirs []string
+}
+
+// jailerBinary resolves the manager's jailer: WithJailerBinary, else "jailer" beside the
+// firecracker binary.
+func (mgr *Manager) jailerBinary(firecracker string) (string, error) {
+	bin := mgr.jail.binary
+	if bin == "" {
+		bin = filepath.Join(filepath.Dir(firecracker), "jailer")
+	}
+	if !strings.ContainsRune(bin, '/') {
+		p, err := exec.LookPath(bin)
+		if err != nil {
+			return "", fmt.Errorf("%w: jailer %q not found in PATH: install Firecracker's jailer (smartvm setup does) or name it with WithJailerBinary: %w", ErrJailer, bin, err)
+		}
+		bin = p
+	}
+	fi, err := os.Stat(bin)
+	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("%w: no jailer executable at %s: install the jailer of firecracker's release beside it (smartvm setup does), or name one with WithJailerBinary", ErrJailer, bin)
+	}
+	return filepath.Abs(bin)
+}
+
+// prepareJail readies the jail before anything is placed in it: the jailer (of firecracker's
+// release), the uid and gid, the cgroups and the chroot, and points the VM's paths that
+// firecracker writes into the chroot. Each step pushes its undo.
+func (s *starter) prepareJail(ctx context.Context) error {
+	js := s.spec.Jailer
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w: the jailer needs root (it chroots and changes its uid): run as root, or without the jailer", ErrJailer)
+	}
+	if s.snap != nil {
+		return fmt.Errorf("%w: restoring a snapshot into a jail: %w", ErrJailer, errors.ErrUnsupported)
+	}
+	if v := s.spec.Vsock; v != nil && v.Path != "" {
+		return fmt.Errorf("%w: a jailed firecracker creates its vsock socket in its chroot; leave vsock.path empty (the socket is then the VM's vsock socket)", ErrJailer)
+	}
+	bin, err := s.mgr.jailerBinary(s.bin)
+	if err != nil {
+		return err
+	}
+	jv, err := jailer.Version(ctx, bin)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrJailer, err)
+	}
+	if err := jailer.CheckVersion(bin, jv, s.bin, s.version); err != nil {
+		return fmt.Errorf("%w: %w", ErrJailer, err)
+	}
+	exe := s.exe
+	if exe == "" {
+		exe = s.bin
+	}
+	if name := filepath.Base(exe); !s.version.AtLeast(fcapi.Version{Major: 1, Minor: 13}) && !strings.Contains(name, "firecracker") {
+		return fmt.Errorf("%w: jailer v%s runs only an executable whose name contains \"firecracker\", not %s: rename or link it", ErrJailer, jv, name)
+	}
+	cfg := jailer.Config{ID: s.spec.Name, ExecFile: exe, UID: js.UID, GID: js.GID, ChrootBase: js.ChrootBase,
+		ParentCgroup: js.ParentCgroup, FSize: js.FSize, NoFile: js.NoFile, NewPIDNS: !js.SharedPIDNamespace}
+	if err := jailer.ValidateID(cfg.ID); err != nil {
+		return err
+	}
+	if cfg.UID == 0 {
+		uid, err := s.leaseJailID(ctx)
+		if err != nil {
+			return err
+		}
+		cfg.UID, cfg.GID = uid, uid
+	}
+	s.jail = &startJail{bin: bin}
+	if s.jail.cgroupDirs, err = s.jailCgroups(&cfg); err != nil {
+		return err
+	}
+	tree, err := jailer.Prepare(cfg)
+	if err != nil {
+		return err
+	}
+	s.push(func(context.Context) error { return errors.Join(tree.Remove(), tree.Close()) })
+	s.jail.cfg, s.jail.tree = cfg, tree
+	s.jail.rec = &rundir.Jail{UID: cfg.UID, GID: cfg.GID, Chroot: tree.Chroot().Root, ExecName: cfg.ExecName(),
+		APISocket: jailAPISocket, CgroupDirs: s.jail.cgroupDirs}
+	if err := tree.Mkdir("run"); err != nil {
+		return err
+	}
+	if err := tree.Mkdir(rundir.DrivesDir); err != nil {
+		return err
+	}
+	s.dir.UseJail(s.jail.rec)
+	s.log.Debug("jail prepared", "chroot", s.jail.rec.Chroot, "uid", cfg.UID, "gid", cfg.GID, "cgroups", cfg.Cgroups)
+	return nil
+}
+
+// leaseJailID leases a uid for the VM from the manager's range, released with the VM.
+func (s *starter) leaseJailID(ctx context.Context) (uint32, error) {
+	ids, err := s.mgr.jailIDs()
+	if err != nil {
+		return 0, err
+	}
+	uid, err := ids.Allocate(ctx, s.spec.Name)
+	if err != nil {
+		ids.Close()
+		return 0, err
+	}
+	name := s.spec.Name
+	s.push(func(ctx context.Context) error { defer ids.Close(); return ids.Release(ctx, name) })
+	return uid, nil
+}
+
+// jailIDsDir is the lease directory of jail uids in the runtime root.
+const jailIDsDir = "jail-ids"
+
+// jailIDs opens the runtime root's jail uid leases; the caller closes them.
+func (mgr *Manager) jailIDs() (*jailer.IDs, error) {
+	root, err := safedir.OpenTrusted(mgr.root.Path(), false)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	return jailer.OpenIDs(root, jailIDsDir, mgr.jail.firstID, mgr.jail.countIDs)
+}
+
+// jailCgroups puts the spec's limits where the host's cgroup layout has them, and returns the
+// cgroup directories that the jail will have.
+func (s *starter) jailCgroups(cfg *jailer.Config) ([]string, error) {
+	js := s.spec.Jailer
+	lim := js.limits()
+	if lim.IsZero() && js.CgroupVersion == 0 {
+		return nil, nil
+	}
+	layout, err := jailer.DetectCgroups()
+	if err != nil {
+		return nil, err
+	}
+	cfg.CgroupVersion = js.CgroupVersion
+	if cfg.CgroupVersion == 0 {
+		cfg.CgroupVersion = layout.Version()
+	}
+	if cfg.Cgroups, err = layout.Settings(cfg.CgroupVersion, lim); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrJailer, err)
+	}
+	c := *cfg
+	s.push(func(context.Context) error { return jailer.RemoveCgroups(layout, c) })
+	if err := jailer.PrepareCgroups(layout, c); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrJailer, err)
+	}
+	return layout.CgroupDirs(c), nil
+}
+
+// jailConfig puts the kernel, initrd and drives into the jail and rewrites cfg's paths as
+// firecracker sees them; the files smartvm made in the jail (log, metrics, staged drives)
+// become the jail's.
+func (s *starter) jailConfig(ctx context.Context, cfg *fcapi.VMConfig) error {
+	tr, ch := s.jail.tree, s.jail.tree.Chroot()
+	place := func(path, name string, kind jailer.Kind, device bool) (string, error) {
+		if inside, ok := ch.Inside(path); ok { // staged into the jail already
+			return inside, tr.Own(strings.TrimPrefix(inside, "/"))
+		}
+		f, err := safedir.OpenInput(path, kind == jailer.Persistent, device)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		return tr.Place(ctx, f, path, name, kind)
+	}
+	var err error
+	if b := cfg.BootSource; b != nil {
+		if b.KernelImagePath, err = place(b.KernelImagePath, "vmlinux", jailer.ReadOnly, false); err != nil {
+			return fmt.Errorf("kernel: %w", err)
+		}
+		if b.InitrdPath != "" {
+			if b.InitrdPath, err = place(b.InitrdPath, "initrd", jailer.ReadOnly, false); err != nil {
+				return fmt.Errorf("initrd: %w", err)
+			}
+		}
+	}
+	for i, d := range cfg.Drives {
+		kind := jailer.Persistent
+		if d.IsReadOnly {
+			kind = jailer.ReadOnly
+		}
+		if cfg.Drives[i].PathOnHost, err = place(d.PathOnHost, "drive-"+d.DriveID, kind, true); err != nil {
+			return fmt.Errorf("drive %s: %w", d.DriveID, err)
+		}
+	}
+	if v := cfg.Vsock; v != nil {
+		v.UDSPath, _ = ch.Inside(v.UDSPath)
+	}
+	for _, p := range []string{s.dir.Log, s.dir.Metrics} {
+		if in, ok := ch.Inside(p); ok {
+			if err := tr.Own(strings.TrimPrefix(in, "/")); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	owners, _ := json.Marshal(tr.Owners()) // []Owner always marshals
+	s.jail.rec.Owners = owners
+	return nil
+}
+
+// launchJailed starts firecracker through the jailer with pc's stdio and namespace. pc.Args
+// are firecracker's arguments with host paths: those in the chroot are passed as firecracker
+// sees them, and --id is left to the jailer, which passes it itself. Files that firecracker
+// reads from the jail (config file, MMDS data) become the jail's.
+func (s *starter) launchJailed(pc proc.Config) (*proc.Process, error) {
+	ch := s.jail.tree.Chroot()
+	var args []string
+	for i := 0; i < len(pc.Args); i++ {
+		a := pc.Args[i]
+		if a == "--id" && i+1 < len(pc.Args) {
+			i++
+			continue
+		}
+		if in, ok := ch.Inside(a); ok && filepath.IsAbs(a) {
+			if a != s.dir.APISocket && a != s.dir.Log && a != s.dir.Metrics {
+				if err := s.jail.tree.Own(strings.TrimPrefix(in, "/")); err != nil {
+					return nil, err
+				}
+			}
+			a = in
+		}
+		args = append(args, a)
+	}
+	cfg := s.jail.cfg
+	cfg.FirecrackerArgs = args
+	cfg.Detached = s.opts.detached
+	// The jailer closes every descriptor above stderr: the drive locks are held here instead,
+	// by duplicates (one open file, one lock), until the VM ends.
+	var held []*os.File
+	s.push(func(context.Context) error {
+		for _, f := range held {
+			f.Close()
+		}
+		return nil
+	})
+	for _, f := range pc.ExtraFiles {
+		fd, err := unix.Dup(int(f.Fd()))
+		if err != nil {
+			return nil, fmt.Errorf("hold drive lock: %w", err)
+		}
+		unix.CloseOnExec(fd)
+		held = append(held, os.NewFile(uintptr(fd), f.Name()))
+	}
+	pc.ExtraFiles = nil
+	j, err := jailer.Launch(s.jail.bin, cfg, pc)
+	if err != nil {
+		return nil, err
+	}
+	s.push(func(context.Context) error { return j.Close() })
+	s.jail.rec.GuardPID, s.jail.rec.GuardStart = j.Guard.PID(), j.Guard.StartTime()
+	return j.Firecracker, nil
+}
+
+// jailRecord is what state.json records of the jail, if any.
+func (s *starter) jailRecord() *rundir.Jail {
+	if s.jail == nil {
+		return nil
+	}
+	return s.jail.rec
+}
+
+// reapJail removes what a dead jailed VM left outside its directory: files lent to the jail
+// go back to their owners, the chroot and the cgroups go, and its uid lease ends.
+func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State) error {
+	j := st.Jail
+	if j == nil {
+		return nil
+	}
+	// The guard of a detached VM outlives its owner: its namespace is empty by now.
+	errs := []error{jailer.KillGuard(j.GuardPID, j.GuardStart)}
+	cfg := jailer.Config{ID: name, ExecFile: "/" + j.ExecName, UID: j.UID, GID: j.GID,
+		ChrootBase: filepath.Dir(filepath.Dir(filepath.Dir(j.Chroot)))}
+	if base, err := safedir.OpenTrusted(cfg.Base(), false); err == nil {
+		var owners []jailer.Owner
+		if len(j.Owners) > 0 {
+			errs = append(errs, json.Unmarshal(j.Owners, &owners))
+		}
+		errs = append(errs, jailer.GiveBack(base, cfg, owners), jailer.RemoveJail(base, cfg))
+		base.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, d := range j.CgroupDirs {
+		// Only directories named for this VM, under a cgroup mount.
+		if filepath.Base(d) == name && strings.HasPrefix(d, "/sys/fs/cgroup/") {
+			if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+			}
+		}
+	}
+	if ids, err := mgr.jailIDs(); err == nil {
+		errs = append(errs, ids.Release(ctx, name), ids.Close())
+	} else {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,233 @@
+package smartvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/jailer"
+	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// fakeJailPair returns the fake firecracker, with the fake jailer beside it (where a manager
+// looks for the jailer by default).
+func fakeJailPair(t *testing.T) string {
+	t.Helper()
+	fc := testutil.HardLink(t, "firecracker")
+	if err := os.Link(fc, filepath.Join(filepath.Dir(fc), "jailer")); err != nil {
+		t.Fatal(err)
+	}
+	return fc
+}
+
+func procStatus(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, field+":"); ok {
+			return strings.Join(strings.Fields(rest), " ")
+		}
+	}
+	return ""
+}
+
+// jailLeft fails the test if anything of a jail is left: files under the chroot base, uid
+// leases.
+func jailLeft(t *testing.T, base, root string) {
+	t.Helper()
+	if ents, _ := os.ReadDir(base); len(ents) != 0 {
+		t.Errorf("left under the chroot base %s: %v", base, ents)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, jailIDsDir)); len(ents) > 1 { // the lock stays
+		t.Errorf("uid leases left: %v", ents)
+	}
+}
+
+func TestJailedVM(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	mgr := newManager(t, root, bin)
+	base := filepath.Join(t.TempDir(), "jailer")
+	src := filepath.Dir(base) // the chroot base's filesystem
+	kernel := guestKernel(t)
+	disk := filepath.Join(src, "disk.img")
+	os.WriteFile(disk, make([]byte, 4096), 0o640)
+	os.Chown(disk, 1234, 1234)
+	rootfs := filepath.Join(src, "rootfs.img")
+	os.WriteFile(rootfs, make([]byte, 8192), 0o644)
+	spec := guestSpec(kernel, "counter")
+	spec.Name = "jailed"
+	spec.Metrics = true
+	spec.Vsock = &VsockSpec{CID: 3}
+	spec.Drives = []DriveSpec{{Path: rootfs, Root: true}, {ID: "data", Path: disk, Persistent: true}}
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	m := start(t, mgr, spec)
+
+	chroot := filepath.Join(base, "firecracker", "jailed", "root")
+	if got := m.APISocket(); got != filepath.Join(chroot, "run", "api.sock") {
+		t.Errorf("API socket %s, want the host path of the jail's", got)
+	}
+	uid := procStatus(t, m.PID(), "Uid")
+	if n, _ := strconv.Atoi(strings.Fields(uid)[0]); n < jailer.DefaultFirstID {
+		t.Errorf("firecracker runs as %s, not a leased jail uid", uid)
+	}
+	if ns := strings.Fields(procStatus(t, m.PID(), "NSpid")); ns[len(ns)-1] != "1" {
+		t.Errorf("NSpid %v: not PID 1 of its namespace", ns)
+	}
+	var st syscall.Stat_t
+	syscall.Stat(disk, &st)
+	if strconv.Itoa(int(st.Uid)) != strings.Fields(uid)[0] {
+		t.Errorf("persistent drive is owned by %d while the jail runs", st.Uid)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "vms", "jailed", rundir.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var state rundir.State
+	json.Unmarshal(b, &state)
+	if state.Jail == nil || state.Jail.Chroot != chroot || state.Jail.APISocket != "/run/api.sock" {
+		t.Errorf("state.json's jail: %+v", state.Jail)
+	}
+	// Another process's view: the jailed VM is listed and adoptable through its host paths.
+	other := newManager(t, root, bin)
+	infos, err := other.List(t.Context())
+	if err != nil || len(infos) != 1 || infos[0].State != StateRunning || infos[0].APISocket != m.APISocket() {
+		t.Errorf("List = %+v, %v", infos, err)
+	}
+	if inside, ok := (jailer.Chroot{Root: chroot}).Inside(m.LogPath()); !ok || inside != "/firecracker.log" {
+		t.Errorf("log %s is not the jail's", m.LogPath())
+	}
+	if b, _ := os.ReadFile(m.LogPath()); !strings.Contains(string(b), "Running Firecracker") {
+		t.Errorf("log: %q", b)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	syscall.Stat(disk, &st)
+	if st.Uid != 1234 {
+		t.Errorf("persistent drive not given back: uid %d", st.Uid)
+	}
+	jailLeft(t, base, root)
+}
+
+// The owner's SIGKILL ends the jailed firecracker at once (the guard's namespace goes with
+// it), and the next manager reaps the jail. A Detached VM's jail outlives its owner, and the
+// process that ends it removes the jail and its guard.
+func TestJailedOwnerKilled(t *testing.T) {
+	testutil.RequiresRoot(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	spec := guestSpec(guestKernel(t), "counter")
+	spec.Name = "jailed-owner"
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	for _, detached := range []bool{false, true} {
+		cmd, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: spec, Detached: detached})
+		st, err := proc.StartTime(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(filepath.Join(root, "vms", spec.Name, rundir.StateFile))
+		var state rundir.State
+		json.Unmarshal(b, &state)
+		if state.Jail == nil || state.Jail.GuardPID == 0 {
+			t.Fatalf("no guard in state.json: %s", b)
+		}
+		killOwner(t, cmd)
+		if detached {
+			time.Sleep(100 * time.Millisecond)
+			if alive, _ := proc.Alive(pid, st); !alive {
+				t.Fatal("a detached jailed VM died with its owner")
+			}
+			mgr := newManager(t, root, bin)
+			ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+			m, err := mgr.Attach(ctx, spec.Name)
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			err = errors.Join(m.Kill(), m.Close())
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if alive, _ := proc.Alive(state.Jail.GuardPID, state.Jail.GuardStart); alive {
+				t.Errorf("the detached jail's guard %d outlived the reap", state.Jail.GuardPID)
+			}
+			jailLeft(t, base, root)
+			continue
+		}
+		testutil.GoneWithin(t, pid, st, time.Second)
+		newManager(t, root, bin) // reaps
+		jailLeft(t, base, root)
+	}
+}
+
+func TestJailedBadInput(t *testing.T) {
+	testutil.RequiresRoot(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	kernel := guestKernel(t)
+	startErr := func(mgr *Manager, js JailerSpec, drives ...DriveSpec) error {
+		spec := guestSpec(kernel, "counter")
+		spec.Name = "bad"
+		spec.Drives = drives
+		spec.Jailer = &js
+		ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+		defer cancel()
+		m, err := mgr.Start(ctx, spec)
+		if err == nil {
+			m.Close()
+		}
+		return err
+	}
+	mgr := newManager(t, root, bin)
+	if err := startErr(mgr, JailerSpec{ChrootBase: base, GID: 5}); err == nil || !strings.Contains(err.Error(), "uid 0 gid 5") {
+		t.Errorf("uid 0: %v", err)
+	}
+	shm, err := os.CreateTemp("/dev/shm", "jail-drive")
+	if err == nil {
+		defer os.Remove(shm.Name())
+		shm.Close()
+		err := startErr(mgr, JailerSpec{ChrootBase: base}, DriveSpec{Path: shm.Name(), Persistent: true})
+		if !errors.Is(err, jailer.ErrOtherFilesystem) || !strings.Contains(err.Error(), "keep it on the chroot's filesystem") {
+			t.Errorf("persistent drive elsewhere: %v", err)
+		}
+	}
+	jailLeft(t, base, root)
+
+	noJailer := newManager(t, root, testutil.Link(t, "firecracker"))
+	if err := startErr(noJailer, JailerSpec{ChrootBase: base}); !errors.Is(err, ErrJailer) {
+		t.Errorf("no jailer: %v", err)
+	}
+	other := filepath.Join(t.TempDir(), "jailer")
+	os.WriteFile(other, []byte("#!/bin/sh\necho Jailer v1.10.1\n"), 0o755)
+	mismatch := newManager(t, root, bin, WithJailerBinary(other))
+	if err := startErr(mismatch, JailerSpec{ChrootBase: base}); !errors.Is(err, jailer.ErrVersionMismatch) {
+		t.Errorf("jailer of another release: %v", err)
+	}
+	if l, err := jailer.DetectCgroups(); err == nil && !l.Has(2, "memory") {
+		if err := startErr(mgr, JailerSpec{ChrootBase: base, CgroupVersion: 2, MemoryLimit: 1 << 30}); !errors.Is(err, jailer.ErrCgroupUnsupported) {
+			t.Errorf("memory limit on a cgroup2 without memory (%s): %v", l, err)
+		}
+	}
+	jailLeft(t, base, root)
+}

@@ -1,0 +1,27 @@
+//go:build !linux
+
+package smartvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/rundir"
+)
+
+type startJail struct{}
+
+func (s *starter) prepareJail(context.Context) error {
+	return fmt.Errorf("%w: the jailer needs Linux: %w", ErrJailer, errors.ErrUnsupported)
+}
+
+func (s *starter) jailConfig(context.Context, *fcapi.VMConfig) error { return errors.ErrUnsupported }
+
+func (s *starter) launchJailed(proc.Config) (*proc.Process, error) { return nil, errors.ErrUnsupported }
+
+func (s *starter) jailRecord() *rundir.Jail { return nil }
+
+func (mgr *Manager) reapJail(context.Context, string, *rundir.State) error { return nil }
