@@ -17,6 +17,7 @@ import (
 func TestMain(m *testing.M) {
 	testutil.Main(m, map[string]func([]string) int{
 		"firecracker": fakefc.Main,
+		"jailer":      fakefc.JailerMain,
 		"smartvm":     smartvmMain,
 		// Linux only, like the tests that link them.
 		"smartvm-nonetadmin": smartvmNoNetAdmin,

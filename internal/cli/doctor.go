@@ -57,7 +57,8 @@ func (a *app) newDoctorCmd() *cobra.Command {
 		Use:   "doctor [--json]",
 		Short: "Check that this host can run VMs, then boot the hello guest",
 		Long: `Check that this host can run Firecracker VMs: read/write access to /dev/kvm, a
-firecracker binary and its version, /dev/net/tun, the tools that convert base images
+firecracker binary and its version, the jailer (its version, root, the cgroup layout),
+/dev/net/tun, the tools that convert base images
 (mkfs.ext4, e2fsck, unsquashfs), and the runtime directory (tmpfs, free space). When KVM and
 Firecracker are usable it boots the built-in hello guest and reports how long it took.
 Each problem comes with a fix. doctor exits 1 when a check fails.`,
@@ -92,7 +93,7 @@ func (a *app) doctor(ctx context.Context) doctorReport {
 	kvm := checkKVM()
 	checks = append(checks, kvm)
 	fc, fcCheck := a.checkFirecracker(ctx)
-	checks = append(checks, fcCheck, checkTUN())
+	checks = append(checks, fcCheck, a.checkJailer(ctx, fc, fcCheck.Status == checkOK), checkTUN())
 	for _, t := range baseimage.HostTools() {
 		checks = append(checks, checkTool(t))
 	}

@@ -48,6 +48,7 @@ type runFlags struct {
 	balloonDeflate              bool
 	cpuTemplate, hugePages      string
 	smt                         bool
+	jail                        jailFlags
 	// changed reports whether the command line set a flag; nil: every flag counts as set.
 	// With --file, only the flags set override the file's spec.
 	changed func(name string) bool
@@ -184,6 +185,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	registerRunCompletions(cmd)
+	addJailFlags(fl, &f.jail)
 	return cmd
 }
 
@@ -593,6 +595,9 @@ func (a *app) runVM(ctx context.Context, f runFlags, plan runPlan) error {
 	if err != nil {
 		return err
 	}
+	if err := a.planJail(ctx, f.jail, fc, &plan); err != nil {
+		return err
+	}
 	if plan.Spec.UsesBaseImage() {
 		// Pull here, with progress on this terminal; Start then finds the image cached.
 		if _, err := a.pull(ctx, baseImageSource(plan.Spec)); err != nil {
@@ -730,7 +735,7 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 	if isTerminal(a.stderr) {
 		notes = &crlfWriter{w: a.stderr} // the console may have the terminal in raw mode
 	}
-	mgr, err := a.manager(images, append(plan.managerOptions(), smartvm.WithFirecrackerBinary(fc), stopNotifier(notes))...)
+	mgr, err := a.manager(images, append(append(plan.managerOptions(), smartvm.WithFirecrackerBinary(fc), stopNotifier(notes)), a.jailerOptions(fc)...)...)
 	if err != nil {
 		return err
 	}

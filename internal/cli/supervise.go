@@ -64,7 +64,7 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 		return err
 	}
 	agent, _ := a.agentBinary() // the supervisor installs the same agent
-	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL), envAgentBin: agent} {
+	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL), envAgentBin: agent, envJailerBin: a.getenv(envJailerBin)} {
 		if v != "" {
 			req.Env[k] = v
 		}
@@ -159,7 +159,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		return v, ok
 	}
 	a.runtimeDirFlag, a.stagingDirFlag = "", ""
-	mgr, err := a.manager(nil, append(req.Plan.managerOptions(), smartvm.WithFirecrackerBinary(req.Firecracker), stopNotifier(a.stderr))...)
+	mgr, err := a.manager(nil, append(append(req.Plan.managerOptions(), smartvm.WithFirecrackerBinary(req.Firecracker), stopNotifier(a.stderr)), a.jailerOptions(req.Firecracker)...)...)
 	if err != nil {
 		report(superviseStatus{Error: err.Error()})
 		return err

@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// jailEnv is vmEnv with the fake firecracker and the fake jailer beside it.
+func jailEnv(t *testing.T) cliEnv {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	fc := testutil.HardLink(t, "firecracker")
+	if err := os.Link(fc, filepath.Join(filepath.Dir(fc), "jailer")); err != nil {
+		t.Fatal(err)
+	}
+	return vmEnv(t, fc)
+}
+
+func TestRunJailed(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := jailEnv(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	// As root with a jailer of firecracker's release beside it, run jails by default.
+	r := env.run(t, "--log-level", "debug", "run", "--image", "hello", "--chroot-base", base)
+	if r.code != 0 || !strings.Contains(r.stderr, "jail prepared") || !strings.Contains(r.stdout, "smartvm-testguest: hello") {
+		t.Fatalf("run: code %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if ents, _ := os.ReadDir(base); len(ents) != 0 {
+		t.Errorf("left under the chroot base: %v", ents)
+	}
+	r = env.run(t, "--log-level", "debug", "run", "--image", "hello", "--no-jailer")
+	if r.code != 0 || strings.Contains(r.stderr, "jail prepared") {
+		t.Errorf("--no-jailer: code %d\n%s", r.code, r.stderr)
+	}
+	env.run(t, "run", "--image", "hello", "--no-jailer", "--memory-limit", "1G").fails(t, ExitUsage, "--no-jailer cannot be combined")
+	env.run(t, "run", "--image", "hello", "--cpu-quota", "-1").fails(t, ExitUsage, "invalid --cpu-quota")
+	env.run(t, "run", "--image", "hello", "--memory-limit", "lots").fails(t, ExitUsage, "invalid --memory-limit")
+
+	other := filepath.Join(t.TempDir(), "jailer")
+	os.WriteFile(other, []byte("#!/bin/sh\necho Jailer v1.10.1\n"), 0o755)
+	env[envJailerBin] = other
+	env.run(t, "run", "--image", "hello", "--jailer", "--chroot-base", base).fails(t, ExitError, "versions differ")
+	// Without --jailer, one of another release is not used.
+	if r := env.run(t, "run", "--image", "hello", "--chroot-base", base); r.code != 0 {
+		t.Errorf("run with a mismatched jailer available: code %d\n%s", r.code, r.stderr)
+	}
+}
+
+func TestDoctorJailer(t *testing.T) {
+	env := jailEnv(t)
+	var rep doctorReport
+	json.Unmarshal([]byte(env.run(t, "doctor", "--json").stdout), &rep)
+	var c check
+	for _, x := range rep.Checks {
+		if x.Name == "jailer" {
+			c = x
+		}
+	}
+	if c.Status != checkOK || !strings.Contains(c.Detail, "v1.14.2") || !strings.Contains(c.Detail, "cgroups") {
+		t.Errorf("jailer check: %+v", c)
+	}
+	env[envJailerBin] = filepath.Join(t.TempDir(), "missing")
+	json.Unmarshal([]byte(env.run(t, "doctor", "--json").stdout), &rep)
+	for _, x := range rep.Checks {
+		if x.Name == "jailer" && (x.Status != checkWarn || !strings.Contains(x.Detail, "VMs run unjailed")) {
+			t.Errorf("missing jailer: %+v", x)
+		}
+	}
+}
