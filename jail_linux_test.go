@@ -23,11 +23,14 @@ import (
 func fakeJailPair(t *testing.T) string {
 	t.Helper()
 	fc := testutil.HardLink(t, "firecracker")
-	if err := os.Link(fc, filepath.Join(filepath.Dir(fc), "jailer")); err != nil {
+	if err := linkBeside(fc, "jailer"); err != nil {
 		t.Fatal(err)
 	}
 	return fc
 }
+
+// linkBeside hard-links file under name in its own directory.
+func linkBeside(file, name string) error { return os.Link(file, filepath.Join(filepath.Dir(file), name)) }
 
 func procStatus(t *testing.T, pid int, field string) string {
 	t.Helper()

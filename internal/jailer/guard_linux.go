@@ -201,26 +201,34 @@ func (g *Guard) Around(start func() error) error {
 
 // Member returns the host pid of the process whose pid in the guard's namespace is nspid and
 // whose parent (on the host) is parent, or the guard itself when parent is 0; the jailer
-// writes firecracker's pid as its namespace sees it.
-func (g *Guard) Member(nspid, parent int) (int, error) {
+// writes firecracker's pid as its namespace sees it. after, when not 0, is a host pid the
+// process was forked after (the jailer's): pids are handed out upwards, so the few after it
+// are looked at first, before all of /proc.
+func (g *Guard) Member(nspid, parent, after int) (int, error) {
 	if parent == 0 {
 		parent = g.pid
+	}
+	match := func(pid int) bool {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			return false
+		}
+		ppid, nsPIDs := statusPIDs(b)
+		return ppid == parent && len(nsPIDs) >= 2 && nsPIDs[0] == pid && nsPIDs[1] == nspid
+	}
+	if after > 0 {
+		for pid := after + 1; pid <= after+16; pid++ {
+			if match(pid) {
+				return pid, nil
+			}
+		}
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0, err
 	}
 	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
-		if err != nil {
-			continue
-		}
-		ppid, nsPIDs := statusPIDs(b)
-		if ppid == parent && len(nsPIDs) >= 2 && nsPIDs[0] == pid && nsPIDs[1] == nspid {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && match(pid) {
 			return pid, nil
 		}
 	}

@@ -81,7 +81,7 @@ func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 	if err != nil {
 		return fail(fmt.Errorf("read firecracker's pid from the jail: %w", err))
 	}
-	pid, err := g.Member(nspid, 0)
+	pid, err := g.Member(nspid, 0, jp.PID())
 	if err != nil {
 		return fail(fmt.Errorf("find the jailed firecracker: %w", err))
 	}
