@@ -766,7 +766,7 @@ func (s *starter) state() *rundir.State {
 		Spec:               spec,
 		Jail:               s.jailRecord(),
 	}
-	if s.dir.Paths.Drives != s.mgr.root.Paths(s.spec.Name).Drives {
+	if s.dir.Paths.Drives != s.mgr.root.Paths(s.spec.Name).Drives && s.jail == nil { // a jail stages in its chroot
 		st.StagingDir = s.dir.Paths.Drives
 	}
 	if s.proc != nil { // else not spawned yet: PID 0 says so
