@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/smartvm/smartvm/internal/jailer"
 )
@@ -99,4 +100,23 @@ func WithJailerBinary(path string) Option { return func(o *options) { o.jail.bin
 // from first. Default: 65536 ids from 1900000000.
 func WithJailerIDRange(first, count uint32) Option {
 	return func(o *options) { o.jail.firstID, o.jail.countIDs = first, count }
+}
+
+// jailStaged reports whether path is where a jail of spec stages drive id:
+// <chroot base>/<exec name>/<VM name>/root/drives/<id>.img. A restore into a jail restages
+// the drive there again.
+func jailStaged(spec MachineSpec, id, path string) bool {
+	if spec.Jailer == nil {
+		return false
+	}
+	base := spec.Jailer.ChrootBase
+	if base == "" {
+		base = DefaultChrootBase
+	}
+	rel, err := filepath.Rel(base, path)
+	if err != nil || filepath.Clean(path) != path {
+		return false
+	}
+	p := strings.Split(rel, "/")
+	return len(p) == 5 && p[0] != ".." && p[1] == spec.Name && p[2] == "root" && p[3] == "drives" && p[4] == id+".img"
 }

@@ -60,9 +60,6 @@ func (s *starter) prepareJail(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("%w: the jailer needs root (it chroots and changes its uid): run as root, or without the jailer", ErrJailer)
 	}
-	if s.snap != nil {
-		return fmt.Errorf("%w: restoring a snapshot into a jail: %w", ErrJailer, errors.ErrUnsupported)
-	}
 	if v := s.spec.Vsock; v != nil && v.Path != "" {
 		return fmt.Errorf("%w: a jailed firecracker creates its vsock socket in its chroot; leave vsock.path empty (the socket is then the VM's vsock socket)", ErrJailer)
 	}
@@ -191,7 +188,17 @@ func (s *starter) jailConfig(ctx context.Context, cfg *fcapi.VMConfig) error {
 		defer f.Close()
 		return tr.Place(ctx, f, path, name, kind)
 	}
+	for _, p := range []string{s.dir.Log, s.dir.Metrics} {
+		if in, ok := ch.Inside(p); ok {
+			if err := tr.Own(strings.TrimPrefix(in, "/")); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
 	var err error
+	if s.snap != nil {
+		return s.jailRestore(ctx, place)
+	}
 	if b := cfg.BootSource; b != nil {
 		if b.KernelImagePath, err = place(b.KernelImagePath, "vmlinux", jailer.ReadOnly, false); err != nil {
 			return fmt.Errorf("kernel: %w", err)
@@ -214,16 +221,101 @@ func (s *starter) jailConfig(ctx context.Context, cfg *fcapi.VMConfig) error {
 	if v := cfg.Vsock; v != nil {
 		v.UDSPath, _ = ch.Inside(v.UDSPath)
 	}
-	for _, p := range []string{s.dir.Log, s.dir.Metrics} {
-		if in, ok := ch.Inside(p); ok {
-			if err := tr.Own(strings.TrimPrefix(in, "/")); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
-		}
-	}
 	owners, _ := json.Marshal(tr.Owners()) // []Owner always marshals
 	s.jail.rec.Owners = owners
 	return nil
+}
+
+// jailRestore puts a restore's drives into the jail where the snapshot's VM had them: the
+// restaged copies of ephemeral drives (in the chroot already) become the jail's, and
+// persistent and read-only drives are placed under the names Start gave them.
+func (s *starter) jailRestore(ctx context.Context, place func(path, name string, kind jailer.Kind, device bool) (string, error)) error {
+	for id := range s.snap.Drives {
+		if err := s.jail.tree.Own(rundir.DrivesDir + "/" + id + ".img"); err != nil {
+			return fmt.Errorf("drive %s: %w", id, err)
+		}
+	}
+	for _, d := range s.spec.Drives {
+		if d.Ephemeral() {
+			continue
+		}
+		kind := jailer.Persistent
+		if d.ReadOnly {
+			kind = jailer.ReadOnly
+		}
+		if _, err := place(d.Path, "drive-"+d.ID, kind, true); err != nil {
+			return fmt.Errorf("drive %s: %w", d.ID, err)
+		}
+	}
+	s.jail.rec.Owners, _ = json.Marshal(s.jail.tree.Owners()) // []Owner always marshals
+	return nil
+}
+
+// jailSnapshotFiles lends a snapshot's state and memory files to the jail for a restore to
+// load, and returns their paths as firecracker sees them. Files on the chroot's filesystem
+// are hard-linked and lent to the jail's uid (given back when the VM ends); others are
+// copied. state.json is rewritten so that reaping gives them back too.
+func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath string) (string, string, error) {
+	tr := s.jail.tree
+	var inside [2]string
+	for i, p := range []string{statePath, memPath} {
+		f, err := openNoFollow(p)
+		if err != nil {
+			return "", "", err
+		}
+		name := "snapshot-" + filepath.Base(p)
+		inside[i], err = tr.Place(ctx, f, p, name, jailer.Persistent)
+		if errors.Is(err, jailer.ErrOtherFilesystem) {
+			inside[i], err = tr.Place(ctx, f, p, name, jailer.ReadOnly)
+		}
+		f.Close()
+		if err != nil {
+			return "", "", fmt.Errorf("put %s into the jail: %w", p, err)
+		}
+	}
+	s.jail.rec.Owners, _ = json.Marshal(tr.Owners()) // []Owner always marshals
+	if err := s.dir.WriteState(s.state()); err != nil {
+		return "", "", err
+	}
+	return inside[0], inside[1], nil
+}
+
+// jailSnapshotTargets, for a jailed VM, creates the files firecracker writes a snapshot to in
+// its chroot and returns their paths as it sees them, and a function that moves them, once
+// written, to stateDst and memDst (which it replaces). For a VM without a jail it returns the
+// destinations themselves and a function that does nothing.
+func (m *Machine) jailSnapshotTargets(stateDst, memDst string) (statePath, memPath string, finish func(context.Context) error, err error) {
+	nothing := func(context.Context) error { return nil }
+	_, st, err := m.mgr.root.Lookup(m.name)
+	if err != nil || st.Jail == nil {
+		return stateDst, memDst, nothing, nil
+	}
+	j := st.Jail
+	tr, err := jailer.OpenJail(jailer.Config{ID: m.name, ExecFile: "/" + j.ExecName, UID: j.UID, GID: j.GID,
+		ChrootBase: filepath.Dir(filepath.Dir(filepath.Dir(j.Chroot)))})
+	if err != nil {
+		return "", "", nil, err
+	}
+	names := [2]string{"snapshot.state", "snapshot.mem"}
+	for _, n := range names {
+		if err := tr.CreateFile(n); err != nil {
+			tr.Close()
+			return "", "", nil, err
+		}
+	}
+	finish = func(ctx context.Context) error {
+		defer tr.Close()
+		var errs []error
+		for i, dst := range []string{stateDst, memDst} {
+			if err := removeIfExists(dst); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			errs = append(errs, tr.Retrieve(ctx, names[i], dst))
+		}
+		return errors.Join(errs...)
+	}
+	return "/" + names[0], "/" + names[1], finish, nil
 }
 
 // launchJailed starts firecracker through the jailer with pc's stdio and namespace. pc.Args

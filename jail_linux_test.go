@@ -30,7 +30,9 @@ func fakeJailPair(t *testing.T) string {
 }
 
 // linkBeside hard-links file under name in its own directory.
-func linkBeside(file, name string) error { return os.Link(file, filepath.Join(filepath.Dir(file), name)) }
+func linkBeside(file, name string) error {
+	return os.Link(file, filepath.Join(filepath.Dir(file), name))
+}
 
 func procStatus(t *testing.T, pid int, field string) string {
 	t.Helper()
@@ -230,6 +232,62 @@ func TestJailedBadInput(t *testing.T) {
 	if l, err := jailer.DetectCgroups(); err == nil && !l.Has(2, "memory") {
 		if err := startErr(mgr, JailerSpec{ChrootBase: base, CgroupVersion: 2, MemoryLimit: 1 << 30}); !errors.Is(err, jailer.ErrCgroupUnsupported) {
 			t.Errorf("memory limit on a cgroup2 without memory (%s): %v", l, err)
+		}
+	}
+	jailLeft(t, base, root)
+}
+
+// A jailed VM's snapshot lands in the caller's directory as the caller's private files, and
+// restores into a jail again.
+func TestJailedSnapshotRestore(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	mgr := newManager(t, root, bin)
+	base := filepath.Join(t.TempDir(), "jailer")
+	data := filepath.Join(t.TempDir(), "data.img")
+	os.WriteFile(data, make([]byte, 4096), 0o644)
+	spec := guestSpec(guestKernel(t), "counter")
+	spec.Name = "jailed-snap"
+	spec.Drives = []DriveSpec{{ID: "data", Path: data}}
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	m := start(t, mgr, spec)
+	dir := filepath.Join(t.TempDir(), "snap")
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	snap, err := m.Snapshot(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"vm.state", "vm.mem"} {
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dir, f), &st); err != nil || st.Uid != 0 || st.Mode&0o777 != 0o600 {
+			t.Errorf("%s: uid %d mode %o, %v", f, st.Uid, st.Mode&0o777, err)
+		}
+	}
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	r, err := mgr.Restore(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(r.APISocket(), base+"/") {
+		t.Errorf("restored VM's socket %s is not in a jail", r.APISocket())
+	}
+	if n, _ := strconv.Atoi(strings.Fields(procStatus(t, r.PID(), "Uid"))[0]); n < jailer.DefaultFirstID {
+		t.Errorf("restored firecracker runs as uid %d", n)
+	}
+	if err := r.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	for _, f := range []string{"vm.state", "vm.mem"} {
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dir, f), &st); err != nil || st.Uid != 0 {
+			t.Errorf("%s after the restored VM ended: uid %d, %v", f, st.Uid, err)
 		}
 	}
 	jailLeft(t, base, root)

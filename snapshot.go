@@ -211,11 +211,20 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 		}
 	}
 	t0 := time.Now()
-	if err := m.client.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{
-		SnapshotPath: filepath.Join(abs, snapshotState),
-		MemFilePath:  filepath.Join(abs, snapshotMemory),
+	// A jailed firecracker writes in its chroot; finish brings the files here.
+	statePath, memPath, finish, err := m.jailSnapshotTargets(filepath.Join(abs, snapshotState), filepath.Join(abs, snapshotMemory))
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	err = m.client.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{
+		SnapshotPath: statePath,
+		MemFilePath:  memPath,
 		SnapshotType: fcapi.SnapshotFull,
-	}); err != nil {
+	})
+	if ferr := finish(context.WithoutCancel(ctx)); err == nil && ferr != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, ferr)
+	}
+	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, m.notRunning(err))
 	}
 	snap = Snapshot{
@@ -287,7 +296,7 @@ func (mgr *Manager) Restore(ctx context.Context, snap Snapshot, opts ...StartOpt
 	}
 	paths := mgr.paths(spec.Name)
 	for id, d := range snap.Drives {
-		if d.HostPath != paths.Drive(id) {
+		if d.HostPath != paths.Drive(id) && !jailStaged(spec, id, d.HostPath) {
 			return nil, fmt.Errorf("restore vm %s: drive %s was staged at %s, and this runtime root stages it at %s: restore in the runtime root the snapshot was taken in: %w",
 				spec.Name, id, d.HostPath, paths.Drive(id), errors.ErrUnsupported)
 		}
@@ -312,9 +321,16 @@ func checkSnapshotVersion(snap *Snapshot, bin fcapi.Version) error {
 // load restores the snapshot into the fresh Firecracker and resumes it, then puts back the
 // MMDS data.
 func (s *starter) load(ctx context.Context) error {
+	statePath, memPath := filepath.Join(s.snap.Dir, snapshotState), filepath.Join(s.snap.Dir, snapshotMemory)
+	if s.jail != nil {
+		var err error
+		if statePath, memPath, err = s.jailSnapshotFiles(ctx, statePath, memPath); err != nil {
+			return s.fail("put the snapshot into the jail", err)
+		}
+	}
 	err := s.client.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
-		SnapshotPath: filepath.Join(s.snap.Dir, snapshotState),
-		MemBackend:   fcapi.MemoryBackend{BackendType: fcapi.MemBackendFile, BackendPath: filepath.Join(s.snap.Dir, snapshotMemory)},
+		SnapshotPath: statePath,
+		MemBackend:   fcapi.MemoryBackend{BackendType: fcapi.MemBackendFile, BackendPath: memPath},
 		ResumeVM:     true,
 	})
 	if err != nil {

@@ -49,9 +49,12 @@ type Owner struct {
 // Tree is a jail's directory, prepared before the jailer runs: the chroot base (trusted like
 // the runtime root) and the chroot <base>/<exec name>/<id>/root in it.
 type Tree struct {
-	cfg    Config
-	base   *safedir.Dir
+	cfg  Config
+	base *safedir.Dir
+	// root is the chroot (prefix ""), or, for a jail in use, whose root the jailer gave to
+	// the jail's uid, the jail's directory above it (prefix "root/").
 	root   *safedir.Dir
+	prefix string
 	owners []Owner
 }
 
@@ -79,6 +82,42 @@ func Prepare(cfg Config) (*Tree, error) {
 	return &Tree{cfg: cfg, base: base, root: root}, nil
 }
 
+// OpenJail opens the tree of cfg's jail as it is while the jail runs, to put more files into
+// it (a snapshot's). Its Remove removes the whole jail.
+func OpenJail(cfg Config) (*Tree, error) {
+	base, err := safedir.OpenTrusted(cfg.Base(), false)
+	if err != nil {
+		return nil, fmt.Errorf("chroot base: %w", err)
+	}
+	dir, err := base.OpenDir(filepath.Join(cfg.ExecName(), cfg.ID))
+	if err != nil {
+		base.Close()
+		return nil, fmt.Errorf("open jail: %w", err)
+	}
+	return &Tree{cfg: cfg, base: base, root: dir, prefix: "root/"}, nil
+}
+
+// Retrieve moves name (a file in the chroot's root that firecracker wrote) to dst, a path
+// outside the jail, as this process's: copied (a reflink where the filesystem can, else
+// sparse), then removed from the jail. dst must not exist.
+func (t *Tree) Retrieve(ctx context.Context, name, dst string) error {
+	if err := t.root.Chown(t.prefix+name, uint32(os.Geteuid()), uint32(os.Getegid())); err != nil {
+		return err
+	}
+	if _, err := stage.Copy(ctx, t.root.Join(t.prefix+name), dst); err != nil {
+		return fmt.Errorf("take %s out of the jail: %w", name, err)
+	}
+	return t.root.Remove(t.prefix + name)
+}
+
+// GiveBackOwners gives back the files Place lent to the jail since t was opened (GiveBack),
+// unlinking them from the jail.
+func (t *Tree) GiveBackOwners() error {
+	err := GiveBack(t.base, t.cfg, t.owners)
+	t.owners = nil
+	return err
+}
+
 // Chroot is the jail's layout.
 func (t *Tree) Chroot() Chroot { return t.cfg.Chroot() }
 
@@ -98,24 +137,24 @@ func (t *Tree) Place(ctx context.Context, f *os.File, src, name string, kind Kin
 	}
 	same := info.Dev == t.root.Dev()
 	inside := "/" + name
-	chown := func() error { return t.root.Chown(name, t.cfg.UID, t.cfg.GID) }
+	chown := func() error { return t.Own(name) }
 	switch {
 	case kind == Persistent:
 		if !same {
 			return "", fmt.Errorf("%w: persistent drive %s cannot be hard-linked into the jail under %s, and is never copied: keep it on the chroot's filesystem (or move the chroot base there)", ErrOtherFilesystem, src, t.cfg.Base())
 		}
-		if err := t.root.Link(f, name); err != nil {
+		if err := t.root.Link(f, t.prefix+name); err != nil {
 			return "", fmt.Errorf("link %s into the jail: %w", src, err)
 		}
 		t.owners = append(t.owners, Owner{Name: name, Ino: info.Ino, UID: info.UID, GID: info.GID})
 		return inside, chown()
 	case kind == ReadOnly && same && info.Mode.Perm()&0o004 != 0 && info.Mode.IsRegular():
-		if err := t.root.Link(f, name); err == nil {
+		if err := t.root.Link(f, t.prefix+name); err == nil {
 			return inside, nil
 		}
 		// A filesystem without hard links (or a protected one): copy instead.
 	}
-	if _, err := stage.Copy(ctx, fdPath(f), t.root.Join(name)); err != nil {
+	if _, err := stage.Copy(ctx, fdPath(f), t.root.Join(t.prefix+name)); err != nil {
 		return "", fmt.Errorf("copy %s into the jail: %w", src, err)
 	}
 	return inside, chown()
@@ -127,12 +166,12 @@ func fdPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) 
 // CreateFile creates an empty file name in the chroot for firecracker to write (its log,
 // its metrics), owned by the jail's uid with mode 0600.
 func (t *Tree) CreateFile(name string) error {
-	f, err := t.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := t.root.OpenFile(t.prefix+name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create %s in the jail: %w", name, err)
 	}
 	f.Close()
-	return t.root.Chown(name, t.cfg.UID, t.cfg.GID)
+	return t.Own(name)
 }
 
 // Close releases the directories without removing anything.
@@ -189,11 +228,11 @@ func GiveBack(base *safedir.Dir, cfg Config, owners []Owner) error {
 
 // Own gives name (a path relative to the chroot's root, such as "drives/rootfs.img") to the
 // jail's uid and gid: a file smartvm made there for firecracker to use.
-func (t *Tree) Own(name string) error { return t.root.Chown(name, t.cfg.UID, t.cfg.GID) }
+func (t *Tree) Own(name string) error { return t.root.Chown(t.prefix+name, t.cfg.UID, t.cfg.GID) }
 
 // Mkdir makes directory name in the chroot's root (mode 0700), owned by the jail's uid.
 func (t *Tree) Mkdir(name string) error {
-	if err := t.root.Mkdir(name, 0o700); err != nil {
+	if err := t.root.Mkdir(t.prefix+name, 0o700); err != nil {
 		return fmt.Errorf("create %s in the jail: %w", name, err)
 	}
 	return t.Own(name)
