@@ -15,6 +15,7 @@ import (
 	"github.com/smartvm/smartvm/internal/jailer"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
@@ -266,14 +267,7 @@ func TestJailedSnapshotRestore(t *testing.T) {
 			t.Errorf("%s: uid %d mode %o, %v", f, st.Uid, st.Mode&0o777, err)
 		}
 	}
-	if err := m.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
-	r, err := mgr.Restore(ctx, snap)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := killAndRestore(t, ctx, mgr, m, snap)
 	if !strings.HasPrefix(r.APISocket(), base+"/") {
 		t.Errorf("restored VM's socket %s is not in a jail", r.APISocket())
 	}
@@ -291,4 +285,56 @@ func TestJailedSnapshotRestore(t *testing.T) {
 		}
 	}
 	jailLeft(t, base, root)
+}
+
+// TestRealJailedLifecycle boots the counter guest through the real jailer (root, KVM, and
+// SMARTVM_JAILER_BIN with SMARTVM_FIRECRACKER_BIN of the same release): pause and resume,
+// a snapshot and its restore in a jail, a graceful stop, and nothing left.
+func TestRealJailedLifecycle(t *testing.T) {
+	jailerBin, _ := testutil.JailerBins(t)
+	bin := testutil.FirecrackerBin(t) // skips without /dev/kvm: this one boots a guest
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	mgr := newManager(t, root, bin, WithJailerBinary(jailerBin))
+	base := filepath.Join(t.TempDir(), "jailer")
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Name = "real-jailed"
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	m := start(t, mgr, spec)
+	con := followConsole(t, m)
+	con.waitFor(t, testguest.TickLine(0))
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := m.Snapshot(ctx, filepath.Join(t.TempDir(), "snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := killAndRestore(t, ctx, mgr, m, snap)
+	rc := followConsole(t, r)
+	rc.nextTick(t)
+	if err := r.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	jailLeft(t, base, root)
+}
+
+// killAndRestore kills m and restores snap, its snapshot, in its place.
+func killAndRestore(t *testing.T, ctx context.Context, mgr *Manager, m *Machine, snap Snapshot) *Machine {
+	t.Helper()
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	r, err := mgr.Restore(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
