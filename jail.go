@@ -45,7 +45,9 @@ type JailerSpec struct {
 	// NoFile limits firecracker's open files (RLIMIT_NOFILE). Zero value: the jailer's 2048.
 	NoFile uint64 `json:"no_file,omitempty"`
 	// SharedPIDNamespace keeps firecracker out of a PID namespace of its own (the jailer's
-	// --new-pid-ns). Zero value: firecracker is PID 1 of a new PID namespace.
+	// --new-pid-ns). Zero value: firecracker is PID 1 of a new PID namespace. As PID 1 it
+	// ignores SIGTERM from outside (it installs no handler for it), so Stop's SIGTERM step
+	// does nothing there and a guest that ignores Ctrl-Alt-Del ends with SIGKILL.
 	SharedPIDNamespace bool `json:"shared_pid_namespace,omitempty"`
 }
 

@@ -60,7 +60,11 @@ func cloneGuard(syncR, syncW int, pdeathsig uintptr) (pid uintptr, errno syscall
 	if n != 1 {
 		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 1, 0, 0) // the parent died before it let go
 	}
-	syscall.RawSyscall(unix.SYS_CLOSE_RANGE, 0, ^uintptr(0), 0)
+	if _, _, e := syscall.RawSyscall(unix.SYS_CLOSE_RANGE, 0, ^uintptr(0), 0); e != 0 {
+		for fd := uintptr(0); fd < 65536; fd++ { // a kernel before 5.9
+			syscall.RawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		}
+	}
 	for {
 		_, _, e := syscall.RawSyscall6(syscall.SYS_WAIT4, ^uintptr(0), 0, unix.WALL, 0, 0, 0)
 		if e == syscall.ECHILD {

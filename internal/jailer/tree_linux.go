@@ -72,7 +72,7 @@ func Prepare(cfg Config) (*Tree, error) {
 	rel := filepath.Join(cfg.ExecName(), cfg.ID)
 	if _, err := base.Lstat(rel); err == nil {
 		base.Close()
-		return nil, fmt.Errorf("%w: %s: a vm of that name runs or its jail was left behind (smartvm gc removes it)", ErrJailExists, base.Join(rel))
+		return nil, fmt.Errorf("%w: %s: a vm of that name runs under this chroot base (from another runtime directory?), or a crash before its state was recorded left it: remove it by hand once no firecracker runs in it, or choose another name", ErrJailExists, base.Join(rel))
 	}
 	root, err := base.MkdirAll(filepath.Join(rel, "root"), 0o700)
 	if err != nil {
