@@ -196,6 +196,9 @@ type NICSpec struct {
 	// ID is Firecracker's iface_id: ASCII letters, digits and '_'. Zero value: "eth<N>", N
 	// counting on from the spec's Interfaces (eth0, eth1, ... when it has none).
 	ID string `json:"id,omitempty"`
+	// RxRateLimiter and TxRateLimiter limit received and sent traffic. Zero value: no limit.
+	RxRateLimiter *fcapi.RateLimiter `json:"rx_rate_limiter,omitempty"`
+	TxRateLimiter *fcapi.RateLimiter `json:"tx_rate_limiter,omitempty"`
 }
 
 // DefaultNetworkPool is the range managed NICs get their /30 from unless NetworkSpec.Pool

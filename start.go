@@ -265,6 +265,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		return nil, s.fail("stage drives", err)
 	}
 	cfg := s.vmConfig(drives)
+	applyNICRateLimits(s.spec, &cfg)
 	if s.jail != nil {
 		if err := s.jailConfig(ctx, &cfg); err != nil {
 			return nil, s.fail("put files into the jail", err)

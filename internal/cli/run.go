@@ -49,6 +49,7 @@ type runFlags struct {
 	cpuTemplate, hugePages      string
 	smt                         bool
 	jail                        jailFlags
+	rate                        rateFlags
 	// changed reports whether the command line set a flag; nil: every flag counts as set.
 	// With --file, only the flags set override the file's spec.
 	changed func(name string) bool
@@ -186,6 +187,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	registerRunCompletions(cmd)
 	addJailFlags(fl, &f.jail)
+	addRateFlags(fl, &f.rate)
 	return cmd
 }
 
@@ -596,6 +598,9 @@ func (a *app) runVM(ctx context.Context, f runFlags, plan runPlan) error {
 		return err
 	}
 	if err := a.planJail(ctx, f.jail, fc, &plan); err != nil {
+		return err
+	}
+	if err := applyRateFlags(f.rate, &plan); err != nil {
 		return err
 	}
 	if plan.Spec.UsesBaseImage() {
