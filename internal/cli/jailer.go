@@ -87,17 +87,22 @@ func (a *app) jailerUsable(ctx context.Context, fc string) (jailerBin, error) {
 	return j, jailer.CheckVersion(j.Path, jv, fc, fv)
 }
 
-// planJail decides whether the VM runs jailed: --jailer (or a limit) asks for it, --no-jailer
-// refuses it, and otherwise it does as root when a jailer of firecracker's release is found.
+// planJail decides whether the VM runs jailed: --jailer (or a limit, or a jailer in a --file
+// spec) asks for it, --no-jailer refuses it, and otherwise it does as root when a jailer of
+// firecracker's release is found. The flags override a --file spec's jailer settings.
 func (a *app) planJail(ctx context.Context, f jailFlags, fc string, plan *runPlan) error {
 	limits := f.cpuQuota != 0 || f.memoryLimit != ""
 	if f.noJailer && (f.jailer || limits || f.chrootBase != "") {
 		return usagef("--no-jailer cannot be combined with --jailer, --cpu-quota, --memory-limit or --chroot-base")
 	}
-	if f.noJailer || plan.Snapshot != "" && !f.jailer && !limits {
+	if f.noJailer {
+		plan.Spec.Jailer = nil
 		return nil
 	}
-	want := f.jailer || limits
+	if plan.Snapshot != "" {
+		return nil // the snapshot's spec says whether it was jailed
+	}
+	want := f.jailer || limits || plan.Spec.Jailer != nil
 	if !want {
 		if os.Geteuid() != 0 {
 			return nil
@@ -112,7 +117,13 @@ func (a *app) planJail(ctx context.Context, f jailFlags, fc string, plan *runPla
 	if f.cpuQuota < 0 {
 		return usagef("invalid --cpu-quota %g: want a number of CPUs, such as 0.5", f.cpuQuota)
 	}
-	js := &smartvm.JailerSpec{CPUQuota: f.cpuQuota}
+	js := plan.Spec.Jailer
+	if js == nil {
+		js = &smartvm.JailerSpec{}
+	}
+	if f.cpuQuota != 0 {
+		js.CPUQuota = f.cpuQuota
+	}
 	if f.chrootBase != "" {
 		var err error
 		if js.ChrootBase, err = absPath("--chroot-base", f.chrootBase); err != nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
@@ -40,6 +41,20 @@ func TestRunJailed(t *testing.T) {
 	env.run(t, "run", "--image", "hello", "--no-jailer", "--memory-limit", "1G").fails(t, ExitUsage, "--no-jailer cannot be combined")
 	env.run(t, "run", "--image", "hello", "--cpu-quota", "-1").fails(t, ExitUsage, "invalid --cpu-quota")
 	env.run(t, "run", "--image", "hello", "--memory-limit", "lots").fails(t, ExitUsage, "invalid --memory-limit")
+
+	// A --file spec's jailer settings are used, and --no-jailer drops them.
+	kernel := filepath.Join(t.TempDir(), "guest.elf")
+	if err := testguest.Write(kernel); err != nil {
+		t.Fatal(err)
+	}
+	specFile := filepath.Join(t.TempDir(), "spec.json")
+	os.WriteFile(specFile, []byte(`{"kernel": "`+kernel+`", "boot_args": "`+bootArgs(testguest.ModeHello)+`", "jailer": {"chroot_base": "`+base+`"}}`), 0o600)
+	if r := env.run(t, "--log-level", "debug", "run", "-f", specFile); r.code != 0 || !strings.Contains(r.stderr, "jail prepared") {
+		t.Errorf("run -f with a jailer: code %d\n%s", r.code, r.stderr)
+	}
+	if r := env.run(t, "--log-level", "debug", "run", "-f", specFile, "--no-jailer"); r.code != 0 || strings.Contains(r.stderr, "jail prepared") {
+		t.Errorf("run -f --no-jailer: code %d\n%s", r.code, r.stderr)
+	}
 
 	other := filepath.Join(t.TempDir(), "jailer")
 	os.WriteFile(other, []byte("#!/bin/sh\necho Jailer v1.10.1\n"), 0o755)
