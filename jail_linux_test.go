@@ -338,3 +338,62 @@ func killAndRestore(t *testing.T, ctx context.Context, mgr *Manager, m *Machine,
 	}
 	return r
 }
+
+// TestRealJailedConfigure runs Start through the real jailer and firecracker on a host
+// without KVM: firecracker, in its jail, takes every configuration request (the kernel, an
+// ephemeral, a read-only and a persistent drive, the logger, metrics and vsock, all by their
+// paths in the chroot) and fails only at InstanceStart, which needs /dev/kvm. Nothing is left
+// afterwards: process, chroot, uid lease, cgroups, and the persistent drive is given back.
+// With KVM, TestRealJailedLifecycle boots instead.
+func TestRealJailedConfigure(t *testing.T) {
+	jailerBin, fc := testutil.JailerBins(t)
+	if _, err := os.Stat("/dev/kvm"); err == nil {
+		t.Skip("this host has /dev/kvm: TestRealJailedLifecycle boots a jailed guest instead")
+	}
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	mgr := newManager(t, root, fc, WithJailerBinary(jailerBin))
+	base := filepath.Join(t.TempDir(), "jailer")
+	src := filepath.Dir(base)
+	mk := func(name string, mode os.FileMode) string {
+		p := filepath.Join(src, name)
+		if err := os.WriteFile(p, make([]byte, 1<<20), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	persistent := mk("persistent.img", 0o600)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Name = "real-jail-config"
+	spec.Metrics = true
+	spec.Vsock = &VsockSpec{CID: 3}
+	spec.Drives = []DriveSpec{{Path: mk("root.img", 0o644), Root: true}, {ID: "ro", Path: mk("ro.img", 0o600), ReadOnly: true},
+		{ID: "data", Path: persistent, Persistent: true}}
+	spec.Jailer = &JailerSpec{ChrootBase: base, MemoryLimit: 1 << 30, CPUQuota: 0.5}
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	m, err := mgr.Start(ctx, spec)
+	if err == nil {
+		m.Close()
+		t.Fatal("started without KVM")
+	}
+	var se *StartError
+	if !errors.As(err, &se) || se.Step != "InstanceStart" {
+		t.Fatalf("Start = %v, want a failure at InstanceStart (every earlier request taken in the jail)", err)
+	}
+	t.Logf("as expected without KVM: %v", err)
+	var st syscall.Stat_t
+	if syscall.Stat(persistent, &st); st.Uid != 0 {
+		t.Errorf("persistent drive not given back: uid %d", st.Uid)
+	}
+	jailLeft(t, base, root)
+	if l, err := jailer.DetectCgroups(); err == nil {
+		for _, c := range []string{"cpu", "memory"} {
+			if mnt := l.Mount(l.Version(), c); mnt != "" {
+				if _, err := os.Stat(filepath.Join(mnt, "firecracker-v1.7.0", spec.Name)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("cgroup %s left: %v", c, err)
+				}
+			}
+		}
+	}
+}
