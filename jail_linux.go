@@ -415,3 +415,20 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 	}
 	return errors.Join(errs...)
 }
+
+// lendToJail gives path, a socket smartvm made in a jailed VM's chroot for firecracker to
+// connect to (a vsock listener's), to the jail's uid, without following a symlink. For a VM
+// without a jail it does nothing.
+func (m *Machine) lendToJail(path string) error {
+	_, st, err := m.mgr.root.Lookup(m.name)
+	if err != nil || st.Jail == nil {
+		return nil
+	}
+	if _, inside := (jailer.Chroot{Root: st.Jail.Chroot}).Inside(path); !inside {
+		return nil
+	}
+	if err := os.Lchown(path, int(st.Jail.UID), int(st.Jail.GID)); err != nil {
+		return fmt.Errorf("give %s to the jail: %w", path, err)
+	}
+	return nil
+}

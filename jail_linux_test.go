@@ -397,3 +397,42 @@ func TestRealJailedConfigure(t *testing.T) {
 		}
 	}
 }
+
+// A jailed VM's vsock works both ways through its socket in the chroot: a dial from the host,
+// and the guest's calls to a host listener (whose socket the jailed firecracker connects to).
+func TestJailedVsock(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	mgr := newManager(t, root, fakeJailPair(t))
+	base := filepath.Join(t.TempDir(), "jailer")
+	spec := vsockGuest(guestKernel(t))
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	m := start(t, mgr, spec)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	c, err := m.DialVsock(ctx, testguest.VsockEchoPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEcho(t, c, "to the jailed guest")
+	c.Close()
+	ln, err := m.ListenVsock(testguest.VsockEchoPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The jailed firecracker can connect only to a socket the jail's uid may write.
+	ln.(interface{ SetDeadline(time.Time) error }).SetDeadline(time.Now().Add(5 * time.Second))
+	c, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEcho(t, c, "from the jailed guest")
+	c.Close()
+	ln.Close()
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	jailLeft(t, base, root)
+}

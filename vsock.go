@@ -321,6 +321,10 @@ func (m *Machine) ListenVsock(port uint32) (net.Listener, error) {
 		}
 		return nil, fail(err)
 	}
+	if err := m.lendToJail(path); err != nil {
+		ln.Close()
+		return nil, fail(err)
+	}
 	l := &vsockListener{UnixListener: ln, m: m, port: port}
 	if m.vsockListeners == nil {
 		m.vsockListeners = make(map[uint32]*vsockListener)
