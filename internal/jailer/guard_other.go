@@ -36,3 +36,6 @@ func Launch(string, Config, proc.Config) (*Jail, error) { return nil, errUnsuppo
 
 // Close does nothing.
 func (j *Jail) Close() error { return nil }
+
+// DetectCgroups returns an error wrapping errors.ErrUnsupported: cgroups are Linux's.
+func DetectCgroups() (Layout, error) { return Layout{}, errUnsupported }
