@@ -112,6 +112,11 @@ func (s *starter) prepareJail(ctx context.Context) error {
 		return err
 	}
 	s.dir.UseJail(s.jail.rec)
+	// Recorded at once: if this process dies before firecracker runs, reaping finds the jail
+	// (chroot, cgroups, uid lease) in state.json and removes it.
+	if err := s.dir.WriteState(s.state()); err != nil {
+		return err
+	}
 	s.log.Debug("jail prepared", "chroot", s.jail.rec.Chroot, "uid", cfg.UID, "gid", cfg.GID, "cgroups", cfg.Cgroups)
 	return nil
 }
