@@ -810,12 +810,14 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 	if _, err := r.vms.Lstat(name); errors.Is(err, fs.ErrNotExist) {
 		return gone, nil
 	}
-	if err := r.proof(name); err != nil {
-		return kept, fmt.Errorf("vm directory %s does not look like one smartvm made (%w); left alone: remove it by hand if you know what it is", filepath.Join(r.path, "vms", name), err)
+	// The proof (a walk of the whole directory) is checked only before a removal: a live
+	// VM, or one its owner holds, is left alone anyway, and every command reaps.
+	notOurs := func(err error) error {
+		return fmt.Errorf("vm directory %s does not look like one smartvm made (%w); left alone: remove it by hand if you know what it is", filepath.Join(r.path, "vms", name), err)
 	}
 	l, ok, err := r.vms.TryLock(name+"/"+LockFile, false)
 	if errors.Is(err, fs.ErrNotExist) {
-		return gone, nil
+		return kept, notOurs(errors.New("no lock file"))
 	}
 	if err != nil {
 		return kept, fmt.Errorf("reap vm %s: %w", name, err)
@@ -846,6 +848,9 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 		return kept, nil // a detached VM whose starter has exited
 	case st.exiting():
 		return held, nil // killed a moment ago: its threads still hold its TAPs and sockets
+	}
+	if err := r.proof(name); err != nil {
+		return kept, notOurs(err)
 	}
 	if r.onReap != nil {
 		if err := r.onReap(ctx, name, st); err != nil {
@@ -933,7 +938,6 @@ func (r *Root) ForceRemove(ctx context.Context, name string) ([]int, error) {
 	}
 	ident := proc.Identity{UID: uint32(os.Geteuid()), Flag: "--api-sock", Value: r.Paths(name).APISocket}
 	killed := killServing(ctx, r.FindProcesses(name), ident)
-	d := &Dir{Paths: r.Paths(name), root: r, name: name, id: id}
 	for {
 		var owner string
 		err := r.Locked(ctx, func() error {
@@ -965,7 +969,7 @@ func (r *Root) ForceRemove(ctx context.Context, name string) ([]int, error) {
 		// The owner removes the directory once it sees the VM end.
 		select {
 		case <-ctx.Done():
-			return killed, fmt.Errorf("remove vm %s: its firecracker is killed, but its owner (%s) has not cleaned up: %w", d.name, owner, ctx.Err())
+			return killed, fmt.Errorf("remove vm %s: its firecracker is killed, but its owner (%s) has not cleaned up: %w", name, owner, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
