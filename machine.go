@@ -729,13 +729,15 @@ func logTail(p rundir.Paths) string {
 
 // tailOf returns the last whole lines in the last n bytes of a file.
 func tailOf(path string, n int64) string {
-	f, err := os.Open(path)
+	// A jailed firecracker writes its log in its chroot, a directory of the jail's uid: a
+	// link or a FIFO put there is never followed or waited on.
+	f, err := openNoFollow(path)
 	if err != nil {
 		return ""
 	}
 	defer f.Close()
 	fi, err := f.Stat()
-	if err != nil {
+	if err != nil || !fi.Mode().IsRegular() {
 		return ""
 	}
 	off := max(fi.Size()-n, 0)

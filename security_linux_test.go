@@ -299,3 +299,26 @@ func TestForgedNetworkRecordIsNotTornDown(t *testing.T) {
 		t.Errorf("reap after fixing the record: %v %v", names, err)
 	}
 }
+
+// A log tail never follows a link or waits on a FIFO put where firecracker's log goes (a
+// jailed firecracker's log is in a directory of the jail's uid).
+func TestLogTailFollowsNoLink(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(secret, []byte("TOP SECRET\n"), 0o600)
+	link := filepath.Join(dir, "firecracker.log")
+	os.Symlink(secret, link)
+	fifo := filepath.Join(dir, "stderr.log")
+	syscall.Mkfifo(fifo, 0o600)
+	if got := tailOf(link, 100); got != "" {
+		t.Errorf("tail through a link: %q", got)
+	}
+	if got := tailOf(fifo, 100); got != "" {
+		t.Errorf("tail of a FIFO: %q", got)
+	}
+	os.Remove(link)
+	os.WriteFile(link, []byte("a\nb\nlast line\n"), 0o600)
+	if got := tailOf(link, 12); got != "last line" {
+		t.Errorf("tail: %q", got)
+	}
+}
