@@ -648,7 +648,8 @@ func (m *Machine) capSerial() {
 // ConsoleLog returns what the guest's serial console has written so far, from the oldest
 // byte kept (see WithSerialLogLimit). Close it when done.
 func (m *Machine) ConsoleLog() (io.ReadCloser, error) {
-	f, err := os.Open(m.paths.Serial)
+	// Through the VM's directory, held open: a regular file of ours, never a link.
+	f, err := m.dir.OpenFile(rundir.SerialFile)
 	if err != nil {
 		return nil, fmt.Errorf("console of vm %s: %w", m.name, err)
 	}
