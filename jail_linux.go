@@ -295,9 +295,11 @@ func (m *Machine) jailSnapshotTargets(stateDst, memDst string) (statePath, memPa
 	if err != nil || st.Jail == nil {
 		return stateDst, memDst, nothing, nil
 	}
-	j := st.Jail
-	tr, err := jailer.OpenJail(jailer.Config{ID: m.name, ExecFile: "/" + j.ExecName, UID: j.UID, GID: j.GID,
-		ChrootBase: filepath.Dir(filepath.Dir(filepath.Dir(j.Chroot)))})
+	cfg, err := m.mgr.recordedJail(context.Background(), m.name, st)
+	if err != nil {
+		return "", "", nil, err
+	}
+	tr, err := jailer.OpenJail(cfg)
 	if err != nil {
 		return "", "", nil, err
 	}
@@ -384,6 +386,46 @@ func (s *starter) jailRecord() *rundir.Jail {
 	return s.jail.rec
 }
 
+// recordedJail returns the jail configuration of the jail st records for VM name, after
+// checking that it is the jail smartvm makes for that VM: its chroot under the chroot base
+// the VM's spec names (or the default), and a uid that is the spec's own or the one leased to
+// the name. A record is data: it never picks the tree that is removed, or the uid files are
+// given to.
+func (mgr *Manager) recordedJail(ctx context.Context, name string, st *rundir.State) (jailer.Config, error) {
+	j := st.Jail
+	var spec MachineSpec
+	if err := json.Unmarshal(st.Spec, &spec); err != nil || spec.Jailer == nil {
+		return jailer.Config{}, fmt.Errorf("jail of vm %s: state.json records a jail its spec does not ask for; left alone", name)
+	}
+	base := spec.Jailer.ChrootBase
+	if base == "" {
+		base = DefaultChrootBase
+	}
+	cfg := jailer.Config{ID: name, ExecFile: "/" + j.ExecName, UID: j.UID, GID: j.GID, ChrootBase: base}
+	if cfg.Chroot().Root != j.Chroot {
+		return jailer.Config{}, fmt.Errorf("jail of vm %s: recorded chroot %s is not %s, where the spec puts it; left alone", name, j.Chroot, cfg.Chroot().Root)
+	}
+	if js := spec.Jailer; js.UID != 0 {
+		if j.UID != js.UID || j.GID != js.GID {
+			return jailer.Config{}, fmt.Errorf("jail of vm %s: recorded uid %d:%d is not the spec's %d:%d; left alone", name, j.UID, j.GID, js.UID, js.GID)
+		}
+		return cfg, nil
+	}
+	ids, err := mgr.jailIDs()
+	if err != nil {
+		return jailer.Config{}, err
+	}
+	defer ids.Close()
+	leases, err := ids.Leases(ctx)
+	if err != nil {
+		return jailer.Config{}, err
+	}
+	if leases[j.UID] != name || j.GID != j.UID {
+		return jailer.Config{}, fmt.Errorf("jail of vm %s: recorded uid %d:%d is not the one leased to it; left alone", name, j.UID, j.GID)
+	}
+	return cfg, nil
+}
+
 // reapJail removes what a dead jailed VM left outside its directory: files lent to the jail
 // go back to their owners, the chroot and the cgroups go, and its uid lease ends.
 func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State) error {
@@ -393,8 +435,10 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 	}
 	// The guard of a detached VM outlives its owner: its namespace is empty by now.
 	errs := []error{jailer.KillGuard(j.GuardPID, j.GuardStart)}
-	cfg := jailer.Config{ID: name, ExecFile: "/" + j.ExecName, UID: j.UID, GID: j.GID,
-		ChrootBase: filepath.Dir(filepath.Dir(filepath.Dir(j.Chroot)))}
+	cfg, err := mgr.recordedJail(ctx, name, st)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
 	if base, err := safedir.OpenTrusted(cfg.Base(), false); err == nil {
 		var owners []jailer.Owner
 		if len(j.Owners) > 0 {
@@ -406,9 +450,10 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 		errs = append(errs, err)
 	}
 	for _, d := range j.CgroupDirs {
-		// Only directories named for this VM, under a cgroup mount.
-		if filepath.Base(d) == name && strings.HasPrefix(d, "/sys/fs/cgroup/") {
-			if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Only clean paths of directories named for this VM, under a cgroup mount, and only
+		// as directories (rmdir, which removes nothing else).
+		if filepath.Clean(d) == d && filepath.Base(d) == name && strings.HasPrefix(d, "/sys/fs/cgroup/") {
+			if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 			}
 		}
@@ -429,10 +474,22 @@ func (m *Machine) lendToJail(path string) error {
 	if err != nil || st.Jail == nil {
 		return nil
 	}
-	if _, inside := (jailer.Chroot{Root: st.Jail.Chroot}).Inside(path); !inside {
+	cfg, err := m.mgr.recordedJail(context.Background(), m.name, st)
+	if err != nil {
+		return err
+	}
+	name, inside := cfg.Chroot().Inside(path)
+	if !inside {
 		return nil
 	}
-	if err := os.Lchown(path, int(st.Jail.UID), int(st.Jail.GID)); err != nil {
+	// Through the jail's tree, held open: the chroot is the jail uid's, and a name looked up
+	// again could lead elsewhere by now.
+	tr, err := jailer.OpenJail(cfg)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	if err := tr.OwnSocket(strings.TrimPrefix(name, "/")); err != nil {
 		return fmt.Errorf("give %s to the jail: %w", path, err)
 	}
 	return nil

@@ -434,3 +434,32 @@ func TestJailedVsock(t *testing.T) {
 	m.Close()
 	jailLeft(t, base, root)
 }
+
+// A jail record in state.json is data: reaping and snapshots use it only when it is the jail
+// smartvm makes for the VM under its spec.
+func TestRecordedJailIsChecked(t *testing.T) {
+	mgr := newManager(t, testRoot(t), testutil.Link(t, "firecracker"))
+	ctx := context.Background()
+	state := func(js *JailerSpec, j rundir.Jail) *rundir.State {
+		b, _ := json.Marshal(MachineSpec{Name: "vm1", Jailer: js})
+		return &rundir.State{Spec: b, Jail: &j}
+	}
+	good := rundir.Jail{UID: 4000, GID: 4000, Chroot: "/srv/jailer/firecracker/vm1/root", ExecName: "firecracker", APISocket: "/run/api.sock"}
+	if _, err := mgr.recordedJail(ctx, "vm1", state(&JailerSpec{UID: 4000, GID: 4000}, good)); err != nil {
+		t.Fatalf("the jail the spec makes: %v", err)
+	}
+	for what, st := range map[string]*rundir.State{
+		"no jailer in the spec": state(nil, good),
+		"another chroot base": state(&JailerSpec{UID: 4000, GID: 4000}, func() rundir.Jail {
+			j := good
+			j.Chroot, j.ExecName = "/home/alice/root", "home"
+			return j
+		}()),
+		"another uid": state(&JailerSpec{UID: 4000, GID: 4000}, func() rundir.Jail { j := good; j.UID = 1000; return j }()),
+		"a uid not leased": state(&JailerSpec{}, good),
+	} {
+		if _, err := mgr.recordedJail(ctx, "vm1", st); err == nil || !strings.Contains(err.Error(), "left alone") {
+			t.Errorf("%s: %v, want a refusal that leaves the jail alone", what, err)
+		}
+	}
+}

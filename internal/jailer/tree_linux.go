@@ -101,13 +101,37 @@ func OpenJail(cfg Config) (*Tree, error) {
 // outside the jail, as this process's: copied (a reflink where the filesystem can, else
 // sparse), then removed from the jail. dst must not exist.
 func (t *Tree) Retrieve(ctx context.Context, name, dst string) error {
-	if err := t.root.Chown(t.prefix+name, uint32(os.Geteuid()), uint32(os.Getegid())); err != nil {
+	// The chroot is the jail uid's: open the file through the tree (no link followed, no
+	// FIFO waited on), check it is a regular file of the jail's, and copy what was opened.
+	f, err := t.root.OpenFile(t.prefix+name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("take %s out of the jail: %w", name, err)
+	}
+	defer f.Close()
+	info, err := safedir.Stat(f)
+	if err != nil {
 		return err
 	}
-	if _, err := stage.Copy(ctx, t.root.Join(t.prefix+name), dst); err != nil {
+	if !info.Mode.IsRegular() || info.UID != t.cfg.UID {
+		return fmt.Errorf("take %s out of the jail: %w: not a regular file of the jail's uid (%v, uid %d)", name, safedir.ErrUntrusted, info.Mode, info.UID)
+	}
+	if _, err := stage.Copy(ctx, fdPath(f), dst); err != nil {
 		return fmt.Errorf("take %s out of the jail: %w", name, err)
 	}
 	return t.root.Remove(t.prefix + name)
+}
+
+// OwnSocket gives the socket name in the chroot's root to the jail's uid, refusing anything
+// but a socket (a link put there is never followed).
+func (t *Tree) OwnSocket(name string) error {
+	info, err := t.root.Lstat(t.prefix + name)
+	if err != nil {
+		return err
+	}
+	if info.Mode.Type() != fs.ModeSocket {
+		return fmt.Errorf("%s in the jail: %w: not a socket (%v)", name, safedir.ErrUntrusted, info.Mode)
+	}
+	return t.Own(name)
 }
 
 // GiveBackOwners gives back the files Place lent to the jail since t was opened (GiveBack),
