@@ -455,7 +455,7 @@ func TestRecordedJailIsChecked(t *testing.T) {
 			j.Chroot, j.ExecName = "/home/alice/root", "home"
 			return j
 		}()),
-		"another uid": state(&JailerSpec{UID: 4000, GID: 4000}, func() rundir.Jail { j := good; j.UID = 1000; return j }()),
+		"another uid":      state(&JailerSpec{UID: 4000, GID: 4000}, func() rundir.Jail { j := good; j.UID = 1000; return j }()),
 		"a uid not leased": state(&JailerSpec{}, good),
 	} {
 		if _, err := mgr.recordedJail(ctx, "vm1", st); err == nil || !strings.Contains(err.Error(), "left alone") {
