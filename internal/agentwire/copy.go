@@ -60,7 +60,8 @@ func (c *Client) CopyFrom(ctx context.Context, src, dst string, owner bool) erro
 	if name == "/" {
 		return errors.New("copy: copy the guest's root directory by its entries, not as /")
 	}
-	opts := treetar.Options{Owner: owner}
+	// The guest writes the stream: it may create src's name in dst and nothing else.
+	opts := treetar.Options{Owner: owner, Prefix: name}
 	dfi, err := os.Stat(dst)
 	if err == nil && dfi.IsDir() {
 		return c.downloadInto(ctx, src, dst, opts)

@@ -123,6 +123,11 @@ type Options struct {
 	// Owner sets each entry's uid and gid from the stream and keeps setuid and setgid bits.
 	// Without it, entries belong to the extracting process and those bits are dropped.
 	Owner bool
+	// Prefix, when set, is the one top-level name the stream may hold: every entry must be
+	// Prefix or beneath it, and a hard link may only point at an entry this extraction
+	// created. A stream from an untrusted writer (a guest) extracted into an existing
+	// directory then cannot replace, chmod or link anything else there.
+	Prefix string
 }
 
 // Extract creates the entries of the tar stream r under the existing directory dir and returns
@@ -141,6 +146,7 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 		mtime time.Time
 	}
 	var dirs []dirTimes
+	created := map[string]bool{}
 	n := 0
 	for {
 		hdr, err := tr.Next()
@@ -154,6 +160,19 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 		if err != nil {
 			return n, err
 		}
+		if err := opts.checkPrefix(name); err != nil {
+			return n, err
+		}
+		if hdr.Typeflag == tar.TypeLink && opts.Prefix != "" {
+			target, err := CheckName(hdr.Linkname)
+			if err != nil {
+				return n, err
+			}
+			if !created[target] {
+				return n, fmt.Errorf("tar entry %q: a hard link to %q, which this stream did not create", name, hdr.Linkname)
+			}
+		}
+		created[name] = true
 		if err := extractEntry(root, tr, hdr, name, opts, buf); err != nil {
 			return n, fmt.Errorf("%s: %w", name, err)
 		}
@@ -169,6 +188,14 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// checkPrefix refuses a name outside Prefix, when one is set.
+func (o Options) checkPrefix(name string) error {
+	if o.Prefix == "" || name == o.Prefix || strings.HasPrefix(name, o.Prefix+"/") {
+		return nil
+	}
+	return fmt.Errorf("tar entry %q: outside %q, the only name this copy may create", name, o.Prefix)
 }
 
 // CheckName cleans a tar entry name and refuses one that is absolute or has ".." elements.

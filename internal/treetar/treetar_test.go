@@ -115,3 +115,41 @@ func TestWriteRefusesSpecialFiles(t *testing.T) {
 		t.Errorf("Write of a tree with a FIFO: %v", err)
 	}
 }
+
+// With a Prefix, a stream extracted into an existing directory creates that one name and
+// nothing else: it cannot replace, chmod or hard-link what the directory already holds.
+func TestExtractPrefix(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		entries []entry
+		want    string
+	}{
+		{"another file", []entry{{name: "passwd", typ: tar.TypeReg, data: "x"}}, `outside "app"`},
+		{"the directory itself", []entry{{name: "keep/", typ: tar.TypeDir}}, `outside "app"`},
+		{"a name that only starts alike", []entry{{name: "app2", typ: tar.TypeReg, data: "x"}}, `outside "app"`},
+		{"a hard link to a file it did not make", []entry{{name: "app/", typ: tar.TypeDir}, {name: "app/h", link: "keep", typ: tar.TypeLink}}, "did not create"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, "passwd"), []byte("mine"), 0o600)
+			os.WriteFile(filepath.Join(dir, "keep"), []byte("mine"), 0o600)
+			_, err := Extract(tarOf(t, tc.entries...), dir, Options{Prefix: "app"})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Extract: %v, want an error containing %q", err, tc.want)
+			}
+			for _, f := range []string{"passwd", "keep"} {
+				if b, _ := os.ReadFile(filepath.Join(dir, f)); string(b) != "mine" {
+					t.Errorf("%s changed: %q", f, b)
+				}
+			}
+		})
+	}
+	dir := t.TempDir()
+	n, err := Extract(tarOf(t, entry{name: "app/", typ: tar.TypeDir}, entry{name: "app/f", typ: tar.TypeReg, data: "x"},
+		entry{name: "app/h", link: "app/f", typ: tar.TypeLink}), dir, Options{Prefix: "app"})
+	if err != nil || n != 3 {
+		t.Fatalf("a tree under the prefix: %d, %v", n, err)
+	}
+}
