@@ -33,7 +33,7 @@ outside DST.`,
 			return a.cp(cmd.Context(), &f, archive, args[0], args[1])
 		},
 	}
-	cmd.Flags().BoolVarP(&archive, "archive", "a", false, "copying out: keep the guest's owners and setuid/setgid bits")
+	cmd.Flags().BoolVarP(&archive, "archive", "a", false, "copying out: keep the guest's owners and setuid/setgid bits (the guest then decides who owns the files on this host, and can leave setuid programs here: only for guests you trust)")
 	f.register(cmd)
 	return cmd
 }
