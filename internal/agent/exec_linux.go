@@ -329,50 +329,121 @@ func (s *Server) exec(ctx context.Context, stream *connect.BidiStream[agentwire.
 	if start == nil || len(start.Args) == 0 || start.Args[0] == "" {
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("exec: the first message must name a command"))
 	}
-	var sendMu sync.Mutex
-	send := func(m *agentwire.ExecOut) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return stream.Send(m)
-	}
-	exitWith := func(err error) error {
-		se := &startError{126, err.Error()}
-		errors.As(err, &se)
-		return send(&agentwire.ExecOut{Exit: &agentwire.ExitStatus{Code: se.code, Error: se.msg}})
-	}
+	out := &callOut{stream: stream}
 	cmd, err := resolve(start)
 	if err != nil {
-		return exitWith(err)
+		return out.exitWith(err)
 	}
+	return s.runCommand(ctx, stream, out, cmd, start, nil)
+}
+
+// errCallEnded is what sending on a call that has ended gives.
+var errCallEnded = errors.New("the call has ended")
+
+// callOut is the sending side of an Exec or Main call. Once the call has ended, the output of
+// a main process goes to the console instead (exec's is dropped, and its readers stop).
+type callOut struct {
+	mu      sync.Mutex
+	stream  *connect.BidiStream[agentwire.ExecIn, agentwire.ExecOut]
+	ended   bool
+	console [2]io.Writer // stdout, stderr; nil for exec
+	// detach ends the call once the command has started (a detached main process).
+	detach bool
+}
+
+func (c *callOut) send(m *agentwire.ExecOut) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return errCallEnded
+	}
+	if err := c.stream.Send(m); err != nil {
+		c.ended = true
+		return err
+	}
+	return nil
+}
+
+// output sends b as output of stream (agentwire.Stdout or Stderr). It fails only when the call
+// has ended and there is no console to write to.
+func (c *callOut) output(stream int, b []byte) error {
+	if c.send(&agentwire.ExecOut{Stream: stream, Data: b}) == nil {
+		return nil
+	}
+	w := c.console[stream-agentwire.Stdout]
+	if w == nil {
+		return errCallEnded
+	}
+	_, _ = w.Write(b) // a console that fails to take output must not stop the process
+	return nil
+}
+
+// end marks the call as over: nothing is sent on it from now on (the handler returns).
+func (c *callOut) end() {
+	c.mu.Lock()
+	c.ended = true
+	c.mu.Unlock()
+}
+
+// exitWith reports a command that could not start.
+func (c *callOut) exitWith(err error) error {
+	se := &startError{126, err.Error()}
+	errors.As(err, &se)
+	return c.send(&agentwire.ExecOut{Exit: &agentwire.ExitStatus{Code: se.code, Error: se.msg}})
+}
+
+// runCommand starts cmd with the stdio start asks for and streams it on the call until it
+// ends. With main set it is the guest's main process: it runs in a session of its own, main
+// learns its pid and exit status, and it lives on when the call ends early, writing to the
+// console.
+func (s *Server) runCommand(ctx context.Context, stream *connect.BidiStream[agentwire.ExecIn, agentwire.ExecOut], out *callOut, cmd *command, start *agentwire.ExecStart, main *mainProc) error {
 	var sio *stdio
+	var err error
 	if start.TTY {
 		sio, err = openPTY(start.Rows, start.Cols)
 	} else {
 		sio, err = pipes(start.Stdin)
 	}
 	if err != nil {
-		return exitWith(err)
+		if main != nil {
+			main.failed(126)
+		}
+		return out.exitWith(err)
 	}
-	defer sio.closeAll()
 	files := make([]uintptr, len(sio.child))
 	for i, f := range sio.child {
 		files[i] = f.Fd()
 	}
 	sys := &syscall.SysProcAttr{Credential: cmd.cred, Setpgid: !start.TTY, Setsid: start.TTY, Setctty: start.TTY}
+	if main != nil {
+		// A session of its own, as an init's child: signals go to its whole group.
+		sys.Setpgid, sys.Setsid = false, true
+	}
 	pid, wait, err := s.procs.start(cmd.path, cmd.argv, &syscall.ProcAttr{Dir: cmd.dir, Env: cmd.env, Files: files, Sys: sys})
 	sio.closeChild()
 	if err != nil {
+		sio.closeAll()
 		code := 126
 		if errors.Is(err, syscall.ENOENT) {
 			code = 127
 		}
-		return exitWith(&startError{code, fmt.Sprintf("%s: %s", start.Args[0], err)})
+		if main != nil {
+			main.failed(code)
+		}
+		return out.exitWith(&startError{code, fmt.Sprintf("%s: %s", start.Args[0], err)})
 	}
-	s.log.Debug("exec", "pid", pid, "args", start.Args, "tty", start.TTY)
-	if err := send(&agentwire.ExecOut{Started: &agentwire.Started{PID: pid}}); err != nil {
+	if main != nil {
+		wait = main.started(pid, wait)
+	}
+	s.log.Debug("exec", "pid", pid, "args", start.Args, "tty", start.TTY, "main", main != nil)
+	if err := out.send(&agentwire.ExecOut{Started: &agentwire.Started{PID: pid}}); err != nil && main == nil {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		<-wait
+		sio.closeAll()
 		return err
+	}
+	if out.detach {
+		out.end()
 	}
 
 	// Output: one reader per stream, each sending until EOF (EIO for a PTY whose last
@@ -386,7 +457,7 @@ func (s *Server) exec(ctx context.Context, stream *connect.BidiStream[agentwire.
 			for {
 				n, err := f.Read(buf)
 				if n > 0 {
-					if send(&agentwire.ExecOut{Stream: agentwire.Stdout + i, Data: buf[:n]}) != nil {
+					if out.output(agentwire.Stdout+i, buf[:n]) != nil {
 						return
 					}
 				}
@@ -396,8 +467,22 @@ func (s *Server) exec(ctx context.Context, stream *connect.BidiStream[agentwire.
 			}
 		}()
 	}
+	drained := make(chan struct{})
+	go func() { outWG.Wait(); close(drained) }()
+	if main != nil {
+		// The outputs outlive the call when it ends early: closed once read to the end.
+		go func() {
+			<-drained
+			sio.closeAll()
+			main.outputDrained()
+		}()
+	} else {
+		defer sio.closeAll()
+	}
 	// Input: stdin, signals and resizes until the client ends its side.
+	inputDone := make(chan struct{})
 	go func() {
+		defer close(inputDone)
 		for {
 			m, err := stream.Receive()
 			if err != nil {
@@ -417,7 +502,7 @@ func (s *Server) exec(ctx context.Context, stream *connect.BidiStream[agentwire.
 				sio.stdin.Close()
 			case m.Signal != 0:
 				target := pid
-				if sio.pty != nil {
+				if sio.pty != nil || main != nil {
 					target = -pid
 				}
 				_ = syscall.Kill(target, syscall.Signal(m.Signal))
@@ -427,15 +512,25 @@ func (s *Server) exec(ctx context.Context, stream *connect.BidiStream[agentwire.
 		}
 	}()
 
+	if out.detach {
+		// The client ends its side once it has the pid; then the call ends.
+		select {
+		case <-inputDone:
+		case <-ctx.Done():
+		}
+		return nil
+	}
 	var ws syscall.WaitStatus
 	select {
 	case ws = <-wait:
 	case <-ctx.Done():
+		if main != nil {
+			out.end() // the main process runs on, writing to the console
+			return ctx.Err()
+		}
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		ws = <-wait
 	}
-	drained := make(chan struct{})
-	go func() { outWG.Wait(); close(drained) }()
 	select {
 	case <-drained:
 	case <-time.After(outputGrace):
@@ -444,13 +539,22 @@ func (s *Server) exec(ctx context.Context, stream *connect.BidiStream[agentwire.
 		}
 		<-drained
 	case <-ctx.Done():
+		out.end()
 		return ctx.Err()
 	}
-	status := &agentwire.ExitStatus{Code: ws.ExitStatus()}
+	status := exitStatus(ws)
+	s.log.Debug("exit", "pid", pid, "code", status.Code, "signal", status.Signal)
+	err = out.send(&agentwire.ExecOut{Exit: &status})
+	out.end()
+	return err
+}
+
+// exitStatus is ws as the protocol reports it: 128+N for a signal N.
+func exitStatus(ws syscall.WaitStatus) agentwire.ExitStatus {
+	status := agentwire.ExitStatus{Code: ws.ExitStatus()}
 	if ws.Signaled() {
 		status.Signal = int(ws.Signal())
 		status.Code = 128 + status.Signal
 	}
-	s.log.Debug("exit", "pid", pid, "code", status.Code, "signal", status.Signal)
-	return send(&agentwire.ExecOut{Exit: status})
+	return status
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+
+	"github.com/smartvm/smartvm/internal/agentwire"
 )
 
 // version is the agent's version: the module version it was built from.
@@ -34,6 +36,7 @@ func Main(args []string) int {
 	configPath := fl.String("config", "", "as PID 1: the init config (JSON; default: smartvm.init= from the kernel command line, else "+DefaultInitConfig+")")
 	announce := fl.String("announce", "", "where to report readiness (and, as PID 1, the entrypoint's exit code) and take the clock from: vsock (the host, CID 2, port 10701), unix:PATH, tcp:HOST:PORT or none (default: vsock when listening on vsock, else none)")
 	logLevel := fl.String("log-level", "info", "log level on stderr: debug, info, warn or error")
+	waitMainFlag := fl.Bool("wait-main", false, "start the init config's entrypoint only when the host asks for it (a Main call, with overrides and attached stdio), then exit with its exit code (as PID 1: power off); as PID 1 the kernel argument "+agentwire.MainWaitArg+" does the same")
 	showVersion := fl.Bool("version", false, "print the version and exit")
 	fl.SetOutput(os.Stderr)
 	if err := fl.Parse(args); err != nil {
@@ -70,8 +73,11 @@ func Main(args []string) int {
 	if *announce == "none" {
 		*announce = ""
 	}
-	cfg := Config{Listen: listen, Announce: *announce, InitConfig: *configPath, PID1: os.Getpid() == 1, Log: log}
+	cfg := Config{Listen: listen, Announce: *announce, InitConfig: *configPath, PID1: os.Getpid() == 1, MainWait: *waitMainFlag, Log: log}
 	if err := Run(context.Background(), cfg); err != nil {
+		if me, ok := errors.AsType[*MainExitError](err); ok {
+			return me.Code
+		}
 		fmt.Fprintf(os.Stderr, "smartvm-agent: %s\n", err)
 		return 1
 	}
@@ -90,6 +96,11 @@ type Config struct {
 	// PID1 makes the agent the guest's init: it sets up the system, reaps orphans, runs the
 	// entrypoint of InitConfig and powers off when it ends.
 	PID1 bool
+	// MainWait makes the agent wait for the host's Main call (agentwire.MainStart) to start
+	// the init config's entrypoint as the main process, with the host's overrides and stdio.
+	// As PID 1 the kernel argument smartvm.main=wait sets it too. Not as PID 1, the init
+	// config is read too, and Run returns when the main process ends.
+	MainWait bool
 	// InitConfig is the path of the init config; "" means smartvm.init= from the kernel
 	// command line, else DefaultInitConfig.
 	InitConfig string
@@ -98,4 +109,14 @@ type Config struct {
 	// Stdout and Stderr, as PID 1, are where the entrypoint writes when the host has not
 	// attached to it; nil means the agent's own.
 	Stdout, Stderr io.Writer
+}
+
+// MainExitError is Run's result when the main process (Config.MainWait, not as PID 1) ended
+// with a non-zero exit code: 128+N for a signal N.
+type MainExitError struct {
+	Code int
+}
+
+func (e *MainExitError) Error() string {
+	return fmt.Sprintf("the main process exited with code %d", e.Code)
 }

@@ -1,11 +1,9 @@
 package agent
 
 import (
-	"bufio"
 	"debug/elf"
 	"encoding/json"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,32 +38,7 @@ func TestPID1Entrypoint(t *testing.T) {
 	if err := os.Chmod(filepath.Join(rootfs, "data"), 0o777); err != nil {
 		t.Fatal(err)
 	}
-	hostLn, err := net.Listen("unix", filepath.Join(rootfs, "host.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostLn.Close()
-	events := make(chan agentwire.Hello, 10)
-	go func() {
-		for {
-			conn, err := hostLn.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				sc := bufio.NewScanner(conn)
-				for sc.Scan() {
-					var h agentwire.Hello
-					if json.Unmarshal(sc.Bytes(), &h) == nil {
-						events <- h
-					}
-					_ = json.NewEncoder(conn).Encode(agentwire.TimeSync{UnixNano: time.Now().UnixNano()})
-				}
-			}()
-		}
-	}()
-
+	events := announceListener(t, filepath.Join(rootfs, "host.sock"))
 	a := startNSAgent(t, rootfs, "--config", "/init.json", "--announce", "unix:/host.sock")
 	if h := waitEvent(t, events); h.Event != "ready" || !h.PID1 {
 		t.Fatalf("first event %+v, want ready from PID 1", h)

@@ -18,7 +18,9 @@ import (
 )
 
 // Run runs the agent until ctx ends, a listener fails for good, or, as PID 1, the entrypoint
-// ends (then it powers the machine off and does not return unless that fails).
+// ends (then it powers the machine off and does not return unless that fails). With
+// cfg.MainWait, the entrypoint is the main process a Main call starts; not as PID 1, Run
+// returns once it has ended: nil for exit code 0, else a *MainExitError.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Log
 	if log == nil {
@@ -42,8 +44,28 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		setupNetwork(log, kernelCmdline())
 	}
+	if cfg.PID1 && kernelArg(kernelCmdline(), "smartvm.main") == "wait" {
+		cfg.MainWait = true
+	}
+	var main *mainProc
+	if cfg.MainWait {
+		if init == nil {
+			var err error
+			if init, err = loadInitConfig(cfg.InitConfig); err != nil {
+				return err
+			}
+		}
+		main = newMainProc(init)
+	}
 	procs := newReaper(cfg.PID1)
 	srv := newServer(log, procs, version())
+	srv.main = main
+	if cfg.Stdout != nil {
+		srv.console[0] = cfg.Stdout
+	}
+	if cfg.Stderr != nil {
+		srv.console[1] = cfg.Stderr
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -77,6 +99,27 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		host = &announcer{dial: dial, syncClock: cfg.Announce == "vsock", log: log, pid1: cfg.PID1, onReset: onReset, events: make(chan agentwire.Hello, 1), acked: make(chan struct{}, 1)}
 		go host.run(ctx)
+	}
+	if main != nil {
+		log.Info("waiting for the host to start the main process")
+		code, ok := waitMain(ctx, log, main, cfg.PID1)
+		if !ok {
+			return nil // ctx ended
+		}
+		if cfg.PID1 {
+			stopAll(procs)
+		}
+		if host != nil {
+			host.report(code)
+		}
+		if !cfg.PID1 {
+			if code != 0 {
+				return &MainExitError{Code: code}
+			}
+			return nil
+		}
+		powerOff(log)
+		return fmt.Errorf("the main process exited with %d, and power-off failed", code)
 	}
 	if init != nil && len(init.Args()) > 0 {
 		code := runEntrypoint(ctx, log, procs, init, cfg)

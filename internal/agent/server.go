@@ -30,15 +30,21 @@ type Server struct {
 	pid1    bool
 	started time.Time
 	handler http.Handler
+	// main is the main process a Main call starts; nil when the agent does not wait for one.
+	main *mainProc
+	// console is where a main process writes once no call streams its output (stdout,
+	// stderr).
+	console [2]io.Writer
 }
 
 // newServer returns a server whose commands are started and waited for by procs.
 func newServer(log *slog.Logger, procs *reaper, version string) *Server {
-	s := &Server{log: log, procs: procs, version: version, pid1: procs.pid1, started: time.Now()}
+	s := &Server{log: log, procs: procs, version: version, pid1: procs.pid1, started: time.Now(), console: [2]io.Writer{os.Stdout, os.Stderr}}
 	// No gzip: the transport is local, where compressing output costs far more than it saves.
 	opts := connect.WithHandlerOptions(connect.WithCodec(agentwire.Codec{}), connect.WithCompression("gzip", nil, nil), connect.WithReadMaxBytes(agentwire.MaxMessage))
 	mux := http.NewServeMux()
 	mux.Handle(agentwire.ProcExec, connect.NewBidiStreamHandler(agentwire.ProcExec, s.exec, opts))
+	mux.Handle(agentwire.ProcMain, connect.NewBidiStreamHandler(agentwire.ProcMain, s.mainCall, opts))
 	mux.Handle(agentwire.ProcUpload, connect.NewClientStreamHandler(agentwire.ProcUpload, s.upload, opts))
 	mux.Handle(agentwire.ProcDownload, connect.NewServerStreamHandler(agentwire.ProcDownload, s.download, opts))
 	mux.Handle(agentwire.ProcStat, connect.NewUnaryHandler(agentwire.ProcStat, s.stat, opts))

@@ -48,6 +48,7 @@ func ParseAddr(addr string) (DialFunc, error) {
 type Client struct {
 	tr, bulk *http.Transport
 	exec     *connect.Client[ExecIn, ExecOut]
+	main     *connect.Client[ExecIn, ExecOut]
 	upload   *connect.Client[UploadIn, UploadResult]
 	download *connect.Client[DownloadRequest, Chunk]
 	stat     *connect.Client[PathRequest, FileInfo]
@@ -95,6 +96,7 @@ func NewClient(dial DialFunc) *Client {
 		tr:       tr,
 		bulk:     bulk,
 		exec:     connect.NewClient[ExecIn, ExecOut](hc, base+ProcExec, opts...),
+		main:     connect.NewClient[ExecIn, ExecOut](hc, base+ProcMain, opts...),
 		upload:   connect.NewClient[UploadIn, UploadResult](bulkClient, base+ProcUpload, opts...),
 		download: connect.NewClient[DownloadRequest, Chunk](bulkClient, base+ProcDownload, opts...),
 		stat:     connect.NewClient[PathRequest, FileInfo](hc, base+ProcStat, opts...),

@@ -19,6 +19,7 @@ type ExecIO struct {
 
 // Process is a command started by Exec.
 type Process struct {
+	op     string // "exec" or "main process", for errors
 	pid    int
 	stream *connect.BidiStreamForClient[ExecIn, ExecOut]
 	cancel context.CancelFunc
@@ -38,33 +39,70 @@ func (c *Client) Exec(ctx context.Context, start ExecStart, stdio ExecIO) (*Proc
 		return nil, errors.New("exec: no command")
 	}
 	start.Stdin = stdio.Stdin != nil
+	return c.startProcess(ctx, "exec", c.exec, &ExecIn{Start: &start}, stdio, false)
+}
+
+// Main starts the guest's main process (see MainStart) and returns once it runs, as Exec
+// does; start.Stdin is set from stdio. The agent accepts one Main call, and only when it
+// waits for one (MainWaitArg); otherwise the call fails with a *RemoteError. With
+// start.Detach, stdio is not used and the returned Process has ended (its ExitStatus is
+// zero unless the process could not start): the main process runs on with the guest's console.
+// Unlike Exec, a call that ends early leaves the main process running, its output going to the
+// guest's console.
+func (c *Client) Main(ctx context.Context, start MainStart, stdio ExecIO) (*Process, error) {
+	if start.Detach {
+		stdio = ExecIO{}
+	}
+	start.Stdin = stdio.Stdin != nil
+	if err := start.Check(); err != nil {
+		return nil, fmt.Errorf("main process: %w", err)
+	}
+	return c.startProcess(ctx, "main process", c.main, &ExecIn{Main: &start}, stdio, start.Detach)
+}
+
+// startProcess makes the call of Exec or Main: it sends first and waits for the process to
+// start. With detach, the call ends there.
+func (c *Client) startProcess(ctx context.Context, op string, client *connect.Client[ExecIn, ExecOut], first *ExecIn, stdio ExecIO, detach bool) (*Process, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	p := &Process{stream: c.exec.CallBidiStream(ctx), cancel: cancel, done: make(chan struct{})}
+	p := &Process{op: op, stream: client.CallBidiStream(ctx), cancel: cancel, done: make(chan struct{})}
 	// HTTP/2 notices a cancelled call only once the request body ends: end it then.
 	context.AfterFunc(ctx, func() {
 		p.sendMu.Lock()
 		_ = p.stream.CloseRequest()
 		p.sendMu.Unlock()
 	})
-	if err := p.send(&ExecIn{Start: &start}); err != nil {
+	if err := p.send(first); err != nil {
 		cancel()
 		return nil, p.recvError(err)
 	}
-	first, err := p.stream.Receive()
+	reply, err := p.stream.Receive()
 	if err != nil {
 		cancel()
 		return nil, p.recvError(err)
 	}
 	switch {
-	case first.Started != nil:
-		p.pid = first.Started.PID
-	case first.Exit != nil:
-		p.status = *first.Exit
+	case reply.Started != nil:
+		p.pid = reply.Started.PID
+		if detach {
+			// End the request; the agent then ends the call.
+			p.sendMu.Lock()
+			_ = p.stream.CloseRequest()
+			p.sendMu.Unlock()
+			for {
+				if _, err := p.stream.Receive(); err != nil {
+					break
+				}
+			}
+			p.finish(nil)
+			return p, nil
+		}
+	case reply.Exit != nil:
+		p.status = *reply.Exit
 		p.finish(nil)
 		return p, nil
 	default:
 		cancel()
-		return nil, errors.New("exec: the agent sent output before the command started")
+		return nil, fmt.Errorf("%s: the agent sent output before the command started", op)
 	}
 	// The request side stays open after stdin ends: signals and resizes travel on it.
 	if stdio.Stdin != nil {
@@ -84,7 +122,7 @@ func (p *Process) recvError(err error) error {
 			err = io.ErrUnexpectedEOF
 		}
 	}
-	return callError("exec", "", err)
+	return callError(p.op, "", err)
 }
 
 // PID is the command's process id in the guest; 0 when it did not start.
@@ -116,7 +154,7 @@ func (p *Process) receive(stdout, stderr io.Writer) {
 		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) && exit == nil && err == nil {
-				err = callError("exec", "", rerr)
+				err = callError(p.op, "", rerr)
 			}
 			break
 		}
@@ -131,13 +169,13 @@ func (p *Process) receive(stdout, stderr io.Writer) {
 		if w != nil && len(m.Data) > 0 && err == nil {
 			if _, werr := w.Write(m.Data); werr != nil {
 				// Stop reading: the agent's writes block, then the call ends.
-				err = fmt.Errorf("exec: write output: %w", werr)
+				err = fmt.Errorf("%s: write output: %w", p.op, werr)
 				p.cancel()
 			}
 		}
 	}
 	if err == nil && exit == nil {
-		err = callError("exec", "", io.ErrUnexpectedEOF)
+		err = callError(p.op, "", io.ErrUnexpectedEOF)
 	}
 	if exit != nil {
 		p.status = *exit
@@ -164,11 +202,11 @@ func (p *Process) Resize(rows, cols uint16) error {
 func (p *Process) control(m *ExecIn) error {
 	select {
 	case <-p.done:
-		return errors.New("exec: the command has ended")
+		return fmt.Errorf("%s: the command has ended", p.op)
 	default:
 	}
 	if err := p.send(m); err != nil {
-		return fmt.Errorf("exec: %w", err)
+		return fmt.Errorf("%s: %w", p.op, err)
 	}
 	return nil
 }

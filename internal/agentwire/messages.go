@@ -23,6 +23,7 @@ const (
 	ProcMkdir    = "/" + Service + "/Mkdir"
 	ProcRemove   = "/" + Service + "/Remove"
 	ProcHealth   = "/" + Service + "/Health"
+	ProcMain     = "/" + Service + "/Main"
 )
 
 // ExecStart is the first message of an Exec call: what to run.
@@ -46,10 +47,11 @@ type ExecStart struct {
 	Stdin bool `json:"stdin,omitempty"`
 }
 
-// ExecIn is a message from the client in an Exec call. The first one has Start; later ones
-// carry stdin bytes, the end of stdin, a signal or a window size.
+// ExecIn is a message from the client in an Exec or Main call. The first one has Start (Exec)
+// or Main (Main); later ones carry stdin bytes, the end of stdin, a signal or a window size.
 type ExecIn struct {
 	Start      *ExecStart `json:"start,omitempty"`
+	Main       *MainStart `json:"main,omitempty"`
 	CloseStdin bool       `json:"close_stdin,omitempty"`
 	// Signal is a signal number to send to the command (its process group with a TTY).
 	Signal int      `json:"signal,omitempty"`

@@ -1,0 +1,105 @@
+package agentwire
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MainWaitArg is the kernel command line argument that makes the agent, as PID 1, wait for
+// a Main call before it starts the init config's entrypoint, so that the host is attached
+// before the main process writes anything.
+const MainWaitArg = "smartvm.main=wait"
+
+// Bounds of a MainStart: the host is not trusted by the agent, and the kernel refuses larger
+// command lines anyway (MAX_ARG_STRLEN is 128 KiB, ARG_MAX about 2 MiB).
+const (
+	// MaxMainArgs is the most entries Entrypoint and Cmd hold together.
+	MaxMainArgs = 4096
+	// MaxMainEnv is the most Env entries.
+	MaxMainEnv = 4096
+	// MaxMainString is the most bytes of one argument, environment entry, Dir or User.
+	MaxMainString = 128 << 10
+	// MaxMainTotal is the most bytes of all the strings together.
+	MaxMainTotal = 1 << 20
+)
+
+// MainStart is the first message of a Main call: it starts the guest's main process, the
+// command of the agent's init config (an OCI image's Entrypoint and Cmd), with the host's
+// overrides, as docker run does. Everything not set keeps the init config's value.
+type MainStart struct {
+	// Entrypoint, when not nil, replaces the init config's entrypoint, and the config's Cmd
+	// is dropped (as docker run --entrypoint does); an empty list clears it.
+	Entrypoint *[]string `json:"entrypoint,omitempty"`
+	// Cmd, when not empty, replaces the init config's Cmd.
+	Cmd []string `json:"cmd,omitempty"`
+	// Env holds KEY=VALUE entries added to the init config's environment, later ones
+	// winning.
+	Env []string `json:"env,omitempty"`
+	// Dir replaces the init config's working directory when not empty.
+	Dir string `json:"dir,omitempty"`
+	// User replaces the init config's user when not empty: a name, a uid, or user:group.
+	User string `json:"user,omitempty"`
+	// TTY, Rows, Cols and Stdin are as in ExecStart.
+	TTY  bool   `json:"tty,omitempty"`
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
+	// Stdin says that the client will send stdin; without it the process reads /dev/null.
+	Stdin bool `json:"stdin,omitempty"`
+	// Detach gives the process the agent's own stdio (the guest's console) and ends the call
+	// once it runs: nothing is streamed, and its exit code is reported only on HostPort.
+	Detach bool `json:"detach,omitempty"`
+}
+
+// Check checks the bounds of m: counts, sizes, NUL bytes and the form of Env entries.
+func (m *MainStart) Check() error {
+	total := 0
+	str := func(what, s string) error {
+		total += len(s)
+		switch {
+		case len(s) > MaxMainString:
+			return fmt.Errorf("%s is %d bytes long: at most %d are allowed", what, len(s), MaxMainString)
+		case strings.IndexByte(s, 0) >= 0:
+			return fmt.Errorf("%s contains a NUL byte", what)
+		}
+		return nil
+	}
+	var args []string
+	if m.Entrypoint != nil {
+		args = append(args, *m.Entrypoint...)
+	}
+	args = append(args, m.Cmd...)
+	if len(args) > MaxMainArgs {
+		return fmt.Errorf("the command has %d arguments: at most %d are allowed", len(args), MaxMainArgs)
+	}
+	if len(m.Env) > MaxMainEnv {
+		return fmt.Errorf("%d environment variables: at most %d are allowed", len(m.Env), MaxMainEnv)
+	}
+	for i, a := range args {
+		if err := str(fmt.Sprintf("argument %d", i), a); err != nil {
+			return err
+		}
+	}
+	for _, kv := range m.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("environment entry %.40q: want KEY=VALUE", kv)
+		}
+		if err := str("environment variable "+k, kv); err != nil {
+			return err
+		}
+	}
+	if err := str("the working directory", m.Dir); err != nil {
+		return err
+	}
+	if err := str("the user", m.User); err != nil {
+		return err
+	}
+	if total > MaxMainTotal {
+		return fmt.Errorf("the command, environment, directory and user take %d bytes: at most %d are allowed", total, MaxMainTotal)
+	}
+	if m.Detach && (m.Stdin || m.TTY) {
+		return errors.New("a detached main process has the console as its stdio: no stdin or TTY from the client")
+	}
+	return nil
+}
