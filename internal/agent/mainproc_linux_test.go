@@ -309,21 +309,7 @@ func TestPID1Main(t *testing.T) {
 		Cmd:        []string{"touch /data/started-by-image-cmd"},
 		Env:        []string{"GREETING=hello"},
 	}
-	data, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(rootfs, "init.json"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(filepath.Join(rootfs, "data"), 0o777); err != nil {
-		t.Fatal(err)
-	}
-	events := announceListener(t, filepath.Join(rootfs, "host.sock"))
-	a := startNSAgent(t, rootfs, "--config", "/init.json", "--announce", "unix:/host.sock", "--wait-main")
-	if h := waitEvent(t, events); h.Event != "ready" || !h.PID1 {
-		t.Fatalf("first event %+v, want ready from PID 1", h)
-	}
+	a, events := startPID1(t, rootfs, cfg, "--wait-main")
 	out := newLineWriter()
 	p, err := a.client.Main(t.Context(), agentwire.MainStart{
 		Cmd:  []string{`ls /data; tty >/dev/null && echo tty; echo "$GREETING $EXTRA from $PWD as $(id -u)"; read x; echo "read $x"; exit 3`},

@@ -28,21 +28,7 @@ func TestPID1Entrypoint(t *testing.T) {
 		User:       "tester",
 		Hostname:   "guest1",
 	}
-	data, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(rootfs, "init.json"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(filepath.Join(rootfs, "data"), 0o777); err != nil {
-		t.Fatal(err)
-	}
-	events := announceListener(t, filepath.Join(rootfs, "host.sock"))
-	a := startNSAgent(t, rootfs, "--config", "/init.json", "--announce", "unix:/host.sock")
-	if h := waitEvent(t, events); h.Event != "ready" || !h.PID1 {
-		t.Fatalf("first event %+v, want ready from PID 1", h)
-	}
+	a, events := startPID1(t, rootfs, cfg)
 	if err := os.WriteFile(filepath.Join(rootfs, "data/go"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -111,4 +97,27 @@ func TestStaticBinary(t *testing.T) {
 	if err := exec.Command(bin, "--listen", "bogus:x").Run(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
 		t.Errorf("smartvm-agent with a bad address: %v, want exit code 1", err)
 	}
+}
+
+// startPID1 writes cfg to rootfs/init.json, starts the agent as PID 1 with it and extra
+// arguments, announcing to a socket whose events it returns, and waits for it to be ready.
+// /data is writable by all.
+func startPID1(t *testing.T, rootfs string, cfg InitConfig, args ...string) (*nsAgent, <-chan agentwire.Hello) {
+	t.Helper()
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "init.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(rootfs, "data"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	events := announceListener(t, filepath.Join(rootfs, "host.sock"))
+	a := startNSAgent(t, rootfs, append([]string{"--config", "/init.json", "--announce", "unix:/host.sock"}, args...)...)
+	if h := waitEvent(t, events); h.Event != "ready" || !h.PID1 {
+		t.Fatalf("first event %+v, want ready from PID 1", h)
+	}
+	return a, events
 }
