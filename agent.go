@@ -17,6 +17,10 @@ const (
 	AgentHostPort = agentwire.HostPort
 )
 
+// AgentMainBootArg is the kernel command line argument that makes the agent, as the guest's
+// init, wait for the host to start the main process (MachineSpec.AgentMain).
+const AgentMainBootArg = agentwire.MainWaitArg
+
 // Agent is a client of a guest agent (smartvm-agent): it runs commands and copies files in the
 // guest. Its calls share one connection, opened on first use and again when it breaks. An Agent
 // is safe for concurrent use; Close releases its connection.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -258,5 +259,92 @@ func TestWatchAgentEvents(t *testing.T) {
 	want := []AgentEvent{{Kind: "ready", Version: "v1", PID1: true}, {Kind: "exit", ExitCode: 3}}
 	if fmt.Sprint(events) != fmt.Sprint(want) {
 		t.Errorf("events %+v, want %+v", events, want)
+	}
+}
+
+// mainAgent runs an agent in this process that waits for its main process, running init
+// (an OCI image's config), and returns its socket and
+// the channel Run's result comes on.
+func mainAgent(t *testing.T, init agent.InitConfig, console io.Writer) (string, <-chan error) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- agent.Run(ctx, agent.Config{Listen: []string{"unix:" + sock}, MainWait: true, Init: &init, Stdout: console, Stderr: console})
+	}()
+	t.Cleanup(func() { cancel() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return sock, done
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent does not listen")
+		}
+	}
+}
+
+// TestMachineMainCommand starts a VM's main process through its vsock device (the fake
+// Firecracker relays the agent's port to an agent on this host) with overrides and attached
+// stdio, and gets its exit code.
+func TestMachineMainCommand(t *testing.T) {
+	sock, done := mainAgent(t, agent.InitConfig{Entrypoint: []string{"sh", "-c"}, Cmd: []string{"echo image cmd"}, Env: []string{"FROM=image"}}, io.Discard)
+	t.Setenv(fakefc.EnvVsockForward, fmt.Sprintf("%d=%s", AgentPort, sock))
+	mgr, _, kernel := fakeSetup(t)
+	spec := guestSpec(kernel, testguest.ModeVsockEcho)
+	spec.AgentMain = true
+	if _, err := mgr.Start(t.Context(), spec); err == nil || !strings.Contains(err.Error(), "agent_main") {
+		t.Errorf("Start with agent_main and no vsock: %v, want a refusal", err)
+	}
+	spec.Vsock = &VsockSpec{CID: 3}
+	m := start(t, mgr, spec)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	c := m.MainCommand(ctx, `cat; echo "$FROM $ADDED $PWD" >&2; exit 9`)
+	c.Env, c.Dir = []string{"ADDED=host"}, dir
+	c.Stdin = strings.NewReader("from stdin\n")
+	var stdout, stderr strings.Builder
+	c.Stdout, c.Stderr = &stdout, &stderr
+	err := c.Run()
+	var ee *CommandExitError
+	if !errors.As(err, &ee) || ee.Code != 9 || stdout.String() != "from stdin\n" || stderr.String() != "image host "+dir+"\n" {
+		t.Errorf("main: %v, stdout %q, stderr %q; want exit code 9", err, stdout.String(), stderr.String())
+	}
+	var me *agent.MainExitError
+	if err := <-done; !errors.As(err, &me) || me.Code != 9 {
+		t.Errorf("agent: %v, want the main process's exit code 9", err)
+	}
+}
+
+// TestMainCommandDetached: a detached main process writes to the guest's console and the
+// call returns once it runs; a second start is refused.
+func TestMainCommandDetached(t *testing.T) {
+	var console syncBuffer
+	a, _ := localAgent(t)
+	err := a.MainCommand(t.Context()).StartDetached()
+	if err == nil || !strings.Contains(err.Error(), AgentMainBootArg) {
+		t.Errorf("MainCommand of an agent not waiting for one: %v", err)
+	}
+	sock, done := mainAgent(t, agent.InitConfig{Entrypoint: []string{"false"}, Cmd: []string{"image", "args"}}, &console)
+	b, err := DialAgent("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c := b.MainCommand(t.Context(), "-c", "echo to the console $0")
+	c.Entrypoint = []string{"sh"}
+	if err := c.StartDetached(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(); err != nil {
+		t.Errorf("Wait of a detached main: %v", err)
+	}
+	if err := <-done; err != nil || string(console.bytes()) != "to the console sh\n" {
+		t.Errorf("agent: %v, console %q", err, console.bytes())
+	}
+	if err := b.Command(t.Context(), "true").StartDetached(); err == nil {
+		t.Error("StartDetached of an exec command succeeded")
 	}
 }

@@ -33,6 +33,16 @@ func (m *Machine) Command(ctx context.Context, name string, args ...string) *Cmd
 	return c
 }
 
+// MainCommand returns a Cmd that starts the VM's main process through its agent (see
+// Agent.MainCommand and MachineSpec.AgentMain), with a connection of its own that is closed
+// when the command ends. Until the agent answers (the guest may still be booting), the call
+// keeps trying, as Agent's calls do; ctx bounds the whole call.
+func (m *Machine) MainCommand(ctx context.Context, args ...string) *Cmd {
+	c := m.Agent().MainCommand(ctx, args...)
+	c.ownAgent = true
+	return c
+}
+
 // AgentEvent is what the guest agent reports on AgentHostPort.
 type AgentEvent struct {
 	// Kind is "ready" (the agent serves: at start and after a snapshot restore) or "exit"

@@ -33,7 +33,13 @@ type Cmd struct {
 	Stdin io.Reader
 	// Stdout and Stderr receive the command's output. Zero value: discarded.
 	Stdout, Stderr io.Writer
+	// Entrypoint is for a main command (MainCommand) only: when not nil, it replaces the
+	// image's entrypoint, and the image's Cmd is dropped, as with docker run --entrypoint; an
+	// empty, non-nil list clears it. Zero value: the image's entrypoint.
+	Entrypoint []string
 
+	// main makes it the guest's main process (MainCommand).
+	main  bool
 	ctx   context.Context
 	agent *Agent
 	// ownAgent closes agent when the command ends (Machine.Command).
@@ -46,6 +52,20 @@ type Cmd struct {
 // command: when it ends, the command is killed in the guest.
 func (a *Agent) Command(ctx context.Context, name string, args ...string) *Cmd {
 	return &Cmd{Args: append([]string{name}, args...), ctx: ctx, agent: a}
+}
+
+// MainCommand returns a Cmd that starts the guest's main process: the command the agent,
+// as the guest's init, waits to run (see MachineSpec.AgentMain): an OCI image's Entrypoint
+// and Cmd, with its Env, WorkingDir and User. The Cmd's fields override them, as docker run's
+// flags do: Args (when not empty) replace the image's Cmd, Entrypoint its entrypoint, Env is
+// added to its environment, and Dir and User (when not empty) replace its own. ctx bounds
+// the call: when it ends, the call ends (Wait fails) but the main process runs on, writing to
+// the guest's console. The VM powers off when the main process ends.
+//
+// The agent starts one main process: a second Start fails, as does one for a guest not
+// booted with MachineSpec.AgentMain.
+func (a *Agent) MainCommand(ctx context.Context, args ...string) *Cmd {
+	return &Cmd{Args: args, ctx: ctx, agent: a, main: true}
 }
 
 // CommandExitError reports a command that did not exit with code 0: its exit code, the
@@ -81,11 +101,53 @@ func (c *Cmd) Start() error {
 		return errors.New("smartvm: Cmd already started")
 	case c.agent == nil:
 		return errors.New("smartvm: Cmd not made by Agent.Command")
-	case len(c.Args) == 0:
+	case len(c.Args) == 0 && !c.main:
 		return errors.New("smartvm: Cmd has no command")
 	}
-	start := agentwire.ExecStart{Args: c.Args, Env: c.Env, Dir: c.Dir, User: c.User, TTY: c.TTY, Rows: c.Rows, Cols: c.Cols}
-	p, err := c.agent.c.Exec(c.ctx, start, agentwire.ExecIO{Stdin: c.Stdin, Stdout: c.Stdout, Stderr: c.Stderr})
+	return c.start(false)
+}
+
+// StartDetached starts a main command (MainCommand) with the guest's console as its stdio,
+// so that its output goes to the VM's serial console (Stdin, Stdout, Stderr and TTY are not
+// used), and returns once it runs. Wait then returns at once: the main process's exit code is
+// reported only to WatchAgent, and the VM powers off when it ends. A command that could not
+// start gives a *CommandExitError.
+func (c *Cmd) StartDetached() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.proc != nil:
+		return errors.New("smartvm: Cmd already started")
+	case c.agent == nil || !c.main:
+		return errors.New("smartvm: StartDetached needs a Cmd made by MainCommand")
+	}
+	if err := c.start(true); err != nil {
+		return err
+	}
+	if c.ownAgent {
+		c.agent.Close()
+	}
+	if st, _ := c.proc.Wait(); st.Code != 0 || st.Error != "" {
+		return &CommandExitError{Code: st.Code, Reason: st.Error}
+	}
+	return nil
+}
+
+// start makes the agent call; c.mu is held.
+func (c *Cmd) start(detach bool) error {
+	stdio := agentwire.ExecIO{Stdin: c.Stdin, Stdout: c.Stdout, Stderr: c.Stderr}
+	var p *agentwire.Process
+	var err error
+	if c.main {
+		start := agentwire.MainStart{Cmd: c.Args, Env: c.Env, Dir: c.Dir, User: c.User, TTY: c.TTY, Rows: c.Rows, Cols: c.Cols, Detach: detach}
+		if c.Entrypoint != nil {
+			start.Entrypoint = &c.Entrypoint
+		}
+		p, err = c.agent.c.Main(c.ctx, start, stdio)
+	} else {
+		start := agentwire.ExecStart{Args: c.Args, Env: c.Env, Dir: c.Dir, User: c.User, TTY: c.TTY, Rows: c.Rows, Cols: c.Cols}
+		p, err = c.agent.c.Exec(c.ctx, start, stdio)
+	}
 	if err != nil {
 		if c.ownAgent {
 			c.agent.Close()

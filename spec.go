@@ -152,6 +152,12 @@ type MachineSpec struct {
 	// changed. The host reaches the agent over a vsock device (Vsock). False (the default):
 	// nothing is installed.
 	Agent bool `json:"agent,omitempty"`
+	// AgentMain says that the guest's init is the agent (as in an OCI image's bundle) and
+	// makes it wait for the host before it starts the image's main process: Start adds
+	// AgentMainBootArg to the kernel command line, and Machine.MainCommand then starts the
+	// main process with overrides and attached stdio. It needs a vsock device (Vsock). False
+	// (the default): the guest's init runs what it runs by itself.
+	AgentMain bool `json:"agent_main,omitempty"`
 
 	// Network asks smartvm to create the VM's network before boot and remove it at cleanup:
 	// a TAP device per NIC with a /30 from the pool, optionally NAT and a network namespace of
@@ -659,6 +665,9 @@ func (s MachineSpec) driveProblems() []error {
 		if d.IOEngine != "" && d.IOEngine != fcapi.IOEngineSync && d.IOEngine != fcapi.IOEngineAsync {
 			add("%s: io_engine %q: use Sync or Async", label, d.IOEngine)
 		}
+	}
+	if s.AgentMain && s.Vsock == nil {
+		add("agent_main: the host starts the main process through the agent, over vsock: add a vsock device")
 	}
 	if s.Agent && !s.UsesBaseImage() {
 		switch root := rootDrive(s.Drives); {

@@ -329,3 +329,20 @@ func TestAPIPayloadLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentMainBootArg: a spec with AgentMain boots with the argument that makes the agent
+// wait for its main process, after the image's or the spec's own arguments.
+func TestAgentMainBootArg(t *testing.T) {
+	for _, tc := range []struct {
+		spec MachineSpec
+		want string
+	}{
+		{MachineSpec{Kernel: "/k", BootArgs: "console=ttyS0 init=/sbin/smartvm-agent", AgentMain: true}, "console=ttyS0 init=/sbin/smartvm-agent " + AgentMainBootArg},
+		{MachineSpec{Kernel: "/k", BootArgs: "console=ttyS0"}, "console=ttyS0"},
+	} {
+		s := &starter{spec: tc.spec}
+		if got := s.vmConfig(nil).BootSource.BootArgs; got != tc.want {
+			t.Errorf("boot args %q, want %q", got, tc.want)
+		}
+	}
+}

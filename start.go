@@ -614,6 +614,9 @@ func (s *starter) vmConfig(drives []fcapi.Drive) fcapi.VMConfig {
 	if s.net != nil && s.net.BootArgs != "" {
 		boot.BootArgs = strings.TrimSpace(boot.BootArgs + " " + s.net.BootArgs)
 	}
+	if sp.AgentMain {
+		boot.BootArgs = strings.TrimSpace(boot.BootArgs + " " + AgentMainBootArg)
+	}
 	cfg := fcapi.VMConfig{
 		BootSource:    &boot,
 		MachineConfig: &fcapi.MachineConfig{VCPUCount: sp.VCPUs, MemSizeMiB: sp.MemoryMiB, SMT: sp.SMT, HugePages: sp.HugePages, CPUTemplate: sp.CPUTemplate},

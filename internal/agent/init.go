@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+
+	"github.com/smartvm/smartvm/internal/agentwire"
 )
 
 // DefaultInitConfig is where the agent, as PID 1, reads its init config unless the kernel
@@ -76,4 +78,10 @@ func kernelArg(cmdline, key string) string {
 		}
 	}
 	return v
+}
+
+// mainWaitArg reports whether cmdline has agentwire.MainWaitArg (the last smartvm.main= wins).
+func mainWaitArg(cmdline string) bool {
+	key, value, _ := strings.Cut(agentwire.MainWaitArg, "=")
+	return kernelArg(cmdline, key) == value
 }

@@ -101,6 +101,8 @@ type Config struct {
 	// As PID 1 the kernel argument smartvm.main=wait sets it too. Not as PID 1, the init
 	// config is read too, and Run returns when the main process ends.
 	MainWait bool
+	// Init is the init config; nil reads it from the file InitConfig names.
+	Init *InitConfig
 	// InitConfig is the path of the init config; "" means smartvm.init= from the kernel
 	// command line, else DefaultInitConfig.
 	InitConfig string

@@ -103,18 +103,10 @@ type mainAgent struct {
 func startMainAgent(t *testing.T, init InitConfig, wait bool) *mainAgent {
 	t.Helper()
 	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "init.json")
-	data, err := json.Marshal(init)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cfgPath, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	sock := filepath.Join(dir, "agent.sock")
 	a := &mainAgent{console: &testutil.SyncBuffer{}, done: make(chan error, 1), dir: dir}
 	ctx, cancel := context.WithCancel(context.Background())
-	cfg := Config{Listen: []string{"unix:" + sock}, MainWait: wait, InitConfig: cfgPath, Stdout: a.console, Stderr: a.console}
+	cfg := Config{Listen: []string{"unix:" + sock}, MainWait: wait, Init: &init, Stdout: a.console, Stderr: a.console}
 	go func() { a.done <- Run(ctx, cfg) }()
 	t.Cleanup(func() {
 		cancel()
@@ -379,4 +371,18 @@ func announceListener(t *testing.T, path string) <-chan agentwire.Hello {
 		}
 	}()
 	return events
+}
+
+func TestMainWaitArg(t *testing.T) {
+	t.Parallel()
+	for cmdline, want := range map[string]bool{
+		"console=ttyS0 " + agentwire.MainWaitArg:    true,
+		"console=ttyS0":                             false,
+		agentwire.MainWaitArg + " smartvm.main=run": false,
+		"smartvm.main=waiting":                      false,
+	} {
+		if got := mainWaitArg(cmdline); got != want {
+			t.Errorf("mainWaitArg(%q) = %v, want %v", cmdline, got, want)
+		}
+	}
 }

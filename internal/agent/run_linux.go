@@ -33,7 +33,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.PID1 {
 		setupSystem(log)
 		var err error
-		if init, err = loadInitConfig(cfg.InitConfig); err != nil {
+		if init, err = cfg.initConfig(); err != nil {
 			// An init that exits panics the kernel: report the problem and power off.
 			log.Error("init config", "err", err)
 			powerOff(log)
@@ -44,14 +44,14 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		setupNetwork(log, kernelCmdline())
 	}
-	if cfg.PID1 && kernelArg(kernelCmdline(), "smartvm.main") == "wait" {
+	if cfg.PID1 && mainWaitArg(kernelCmdline()) {
 		cfg.MainWait = true
 	}
 	var main *mainProc
 	if cfg.MainWait {
 		if init == nil {
 			var err error
-			if init, err = loadInitConfig(cfg.InitConfig); err != nil {
+			if init, err = cfg.initConfig(); err != nil {
 				return err
 			}
 		}
@@ -241,4 +241,12 @@ func (r *relistener) serve(ctx context.Context, srv *Server) error {
 			}
 		}
 	}
+}
+
+// initConfig is cfg.Init, else the init config read from cfg.InitConfig.
+func (cfg *Config) initConfig() (*InitConfig, error) {
+	if cfg.Init != nil {
+		return cfg.Init, nil
+	}
+	return loadInitConfig(cfg.InitConfig)
 }
