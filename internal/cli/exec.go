@@ -5,14 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/smartvm/smartvm"
 )
@@ -163,19 +159,9 @@ the user's home) and -u the user (a name, uid, or user:group; default root).`,
 }
 
 func (a *app) exec(ctx context.Context, o *execOptions, name string, command []string) error {
-	env := make([]string, 0, len(o.env))
-	for _, kv := range o.env {
-		if kv == "" || strings.HasPrefix(kv, "=") {
-			return usagef("-e %q: want K=V or K", kv)
-		}
-		if !strings.Contains(kv, "=") {
-			v, ok := a.lookupEnv(kv)
-			if !ok {
-				continue // as docker: a variable unset here is not passed
-			}
-			kv += "=" + v
-		}
-		env = append(env, kv)
+	env, err := a.envFlags(o.env)
+	if err != nil {
+		return err
 	}
 	ag, done, err := a.agent(ctx, &o.agentFlags, name)
 	if err != nil {
@@ -184,41 +170,13 @@ func (a *app) exec(ctx context.Context, o *execOptions, name string, command []s
 	defer done()
 
 	c := ag.Command(ctx, command[0], command[1:]...)
-	c.Env, c.Dir, c.User, c.TTY = env, o.dir, o.user, o.tty
-	c.Stdout, c.Stderr = a.stdout, a.stderr
-	if o.interactive {
-		c.Stdin = a.stdin
-	}
+	c.Env, c.Dir, c.User = env, o.dir, o.user
 	// With -t on a terminal: its size, raw mode with -i, and resizes as it changes.
-	var ttyFd = -1
-	if f, ok := a.stdin.(*os.File); ok && o.tty && term.IsTerminal(int(f.Fd())) {
-		ttyFd = int(f.Fd())
-		if w, h, err := term.GetSize(ttyFd); err == nil {
-			c.Cols, c.Rows = uint16(w), uint16(h)
-		}
-		if o.interactive {
-			old, err := term.MakeRaw(ttyFd)
-			if err != nil {
-				return fmt.Errorf("put the terminal in raw mode: %w", err)
-			}
-			defer func() { _ = term.Restore(ttyFd, old) }()
-		}
-	}
-	if err := c.Start(); err != nil {
+	restore, err := a.startAttached(c, o.tty, o.interactive)
+	if err != nil {
 		return err
 	}
-	if ttyFd >= 0 {
-		winch := make(chan os.Signal, 1)
-		signal.Notify(winch, syscall.SIGWINCH)
-		defer signal.Stop(winch)
-		go func() {
-			for range winch {
-				if w, h, err := term.GetSize(ttyFd); err == nil {
-					_ = c.Resize(uint16(h), uint16(w))
-				}
-			}
-		}()
-	}
+	defer restore()
 	return exitCodeOf(c.Wait())
 }
 

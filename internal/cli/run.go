@@ -50,6 +50,12 @@ type runFlags struct {
 	smt                         bool
 	jail                        jailFlags
 	rate                        rateFlags
+	// The main process of an image whose init is the agent (see mainPlan).
+	cmd                       []string
+	env                       []string
+	workdir, user, entrypoint string
+	entrypointSet             bool
+	tty, interactive, console bool
 	// changed reports whether the command line set a flag; nil: every flag counts as set.
 	// With --file, only the flags set override the file's spec.
 	changed func(name string) bool
@@ -75,6 +81,9 @@ type runPlan struct {
 	SerialLogLimit int64 `json:"serial_log_limit,omitempty"`
 	// WaitAgent waits, once the VM runs, until its guest agent says it is ready.
 	WaitAgent bool `json:"wait_agent,omitempty"`
+	// Main starts the main process of a VM whose init is the agent (Spec.AgentMain), once
+	// the VM runs; nil for other VMs.
+	Main *mainPlan `json:"main,omitempty"`
 }
 
 // managerOptions are the options of the manager that runs the plan's VM.
@@ -85,14 +94,17 @@ func (p runPlan) managerOptions() []smartvm.Option {
 func (a *app) newRunCmd() *cobra.Command {
 	var f runFlags
 	cmd := &cobra.Command{
-		Use:   "run [flags]",
+		Use:   "run [flags] [IMAGE] [-- CMD [ARG...]]",
 		Short: "Boot a VM",
-		Long: `Boot a VM and attach its serial console to this terminal.
+		Long: `Boot a VM and attach its serial console to this terminal, or, for an image whose
+init is smartvm-agent, its main process's stdio.
 
 What to boot:
   (nothing)                the default base image: $SMARTVM_BASE_IMAGE_MANIFEST_URL,
                            $SMARTVM_BASE_IMAGE_MANIFEST_PATH or $SMARTVM_BASE_IMAGE_PRESET
                            when set, else preset latest (pulled on first use)
+  IMAGE                    the same as --image IMAGE; flags come before it, and what
+                           follows it (after an optional --) is the main process's command
   --image latest|lts       a base image from Firecracker's CI bucket
   --image URL|PATH         the base image a manifest describes
   --image hello            the built-in test guest: prints a greeting and ends (no download)
@@ -129,6 +141,17 @@ Networking (needs root, or CAP_NET_ADMIN):
                            reaches it at 169.254.169.254 through its interfaces
 ps and inspect show the guest's address; 'smartvm ssh NAME' logs in to a base image's guest.
 
+The main process (images whose init is smartvm-agent, such as OCI images, or a spec with
+"agent_main": true), as with docker run: the agent starts it only once run is attached, and
+in the foreground its stdin, stdout and stderr are smartvm's (not the serial console's; use
+--console to see that instead); run exits with its exit code, and the VM powers off when it
+ends. CMD ARG... replace the image's Cmd, --entrypoint its entrypoint (and drops its Cmd; ""
+clears it), -e adds a variable (K=V, or K for its value here), -w sets the working
+directory, -u the user (name, uid, user:group). -i passes stdin, -t gives it a
+pseudo-terminal (-it: this terminal in raw mode). SIGINT and SIGTERM stop the VM, whose
+agent passes SIGTERM on to the main process. With --detach, its output goes to the serial
+console (see logs).
+
 --vsock gives the VM a virtio-vsock device: the lowest guest CID (3 or more) no other VM in
 the runtime root uses, and a host-side Unix socket in the VM's directory, which inspect shows
 as vsock_socket. Connect to it and send "CONNECT <port>\n" to reach a guest port (Firecracker
@@ -140,9 +163,12 @@ itself, in the background) owns the VM and cleans up when it ends; see ps, logs,
 
 When no firecracker binary is found, run installs the latest release into ~/.smartvm/bin as
 'smartvm setup' does, unless --no-install is given.`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
 			f.changed = cmd.Flags().Changed
+			if err := f.positional(args, cmd.ArgsLenAtDash()); err != nil {
+				return err
+			}
+			f.entrypointSet = cmd.Flags().Changed("entrypoint")
 			plan, err := a.planRun(f)
 			if err != nil {
 				return err
@@ -184,11 +210,39 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.BoolVar(&f.agent, "agent", false, "install smartvm-agent into the VM's private copy of its ext4 root filesystem, for exec and cp ($"+envAgentBin+", else smartvm itself when built static)")
 	fl.BoolVar(&f.waitAgent, "wait-agent", false, "return (or attach the console) only once the guest agent says it is ready, within "+agentReadyTimeout.String())
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run in the background and print the VM's name")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "main process: set an environment variable, K=V or K for its value here (repeatable)")
+	fl.StringVarP(&f.workdir, "workdir", "w", "", "main process: working directory in the guest (default: the image's)")
+	fl.StringVarP(&f.user, "user", "u", "", "main process: user to run as, a name, uid, or user:group (default: the image's)")
+	fl.StringVar(&f.entrypoint, "entrypoint", "", "main process: replace the image's entrypoint (and drop its Cmd); \"\" clears it")
+	fl.BoolVarP(&f.tty, "tty", "t", false, "main process: give it a pseudo-terminal")
+	fl.BoolVarP(&f.interactive, "interactive", "i", false, "main process: pass stdin to it")
+	fl.BoolVar(&f.console, "console", false, "main process: show the serial console instead of attaching its stdio")
+	cmd.Flags().SetInterspersed(false) // flags after IMAGE belong to CMD
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	registerRunCompletions(cmd)
 	addJailFlags(fl, &f.jail)
 	addRateFlags(fl, &f.rate)
 	return cmd
+}
+
+// positional reads run's arguments: [IMAGE] [--] [CMD ARG...]. Flags end at IMAGE, so
+// dash (the number of arguments before a --) is only set when -- comes before any IMAGE.
+func (f *runFlags) positional(args []string, dash int) error {
+	if dash >= 0 {
+		f.cmd = args[dash:]
+		return nil
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	if f.image != "" {
+		return usagef("give IMAGE or --image, not both")
+	}
+	f.image, f.cmd = args[0], args[1:]
+	if len(f.cmd) > 0 && f.cmd[0] == "--" {
+		f.cmd = f.cmd[1:]
+	}
+	return nil
 }
 
 // planRun turns the flags (and, without image flags, the environment) into a runPlan. With
@@ -330,6 +384,9 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 		if err := planMetadata(s, f.metadata); err != nil {
 			return p, err
 		}
+	}
+	if err := a.planMain(&p, f); err != nil {
+		return p, err
 	}
 	return p, nil
 }
@@ -756,6 +813,15 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 			return err // the deferred Close kills the VM
 		}
 		fmt.Fprintf(a.stderr, "smartvm: the agent of vm %s is ready\n", m.Name())
+	}
+	if mp := plan.Main; mp != nil {
+		if !mp.Console {
+			err := a.runMain(ctx, m, mp, notes)
+			return errors.Join(err, m.Close())
+		}
+		if err := startMainDetached(ctx, m, mp); err != nil {
+			return err // the deferred Close kills the VM
+		}
 	}
 	end, err := a.runConsole(ctx, m, consoleSession{
 		banner:     fmt.Sprintf("vm %s is running", m.Name()),

@@ -179,6 +179,15 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 			return err
 		}
 	}
+	if mp := req.Plan.Main; mp != nil {
+		if err := startMainDetached(ctx, m, mp); err != nil {
+			err = fmt.Errorf("start the main process: %w; the vm was stopped", err)
+			_ = m.Kill()
+			_ = m.Close()
+			report(superviseStatus{Error: err.Error()})
+			return err
+		}
+	}
 	report(superviseStatus{Name: m.Name(), PID: m.PID()})
 	// From now on nobody reads this process's errors: keep them with the VM. Best effort;
 	// when it fails (the VM has ended already), stderr stays /dev/null.
