@@ -189,13 +189,15 @@ func (s *Server) mainCall(ctx context.Context, stream *connect.BidiStream[agentw
 // waitMain waits for the main process to be started by a Main call and to end, and returns
 // its exit code; false when ctx ended first (the main process, if any, is killed). As PID 1,
 // SIGINT (Ctrl-Alt-Del) and SIGTERM are passed on to it as SIGTERM; one before it started
-// ends the wait with 128+N.
+// ends the wait with 128+N. As PID 1, both are ignored from its return on.
 func waitMain(ctx context.Context, log *slog.Logger, m *mainProc, pid1 bool) (int, bool) {
 	var sigs chan os.Signal
 	if pid1 {
 		sigs = make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-		defer signal.Stop(sigs)
+		// Once the main process has ended the machine goes down: a stop request (Ctrl-Alt-Del)
+		// that comes now must not end PID 1 before it has synced.
+		defer signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
 	}
 	for {
 		select {

@@ -7,11 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/mdlayher/vsock"
@@ -109,9 +107,6 @@ func Run(ctx context.Context, cfg Config) error {
 			return nil // ctx ended
 		}
 		if cfg.PID1 {
-			// The host may ask for a stop now (Ctrl-Alt-Del): the machine is going down
-			// already, and the signal must not end PID 1 before it has synced.
-			signal.Ignore(syscall.SIGINT, syscall.SIGTERM)
 			stopAll(procs)
 		}
 		if host != nil {
