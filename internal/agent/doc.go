@@ -1,7 +1,9 @@
 // Package agent is smartvm-agent, the program smartvm runs inside guests: it serves the agent
 // protocol (package agentwire) so that the host can run commands and copy files, and, started
 // as the guest's init (PID 1), it also sets the guest up, runs the configured entrypoint and
-// powers the VM off when that ends.
+// powers the VM off when that ends. In main-wait mode (the kernel argument
+// smartvm.main=wait, or --wait-main) it starts that entrypoint only when the host's Main call
+// asks, with the host's overrides and its stdio attached to the call.
 //
 // Transports: AF_VSOCK port agentwire.AgentPort by default, and Unix or TCP listeners when
 // asked (--listen). It never listens on the guest's network unless told to. With a vsock
