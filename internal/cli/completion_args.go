@@ -67,6 +67,8 @@ func registerRunCompletions(cmd *cobra.Command) {
 	_ = cmd.RegisterFlagCompletionFunc("image", func(_ *cobra.Command, _ []string, prefix string) ([]string, cobra.ShellCompDirective) {
 		return presetsFor(prefix), cobra.ShellCompDirectiveDefault
 	})
+	// IMAGE, the first argument, completes as --image does; after it comes the guest's command.
+	cmd.ValidArgsFunction = completeImageArg
 	_ = cmd.RegisterFlagCompletionFunc("boot-mode", fixedValues("api", "config-file"))
 	_ = cmd.RegisterFlagCompletionFunc("cpu-template", fixedValues("C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "none"))
 	_ = cmd.RegisterFlagCompletionFunc("huge-pages", fixedValues("2M", "transparent", "none"))

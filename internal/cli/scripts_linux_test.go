@@ -108,6 +108,9 @@ func TestCompletionWords(t *testing.T) {
 	if got := words("run", "--image", ""); !slices.Equal(got, []string{"latest", "lts", "hello"}) {
 		t.Errorf("run --image completes %q", got)
 	}
+	if got := words("run", "-d", "l"); !slices.Equal(got, []string{"latest", "lts"}) {
+		t.Errorf("run's IMAGE completes %q", got)
+	}
 	if got := words("run", "--image", "l"); !slices.Equal(got, []string{"latest", "lts"}) {
 		t.Errorf("run --image l completes %q", got)
 	}
