@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -187,7 +188,10 @@ func exitCodeOf(err error) error {
 		return err
 	}
 	if ee.Reason != "" {
-		return &exitError{code: ee.Code, msg: ee.Reason}
+		// The reason comes from the guest: no control characters reach the terminal.
+		var b strings.Builder
+		_, _ = (&terminalSafe{w: &b}).Write([]byte(ee.Reason))
+		return &exitError{code: ee.Code, msg: b.String()}
 	}
 	return &exitError{code: ee.Code}
 }

@@ -64,6 +64,10 @@ func TestExec(t *testing.T) {
 		t.Errorf("exec -i cat: code %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 	env.run(t, "exec", "--agent-addr", addr, "--", "no-such-command-anywhere").fails(t, 127, "no-such-command-anywhere: command not found")
+	// The guest's reason is shown with its control characters made harmless.
+	if r := env.run(t, "exec", "--agent-addr", addr, "--", "\x1b]0;title\x07x"); r.code != 127 || strings.ContainsAny(r.stderr, "\x1b\x07") || !strings.Contains(r.stderr, `\x1b]0;title\x07x: command not found`) {
+		t.Errorf("exec of a command named with escapes: code %d, stderr %q", r.code, r.stderr)
+	}
 	env.run(t, "exec", "-u", "no-such-user", "--agent-addr", addr, "--", "true").fails(t, 126, "no such user")
 	env.run(t, "exec", "--agent-addr", addr).fails(t, 2, "want a command")
 	env.run(t, "exec", "--agent-addr", "ftp:x", "--", "true").fails(t, 2, "want unix:PATH or tcp:HOST:PORT")
