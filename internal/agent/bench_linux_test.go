@@ -16,6 +16,12 @@ import (
 
 // benchAgent serves an agent (not as PID 1) in this process on a Unix socket.
 func benchAgent(b *testing.B) *agentwire.Client {
+	c, _ := benchServer(b)
+	return c
+}
+
+// benchServer is benchAgent that also returns the server.
+func benchServer(b *testing.B) (*agentwire.Client, *Server) {
 	b.Helper()
 	sock := filepath.Join(b.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", sock)
@@ -32,7 +38,24 @@ func benchAgent(b *testing.B) *agentwire.Client {
 	}
 	c := agentwire.NewClient(dial)
 	b.Cleanup(func() { c.Close(); cancel(); <-done })
-	return c
+	return c, srv
+}
+
+// BenchmarkMainTrue is the round trip of starting a main process (/bin/true, the image's
+// command) through a Main call, attached, until its exit status: compare BenchmarkExecTrue.
+func BenchmarkMainTrue(b *testing.B) {
+	c, srv := benchServer(b)
+	ctx := context.Background()
+	for b.Loop() {
+		srv.main = newMainProc(&InitConfig{Cmd: []string{"/bin/true"}}) // a fresh guest's
+		p, err := c.Main(ctx, agentwire.MainStart{}, agentwire.ExecIO{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if st, err := p.Wait(); err != nil || st.Code != 0 {
+			b.Fatalf("status %+v, err %v", st, err)
+		}
+	}
 }
 
 // BenchmarkExecTrue is the round trip of running /bin/true through the agent.
