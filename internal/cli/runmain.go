@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -120,6 +121,10 @@ const mainResultWait = 2 * time.Second
 // returns its exit code as an *exitError (nil for 0). SIGINT and SIGTERM (ctx) stop the VM,
 // which passes SIGTERM on to the main process. Once the main process has ended, the VM, which
 // powers off by itself, is stopped if it has not.
+//
+// The call can break while the VM runs on (a snapshot resets vsock connections): the main
+// process then writes to the serial console, and run waits for the exit code the agent also
+// reports on AgentHostPort, or for the VM to end.
 func (a *app) runMain(ctx context.Context, m *smartvm.Machine, mp *mainPlan, notes io.Writer) error {
 	ag := m.Agent()
 	defer ag.Close()
@@ -132,6 +137,8 @@ func (a *app) runMain(ctx context.Context, m *smartvm.Machine, mp *mainPlan, not
 		}
 		return err
 	}
+	exitCodes, stopWatch := watchExit(ctx, m)
+	defer stopWatch()
 	// The call is not bound to ctx: a stop request ends the main process through the VM.
 	c := mp.command(context.WithoutCancel(ctx), ag)
 	restore, err := a.startAttached(c, mp.TTY, mp.Stdin)
@@ -142,22 +149,76 @@ func (a *app) runMain(ctx context.Context, m *smartvm.Machine, mp *mainPlan, not
 	waited := make(chan error, 1)
 	go func() { waited <- c.Wait() }()
 	var mainErr, stopErr error
+	stopped := false
+	stop := func() {
+		fmt.Fprintf(notes, "smartvm: stopping vm %s\n", m.Name())
+		stopErr, stopped = stopMachine(ctx, m, stopGrace), true
+	}
 	select {
 	case mainErr = <-waited:
 	case <-ctx.Done():
-		fmt.Fprintf(notes, "smartvm: stopping vm %s\n", m.Name())
-		stopErr = stopMachine(ctx, m, stopGrace)
+		stop()
 		mainErr = awaitMain(waited, m)
 	case <-m.Done():
 		mainErr = awaitMain(waited, m)
 	}
-	if stopErr == nil {
+	if broken(mainErr) && !stopped && !done(m) {
+		fmt.Fprintf(notes, "smartvm: lost the main process's stdio (%s); it runs on, writing to the serial console ('smartvm logs %s')\n", mainErr, m.Name())
+		select {
+		case code := <-exitCodes:
+			mainErr = nil
+			if code != 0 {
+				mainErr = &smartvm.CommandExitError{Code: code}
+			}
+		case <-m.Done():
+		case <-ctx.Done():
+			stop()
+		}
+	}
+	if !stopped {
+		// The agent powers the VM off after the main process; this is in case it does not.
 		stopErr = stopMachine(ctx, m, stopGrace)
 	}
 	if ctx.Err() != nil && stopErr != nil {
 		return stopErr
 	}
 	return exitCodeOf(mainErr)
+}
+
+// broken reports whether err is a broken call rather than the main process's own failure.
+func broken(err error) bool {
+	var ce *smartvm.CommandExitError
+	return err != nil && !errors.As(err, &ce)
+}
+
+func done(m *smartvm.Machine) bool {
+	select {
+	case <-m.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// watchExit answers m's agent on AgentHostPort until stop is called, and passes on the exit
+// code it reports for its main process. Answering also spares the guest waiting for an
+// answer before it powers off.
+func watchExit(ctx context.Context, m *smartvm.Machine) (codes <-chan int, stop func()) {
+	ch := make(chan int, 1)
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		_ = m.WatchAgent(wctx, func(e smartvm.AgentEvent) {
+			if e.Kind == "exit" {
+				select {
+				case ch <- e.ExitCode:
+				default:
+				}
+			}
+		})
+	}()
+	return ch, func() { cancel(); <-watched }
 }
 
 // awaitMain waits a little for the main process's result once the VM has gone.

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,13 +26,19 @@ import (
 // the agent's vsock port to it. It returns the agent's console and Run's result.
 func mainAgent(t *testing.T, init agent.InitConfig) (*testutil.SyncBuffer, <-chan error) {
 	t.Helper()
+	return mainAgentConfig(t, agent.Config{Init: &init}, nil)
+}
+
+// mainAgentConfig is mainAgent with more of the agent's configuration, and a proxy between
+// the fake Firecracker and the agent when proxy is not nil.
+func mainAgentConfig(t *testing.T, cfg agent.Config, proxy *dropProxy) (*testutil.SyncBuffer, <-chan error) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	console := &testutil.SyncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(ctx, agent.Config{Listen: []string{"unix:" + sock}, MainWait: true, Init: &init, Stdout: console, Stderr: console})
-	}()
+	cfg.Listen, cfg.MainWait, cfg.Stdout, cfg.Stderr = []string{"unix:" + sock}, true, console, console
+	go func() { done <- agent.Run(ctx, cfg) }()
 	t.Cleanup(cancel)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if c, err := net.Dial("unix", sock); err == nil {
@@ -41,8 +49,57 @@ func mainAgent(t *testing.T, init agent.InitConfig) (*testutil.SyncBuffer, <-cha
 			t.Fatal("the agent does not listen")
 		}
 	}
+	if proxy != nil {
+		sock = proxy.start(t, sock)
+	}
 	t.Setenv(fakefc.EnvVsockForward, fmt.Sprintf("%d=%s", smartvm.AgentPort, sock))
 	return console, done
+}
+
+// dropProxy relays connections to a socket until drop breaks them, as a snapshot's vsock
+// reset does.
+type dropProxy struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// start relays a new socket to target and returns the new socket's path.
+func (p *dropProxy) start(t *testing.T, target string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "proxy.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); p.drop() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("unix", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return path
+}
+
+func (p *dropProxy) drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
 }
 
 // agentMainSpec writes a spec file for a VM whose init is the agent (agent_main), booting the
@@ -191,4 +248,43 @@ func TestRunMainUsage(t *testing.T) {
 	env.run(t, "run", "lts", "--", "x").fails(t, ExitUsage, "init is smartvm-agent")
 	env.run(t, "run", "-d", "-t", "-f", agentMainSpec(t)).fails(t, ExitUsage, "serial console")
 	env.run(t, "run", "-e", "=x", "-f", agentMainSpec(t)).fails(t, ExitUsage, "want K=V or K")
+}
+
+// TestRunMainCallBreaks: when the call to the main process breaks while the VM runs (a
+// snapshot resets vsock connections), run says so, and its exit code comes from the agent's
+// report on the host port.
+func TestRunMainCallBreaks(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	flag := filepath.Join(t.TempDir(), "go")
+	proxy := &dropProxy{}
+	announce := "unix:" + filepath.Join(env[envRuntimeDir], "vms", "lost", "vsock.sock_"+fmt.Sprint(smartvm.AgentHostPort))
+	init := agent.InitConfig{Entrypoint: []string{"sh", "-c"}, Cmd: []string{`echo before; while [ ! -e "$FLAG" ]; do sleep 0.02; done; echo after; exit 6`}, Env: []string{"FLAG=" + flag}}
+	console, done := mainAgentConfig(t, agent.Config{Init: &init, Announce: announce}, proxy)
+	var out, errOut testutil.SyncBuffer
+	res := make(chan result, 1)
+	go func() {
+		res <- env.runIO(t.Context(), strings.NewReader(""), &out, &errOut, "run", "--name", "lost", "-f", agentMainSpec(t))
+	}()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "before\n"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no output from the main process: stdout %q, stderr %q", out.String(), errOut.String())
+		}
+	}
+	proxy.drop()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(errOut.String(), "lost the main process's stdio"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("run does not say the call broke: stderr %q", errOut.String())
+		}
+	}
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := <-res
+	if r.code != 6 || strings.Contains(r.stdout, "after") {
+		t.Errorf("run: code %d, stdout %q, stderr %q; want 6, and no output after the break", r.code, r.stdout, r.stderr)
+	}
+	if code := mainExit(t, done); code != 6 || console.String() != "after\n" {
+		t.Errorf("agent: exit code %d, console %q", code, console.String())
+	}
 }
