@@ -814,11 +814,15 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 		}
 		fmt.Fprintf(a.stderr, "smartvm: the agent of vm %s is ready\n", m.Name())
 	}
+	var exitCodes <-chan int // with --console: the main process's, as the agent reports it
 	if mp := plan.Main; mp != nil {
 		if !mp.Console {
 			err := a.runMain(ctx, m, mp, notes)
 			return errors.Join(err, m.Close())
 		}
+		var stopWatch func()
+		exitCodes, stopWatch = watchExit(ctx, m)
+		defer stopWatch()
 		if err := startMainDetached(ctx, m, mp); err != nil {
 			return err // the deferred Close kills the VM
 		}
@@ -834,13 +838,25 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 	}
 	waitErr := m.Wait(context.WithoutCancel(ctx))
 	closeErr := m.Close()
+	var mainErr error
+	select {
+	case code := <-exitCodes:
+		// The main process ended (before any stop): its exit code is run's.
+		if code != 0 {
+			mainErr = &exitError{code: code}
+		}
+	default:
+	}
 	if end != endVM {
+		if err == nil {
+			err = mainErr
+		}
 		return errors.Join(err, closeErr) // stopped on request: the stop's result
 	}
 	if waitErr != nil {
 		return errors.Join(fmt.Errorf("vm %s: %w", m.Name(), waitErr), closeErr)
 	}
-	return closeErr
+	return errors.Join(mainErr, closeErr)
 }
 
 // stopMachine stops m with the graceful ladder, detached from ctx (which may be the

@@ -215,19 +215,22 @@ func TestRunMainDetached(t *testing.T) {
 	}
 }
 
-// TestRunMainConsole: --console shows the serial console, and the main process writes there.
+// TestRunMainConsole: --console shows the serial console, the main process writes there, and
+// its exit code, which the agent reports on the host port, is run's.
 func TestRunMainConsole(t *testing.T) {
 	testutil.CheckLeaks(t)
-	console, done := mainAgent(t, agent.InitConfig{Cmd: []string{"echo", "to the console"}})
 	env := fakeEnv(t)
+	announce := "unix:" + filepath.Join(env[envRuntimeDir], "vms", "cons", "vsock.sock_"+fmt.Sprint(smartvm.AgentHostPort))
+	init := agent.InitConfig{Entrypoint: []string{"sh", "-c"}, Cmd: []string{"echo to the console; exit 5"}}
+	console, done := mainAgentConfig(t, agent.Config{Init: &init, Announce: announce}, nil)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	go func() {
 		mainExit(t, done)
 		cancel() // the fake guest does not power off: stop it as ^C would
 	}()
-	r := env.runCtx(t, ctx, "run", "--console", "-f", agentMainSpec(t))
-	if r.code != 0 || !strings.Contains(r.stdout, testguest.VsockReadyLine) || console.String() != "to the console\n" {
+	r := env.runCtx(t, ctx, "run", "--console", "--name", "cons", "-f", agentMainSpec(t))
+	if r.code != 5 || !strings.Contains(r.stdout, testguest.VsockReadyLine) || console.String() != "to the console\n" {
 		t.Errorf("run --console: code %d, stdout %q, stderr %q, agent console %q", r.code, r.stdout, r.stderr, console.String())
 	}
 }
