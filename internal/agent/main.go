@@ -108,8 +108,9 @@ type Config struct {
 	InitConfig string
 	// Log receives the agent's log; nil discards it.
 	Log *slog.Logger
-	// Stdout and Stderr, as PID 1, are where the entrypoint writes when the host has not
-	// attached to it; nil means the agent's own.
+	// Stdout and Stderr are where the main process (MainWait) writes when no call streams
+	// its output: started detached, or after its call ended. nil means the agent's own (the
+	// console, as PID 1). An entrypoint run without MainWait always has the agent's own.
 	Stdout, Stderr io.Writer
 }
 
