@@ -259,3 +259,42 @@ func ExampleMachine_DialVsock() {
 	}
 	io.Copy(os.Stdout, from)
 }
+
+// Start the main process of a VM whose init is the guest agent (as an OCI image's is), with
+// docker-run-style overrides and this program's stdio, and report its exit code.
+func ExampleMachine_MainCommand() {
+	mgr, err := smartvm.NewManager()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mgr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cid, err := mgr.FreeVsockCID(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	m, err := mgr.Start(ctx, smartvm.MachineSpec{
+		Kernel:    "vmlinux",
+		BootArgs:  "console=ttyS0 reboot=k panic=1 init=/sbin/smartvm-agent",
+		Drives:    []smartvm.DriveSpec{{Path: "rootfs.ext4", Root: true}}, // holds /etc/smartvm/init.json
+		Vsock:     &smartvm.VsockSpec{CID: cid},
+		AgentMain: true, // the agent waits for MainCommand
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close()
+
+	c := m.MainCommand(context.Background(), "cat", "/etc/os-release") // replaces the image's Cmd
+	c.Env, c.Dir = []string{"DEBUG=1"}, "/"
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err = c.Run() // the VM powers off once it ends
+	var ee *smartvm.CommandExitError
+	switch {
+	case errors.As(err, &ee):
+		fmt.Println("the main process exited with code", ee.Code)
+	case err != nil:
+		log.Fatal(err)
+	}
+}
