@@ -386,3 +386,41 @@ func TestMainWaitArg(t *testing.T) {
 		}
 	}
 }
+
+// TestMainCommandLine: smartvm-agent --wait-main exits with its main process's exit code.
+func TestMainCommandLine(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "init.json")
+	if err := os.WriteFile(cfgPath, []byte(`{"entrypoint":["sh","-c"],"cmd":["exit 7"]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "agent.sock")
+	code := make(chan int, 1)
+	go func() { code <- Main([]string{"--listen", "unix:" + sock, "--wait-main", "--config", cfgPath, "--log-level", "error"}) }()
+	dial, err := agentwire.ParseAddr("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := agentwire.NewClient(dial)
+	defer c.Close()
+	var p *agentwire.Process
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if p, err = c.Main(t.Context(), agentwire.MainStart{}, agentwire.ExecIO{}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Main: %v", err)
+		}
+	}
+	if st, err := p.Wait(); err != nil || st.Code != 7 {
+		t.Errorf("main process: %+v, %v", st, err)
+	}
+	select {
+	case got := <-code:
+		if got != 7 {
+			t.Errorf("smartvm-agent exited with %d, want 7", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("smartvm-agent did not exit after its main process")
+	}
+}
