@@ -396,7 +396,9 @@ func TestMainCommandLine(t *testing.T) {
 	}
 	sock := filepath.Join(dir, "agent.sock")
 	code := make(chan int, 1)
-	go func() { code <- Main([]string{"--listen", "unix:" + sock, "--wait-main", "--config", cfgPath, "--log-level", "error"}) }()
+	go func() {
+		code <- Main([]string{"--listen", "unix:" + sock, "--wait-main", "--config", cfgPath, "--log-level", "error"})
+	}()
 	dial, err := agentwire.ParseAddr("unix:" + sock)
 	if err != nil {
 		t.Fatal(err)
