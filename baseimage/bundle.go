@@ -23,8 +23,8 @@ const (
 // since v1.9; it is the broadest-compatible long-term line).
 const ltsSeries = "6.1"
 
-// Source says where a bundle comes from. Exactly one of Preset, ManifestURL and ManifestPath is
-// set. The zero value is invalid.
+// Source says where a bundle comes from. Exactly one of Preset, ManifestURL, ManifestPath and
+// OCI is set. The zero value is invalid.
 type Source struct {
 	// Preset is PresetLatest or PresetLTS: a kernel and rootfs from the Firecracker CI bucket.
 	Preset string `json:"preset,omitempty"`
@@ -36,6 +36,10 @@ type Source struct {
 	ManifestURL string `json:"manifest_url,omitempty"`
 	// ManifestPath is a local manifest file. Relative artifact URLs in it are files next to it.
 	ManifestPath string `json:"manifest_path,omitempty"`
+	// OCI is an OCI (Docker) image reference: "alpine", "alpine:3.20", "ghcr.io/o/i@sha256:…",
+	// "localhost:5000/img:tag". Its layers are flattened into the ext4 rootfs, with the guest
+	// agent as init (see the package documentation).
+	OCI string `json:"oci,omitempty"`
 	// Refresh makes Pull resolve the source again (list the bucket, fetch the manifest) even
 	// when a bundle resolved from it earlier is cached. It is not recorded.
 	Refresh bool `json:"-"`
@@ -46,16 +50,16 @@ var releaseRE = lazyRegexp(`^v[0-9]{1,3}\.[0-9]{1,3}$`)
 // Validate checks that exactly one origin is set and that each set field is well formed.
 func (s Source) Validate() error {
 	n := 0
-	for _, v := range []string{s.Preset, s.ManifestURL, s.ManifestPath} {
+	for _, v := range []string{s.Preset, s.ManifestURL, s.ManifestPath, s.OCI} {
 		if v != "" {
 			n++
 		}
 	}
 	switch {
 	case n == 0:
-		return errors.New("base image source: set one of Preset, ManifestURL or ManifestPath")
+		return errors.New("base image source: set one of Preset, ManifestURL, ManifestPath or OCI")
 	case n > 1:
-		return errors.New("base image source: set only one of Preset, ManifestURL or ManifestPath")
+		return errors.New("base image source: set only one of Preset, ManifestURL, ManifestPath or OCI")
 	}
 	switch {
 	case s.Preset != "":
@@ -71,12 +75,16 @@ func (s Source) Validate() error {
 		if _, err := parseHTTPURL(s.ManifestURL); err != nil {
 			return fmt.Errorf("base image source: manifest URL: %w", err)
 		}
+	case s.OCI != "":
+		if _, err := parseOCIRef(s.OCI); err != nil {
+			return fmt.Errorf("base image source: %w", err)
+		}
 	}
 	return nil
 }
 
 // String describes the source for messages: "preset latest", "preset lts (v1.14)",
-// "manifest https://…", "manifest file /path".
+// "manifest https://…", "manifest file /path", "image alpine:3.20".
 func (s Source) String() string {
 	switch {
 	case s.Preset != "" && s.Release != "":
@@ -87,6 +95,8 @@ func (s Source) String() string {
 		return "manifest " + s.ManifestURL
 	case s.ManifestPath != "":
 		return "manifest file " + s.ManifestPath
+	case s.OCI != "":
+		return "image " + s.OCI
 	}
 	return "empty source"
 }
@@ -133,6 +143,36 @@ type Bundle struct {
 	// Holders names the current users recorded by Use. A bundle with holders is never evicted
 	// or removed.
 	Holders []string `json:"holders,omitempty"`
+	// OCI describes the image a bundle from Source.OCI was converted from; nil for others.
+	OCI *OCIImage `json:"oci,omitempty"`
+}
+
+// OCIImage is the OCI image a bundle's rootfs was converted from.
+type OCIImage struct {
+	// Reference is the reference as pulled, for example "alpine:3.20".
+	Reference string `json:"reference"`
+	// Digest is the digest of the image manifest converted (for a multi-platform image, the
+	// one for this platform), "sha256:…".
+	Digest string `json:"digest"`
+	// Platform is the image's platform, "linux/amd64" or "linux/arm64".
+	Platform string `json:"platform"`
+	// Config is what the image says to run. The same is in the rootfs at
+	// /etc/smartvm/init.json, where the agent, as init, reads it.
+	Config ImageConfig `json:"config"`
+}
+
+// ImageConfig is the part of an OCI image config that says what to run. Its JSON is the
+// guest agent's init config.
+type ImageConfig struct {
+	// Entrypoint and Cmd are joined into the command line, as with docker run.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env holds KEY=VALUE entries.
+	Env []string `json:"env,omitempty"`
+	// WorkingDir is the directory to run in; "" is the user's home, else /.
+	WorkingDir string `json:"working_dir,omitempty"`
+	// User is a name, uid, or uid:gid (names allowed); "" is root.
+	User string `json:"user,omitempty"`
 }
 
 // Artifact is one downloaded file of a bundle.
@@ -271,6 +311,7 @@ const (
 	fileRootfs  = "rootfs.ext4"
 	fileKey     = "id_ed25519"
 	fileKeyPub  = "id_ed25519.pub"
+	fileConfig  = "config.json" // an OCI image's config, as the registry served it
 	metaVersion = 1
 )
 

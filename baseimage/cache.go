@@ -142,6 +142,7 @@ type meta struct {
 	Artifacts   []Artifact    `json:"artifacts"`
 	Size        int64         `json:"size"`
 	Created     time.Time     `json:"created"`
+	OCI         *OCIImage     `json:"oci,omitempty"`
 }
 
 // readBundle loads an installed bundle. A bundle that is not installed is ErrNotFound.
@@ -172,7 +173,7 @@ func (m *Manager) readBundle(id string) (*Bundle, error) {
 	b := &Bundle{
 		ID: md.ID, Name: md.Name, Arch: md.Arch, BootArgs: md.BootArgs, Source: md.Source,
 		Firecracker: md.Firecracker, Artifacts: md.Artifacts, Size: md.Size, Created: md.Created,
-		LastUsed: st.ModTime,
+		LastUsed: st.ModTime, OCI: md.OCI,
 	}
 	b.withDir(dir)
 	if b.Holders, err = m.holders(id); err != nil {
@@ -297,6 +298,7 @@ func (m *Manager) install(ctx context.Context, s *staging, b *Bundle) (*Bundle, 
 	md := meta{
 		Version: metaVersion, ID: b.ID, Name: b.Name, Arch: b.Arch, BootArgs: b.BootArgs,
 		Source: b.Source, Firecracker: b.Firecracker, Artifacts: b.Artifacts, Created: time.Now().UTC(),
+		OCI: b.OCI,
 	}
 	size, err := diskUsage(s.dir)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/smartvm/smartvm/internal/safedir"
@@ -86,6 +87,14 @@ type Options struct {
 	// at AgentPath, with AgentUnit enabled. Default: none. Bundles already in the cache keep
 	// what they were converted with.
 	AgentBinary string
+	// Kernel is the uncompressed kernel (vmlinux) that bundles converted from OCI images
+	// (Source.OCI) get, copied into each. Default: the kernel of preset latest, from its cached
+	// bundle, or else downloaded alone from the bucket.
+	Kernel string
+	// Keychain supplies registry credentials for OCI images, for example
+	// authn.DefaultKeychain (the docker config file, as `docker login` writes it). Default:
+	// anonymous access.
+	Keychain authn.Keychain
 }
 
 // Manager finds, downloads, verifies, converts and caches base-image bundles. It is safe for
@@ -109,6 +118,8 @@ type Manager struct {
 	euidIsRoot  bool
 	toolDirs    []string // searched for host tools after PATH
 	agentBinary string
+	kernel      string
+	keychain    authn.Keychain
 
 	rootMu sync.Mutex
 	root   *safedir.Dir // the cache directory, held open once checked (see ensureDirs)
@@ -149,7 +160,7 @@ func New(opts Options) (*Manager, error) {
 		progress: opts.Progress, sizeMiB: opts.RootfsSizeMiB, headMiB: opts.RootfsHeadroomMiB,
 		retries: opts.Retries, backoff: opts.RetryBackoff, stall: opts.StallTimeout,
 		euidIsRoot: isRoot(), flights: make(map[string]*flight), toolDirs: sbinDirs(),
-		agentBinary: opts.AgentBinary,
+		agentBinary: opts.AgentBinary, kernel: opts.Kernel, keychain: opts.Keychain,
 	}
 	if m.dir == "" {
 		m.dir = UserDefaultDir()
@@ -184,6 +195,11 @@ func New(opts Options) (*Manager, error) {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.Proxy = nil
 		m.client = &http.Client{Transport: t}
+	}
+	if m.kernel != "" {
+		if m.kernel, err = filepath.Abs(m.kernel); err != nil {
+			return nil, fmt.Errorf("kernel: %w", err)
+		}
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)

@@ -139,6 +139,12 @@ func (m *Manager) refKey(src Source) string {
 		io.WriteString(h, s)
 		h.Write([]byte{0})
 	}
+	if src.OCI != "" { // apart, so the keys of the other sources stay as they were
+		for _, s := range []string{"oci", src.OCI, m.kernel} {
+			io.WriteString(h, s)
+			h.Write([]byte{0})
+		}
+	}
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 
@@ -172,6 +178,9 @@ func (m *Manager) pull(ctx context.Context, src Source, key string) (*Bundle, er
 			m.touch(b)
 			return b, nil
 		}
+	}
+	if src.OCI != "" {
+		return m.pullOCI(ctx, src, key)
 	}
 	var p *plan
 	fromRecord := false
@@ -215,16 +224,23 @@ func (m *Manager) pull(ctx context.Context, src Source, key string) (*Bundle, er
 	if err := m.writeRef(key, m.newRef(src, b.ID, p)); err != nil {
 		return nil, err
 	}
-	if m.keep >= 0 {
-		err := m.withCacheLock(ctx, func() error {
-			_, err := m.pruneLocked(ctx, m.keep, slog.LevelWarn)
-			return err
-		})
-		if err != nil { // the new bundle is installed and usable: eviction is retried next time
-			m.log.Warn("evicting old base images failed", "err", err)
-		}
-	}
+	m.evict(ctx)
 	return b, nil
+}
+
+// evict removes the least recently used bundles beyond Options.Keep after an install, with a
+// warning for each.
+func (m *Manager) evict(ctx context.Context) {
+	if m.keep < 0 {
+		return
+	}
+	err := m.withCacheLock(ctx, func() error {
+		_, err := m.pruneLocked(ctx, m.keep, slog.LevelWarn)
+		return err
+	})
+	if err != nil { // the new bundle is installed and usable: eviction is retried next time
+		m.log.Warn("evicting old base images failed", "err", err)
+	}
 }
 
 func (m *Manager) newRef(src Source, id string, p *plan) *ref {

@@ -1,0 +1,727 @@
+package baseimage
+
+import (
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/smartvm/smartvm/baseimage/internal/oci"
+)
+
+// InitConfigPath is where a rootfs converted from an OCI image holds the image's config
+// (ImageConfig as JSON) for the guest agent, which runs as init.
+const InitConfigPath = "/etc/smartvm/init.json"
+
+// formatOCI is the rootfs format recorded for bundles converted from OCI images.
+const formatOCI = "oci"
+
+// roleImage is the artifact role of an OCI image's manifest in a bundle's Artifacts.
+const roleImage = "image"
+
+// parseOCIRef parses an OCI image reference, with Docker Hub as the default registry.
+func parseOCIRef(s string) (name.Reference, error) {
+	r, err := name.ParseReference(s)
+	if err != nil {
+		return nil, fmt.Errorf("image reference %q: %w", s, err)
+	}
+	return r, nil
+}
+
+// ErrHelloImage is what ParseImageArg returns for "hello", the smartvm command's built-in
+// test guest, which is no base image.
+var ErrHelloImage = errors.New("hello is the built-in test guest, not a base image")
+
+// ParseImageArg turns an image argument into a Source. It tries, in order:
+//
+//  1. "hello": ErrHelloImage (the caller boots its built-in guest);
+//  2. the presets "latest" and "lts";
+//  3. a manifest: an existing file (made absolute), or an http(s) URL ending in ".json";
+//  4. an OCI image reference: "alpine", "alpine:3.20", "ghcr.io/o/i@sha256:…",
+//     "localhost:5000/img:tag".
+//
+// Anything else is an error that says what the forms are.
+func ParseImageArg(s string) (Source, error) {
+	switch {
+	case s == "":
+		return Source{}, errors.New("empty image: want latest, lts, a manifest file or URL, or an OCI image reference such as alpine:3.20")
+	case s == "hello":
+		return Source{}, ErrHelloImage
+	case s == PresetLatest || s == PresetLTS:
+		return Source{Preset: s}, nil
+	}
+	if strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") {
+		src := Source{ManifestURL: s}
+		if u, err := parseHTTPURL(s); err != nil || !strings.HasSuffix(u.Path, ".json") {
+			return Source{}, fmt.Errorf("image %q: an http(s) image is a manifest URL, whose path ends in .json", s)
+		}
+		return src, nil
+	}
+	if st, err := os.Stat(s); err == nil {
+		if st.IsDir() {
+			return Source{}, fmt.Errorf("image %q is a directory: want a manifest file", s)
+		}
+		abs, err := filepath.Abs(s)
+		if err != nil {
+			return Source{}, fmt.Errorf("manifest path: %w", err)
+		}
+		return Source{ManifestPath: abs}, nil
+	}
+	if _, err := parseOCIRef(s); err != nil {
+		return Source{}, fmt.Errorf("image %q is not latest, lts, an existing manifest file, an http(s) manifest URL ending in .json, or an OCI image reference (%w)", s, err)
+	}
+	return Source{OCI: s}, nil
+}
+
+// Errors of OCI pulls, besides ErrNotFound (an unknown repository, tag or digest) and
+// ErrChecksum (a blob whose digest or size does not match).
+var (
+	// ErrAuth reports a registry that refused the credentials (or their absence).
+	ErrAuth = errors.New("registry authentication failed")
+	// ErrUnsupportedMediaType reports a manifest, config or layer of a kind smartvm cannot
+	// turn into a root filesystem.
+	ErrUnsupportedMediaType = errors.New("unsupported media type")
+	// ErrPlatform reports an image that has no variant for this host's platform.
+	ErrPlatform = errors.New("no image for this platform")
+	// ErrUnsafeLayer reports a layer entry that would write outside the root filesystem
+	// (a ".." element, an absolute name, a path through a symlink).
+	ErrUnsafeLayer = oci.ErrUnsafe
+	// ErrInvalidLayer reports a layer entry that cannot be in a root filesystem (unsupported
+	// type, bad name, beyond the limits).
+	ErrInvalidLayer = oci.ErrInvalid
+)
+
+// ociPlatform is the platform this manager pulls: linux and the guest architecture.
+func (m *Manager) ociPlatform() v1.Platform {
+	if m.arch == ArchAarch64 {
+		return v1.Platform{OS: "linux", Architecture: "arm64"}
+	}
+	return v1.Platform{OS: "linux", Architecture: "amd64"}
+}
+
+func platformString(p v1.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+// remoteOptions are the registry client's options: the manager's HTTP transport (its proxy),
+// the keychain, and ctx.
+func (m *Manager) remoteOptions(ctx context.Context) []remote.Option {
+	tr := m.client.Transport
+	if tr == nil {
+		tr = http.DefaultTransport
+	}
+	kc := m.keychain
+	if kc == nil {
+		kc = authn.NewMultiKeychain() // anonymous
+	}
+	return []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuthFromKeychain(kc),
+		remote.WithPlatform(m.ociPlatform()), remote.WithUserAgent("smartvm")}
+}
+
+// registryError turns a registry client error into one of ours.
+func registryError(ref name.Reference, err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch te.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("%w for %s: %w; log in with `docker login %s` (smartvm reads the docker config), or check the image name",
+				ErrAuth, ref, err, ref.Context().RegistryStr())
+		case http.StatusNotFound:
+			return fmt.Errorf("image %s: %w: the registry knows no such repository, tag or digest (%w)", ref, ErrNotFound, err)
+		}
+	}
+	return fmt.Errorf("image %s: %w", ref, err)
+}
+
+// resolvedImage is an OCI image picked for this platform.
+type ociResolved struct {
+	img      v1.Image
+	digest   v1.Hash
+	platform string
+	config   *v1.ConfigFile
+	rawCfg   []byte
+}
+
+// resolveOCI fetches the manifest of ref (choosing this platform from an index) and its
+// config, and checks every media type.
+func (m *Manager) resolveOCI(ctx context.Context, ref name.Reference) (*ociResolved, error) {
+	opts := m.remoteOptions(ctx)
+	desc, err := remote.Get(ref, opts...)
+	if err != nil {
+		return nil, registryError(ref, err)
+	}
+	want := m.ociPlatform()
+	var img v1.Image
+	switch desc.MediaType {
+	case types.OCIImageIndex, types.DockerManifestList:
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return nil, registryError(ref, err)
+		}
+		im, err := idx.IndexManifest()
+		if err != nil {
+			return nil, registryError(ref, err)
+		}
+		var have []string
+		var pick *v1.Descriptor
+		for i := range im.Manifests {
+			d := &im.Manifests[i]
+			if d.Platform == nil || d.Platform.OS == "unknown" { // attestations
+				continue
+			}
+			have = append(have, platformString(*d.Platform))
+			if pick == nil && d.Platform.OS == want.OS && d.Platform.Architecture == want.Architecture &&
+				(d.Platform.Variant == "" || d.Platform.Variant == "v8" || want.Architecture != "arm64") {
+				pick = d
+			}
+		}
+		if pick == nil {
+			return nil, fmt.Errorf("image %s: %w %s: it has %s", ref, ErrPlatform, platformString(want), orNone(have))
+		}
+		if pick.MediaType != types.OCIManifestSchema1 && pick.MediaType != types.DockerManifestSchema2 {
+			return nil, fmt.Errorf("image %s: %w: the %s manifest is %s", ref, ErrUnsupportedMediaType, platformString(want), pick.MediaType)
+		}
+		if img, err = idx.Image(pick.Digest); err != nil {
+			return nil, registryError(ref, err)
+		}
+	case types.OCIManifestSchema1, types.DockerManifestSchema2:
+		if img, err = desc.Image(); err != nil {
+			return nil, registryError(ref, err)
+		}
+	default:
+		return nil, fmt.Errorf("image %s: %w: the manifest is %s (want an OCI or Docker v2 image manifest or index)", ref, ErrUnsupportedMediaType, desc.MediaType)
+	}
+	dg, err := img.Digest()
+	if err != nil {
+		return nil, registryError(ref, err)
+	}
+	return &ociResolved{img: img, digest: dg, platform: platformString(want)}, nil
+}
+
+// readConfig checks the image's config and layer media types, and reads its config.
+func (m *Manager) readConfig(ref name.Reference, res *ociResolved) error {
+	img, want := res.img, m.ociPlatform()
+	mf, err := img.Manifest()
+	if err != nil {
+		return registryError(ref, err)
+	}
+	if mf.Config.MediaType != types.OCIConfigJSON && mf.Config.MediaType != types.DockerConfigJSON {
+		return fmt.Errorf("image %s: %w: its config is %s, not a container image config (is it an artifact, such as a Helm chart?)", ref, ErrUnsupportedMediaType, mf.Config.MediaType)
+	}
+	for _, l := range mf.Layers {
+		if _, err := layerCompression(l.MediaType); err != nil {
+			return fmt.Errorf("image %s: layer %s: %w", ref, l.Digest, err)
+		}
+	}
+	raw, err := img.RawConfigFile() // verified against the manifest's digest
+	if err != nil {
+		return registryError(ref, err)
+	}
+	cf, err := v1.ParseConfigFile(strings.NewReader(string(raw)))
+	if err != nil {
+		return fmt.Errorf("image %s: config: %w", ref, err)
+	}
+	if cf.OS != "" && cf.OS != want.OS || cf.Architecture != "" && cf.Architecture != want.Architecture {
+		return fmt.Errorf("image %s: %w %s: it is for %s/%s", ref, ErrPlatform, platformString(want), cf.OS, cf.Architecture)
+	}
+	res.config, res.rawCfg = cf, raw
+	return nil
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "no platform at all"
+	}
+	return strings.Join(s, ", ")
+}
+
+// layerCompression returns the compression of a layer media type: "gzip", "zstd" or "".
+func layerCompression(mt types.MediaType) (string, error) {
+	switch mt {
+	case types.DockerLayer, types.OCILayer:
+		return "gzip", nil
+	case types.OCILayerZStd:
+		return "zstd", nil
+	case types.DockerUncompressedLayer, types.OCIUncompressedLayer:
+		return "", nil
+	}
+	return "", fmt.Errorf("%w: %s (want a tar, tar+gzip or tar+zstd layer)", ErrUnsupportedMediaType, mt)
+}
+
+// ociDigestKey names the record of a bundle converted from an image manifest, whatever the
+// reference that named it.
+func (m *Manager) ociDigestKey(dg v1.Hash) string {
+	return m.refKey(Source{OCI: "digest:" + dg.String()})
+}
+
+// pullOCI resolves an OCI reference, and unless that image manifest was converted already,
+// downloads and flattens its layers into an ext4 rootfs with the agent as init. It runs
+// holding key's lock.
+func (m *Manager) pullOCI(ctx context.Context, src Source, key string) (*Bundle, error) {
+	ref, err := parseOCIRef(src.OCI)
+	if err != nil {
+		return nil, err
+	}
+	if m.agentBinary == "" {
+		return nil, errors.New("an OCI image needs the static smartvm-agent binary as its init: set Options.AgentBinary (the smartvm command finds it itself)")
+	}
+	if err := m.checkOCITools(); err != nil {
+		return nil, err
+	}
+	res, err := m.resolveOCI(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	dkey := m.ociDigestKey(res.digest)
+	if b := m.cached(dkey); b != nil {
+		m.log.Debug("image already converted", "image", src.OCI, "digest", res.digest.String(), "id", b.ID)
+		if err := m.writeRef(key, m.ociRef(src, b)); err != nil {
+			return nil, err
+		}
+		m.touch(b)
+		return b, nil
+	}
+	if err := m.readConfig(ref, res); err != nil {
+		return nil, err
+	}
+	s, err := m.newStaging(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer s.discard()
+	kernel, err := m.ociKernel(ctx, filepath.Join(s.dir, fileKernel))
+	if err != nil {
+		return nil, fmt.Errorf("kernel for %s: %w", src, err)
+	}
+	b := &Bundle{
+		Name: ociName(ref), Arch: m.arch, BootArgs: defaultBootArgs(m.arch) + " init=" + AgentPath,
+		Source: Source{OCI: src.OCI},
+		OCI: &OCIImage{Reference: src.OCI, Digest: res.digest.String(), Platform: res.platform, Config: ImageConfig{
+			Entrypoint: res.config.Config.Entrypoint, Cmd: res.config.Config.Cmd, Env: res.config.Config.Env,
+			WorkingDir: res.config.Config.WorkingDir, User: res.config.Config.User,
+		}},
+		Artifacts: []Artifact{kernel, {Role: roleImage, URL: ref.Context().Digest(res.digest.String()).String(),
+			SHA256: res.digest.Hex, Size: 0, Format: formatOCI}},
+	}
+	b.ID = m.ociID(res.digest, kernel.SHA256, b.BootArgs)
+	if existing, err := m.readBundle(b.ID); err == nil {
+		m.touch(existing)
+		return m.recordOCI(src, key, dkey, existing)
+	}
+	if err := m.convertOCI(ctx, s.dir, b.Name, res, b.OCI.Config); err != nil {
+		return nil, fmt.Errorf("convert %s: %w", src, err)
+	}
+	if err := writeFileSync(filepath.Join(s.dir, fileConfig), res.rawCfg, 0o444); err != nil {
+		return nil, err
+	}
+	for _, f := range []string{fileKernel, fileRootfs} {
+		if err := os.Chmod(filepath.Join(s.dir, f), 0o444); err != nil {
+			return nil, fmt.Errorf("make %s read-only: %w", f, err)
+		}
+	}
+	out, err := m.install(ctx, s, b)
+	if err != nil {
+		return nil, err
+	}
+	out, err = m.recordOCI(src, key, dkey, out)
+	if err != nil {
+		return nil, err
+	}
+	m.evict(ctx)
+	return out, nil
+}
+
+// recordOCI records that the reference and the manifest digest resolve to b.
+func (m *Manager) recordOCI(src Source, key, dkey string, b *Bundle) (*Bundle, error) {
+	for _, k := range []string{key, dkey} {
+		if err := m.writeRef(k, m.ociRef(src, b)); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+func (m *Manager) ociRef(src Source, b *Bundle) *ref {
+	r := &ref{Source: src.String(), ID: b.ID, Name: b.Name, BootArgs: b.BootArgs, Format: formatOCI, Resolved: time.Now().UTC()}
+	for _, a := range b.Artifacts {
+		r.Artifacts = append(r.Artifacts, refArtifact{Role: a.Role, URL: a.URL, Size: a.Size, SHA256: a.SHA256})
+	}
+	return r
+}
+
+// ociName is a bundle's label: the repository and the tag or short digest, "alpine:3.20".
+func ociName(ref name.Reference) string {
+	repo := ref.Context().RepositoryStr()
+	if reg := ref.Context().RegistryStr(); reg != name.DefaultRegistry {
+		repo = reg + "/" + repo
+	}
+	repo = strings.TrimPrefix(repo, "library/")
+	if d, ok := ref.(name.Digest); ok {
+		return repo + "@" + strings.TrimPrefix(d.DigestStr(), "sha256:")[:12]
+	}
+	return repo + ":" + ref.Identifier()
+}
+
+// ociID derives a bundle ID from the image manifest, the kernel and the conversion settings.
+func (m *Manager) ociID(dg v1.Hash, kernelSHA, bootArgs string) string {
+	h := sha256.New()
+	for _, f := range []string{"bundle/oci/v1", m.arch, dg.String(), kernelSHA, bootArgs, strconv.Itoa(m.headMiB)} {
+		io.WriteString(h, f)
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// ociKernel puts the kernel for OCI bundles at dst: Options.Kernel, else the kernel of preset
+// latest from its cached bundle, else that kernel alone, downloaded from the bucket.
+func (m *Manager) ociKernel(ctx context.Context, dst string) (Artifact, error) {
+	if m.kernel != "" {
+		sum, size, err := linkOrCopy(m.kernel, dst)
+		if err != nil {
+			return Artifact{}, err
+		}
+		return Artifact{Role: roleKernel, URL: "file://" + m.kernel, SHA256: sum, Size: size}, nil
+	}
+	preset := Source{Preset: PresetLatest}
+	if b := m.cached(m.refKey(preset)); b != nil {
+		for _, a := range b.Artifacts {
+			if a.Role == roleKernel {
+				if _, _, err := linkOrCopy(b.Kernel, dst); err != nil {
+					return Artifact{}, err
+				}
+				return a, nil
+			}
+		}
+	}
+	m.log.Debug("downloading the kernel of preset latest for an OCI image")
+	p, err := m.resolvePreset(ctx, preset)
+	if err != nil {
+		return Artifact{}, err
+	}
+	a := p.artifacts[0] // presetPlan puts the kernel first
+	res, err := m.fetch(ctx, fetchReq{name: a.URL[strings.LastIndex(a.URL, "/")+1:], loc: p.locs[0], size: a.Size, sha256: a.SHA256, etag: a.ETag}, dst)
+	if err != nil {
+		return Artifact{}, err
+	}
+	return Artifact{Role: roleKernel, URL: a.URL, SHA256: res.sha256, Size: res.size}, nil
+}
+
+// linkOrCopy hard-links src to dst, or copies it, and returns its sha256 and size.
+func linkOrCopy(src, dst string) (string, int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", 0, fmt.Errorf("kernel: %w", err)
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return "", 0, fmt.Errorf("kernel %s: not a regular file", src)
+	}
+	h := sha256.New()
+	var w io.Writer = h
+	var out *os.File
+	if err := os.Link(src, dst); err != nil {
+		if out, err = os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err != nil {
+			return "", 0, fmt.Errorf("copy kernel: %w", err)
+		}
+		defer out.Close()
+		w = io.MultiWriter(h, out)
+	}
+	n, err := io.Copy(w, in)
+	if err == nil && out != nil {
+		err = out.Close()
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("copy kernel %s: %w", src, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// checkOCITools reports the first missing tool an OCI conversion needs.
+func (m *Manager) checkOCITools() error {
+	for _, t := range []string{"mkfs.ext4", "e2fsck", "debugfs"} {
+		if _, err := lookTool(m.toolDirs, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// convertOCI flattens the image's layers into a tree in dir, adds the agent as init and the
+// init config, and builds dir/rootfs.ext4 from it.
+func (m *Manager) convertOCI(ctx context.Context, dir, label string, res *ociResolved, cfg ImageConfig) error {
+	work := filepath.Join(dir, "work")
+	treeDir := filepath.Join(work, "tree")
+	if err := os.MkdirAll(treeDir, 0o700); err != nil {
+		return fmt.Errorf("create work dir: %w", err)
+	}
+	defer os.RemoveAll(work)
+	tree, err := oci.NewTree(treeDir)
+	if err != nil {
+		return err
+	}
+	defer tree.Close()
+	layers, err := res.img.Layers()
+	if err != nil {
+		return fmt.Errorf("layers: %w", err)
+	}
+	for i, l := range layers {
+		if err := m.applyLayer(ctx, tree, l, i, len(layers)); err != nil {
+			return err
+		}
+	}
+	agent, err := os.ReadFile(m.agentBinary)
+	if err != nil {
+		return fmt.Errorf("agent binary: %w", err)
+	}
+	initJSON, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode init config: %w", err)
+	}
+	if err := tree.AddFile(AgentPath, agent, 0o755, 0, 0); err != nil {
+		return fmt.Errorf("install the agent: %w", err)
+	}
+	if err := tree.AddFile(InitConfigPath, append(initJSON, '\n'), 0o644, 0, 0); err != nil {
+		return fmt.Errorf("write the init config: %w", err)
+	}
+	return m.buildExt4(ctx, tree, work, filepath.Join(dir, fileRootfs), label)
+}
+
+// layerLabel is how progress shows a layer: "layer 2/5 sha256:0123456789ab".
+func layerLabel(d v1.Hash, i, n int) string {
+	return fmt.Sprintf("layer %d/%d %s:%s", i+1, n, d.Algorithm, d.Hex[:min(12, len(d.Hex))])
+}
+
+// applyLayer streams one layer from the registry into the tree, with progress, and checks its
+// digest once all of it is read.
+func (m *Manager) applyLayer(ctx context.Context, tree *oci.Tree, l v1.Layer, i, n int) error {
+	dg, err := l.Digest()
+	if err != nil {
+		return fmt.Errorf("layer %d: %w", i+1, err)
+	}
+	label := layerLabel(dg, i, n)
+	mt, err := l.MediaType()
+	if err != nil {
+		return fmt.Errorf("%s: %w", label, err)
+	}
+	comp, err := layerCompression(mt)
+	if err != nil {
+		return fmt.Errorf("%s: %w", label, err)
+	}
+	size, err := l.Size()
+	if err != nil {
+		return fmt.Errorf("%s: %w", label, err)
+	}
+	rc, err := l.Compressed() // verifies size and digest at the end
+	if err != nil {
+		return fmt.Errorf("%s: %w", label, err)
+	}
+	defer rc.Close()
+	cr := &countingReader{r: rc, ctx: ctx, total: size, report: func(done int64) {
+		if m.progress != nil {
+			m.progress(Progress{File: label, Done: done, Total: size})
+		}
+	}}
+	cr.report(0)
+	var tarStream io.Reader = cr
+	switch comp {
+	case "gzip":
+		zr, err := gzip.NewReader(cr)
+		if err != nil {
+			return m.layerError(label, cr, fmt.Errorf("gunzip: %w", err))
+		}
+		defer zr.Close()
+		tarStream = zr
+	case "zstd":
+		zr, err := zstd.NewReader(cr, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return m.layerError(label, cr, fmt.Errorf("zstd: %w", err))
+		}
+		defer zr.Close()
+		tarStream = zr
+	}
+	if err := tree.ApplyLayer(label, tarStream); err != nil {
+		return m.layerError(label, cr, err)
+	}
+	// The tar stream ends before the blob does (padding, the compressor's trailer): read the
+	// rest, so the digest is checked.
+	if _, err := io.Copy(io.Discard, tarStream); err != nil {
+		return m.layerError(label, cr, fmt.Errorf("read: %w", err))
+	}
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		return m.layerError(label, cr, fmt.Errorf("read: %w", err))
+	}
+	cr.report(cr.done)
+	return nil
+}
+
+// layerError reports a failed layer. A blob that does not match its digest explains any other
+// error, so the rest is read to check: a mismatch becomes ErrChecksum.
+func (m *Manager) layerError(label string, cr *countingReader, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, oci.ErrNoSpace) {
+		return err
+	}
+	if cr.err == nil {
+		io.Copy(io.Discard, cr)
+	}
+	if cr.err != nil && cr.done >= cr.total && cr.ctx.Err() == nil {
+		return fmt.Errorf("%s: %w: the blob does not match its digest (%w)", label, ErrChecksum, cr.err)
+	}
+	if cr.err != nil && cr.ctx.Err() == nil && !errors.Is(err, cr.err) {
+		return fmt.Errorf("%s: download: %w", label, cr.err)
+	}
+	var ee *oci.EntryError
+	if errors.As(err, &ee) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", label, err)
+}
+
+// countingReader counts the bytes of a blob, reports progress about every MiB, stops when ctx
+// ends and keeps the first error other than EOF.
+type countingReader struct {
+	r           io.Reader
+	ctx         context.Context
+	done, total int64
+	lastReport  int64
+	report      func(done int64)
+	err         error
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, context.Cause(c.ctx)
+	}
+	n, err := c.r.Read(p)
+	c.done += int64(n)
+	if c.done-c.lastReport >= 1<<20 {
+		c.lastReport = c.done
+		c.report(c.done)
+	}
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// buildExt4 makes dst from the finished tree: mkfs.ext4 -d copies the files, then debugfs
+// writes what the disk could not hold (owners, set-id bits, device nodes, FIFOs, xattrs), and
+// e2fsck -fn must accept the result.
+func (m *Manager) buildExt4(ctx context.Context, tree *oci.Tree, work, dst, label string) (err error) {
+	end := m.beginPhase(label, PhaseMkfs)
+	defer func() { end(false) }()
+	u, err := tree.Finish()
+	if err != nil {
+		return fmt.Errorf("unpacked image: %w", err)
+	}
+	sizeMiB, inodes := treeUsage{bytes: u.Bytes, inodes: u.Inodes}.imageSize(0, m.headMiB)
+	m.log.Debug("building ext4 rootfs", "size_mib", sizeMiB, "content_bytes", u.Content, "inodes", u.Inodes)
+	tmp := dst + ".part"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	defer func() {
+		f.Close()
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	if err = f.Truncate(int64(sizeMiB) << 20); err != nil {
+		return fmt.Errorf("size %s: %w", tmp, err)
+	}
+	if _, err = m.runTool(ctx, "mkfs.ext4", "-q", "-F", "-N", strconv.FormatInt(inodes, 10),
+		"-E", "root_owner=0:0", "-d", filepath.Join(work, "tree"), tmp); err != nil {
+		return fmt.Errorf("build ext4: %w", err)
+	}
+	script, err := fixupScript(tree, work)
+	if err != nil {
+		return err
+	}
+	if script != "" {
+		debugfs, err := lookTool(m.toolDirs, "debugfs")
+		if err != nil {
+			return err
+		}
+		if err := runDebugfsScript(ctx, debugfs, tmp, filepath.Join(work, "fixups.debugfs"), script, nil); err != nil {
+			return fmt.Errorf("set owners, modes and attributes in ext4: %w", err)
+		}
+	}
+	end(true)
+	end = m.beginPhase(label, PhaseCheck)
+	if _, err = m.runTool(ctx, "e2fsck", "-fn", tmp); err != nil {
+		return fmt.Errorf("check ext4: %w", err)
+	}
+	end(true)
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if err = os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("rename %s: %w", tmp, err)
+	}
+	return nil
+}
+
+// fixupScript is the debugfs script that gives the image what mkfs.ext4 -d could not copy
+// from the tree on disk. Values of extended attributes go through files in work.
+func fixupScript(tree *oci.Tree, work string) (string, error) {
+	var b strings.Builder
+	nx := 0
+	err := tree.Walk(func(e oci.Entry) error {
+		if !e.First || !tree.NeedsFixup(e) {
+			return nil
+		}
+		q := debugfsQuote(e.Path)
+		switch e.Type {
+		case oci.TypeChar, oci.TypeBlock, oci.TypeFifo:
+			dir, base := filepath.Split(e.Path)
+			node := "p"
+			if e.Type != oci.TypeFifo {
+				node = map[uint32]string{oci.TypeChar: "c", oci.TypeBlock: "b"}[e.Type] + " " + strconv.FormatInt(e.Major, 10) + " " + strconv.FormatInt(e.Minor, 10)
+			}
+			fmt.Fprintf(&b, "cd %s\nrm %s\nmknod %s %s\ncd /\n", debugfsQuote(dir), debugfsQuote(base), debugfsQuote(base), node)
+		}
+		fmt.Fprintf(&b, "sif %s uid %d\nsif %s gid %d\n", q, e.UID, q, e.GID)
+		if e.Type != oci.TypeLink {
+			fmt.Fprintf(&b, "sif %s mode 0%o\n", q, e.Type|e.Perm)
+		}
+		names := make([]string, 0, len(e.Xattrs))
+		for k := range e.Xattrs {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		for _, k := range names {
+			nx++
+			vf := filepath.Join(work, "xattr-"+strconv.Itoa(nx))
+			if err := os.WriteFile(vf, []byte(e.Xattrs[k]), 0o600); err != nil {
+				return fmt.Errorf("write xattr value: %w", err)
+			}
+			fmt.Fprintf(&b, "ea_set -f %s %s %s\n", debugfsQuote(vf), q, debugfsQuote(k))
+		}
+		return nil
+	})
+	return b.String(), err
+}
