@@ -71,6 +71,21 @@ func helperMain(mode string) int {
 			return 1
 		}
 		return 0
+	case "oci": // pull an OCI image as the (unprivileged) user this process runs as
+		dir := os.Getenv(envHelperDir)
+		m, err := New(Options{Dir: filepath.Join(dir, "cache"), Arch: ArchX86_64, RootfsHeadroomMiB: 4,
+			Kernel: filepath.Join(dir, "vmlinux"), AgentBinary: filepath.Join(dir, "agent")})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		b, err := m.Pull(ctx, Source{OCI: os.Getenv(envHelperURL)})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		json.NewEncoder(os.Stdout).Encode(b)
+		return 0
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
 	return 2

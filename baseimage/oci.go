@@ -581,7 +581,10 @@ func (m *Manager) applyLayer(ctx context.Context, tree *oci.Tree, l v1.Layer, i,
 // layerError reports a failed layer. A blob that does not match its digest explains any other
 // error, so the rest is read to check: a mismatch becomes ErrChecksum.
 func (m *Manager) layerError(label string, cr *countingReader, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, oci.ErrNoSpace) {
+	if errors.Is(err, oci.ErrNoSpace) {
+		return fmt.Errorf("%w; free space on the file system of the base image cache %s, or choose another cache directory", err, m.dir)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
 	if cr.err == nil {

@@ -2,6 +2,7 @@ package baseimage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // TestPullDiskFull pulls into a cache on a 1 MiB tmpfs: the download fails with ENOSPC, the
@@ -114,4 +117,84 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// TestPullOCIDiskFull converts an image whose layer does not fit the cache's 8 MiB tmpfs:
+// the error says the disk is full and nothing is left behind.
+func TestPullOCIDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8m,mode=0700"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	r := newTestRegistry(t)
+	r.push(t, "big:1", testImage(t, "amd64", v1.Config{}, bigLayer(t, 16<<20)))
+	m := ociManager(t, func(o *Options) { o.Dir = filepath.Join(dir, "cache") })
+	defer m.Close() // before the unmount
+	_, err := m.Pull(context.Background(), Source{OCI: r.ref("big:1")})
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), `entry "data/blob"`) {
+		t.Fatalf("pull onto a full disk: %v, want ENOSPC naming the entry", err)
+	}
+	if testing.Verbose() {
+		t.Log(err)
+	}
+	assertNothingCached(t, m)
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := (st.Blocks - st.Bfree) * uint64(st.Bsize); used > 64<<10 {
+		t.Errorf("%d bytes still used on the tmpfs after the failed pull", used)
+	}
+}
+
+// TestPullOCIWithoutRoot pulls the rich test image as an unprivileged user (the test binary
+// re-executed as nobody): owners, set-id bits, capabilities and device nodes come out as
+// they do for root.
+func TestPullOCIWithoutRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as another user (the non-root path itself runs whenever the tests do)")
+	}
+	ociManager(t) // skips without the tools
+	r := newTestRegistry(t)
+	r.push(t, "rich:1", richImage(t))
+	dir, err := os.MkdirTemp("", "baseimage-oci-nonroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	const nobody = 65534
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "baseimage.test")
+	if err := copyFile(self, bin); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "vmlinux"), []byte("kernel\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "agent"), []byte("agent binary\n"), 0o755)
+	os.Chmod(dir, 0o755)
+	os.Chown(dir, nobody, nobody)
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envHelper+"=oci", envHelperDir+"="+dir, envHelperURL+"="+r.ref("rich:1"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	out, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		errors.As(err, &ee)
+		t.Fatalf("pull as nobody: %v\n%s", err, ee.Stderr)
+	}
+	var b Bundle
+	if err := json.Unmarshal(out, &b); err != nil {
+		t.Fatalf("helper output %q: %v", out, err)
+	}
+	checkRichRootfs(t, b.Rootfs)
 }

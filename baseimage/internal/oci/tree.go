@@ -44,7 +44,8 @@ var errNotExist = errors.New("does not exist")
 
 // EntryError reports a layer entry that was refused or could not be written.
 type EntryError struct {
-	// Layer names the layer (as the caller named it to ApplyLayer).
+	// Layer names the layer as the caller named it to ApplyLayer, for example
+	// "layer 2/5 sha256:0123456789ab".
 	Layer string
 	// Entry is the entry's name as the tar stream has it.
 	Entry string
@@ -52,7 +53,7 @@ type EntryError struct {
 }
 
 func (e *EntryError) Error() string {
-	return fmt.Sprintf("layer %s: entry %q: %v", e.Layer, e.Entry, e.Err)
+	return fmt.Sprintf("%s: entry %q: %v", e.Layer, e.Entry, e.Err)
 }
 
 func (e *EntryError) Unwrap() error { return e.Err }
@@ -147,7 +148,7 @@ func (t *Tree) ApplyLayer(name string, r io.Reader) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("layer %s: read tar: %w", name, err)
+			return fmt.Errorf("%s: read tar: %w", name, err)
 		}
 		t.entries++
 		if t.entries > MaxEntries {
@@ -479,7 +480,7 @@ func (t *Tree) AddFile(name string, data []byte, perm uint32, uid, gid int) erro
 	hdr := &tar.Header{Name: strings.TrimPrefix(name, "/"), Typeflag: tar.TypeReg, Mode: int64(perm),
 		Uid: uid, Gid: gid, Size: int64(len(data)), ModTime: time.Now().Truncate(time.Second)}
 	if err := t.apply(hdr, strings.NewReader(string(data))); err != nil {
-		return &EntryError{Layer: "smartvm", Entry: name, Err: err}
+		return &EntryError{Layer: "smartvm's own files", Entry: name, Err: err}
 	}
 	return nil
 }
