@@ -31,6 +31,7 @@ func (s *starter) useBaseImage(ctx context.Context) error {
 		Preset:       s.spec.BaseImagePreset,
 		ManifestURL:  s.spec.BaseImageManifestURL,
 		ManifestPath: s.spec.BaseImageManifestPath,
+		OCI:          s.spec.BaseImageOCI,
 	}
 	b, err := images.Pull(ctx, src)
 	if err != nil {

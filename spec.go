@@ -16,6 +16,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/netdev"
 )
@@ -133,6 +134,10 @@ type MachineSpec struct {
 	// BaseImageManifestPath boots the base image a local manifest file describes, as
 	// BaseImagePreset does.
 	BaseImageManifestPath string `json:"base_image_manifest_path,omitempty"`
+	// BaseImageOCI boots an OCI (Docker) image, such as "alpine:3.20" or
+	// "ghcr.io/o/i@sha256:…", as BaseImagePreset does: its layers become the ext4 rootfs, with
+	// the guest agent as init running the image's entrypoint (see baseimage.Source.OCI).
+	BaseImageOCI string `json:"base_image_oci,omitempty"`
 
 	// SerialInput makes Firecracker's stdin a FIFO (serial.in in the VM directory) so the
 	// guest's serial console accepts input: Machine.ConsoleInput writes to it. Off by
@@ -339,7 +344,7 @@ var managedFlags = []string{"--api-sock", "--id", "--config-file", "--log-path",
 
 // UsesBaseImage reports whether the spec names a base image instead of a kernel.
 func (s MachineSpec) UsesBaseImage() bool {
-	return s.BaseImagePreset != "" || s.BaseImageManifestURL != "" || s.BaseImageManifestPath != ""
+	return s.BaseImagePreset != "" || s.BaseImageManifestURL != "" || s.BaseImageManifestPath != "" || s.BaseImageOCI != ""
 }
 
 // WithDefaults returns a copy of s with every zero-valued field that has a default set to it
@@ -474,14 +479,14 @@ func (s MachineSpec) problems() []error {
 	}
 
 	images := 0
-	for _, v := range []string{s.BaseImagePreset, s.BaseImageManifestURL, s.BaseImageManifestPath} {
+	for _, v := range []string{s.BaseImagePreset, s.BaseImageManifestURL, s.BaseImageManifestPath, s.BaseImageOCI} {
 		if v != "" {
 			images++
 		}
 	}
 	switch {
 	case images > 1:
-		add("base image: set only one of base_image_preset, base_image_manifest_url and base_image_manifest_path")
+		add("base image: set only one of base_image_preset, base_image_manifest_url, base_image_manifest_path and base_image_oci")
 	case images == 1 && s.Kernel != "":
 		add("kernel %s and a base image are both set: a base image brings its own kernel; set one", s.Kernel)
 	case images == 0 && s.Kernel == "":
@@ -495,6 +500,11 @@ func (s MachineSpec) problems() []error {
 	}
 	if s.BaseImageManifestPath != "" {
 		addErr(checkFile("base_image_manifest_path", s.BaseImageManifestPath, false))
+	}
+	if s.BaseImageOCI != "" {
+		if err := (baseimage.Source{OCI: s.BaseImageOCI}).Validate(); err != nil {
+			add("base_image_oci: %w", err)
+		}
 	}
 	if s.Kernel != "" {
 		addErr(checkFile("kernel", s.Kernel, false))

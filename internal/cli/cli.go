@@ -67,6 +67,10 @@ type app struct {
 	fcBinFlag           string
 	runtimeDirFlag      string
 	stagingDirFlag      string
+	// imageKernel and rootfsHeadroom are images pull's --kernel and --rootfs-headroom; they
+	// override $SMARTVM_IMAGE_KERNEL and $SMARTVM_ROOTFS_HEADROOM_MIB.
+	imageKernel    string
+	rootfsHeadroom int
 
 	// helpErr is set instead of printing help for a command line such as "bogus --help",
 	// whose command does not exist.

@@ -19,6 +19,8 @@ const (
 	envBaseImageManifestP  = "SMARTVM_BASE_IMAGE_MANIFEST_PATH"
 	envFirecrackerReleases = "SMARTVM_FIRECRACKER_RELEASE_URL"
 	envAgentBin            = "SMARTVM_AGENT_BIN"
+	envImageKernel         = "SMARTVM_IMAGE_KERNEL"
+	envRootfsHeadroom      = "SMARTVM_ROOTFS_HEADROOM_MIB"
 )
 
 // errNoFirecracker: no firecracker binary in any of the places the CLI looks.

@@ -6,9 +6,11 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/cobra"
 
 	"github.com/smartvm/smartvm/baseimage"
@@ -85,6 +87,19 @@ func (a *app) baseImages(prog *progress) (*baseimage.Manager, error) {
 		BucketURL:  a.getenv(envCIBucketURL),
 		HTTPClient: a.client(),
 		Logger:     a.log,
+		Keychain:   authn.DefaultKeychain, // the docker config file, as docker login writes it
+		Kernel:     a.imageKernel,
+	}
+	if opts.Kernel == "" {
+		opts.Kernel = a.getenv(envImageKernel)
+	}
+	opts.RootfsHeadroomMiB = a.rootfsHeadroom
+	if v := a.getenv(envRootfsHeadroom); v != "" && opts.RootfsHeadroomMiB == 0 {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("invalid $%s %q: want a positive number of MiB; fix or unset it", envRootfsHeadroom, v)
+		}
+		opts.RootfsHeadroomMiB = n
 	}
 	if prog != nil {
 		opts.Progress = func(p baseimage.Progress) {
@@ -122,12 +137,20 @@ func (a *app) newImagesPullCmd() *cobra.Command {
 		Short: "Download a base image into the cache",
 		Long: `Download, verify and cache a base image: a kernel and an ext4 root filesystem.
 
-IMAGE takes the forms of 'run --image': latest, lts, an http(s) manifest URL or a manifest
-file (hello is built in and needs no pull). Without IMAGE or flags it pulls $SMARTVM_BASE_IMAGE_MANIFEST_URL, $SMARTVM_BASE_IMAGE_MANIFEST_PATH or
-$SMARTVM_BASE_IMAGE_PRESET when one is set, else preset latest. Presets come from Firecracker's
-CI bucket ($SMARTVM_CI_BUCKET_URL replaces it): latest is the newest kernel and Ubuntu rootfs,
-lts the newest 6.1 kernel. A cached image is used again without network access; --refresh
-looks for a newer one.`,
+IMAGE takes the forms of 'run --image', tried in this order: hello (built in: nothing to
+pull), the presets latest and lts, a manifest (an existing file, or an http(s) URL ending in
+.json), else an OCI image reference such as alpine, alpine:3.20, ghcr.io/o/i@sha256:... or
+localhost:5000/img:tag. Without IMAGE or flags it pulls $SMARTVM_BASE_IMAGE_MANIFEST_URL,
+$SMARTVM_BASE_IMAGE_MANIFEST_PATH or $SMARTVM_BASE_IMAGE_PRESET when one is set, else preset
+latest. Presets come from Firecracker's CI bucket ($SMARTVM_CI_BUCKET_URL replaces it): latest
+is the newest kernel and Ubuntu rootfs, lts the newest 6.1 kernel.
+
+An OCI image is pulled for this host's platform with the credentials of the docker config
+file (docker login) and the proxy of $HTTPS_PROXY/$NO_PROXY; its layers become an ext4 root
+filesystem with smartvm's agent as init, booted with the kernel of preset latest or --kernel
+($SMARTVM_IMAGE_KERNEL). An image whose digest is converted already is not pulled again.
+
+A cached image is used again without network access; --refresh looks for a newer one.`,
 		Args:              maxArgs(1, "one IMAGE"),
 		ValidArgsFunction: completeImageArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -135,6 +158,14 @@ looks for a newer one.`,
 				src baseimage.Source
 				err error
 			)
+			if cmd.Flags().Changed("rootfs-headroom") && a.rootfsHeadroom <= 0 {
+				return usagef("invalid --rootfs-headroom %d: want a positive number of MiB", a.rootfsHeadroom)
+			}
+			if a.imageKernel != "" {
+				if a.imageKernel, err = absPath("--kernel", a.imageKernel); err != nil {
+					return err
+				}
+			}
 			switch {
 			case len(args) == 1 && args[0] == imageHello:
 				fmt.Fprintln(a.stderr, "hello is built into smartvm: there is nothing to pull ('smartvm run --image hello' boots it)")
@@ -150,13 +181,18 @@ looks for a newer one.`,
 			if err != nil {
 				return err
 			}
+			if src.OCI != "" {
+				if _, err := a.agentBinary(); err != nil {
+					return fmt.Errorf("an OCI image boots smartvm's agent as its init: %w", err)
+				}
+			}
 			src.Refresh = refresh
 			b, err := a.pull(cmd.Context(), src)
 			if err != nil {
 				return err
 			}
 			t := newTable(a.stdout, "ID", "NAME", "SIZE", "SOURCE")
-			t.row(b.ID, b.Name, formatBytes(b.Size), b.Source.String())
+			t.row(b.ID, b.Name, formatBytes(b.Size), imageOrigin(*b))
 			return t.flush()
 		},
 	}
@@ -165,7 +201,18 @@ looks for a newer one.`,
 	fl.StringVar(&f.manifestURL, "manifest-url", "", "URL of a base image manifest")
 	fl.StringVar(&f.manifestPath, "manifest-path", "", "path of a base image manifest file")
 	fl.BoolVar(&refresh, "refresh", false, "look for a newer image even when one is cached")
+	fl.StringVar(&a.imageKernel, "kernel", "", "kernel (vmlinux) for an OCI image (default: $"+envImageKernel+", else preset latest's)")
+	fl.IntVar(&a.rootfsHeadroom, "rootfs-headroom", 0, "free MiB the converted root filesystem keeps above its content (default: $"+envRootfsHeadroom+", else "+strconv.Itoa(baseimage.DefaultRootfsHeadroomMiB)+")")
 	return cmd
+}
+
+// imageOrigin is where a cached image came from, for tables: the source, and for an OCI image
+// its reference and manifest digest.
+func imageOrigin(b baseimage.Bundle) string {
+	if b.OCI != nil {
+		return b.OCI.Reference + " " + b.OCI.Digest
+	}
+	return b.Source.String()
 }
 
 // pullNotice is how long a pull may take before it says what it is doing: a cached image
@@ -205,7 +252,8 @@ func (a *app) newImagesLsCmd() *cobra.Command {
 		Aliases: []string{"list"},
 		Short:   "List cached base images, the most recently used first",
 		Long: `List cached base images, the most recently used first: ID, name, size, when a VM last
-used it, the VMs that use it now and where it came from.
+used it, the VMs that use it now and where it came from (for an OCI image, its reference and
+manifest digest).
 
 --json prints an array of objects; --format prints each image with a Go template over the
 same object, by its Go field names: {{.ID}}, {{.Name}}, {{.Size}}, {{.Source}},
@@ -240,7 +288,7 @@ same object, by its Go field names: {{.ID}}, {{.Name}}, {{.Size}}, {{.Source}},
 				if len(b.Holders) > 0 {
 					usedBy = strings.Join(vmNames(b.Holders), ",")
 				}
-				t.row(b.ID, b.Name, formatBytes(b.Size), ago(now, b.LastUsed), usedBy, b.Source.String())
+				t.row(b.ID, b.Name, formatBytes(b.Size), ago(now, b.LastUsed), usedBy, imageOrigin(b))
 			}
 			return t.flush()
 		},

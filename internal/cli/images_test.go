@@ -289,7 +289,7 @@ func TestImagesPullPositionalAndRm(t *testing.T) {
 	if r := env.run(t, "images", "pull", "hello").ok(t); !strings.Contains(r.stderr, "nothing to pull") {
 		t.Errorf("pull hello: %q", r.stderr)
 	}
-	env.run(t, "images", "pull", "ubuntu").fails(t, ExitUsage, `invalid IMAGE "ubuntu"`)
+	env.run(t, "images", "pull", "Not/An:Image!").fails(t, ExitUsage, `invalid IMAGE: image "Not/An:Image!" is not latest, lts, an existing manifest file, an http(s) manifest URL ending in .json, or an OCI image reference`)
 	env.run(t, "images", "pull", "lts", "--preset", "latest").fails(t, ExitUsage, "give IMAGE or one of")
 
 	// Two images named alike: the name is ambiguous, an ID prefix is not.

@@ -178,7 +178,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.name, "name", "", "VM name: letters, digits and '-' (default: a generated name such as brave-otter)")
-	fl.StringVar(&f.image, "image", "", "what to boot: latest, lts, hello, a manifest URL or a manifest file")
+	fl.StringVar(&f.image, "image", "", "what to boot: hello, latest, lts, a manifest file or URL (.json), or an OCI image such as alpine:3.20")
 	fl.StringVar(&f.kernel, "kernel", "", "guest kernel (uncompressed vmlinux) instead of an image")
 	fl.StringVar(&f.initrd, "initrd", "", "initrd to boot with --kernel")
 	fl.StringVar(&f.rootfs, "rootfs", "", "root filesystem image to boot with --kernel")
@@ -540,7 +540,7 @@ func readSpecFile(path string) (smartvm.MachineSpec, error) {
 	return s, nil
 }
 
-// planImage applies --image: hello, a preset, a manifest URL or a manifest file.
+// planImage applies --image: hello, a preset, a manifest URL or file, or an OCI image.
 func (a *app) planImage(p *runPlan, image string) error {
 	if image == imageHello {
 		p.Hello = true
@@ -557,35 +557,23 @@ func (a *app) planImage(p *runPlan, image string) error {
 	return nil
 }
 
-// parseImage reads the IMAGE of run --image and images pull (flag names it in errors): a
-// preset (latest, lts), an http(s) manifest URL or a manifest file. hello is not a source.
+// parseImage reads the IMAGE of run --image and images pull (flag names it in errors), as
+// baseimage.ParseImageArg does: a preset (latest, lts), a manifest file or http(s) URL ending
+// in .json, or an OCI image reference. hello is not a source.
 func parseImage(flag, image string) (baseimage.Source, error) {
-	switch {
-	case image == baseimage.PresetLatest || image == baseimage.PresetLTS:
-		return baseimage.Source{Preset: image}, nil
-	case strings.HasPrefix(image, "http://") || strings.HasPrefix(image, "https://"):
-		src := baseimage.Source{ManifestURL: image}
-		if err := src.Validate(); err != nil {
-			return src, usagef("invalid %s %q: %w", flag, image, err)
-		}
-		return src, nil
-	}
-	path, err := absPath(flag, image)
+	src, err := baseimage.ParseImageArg(image)
 	if err != nil {
-		return baseimage.Source{}, err
+		return src, usagef("invalid %s: %w", flag, err)
 	}
-	if st, err := os.Stat(path); err != nil || st.IsDir() {
-		return baseimage.Source{}, usagef("invalid %s %q: want latest, lts, hello, an http(s) manifest URL or a manifest file", flag, image)
-	}
-	return baseimage.Source{ManifestPath: path}, nil
+	return src, nil
 }
 
 func setBaseImage(s *smartvm.MachineSpec, src baseimage.Source) {
-	s.BaseImagePreset, s.BaseImageManifestURL, s.BaseImageManifestPath = src.Preset, src.ManifestURL, src.ManifestPath
+	s.BaseImagePreset, s.BaseImageManifestURL, s.BaseImageManifestPath, s.BaseImageOCI = src.Preset, src.ManifestURL, src.ManifestPath, src.OCI
 }
 
 func baseImageSource(s smartvm.MachineSpec) baseimage.Source {
-	return baseimage.Source{Preset: s.BaseImagePreset, ManifestURL: s.BaseImageManifestURL, ManifestPath: s.BaseImageManifestPath}
+	return baseimage.Source{Preset: s.BaseImagePreset, ManifestURL: s.BaseImageManifestURL, ManifestPath: s.BaseImageManifestPath, OCI: s.BaseImageOCI}
 }
 
 func absPath(flag, p string) (string, error) {

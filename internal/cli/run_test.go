@@ -103,6 +103,11 @@ func TestPlanRun(t *testing.T) {
 				t.Errorf("plan %+v", p)
 			}
 		}, ""},
+		{"oci image", with(func(f *runFlags) { f.image = "alpine:3.20" }), cliEnv{envBaseImagePreset: "latest"}, func(t *testing.T, p runPlan) {
+			if p.Spec.BaseImageOCI != "alpine:3.20" || p.Spec.BaseImagePreset != "" {
+				t.Errorf("plan %+v", p)
+			}
+		}, ""},
 		{"kernel", with(func(f *runFlags) {
 			f.kernel, f.rootfs, f.persistentRootfs, f.drives = "k", "r", true, []string{"d:ro"}
 			f.cpus, f.memory, f.bootMode, f.enablePCI = 2, 256, "config-file", true
@@ -203,7 +208,7 @@ func TestPlanRun(t *testing.T) {
 		{"image and kernel", with(func(f *runFlags) { f.image, f.kernel = "hello", "k" }), cliEnv{}, nil, "--kernel cannot be combined with --image"},
 		{"rootfs alone", with(func(f *runFlags) { f.rootfs = "r" }), cliEnv{}, nil, "need --kernel"},
 		{"persistent without rootfs", with(func(f *runFlags) { f.persistentRootfs = true }), cliEnv{}, nil, "--persistent-rootfs needs --rootfs"},
-		{"unknown image", with(func(f *runFlags) { f.image = "ubuntu" }), cliEnv{}, nil, `invalid --image "ubuntu"`},
+		{"unknown image", with(func(f *runFlags) { f.image = "no/such:image:form" }), cliEnv{}, nil, `invalid --image: image "no/such:image:form" is not latest, lts`},
 		{"boot mode", with(func(f *runFlags) { f.bootMode = "fast" }), cliEnv{}, nil, `invalid --boot-mode "fast"`},
 		{"cpus", with(func(f *runFlags) { f.cpus = 0 }), cliEnv{}, nil, "invalid --cpus 0"},
 		{"too many cpus", with(func(f *runFlags) { f.cpus = smartvm.MaxVCPUs + 1 }), cliEnv{}, nil, "invalid --cpus 33: want 1 to 32"},
@@ -213,7 +218,7 @@ func TestPlanRun(t *testing.T) {
 				t.Errorf("memory %d", p.Spec.MemoryMiB)
 			}
 		}, ""},
-		{"bad image URL", with(func(f *runFlags) { f.image = "https://" }), cliEnv{}, nil, `invalid --image "https://"`},
+		{"bad image URL", with(func(f *runFlags) { f.image = "https://" }), cliEnv{}, nil, `invalid --image: image "https://": an http(s) image is a manifest URL`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := &app{lookupEnv: tc.env.lookup}

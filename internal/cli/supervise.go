@@ -64,7 +64,8 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 		return err
 	}
 	agent, _ := a.agentBinary() // the supervisor installs the same agent
-	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL), envAgentBin: agent, envJailerBin: a.getenv(envJailerBin)} {
+	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL), envAgentBin: agent, envJailerBin: a.getenv(envJailerBin),
+		envImageKernel: a.getenv(envImageKernel), envRootfsHeadroom: a.getenv(envRootfsHeadroom)} {
 		if v != "" {
 			req.Env[k] = v
 		}
