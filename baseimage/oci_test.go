@@ -508,18 +508,10 @@ func TestPullOCILargeLayer(t *testing.T) {
 	}
 }
 
-// bigLayer is an uncompressed layer holding one file of size bytes that do not compress.
+// bigLayer is an uncompressed layer holding one file of size bytes that do not compress
+// (xorshift output: fast to make).
 func bigLayer(t testing.TB, size int) v1.Layer {
 	t.Helper()
-	data := make([]byte, size)
-	x := uint64(88172645463325252)
-	for i := 0; i+8 <= len(data); i += 8 { // xorshift: fast, incompressible enough
-		x ^= x << 13
-		x ^= x >> 7
-		x ^= x << 17
-		for j := range 8 {
-			data[i+j] = byte(x >> (8 * j))
-		}
-	}
+	data := bigLayerData(size)
 	return static.NewLayer(tarBytes(t, dirE("data/", 0o755, 0), fileE("data/blob", string(data), 0o644, 0)), types.OCIUncompressedLayer)
 }
