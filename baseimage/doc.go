@@ -36,6 +36,11 @@
 //     with the same key patterns; the bundle's Firecracker range is X.Y. Releases before v1.11
 //     shipped ext4 images instead of squashfs: use a manifest for those.
 //   - ManifestURL or ManifestPath: a hosted manifest (below).
+//   - OCI: an OCI (Docker) image reference (below).
+//
+// [ParseImageArg] turns a command-line image argument into a Source, trying hello (the
+// smartvm command's built-in guest: [ErrHelloImage]), the presets, a manifest (an existing
+// file, an http(s) URL ending in .json) and then an OCI reference, in that order.
 //
 // # Pull, the record of a resolution, and Refresh
 //
@@ -63,6 +68,44 @@
 // mode 0600. A rootfs with format ext4 is used as it is, after verification, with no key.
 // Missing tools fail before anything is downloaded, with an [ErrMissingTool] error naming the
 // Debian package.
+//
+// # OCI images
+//
+// Source.OCI names an image in a registry: "alpine", "alpine:3.20", "ghcr.io/o/i@sha256:…",
+// "localhost:5000/img:tag" (github.com/google/go-containerregistry parses and pulls it; Docker
+// Hub is the default registry, and localhost, loopback and private addresses are reached over
+// plain HTTP). Credentials come from Options.Keychain (the smartvm command passes the docker
+// config file's), requests go through Options.HTTPClient's transport (and its proxy). From an
+// index, the manifest for linux and the manager's architecture (amd64 or arm64, variant v8 or
+// none) is taken; an index without one is an [ErrPlatform] error naming the platforms it has.
+// The manifest must be an OCI or Docker v2 image manifest with a container image config, and
+// its layers tar, tar+gzip or tar+zstd: anything else is [ErrUnsupportedMediaType].
+//
+// Pull resolves the reference to its manifest digest. A digest converted before (under any
+// reference) is neither downloaded nor converted again. A reference pulled before resolves
+// from the cache without any request, offline too, as presets do; Source.Refresh resolves a
+// tag again.
+//
+// The layers stream from the registry, one after the other, with a Progress report per layer
+// ("layer 2/5 sha256:0123456789ab"), into one directory tree, without being stored: whiteouts
+// and opaque directories remove what lower layers made, and hard links, symlinks, device
+// nodes, FIFOs, set-id and sticky bits, extended attributes (file capabilities included) and
+// owners are kept. mkfs.ext4 -d builds the image from the tree, and a debugfs script then
+// writes what the tree on disk could not hold when the process is not root (owners, set-id
+// bits, device nodes, FIFOs, xattrs), so the image is the same with or without root; e2fsck
+// -fn must accept it. It is sized to the content plus Options.RootfsHeadroomMiB. Each layer is
+// checked against its digest once read ([ErrChecksum]). An entry with a ".." element or an
+// absolute name, or whose path goes through a symlink, is refused with [ErrUnsafeLayer]; one
+// the image cannot hold (an unknown type, a control character in its name, an oversized
+// xattr) with [ErrInvalidLayer]; both name the layer and the entry. A full disk fails naming
+// the entry and the cache.
+//
+// The rootfs gets Options.AgentBinary at [AgentPath] as init (the bundle's BootArgs end in
+// "init=/usr/local/bin/smartvm-agent") and the image's Entrypoint, Cmd, Env, WorkingDir and
+// User as JSON at [InitConfigPath], which the agent runs. The kernel is Options.Kernel, else
+// the kernel of preset latest (from its cached bundle, else downloaded alone), linked or copied
+// into the bundle. Bundle.OCI records the reference, manifest digest, platform and config; an
+// unknown repository, tag or digest is [ErrNotFound], refused credentials [ErrAuth].
 //
 // # Manifest format (version 1)
 //
@@ -123,8 +166,9 @@
 // # Errors and logging
 //
 // Errors wrap their cause with %w; check them with errors.Is against [ErrNotFound], [ErrInUse],
-// [ErrChecksum], [ErrInvalidManifest] and [ErrMissingTool], and errors.As for [*ManifestError]
-// and [*HTTPError]. The package never panics, prints or reads environment variables (host tools
+// [ErrChecksum], [ErrInvalidManifest], [ErrMissingTool], [ErrAuth], [ErrPlatform],
+// [ErrUnsupportedMediaType], [ErrUnsafeLayer] and [ErrInvalidLayer], and errors.As for
+// [*ManifestError] and [*HTTPError]. The package never panics, prints or reads environment variables (host tools
 // are found through PATH, then /usr/sbin, /sbin and /usr/local/sbin); it logs to
 // Options.Logger, which discards by default, and reports download progress to
 // Options.Progress.

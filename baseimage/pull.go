@@ -31,9 +31,10 @@ import (
 //
 // Concurrent Pulls of one source, in this process or in others sharing the cache directory,
 // download it once. After installing, Pull evicts the least recently used bundles beyond
-// Options.Keep. Errors: ErrNotFound (no such preset artifacts, HTTP 404), ErrChecksum,
-// ErrInvalidManifest (a *ManifestError), ErrMissingTool, *HTTPError, and ctx's error. On
-// error nothing is cached.
+// Options.Keep. Errors: ErrNotFound (no such preset artifacts, HTTP 404, an unknown image,
+// tag or digest), ErrChecksum, ErrInvalidManifest (a *ManifestError), ErrMissingTool,
+// *HTTPError, for OCI images ErrAuth, ErrPlatform, ErrUnsupportedMediaType, ErrUnsafeLayer and
+// ErrInvalidLayer, and ctx's error. On error nothing is cached.
 func (m *Manager) Pull(ctx context.Context, src Source) (*Bundle, error) {
 	if err := src.Validate(); err != nil {
 		return nil, err
