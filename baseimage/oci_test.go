@@ -7,11 +7,13 @@ import (
 	"errors"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -514,4 +516,105 @@ func bigLayer(t testing.TB, size int) v1.Layer {
 	t.Helper()
 	data := bigLayerData(size)
 	return static.NewLayer(tarBytes(t, dirE("data/", 0o755, 0), fileE("data/blob", string(data), 0o644, 0)), types.OCIUncompressedLayer)
+}
+
+// TestPullOCIPresetKernel: without Options.Kernel, an OCI bundle gets preset latest's kernel,
+// downloaded alone when the preset is not cached (no rootfs is fetched), and linked from the
+// preset's bundle when it is. A tag pushed again is seen only with Refresh.
+func TestPullOCIPresetKernel(t *testing.T) {
+	needConvertTools(t)
+	bucket := newFakeBucket(t)
+	populateBucket(t, bucket)
+	r := newTestRegistry(t)
+	r.push(t, "app:1", testImage(t, "amd64", v1.Config{Cmd: []string{"v1"}}, gzLayer(t, fileE("v", "1", 0o644, 0))))
+	agent := writeAgent(t, "agent")
+	m := testManager(t, bucket, func(o *Options) { o.AgentBinary, o.Keep = agent, 5 })
+	ctx := context.Background()
+	b, err := m.Pull(ctx, Source{OCI: r.ref("app:1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const kernelKey = buildNew + "x86_64/vmlinux-6.18.40"
+	if got, _ := os.ReadFile(b.Kernel); string(got) != string(kernelBytes(kernelKey)) {
+		t.Errorf("kernel %.60q, want preset latest's", got)
+	}
+	if n := bucket.count(buildNew + "x86_64/ubuntu-24.04.squashfs"); n != 0 {
+		t.Errorf("the preset's rootfs was downloaded %d times for a kernel", n)
+	}
+	preset, err := m.Pull(ctx, Source{Preset: PresetLatest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(preset.Kernel); string(got) != string(kernelBytes(kernelKey)) {
+		t.Fatalf("preset latest's kernel is not %s", kernelKey)
+	}
+	r.push(t, "app:1", testImage(t, "amd64", v1.Config{Cmd: []string{"v2"}}, gzLayer(t, fileE("v", "2", 0o644, 0))))
+	if again, err := m.Pull(ctx, Source{OCI: r.ref("app:1")}); err != nil || again.ID != b.ID {
+		t.Fatalf("pull of a cached tag: %v, id changed: %v", err, again.ID != b.ID)
+	}
+	kernelGets := bucket.count(kernelKey)
+	b2, err := m.Pull(ctx, Source{OCI: r.ref("app:1"), Refresh: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b2.ID == b.ID || b2.OCI.Config.Cmd[0] != "v2" || debugfsCat(t, b2.Rootfs, "/v") != "2" {
+		t.Errorf("refresh of a re-pushed tag kept the old image")
+	}
+	if bucket.count(kernelKey) != kernelGets {
+		t.Error("the kernel was downloaded again although preset latest is cached")
+	}
+	s1, err1 := os.Stat(preset.Kernel)
+	s2, err2 := os.Stat(b2.Kernel)
+	if err1 != nil || err2 != nil || !os.SameFile(s1, s2) {
+		t.Errorf("the kernel was copied, not linked from the preset's bundle (%v, %v)", err1, err2)
+	}
+}
+
+// TestPullOCIEviction: OCI bundles follow the cache's rules: with Keep 1, installing a second
+// image warns about the first and evicts it, unless it is in use.
+func TestPullOCIEviction(t *testing.T) {
+	r := newTestRegistry(t)
+	for i, tag := range []string{"a:1", "b:1", "c:1"} {
+		r.push(t, tag, testImage(t, "amd64", v1.Config{}, gzLayer(t, fileE("n", strconv.Itoa(i), 0o644, 0))))
+	}
+	logs := &logCapture{}
+	m := ociManager(t, func(o *Options) { o.Keep, o.Logger = 1, slog.New(logs) })
+	ctx := context.Background()
+	a, err := m.Pull(ctx, Source{OCI: r.ref("a:1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := m.Use(ctx, a.ID, "vm-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	b, err := m.Pull(ctx, Source{OCI: r.ref("b:1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get(ctx, a.ID); err != nil {
+		t.Errorf("an image in use was evicted: %v", err)
+	}
+	release()
+	time.Sleep(10 * time.Millisecond)
+	if _, err := m.Pull(ctx, Source{OCI: r.ref("c:1")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []*Bundle{a, b} {
+		if _, err := m.Get(ctx, gone.ID); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s not evicted: %v", gone.Name, err)
+		}
+	}
+	warned := map[string]bool{}
+	logs.mu.Lock()
+	for _, rec := range logs.records {
+		if rec.Level == slog.LevelWarn && rec.Message == "evicting base image" {
+			warned[attr(rec, "name")] = true
+		}
+	}
+	logs.mu.Unlock()
+	if !warned[a.Name] || !warned[b.Name] {
+		t.Errorf("eviction warnings for %v, want %s and %s", warned, a.Name, b.Name)
+	}
 }
