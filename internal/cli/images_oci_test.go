@@ -1,58 +1,13 @@
 package cli
 
 import (
-	"archive/tar"
-	"bytes"
-	"io"
-	"log"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/smartvm/smartvm/internal/testutil"
 )
-
-// pushTestImage serves a one-layer linux/amd64 image from an in-process registry and returns
-// its reference and manifest digest.
-func pushTestImage(t *testing.T, repoTag string) (string, string) {
-	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "etc/os-release", Mode: 0o644, Size: 11})
-	tw.Write([]byte("ID=testos\n\n"))
-	tw.Close()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture, cf.Config = "linux", "amd64", v1.Config{Cmd: []string{"cat", "/etc/os-release"}}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/" + repoTag
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := img.Digest()
-	return ref, d.String()
-}
 
 // TestImagesPullOCI pulls an OCI image by reference: ls shows its reference and digest, rm
 // removes it by name.
@@ -69,7 +24,7 @@ func TestImagesPullOCI(t *testing.T) {
 			}
 		}
 	}
-	ref, digest := pushTestImage(t, "testos:1")
+	ref, digest := testutil.PushOCIImage(t, "testos:1", map[string]string{"etc/os-release": "ID=testos\n"}, []string{"cat", "/etc/os-release"})
 	env := imagesEnv(t)
 	kernel := filepath.Join(t.TempDir(), "vmlinux")
 	os.WriteFile(kernel, []byte("a kernel"), 0o644)
