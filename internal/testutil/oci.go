@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -19,14 +20,33 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
+// OCIRegistry starts an in-process registry (go-containerregistry's pkg/registry), stopped
+// when the test ends, and returns its HOST:PORT. wrap, if not nil, wraps its handler (to
+// demand credentials, or to act as a proxy that is the registry too: a proxied request
+// arrives with an absolute URL, which the registry serves by its path).
+func OCIRegistry(t testing.TB, wrap func(http.Handler) http.Handler) string {
+	t.Helper()
+	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
 // PushOCIImage serves a one-layer linux/amd64 image holding files (path to content, mode
-// 0644, root's) with the given Cmd from an in-process registry (go-containerregistry's
-// pkg/registry), stopped when the test ends. It returns the image's reference,
+// 0644, root's) with the given Cmd from a new OCIRegistry. It returns the image's reference,
 // HOST:PORT/repoTag, and its manifest digest.
 func PushOCIImage(t testing.TB, repoTag string, files map[string]string, cmd []string) (ref, digest string) {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
+	ref = OCIRegistry(t, nil) + "/" + repoTag
+	return ref, PushOCIImageTo(t, ref, files, cmd)
+}
+
+// PushOCIImageTo pushes the image PushOCIImage makes to ref and returns its manifest digest.
+func PushOCIImageTo(t testing.TB, ref string, files map[string]string, cmd []string) (digest string) {
+	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	names := make([]string, 0, len(files))
@@ -56,7 +76,6 @@ func PushOCIImage(t testing.TB, repoTag string, files map[string]string, cmd []s
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
-	ref = strings.TrimPrefix(srv.URL, "http://") + "/" + repoTag
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
@@ -68,5 +87,5 @@ func PushOCIImage(t testing.TB, repoTag string, files map[string]string, cmd []s
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ref, d.String()
+	return d.String()
 }
