@@ -35,6 +35,13 @@ const InitConfigPath = "/etc/smartvm/init.json"
 // formatOCI is the rootfs format recorded for bundles converted from OCI images.
 const formatOCI = "oci"
 
+// Bounds on what an image's manifest may ask for (go-containerregistry bounds the manifest
+// itself).
+const (
+	maxLayers     = 1024
+	maxConfigSize = 8 << 20
+)
+
 // roleImage is the artifact role of an OCI image's manifest in a bundle's Artifacts.
 const roleImage = "image"
 
@@ -227,6 +234,12 @@ func (m *Manager) readConfig(ref name.Reference, res *ociResolved) error {
 	mf, err := img.Manifest()
 	if err != nil {
 		return registryError(ref, err)
+	}
+	if len(mf.Layers) > maxLayers {
+		return fmt.Errorf("image %s has %d layers, more than the %d smartvm accepts", ref, len(mf.Layers), maxLayers)
+	}
+	if mf.Config.Size > maxConfigSize {
+		return fmt.Errorf("image %s: its config is %d bytes, more than the %d smartvm accepts", ref, mf.Config.Size, maxConfigSize)
 	}
 	if mf.Config.MediaType != types.OCIConfigJSON && mf.Config.MediaType != types.DockerConfigJSON {
 		return fmt.Errorf("image %s: %w: its config is %s, not a container image config (is it an artifact, such as a Helm chart?)", ref, ErrUnsupportedMediaType, mf.Config.MediaType)

@@ -39,6 +39,7 @@ type testRegistry struct {
 	blobGets  atomic.Int64
 	basicAuth atomic.Value // "user:pass" required when set
 	corrupt   atomic.Value // digest string whose blob is served with a flipped byte
+	stall     atomic.Value // digest string whose blob stops after half, until the client goes
 }
 
 func newTestRegistry(t testing.TB) *testRegistry {
@@ -56,6 +57,17 @@ func newTestRegistry(t testing.TB) *testRegistry {
 		}
 		if strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet {
 			r.blobGets.Add(1)
+			if slow, _ := r.stall.Load().(string); slow != "" && strings.HasSuffix(req.URL.Path, slow) {
+				rec := httptest.NewRecorder()
+				reg.ServeHTTP(rec, req)
+				body := rec.Body.Bytes()
+				w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+				w.WriteHeader(rec.Code)
+				w.Write(body[:len(body)/2])
+				w.(http.Flusher).Flush()
+				<-req.Context().Done()
+				return
+			}
 			if bad, _ := r.corrupt.Load().(string); bad != "" && strings.HasSuffix(req.URL.Path, bad) {
 				rec := httptest.NewRecorder()
 				reg.ServeHTTP(rec, req)
@@ -617,4 +629,38 @@ func TestPullOCIEviction(t *testing.T) {
 	if !warned[a.Name] || !warned[b.Name] {
 		t.Errorf("eviction warnings for %v, want %s and %s", warned, a.Name, b.Name)
 	}
+}
+
+// TestPullOCICancel cancels a pull while a layer streams in: Pull returns the cancellation at
+// once and leaves nothing behind.
+func TestPullOCICancel(t *testing.T) {
+	r := newTestRegistry(t)
+	img := testImage(t, "amd64", v1.Config{}, bigLayer(t, 8<<20))
+	r.push(t, "slow:1", img)
+	ls, _ := img.Layers()
+	dg, _ := ls[0].Digest()
+	r.stall.Store(dg.String())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := ociManager(t, func(o *Options) {
+		o.Progress = func(p Progress) {
+			if p.Phase == "" && p.Done >= 1<<20 {
+				cancel()
+			}
+		}
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Pull(ctx, Source{OCI: r.ref("slow:1")})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled pull: %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the pull did not end after its context was cancelled")
+	}
+	assertNothingCached(t, m)
 }

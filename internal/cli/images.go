@@ -181,11 +181,6 @@ A cached image is used again without network access; --refresh looks for a newer
 			if err != nil {
 				return err
 			}
-			if src.OCI != "" {
-				if _, err := a.agentBinary(); err != nil {
-					return fmt.Errorf("an OCI image boots smartvm's agent as its init: %w", err)
-				}
-			}
 			src.Refresh = refresh
 			b, err := a.pull(cmd.Context(), src)
 			if err != nil {
@@ -221,6 +216,11 @@ const pullNotice = 500 * time.Millisecond
 
 // pull pulls src with progress on stderr.
 func (a *app) pull(ctx context.Context, src baseimage.Source) (*baseimage.Bundle, error) {
+	if src.OCI != "" {
+		if _, err := a.agentBinary(); err != nil {
+			return nil, fmt.Errorf("an OCI image boots smartvm's agent as its init: %w", err)
+		}
+	}
 	prog := newProgress(a.stderr)
 	defer prog.finish()
 	m, err := a.baseImages(prog)
