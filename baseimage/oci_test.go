@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
 )
 
 // testRegistry is go-containerregistry's in-process registry behind an httptest server, with
@@ -663,4 +664,33 @@ func TestPullOCICancel(t *testing.T) {
 		t.Fatal("the pull did not end after its context was cancelled")
 	}
 	assertNothingCached(t, m)
+}
+
+// TestPullOCICompressions: tar+zstd and plain tar layers are read as well as tar+gzip.
+func TestPullOCICompressions(t *testing.T) {
+	r := newTestRegistry(t)
+	var zbuf bytes.Buffer
+	zw, err := zstd.NewWriter(&zbuf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw.Write(tarBytes(t, fileE("zstd", "from zstd", 0o644, 0)))
+	zw.Close()
+	plain := static.NewLayer(tarBytes(t, fileE("plain", "from tar", 0o644, 0)), types.DockerUncompressedLayer)
+	r.push(t, "comp:1", testImage(t, "amd64", v1.Config{},
+		gzLayer(t, fileE("gzip", "from gzip", 0o644, 0)),
+		static.NewLayer(zbuf.Bytes(), types.OCILayerZStd), plain))
+	b, err := ociManager(t).Pull(context.Background(), Source{OCI: r.ref("comp:1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"gzip", "zstd", "tar"} {
+		name := "/" + f
+		if f == "tar" {
+			name = "/plain"
+		}
+		if got := debugfsCat(t, b.Rootfs, name); got != "from "+f {
+			t.Errorf("%s: %q", name, got)
+		}
+	}
 }
