@@ -645,7 +645,9 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // buildExt4 makes dst from the finished tree: mkfs.ext4 -d copies the files, then debugfs
 // writes what the disk could not hold (owners, set-id bits, device nodes, FIFOs, xattrs), and
-// e2fsck -fn must accept the result.
+// e2fsck -fn must accept the result. (e2fsprogs 1.47.1 can read a tarball with -d, which would
+// spare the tree on disk; 1.47.0, as in Debian 12 and Ubuntu 24.04, cannot, so the tree is the
+// path that works everywhere.)
 func (m *Manager) buildExt4(ctx context.Context, tree *oci.Tree, work, dst, label string) (err error) {
 	end := m.beginPhase(label, PhaseMkfs)
 	defer func() { end(false) }()
