@@ -163,7 +163,7 @@ func registryError(ref name.Reference, err error) error {
 	return fmt.Errorf("image %s: %w", ref, err)
 }
 
-// resolvedImage is an OCI image picked for this platform.
+// ociResolved is an OCI image picked for this platform, and once read, its config.
 type ociResolved struct {
 	img      v1.Image
 	digest   v1.Hash
@@ -553,7 +553,12 @@ func (m *Manager) applyLayer(ctx context.Context, tree *oci.Tree, l v1.Layer, i,
 		return fmt.Errorf("%s: %w", label, err)
 	}
 	defer rc.Close()
-	cr := &countingReader{r: rc, ctx: ctx, total: size, report: func(done int64) {
+	cr := &countingReader{r: rc, stopped: func() error {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		return nil
+	}, total: size, report: func(done int64) {
 		if m.progress != nil {
 			m.progress(Progress{File: label, Done: done, Total: size})
 		}
@@ -603,10 +608,10 @@ func (m *Manager) layerError(label string, cr *countingReader, err error) error 
 	if cr.err == nil {
 		io.Copy(io.Discard, cr)
 	}
-	if cr.err != nil && cr.done >= cr.total && cr.ctx.Err() == nil {
+	if cr.err != nil && cr.done >= cr.total && cr.stopped() == nil {
 		return fmt.Errorf("%s: %w: the blob does not match its digest (%w)", label, ErrChecksum, cr.err)
 	}
-	if cr.err != nil && cr.ctx.Err() == nil && !errors.Is(err, cr.err) {
+	if cr.err != nil && cr.stopped() == nil && !errors.Is(err, cr.err) {
 		return fmt.Errorf("%s: download: %w", label, cr.err)
 	}
 	var ee *oci.EntryError
@@ -616,11 +621,12 @@ func (m *Manager) layerError(label string, cr *countingReader, err error) error 
 	return fmt.Errorf("%s: %w", label, err)
 }
 
-// countingReader counts the bytes of a blob, reports progress about every MiB, stops when ctx
-// ends and keeps the first error other than EOF.
+// countingReader counts the bytes of a blob, reports progress about every MiB, fails once
+// stopped returns an error (the pull's context ended) and keeps the first error other than
+// EOF.
 type countingReader struct {
 	r           io.Reader
-	ctx         context.Context
+	stopped     func() error
 	done, total int64
 	lastReport  int64
 	report      func(done int64)
@@ -628,8 +634,8 @@ type countingReader struct {
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, context.Cause(c.ctx)
+	if err := c.stopped(); err != nil {
+		return 0, err
 	}
 	n, err := c.r.Read(p)
 	c.done += int64(n)

@@ -19,7 +19,7 @@ import (
 // benchImageLayers are three uncompressed layers of a root filesystem-like tree: 2000 files
 // of 4 to 64 KiB in 40 directories, then two files of 16 MiB, then a layer that overwrites
 // and whites out some of the first. About 100 MiB of layer data.
-func benchImageLayers(b *testing.B) ([]v1.Layer, [][]byte) {
+func benchImageLayers(b testing.TB) ([]v1.Layer, [][]byte) {
 	b.Helper()
 	blob := bigLayerData(32 << 20)
 	var small []tarEntry
