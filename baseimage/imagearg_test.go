@@ -36,6 +36,7 @@ func TestParseImageArg(t *testing.T) {
 		{"Upper/Case", Source{}, "OCI image reference"},
 		{dir, Source{}, "is a directory"},
 		{"", Source{}, "empty image"},
+		{"images/typo.json", Source{}, "no such manifest file"},
 	} {
 		got, err := ParseImageArg(tc.arg)
 		if tc.err != "" {

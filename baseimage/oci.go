@@ -62,7 +62,8 @@ var ErrHelloImage = errors.New("hello is the built-in test guest, not a base ima
 //
 //  1. "hello": ErrHelloImage (the caller boots its built-in guest);
 //  2. the presets "latest" and "lts";
-//  3. a manifest: an existing file (made absolute), or an http(s) URL ending in ".json";
+//  3. a manifest: an existing file (made absolute), or an http(s) URL ending in ".json" (a
+//     name ending in ".json" that is no file is an error, not an image reference);
 //  4. an OCI image reference: "alpine", "alpine:3.20", "ghcr.io/o/i@sha256:…",
 //     "localhost:5000/img:tag".
 //
@@ -92,6 +93,9 @@ func ParseImageArg(s string) (Source, error) {
 			return Source{}, fmt.Errorf("manifest path: %w", err)
 		}
 		return Source{ManifestPath: abs}, nil
+	}
+	if strings.HasSuffix(s, ".json") {
+		return Source{}, fmt.Errorf("image %q: no such manifest file (a name ending in .json is taken for a manifest, not an OCI image)", s)
 	}
 	if _, err := parseOCIRef(s); err != nil {
 		return Source{}, fmt.Errorf("image %q is not latest, lts, an existing manifest file, an http(s) manifest URL ending in .json, or an OCI image reference (%w)", s, err)
