@@ -385,6 +385,10 @@ func (a *app) planRun(f runFlags) (runPlan, error) {
 			return p, err
 		}
 	}
+	if s.BaseImageOCI != "" {
+		// An OCI image's init is the agent: run attaches its main process as docker run does.
+		s.AgentMain = true
+	}
 	if err := a.planMain(&p, f); err != nil {
 		return p, err
 	}
