@@ -108,8 +108,8 @@ func watchAgentOn(ctx context.Context, ln net.Listener, fn func(AgentEvent) bool
 	}
 }
 
-// serveAgentConn reads announcement lines from conn, answering each with the host's clock
-// and passing it to fn, until fn returns true (then it returns true) or the connection ends.
+// serveAgentConn reads announcement lines from conn, passing each to fn and then answering
+// it with the host's clock, until fn returns true (then it returns true) or the connection ends.
 // It closes conn.
 func serveAgentConn(ctx context.Context, conn net.Conn, fn func(AgentEvent) bool) bool {
 	defer conn.Close()
@@ -121,15 +121,15 @@ func serveAgentConn(ctx context.Context, conn net.Conn, fn func(AgentEvent) bool
 		if json.Unmarshal(sc.Bytes(), &h) != nil {
 			return false // not an agent: drop the connection
 		}
-		if err := json.NewEncoder(conn).Encode(agentwire.TimeSync{UnixNano: time.Now().UnixNano()}); err != nil {
-			return false
-		}
 		e := AgentEvent{Kind: h.Event, Version: h.Version, PID1: h.PID1}
 		if h.Code != nil {
 			e.ExitCode = *h.Code
 		}
-		if fn(e) {
-			return true
+		// fn sees the event before the guest has its answer: the guest may power off once
+		// answered, and an exit code must not be lost to that race.
+		done := fn(e)
+		if err := json.NewEncoder(conn).Encode(agentwire.TimeSync{UnixNano: time.Now().UnixNano()}); err != nil || done {
+			return done
 		}
 	}
 	return false
