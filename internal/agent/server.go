@@ -201,18 +201,24 @@ func (s *Server) upload(ctx context.Context, stream *connect.ClientStream[agentw
 	// Receiving and writing files overlap through the pipe.
 	pipe := agentwire.NewPipe()
 	go func() {
-		// One message, reused: its data buffer keeps its capacity from chunk to chunk.
+		// Each message is decoded straight into a buffer of the pipe.
 		conn := stream.Conn()
 		var msg agentwire.UploadIn
+		var rerr error
 		for {
-			if err := conn.Receive(&msg); err != nil {
-				if errors.Is(err, io.EOF) {
-					err = nil
+			err := pipe.Fill(func(buf []byte) ([]byte, error) {
+				msg.Data = buf
+				rerr = conn.Receive(&msg)
+				return msg.Data, rerr
+			})
+			switch {
+			case rerr != nil:
+				if errors.Is(rerr, io.EOF) {
+					rerr = nil
 				}
-				pipe.CloseWrite(err)
+				pipe.CloseWrite(rerr)
 				return
-			}
-			if _, err := pipe.Write(msg.Data); err != nil {
+			case err != nil:
 				return // extraction failed and closed the pipe
 			}
 		}

@@ -43,8 +43,8 @@ func ParseAddr(addr string) (DialFunc, error) {
 }
 
 // Client calls an agent. Its calls share one HTTP/2 connection, dialled on first use and again
-// after it breaks; file copies use HTTP/1.1 connections of their own. Close releases idle
-// connections.
+// after it breaks, uploads included; downloads use HTTP/1.1 connections of their own. Close
+// releases idle connections.
 type Client struct {
 	tr, bulk *http.Transport
 	exec     *connect.Client[ExecIn, ExecOut]
@@ -72,9 +72,11 @@ func NewClient(dial DialFunc) *Client {
 			MaxReadFrameSize:              1 << 20,
 		},
 	}
-	// Copies go over HTTP/1.1, a connection each: their bytes then flow straight through the
-	// socket, without HTTP/2's framing and flow-control round trips, which cost most of the
-	// throughput. Exec needs HTTP/2 (a bidirectional stream), and the small calls share it.
+	// Downloads go over HTTP/1.1, a connection each: the response's bytes then flow straight
+	// through the socket in whole messages. Uploads do not: the HTTP/1.1 transport copies a
+	// streamed request body in pieces of 32 KiB, each its own chunk and write, which costs
+	// more than HTTP/2's framing with the large windows and frames above. Exec needs HTTP/2
+	// (a bidirectional stream), and the small calls share it.
 	var bulkProtos http.Protocols
 	bulkProtos.SetHTTP1(true)
 	bulk := &http.Transport{
@@ -97,7 +99,7 @@ func NewClient(dial DialFunc) *Client {
 		bulk:     bulk,
 		exec:     connect.NewClient[ExecIn, ExecOut](hc, base+ProcExec, opts...),
 		main:     connect.NewClient[ExecIn, ExecOut](hc, base+ProcMain, opts...),
-		upload:   connect.NewClient[UploadIn, UploadResult](bulkClient, base+ProcUpload, opts...),
+		upload:   connect.NewClient[UploadIn, UploadResult](hc, base+ProcUpload, opts...),
 		download: connect.NewClient[DownloadRequest, Chunk](bulkClient, base+ProcDownload, opts...),
 		stat:     connect.NewClient[PathRequest, FileInfo](hc, base+ProcStat, opts...),
 		mkdir:    connect.NewClient[PathRequest, Empty](hc, base+ProcMkdir, opts...),
@@ -169,6 +171,20 @@ func (c *Client) Upload(ctx context.Context, dir string, r io.Reader) (int, erro
 // sendChunks sends what r gives, as it comes (stdin may be interactive), in pieces of at most
 // ChunkSize, until EOF.
 func sendChunks(r io.Reader, send func([]byte) error) error {
+	if p, ok := r.(*Pipe); ok {
+		// The pipe's own chunks, without copying them out first.
+		var serr error
+		_, err := p.WriteTo(writerFunc(func(b []byte) (int, error) {
+			if serr = send(b); serr != nil {
+				return 0, serr
+			}
+			return len(b), nil
+		}))
+		if err != nil && serr == nil {
+			err = fmt.Errorf("read: %w", err)
+		}
+		return err
+	}
 	buf := make([]byte, ChunkSize)
 	for {
 		n, err := r.Read(buf)
@@ -185,6 +201,10 @@ func sendChunks(r io.Reader, send func([]byte) error) error {
 		}
 	}
 }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // Download returns a tar stream of path in the guest: a file, or a directory and its tree,
 // named base(path). Close the reader to end the call early.

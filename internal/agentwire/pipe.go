@@ -56,6 +56,44 @@ func (p *Pipe) Write(b []byte) (int, error) {
 	return n, nil
 }
 
+// Fill hands fill an empty buffer of the pipe (length 0, capacity ChunkSize) to append to,
+// and queues what it returns: a receiver decodes a message straight into the pipe instead of
+// into a buffer of its own that Write would copy. The pipe's memory stays bounded: a buffer
+// that fill grew past ChunkSize is not kept once it is read. An error from fill is returned
+// with nothing queued.
+func (p *Pipe) Fill(fill func(buf []byte) ([]byte, error)) error {
+	select {
+	case <-p.done:
+		return p.readErr()
+	default:
+	}
+	var buf []byte
+	select {
+	case buf = <-p.free:
+	case <-p.done:
+		return p.readErr()
+	}
+	buf, err := fill(buf[:0])
+	if err != nil || len(buf) == 0 {
+		p.release(buf)
+		return err
+	}
+	select {
+	case p.full <- buf:
+		return nil
+	case <-p.done:
+		return p.readErr()
+	}
+}
+
+// release returns buf to the free list, or a new buffer in its place if buf grew.
+func (p *Pipe) release(buf []byte) {
+	if cap(buf) > ChunkSize {
+		buf = make([]byte, 0, ChunkSize)
+	}
+	p.free <- buf
+}
+
 // CloseWrite ends the writing side: the reader gets err (io.EOF when nil) after the data.
 func (p *Pipe) CloseWrite(err error) {
 	if err == nil {
@@ -71,22 +109,60 @@ func (p *Pipe) CloseWrite(err error) {
 
 // Read reads what was written, blocking while the pipe is empty.
 func (p *Pipe) Read(b []byte) (int, error) {
-	for len(p.cur) == 0 {
+	if len(p.cur) == 0 {
+		if _, err := p.next(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(b, p.cur)
+	p.cur = p.cur[n:]
+	return n, nil
+}
+
+// next makes the next written chunk current (returning the previous one to the free list)
+// and returns it; bytes a Read left of the current chunk come first.
+func (p *Pipe) next() ([]byte, error) {
+	if len(p.cur) > 0 {
+		return p.cur, nil
+	}
+	for {
 		if p.curBuf != nil {
-			p.free <- p.curBuf
+			p.release(p.curBuf)
 			p.curBuf = nil
 		}
 		buf, ok := <-p.full
 		if !ok {
 			p.mu.Lock()
 			defer p.mu.Unlock()
-			return 0, p.werr
+			return nil, p.werr
 		}
-		p.cur, p.curBuf = buf, buf
+		p.curBuf = buf
+		if len(buf) > 0 {
+			p.cur = buf
+			return buf, nil
+		}
 	}
-	n := copy(b, p.cur)
-	p.cur = p.cur[n:]
-	return n, nil
+}
+
+// WriteTo writes what is written to the pipe to w, a chunk at a time and without copying it
+// first, until the writing side closes. It returns the writer's error, nil for io.EOF.
+func (p *Pipe) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		chunk, err := p.next()
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		n, err := w.Write(chunk)
+		total += int64(n)
+		p.cur = p.cur[n:]
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // CloseRead ends the reading side: writes fail with err (io.ErrClosedPipe when nil).

@@ -22,7 +22,7 @@ import (
 )
 
 // copyBuf is the buffer size file contents are copied with.
-const copyBuf = 1 << 20
+const copyBuf = 256 << 10
 
 // Write writes the tree at src (a file, symlink or directory, not followed if a symlink) to w
 // as a tar stream whose entries are named name, name/child, and so on. Regular files with
@@ -257,7 +257,7 @@ func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string, o
 		if err != nil {
 			return err
 		}
-		_, err = io.CopyBuffer(f, tr, buf)
+		err = copyFull(f, tr, buf)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -297,6 +297,27 @@ func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string, o
 		return err
 	}
 	return root.Chtimes(name, hdr.ModTime, hdr.ModTime)
+}
+
+// copyFull copies r to f in writes of len(buf) bytes, the last one excepted. io.CopyBuffer
+// would hand r to os.File.ReadFrom, which writes in pieces of 32 KiB; with a network stream
+// under the tar reader, even its own Reads would come in pieces of one message each. Fewer,
+// larger writes cost the page cache far less.
+func copyFull(f *os.File, r io.Reader, buf []byte) error {
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if _, werr := f.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		switch {
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			return nil
+		case err != nil:
+			return err
+		}
+	}
 }
 
 // removeNonDir removes name if it exists and is not a directory, so a new entry can take its
