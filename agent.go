@@ -72,25 +72,42 @@ func (a *Agent) Ping(ctx context.Context) (AgentInfo, error) {
 // CopyTo copies the local file or directory src into the guest as cp -a and docker cp do:
 // into dst when dst is an existing directory, else to the new name dst in an existing
 // directory. Modes, owners, times, symlinks and hard links are kept. Device files, FIFOs and
-// sockets are refused.
-func (a *Agent) CopyTo(ctx context.Context, src, dst string) error {
-	return a.c.CopyTo(ctx, src, dst)
+// sockets are refused. The agent refuses a tree past opts' limits; KeepOwner does not apply.
+func (a *Agent) CopyTo(ctx context.Context, src, dst string, opts CopyOptions) error {
+	return a.c.CopyTo(ctx, src, dst, opts.limits())
 }
 
-// CopyOptions tune CopyFrom.
+// Default limits of one copy (CopyOptions.MaxBytes and MaxFiles).
+const (
+	DefaultCopyMaxBytes = agentwire.DefaultMaxBytes
+	DefaultCopyMaxFiles = agentwire.DefaultMaxFiles
+)
+
+// CopyOptions tune CopyFrom and CopyTo.
 type CopyOptions struct {
 	// KeepOwner gives the copies the owners they have in the guest, and keeps setuid and
-	// setgid bits. Zero value: the copies belong to the calling process, without those bits
-	// (what a guest sends is not trusted with them).
+	// setgid bits (CopyFrom only). Zero value: the copies belong to the calling process,
+	// without those bits (what a guest sends is not trusted with them).
 	KeepOwner bool
+	// MaxBytes is the most bytes of file contents one copy writes, and MaxFiles the most
+	// entries (files, directories, links): a copy out of a guest is written by the guest,
+	// which must not fill this host's disk. A copy past either fails with an error that
+	// names the limit, and removes what it created. Zero: DefaultCopyMaxBytes (16 GiB) and
+	// DefaultCopyMaxFiles (1048576); negative: no limit.
+	MaxBytes int64
+	MaxFiles int
+}
+
+func (o CopyOptions) limits() agentwire.Limits {
+	return agentwire.Limits{MaxBytes: o.MaxBytes, MaxFiles: o.MaxFiles}
 }
 
 // CopyFrom copies the guest file or directory src to the local dst, the same way as CopyTo.
 // Nothing the guest sends is written outside dst: entries with ".." or absolute names and
-// writes through symlinks that leave dst are refused. A missing src gives an error matching
-// fs.ErrNotExist.
+// writes through symlinks that leave dst are refused, and so is a tree past opts' limits. A
+// missing src gives an error matching fs.ErrNotExist.
 func (a *Agent) CopyFrom(ctx context.Context, src, dst string, opts CopyOptions) error {
-	return a.c.CopyFrom(ctx, src, dst, opts.KeepOwner)
+	return a.c.CopyFrom(ctx, src, dst, opts.KeepOwner, opts.limits())
 }
 
 // GuestFileInfo describes a file in the guest.

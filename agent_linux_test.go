@@ -108,7 +108,7 @@ func TestAgentCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	guest := t.TempDir() // the agent runs on this host: its "guest" paths are ours
-	if err := a.CopyTo(ctx, filepath.Join(src, "d"), guest); err != nil {
+	if err := a.CopyTo(ctx, filepath.Join(src, "d"), guest, CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	back := t.TempDir()

@@ -181,7 +181,7 @@ func checkAgent(ctx context.Context, t *testing.T, m *Machine) {
 	if err := os.WriteFile(src, []byte("from the host\n"), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	if err := ag.CopyTo(wctx, src, "/root/"); err != nil {
+	if err := ag.CopyTo(wctx, src, "/root/", CopyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	back := filepath.Join(t.TempDir(), "back.txt")

@@ -109,7 +109,7 @@ func BenchmarkCopy256MiB(b *testing.B) {
 	for b.Loop() {
 		dst := b.TempDir()
 		t0 := time.Now()
-		if err := c.CopyTo(context.Background(), src, dst); err != nil {
+		if err := c.CopyTo(context.Background(), src, dst, agentwire.Limits{}); err != nil {
 			b.Fatal(err)
 		}
 		agentTime += time.Since(t0)

@@ -94,27 +94,34 @@ func describe(t *testing.T, root string) string {
 	return b.String()
 }
 
-func TestCopyTreeInAndOut(t *testing.T) {
-	rootfs := makeRootfs(t)
-	a := startNSAgent(t, rootfs)
+// treeAgent starts an agent in namespaces and makes a tree (makeTree) to copy, in the
+// directory it returns.
+func treeAgent(t *testing.T) (*nsAgent, context.Context, string) {
+	t.Helper()
+	a := startNSAgent(t, makeRootfs(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	src := t.TempDir()
 	makeTree(t, src)
+	return a, ctx, src
+}
+
+func TestCopyTreeInAndOut(t *testing.T) {
+	a, ctx, src := treeAgent(t)
 	want := describe(t, filepath.Join(src, "tree"))
 
 	// Into an existing directory: the tree keeps its name.
-	if err := a.client.CopyTo(ctx, filepath.Join(src, "tree"), "/data"); err != nil {
+	if err := a.client.CopyTo(ctx, filepath.Join(src, "tree"), "/data", agentwire.Limits{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := describe(t, filepath.Join(rootfs, "data/tree")); got != want {
+	if got := describe(t, filepath.Join(a.rootfs, "data/tree")); got != want {
 		t.Errorf("tree in the guest:\n%s\nwant:\n%s", got, want)
 	}
 	// To a new name.
-	if err := a.client.CopyTo(ctx, filepath.Join(src, "tree"), "/data/renamed"); err != nil {
+	if err := a.client.CopyTo(ctx, filepath.Join(src, "tree"), "/data/renamed", agentwire.Limits{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := describe(t, filepath.Join(rootfs, "data/renamed")); got != want {
+	if got := describe(t, filepath.Join(a.rootfs, "data/renamed")); got != want {
 		t.Errorf("renamed tree in the guest:\n%s\nwant:\n%s", got, want)
 	}
 	stdout, _, _ := a.run(t, agentwire.ExecStart{Args: []string{"sh", "-c", "cat /data/tree/link; /data/tree/sub/b.sh"}}, "")
@@ -124,14 +131,14 @@ func TestCopyTreeInAndOut(t *testing.T) {
 
 	// And out again, with owners.
 	out := t.TempDir()
-	if err := a.client.CopyFrom(ctx, "/data/tree", out, true); err != nil {
+	if err := a.client.CopyFrom(ctx, "/data/tree", out, true, agentwire.Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := describe(t, filepath.Join(out, "tree")); got != want {
 		t.Errorf("tree copied out:\n%s\nwant:\n%s", got, want)
 	}
 	// To a new local name, without owners: setuid is dropped.
-	if err := a.client.CopyFrom(ctx, "/data/tree/sub/setuid", filepath.Join(out, "plain"), false); err != nil {
+	if err := a.client.CopyFrom(ctx, "/data/tree/sub/setuid", filepath.Join(out, "plain"), false, agentwire.Limits{}); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Stat(filepath.Join(out, "plain")); err != nil || fi.Mode() != 0o755 {
@@ -149,15 +156,15 @@ func TestCopyBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	err := a.client.CopyTo(ctx, src, "/missing/dir/f.txt")
+	err := a.client.CopyTo(ctx, src, "/missing/dir/f.txt", agentwire.Limits{})
 	if err == nil || !strings.Contains(err.Error(), "/missing/dir does not exist in the guest") {
 		t.Errorf("copy to a missing directory: %v", err)
 	}
-	err = a.client.CopyFrom(ctx, "/data/nothing", t.TempDir(), false)
+	err = a.client.CopyFrom(ctx, "/data/nothing", t.TempDir(), false, agentwire.Limits{})
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("copy a missing guest file: %v, want fs.ErrNotExist", err)
 	}
-	err = a.client.CopyFrom(ctx, "/data", filepath.Join(t.TempDir(), "no/such/dir"), false)
+	err = a.client.CopyFrom(ctx, "/data", filepath.Join(t.TempDir(), "no/such/dir"), false, agentwire.Limits{})
 	if err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Errorf("copy to a missing local directory: %v", err)
 	}
@@ -165,7 +172,7 @@ func TestCopyBadInput(t *testing.T) {
 		if _, err := a.client.Stat(ctx, p); err == nil || !strings.Contains(err.Error(), p) {
 			t.Errorf("stat %q: %v, want an error naming the path", p, err)
 		}
-		if err := a.client.CopyTo(ctx, src, p); err == nil {
+		if err := a.client.CopyTo(ctx, src, p, agentwire.Limits{}); err == nil {
 			t.Errorf("copy to %q succeeded", p)
 		}
 	}
@@ -177,7 +184,7 @@ func TestCopyBadInput(t *testing.T) {
 		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: 1, Typeflag: tar.TypeReg})
 		_, _ = tw.Write([]byte("x"))
 		_ = tw.Close()
-		_, err := a.client.Upload(ctx, "/data", &buf)
+		_, err := a.client.Upload(ctx, "/data", agentwire.Limits{}, &buf)
 		if err == nil || !strings.Contains(err.Error(), "tar entry") {
 			t.Errorf("upload of %q: %v, want a refusal naming the tar entry", name, err)
 		}
@@ -207,5 +214,47 @@ func TestCopyBadInput(t *testing.T) {
 	}
 	if err := a.client.Remove(ctx, "/data/a", true); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("remove a missing path: %v, want fs.ErrNotExist", err)
+	}
+}
+
+// TestCopyLimits: a copy past its size or file limit fails in either direction with an error
+// naming the limit, and a copy out of the guest leaves nothing of what it created.
+func TestCopyLimits(t *testing.T) {
+	a, ctx, src := treeAgent(t) // 4 files and links, 2 directories; 6+17+1 bytes of files
+
+	tree := filepath.Join(src, "tree")
+	err := a.client.CopyTo(ctx, tree, "/data", agentwire.Limits{MaxBytes: 10})
+	if err == nil || !strings.Contains(err.Error(), "more than 10 bytes") || !strings.Contains(err.Error(), "--max-size") {
+		t.Errorf("copy in past the size limit: %v", err)
+	}
+	if err := a.client.CopyTo(ctx, tree, "/data", agentwire.Limits{MaxBytes: 24, MaxFiles: 7}); err != nil {
+		t.Fatalf("copy in at the limits: %v", err)
+	}
+
+	out := t.TempDir()
+	for _, tc := range []struct {
+		lim  agentwire.Limits
+		want string
+	}{
+		{agentwire.Limits{MaxBytes: 23}, "more than 23 bytes of files"},
+		{agentwire.Limits{MaxFiles: 6}, "more than 6 files"},
+	} {
+		err := a.client.CopyFrom(ctx, "/data/tree", out, false, tc.lim)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "out of the guest") {
+			t.Errorf("copy out with %+v: %v, want an error containing %q", tc.lim, err, tc.want)
+		}
+		if _, err := os.Lstat(filepath.Join(out, "tree")); err == nil {
+			t.Errorf("copy out with %+v left %s/tree behind", tc.lim, out)
+		}
+		err = a.client.CopyFrom(ctx, "/data/tree", filepath.Join(out, "renamed"), false, tc.lim)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("copy out to a new name with %+v: %v", tc.lim, err)
+		}
+		if ents, _ := os.ReadDir(out); len(ents) != 0 {
+			t.Errorf("copy out with %+v left %d entries in %s", tc.lim, len(ents), out)
+		}
+	}
+	if err := a.client.CopyFrom(ctx, "/data/tree", out, false, agentwire.Limits{MaxBytes: 24, MaxFiles: 7}); err != nil {
+		t.Fatalf("copy out at the limits: %v", err)
 	}
 }

@@ -185,7 +185,7 @@ func (s *Server) upload(ctx context.Context, stream *connect.ClientStream[agentw
 		}
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("upload: no destination"))
 	}
-	dir := stream.Msg().Dir
+	dir, lim := stream.Msg().Dir, stream.Msg().Limits
 	if err := checkPath(dir); err != nil {
 		return nil, err
 	}
@@ -223,11 +223,15 @@ func (s *Server) upload(ctx context.Context, stream *connect.ClientStream[agentw
 			}
 		}
 	}()
-	n, err := treetar.Extract(pipe, dir, treetar.Options{Owner: true})
+	n, err := treetar.Extract(pipe, dir, lim.ExtractOptions(treetar.Options{Owner: true}))
 	pipe.CloseRead(errors.New("extraction ended"))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, connect.NewError(connect.CodeCanceled, err)
+		}
+		var le *treetar.LimitError
+		if errors.As(err, &le) {
+			return nil, connect.NewError(connect.CodeResourceExhausted, errors.New(agentwire.LimitMessage("into "+dir, le)))
 		}
 		var ce *connect.Error
 		if errors.As(err, &ce) {

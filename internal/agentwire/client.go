@@ -148,10 +148,10 @@ func (c *Client) Remove(ctx context.Context, path string, recursive bool) error 
 }
 
 // Upload sends the tar stream r to the agent, which creates its entries under the existing
-// guest directory dir. It returns the number of entries created.
-func (c *Client) Upload(ctx context.Context, dir string, r io.Reader) (int, error) {
+// guest directory dir, within lim. It returns the number of entries created.
+func (c *Client) Upload(ctx context.Context, dir string, lim Limits, r io.Reader) (int, error) {
 	stream := c.upload.CallClientStream(ctx)
-	err := stream.Send(&UploadIn{Dir: dir})
+	err := stream.Send(&UploadIn{Dir: dir, Limits: lim})
 	if err == nil {
 		err = sendChunks(r, func(b []byte) error { return stream.Send(&UploadIn{Data: b}) })
 	}

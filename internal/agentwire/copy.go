@@ -12,10 +12,52 @@ import (
 	"github.com/smartvm/smartvm/internal/treetar"
 )
 
+// Default copy limits: what one copy may write at most, in bytes of file contents and in
+// entries (files, directories, links), unless Limits raise them.
+const (
+	DefaultMaxBytes int64 = 16 << 30
+	DefaultMaxFiles       = 1 << 20
+)
+
+// Limits bound what one copy writes: a copy out of a guest is written by the guest, which
+// must not be able to fill the host's disk or use up its inodes. A zero field is the default
+// (DefaultMaxBytes, DefaultMaxFiles); a negative one is no limit.
+type Limits struct {
+	MaxBytes int64 `json:"max_bytes,omitempty"`
+	MaxFiles int   `json:"max_files,omitempty"`
+}
+
+// apply sets opts' limits from l.
+func (l Limits) apply(opts *treetar.Options) {
+	opts.MaxBytes, opts.MaxEntries = l.MaxBytes, l.MaxFiles
+	if l.MaxBytes == 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	if l.MaxFiles == 0 {
+		opts.MaxEntries = DefaultMaxFiles
+	}
+}
+
+// ExtractOptions returns opts with l's limits.
+func (l Limits) ExtractOptions(opts treetar.Options) treetar.Options {
+	l.apply(&opts)
+	return opts
+}
+
+// LimitMessage explains a treetar.LimitError of a copy of what: which limit, and how to
+// raise it.
+func LimitMessage(what string, le *treetar.LimitError) string {
+	if le.Bytes {
+		return fmt.Sprintf("copy %s: more than %d bytes of files (at %s), the copy's size limit: raise it (smartvm cp --max-size, Limits.MaxBytes) if that much is expected", what, le.Limit, le.Entry)
+	}
+	return fmt.Sprintf("copy %s: more than %d files (at %s), the copy's file limit: raise it (smartvm cp --max-files, Limits.MaxFiles) if that many are expected", what, le.Limit, le.Entry)
+}
+
 // CopyTo copies the local file or directory src into the guest at dst, as cp -a and docker cp
 // do: into dst when it is an existing directory (keeping src's name), else to the new name dst,
-// whose directory must exist. Modes, ownership and times are kept.
-func (c *Client) CopyTo(ctx context.Context, src, dst string) error {
+// whose directory must exist. Modes, ownership and times are kept. The agent refuses a tree
+// past lim.
+func (c *Client) CopyTo(ctx context.Context, src, dst string, lim Limits) error {
 	sfi, err := os.Lstat(src)
 	if err != nil {
 		return fmt.Errorf("copy: %w", err)
@@ -43,7 +85,7 @@ func (c *Client) CopyTo(ctx context.Context, src, dst string) error {
 	}
 	pipe := NewPipe()
 	go func() { pipe.CloseWrite(treetar.Write(pipe, src, name)) }()
-	_, err = c.Upload(ctx, dir, pipe)
+	_, err = c.Upload(ctx, dir, lim, pipe)
 	pipe.CloseRead(errors.New("upload ended"))
 	return err
 }
@@ -51,8 +93,9 @@ func (c *Client) CopyTo(ctx context.Context, src, dst string) error {
 // CopyFrom copies the guest file or directory src to the local path dst, the same way as
 // CopyTo. Modes and times are kept; ownership and setuid/setgid bits only with owner (what a
 // guest writes is not trusted with them otherwise). Entries go through treetar.Extract, so
-// nothing the guest sends lands outside dst.
-func (c *Client) CopyFrom(ctx context.Context, src, dst string, owner bool) error {
+// nothing the guest sends lands outside dst, and a stream past lim is refused; what it
+// created is then removed.
+func (c *Client) CopyFrom(ctx context.Context, src, dst string, owner bool, lim Limits) error {
 	if _, err := c.Stat(ctx, src); err != nil {
 		return err
 	}
@@ -61,10 +104,10 @@ func (c *Client) CopyFrom(ctx context.Context, src, dst string, owner bool) erro
 		return errors.New("copy: copy the guest's root directory by its entries, not as /")
 	}
 	// The guest writes the stream: it may create src's name in dst and nothing else.
-	opts := treetar.Options{Owner: owner, Prefix: name}
+	opts := lim.ExtractOptions(treetar.Options{Owner: owner, Prefix: name})
 	dfi, err := os.Stat(dst)
 	if err == nil && dfi.IsDir() {
-		return c.downloadInto(ctx, src, dst, opts)
+		return c.downloadInto(ctx, src, dst, opts, true)
 	}
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("copy: %w", err)
@@ -79,7 +122,7 @@ func (c *Client) CopyFrom(ctx context.Context, src, dst string, owner bool) erro
 		return fmt.Errorf("copy: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	if err := c.downloadInto(ctx, src, tmp, opts); err != nil {
+	if err := c.downloadInto(ctx, src, tmp, opts, false); err != nil {
 		return err
 	}
 	if err := os.Rename(filepath.Join(tmp, name), dst); err != nil {
@@ -88,14 +131,32 @@ func (c *Client) CopyFrom(ctx context.Context, src, dst string, owner bool) erro
 	return nil
 }
 
-func (c *Client) downloadInto(ctx context.Context, src, dir string, opts treetar.Options) error {
+// downloadInto extracts src's stream under dir. With clean, a failed copy removes the entry
+// it created when none was there before (a temporary directory is removed whole instead).
+func (c *Client) downloadInto(ctx context.Context, src, dir string, opts treetar.Options, clean bool) error {
 	r, err := c.Download(ctx, src)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	if _, err := treetar.Extract(r, dir, opts); err != nil {
-		return fmt.Errorf("copy %s: %w", src, err)
+	if clean {
+		if _, err := os.Lstat(filepath.Join(dir, opts.Prefix)); err == nil {
+			clean = false
+		}
 	}
-	return nil
+	_, err = treetar.Extract(r, dir, opts)
+	if err == nil {
+		return nil
+	}
+	if clean {
+		if root, rerr := os.OpenRoot(dir); rerr == nil {
+			_ = root.RemoveAll(opts.Prefix)
+			root.Close()
+		}
+	}
+	var le *treetar.LimitError
+	if errors.As(err, &le) {
+		return fmt.Errorf("%s out of the guest", LimitMessage(src, le))
+	}
+	return fmt.Errorf("copy %s: %w", src, err)
 }

@@ -102,7 +102,9 @@ type ExitStatus struct {
 // UploadIn is a message of an Upload call: the first has Dir, the destination directory in the
 // guest (it must exist); the rest carry a tar stream whose entries are created under Dir.
 type UploadIn struct {
-	Dir  string `json:"dir,omitempty"`
+	Dir string `json:"dir,omitempty"`
+	// Limits, in the first message, bound what the agent writes (zero: the defaults).
+	Limits
 	Data []byte `json:"-"`
 }
 

@@ -12,8 +12,10 @@ import (
 func (a *app) newCpCmd() *cobra.Command {
 	var f agentFlags
 	var archive bool
+	maxMiB := int(smartvm.DefaultCopyMaxBytes >> 20)
+	maxFiles := smartvm.DefaultCopyMaxFiles
 	cmd := &cobra.Command{
-		Use:   "cp [-a] [--agent-addr ADDR] (SRC NAME:DST | NAME:SRC DST)",
+		Use:   "cp [-a] [--max-size SIZE] [--max-files N] [--agent-addr ADDR] (SRC NAME:DST | NAME:SRC DST)",
 		Short: "Copy files and directories into or out of a VM through its agent",
 		Long: `Copy a file or a whole directory between this host and a guest, through
 smartvm-agent: NAME:PATH is PATH in the VM called NAME (started with --agent), with an
@@ -24,16 +26,33 @@ As with cp -a and docker cp, the copy goes into DST when DST is an existing dire
 otherwise becomes DST, whose directory must exist. Modes, times, symlinks and hard links are
 kept. Copies into the guest keep their owners; copies out of it belong to you unless -a
 (archive) keeps the guest's owners and setuid/setgid bits. Nothing a guest sends can land
-outside DST.`,
+outside DST.
+
+A copy writes at most --max-size bytes of files (16G by default) and --max-files entries
+(1048576): a guest cannot fill this host's disk through a copy out of it. A copy past a limit
+fails, names it, and removes what it created; raise the limit when that much is expected
+(0: no limit). Copies into the guest are bounded the same way there.`,
 		Example: `  smartvm cp ./site web:/srv/
   smartvm cp web:/var/log/app.log ./app.log
   smartvm cp --agent-addr unix:/run/agent.sock ./site :/srv/`,
 		Args: exactArgs(2, "a source and a destination"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.cp(cmd.Context(), &f, archive, args[0], args[1])
+			if maxMiB < 0 || maxFiles < 0 {
+				return usagef("--max-size and --max-files must not be negative (0: no limit)")
+			}
+			opts := smartvm.CopyOptions{KeepOwner: archive, MaxBytes: int64(maxMiB) << 20, MaxFiles: maxFiles}
+			if maxMiB == 0 {
+				opts.MaxBytes = -1
+			}
+			if maxFiles == 0 {
+				opts.MaxFiles = -1
+			}
+			return a.cp(cmd.Context(), &f, opts, args[0], args[1])
 		},
 	}
 	cmd.Flags().BoolVarP(&archive, "archive", "a", false, "copying out: keep the guest's owners and setuid/setgid bits (the guest then decides who owns the files on this host, and can leave setuid programs here: only for guests you trust)")
+	cmd.Flags().Var(mibFlag{&maxMiB}, "max-size", "the most bytes of files one copy writes (MiB, or 512M, 16G...); 0: no limit")
+	cmd.Flags().IntVar(&maxFiles, "max-files", maxFiles, "the most files, directories and links one copy creates; 0: no limit")
 	f.register(cmd)
 	return cmd
 }
@@ -48,7 +67,7 @@ func guestPath(arg string) (name, path string, ok bool) {
 	return arg[:i], arg[i+1:], true
 }
 
-func (a *app) cp(ctx context.Context, f *agentFlags, archive bool, src, dst string) error {
+func (a *app) cp(ctx context.Context, f *agentFlags, opts smartvm.CopyOptions, src, dst string) error {
 	sname, gsrc, srcInGuest := guestPath(src)
 	dname, gdst, dstInGuest := guestPath(dst)
 	name := sname + dname
@@ -66,7 +85,8 @@ func (a *app) cp(ctx context.Context, f *agentFlags, archive bool, src, dst stri
 	}
 	defer done()
 	if dstInGuest {
-		return ag.CopyTo(ctx, src, gdst)
+		opts.KeepOwner = false
+		return ag.CopyTo(ctx, src, gdst, opts)
 	}
-	return ag.CopyFrom(ctx, gsrc, dst, smartvm.CopyOptions{KeepOwner: archive})
+	return ag.CopyFrom(ctx, gsrc, dst, opts)
 }

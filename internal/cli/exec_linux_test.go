@@ -110,6 +110,14 @@ func TestCp(t *testing.T) {
 	env.run(t, "cp", "--agent-addr", addr, "a", "b").fails(t, 2, "exactly one side")
 	env.run(t, "cp", "--agent-addr", addr, "./x:y", "vm:/z").fails(t, 2, "not both")
 	env.run(t, "cp", "--agent-addr", addr, ":", "b").fails(t, 2, "empty")
+	// Limits: past --max-files in either direction, --max-size out of the guest.
+	env.run(t, "cp", "--max-files", "2", "--agent-addr", addr, ":"+filepath.Join(guest, "tree"), filepath.Join(back, "small")).fails(t, 1, "--max-files")
+	env.run(t, "cp", "--max-files", "2", "--agent-addr", addr, filepath.Join(src, "tree"), ":"+filepath.Join(guest, "again")).fails(t, 1, "more than 2 files")
+	env.run(t, "cp", "--max-size", "0", "--max-files", "0", "--agent-addr", addr, ":"+filepath.Join(guest, "tree"), filepath.Join(back, "nolimit")).ok(t)
+	env.run(t, "cp", "--max-files", "-1", "--agent-addr", addr, ":"+guest, back).fails(t, 2, "must not be negative")
+	if _, err := os.Lstat(filepath.Join(back, "small")); err == nil {
+		t.Error("a copy past --max-files left its destination behind")
+	}
 }
 
 // TestExecVM reaches a VM's agent by its name: the fake Firecracker relays the agent's vsock

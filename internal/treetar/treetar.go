@@ -128,6 +128,28 @@ type Options struct {
 	// created. A stream from an untrusted writer (a guest) extracted into an existing
 	// directory then cannot replace, chmod or link anything else there.
 	Prefix string
+	// MaxBytes, when positive, is the most bytes of file contents the stream may hold in all
+	// (a file's size counts before any of it is written), and MaxEntries, when positive, the
+	// most entries. A stream past either ends the extraction with a *LimitError: a writer
+	// that is not trusted (a guest) cannot fill the disk or its inodes.
+	MaxBytes   int64
+	MaxEntries int
+}
+
+// LimitError is the error of an extraction that went past Options.MaxBytes or MaxEntries.
+type LimitError struct {
+	// Entry is the entry that would have gone past the limit.
+	Entry string
+	// Bytes is set for MaxBytes, else the limit is MaxEntries; Limit is its value.
+	Bytes bool
+	Limit int64
+}
+
+func (e *LimitError) Error() string {
+	if e.Bytes {
+		return fmt.Sprintf("tar entry %q: the stream holds more than %d bytes of files, the limit", e.Entry, e.Limit)
+	}
+	return fmt.Sprintf("tar entry %q: the stream holds more than %d entries, the limit", e.Entry, e.Limit)
 }
 
 // Extract creates the entries of the tar stream r under the existing directory dir and returns
@@ -148,6 +170,7 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 	var dirs []dirTimes
 	created := map[string]bool{}
 	n := 0
+	var total int64
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -171,6 +194,15 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 			if !created[target] {
 				return n, fmt.Errorf("tar entry %q: a hard link to %q, which this stream did not create", name, hdr.Linkname)
 			}
+		}
+		if opts.MaxEntries > 0 && n >= opts.MaxEntries {
+			return n, &LimitError{Entry: name, Limit: int64(opts.MaxEntries)}
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			if opts.MaxBytes > 0 && hdr.Size > opts.MaxBytes-total {
+				return n, &LimitError{Entry: name, Bytes: true, Limit: opts.MaxBytes}
+			}
+			total += hdr.Size
 		}
 		created[name] = true
 		if err := extractEntry(root, tr, hdr, name, opts, buf); err != nil {

@@ -3,6 +3,7 @@ package treetar
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -151,5 +152,40 @@ func TestExtractPrefix(t *testing.T) {
 		entry{name: "app/h", link: "app/f", typ: tar.TypeLink}), dir, Options{Prefix: "app"})
 	if err != nil || n != 3 {
 		t.Fatalf("a tree under the prefix: %d, %v", n, err)
+	}
+}
+
+// TestExtractLimits: a stream past MaxBytes or MaxEntries stops with a LimitError before the
+// file that would pass the limit is written; one at the limit is extracted whole.
+func TestExtractLimits(t *testing.T) {
+	t.Parallel()
+	files := []entry{{name: "d", typ: tar.TypeDir}, {name: "d/a", typ: tar.TypeReg, data: "1234"}, {name: "d/b", typ: tar.TypeReg, data: "5678"}}
+	for _, tc := range []struct {
+		name     string
+		opts     Options
+		bytes    bool
+		limit    int64
+		wantFile bool // whether d/b, the entry past the limit, exists
+	}{
+		{"bytes past", Options{MaxBytes: 7}, true, 7, false},
+		{"bytes at", Options{MaxBytes: 8}, false, 0, true},
+		{"entries past", Options{MaxEntries: 2}, false, 2, false},
+		{"entries at", Options{MaxEntries: 3}, false, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			_, err := Extract(tarOf(t, files...), dir, tc.opts)
+			var le *LimitError
+			switch {
+			case tc.limit == 0 && err != nil:
+				t.Fatalf("Extract: %v", err)
+			case tc.limit != 0 && (!errors.As(err, &le) || le.Bytes != tc.bytes || le.Limit != tc.limit || le.Entry != "d/b"):
+				t.Fatalf("Extract: %v (%+v), want a LimitError for d/b", err, le)
+			}
+			if _, err := os.Lstat(filepath.Join(dir, "d/b")); (err == nil) != tc.wantFile {
+				t.Errorf("d/b exists: %v, want %v", err == nil, tc.wantFile)
+			}
+		})
 	}
 }
