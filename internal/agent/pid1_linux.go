@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -118,38 +119,105 @@ func parseIPArg(v string) (ipConfig, bool) {
 	return c, true
 }
 
-// setupNetwork applies a static ip= from the kernel command line: loopback up, the address,
-// netmask and default route on the device (unless the kernel already did), the hostname, and
-// /etc/resolv.conf from its DNS servers.
-func setupNetwork(log *slog.Logger, cmdline string) {
+// guestSys is where network settings outside the interfaces go, and how to reach MMDS; tests
+// point it elsewhere.
+type guestSys struct {
+	resolvConf  string
+	sethostname func(name string) error
+	dial        dialTCP // nil: net.Dialer
+}
+
+var realSys = guestSys{resolvConf: "/etc/resolv.conf", sethostname: func(name string) error { return unix.Sethostname([]byte(name)) }}
+
+// setupNetwork brings up loopback and the guest's network: from a static ip= on the kernel
+// command line, else from MMDS (agentwire.MMDSNetwork). keepHostname leaves the host name
+// alone (an init config set it).
+func setupNetwork(log *slog.Logger, cmdline string, keepHostname bool) {
 	if err := ifUp("lo", nil, nil); err != nil {
 		log.Warn("bring up lo", "err", err)
 	}
 	c, ok := parseIPArg(kernelArg(cmdline, "ip"))
 	if !ok {
+		if err := setupNetworkMMDS(context.Background(), log, cmdline, realSys, keepHostname); err != nil {
+			log.Warn("network from mmds", "err", err)
+		}
 		return
 	}
-	if c.hostname != "" {
-		setHostname(log, c.hostname)
+	ones, _ := c.mask.Size()
+	addr, _ := netip.AddrFromSlice(c.addr)
+	g := guestNet{addr: netip.PrefixFrom(addr, ones), hostname: c.hostname, dev: c.dev}
+	if gw, ok := netip.AddrFromSlice(c.gateway); ok {
+		g.gateway = gw
 	}
-	if err := ifUp(c.dev, c.addr, c.mask); err != nil {
+	for _, d := range c.dns {
+		g.dns = append(g.dns, netip.MustParseAddr(d)) // parseIPArg checked it
+	}
+	if err := applyNetwork(log, g, realSys, keepHostname); err != nil {
 		log.Warn("configure network", "dev", c.dev, "err", err)
-		return
 	}
-	if c.gateway != nil {
-		if err := addDefaultRoute(c.gateway); err != nil && !errors.Is(err, unix.EEXIST) {
-			log.Warn("default route", "gateway", c.gateway, "err", err)
+}
+
+// setupNetworkMMDS gives eth0 a link-local address, reads the network from MMDS and applies
+// it. Without eth0, or with smartvm.mmds=off, it does nothing; without the key, it leaves eth0
+// on its link-local address (the metadata service stays reachable).
+func setupNetworkMMDS(ctx context.Context, log *slog.Logger, cmdline string, sys guestSys, keepHostname bool) error {
+	addr, explicit, err := mmdsAddr(cmdline)
+	if err != nil || addr == "" {
+		return err
+	}
+	local := agentwire.MMDSGuestAddr
+	if addr == local {
+		local = agentwire.MMDSGuestAddrAlt
+	}
+	if _, err := net.InterfaceByName("eth0"); err != nil {
+		log.Debug("no eth0 for mmds", "err", err)
+		return nil
+	}
+	if err := ifUp("eth0", net.ParseIP(local).To4(), net.CIDRMask(16, 32)); err != nil {
+		return fmt.Errorf("eth0 for mmds: %w", err)
+	}
+	// A host that says where MMDS is gets time to answer; otherwise a guest with a NIC and no
+	// MMDS waits briefly.
+	timeout := 2 * time.Second
+	if explicit {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	g, ok, err := newMMDSClient(net.JoinHostPort(addr, "80"), timeout, sys.dial).network(ctx)
+	if err != nil || !ok {
+		if !explicit && err != nil {
+			log.Debug("no network from mmds", "addr", addr, "err", err)
+			return nil
+		}
+		return err
+	}
+	log.Info("network from mmds", "dev", g.dev, "addr", g.addr, "gateway", g.gateway)
+	return applyNetwork(log, g, sys, keepHostname)
+}
+
+// applyNetwork sets the address and prefix on the device and brings it up, then the default
+// route, /etc/resolv.conf (when DNS servers are given) and the host name.
+func applyNetwork(log *slog.Logger, g guestNet, sys guestSys, keepHostname bool) error {
+	if g.hostname != "" && !keepHostname {
+		if err := sys.sethostname(g.hostname); err != nil {
+			log.Warn("set hostname", "name", g.hostname, "err", err)
 		}
 	}
-	if len(c.dns) > 0 {
-		var b strings.Builder
-		for _, d := range c.dns {
-			fmt.Fprintf(&b, "nameserver %s\n", d)
-		}
-		if err := os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
-			log.Warn("write /etc/resolv.conf", "err", err)
+	if err := ifUp(g.dev, g.addr.Addr().AsSlice(), net.CIDRMask(g.addr.Bits(), 32)); err != nil {
+		return fmt.Errorf("%s: %w", g.dev, err)
+	}
+	if g.gateway.IsValid() {
+		if err := addDefaultRoute(g.gateway.AsSlice()); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("default route via %s: %w", g.gateway, err)
 		}
 	}
+	if len(g.dns) > 0 {
+		if err := os.WriteFile(sys.resolvConf, g.resolvConf(), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ifreq is struct ifreq with a sockaddr_in or flags in its union.

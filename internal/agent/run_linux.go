@@ -42,7 +42,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if init.Hostname != "" {
 			setHostname(log, init.Hostname)
 		}
-		setupNetwork(log, kernelCmdline())
+		setupNetwork(log, kernelCmdline(), init.Hostname != "")
 	}
 	if cfg.PID1 && mainWaitArg(kernelCmdline()) {
 		cfg.MainWait = true

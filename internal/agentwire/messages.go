@@ -176,3 +176,36 @@ type Hello struct {
 type TimeSync struct {
 	UnixNano int64 `json:"unix_nano"`
 }
+
+// MMDS: where the host tells an agent that runs as PID 1 how to set up the guest's network,
+// when the kernel command line has no static ip= argument. The host puts
+// {"smartvm": {"network": MMDSNetwork}} into the microVM metadata service; the agent brings
+// up eth0 with a link-local address (MMDSGuestAddr, or MMDSGuestAddrAlt when the service
+// uses that one), reads /smartvm/network from the service (V2 session token when it gives
+// one) and applies it. The kernel argument "smartvm.mmds=ADDR" names the service's address
+// (default MMDSDefaultAddr); "smartvm.mmds=off" skips MMDS.
+const (
+	MMDSKey          = "smartvm"
+	MMDSNetworkPath  = "/" + MMDSKey + "/network"
+	MMDSKernelArg    = "smartvm.mmds"
+	MMDSDefaultAddr  = "169.254.169.254"
+	MMDSGuestAddr    = "169.254.0.1"
+	MMDSGuestAddrAlt = "169.254.0.2"
+)
+
+// MMDSNetwork is the network an agent applies from MMDS. Every field is a string so that it
+// reads the same in JSON and in the IMDS text format (MMDS imds_compat).
+type MMDSNetwork struct {
+	// Address is the guest's IPv4 address with its prefix length: "172.16.0.2/30". Required.
+	Address string `json:"address"`
+	// Gateway is the default route's IPv4 gateway. Empty: no default route.
+	Gateway string `json:"gateway,omitempty"`
+	// DNS is up to 3 name server addresses, separated by spaces, for /etc/resolv.conf.
+	// Empty: resolv.conf is left alone.
+	DNS string `json:"dns,omitempty"`
+	// Hostname is the guest's host name (RFC 1123, at most 64 bytes). Empty: unchanged; an
+	// init config's hostname wins over it.
+	Hostname string `json:"hostname,omitempty"`
+	// Device is the interface to configure. Empty: eth0.
+	Device string `json:"device,omitempty"`
+}
