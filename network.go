@@ -9,8 +9,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/agentwire"
+	"github.com/smartvm/smartvm/internal/mergepatch"
 	"github.com/smartvm/smartvm/netdev"
 )
 
@@ -145,4 +149,51 @@ func (mgr *Manager) reclaimNetworks(ctx context.Context) error {
 	return mgr.root.Locked(ctx, func() error {
 		return netdev.Reclaim(ctx, dir, mgr.root.Has, netdev.WithLogger(mgr.log))
 	})
+}
+
+// mmdsData is the MMDS store the VM starts with: the spec's data and, for the agent, the
+// guest's network (MMDSNetworkKey) under it.
+func (s *starter) mmdsData() (json.RawMessage, error) {
+	data := s.spec.MMDS.Data
+	if !s.spec.agentNeedsMMDS() || s.net == nil || len(s.net.NICs) == 0 {
+		return data, nil
+	}
+	nic := s.net.NICs[0]
+	n := agentwire.MMDSNetwork{
+		Address: netip.PrefixFrom(nic.GuestIP, nic.Subnet.Bits()).String(),
+		Gateway: nic.HostIP.String(),
+		// Guest NICs are numbered in the order Firecracker gets them: the spec's own first.
+		Device: "eth" + strconv.Itoa(len(s.spec.Interfaces)),
+	}
+	if name := s.spec.Name; !strings.HasPrefix(name, "-") && !strings.HasSuffix(name, "-") {
+		n.Hostname = name // a VM name is a host name unless it starts or ends with '-'
+	}
+	var out any = map[string]any{agentwire.MMDSKey: map[string]any{"network": n}}
+	if len(data) > 0 {
+		var user any
+		if err := json.Unmarshal(data, &user); err != nil {
+			return nil, fmt.Errorf("mmds data: %w", err)
+		}
+		if _, ok := user.(map[string]any); !ok {
+			return nil, errors.New("mmds data: the agent's network goes into MMDS under \"smartvm\", which needs the data to be a JSON object; make it one, or use network.kernel_ip_arg")
+		}
+		// The struct becomes a map first, so that the user's fields merge into it.
+		b, _ := json.Marshal(out)
+		_ = json.Unmarshal(b, &out)
+		out = mergepatch.Apply(out, user)
+	}
+	return json.Marshal(out)
+}
+
+// mmdsBootArg is the kernel argument that tells the agent where MMDS is, when it learns its
+// network there.
+func (s MachineSpec) mmdsBootArg() string {
+	if !s.agentNeedsMMDS() || s.MMDS == nil {
+		return ""
+	}
+	addr := s.MMDS.IPv4Address
+	if addr == "" {
+		addr = agentwire.MMDSDefaultAddr
+	}
+	return agentwire.MMDSKernelArg + "=" + addr
 }

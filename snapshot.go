@@ -336,9 +336,15 @@ func (s *starter) load(ctx context.Context) error {
 	if err != nil {
 		return s.fail("PUT /snapshot/load", err)
 	}
-	if m := s.spec.MMDS; m != nil && len(m.Data) > 0 {
-		if err := s.client.PutMMDS(ctx, m.Data); err != nil {
+	if s.spec.MMDS != nil {
+		data, err := s.mmdsData()
+		if err != nil {
 			return s.fail("PUT /mmds", err)
+		}
+		if len(data) > 0 {
+			if err := s.client.PutMMDS(ctx, data); err != nil {
+				return s.fail("PUT /mmds", err)
+			}
 		}
 	}
 	return nil

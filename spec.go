@@ -18,6 +18,7 @@ import (
 
 	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/agentwire"
 	"github.com/smartvm/smartvm/netdev"
 )
 
@@ -154,8 +155,10 @@ type MachineSpec struct {
 	// WithAgentBinary) into the VM's staged copy of its root drive before the boot, at
 	// /usr/local/bin/smartvm-agent with an enabled systemd unit. The root drive must be
 	// ephemeral (a base image's always is): the cached image and persistent drives are never
-	// changed. The host reaches the agent over a vsock device (Vsock). False (the default):
-	// nothing is installed.
+	// changed. The host reaches the agent over a vsock device (Vsock). With a managed Network
+	// and no KernelIPArg, Start also turns on MMDS (V2 on every interface, unless MMDS says
+	// otherwise) and puts the guest's network in it, where the agent as PID 1 finds it
+	// (MMDSNetworkKey). False (the default): nothing is installed.
 	Agent bool `json:"agent,omitempty"`
 	// AgentMain says that the guest's init is the agent (as in an OCI image's bundle) and
 	// makes it wait for the host before it starts the image's main process: Start adds
@@ -314,8 +317,29 @@ type MMDSSpec struct {
 	IPv4Address string `json:"ipv4_address,omitempty"`
 	// IMDSCompat always answers in EC2 IMDS text format (Firecracker v1.13 or newer).
 	IMDSCompat bool `json:"imds_compat,omitempty"`
-	// Data is the JSON the store starts with. Zero value: empty.
+	// Data is the JSON the store starts with. Zero value: empty. For a VM with the agent and
+	// a managed network, Start adds MMDSNetworkKey to it (see MachineSpec.Agent); fields
+	// of that key in Data win over Start's (a JSON merge patch on top), so Data can add
+	// "dns" to them, for example.
 	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// MMDSNetworkKey is where Start puts a guest's network in MMDS for the agent:
+// {"smartvm": {"network": {"address": "172.16.0.2/30", "gateway": "172.16.0.1",
+// "hostname": NAME, "device": "eth0"}}}, each value a string; "dns" (name servers separated
+// by spaces) is written to the guest's /etc/resolv.conf when present. The agent, as PID 1 and
+// without an ip= kernel argument, reads it from the address the kernel argument
+// smartvm.mmds=ADDR names (Start adds it) and applies it.
+const MMDSNetworkKey = agentwire.MMDSKey + ".network"
+
+func isJSONObject(b json.RawMessage) bool {
+	var m map[string]json.RawMessage
+	return json.Unmarshal(b, &m) == nil && m != nil
+}
+
+// agentNeedsMMDS reports whether the agent learns the VM's network from MMDS.
+func (s MachineSpec) agentNeedsMMDS() bool {
+	return s.Agent && s.Network != nil && !s.Network.KernelIPArg
 }
 
 // BalloonSpec is a memory balloon device.
@@ -398,6 +422,9 @@ func (s MachineSpec) WithDefaults() MachineSpec {
 			n.Pool = DefaultNetworkPool
 		}
 		s.Network = &n
+	}
+	if s.agentNeedsMMDS() && s.MMDS == nil {
+		s.MMDS = &MMDSSpec{}
 	}
 	if s.MMDS != nil {
 		m := *s.MMDS
@@ -576,6 +603,8 @@ func (s MachineSpec) problems() []error {
 		}
 		if len(m.Data) > 0 && !json.Valid(m.Data) {
 			add("mmds data: not valid JSON")
+		} else if len(m.Data) > 0 && s.agentNeedsMMDS() && !isJSONObject(m.Data) {
+			add("mmds data: the agent's network goes into MMDS under %q, which needs the data to be a JSON object: make it one, or set network.kernel_ip_arg", agentwire.MMDSKey)
 		}
 	}
 	if b := s.Balloon; b != nil {

@@ -617,6 +617,9 @@ func (s *starter) vmConfig(drives []fcapi.Drive) fcapi.VMConfig {
 	if sp.AgentMain {
 		boot.BootArgs = strings.TrimSpace(boot.BootArgs + " " + AgentMainBootArg)
 	}
+	if a := sp.mmdsBootArg(); a != "" {
+		boot.BootArgs = strings.TrimSpace(boot.BootArgs + " " + a)
+	}
 	cfg := fcapi.VMConfig{
 		BootSource:    &boot,
 		MachineConfig: &fcapi.MachineConfig{VCPUCount: sp.VCPUs, MemSizeMiB: sp.MemoryMiB, SMT: sp.SMT, HugePages: sp.HugePages, CPUTemplate: sp.CPUTemplate},
@@ -692,11 +695,17 @@ func (s *starter) args(cfg fcapi.VMConfig) ([]string, error) {
 			return nil, err
 		}
 		args = append(args, "--config-file", p.Config)
-		if m := s.spec.MMDS; m != nil && len(m.Data) > 0 {
-			if err := os.WriteFile(p.Metadata, m.Data, 0o600); err != nil {
+		if s.spec.MMDS != nil {
+			data, err := s.mmdsData()
+			if err != nil {
 				return nil, err
 			}
-			args = append(args, "--metadata", p.Metadata)
+			if len(data) > 0 {
+				if err := os.WriteFile(p.Metadata, data, 0o600); err != nil {
+					return nil, err
+				}
+				args = append(args, "--metadata", p.Metadata)
+			}
 		}
 	}
 	if s.spec.EnablePCI && !slices.Contains(s.spec.ExtraArgs, "--enable-pci") {
@@ -741,7 +750,11 @@ func (s *starter) configure(ctx context.Context, cfg fcapi.VMConfig) error {
 	}
 	if cfg.MMDSConfig != nil {
 		steps = append(steps, step{"PUT /mmds/config", func() error { return c.PutMMDSConfig(ctx, *cfg.MMDSConfig) }})
-		if data := s.spec.MMDS.Data; len(data) > 0 {
+		data, err := s.mmdsData()
+		if err != nil {
+			return err
+		}
+		if len(data) > 0 {
 			steps = append(steps, step{"PUT /mmds", func() error { return c.PutMMDS(ctx, data) }})
 		}
 	}

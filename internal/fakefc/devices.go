@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"slices"
+
+	"github.com/smartvm/smartvm/internal/mergepatch"
 )
 
 // The configuration endpoints. Each mimics the checks Firecracker makes and its messages.
@@ -510,7 +512,7 @@ func (v *vm) putMmds(data any) (any, *apiError) {
 }
 
 func (v *vm) patchMmds(patch any) (any, *apiError) {
-	merged := mergePatch(v.mmdsData, patch)
+	merged := mergepatch.Apply(v.mmdsData, patch)
 	if err := v.checkMmdsSize(merged); err != nil {
 		return nil, err
 	}
@@ -524,32 +526,6 @@ func (v *vm) checkMmdsSize(data any) *apiError {
 		return &apiError{status: 413, msg: "MMDS limit exceeded error: The MMDS patch request doesn't fit."}
 	}
 	return nil
-}
-
-// mergePatch applies an RFC 7396 JSON merge patch.
-func mergePatch(target, patch any) any {
-	p, ok := patch.(map[string]any)
-	if !ok {
-		return patch
-	}
-	t, ok := target.(map[string]any)
-	if !ok {
-		t = map[string]any{}
-	} else {
-		c := make(map[string]any, len(t))
-		for k, val := range t {
-			c[k] = val
-		}
-		t = c
-	}
-	for k, val := range p {
-		if val == nil {
-			delete(t, k)
-			continue
-		}
-		t[k] = mergePatch(t[k], val)
-	}
-	return t
 }
 
 func (v *vm) putHotplug(c hotplugConfig) (any, *apiError) {
