@@ -92,7 +92,8 @@ func copySource(b *testing.B) string {
 	return src
 }
 
-// BenchmarkCopy256MiB copies a 256 MiB file through the agent (a tar stream over Connect)
+// BenchmarkCopy256MiB copies a 256 MiB file through the agent (a tar stream, the body of an
+// HTTP/1.1 POST)
 // and, in the same iteration, the same bytes from the same file to a file over a bare Unix
 // socket through a user-space buffer. It reports both rates and their ratio (target: 0.8 or
 // more); interleaving them keeps a busy machine from favouring either.

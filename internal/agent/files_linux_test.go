@@ -5,7 +5,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"io/fs"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -187,6 +190,32 @@ func TestCopyBadInput(t *testing.T) {
 		_, err := a.client.Upload(ctx, "/data", agentwire.Limits{}, &buf)
 		if err == nil || !strings.Contains(err.Error(), "tar entry") {
 			t.Errorf("upload of %q: %v, want a refusal naming the tar entry", name, err)
+		}
+	}
+	// The upload call itself: bad limits in its query, another method.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(a.rootfs, "agent.sock"))
+	}}}
+	defer hc.CloseIdleConnections()
+	for _, tc := range []struct {
+		method, query string
+		status        int
+		want          string
+	}{
+		{http.MethodPost, "dir=/data&max_bytes=lots", http.StatusBadRequest, `max_bytes=\"lots\" is not a number`},
+		{http.MethodPost, "dir=data", http.StatusBadRequest, "must be absolute"},
+		{http.MethodGet, "dir=/data", http.StatusMethodNotAllowed, ""},
+	} {
+		req, _ := http.NewRequestWithContext(ctx, tc.method, "http://agent"+agentwire.ProcUpload+"?"+tc.query, strings.NewReader(""))
+		res, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != tc.status || !strings.Contains(string(body), tc.want) {
+			t.Errorf("%s upload?%s: %s %s, want %d and %q", tc.method, tc.query, res.Status, body, tc.status, tc.want)
 		}
 	}
 	for _, p := range []string{"escape.txt", "data/escape.txt"} {

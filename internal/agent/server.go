@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -45,7 +47,7 @@ func newServer(log *slog.Logger, procs *reaper, version string) *Server {
 	mux := http.NewServeMux()
 	mux.Handle(agentwire.ProcExec, connect.NewBidiStreamHandler(agentwire.ProcExec, s.exec, opts))
 	mux.Handle(agentwire.ProcMain, connect.NewBidiStreamHandler(agentwire.ProcMain, s.mainCall, opts))
-	mux.Handle(agentwire.ProcUpload, connect.NewClientStreamHandler(agentwire.ProcUpload, s.upload, opts))
+	mux.HandleFunc("POST "+agentwire.ProcUpload, s.upload)
 	mux.Handle(agentwire.ProcDownload, connect.NewServerStreamHandler(agentwire.ProcDownload, s.download, opts))
 	mux.Handle(agentwire.ProcStat, connect.NewUnaryHandler(agentwire.ProcStat, s.stat, opts))
 	mux.Handle(agentwire.ProcMkdir, connect.NewUnaryHandler(agentwire.ProcMkdir, s.mkdir, opts))
@@ -178,68 +180,85 @@ func (s *Server) remove(_ context.Context, req *connect.Request[agentwire.PathRe
 	return connect.NewResponse(&agentwire.Empty{}), nil
 }
 
-func (s *Server) upload(ctx context.Context, stream *connect.ClientStream[agentwire.UploadIn]) (*connect.Response[agentwire.UploadResult], error) {
-	if !stream.Receive() {
-		if err := stream.Err(); err != nil {
-			return nil, err
+// upload extracts the tar stream of the request's body (agentwire.ProcUpload) under the
+// directory its query names. The body is read straight into the buffers files are written
+// from.
+func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
+	n, err := s.extractUpload(r)
+	if err != nil {
+		var ce *connect.Error
+		if !errors.As(err, &ce) {
+			ce = connect.NewError(connect.CodeUnknown, err)
 		}
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("upload: no destination"))
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(uploadStatus(ce.Code()))
+		_ = json.NewEncoder(w).Encode(agentwire.UploadError{Code: ce.Code().String(), Message: ce.Message()})
+		return
 	}
-	dir, lim := stream.Msg().Dir, stream.Msg().Limits
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(agentwire.UploadResult{Files: n})
+}
+
+// uploadStatus is the HTTP status of a failed upload, as Connect maps codes.
+func uploadStatus(c connect.Code) int {
+	switch c {
+	case connect.CodeInvalidArgument, connect.CodeFailedPrecondition:
+		return http.StatusBadRequest
+	case connect.CodeNotFound:
+		return http.StatusNotFound
+	case connect.CodeAlreadyExists:
+		return http.StatusConflict
+	case connect.CodePermissionDenied:
+		return http.StatusForbidden
+	case connect.CodeResourceExhausted:
+		return http.StatusTooManyRequests
+	}
+	return http.StatusInternalServerError
+}
+
+func (s *Server) extractUpload(r *http.Request) (int, error) {
+	q := r.URL.Query()
+	dir := q.Get(agentwire.UploadQueryDir)
+	var lim agentwire.Limits
+	var err error
+	if v := q.Get(agentwire.UploadQueryMaxBytes); v != "" {
+		if lim.MaxBytes, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return 0, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("upload: %s=%q is not a number", agentwire.UploadQueryMaxBytes, v))
+		}
+	}
+	if v := q.Get(agentwire.UploadQueryMaxFiles); v != "" {
+		if lim.MaxFiles, err = strconv.Atoi(v); err != nil {
+			return 0, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("upload: %s=%q is not a number", agentwire.UploadQueryMaxFiles, v))
+		}
+	}
 	if err := checkPath(dir); err != nil {
-		return nil, err
+		return 0, err
 	}
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination directory %s does not exist", dir))
+		return 0, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination directory %s does not exist", dir))
 	case err != nil:
-		return nil, fsError(err)
+		return 0, fsError(err)
 	case !fi.IsDir():
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination %s is not a directory", dir))
+		return 0, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination %s is not a directory", dir))
 	}
-	// Receiving and writing files overlap through the pipe.
-	pipe := agentwire.NewPipe()
-	go func() {
-		// Each message is decoded straight into a buffer of the pipe.
-		conn := stream.Conn()
-		var msg agentwire.UploadIn
-		var rerr error
-		for {
-			err := pipe.Fill(func(buf []byte) ([]byte, error) {
-				msg.Data = buf
-				rerr = conn.Receive(&msg)
-				return msg.Data, rerr
-			})
-			switch {
-			case rerr != nil:
-				if errors.Is(rerr, io.EOF) {
-					rerr = nil
-				}
-				pipe.CloseWrite(rerr)
-				return
-			case err != nil:
-				return // extraction failed and closed the pipe
-			}
-		}
-	}()
-	n, err := treetar.Extract(pipe, dir, lim.ExtractOptions(treetar.Options{Owner: true}))
-	pipe.CloseRead(errors.New("extraction ended"))
+	n, err := treetar.Extract(r.Body, dir, lim.ExtractOptions(treetar.Options{Owner: true}))
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, connect.NewError(connect.CodeCanceled, err)
+		if r.Context().Err() != nil {
+			return 0, connect.NewError(connect.CodeCanceled, err)
 		}
 		var le *treetar.LimitError
 		if errors.As(err, &le) {
-			return nil, connect.NewError(connect.CodeResourceExhausted, errors.New(agentwire.LimitMessage("into "+dir, le)))
+			return 0, connect.NewError(connect.CodeResourceExhausted, errors.New(agentwire.LimitMessage("into "+dir, le)))
 		}
 		var ce *connect.Error
 		if errors.As(err, &ce) {
-			return nil, ce
+			return 0, ce
 		}
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("extract into %s: %w", dir, err))
+		return 0, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("extract into %s: %w", dir, err))
 	}
-	return connect.NewResponse(&agentwire.UploadResult{Files: n}), nil
+	return n, nil
 }
 
 func (s *Server) download(ctx context.Context, req *connect.Request[agentwire.DownloadRequest], stream *connect.ServerStream[agentwire.Chunk]) error {

@@ -2,12 +2,15 @@ package agentwire
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -20,6 +23,9 @@ const ChunkSize = 256 << 10
 // untrusted (a guest's agent for the host, the host for the agent), and a larger length
 // prefix is refused instead of allocated.
 const MaxMessage = 4 << 20
+
+// baseURL is the agent's URL: the transport ignores the host, and dials the agent.
+const baseURL = "http://agent"
 
 // DialFunc opens a new stream connection to the agent.
 type DialFunc func(ctx context.Context) (net.Conn, error)
@@ -43,13 +49,13 @@ func ParseAddr(addr string) (DialFunc, error) {
 }
 
 // Client calls an agent. Its calls share one HTTP/2 connection, dialled on first use and again
-// after it breaks, uploads included; downloads use HTTP/1.1 connections of their own. Close
-// releases idle connections.
+// after it breaks; file copies use HTTP/1.1 connections of their own. Close releases idle
+// connections.
 type Client struct {
 	tr, bulk *http.Transport
+	bulkHC   *http.Client
 	exec     *connect.Client[ExecIn, ExecOut]
 	main     *connect.Client[ExecIn, ExecOut]
-	upload   *connect.Client[UploadIn, UploadResult]
 	download *connect.Client[DownloadRequest, Chunk]
 	stat     *connect.Client[PathRequest, FileInfo]
 	mkdir    *connect.Client[PathRequest, Empty]
@@ -72,11 +78,9 @@ func NewClient(dial DialFunc) *Client {
 			MaxReadFrameSize:              1 << 20,
 		},
 	}
-	// Downloads go over HTTP/1.1, a connection each: the response's bytes then flow straight
-	// through the socket in whole messages. Uploads do not: the HTTP/1.1 transport copies a
-	// streamed request body in pieces of 32 KiB, each its own chunk and write, which costs
-	// more than HTTP/2's framing with the large windows and frames above. Exec needs HTTP/2
-	// (a bidirectional stream), and the small calls share it.
+	// Copies go over HTTP/1.1, a connection each: their bytes then flow straight through the
+	// socket, in whole chunks, without HTTP/2's framing, flow control and buffer copies.
+	// Exec needs HTTP/2 (a bidirectional stream), and the small calls share it.
 	var bulkProtos http.Protocols
 	bulkProtos.SetHTTP1(true)
 	bulk := &http.Transport{
@@ -90,21 +94,20 @@ func NewClient(dial DialFunc) *Client {
 	}
 	hc := &http.Client{Transport: tr}
 	bulkClient := &http.Client{Transport: bulk}
-	const base = "http://agent"
 	// No gzip: the transport is local (vsock or a socket), where compressing costs far more
 	// than it saves.
 	opts := []connect.ClientOption{connect.WithCodec(Codec{}), connect.WithAcceptCompression("gzip", nil, nil), connect.WithReadMaxBytes(MaxMessage)}
 	return &Client{
 		tr:       tr,
 		bulk:     bulk,
-		exec:     connect.NewClient[ExecIn, ExecOut](hc, base+ProcExec, opts...),
-		main:     connect.NewClient[ExecIn, ExecOut](hc, base+ProcMain, opts...),
-		upload:   connect.NewClient[UploadIn, UploadResult](hc, base+ProcUpload, opts...),
-		download: connect.NewClient[DownloadRequest, Chunk](bulkClient, base+ProcDownload, opts...),
-		stat:     connect.NewClient[PathRequest, FileInfo](hc, base+ProcStat, opts...),
-		mkdir:    connect.NewClient[PathRequest, Empty](hc, base+ProcMkdir, opts...),
-		remove:   connect.NewClient[PathRequest, Empty](hc, base+ProcRemove, opts...),
-		health:   connect.NewClient[Empty, Health](hc, base+ProcHealth, opts...),
+		bulkHC:   bulkClient,
+		exec:     connect.NewClient[ExecIn, ExecOut](hc, baseURL+ProcExec, opts...),
+		main:     connect.NewClient[ExecIn, ExecOut](hc, baseURL+ProcMain, opts...),
+		download: connect.NewClient[DownloadRequest, Chunk](bulkClient, baseURL+ProcDownload, opts...),
+		stat:     connect.NewClient[PathRequest, FileInfo](hc, baseURL+ProcStat, opts...),
+		mkdir:    connect.NewClient[PathRequest, Empty](hc, baseURL+ProcMkdir, opts...),
+		remove:   connect.NewClient[PathRequest, Empty](hc, baseURL+ProcRemove, opts...),
+		health:   connect.NewClient[Empty, Health](hc, baseURL+ProcHealth, opts...),
 	}
 }
 
@@ -148,43 +151,50 @@ func (c *Client) Remove(ctx context.Context, path string, recursive bool) error 
 }
 
 // Upload sends the tar stream r to the agent, which creates its entries under the existing
-// guest directory dir, within lim. It returns the number of entries created.
+// guest directory dir, within lim. It returns the number of entries created. The stream goes
+// as the body of an HTTP/1.1 POST (ProcUpload), on a connection of its own: the agent reads
+// it from the socket straight into the buffers it writes files from. A reader with WriteTo
+// (a Pipe) hands the transport whole chunks.
 func (c *Client) Upload(ctx context.Context, dir string, lim Limits, r io.Reader) (int, error) {
-	stream := c.upload.CallClientStream(ctx)
-	err := stream.Send(&UploadIn{Dir: dir, Limits: lim})
-	if err == nil {
-		err = sendChunks(r, func(b []byte) error { return stream.Send(&UploadIn{Data: b}) })
+	q := url.Values{UploadQueryDir: {dir}}
+	if lim.MaxBytes != 0 {
+		q.Set(UploadQueryMaxBytes, strconv.FormatInt(lim.MaxBytes, 10))
 	}
-	if err != nil && !errors.Is(err, io.EOF) {
-		// A send error other than the agent ending the call is ours (reading r); the agent's
-		// own reason, if any, comes from CloseAndReceive.
-		_, _ = stream.CloseAndReceive()
+	if lim.MaxFiles != 0 {
+		q.Set(UploadQueryMaxFiles, strconv.Itoa(lim.MaxFiles))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, baseURL+ProcUpload+"?"+q.Encode(), io.NopCloser(r))
+	if err != nil {
 		return 0, err
 	}
-	res, err := stream.CloseAndReceive()
+	req.Header.Set("Content-Type", UploadContentType)
+	res, err := c.bulkHC.Do(req)
 	if err != nil {
 		return 0, callError("upload to", dir, err)
 	}
-	return res.Msg.Files, nil
+	defer res.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Body, MaxMessage))
+	if err != nil {
+		return 0, callError("upload to", dir, err)
+	}
+	if res.StatusCode != http.StatusOK {
+		var ue UploadError
+		var code connect.Code
+		if json.Unmarshal(body, &ue) != nil || code.UnmarshalText([]byte(ue.Code)) != nil {
+			return 0, fmt.Errorf("agent upload to %s: %s", dir, res.Status)
+		}
+		return 0, callError("upload to", dir, connect.NewError(code, errors.New(ue.Message)))
+	}
+	var out UploadResult
+	if err := json.Unmarshal(body, &out); err != nil {
+		return 0, fmt.Errorf("agent upload to %s: %w", dir, err)
+	}
+	return out.Files, nil
 }
 
 // sendChunks sends what r gives, as it comes (stdin may be interactive), in pieces of at most
 // ChunkSize, until EOF.
 func sendChunks(r io.Reader, send func([]byte) error) error {
-	if p, ok := r.(*Pipe); ok {
-		// The pipe's own chunks, without copying them out first.
-		var serr error
-		_, err := p.WriteTo(writerFunc(func(b []byte) (int, error) {
-			if serr = send(b); serr != nil {
-				return 0, serr
-			}
-			return len(b), nil
-		}))
-		if err != nil && serr == nil {
-			err = fmt.Errorf("read: %w", err)
-		}
-		return err
-	}
 	buf := make([]byte, ChunkSize)
 	for {
 		n, err := r.Read(buf)
@@ -201,10 +211,6 @@ func sendChunks(r io.Reader, send func([]byte) error) error {
 		}
 	}
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // Download returns a tar stream of path in the guest: a file, or a directory and its tree,
 // named base(path). Close the reader to end the call early.

@@ -99,18 +99,28 @@ type ExitStatus struct {
 	Error  string `json:"error,omitempty"`
 }
 
-// UploadIn is a message of an Upload call: the first has Dir, the destination directory in the
-// guest (it must exist); the rest carry a tar stream whose entries are created under Dir.
-type UploadIn struct {
-	Dir string `json:"dir,omitempty"`
-	// Limits, in the first message, bound what the agent writes (zero: the defaults).
-	Limits
-	Data []byte `json:"-"`
+// ProcUpload is not a Connect procedure: its request is a plain HTTP POST whose body is the
+// tar stream, with the destination and limits in the query (UploadQuery), so that the bytes
+// go from the socket to the files without messages to copy them through (a Connect stream
+// copied each byte about eight times). The answer is UploadResult as JSON, or, with an
+// HTTP error status, a Connect-style error: {"code": "not_found", "message": "..."}.
+const UploadContentType = "application/x-tar"
+
+// Query parameters of ProcUpload: the destination directory in the guest (it must exist),
+// and Limits (absent: the defaults).
+const (
+	UploadQueryDir      = "dir"
+	UploadQueryMaxBytes = "max_bytes"
+	UploadQueryMaxFiles = "max_files"
+)
+
+// UploadError is the body of a failed upload, as Connect writes errors of unary calls.
+type UploadError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
 }
 
-func (m *UploadIn) payload() *[]byte { return &m.Data }
-
-// UploadResult ends an Upload call.
+// UploadResult is the answer of a successful upload.
 type UploadResult struct {
 	Files int `json:"files"`
 }

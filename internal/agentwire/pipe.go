@@ -56,44 +56,6 @@ func (p *Pipe) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// Fill hands fill an empty buffer of the pipe (length 0, capacity ChunkSize) to append to,
-// and queues what it returns: a receiver decodes a message straight into the pipe instead of
-// into a buffer of its own that Write would copy. The pipe's memory stays bounded: a buffer
-// that fill grew past ChunkSize is not kept once it is read. An error from fill is returned
-// with nothing queued.
-func (p *Pipe) Fill(fill func(buf []byte) ([]byte, error)) error {
-	select {
-	case <-p.done:
-		return p.readErr()
-	default:
-	}
-	var buf []byte
-	select {
-	case buf = <-p.free:
-	case <-p.done:
-		return p.readErr()
-	}
-	buf, err := fill(buf[:0])
-	if err != nil || len(buf) == 0 {
-		p.release(buf)
-		return err
-	}
-	select {
-	case p.full <- buf:
-		return nil
-	case <-p.done:
-		return p.readErr()
-	}
-}
-
-// release returns buf to the free list, or a new buffer in its place if buf grew.
-func (p *Pipe) release(buf []byte) {
-	if cap(buf) > ChunkSize {
-		buf = make([]byte, 0, ChunkSize)
-	}
-	p.free <- buf
-}
-
 // CloseWrite ends the writing side: the reader gets err (io.EOF when nil) after the data.
 func (p *Pipe) CloseWrite(err error) {
 	if err == nil {
@@ -127,7 +89,7 @@ func (p *Pipe) next() ([]byte, error) {
 	}
 	for {
 		if p.curBuf != nil {
-			p.release(p.curBuf)
+			p.free <- p.curBuf
 			p.curBuf = nil
 		}
 		buf, ok := <-p.full
