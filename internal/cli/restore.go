@@ -15,9 +15,9 @@ import (
 )
 
 func (a *app) newRestoreCmd() *cobra.Command {
-	var detach bool
+	var detach, waitAgent bool
 	cmd := &cobra.Command{
-		Use:   "restore DIR [--detach]",
+		Use:   "restore DIR [--detach] [--wait-agent]",
 		Short: "Start a VM again from a snapshot",
 		Long: `Start the VM that 'smartvm snapshot' saved in DIR again, where it was, under the name it
 had. As with run, its serial console is attached to this terminal (` + escapeHelp + ` stops the VM,
@@ -33,7 +33,12 @@ A snapshot loads only:
     --stop.
 
 The restored VM reads its memory from DIR: keep DIR until the VM has ended. Restoring leaves
-DIR as it was, so it can be restored again.`,
+DIR as it was, so it can be restored again.
+
+A guest agent notices the restore (its vsock connections reset), listens again and calls the
+host for its clock, so a clone does not run on the snapshot's time. --wait-agent returns (or
+attaches the console) only once it has: then the clone's clock is right and it takes
+commands (smartvm exec). The library does the same with Machine.WaitAgent after Restore.`,
 		Example: `  smartvm snapshot web ./web.snap --stop
   smartvm restore ./web.snap
   smartvm restore -d ./web.snap`,
@@ -51,7 +56,7 @@ DIR as it was, so it can be restored again.`,
 			if err != nil {
 				return err
 			}
-			plan := runPlan{Snapshot: snap.Dir}
+			plan := runPlan{Snapshot: snap.Dir, WaitAgent: waitAgent}
 			if detach {
 				return a.startDetached(ctx, fc.Path, plan)
 			}
@@ -59,6 +64,7 @@ DIR as it was, so it can be restored again.`,
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background and print the VM's name")
+	cmd.Flags().BoolVar(&waitAgent, "wait-agent", false, "return (or attach the console) only once the guest agent is back, with the host's clock, within "+agentReadyTimeout.String())
 	return cmd
 }
 

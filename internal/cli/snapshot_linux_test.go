@@ -70,6 +70,8 @@ func testSnapshotRestoreDetached(t *testing.T, env cliEnv) {
 	env.run(t, "restore", "-d", dir).fails(t, ExitError, "vm snap1 is still running")
 	env.run(t, "stop", "snap1").ok(t)
 	assertGone(t, vm)
+	// No vsock device, so no agent to wait for: refused, and the restored vm goes again.
+	env.run(t, "restore", "-d", "--wait-agent", dir).fails(t, ExitError, "vm has no vsock device")
 
 	if r := env.run(t, "restore", "-d", dir).ok(t); r.stdout != "snap1\n" {
 		t.Errorf("restore -d printed %q, want the name", r.stdout)
