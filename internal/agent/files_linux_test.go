@@ -192,6 +192,26 @@ func TestCopyBadInput(t *testing.T) {
 			t.Errorf("upload of %q: %v, want a refusal naming the tar entry", name, err)
 		}
 	}
+	// A FIFO met once the download has begun: the stream ends with the agent's reason.
+	fifoDir := filepath.Join(a.rootfs, "data/withfifo")
+	if err := os.MkdirAll(fifoDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(fifoDir, "a.txt"), bytes.Repeat([]byte("a"), 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(fifoDir, "b.fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	err = a.client.CopyFrom(ctx, "/data/withfifo", out, false, agentwire.Limits{})
+	if err == nil || !strings.Contains(err.Error(), "FIFO files are not copied") {
+		t.Errorf("copy out of a tree with a FIFO: %v, want the agent's reason", err)
+	}
+	if _, err := os.Lstat(filepath.Join(out, "withfifo")); err == nil {
+		t.Error("a failed copy out left its directory behind")
+	}
+
 	// The upload call itself: bad limits in its query, another method.
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer

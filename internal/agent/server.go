@@ -48,7 +48,7 @@ func newServer(log *slog.Logger, procs *reaper, version string) *Server {
 	mux.Handle(agentwire.ProcExec, connect.NewBidiStreamHandler(agentwire.ProcExec, s.exec, opts))
 	mux.Handle(agentwire.ProcMain, connect.NewBidiStreamHandler(agentwire.ProcMain, s.mainCall, opts))
 	mux.HandleFunc("POST "+agentwire.ProcUpload, s.upload)
-	mux.Handle(agentwire.ProcDownload, connect.NewServerStreamHandler(agentwire.ProcDownload, s.download, opts))
+	mux.HandleFunc("GET "+agentwire.ProcDownload, s.download)
 	mux.Handle(agentwire.ProcStat, connect.NewUnaryHandler(agentwire.ProcStat, s.stat, opts))
 	mux.Handle(agentwire.ProcMkdir, connect.NewUnaryHandler(agentwire.ProcMkdir, s.mkdir, opts))
 	mux.Handle(agentwire.ProcRemove, connect.NewUnaryHandler(agentwire.ProcRemove, s.remove, opts))
@@ -186,21 +186,27 @@ func (s *Server) remove(_ context.Context, req *connect.Request[agentwire.PathRe
 func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	n, err := s.extractUpload(r)
 	if err != nil {
-		var ce *connect.Error
-		if !errors.As(err, &ce) {
-			ce = connect.NewError(connect.CodeUnknown, err)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(uploadStatus(ce.Code()))
-		_ = json.NewEncoder(w).Encode(agentwire.UploadError{Code: ce.Code().String(), Message: ce.Message()})
+		writeCallError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(agentwire.UploadResult{Files: n})
 }
 
-// uploadStatus is the HTTP status of a failed upload, as Connect maps codes.
-func uploadStatus(c connect.Code) int {
+// writeCallError answers a plain HTTP call with err as a Connect error (agentwire.CallError)
+// and the HTTP status Connect gives its code.
+func writeCallError(w http.ResponseWriter, err error) {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		ce = connect.NewError(connect.CodeUnknown, err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(callStatus(ce.Code()))
+	_ = json.NewEncoder(w).Encode(agentwire.CallError{Code: ce.Code().String(), Message: ce.Message()})
+}
+
+// callStatus is the HTTP status of a failed call, as Connect maps codes.
+func callStatus(c connect.Code) int {
 	switch c {
 	case connect.CodeInvalidArgument, connect.CodeFailedPrecondition:
 		return http.StatusBadRequest
@@ -261,36 +267,27 @@ func (s *Server) extractUpload(r *http.Request) (int, error) {
 	return n, nil
 }
 
-func (s *Server) download(ctx context.Context, req *connect.Request[agentwire.DownloadRequest], stream *connect.ServerStream[agentwire.Chunk]) error {
-	p := req.Msg.Path
+// download answers with a tar stream of the path the query names (agentwire.ProcDownload).
+// An error once the stream has begun goes in the trailer agentwire.DownloadErrorTrailer.
+func (s *Server) download(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Query().Get(agentwire.DownloadQueryPath)
 	if err := checkPath(p); err != nil {
-		return err
+		writeCallError(w, err)
+		return
 	}
 	if _, err := os.Lstat(p); err != nil {
-		return fsError(err)
+		writeCallError(w, fsError(err))
+		return
 	}
-	// Reading files and sending overlap through the pipe.
+	w.Header().Set("Content-Type", agentwire.TarContentType)
+	w.Header().Set("Trailer", agentwire.DownloadErrorTrailer)
+	// Reading files and sending overlap through the pipe, whose chunks go out whole.
 	pipe := agentwire.NewPipe()
 	go func() {
 		pipe.CloseWrite(treetar.Write(pipe, p, path.Base(p)))
 	}()
 	defer pipe.CloseRead(nil)
-	buf := make([]byte, agentwire.ChunkSize)
-	for {
-		n, err := io.ReadFull(pipe, buf)
-		if n > 0 {
-			if serr := stream.Send(&agentwire.Chunk{Data: buf[:n]}); serr != nil {
-				return serr
-			}
-		}
-		switch {
-		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-			return nil
-		case err != nil:
-			return connect.NewError(connect.CodeFailedPrecondition, err)
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	if _, err := pipe.WriteTo(w); err != nil && r.Context().Err() == nil {
+		w.Header().Set(agentwire.DownloadErrorTrailer, err.Error())
 	}
 }

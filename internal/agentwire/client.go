@@ -56,7 +56,6 @@ type Client struct {
 	bulkHC   *http.Client
 	exec     *connect.Client[ExecIn, ExecOut]
 	main     *connect.Client[ExecIn, ExecOut]
-	download *connect.Client[DownloadRequest, Chunk]
 	stat     *connect.Client[PathRequest, FileInfo]
 	mkdir    *connect.Client[PathRequest, Empty]
 	remove   *connect.Client[PathRequest, Empty]
@@ -98,16 +97,15 @@ func NewClient(dial DialFunc) *Client {
 	// than it saves.
 	opts := []connect.ClientOption{connect.WithCodec(Codec{}), connect.WithAcceptCompression("gzip", nil, nil), connect.WithReadMaxBytes(MaxMessage)}
 	return &Client{
-		tr:       tr,
-		bulk:     bulk,
-		bulkHC:   bulkClient,
-		exec:     connect.NewClient[ExecIn, ExecOut](hc, baseURL+ProcExec, opts...),
-		main:     connect.NewClient[ExecIn, ExecOut](hc, baseURL+ProcMain, opts...),
-		download: connect.NewClient[DownloadRequest, Chunk](bulkClient, baseURL+ProcDownload, opts...),
-		stat:     connect.NewClient[PathRequest, FileInfo](hc, baseURL+ProcStat, opts...),
-		mkdir:    connect.NewClient[PathRequest, Empty](hc, baseURL+ProcMkdir, opts...),
-		remove:   connect.NewClient[PathRequest, Empty](hc, baseURL+ProcRemove, opts...),
-		health:   connect.NewClient[Empty, Health](hc, baseURL+ProcHealth, opts...),
+		tr:     tr,
+		bulk:   bulk,
+		bulkHC: bulkClient,
+		exec:   connect.NewClient[ExecIn, ExecOut](hc, baseURL+ProcExec, opts...),
+		main:   connect.NewClient[ExecIn, ExecOut](hc, baseURL+ProcMain, opts...),
+		stat:   connect.NewClient[PathRequest, FileInfo](hc, baseURL+ProcStat, opts...),
+		mkdir:  connect.NewClient[PathRequest, Empty](hc, baseURL+ProcMkdir, opts...),
+		remove: connect.NewClient[PathRequest, Empty](hc, baseURL+ProcRemove, opts...),
+		health: connect.NewClient[Empty, Health](hc, baseURL+ProcHealth, opts...),
 	}
 }
 
@@ -167,7 +165,7 @@ func (c *Client) Upload(ctx context.Context, dir string, lim Limits, r io.Reader
 	if err != nil {
 		return 0, err
 	}
-	req.Header.Set("Content-Type", UploadContentType)
+	req.Header.Set("Content-Type", TarContentType)
 	res, err := c.bulkHC.Do(req)
 	if err != nil {
 		return 0, callError("upload to", dir, err)
@@ -178,12 +176,7 @@ func (c *Client) Upload(ctx context.Context, dir string, lim Limits, r io.Reader
 		return 0, callError("upload to", dir, err)
 	}
 	if res.StatusCode != http.StatusOK {
-		var ue UploadError
-		var code connect.Code
-		if json.Unmarshal(body, &ue) != nil || code.UnmarshalText([]byte(ue.Code)) != nil {
-			return 0, fmt.Errorf("agent upload to %s: %s", dir, res.Status)
-		}
-		return 0, callError("upload to", dir, connect.NewError(code, errors.New(ue.Message)))
+		return 0, httpCallError("upload to", dir, res.Status, body)
 	}
 	var out UploadResult
 	if err := json.Unmarshal(body, &out); err != nil {
@@ -212,72 +205,58 @@ func sendChunks(r io.Reader, send func([]byte) error) error {
 	}
 }
 
-// Download returns a tar stream of path in the guest: a file, or a directory and its tree,
-// named base(path). Close the reader to end the call early.
-func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	stream, err := c.download.CallServerStream(ctx, connect.NewRequest(&DownloadRequest{Path: path}))
-	if err != nil {
-		cancel()
-		return nil, callError("download", path, err)
+// httpCallError is the error of a plain HTTP call (upload, download) that failed with status
+// and body, a CallError.
+func httpCallError(op, path, status string, body []byte) error {
+	var ce CallError
+	var code connect.Code
+	if json.Unmarshal(body, &ce) != nil || code.UnmarshalText([]byte(ce.Code)) != nil {
+		return fmt.Errorf("agent %s %s: %s", op, path, status)
 	}
-	r := &chunkReader{path: path, stream: stream, cancel: cancel}
-	// Receive the first message now, so that a missing path is reported here.
-	if err := r.next(); err != nil && !errors.Is(err, io.EOF) {
-		r.Close()
+	return callError(op, path, connect.NewError(code, errors.New(ce.Message)))
+}
+
+// Download returns a tar stream of path in the guest: a file, or a directory and its tree,
+// named base(path). It comes as the body of an HTTP/1.1 GET (ProcDownload) on a connection
+// of its own; an error the agent meets once the stream has begun is the reader's error at
+// its end. Close the reader to end the call early.
+func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, error) {
+	q := url.Values{DownloadQueryPath: {path}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+ProcDownload+"?"+q.Encode(), nil)
+	if err != nil {
 		return nil, err
 	}
-	return r, nil
+	res, err := c.bulkHC.Do(req)
+	if err != nil {
+		return nil, callError("download", path, err)
+	}
+	if res.StatusCode != http.StatusOK {
+		defer res.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(res.Body, MaxMessage))
+		return nil, httpCallError("download", path, res.Status, body)
+	}
+	return &downloadReader{path: path, res: res}, nil
 }
 
-type chunkReader struct {
-	path   string
-	stream *connect.ServerStreamForClient[Chunk]
-	cancel context.CancelFunc
-	msg    Chunk
-	buf    []byte
-	err    error
+// downloadReader reads a download's body; at its end, the agent's error in the trailer.
+type downloadReader struct {
+	path string
+	res  *http.Response
 }
 
-func (r *chunkReader) next() error {
-	if r.err != nil {
-		return r.err
-	}
-	// One message, reused: its data buffer keeps its capacity from chunk to chunk.
-	conn, err := r.stream.Conn()
-	if err == nil {
-		err = conn.Receive(&r.msg)
-	}
-	switch {
-	case err == nil:
-		r.buf = r.msg.Data
-		return nil
-	case errors.Is(err, io.EOF):
-		r.err = io.EOF
-		if cerr := r.stream.Close(); cerr != nil {
-			r.err = callError("download", r.path, cerr)
+func (r *downloadReader) Read(p []byte) (int, error) {
+	n, err := r.res.Body.Read(p)
+	if errors.Is(err, io.EOF) {
+		if msg := r.res.Trailer.Get(DownloadErrorTrailer); msg != "" {
+			err = fmt.Errorf("download %s: %s", r.path, msg)
 		}
-	default:
-		r.err = callError("download", r.path, err)
+	} else if err != nil {
+		err = callError("download", r.path, err)
 	}
-	return r.err
+	return n, err
 }
 
-func (r *chunkReader) Read(p []byte) (int, error) {
-	for len(r.buf) == 0 {
-		if err := r.next(); err != nil {
-			return 0, err
-		}
-	}
-	n := copy(p, r.buf)
-	r.buf = r.buf[n:]
-	return n, nil
-}
-
-func (r *chunkReader) Close() error {
-	r.cancel()
-	return r.stream.Close()
-}
+func (r *downloadReader) Close() error { return r.res.Body.Close() }
 
 // callError turns a failed call into an error naming op and path. A Connect NotFound error
 // wraps fs.ErrNotExist, AlreadyExists fs.ErrExist, and PermissionDenied fs.ErrPermission.

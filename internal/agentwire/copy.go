@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -148,13 +149,17 @@ func (c *Client) downloadInto(ctx context.Context, src, dir string, opts treetar
 	if err == nil {
 		return nil
 	}
+	// A stream cut short by the agent ends with its reason: read on (a little) to it.
+	var le *treetar.LimitError
+	if _, derr := io.Copy(io.Discard, io.LimitReader(r, 1<<20)); derr != nil && !errors.As(err, &le) {
+		err = derr
+	}
 	if clean {
 		if root, rerr := os.OpenRoot(dir); rerr == nil {
 			_ = root.RemoveAll(opts.Prefix)
 			root.Close()
 		}
 	}
-	var le *treetar.LimitError
 	if errors.As(err, &le) {
 		return fmt.Errorf("%s out of the guest", LimitMessage(src, le))
 	}

@@ -100,11 +100,11 @@ type ExitStatus struct {
 }
 
 // ProcUpload is not a Connect procedure: its request is a plain HTTP POST whose body is the
-// tar stream, with the destination and limits in the query (UploadQuery), so that the bytes
-// go from the socket to the files without messages to copy them through (a Connect stream
-// copied each byte about eight times). The answer is UploadResult as JSON, or, with an
-// HTTP error status, a Connect-style error: {"code": "not_found", "message": "..."}.
-const UploadContentType = "application/x-tar"
+// tar stream, with the destination and limits in the query (UploadQuery...), so that the
+// bytes go from the socket to the files without messages to copy them through (a Connect
+// stream copied each byte about eight times). The answer is UploadResult as JSON, or, with
+// an HTTP error status, a CallError.
+const TarContentType = "application/x-tar"
 
 // Query parameters of ProcUpload: the destination directory in the guest (it must exist),
 // and Limits (absent: the defaults).
@@ -114,8 +114,9 @@ const (
 	UploadQueryMaxFiles = "max_files"
 )
 
-// UploadError is the body of a failed upload, as Connect writes errors of unary calls.
-type UploadError struct {
+// CallError is the body of a failed upload or download, as Connect writes errors of unary
+// calls: {"code": "not_found", "message": "..."}.
+type CallError struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 }
@@ -125,18 +126,15 @@ type UploadResult struct {
 	Files int `json:"files"`
 }
 
-// DownloadRequest asks for a tar stream of Path: a file, or a directory with its whole tree,
-// under the entry name base(Path).
-type DownloadRequest struct {
-	Path string `json:"path"`
-}
-
-// Chunk is part of a byte stream.
-type Chunk struct {
-	Data []byte `json:"-"`
-}
-
-func (m *Chunk) payload() *[]byte { return &m.Data }
+// ProcDownload is a plain HTTP GET too, of the tar stream of the path in the query
+// (DownloadQueryPath): a file, or a directory with its whole tree, under the entry name
+// base(path). A failure before the stream begins is a CallError with an HTTP error status;
+// one after it (a file that changed size, a FIFO in the tree) ends the stream early and
+// comes in the trailer DownloadErrorTrailer.
+const (
+	DownloadQueryPath    = "path"
+	DownloadErrorTrailer = "Smartvm-Error"
+)
 
 // PathRequest names a path in the guest: absolute, without "..".
 type PathRequest struct {
