@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,7 +28,7 @@ type announcer struct {
 	pid1      bool
 	onReset   func()
 	events    chan agentwire.Hello
-	acked     chan struct{} // buffered: the host answered
+	acked     chan struct{} // buffered: the host answered the exit event
 }
 
 func (a *announcer) run(ctx context.Context) {
@@ -55,10 +56,14 @@ func (a *announcer) run(ctx context.Context) {
 }
 
 // session says hello on conn, sets the clock from each answer and sends events, until the
-// connection ends.
+// connection ends. The host answers every line in order, so the answer to an exit event is
+// the one whose number is the event's: only that one acknowledges it (an answer to the hello
+// before it must not).
 func (a *announcer) session(ctx context.Context, conn net.Conn) error {
 	enc := json.NewEncoder(conn)
 	answers := make(chan error, 1)
+	var got atomic.Int64
+	answered := make(chan struct{}, 1)
 	go func() {
 		sc := bufio.NewScanner(conn)
 		for sc.Scan() {
@@ -68,8 +73,9 @@ func (a *announcer) session(ctx context.Context, conn net.Conn) error {
 				return
 			}
 			a.setClock(ts)
+			got.Add(1)
 			select {
-			case a.acked <- struct{}{}:
+			case answered <- struct{}{}:
 			default:
 			}
 		}
@@ -78,16 +84,29 @@ func (a *announcer) session(ctx context.Context, conn net.Conn) error {
 	if err := enc.Encode(agentwire.Hello{Event: "ready", Version: version(), PID1: a.pid1}); err != nil {
 		return err
 	}
+	sent, exitLine := int64(1), int64(0)
 	for {
+		if exitLine > 0 && got.Load() >= exitLine {
+			exitLine = 0
+			select {
+			case a.acked <- struct{}{}:
+			default:
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-answers:
 			return err
+		case <-answered:
 		case ev := <-a.events:
 			if err := enc.Encode(ev); err != nil {
 				a.events <- ev // for the next connection
 				return err
+			}
+			sent++
+			if ev.Event == "exit" {
+				exitLine = sent
 			}
 		}
 	}
@@ -107,10 +126,6 @@ func (a *announcer) setClock(ts agentwire.TimeSync) {
 
 // report tells the host how the entrypoint ended and waits a little for its answer.
 func (a *announcer) report(code int) {
-	select {
-	case <-a.acked: // the answer to an earlier hello
-	default:
-	}
 	a.events <- agentwire.Hello{Event: "exit", Code: &code}
 	select {
 	case <-a.acked:
