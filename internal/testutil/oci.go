@@ -47,32 +47,62 @@ func PushOCIImage(t testing.TB, repoTag string, files map[string]string, cmd []s
 // PushOCIImageTo pushes the image PushOCIImage makes to ref and returns its manifest digest.
 func PushOCIImageTo(t testing.TB, ref string, files map[string]string, cmd []string) (digest string) {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
 	names := make([]string, 0, len(files))
 	for n := range files {
 		names = append(names, n)
 	}
 	slices.Sort(names)
+	layer := make([]OCIEntry, 0, len(names))
 	for _, n := range names {
-		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o644, Size: int64(len(files[n]))})
-		io.WriteString(tw, files[n])
+		layer = append(layer, OCIEntry{Header: tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o644}, Body: files[n]})
 	}
-	tw.Close()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
+	return PushOCILayers(t, ref, v1.Config{Cmd: cmd}, layer)
+}
+
+// OCIEntry is one tar entry of a layer PushOCILayers writes: the header and, for a regular
+// file, its content (Header.Size is set from Body).
+type OCIEntry struct {
+	Header tar.Header
+	Body   string
+}
+
+// PushOCILayers pushes a linux/amd64 image with layers (the first at the bottom; whiteouts
+// are entries named .wh.NAME or .wh..wh..opq) and the config cfg to ref, and returns its
+// manifest digest.
+func PushOCILayers(t testing.TB, ref string, cfg v1.Config, layers ...[]OCIEntry) (digest string) {
+	t.Helper()
+	img := empty.Image
+	for _, entries := range layers {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, e := range entries {
+			h := e.Header
+			h.Size = int64(len(e.Body))
+			if err := tw.WriteHeader(&h); err != nil {
+				t.Fatalf("layer entry %s: %v", h.Name, err)
+			}
+			if _, err := io.WriteString(tw, e.Body); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		data := buf.Bytes()
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err = mutate.AppendLayers(img, layer); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture, cf.Config = "linux", "amd64", v1.Config{Cmd: cmd}
+	cf.OS, cf.Architecture, cf.Config = "linux", "amd64", cfg
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
