@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,19 +28,29 @@ func nsInitMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: agent-nsinit ROOTFS [AGENT-ARGS...]")
 		return 2
 	}
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		fmt.Fprintln(os.Stderr, "make mounts private:", err)
-		return 1
-	}
-	if err := unix.Chroot(args[0]); err != nil {
-		fmt.Fprintln(os.Stderr, "chroot:", err)
-		return 1
-	}
-	if err := os.Chdir("/"); err != nil {
-		fmt.Fprintln(os.Stderr, "chdir:", err)
+	if err := enterRoot(args[0], nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return Main(args[1:])
+}
+
+// enterRoot makes this mount namespace's mounts private, so that none reaches the host, calls
+// mount (if not nil) to mount what the new root needs, and makes dir the root and the working
+// directory.
+func enterRoot(dir string, mount func() error) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	if mount != nil {
+		if err := mount(); err != nil {
+			return err
+		}
+	}
+	if err := unix.Chroot(dir); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	return os.Chdir("/")
 }
 
 // busybox is the static busybox the rootfs is made of (apt-get install busybox-static).
@@ -49,13 +60,7 @@ const busybox = "/bin/busybox"
 // its applets in /bin, /etc/passwd and /etc/group with root and "tester" (uid 1000).
 func makeRootfs(t *testing.T) string {
 	t.Helper()
-	out, err := exec.Command(busybox, "--list").Output()
-	if err != nil {
-		t.Skipf("needs a static busybox at %s (apt-get install busybox-static): %v", busybox, err)
-	}
-	if interp, err := elfInterpreter(busybox); err != nil || interp != "" {
-		t.Skipf("%s is not a static busybox (apt-get install busybox-static): interpreter %q, %v", busybox, interp, err)
-	}
+	applets := busyboxApplets(t)
 	root := t.TempDir()
 	for _, d := range []string{"bin", "etc", "root", "home/tester", "data", "usr/local/bin"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
@@ -69,11 +74,9 @@ func makeRootfs(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, applet := range strings.Fields(string(out)) {
-		if applet != "busybox" {
-			if err := os.Symlink("busybox", filepath.Join(root, "bin", applet)); err != nil {
-				t.Fatal(err)
-			}
+	for _, applet := range applets {
+		if err := os.Symlink("busybox", filepath.Join(root, "bin", applet)); err != nil {
+			t.Fatal(err)
 		}
 	}
 	files := map[string]string{
@@ -89,6 +92,20 @@ func makeRootfs(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return root
+}
+
+// busyboxApplets returns the applets of the static busybox, other than busybox itself, and
+// skips the test without one.
+func busyboxApplets(t *testing.T) []string {
+	t.Helper()
+	out, err := exec.Command(busybox, "--list").Output()
+	if err != nil {
+		t.Skipf("needs a static busybox at %s (apt-get install busybox-static): %v", busybox, err)
+	}
+	if interp, err := elfInterpreter(busybox); err != nil || interp != "" {
+		t.Skipf("%s is not a static busybox (apt-get install busybox-static): interpreter %q, %v", busybox, interp, err)
+	}
+	return slices.DeleteFunc(strings.Fields(string(out)), func(a string) bool { return a == "busybox" })
 }
 
 // elfInterpreter returns the program interpreter (PT_INTERP) of an ELF executable, "" for a
@@ -111,9 +128,8 @@ func elfInterpreter(path string) (string, error) {
 	return "", nil
 }
 
-// nsAgent is an agent running as PID 1 in namespaces of its own, chrooted into rootfs.
+// nsAgent is an agent running as PID 1 in namespaces of its own.
 type nsAgent struct {
-	rootfs string
 	cmd    *exec.Cmd
 	output *testutil.SyncBuffer
 	client *agentwire.Client
@@ -124,10 +140,18 @@ type nsAgent struct {
 // rootfs/agent.sock, and waits until it answers. Root only.
 func startNSAgent(t *testing.T, rootfs string, args ...string) *nsAgent {
 	t.Helper()
-	testutil.RequiresRoot(t)
-	a := &nsAgent{rootfs: rootfs, output: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	argv := append([]string{rootfs, "--listen", "unix:/agent.sock", "--log-level", "debug"}, args...)
-	a.cmd = exec.Command(testutil.Link(t, "agent-nsinit"), argv...)
+	return startNS(t, "agent-nsinit", argv, func(int) string { return filepath.Join(rootfs, "agent.sock") })
+}
+
+// startNS runs the test binary's helper with argv as PID 1 of new PID, mount, UTS and network
+// namespaces, expecting it to become an agent that listens on the Unix socket sock(pid) (pid
+// is the helper's, as the host sees it), and waits until the agent answers as PID 1. Root only.
+func startNS(t *testing.T, helper string, argv []string, sock func(pid int) string) *nsAgent {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	a := &nsAgent{output: &testutil.SyncBuffer{}, done: make(chan struct{})}
+	a.cmd = exec.Command(testutil.Link(t, helper), argv...)
 	a.cmd.Stdout, a.cmd.Stderr = a.output, a.output
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWNET,
@@ -144,14 +168,13 @@ func startNSAgent(t *testing.T, rootfs string, args ...string) *nsAgent {
 			t.Logf("agent output:\n%s", a.output.String())
 		}
 	})
-	sock := filepath.Join(rootfs, "agent.sock")
-	dial, err := agentwire.ParseAddr("unix:" + sock)
+	dial, err := agentwire.ParseAddr("unix:" + sock(a.cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	a.client = agentwire.NewClient(dial)
 	t.Cleanup(func() { a.client.Close() })
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		h, err := a.client.Health(ctx)
@@ -168,7 +191,7 @@ func startNSAgent(t *testing.T, rootfs string, args ...string) *nsAgent {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the agent did not answer within 10s: %v\n%s", err, a.output.String())
+			t.Fatalf("the agent did not answer within 30s: %v\n%s", err, a.output.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -67,18 +67,7 @@ func waitEvent(t *testing.T, events <-chan agentwire.Hello) agentwire.Hello {
 // TestStaticBinary builds cmd/smartvm-agent without cgo and checks that the result has no
 // program interpreter, so it runs in any guest.
 func TestStaticBinary(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds a binary; skipped under -short")
-	}
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skipf("needs the go command: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "smartvm-agent")
-	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/smartvm-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildAgent(t)
 	f, err := elf.Open(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -97,6 +86,25 @@ func TestStaticBinary(t *testing.T) {
 	if err := exec.Command(bin, "--listen", "bogus:x").Run(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
 		t.Errorf("smartvm-agent with a bad address: %v, want exit code 1", err)
 	}
+}
+
+// buildAgent builds cmd/smartvm-agent as shipped (without cgo) into a temporary directory
+// and returns its path. It skips under -short and without the go command.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds a binary; skipped under -short")
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skipf("needs the go command: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "smartvm-agent")
+	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/smartvm-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // startPID1 writes cfg to rootfs/init.json, starts the agent as PID 1 with it and extra
