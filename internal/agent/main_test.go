@@ -7,5 +7,5 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testutil.Main(m, map[string]func([]string) int{"agent-nsinit": nsInitMain})
+	testutil.Main(m, map[string]func([]string) int{"agent-nsinit": nsInitMain, "agent-ociboot": ociBootMain})
 }
