@@ -72,6 +72,19 @@ func resolve(start *agentwire.ExecStart) (*command, error) {
 	return &command{path: path, argv: start.Args, env: env, dir: dir, cred: cred}, nil
 }
 
+// makeWorkDir creates dir, the main process's working directory, with mode 0755 (owned by
+// root, as the agent is) when the guest lacks it, as docker run does for an image's WorkingDir
+// or -w: image builders that only write the config leave the directory out. A failure is left
+// for resolve to report.
+func makeWorkDir(dir string) {
+	if !filepath.IsAbs(dir) {
+		return
+	}
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		_ = os.MkdirAll(dir, 0o755)
+	}
+}
+
 // mergeEnv adds KEY=VALUE entries to env; a later key replaces an earlier one in place.
 func mergeEnv(env, add []string) []string {
 	idx := map[string]int{}

@@ -174,6 +174,7 @@ func (s *Server) mainCall(ctx context.Context, stream *connect.BidiStream[agentw
 		m.failed(127)
 		return out.exitWith(&startError{127, "no command to run: the image has neither an entrypoint nor a cmd; give one after -- (smartvm run IMAGE -- CMD)"})
 	}
+	makeWorkDir(start.Dir)
 	cmd, err := resolve(start)
 	if err != nil {
 		se := &startError{126, err.Error()}

@@ -200,6 +200,40 @@ func TestMainAttached(t *testing.T) {
 	}
 }
 
+// TestMainMakesWorkDir: a main process's working directory that the guest lacks is made (mode
+// 0755), as docker run makes an image's WorkingDir or -w; a path that is no directory fails.
+func TestMainMakesWorkDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "made", "by", "agent")
+	a := startMainAgent(t, InitConfig{Entrypoint: []string{"sh", "-c"}, Cmd: []string{"pwd"}, WorkingDir: dir}, true)
+	var stdout testutil.SyncBuffer
+	p, err := a.client.Main(t.Context(), agentwire.MainStart{}, agentwire.ExecIO{Stdout: &stdout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := p.Wait(); err != nil || st.Code != 0 || stdout.String() != dir+"\n" {
+		t.Errorf("main process: %+v, %v, stdout %q", st, err, stdout.String())
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode() != fs.ModeDir|0o755 {
+		t.Errorf("working directory: %v, %v; want a directory with mode 0755", fi, err)
+	}
+	if code := a.result(t); code != 0 {
+		t.Errorf("the agent ended with code %d", code)
+	}
+
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a = startMainAgent(t, InitConfig{Cmd: []string{"pwd"}}, true)
+	p, err = a.client.Main(t.Context(), agentwire.MainStart{Dir: file + "/sub"}, agentwire.ExecIO{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := p.Wait(); err != nil || st.Code != 126 || !strings.Contains(st.Error, "working directory") {
+		t.Errorf("main process in a directory under a file: %+v, %v; want code 126 naming the working directory", st, err)
+	}
+}
+
 // rawMain makes a Main call with req as it is, which the client would refuse to send, and
 // returns the agent's answer.
 func rawMain(ctx context.Context, sock string, req agentwire.MainStart) error {

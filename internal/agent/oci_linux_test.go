@@ -190,11 +190,12 @@ ls /opt/keep; cat /app/data; echo; readlink /proc/1/exe; cat /proc/cmdline`)
 		st := g.main(t, agentwire.MainStart{
 			Cmd: []string{`echo "$GREETING $EXTRA/$LANG in $PWD as $(id -un)"; env | sort >&2; exit 4`},
 			Env: []string{"GREETING=hi", "EXTRA=there"},
+			Dir: "/srv/work", // not in the image: made, as docker run -w does
 		}, &stdout, &stderr)
 		// The image's env with the overrides, HOME from the image's passwd, and what sh adds;
 		// nothing of the agent's own environment.
-		env := "EXTRA=there\nGREETING=hi\nHOME=/home/app\nLANG=C.UTF-8\nPATH=/usr/bin:/bin\nPWD=/app\nSHLVL=1\n"
-		if want := "hi there/C.UTF-8 in /app as app\n"; st.Code != 4 || stdout.String() != want || stderr.String() != env {
+		env := "EXTRA=there\nGREETING=hi\nHOME=/home/app\nLANG=C.UTF-8\nPATH=/usr/bin:/bin\nPWD=/srv/work\nSHLVL=1\n"
+		if want := "hi there/C.UTF-8 in /srv/work as app\n"; st.Code != 4 || stdout.String() != want || stderr.String() != env {
 			t.Errorf("main process: %+v, stdout %q, stderr %q; want code 4, stdout %q and the environment %q", st, stdout.String(), stderr.String(), want, env)
 		}
 		g.powerOff(t)

@@ -312,6 +312,7 @@ func addDefaultRoute(gw net.IP) error {
 // SIGTERM.
 func runEntrypoint(ctx context.Context, log *slog.Logger, procs *reaper, init *InitConfig, cfg Config) int {
 	start := &agentwire.ExecStart{Args: init.Args(), Env: init.Env, Dir: init.WorkingDir, User: init.User}
+	makeWorkDir(start.Dir)
 	cmd, err := resolve(start)
 	if err != nil {
 		var se *startError

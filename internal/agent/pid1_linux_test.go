@@ -24,7 +24,7 @@ func TestPID1Entrypoint(t *testing.T) {
 		Entrypoint: []string{"sh", "-c"},
 		Cmd:        []string{`while [ ! -e /data/go ]; do sleep 0.02; done; hostname; grep -c ' /dev/pts devpts' /proc/mounts; echo "$GREETING from $PWD as $(id -u)"; exit 3`},
 		Env:        []string{"GREETING=hello"},
-		WorkingDir: "/data",
+		WorkingDir: "/data/made", // missing: the agent makes it
 		User:       "tester",
 		Hostname:   "guest1",
 	}
@@ -46,7 +46,7 @@ func TestPID1Entrypoint(t *testing.T) {
 		t.Errorf("agent ended with %v, want killed by SIGHUP (reboot in a PID namespace)", a.cmd.ProcessState)
 	}
 	out := a.output.String()
-	for _, want := range []string{"guest1\n", "1\n", "hello from /data as 1000\n"} {
+	for _, want := range []string{"guest1\n", "1\n", "hello from /data/made as 1000\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("console output lacks %q:\n%s", want, out)
 		}
