@@ -72,6 +72,21 @@ func resolve(start *agentwire.ExecStart) (*command, error) {
 	return &command{path: path, argv: start.Args, env: env, dir: dir, cred: cred}, nil
 }
 
+// startFailed describes err, the failure to start c, named name, as user (as given; "" for
+// the agent's own): exit code 127 for a missing file, else 126. The new process changes to
+// the working directory as the user, so permission denied may be the directory's.
+func (c *command) startFailed(name, user string, err error) *startError {
+	code := 126
+	if errors.Is(err, syscall.ENOENT) {
+		code = 127
+	}
+	msg := fmt.Sprintf("%s: %s", name, err)
+	if errors.Is(err, syscall.EACCES) && c.cred != nil {
+		msg += fmt.Sprintf(" (as user %s in %s: the working directory and the program must be open to that user; choose another with -w or -u)", user, c.dir)
+	}
+	return &startError{code, msg}
+}
+
 // makeWorkDir creates dir, the main process's working directory, with mode 0755 (owned by
 // root, as the agent is) when the guest lacks it, as docker run does for an image's WorkingDir
 // or -w: image builders that only write the config leave the directory out. A failure is left
@@ -436,14 +451,11 @@ func (s *Server) runCommand(ctx context.Context, stream *connect.BidiStream[agen
 	sio.closeChild()
 	if err != nil {
 		sio.closeAll()
-		code := 126
-		if errors.Is(err, syscall.ENOENT) {
-			code = 127
-		}
+		se := cmd.startFailed(start.Args[0], start.User, err)
 		if main != nil {
-			main.failed(code)
+			main.failed(se.code)
 		}
-		return out.exitWith(&startError{code, fmt.Sprintf("%s: %s", start.Args[0], err)})
+		return out.exitWith(se)
 	}
 	if main != nil {
 		wait = main.started(pid, wait)

@@ -62,8 +62,8 @@ func ociBootMain(args []string) int {
 	return 1
 }
 
-// ociTestImage is the image TestOCIImageAsPID1 pulls: busybox, an os-release, a user "app"
-// (uid 1000), set-id files, owners, and whiteouts in the second layer (a deleted file and an
+// ociTestImage is the image TestOCIImageAsPID1 pulls: busybox (with a hard link and an
+// absolute symlink to it in /usr/bin), an os-release, a user "app" (uid 1000), set-id files, owners, and whiteouts in the second layer (a deleted file and an
 // opaque directory), with a config that sets every field the main process uses.
 func ociTestImage(t *testing.T) (cfg v1.Config, layers [][]testutil.OCIEntry) {
 	t.Helper()
@@ -92,6 +92,9 @@ func ociTestImage(t *testing.T) (cfg v1.Config, layers [][]testutil.OCIEntry) {
 		dir("root/", 0o700, 0), dir("tmp/", 0o1777, 0),
 		dir("home/", 0o755, 0), dir("home/app/", 0o700, 1000),
 		dir("usr/", 0o755, 0), dir("usr/bin/", 0o755, 0),
+		// A hard link and an absolute symlink to busybox, as applets.
+		testutil.OCIEntry{Header: tar.Header{Typeflag: tar.TypeLink, Name: "usr/bin/printf", Linkname: "bin/busybox"}},
+		testutil.OCIEntry{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/env", Linkname: "/bin/busybox", Mode: 0o777}},
 		file("usr/bin/suid-tool", "#!/bin/sh\nid -u\n", 0o4755, 0, 0),
 		file("usr/bin/sgid-tool", "#!/bin/sh\nid -g\n", 0o2750, 0, 1000),
 		dir("opt/", 0o755, 0), dir("opt/keep/", 0o755, 0),
@@ -158,10 +161,12 @@ func TestOCIImageAsPID1(t *testing.T) {
 	t.Run("image config", func(t *testing.T) {
 		g := bootOCI(t, b)
 		// Before the main process: the tree as the layers made it.
-		out := g.exec(t, `stat -c '%n %a %u %g %U %G' /usr/bin/suid-tool /usr/bin/sgid-tool /app /app/data /home/app /tmp `+baseimage.AgentPath+` `+baseimage.InitConfigPath+`
+		out := g.exec(t, `stat -c '%n %h' /bin/busybox /usr/bin/printf; readlink /usr/bin/env
+stat -c '%n %a %u %g %U %G' /usr/bin/suid-tool /usr/bin/sgid-tool /app /app/data /home/app /tmp `+baseimage.AgentPath+` `+baseimage.InitConfigPath+`
 for f in /etc/doomed /etc/.wh.doomed /opt/keep/old /opt/keep/.wh..wh..opq; do [ -e $f ] && echo "present: $f"; done
 ls /opt/keep; cat /app/data; echo; readlink /proc/1/exe; cat /proc/cmdline`)
-		want := "/usr/bin/suid-tool 4755 0 0 root root\n" +
+		want := "/bin/busybox 2\n/usr/bin/printf 2\n/bin/busybox\n" +
+			"/usr/bin/suid-tool 4755 0 0 root root\n" +
 			"/usr/bin/sgid-tool 2750 0 1000 root app\n" +
 			"/app 750 1000 1000 app app\n" +
 			"/app/data 600 1000 1000 app app\n" +
@@ -197,6 +202,27 @@ ls /opt/keep; cat /app/data; echo; readlink /proc/1/exe; cat /proc/cmdline`)
 		env := "EXTRA=there\nGREETING=hi\nHOME=/home/app\nLANG=C.UTF-8\nPATH=/usr/bin:/bin\nPWD=/srv/work\nSHLVL=1\n"
 		if want := "hi there/C.UTF-8 in /srv/work as app\n"; st.Code != 4 || stdout.String() != want || stderr.String() != env {
 			t.Errorf("main process: %+v, stdout %q, stderr %q; want code 4, stdout %q and the environment %q", st, stdout.String(), stderr.String(), want, env)
+		}
+		g.powerOff(t)
+	})
+
+	t.Run("entrypoint, numeric user and a terminal", func(t *testing.T) {
+		g := bootOCI(t, b)
+		// The image's working directory is app's alone.
+		_, _, st := g.run(t, agentwire.ExecStart{Args: []string{"true"}, Dir: "/app", User: "4242:4343"}, "")
+		if st.Code != 126 || !strings.Contains(st.Error, "permission denied (as user 4242:4343 in /app: the working directory") {
+			t.Errorf("exec as another user in /app: %+v, want code 126 naming the user and the directory", st)
+		}
+		var stdout, stderr bytes.Buffer
+		st = g.main(t, agentwire.MainStart{
+			Entrypoint: &[]string{"env"},
+			Cmd:        []string{"sh", "-c", `printf '%s %s:%s %s %s\n' "$(tty)" "$(id -u)" "$(id -g)" "$HOME" "$PWD"; exit 9`},
+			User:       "4242:4343",
+			Dir:        "/tmp",
+			TTY:        true,
+		}, &stdout, &stderr)
+		if want := "/dev/pts/0 4242:4343 / /tmp\r\n"; st.Code != 9 || stdout.String() != want || stderr.Len() != 0 {
+			t.Errorf("main process: %+v, output %q, stderr %q; want code 9 and output %q", st, stdout.String(), stderr.String(), want)
 		}
 		g.powerOff(t)
 	})

@@ -327,11 +327,9 @@ func runEntrypoint(ctx context.Context, log *slog.Logger, procs *reaper, init *I
 		Sys: &syscall.SysProcAttr{Credential: cmd.cred, Setsid: true}}
 	pid, wait, err := procs.start(cmd.path, cmd.argv, attr)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "smartvm-agent: entrypoint %s: %s\n", cmd.argv[0], err)
-		if errors.Is(err, syscall.ENOENT) {
-			return 127
-		}
-		return 126
+		se := cmd.startFailed(cmd.argv[0], start.User, err)
+		fmt.Fprintf(os.Stderr, "smartvm-agent: entrypoint %s\n", se)
+		return se.code
 	}
 	log.Info("entrypoint started", "pid", pid, "args", cmd.argv)
 	for {
