@@ -45,7 +45,8 @@ func Main(args []string) int {
 		}
 		return 2
 	}
-	if fl.NArg() > 0 {
+	pid1 := os.Getpid() == 1
+	if fl.NArg() > 0 && !pid1 {
 		fmt.Fprintf(os.Stderr, "smartvm-agent: unexpected argument %q\n", fl.Arg(0))
 		return 2
 	}
@@ -59,6 +60,11 @@ func Main(args []string) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("prog", "smartvm-agent")
+	if fl.NArg() > 0 {
+		// The kernel gives init the words of its command line that it does not know (and all
+		// after "--"): PID 1 exiting over them would panic the guest's kernel.
+		log.Warn("ignoring arguments from the kernel command line", "args", fl.Args())
+	}
 	if len(listen) == 0 {
 		listen = listFlag{"vsock"}
 	}
@@ -73,7 +79,7 @@ func Main(args []string) int {
 	if *announce == "none" {
 		*announce = ""
 	}
-	cfg := Config{Listen: listen, Announce: *announce, InitConfig: *configPath, PID1: os.Getpid() == 1, MainWait: *waitMainFlag, Log: log}
+	cfg := Config{Listen: listen, Announce: *announce, InitConfig: *configPath, PID1: pid1, MainWait: *waitMainFlag, Log: log}
 	if err := Run(context.Background(), cfg); err != nil {
 		if me, ok := errors.AsType[*MainExitError](err); ok {
 			return me.Code

@@ -53,6 +53,16 @@ func TestPID1Entrypoint(t *testing.T) {
 	}
 }
 
+// TestPID1KernelWords: as PID 1 the agent runs on with the arguments the kernel passes init
+// (command line words it does not know), which it names in a warning.
+func TestPID1KernelWords(t *testing.T) {
+	rootfs := makeRootfs(t)
+	a, _ := startPID1(t, rootfs, InitConfig{Cmd: []string{"true"}}, "--wait-main", "single", "nosuchword")
+	if out := a.output.String(); !strings.Contains(out, "ignoring arguments from the kernel command line") || !strings.Contains(out, "nosuchword") {
+		t.Errorf("no warning about the kernel's words:\n%s", out)
+	}
+}
+
 func waitEvent(t *testing.T, events <-chan agentwire.Hello) agentwire.Hello {
 	t.Helper()
 	select {
