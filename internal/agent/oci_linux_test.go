@@ -100,12 +100,22 @@ func ociTestImage(t *testing.T) (cfg v1.Config, layers [][]testutil.OCIEntry) {
 		dir("opt/", 0o755, 0), dir("opt/keep/", 0o755, 0),
 		file("opt/keep/old", "hidden by the opaque directory\n", 0o644, 0, 0),
 		dir("app/", 0o750, 1000), file("app/data", "layer 1", 0o640, 1000, 1000),
+		dir("var/", 0o755, 0), dir("var/cache/", 0o755, 0), dir("var/cache/old/", 0o755, 0),
+		file("var/cache/old/x", "a directory deleted by the second layer", 0o644, 0, 0),
+		file("var/file-then-dir", "a file the second layer replaces with a directory", 0o644, 0, 0),
+		dir("var/dir-then-file/", 0o755, 0), file("var/dir-then-file/x", "replaced", 0o644, 0, 0),
+		file("var/big-ids", "", 0o644, 100000, 200000),
+		testutil.OCIEntry{Header: tar.Header{Typeflag: tar.TypeReg, Name: "var/dated", Mode: 0o644, ModTime: time.Unix(1600000000, 0)}},
 	)
 	top := []testutil.OCIEntry{
 		dir("etc/", 0o755, 0), file("etc/.wh.doomed", "", 0o644, 0, 0),
 		dir("opt/keep/", 0o755, 0), file("opt/keep/.wh..wh..opq", "", 0o644, 0, 0),
 		file("opt/keep/new", "layer 2\n", 0o644, 0, 0),
 		file("app/data", "layer 2", 0o600, 1000, 1000),
+		file("var/cache/.wh.old", "", 0o644, 0, 0),
+		dir("var/file-then-dir/", 0o711, 0), file("var/file-then-dir/a", "a", 0o644, 0, 0),
+		file("var/dir-then-file", "now a file", 0o644, 0, 0),
+		file("srv/implicit/file", "its directories have no entries", 0o644, 0, 0),
 	}
 	cfg = v1.Config{
 		Entrypoint: []string{"/bin/sh", "-c"},
@@ -121,8 +131,8 @@ func ociTestImage(t *testing.T) (cfg v1.Config, layers [][]testutil.OCIEntry) {
 // it pulls an image from a registry and converts it with baseimage.Manager and the real
 // static agent, then boots a staged copy of the ext4 as a guest would (loop device, mounted
 // read-write as the root of new namespaces) with the installed agent as PID 1 waiting for its
-// main process (smartvm.main=wait on its kernel command line). Over the agent's socket it checks the file tree (owners,
-// set-id bits, whiteouts), then starts the main process: the image's entrypoint and cmd with
+// main process (smartvm.main=wait on its kernel command line). Over the agent's socket it
+// checks the file tree (owners, modes, set-id bits, times, links, whiteouts), then starts the main process: the image's entrypoint and cmd with
 // its env, working directory and user, or an overriding cmd and env, and their exit codes.
 // Each boot ends with the agent powering off, leaving no mount, loop device or process.
 func TestOCIImageAsPID1(t *testing.T) {
@@ -163,7 +173,9 @@ func TestOCIImageAsPID1(t *testing.T) {
 		// Before the main process: the tree as the layers made it.
 		out := g.exec(t, `stat -c '%n %h' /bin/busybox /usr/bin/printf; readlink /usr/bin/env
 stat -c '%n %a %u %g %U %G' /usr/bin/suid-tool /usr/bin/sgid-tool /app /app/data /home/app /tmp `+baseimage.AgentPath+` `+baseimage.InitConfigPath+`
-for f in /etc/doomed /etc/.wh.doomed /opt/keep/old /opt/keep/.wh..wh..opq; do [ -e $f ] && echo "present: $f"; done
+stat -c '%n %a %u %g' /var/file-then-dir /var/dir-then-file /var/big-ids /srv /srv/implicit; stat -c '%n %Y' /var/dated
+cat /var/file-then-dir/a /var/dir-then-file; echo
+for f in /etc/doomed /etc/.wh.doomed /opt/keep/old /opt/keep/.wh..wh..opq /var/cache/old /var/cache/.wh.old; do [ -e $f ] && echo "present: $f"; done
 ls /opt/keep; cat /app/data; echo; readlink /proc/1/exe; cat /proc/cmdline`)
 		want := "/bin/busybox 2\n/usr/bin/printf 2\n/bin/busybox\n" +
 			"/usr/bin/suid-tool 4755 0 0 root root\n" +
@@ -174,6 +186,9 @@ ls /opt/keep; cat /app/data; echo; readlink /proc/1/exe; cat /proc/cmdline`)
 			"/tmp 1777 0 0 root root\n" +
 			baseimage.AgentPath + " 755 0 0 root root\n" +
 			baseimage.InitConfigPath + " 644 0 0 root root\n" +
+			"/var/file-then-dir 711 0 0\n/var/dir-then-file 644 0 0\n/var/big-ids 644 100000 200000\n" +
+			"/srv 755 0 0\n/srv/implicit 755 0 0\n/var/dated 1600000000\n" +
+			"anow a file\n" +
 			"new\nlayer 2\n" +
 			baseimage.AgentPath + "\n" +
 			b.BootArgs + " " + agentwire.MainWaitArg + "\n"
