@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -132,9 +133,11 @@ func ociTestImage(t *testing.T) (cfg v1.Config, layers [][]testutil.OCIEntry) {
 // static agent, then boots a staged copy of the ext4 as a guest would (loop device, mounted
 // read-write as the root of new namespaces) with the installed agent as PID 1 waiting for its
 // main process (smartvm.main=wait on its kernel command line). Over the agent's socket it
-// checks the file tree (owners, modes, set-id bits, times, links, whiteouts), then starts the main process: the image's entrypoint and cmd with
-// its env, working directory and user, or an overriding cmd and env, and their exit codes.
-// Each boot ends with the agent powering off, leaving no mount, loop device or process.
+// checks the file tree (owners, modes, set-id bits, times, links, whiteouts), then starts the
+// main process: the image's entrypoint and cmd with its env, working directory and user, or
+// with run's overrides (cmd, env, a new working directory, entrypoint, a numeric user, a
+// terminal), and checks their output and exit codes, and a stop by Ctrl-Alt-Del. Each boot
+// ends with the agent powering off, leaving no mount, loop device or process.
 func TestOCIImageAsPID1(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.CheckLeaks(t)
@@ -242,6 +245,24 @@ ls /opt/keep; cat /app/data; echo; readlink /proc/1/exe; cat /proc/cmdline`)
 		g.powerOff(t)
 	})
 
+	t.Run("ctrl-alt-del", func(t *testing.T) {
+		g := bootOCI(t, b)
+		out := newLineWriter()
+		p := g.startMain(t, agentwire.MainStart{
+			Cmd: []string{`trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done`},
+		}, out, out)
+		out.waitFor(t, "ready")
+		// Firecracker's SendCtrlAltDel: with Ctrl-Alt-Del off, the kernel sends PID 1 SIGINT.
+		if err := g.cmd.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+		// The agent signals the main process's group: the shell may say its sleep was Terminated.
+		if st := g.wait(t, p); st.Code != 3 || !strings.Contains(out.String(), "got TERM\n") {
+			t.Errorf("main process: %+v, output %q; want code 3 after the TERM trap", st, out.String())
+		}
+		g.powerOff(t)
+	})
+
 	if err := m.Remove(ctx, b.ID); err != nil {
 		t.Error(err)
 	}
@@ -301,14 +322,33 @@ func (g *ociGuest) exec(t *testing.T, script string) string {
 }
 
 // main starts the main process with start and waits for it to end.
-func (g *ociGuest) main(t *testing.T, start agentwire.MainStart, stdout, stderr *bytes.Buffer) agentwire.ExitStatus {
+func (g *ociGuest) main(t *testing.T, start agentwire.MainStart, stdout, stderr io.Writer) agentwire.ExitStatus {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	p, err := g.client.Main(ctx, start, agentwire.ExecIO{Stdout: stdout, Stderr: stderr})
+	return g.wait(t, g.startMain(t, start, stdout, stderr))
+}
+
+// startMain starts the main process with start.
+func (g *ociGuest) startMain(t *testing.T, start agentwire.MainStart, stdout, stderr io.Writer) *agentwire.Process {
+	t.Helper()
+	p, err := g.client.Main(t.Context(), start, agentwire.ExecIO{Stdout: stdout, Stderr: stderr})
 	if err != nil {
 		t.Fatalf("Main: %v", err)
 	}
+	return p
+}
+
+// wait waits for the main process p to end.
+func (g *ociGuest) wait(t *testing.T, p *agentwire.Process) agentwire.ExitStatus {
+	t.Helper()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			_ = g.cmd.Process.Kill() // ends the call
+		}
+	}()
 	st, err := p.Wait()
 	if err != nil {
 		t.Fatalf("Main: %v", err)
