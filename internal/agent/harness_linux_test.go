@@ -130,6 +130,7 @@ func elfInterpreter(path string) (string, error) {
 
 // nsAgent is an agent running as PID 1 in namespaces of its own.
 type nsAgent struct {
+	rootfs string
 	cmd    *exec.Cmd
 	output *testutil.SyncBuffer
 	client *agentwire.Client
@@ -141,7 +142,9 @@ type nsAgent struct {
 func startNSAgent(t *testing.T, rootfs string, args ...string) *nsAgent {
 	t.Helper()
 	argv := append([]string{rootfs, "--listen", "unix:/agent.sock", "--log-level", "debug"}, args...)
-	return startNS(t, "agent-nsinit", argv, func(int) string { return filepath.Join(rootfs, "agent.sock") })
+	a := startNS(t, "agent-nsinit", argv, func(int) string { return filepath.Join(rootfs, "agent.sock") })
+	a.rootfs = rootfs
+	return a
 }
 
 // startNS runs the test binary's helper with argv as PID 1 of new PID, mount, UTS and network
