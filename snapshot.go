@@ -98,13 +98,13 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 	if s.Version != snapshotFormat {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: manifest version %d, this smartvm reads %d: %w", abs, s.Version, snapshotFormat, errors.ErrUnsupported)
 	}
-	if !nameRE.MatchString(s.Name) || strings.HasPrefix(s.Name, "-") {
+	if !validName(s.Name) || strings.HasPrefix(s.Name, "-") {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: invalid vm name %q", abs, s.Name)
 	}
 	// A snapshot is input: its drive copies must be the files smartvm writes, in the
 	// snapshot's own drives directory, and nowhere else.
 	for id, d := range s.Drives {
-		if !resourceRE.MatchString(id) || d.File != filepath.Join(snapshotDrives, id+".img") {
+		if !validResourceID(id) || d.File != filepath.Join(snapshotDrives, id+".img") {
 			return Snapshot{}, fmt.Errorf("open snapshot %s: drive %q has file %q: want %s/<id>.img for a drive id of letters, digits and _", abs, id, d.File, snapshotDrives)
 		}
 	}

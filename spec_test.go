@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -343,6 +344,25 @@ func TestAgentMainBootArg(t *testing.T) {
 		s := &starter{spec: tc.spec}
 		if got := s.vmConfig(nil).BootSource.BootArgs; got != tc.want {
 			t.Errorf("boot args %q, want %q", got, tc.want)
+		}
+	}
+}
+
+// TestValidNameMatchesPattern checks the name and ID loops against the patterns they replace.
+func TestValidNameMatchesPattern(t *testing.T) {
+	nameRE := regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
+	idRE := regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+	cases := []string{"", "a", "-", "_", "vm-1", "vm_1", "VM9", "a b", "a\n", "\na", "é", "a.b", "a/b",
+		strings.Repeat("a", 64), strings.Repeat("a", 65), strings.Repeat("_", 65), "a\x00"}
+	for c := byte(0); c < 0x80; c++ {
+		cases = append(cases, "x"+string(c))
+	}
+	for _, s := range cases {
+		if got, want := validName(s), nameRE.MatchString(s); got != want {
+			t.Errorf("validName(%q) = %v, want %v", s, got, want)
+		}
+		if got, want := validResourceID(s), idRE.MatchString(s); got != want {
+			t.Errorf("validResourceID(%q) = %v, want %v", s, got, want)
 		}
 	}
 }

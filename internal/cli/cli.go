@@ -77,6 +77,13 @@ type app struct {
 	helpErr error
 
 	log *slog.Logger
+
+	// agentBin is agentBinary's answer, once found.
+	agentBin struct {
+		found bool
+		path  string
+		err   error
+	}
 }
 
 // usageError marks a wrong command line; Run exits with ExitUsage for it.

@@ -19,6 +19,16 @@ import (
 // the agent under that name), smartvm-agent next to it, or smartvm-agent in PATH, whichever
 // is statically linked first.
 func (a *app) agentBinary() (string, error) {
+	// One search per invocation: run asks for the base image cache and for the manager,
+	// and each search reads ELF headers and walks PATH.
+	if !a.agentBin.found {
+		a.agentBin.path, a.agentBin.err = a.findAgentBinary()
+		a.agentBin.found = true
+	}
+	return a.agentBin.path, a.agentBin.err
+}
+
+func (a *app) findAgentBinary() (string, error) {
 	if p := a.getenv(envAgentBin); p != "" {
 		return smartvm.FindAgentBinary(p)
 	}

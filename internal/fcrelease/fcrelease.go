@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/smartvm/smartvm/baseimage"
 )
@@ -29,9 +30,11 @@ const DefaultURL = "https://github.com/firecracker-microvm/firecracker/releases"
 // maxBinarySize caps each binary extracted from a release tarball.
 const maxBinarySize = 512 << 20
 
+// tagRE and sha256RE compile on first use: at package initialisation they would cost every
+// smartvm command start-up time, also the many that never look at a release.
 var (
-	tagRE    = regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`)
-	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	tagRE    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`) })
+	sha256RE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
 )
 
 // Downloader fetches one file into dst (which must not exist), verifying sha256 when it is
@@ -68,7 +71,7 @@ func NormalizeTag(v string) (string, error) {
 	if !strings.HasPrefix(tag, "v") {
 		tag = "v" + tag
 	}
-	if !tagRE.MatchString(tag) {
+	if !tagRE().MatchString(tag) {
 		return "", fmt.Errorf("%q is not a release tag such as v1.14.2", v)
 	}
 	return tag, nil
@@ -94,7 +97,7 @@ func (s *Site) Latest(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("find the latest Firecracker release: GET %s answered %s, not a redirect to the newest release; pass --version vX.Y.Z", u, resp.Status)
 	}
 	tag := path.Base(loc.Path)
-	if !tagRE.MatchString(tag) {
+	if !tagRE().MatchString(tag) {
 		return "", fmt.Errorf("find the latest Firecracker release: %s redirects to %s, which does not end in a release tag; pass --version vX.Y.Z", u, loc)
 	}
 	return tag, nil
@@ -186,7 +189,7 @@ func (s *Site) publishedSum(ctx context.Context, tgzURL, work string) (string, e
 		return "", fmt.Errorf("read %s: %w", u, err)
 	}
 	fields := strings.Fields(string(b))
-	if len(fields) == 0 || !sha256RE.MatchString(strings.ToLower(fields[0])) {
+	if len(fields) == 0 || !sha256RE().MatchString(strings.ToLower(fields[0])) {
 		return "", fmt.Errorf("%s does not start with a sha256 checksum", u)
 	}
 	if len(fields) > 1 && strings.TrimPrefix(fields[1], "*") != path.Base(tgzURL) {

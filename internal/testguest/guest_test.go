@@ -50,7 +50,7 @@ func normalizeLine(line string) string {
 func TestListingMatchesSource(t *testing.T) {
 	src := sourceLines(t)
 	var listing []string
-	for _, in := range program {
+	for _, in := range program() {
 		listing = append(listing, in.asm)
 	}
 	for i := 0; i < max(len(src), len(listing)); i++ {
@@ -94,7 +94,7 @@ func TestMatchesBinutils(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, labels, err := assemble(program, LoadAddress)
+	code, labels, err := assemble(program(), LoadAddress)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestELF(t *testing.T) {
 	if text == nil || text.Addr != LoadAddress || text.Offset != p.Off || text.Size != p.Filesz {
 		t.Fatalf(".text section %+v does not cover the segment", text)
 	}
-	code, _, err := assemble(program, LoadAddress)
+	code, _, err := assemble(program(), LoadAddress)
 	if err != nil {
 		t.Fatal(err)
 	}
