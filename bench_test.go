@@ -22,7 +22,7 @@ import (
 
 // benchManager returns a manager on a fresh root, closed when the benchmark ends. The root is
 // on the same kind of filesystem as the default one: tmpfs where /dev/shm is one.
-func benchManager(b *testing.B, bin string) *Manager {
+func benchManager(b *testing.B, bin string, opts ...Option) *Manager {
 	b.Helper()
 	parent := filepath.Dir(filepath.Dir(rundir.DefaultPath())) // /dev/shm or $TMPDIR
 	dir, err := os.MkdirTemp(parent, "smartvm-bench-")
@@ -30,7 +30,7 @@ func benchManager(b *testing.B, bin string) *Manager {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
-	mgr, err := NewManager(WithRuntimeDir(filepath.Join(dir, "rt")), WithFirecrackerBinary(bin))
+	mgr, err := NewManager(append([]Option{WithRuntimeDir(filepath.Join(dir, "rt")), WithFirecrackerBinary(bin)}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
