@@ -1,6 +1,7 @@
 package smartvm
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -23,8 +24,12 @@ const versionCacheDir = "cache"
 // maxVersionCacheFile bounds what is read from a version cache file.
 const maxVersionCacheFile = 4096
 
-// binaryKey identifies a firecracker binary as last seen: its version is probed once per key.
+// binaryKey identifies a firecracker (or jailer) binary as last seen: its version is probed
+// once per key.
 type binaryKey struct {
+	// Kind is "" for firecracker, "jailer" for a jailer: the two print their versions
+	// differently, and each kind has cache files of its own.
+	Kind  string `json:"kind,omitempty"`
 	Path  string `json:"path"`
 	Dev   uint64 `json:"dev"`
 	Ino   uint64 `json:"ino"`
@@ -43,10 +48,47 @@ type versionCacheEntry struct {
 	Version string    `json:"version"`
 }
 
-// versionCacheName is the name of the cache file of the binary at path (an absolute path).
-func versionCacheName(path string) string {
+// versionCacheName is the name of the cache file of the firecracker binary at path (an
+// absolute path).
+func versionCacheName(path string) string { return kindCacheName("firecracker", path) }
+
+// keyCacheName is the name of key's cache file.
+func keyCacheName(key binaryKey) string {
+	if key.Kind == "" {
+		return versionCacheName(key.Path)
+	}
+	return kindCacheName(key.Kind, key.Path)
+}
+
+func kindCacheName(kind, path string) string {
 	sum := sha256.Sum256([]byte(path))
-	return "firecracker-" + hex.EncodeToString(sum[:12]) + ".json"
+	return kind + "-" + hex.EncodeToString(sum[:12]) + ".json"
+}
+
+// probedVersion returns the version of the binary key identifies: from the manager's memory,
+// else from the runtime root's cache, else by running probe on it, and remembers it in both.
+func (mgr *Manager) probedVersion(ctx context.Context, key binaryKey, probe func(context.Context, string) (fcapi.Version, error)) (fcapi.Version, error) {
+	mgr.verMu.Lock()
+	defer mgr.verMu.Unlock()
+	if v, ok := mgr.versions[key]; ok {
+		return v, nil
+	}
+	onDisk := key.Ino != 0 // the platform gives the binary's identity
+	if onDisk {
+		if v, ok := mgr.cachedVersion(key); ok {
+			mgr.versions[key] = v
+			return v, nil
+		}
+	}
+	v, err := probe(ctx, key.Path)
+	if err != nil {
+		return fcapi.Version{}, err
+	}
+	mgr.versions[key] = v
+	if onDisk {
+		mgr.storeVersion(key, v)
+	}
+	return v, nil
 }
 
 // cachedVersion returns the version the cache file records for key. The file is untrusted
@@ -57,7 +99,7 @@ func (mgr *Manager) cachedVersion(key binaryKey) (fcapi.Version, bool) {
 	if !key.cacheable() {
 		return fcapi.Version{}, false
 	}
-	b, err := mgr.root.ReadCache(versionCacheName(key.Path), maxVersionCacheFile)
+	b, err := mgr.root.ReadCache(keyCacheName(key), maxVersionCacheFile)
 	if err != nil {
 		return fcapi.Version{}, false
 	}
@@ -80,10 +122,10 @@ func (mgr *Manager) storeVersion(key binaryKey, v fcapi.Version) {
 	}
 	b, err := json.Marshal(versionCacheEntry{Binary: key, Version: v.String()})
 	if err == nil {
-		err = mgr.root.WriteCache(versionCacheName(key.Path), b)
+		err = mgr.root.WriteCache(keyCacheName(key), b)
 	}
 	if err != nil {
-		mgr.log.Debug("store the firecracker version", "err", err)
+		mgr.log.Debug("store the version of a binary", "binary", key.Path, "err", err)
 	}
 }
 

@@ -31,9 +31,9 @@ type startJail struct {
 	cgroupDirs []string
 }
 
-// jailerBinary resolves the manager's jailer: WithJailerBinary, else "jailer" beside the
-// firecracker binary.
-func (mgr *Manager) jailerBinary(firecracker string) (string, error) {
+// jailerBinary resolves the manager's jailer, WithJailerBinary, else "jailer" beside the
+// firecracker binary, to the identity of its absolute path.
+func (mgr *Manager) jailerBinary(firecracker string) (binaryKey, error) {
 	bin := mgr.jail.binary
 	if bin == "" {
 		bin = filepath.Join(filepath.Dir(firecracker), "jailer")
@@ -41,15 +41,20 @@ func (mgr *Manager) jailerBinary(firecracker string) (string, error) {
 	if !strings.ContainsRune(bin, '/') {
 		p, err := exec.LookPath(bin)
 		if err != nil {
-			return "", fmt.Errorf("%w: jailer %q not found in PATH: install Firecracker's jailer (smartvm setup does) or name it with WithJailerBinary: %w", ErrJailer, bin, err)
+			return binaryKey{}, fmt.Errorf("%w: jailer %q not found in PATH: install Firecracker's jailer (smartvm setup does) or name it with WithJailerBinary: %w", ErrJailer, bin, err)
 		}
 		bin = p
 	}
-	fi, err := os.Stat(bin)
-	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("%w: no jailer executable at %s: install the jailer of firecracker's release beside it (smartvm setup does), or name one with WithJailerBinary", ErrJailer, bin)
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		return binaryKey{}, fmt.Errorf("%w: jailer %s: %w", ErrJailer, bin, err)
 	}
-	return filepath.Abs(bin)
+	key, fi, err := probeKey(abs)
+	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return binaryKey{}, fmt.Errorf("%w: no jailer executable at %s: install the jailer of firecracker's release beside it (smartvm setup does), or name one with WithJailerBinary", ErrJailer, bin)
+	}
+	key.Kind = "jailer"
+	return key, nil
 }
 
 // prepareJail readies the jail before anything is placed in it: the jailer (of firecracker's
@@ -63,11 +68,14 @@ func (s *starter) prepareJail(ctx context.Context) error {
 	if v := s.spec.Vsock; v != nil && v.Path != "" {
 		return fmt.Errorf("%w: a jailed firecracker creates its vsock socket in its chroot; leave vsock.path empty (the socket is then the VM's vsock socket)", ErrJailer)
 	}
-	bin, err := s.mgr.jailerBinary(s.bin)
+	key, err := s.mgr.jailerBinary(s.bin)
 	if err != nil {
 		return err
 	}
-	jv, err := jailer.Version(ctx, bin)
+	bin := key.Path
+	// Probed once per jailer binary, as firecracker's version is: `jailer --version` is a
+	// whole process before every jailed start.
+	jv, err := s.mgr.probedVersion(ctx, key, jailer.Version)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrJailer, err)
 	}

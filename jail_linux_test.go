@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/smartvm/smartvm/internal/jailer"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
@@ -461,5 +463,56 @@ func TestRecordedJailIsChecked(t *testing.T) {
 		if _, err := mgr.recordedJail(ctx, "vm1", st); err == nil || !strings.Contains(err.Error(), "left alone") {
 			t.Errorf("%s: %v, want a refusal that leaves the jail alone", what, err)
 		}
+	}
+}
+
+// TestJailerProbedOnce starts jailed VMs through a jailer that counts its version probes:
+// the manager probes it once, as it does firecracker, and again only once the binary
+// changes. An owned jail's firecracker stays in this process's session (its own process
+// group), as an unjailed one does.
+func TestJailerProbedOnce(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	fc := fakeJailPair(t)
+	dir := t.TempDir()
+	count := filepath.Join(dir, "count")
+	script := filepath.Join(dir, "jailer")
+	body := "#!/bin/sh\n[ \"$1\" = --version ] && echo x >> " + count + "\nexec " + filepath.Join(filepath.Dir(fc), "jailer") + " \"$@\"\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mgr := newManager(t, root, fc, WithJailerBinary(script))
+	spec := guestSpec(guestKernel(t), testguest.ModeHalt)
+	spec.Jailer = &JailerSpec{ChrootBase: filepath.Join(t.TempDir(), "jailer")}
+	probes := func() int {
+		b, _ := os.ReadFile(count)
+		return strings.Count(string(b), "x")
+	}
+	for i := range 2 {
+		m := start(t, mgr, spec)
+		if i == 0 {
+			b, err := os.ReadFile("/proc/" + strconv.Itoa(m.PID()) + "/stat")
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+			if sid, _ := unix.Getsid(0); f[3] != strconv.Itoa(sid) {
+				t.Errorf("jailed firecracker in session %s, want this process's %d", f[3], sid)
+			}
+		}
+		m.Kill()
+		m.Close()
+	}
+	if n := probes(); n != 1 {
+		t.Fatalf("%d jailer version probes for 2 jailed starts", n)
+	}
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(script, later, later)
+	m := start(t, mgr, spec)
+	m.Kill()
+	m.Close()
+	if n := probes(); n != 2 {
+		t.Fatalf("%d jailer version probes after the binary changed", n)
 	}
 }

@@ -415,25 +415,9 @@ func (mgr *Manager) Firecracker(ctx context.Context) (path string, version fcapi
 	if fi.IsDir() || fi.Mode()&0o111 == 0 {
 		return "", fcapi.Version{}, fmt.Errorf("firecracker binary %s is not an executable file", abs)
 	}
-	mgr.verMu.Lock()
-	defer mgr.verMu.Unlock()
-	if v, ok := mgr.versions[key]; ok {
-		return abs, v, nil
-	}
-	onDisk := key.Ino != 0 // the platform gives the binary's identity
-	if onDisk {
-		if v, ok := mgr.cachedVersion(key); ok {
-			mgr.versions[key] = v
-			return abs, v, nil
-		}
-	}
-	v, err := FirecrackerVersion(ctx, abs)
+	v, err := mgr.probedVersion(ctx, key, FirecrackerVersion)
 	if err != nil {
 		return "", fcapi.Version{}, err
-	}
-	mgr.versions[key] = v
-	if onDisk {
-		mgr.storeVersion(key, v)
 	}
 	return abs, v, nil
 }

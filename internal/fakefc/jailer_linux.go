@@ -115,7 +115,9 @@ func runJail(c *JailerConfig) error {
 		cmd := exec.Command(exe)
 		cmd.Args, cmd.Env = args, env
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID, Setsid: true}
+		// As the real jailer (seen with v1.7.0): the clone starts a session only with
+		// --daemonize; otherwise it stays in the jailer's.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID, Setsid: c.Daemonize}
 		if err := cmd.Start(); err != nil {
 			return jailerError("Failed to exec into new pid namespace: " + osError(err))
 		}

@@ -25,11 +25,12 @@ type Jail struct {
 }
 
 // Launch starts the jailer as cfg says, with pc's stdio, inside a new Guard, and waits until
-// the jailer has handed over to firecracker. pc.Path and pc.Args are set from cfg, and pc.Detached is set (the guard, not a parent-death
-// signal, ties the jail to this process); pc.Around,
-// if set, runs around the guard's own (to enter a network namespace, say). cfg.Daemonize
-// must be false. On failure nothing it started is left running; the chroot and cgroups the
-// jailer may have made are the caller's to remove (Remove).
+// the jailer has handed over to firecracker. pc.Path and pc.Args are set from cfg, pc.Detached
+// from cfg.Detached, and pc.NoDeathSignal is set (the guard, not a parent-death signal, ties
+// the jail to this process); pc.Around, if set, runs around the guard's own (to enter a
+// network namespace, say). cfg.Daemonize must be false. On failure nothing it started is left
+// running; the chroot and cgroups the jailer may have made are the caller's to remove
+// (Remove).
 func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -44,9 +45,12 @@ func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 	pc.Path, pc.Args = jailerBin, cfg.Args()
 	// Go's child code kills itself when, with a parent-death signal, its parent pid is not
 	// the one it forked from, which getppid in another PID namespace never is (it reads 0).
-	// The guard's death ends the jailer and firecracker anyway, so neither needs the signal:
-	// the jailer gets its own session, as a detached process does, and handles that itself.
-	pc.Detached = true
+	// The guard's death ends the jailer and firecracker anyway, so neither needs the signal.
+	// A detached jail gets a session of its own; an owned one only a process group, as an
+	// unjailed firecracker does: a new session is a new scheduling group under autogroup,
+	// which on a busy host made every jailed start several times slower.
+	pc.Detached = cfg.Detached
+	pc.NoDeathSignal = true
 	if outer := pc.Around; outer != nil {
 		pc.Around = func(start func() error) error { return outer(func() error { return g.Around(start) }) }
 	} else {
@@ -93,8 +97,9 @@ func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 		return fail(fmt.Errorf("watch the jailed firecracker: %w", err))
 	}
 	// The clone may still be building the jail: it is firecracker once it runs as the jail's
-	// uid.
-	for pause := 100 * time.Microsecond; ; pause = min(2*pause, 10*time.Millisecond) {
+	// uid. That takes a few milliseconds, all of them in the start's latency, so the check
+	// (one read of /proc/<pid>/status) repeats at most dropPollMax apart.
+	for pause := 100 * time.Microsecond; ; pause = min(2*pause, dropPollMax) {
 		err := proc.Check(pid, proc.Identity{UID: cfg.UID})
 		if err == nil {
 			return j, nil
@@ -104,7 +109,7 @@ func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 			return fail(fmt.Errorf("jailed firecracker ended before it ran: %w", ErrJailerFailed))
 		case <-time.After(pause):
 		}
-		if pause == 10*time.Millisecond && time.Since(jailed) > dropTimeout {
+		if time.Since(jailed) > dropTimeout {
 			j.Firecracker.Release()
 			return fail(fmt.Errorf("jailed firecracker did not drop to uid %d within %v: %w", cfg.UID, dropTimeout, err))
 		}
@@ -113,6 +118,10 @@ func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 
 // dropTimeout bounds the wait for the jailer's clone to become firecracker.
 const dropTimeout = 10 * time.Second
+
+// dropPollMax is the longest pause between two checks of whether the jailer's clone has
+// become firecracker.
+const dropPollMax = time.Millisecond
 
 // ErrJailerFailed reports that the jailer exited with an error before starting firecracker;
 // its stderr says why.

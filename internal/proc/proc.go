@@ -37,6 +37,12 @@ type Config struct {
 	// outlives this process. When false (the default), the process gets its own process group
 	// and is sent SIGKILL when this process dies, however it dies.
 	Detached bool
+	// NoDeathSignal, with Detached false, leaves out the parent-death signal: the process
+	// gets its own process group in this process's session and is tied to this process
+	// another way (a jail's guard, whose death ends its PID namespace). A session of its own
+	// costs a process start-up latency where sessions are scheduling groups (autogroup): on a
+	// busy host a new group's first milliseconds get little CPU.
+	NoDeathSignal bool
 }
 
 // Status is how a process ended.

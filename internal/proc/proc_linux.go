@@ -36,16 +36,19 @@ func Start(cfg Config) (*Process, error) {
 		cmd.Stdin = cfg.Stdin
 	}
 	cmd.ExtraFiles = cfg.ExtraFiles
-	if cfg.Detached {
+	switch {
+	case cfg.Detached:
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	} else {
+	case cfg.NoDeathSignal:
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	default:
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	}
 
 	p := &Process{done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
-		if !cfg.Detached {
+		if !cfg.Detached && !cfg.NoDeathSignal {
 			// Never unlocked: when this goroutine returns, its thread exits with it, which
 			// is harmless because the child has been reaped by then.
 			runtime.LockOSThread()
