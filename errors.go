@@ -13,9 +13,12 @@ import (
 // Sentinel errors. Check them with errors.Is; each function's documentation lists the ones it
 // may return.
 var (
-	// ErrExists reports a VM name already used by a live VM (or one being started) in the
-	// runtime root.
+	// ErrExists reports a VM name already used in the runtime root: by a live VM, one being
+	// started, or the record of one that exited (then the error wraps ErrExited too).
 	ErrExists = rundir.ErrExists
+	// ErrExited reports a VM that has ended and is kept as exited (KeepExited) until
+	// Manager.Remove: it cannot be attached, and its name is taken.
+	ErrExited = rundir.ErrExited
 	// ErrNotFound reports that no live VM has the name, or (from OpenSnapshot) that a
 	// directory holds no snapshot.
 	ErrNotFound = rundir.ErrNotFound

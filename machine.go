@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -94,6 +95,25 @@ type MachineInfo struct {
 	// Note tells something about the VM its state alone does not: NotePausedBySnapshot or
 	// NoteCorruptState. Empty: nothing.
 	Note string `json:"note,omitempty"`
+	// Exit says how the VM ended, for a VM kept as exited (KeepExited; State is then
+	// StateExited); nil otherwise.
+	Exit *ExitInfo `json:"exit,omitempty"`
+}
+
+// ExitInfo is how a VM kept as exited ended.
+type ExitInfo struct {
+	// Code is firecracker's exit code: 0 when the guest reset or shut down; -1 when a signal
+	// killed firecracker or nobody saw it end.
+	Code int `json:"exit_code"`
+	// Signal names the signal that killed firecracker, such as "SIGKILL"; empty otherwise.
+	Signal string `json:"signal,omitempty"`
+	// Reason says in words how the VM ended: "guest reset or shut down (exit code 0)",
+	// "stopped: firecracker killed by signal SIGTERM", "owner died: ...".
+	Reason string `json:"reason"`
+	// EndedAt is when the VM's end was noticed.
+	EndedAt time.Time `json:"ended_at"`
+	// LogTail holds the last lines of firecracker's log and stderr when it failed.
+	LogTail string `json:"log_tail,omitempty"`
 }
 
 // Notes of MachineInfo.
@@ -146,6 +166,13 @@ type Machine struct {
 	started  bool     // started by this process (else attached)
 	serial   *os.File // read handle on serial.log, so the console outlives the files
 	cleanups []func(context.Context) error
+
+	// removeDir (nil for an attached VM) removes the VM's directory after the cleanups (run in
+	// reverse once the VM ends),
+	// unless keep (KeepExited) asks for its record to be kept instead.
+	removeDir func(context.Context) error
+	keep      bool
+	stopping  atomic.Bool // Stop, Kill or Close ended the VM
 
 	stateMu sync.Mutex
 	state   MachineState // last seen
@@ -329,6 +356,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 		return nil
 	}
 	m.log.Info("stopping vm")
+	m.stopping.Store(true)
 	grace := m.mgr.grace
 	reason := "no grace period"
 	if grace > 0 {
@@ -425,6 +453,7 @@ func (m *Machine) waitFor(ctx context.Context, d time.Duration) bool {
 }
 
 func (m *Machine) signalKill() {
+	m.stopping.Store(true)
 	if err := m.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		m.log.Warn("kill firecracker", "pid", m.proc.PID(), "err", err)
 	}
@@ -440,6 +469,7 @@ const killWait = 10 * time.Second
 func (m *Machine) Kill() error {
 	if !m.exited() {
 		m.log.Info("killing vm")
+		m.stopping.Store(true)
 		if err := m.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			return fmt.Errorf("kill vm %s: %w", m.name, err)
 		}
@@ -554,8 +584,10 @@ func (m *Machine) supervise() {
 		return // released meanwhile
 	}
 	st := m.proc.Status()
+	var tail string
 	if st.Known && !st.Success() {
-		m.result = &ExitError{Code: st.Code, Signal: st.Signal, LogTail: logTail(m.paths)}
+		tail = logTail(m.paths) // before the cleanup removes the logs
+		m.result = &ExitError{Code: st.Code, Signal: st.Signal, LogTail: tail}
 	}
 	m.log.Info("vm exited", "status", st.String())
 	// Before the cleanup removes the directory their sockets may be in.
@@ -566,12 +598,49 @@ func (m *Machine) supervise() {
 	for i := len(m.cleanups) - 1; i >= 0; i-- {
 		errs = append(errs, m.cleanups[i](ctx))
 	}
+	errs = append(errs, m.finish(ctx, st, tail))
 	m.cleanupErr = errors.Join(errs...)
 	if m.cleanupErr != nil {
 		m.log.Warn("clean up after vm", "err", m.cleanupErr)
 	}
 	close(m.done)
 	m.mgr.forget(m)
+}
+
+// finish removes the directory of a VM this process started, once the rest is cleaned up, or,
+// for a kept VM (KeepExited), turns it into the record of how the VM ended. A record that
+// cannot be written leaves nothing: the directory is removed.
+func (m *Machine) finish(ctx context.Context, st proc.Status, logTail string) error {
+	if m.removeDir == nil {
+		return nil
+	}
+	if !m.keep {
+		return m.removeDir(ctx)
+	}
+	e := rundir.Exit{Code: st.Code, Signal: st.Signal, Reason: exitReason(st, m.stopping.Load()), At: time.Now().UTC(), LogTail: logTail}
+	if err := m.dir.Keep(ctx, e); err != nil {
+		return errors.Join(fmt.Errorf("vm %s: %w", m.name, err), m.removeDir(ctx))
+	}
+	m.log.Info("vm kept as exited", "reason", e.Reason)
+	return nil
+}
+
+// exitReason says in words how a VM ended, from its firecracker's exit status; stopped says
+// that smartvm stopped or killed it.
+func exitReason(st proc.Status, stopped bool) string {
+	var r string
+	switch {
+	case !st.Known:
+		r = "ended (exit status unknown)"
+	case st.Success():
+		r = "guest reset or shut down (exit code 0)"
+	default:
+		r = (&ExitError{Code: st.Code, Signal: st.Signal}).Error()
+	}
+	if stopped {
+		r = "stopped: " + r
+	}
+	return r
 }
 
 // ConsoleInput returns a writer whose writes reach the guest's serial input (through the

@@ -37,6 +37,8 @@ type ownerArgs struct {
 	ImageDir string `json:"image_dir,omitempty"`
 	// NetnsDir is where the manager mounts VM network namespaces; empty: the default.
 	NetnsDir string `json:"netns_dir,omitempty"`
+	// Keep starts the VM with KeepExited.
+	Keep bool `json:"keep,omitempty"`
 }
 
 // ownerMain is a process that owns a VM: it starts the VM described by its argument, prints
@@ -70,6 +72,9 @@ func ownerMain(args []string) int {
 	var sopts []StartOption
 	if a.Detached {
 		sopts = append(sopts, Detached())
+	}
+	if a.Keep {
+		sopts = append(sopts, KeepExited())
 	}
 	m, err := mgr.Start(context.Background(), a.Spec, sopts...)
 	if err != nil {

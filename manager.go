@@ -99,6 +99,7 @@ func NewManager(opts ...Option) (*Manager, error) {
 		return nil, fmt.Errorf("new manager: %w", err)
 	}
 	mgr.root = root
+	root.SetSerialLimit(mgr.serialMax)
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	if _, err := mgr.Reap(ctx); err != nil {
@@ -246,7 +247,8 @@ func (mgr *Manager) lookup(name string) (*Machine, error) {
 // to concurrent calls.
 //
 // Attach returns an error wrapping ErrNotFound when no live VM has the name (a dead one is
-// reaped), and ErrClosed after Close.
+// reaped), ErrExited (and ErrNotRunning) when the VM is kept as exited (Info describes it), and
+// ErrClosed after Close.
 func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 	if m, err := mgr.lookup(name); err != nil || m != nil {
 		return m, err
@@ -254,6 +256,9 @@ func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 	dir, st, err := mgr.root.Lookup(name)
 	if err != nil {
 		return nil, fmt.Errorf("attach vm %s: %w", name, err)
+	}
+	if st.Exit != nil {
+		return nil, fmt.Errorf("attach vm %s: %w (%s, at %s): %w", name, ErrExited, st.Exit.Reason, st.Exit.At.Format(time.RFC3339), ErrNotRunning)
 	}
 	m, err := attachMachine(ctx, mgr, dir, st)
 	if err != nil {
@@ -296,8 +301,9 @@ func (mgr *Manager) ForceRemove(ctx context.Context, name string) ([]int, error)
 }
 
 // List reaps dead VMs, then describes every live VM in the runtime root, sorted by name, with
-// its state as Firecracker reports it (StateUnknown when its API does not answer in time).
-// VMs still starting are left out.
+// its state as Firecracker reports it (StateUnknown when its API does not answer in time),
+// and every VM kept as exited (KeepExited), with StateExited and Exit. VMs still starting are
+// left out.
 func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	if _, err := mgr.Reap(ctx); err != nil {
 		mgr.log.Warn("reap runtime root", "root", mgr.root.Path(), "err", err)
@@ -316,6 +322,13 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 			info.Note = NotePausedBySnapshot
 		}
 		infos = append(infos, info)
+	}
+	ended, err := mgr.root.Exited()
+	if err != nil {
+		return nil, fmt.Errorf("list vms: %w", err)
+	}
+	for _, st := range ended {
+		infos = append(infos, mgr.exitedInfo(st))
 	}
 	for _, name := range corrupt {
 		p := mgr.root.Paths(name)

@@ -147,7 +147,8 @@ func (mgr *Manager) reclaimNetworks(ctx context.Context) error {
 		return nil // no VM here ever had a network
 	}
 	return mgr.root.Locked(ctx, func() error {
-		return netdev.Reclaim(ctx, dir, mgr.root.Has, netdev.WithLogger(mgr.log))
+		// The record of an exited VM holds no network: its own is reclaimed too.
+		return netdev.Reclaim(ctx, dir, mgr.root.Active, netdev.WithLogger(mgr.log))
 	})
 }
 

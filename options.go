@@ -121,7 +121,17 @@ type StartOption func(*startOptions)
 
 type startOptions struct {
 	detached bool
+	keep     bool
 }
+
+// KeepExited keeps the VM's record once it ends, as docker keeps a container: everything the
+// VM held on the host is released (process, sockets, network and address, staged drives,
+// base image), but its name, spec, how it ended and its serial log (bounded by
+// WithSerialLogLimit) stay in the runtime root, listed by Manager.List as StateExited, until
+// Manager.Remove. Its name stays taken meanwhile. A VM that nobody watched end (its owner died,
+// or it ran Detached with no Machine) is recorded by the next reap, with its exit status
+// unknown. Default: everything is removed when the VM ends.
+func KeepExited() StartOption { return func(o *startOptions) { o.keep = true } }
 
 // Detached starts a VM that outlives the calling process: Firecracker runs in its own session
 // with no parent-death signal. While this process runs, its Machine supervises the VM as

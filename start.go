@@ -782,6 +782,7 @@ func (s *starter) state() *rundir.State {
 		FirecrackerVersion: s.version.String(),
 		Spec:               spec,
 		Jail:               s.jailRecord(),
+		Keep:               s.opts.keep,
 	}
 	if s.dir.Paths.Drives != s.mgr.root.Paths(s.spec.Name).Drives && s.jail == nil { // a jail stages in its chroot
 		st.StagingDir = s.dir.Paths.Drives
@@ -832,5 +833,8 @@ func (s *starter) machine() *Machine {
 	if s.image != nil {
 		m.image, m.sshKey = s.image.id, s.image.sshKey
 	}
+	// The first step reserved the name: its undo (dir.Remove) runs last, or, for a VM that
+	// is kept (KeepExited), the record of its end replaces it.
+	m.removeDir, m.cleanups, m.keep = s.undo[0], s.undo[1:], s.opts.keep
 	return m
 }

@@ -14,8 +14,10 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/smartvm/smartvm/internal/logcap"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/safedir"
 )
@@ -59,6 +61,9 @@ var (
 	// ErrCorruptState reports a state.json that cannot be read as a state: the VM shows as
 	// unknown, and can still be removed.
 	ErrCorruptState = errors.New("corrupt state.json")
+	// ErrExited reports a VM that has ended and is kept as exited (State.Exit) until it is
+	// removed.
+	ErrExited = errors.New("vm has exited")
 )
 
 // lockRetry is how often a blocked lock is retried while its ctx allows.
@@ -117,7 +122,34 @@ type State struct {
 	StagingDir string `json:"staging_dir,omitempty"`
 	// Jail describes the jail its firecracker runs in, if the jailer started it.
 	Jail *Jail `json:"jail,omitempty"`
+	// Keep asks that the VM's record be kept once it ends (as exited, with Exit), until it is
+	// removed (Root.RemoveExited), instead of its directory being removed.
+	Keep bool `json:"keep,omitempty"`
+	// Exit, once set, says the VM has ended and how: the directory then holds only its id,
+	// lock, state.json and serial.log, and everything the VM held is released.
+	Exit *Exit `json:"exit,omitempty"`
 }
+
+// Exit is how a kept VM ended.
+type Exit struct {
+	// Code is firecracker's exit code; -1 when a signal killed it or the code is unknown.
+	Code int `json:"code"`
+	// Signal names the signal that killed firecracker ("SIGKILL"); empty otherwise.
+	Signal string `json:"signal,omitempty"`
+	// Reason says in words how the VM ended: "guest reset or shut down", "owner died"...
+	Reason string `json:"reason"`
+	// At is when the end was noticed.
+	At time.Time `json:"at"`
+	// LogTail holds the last lines of firecracker's log and stderr, when its owner saw it
+	// end and they said anything.
+	LogTail string `json:"log_tail,omitempty"`
+}
+
+// Bounds of an Exit's texts: a longer one is corrupt.
+const (
+	maxReason  = 1024
+	MaxLogTail = 8 << 10
+)
 
 // BaseImage names a base-image bundle a VM uses and the holder name it registered with.
 type BaseImage struct {
@@ -144,6 +176,8 @@ func ParseState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("parse state: %w: negative pid %d", ErrCorruptState, st.PID)
 	case st.Jail != nil && st.Jail.check(st.Name) != nil:
 		return nil, fmt.Errorf("parse state: %w: %w", ErrCorruptState, st.Jail.check(st.Name))
+	case st.Exit != nil && (len(st.Exit.Reason) > maxReason || len(st.Exit.LogTail) > MaxLogTail || st.Exit.Code < -1):
+		return nil, fmt.Errorf("parse state: %w: an exit record that is not one smartvm writes", ErrCorruptState)
 	}
 	return &st, nil
 }
@@ -195,7 +229,15 @@ type Root struct {
 	vms    *safedir.Dir // <root>/vms
 	onReap ReapFunc
 	log    *slog.Logger
+	// serialLimit bounds the serial.log an exited VM's record keeps (SetSerialLimit); <= 0:
+	// no bound.
+	serialLimit int64
 }
+
+// SetSerialLimit bounds the serial.log kept in the record of a VM that ends (State.Keep) to
+// its last limit bytes, rounded up to whole pages (logcap.Trim); limit <= 0 keeps it whole.
+// Call it before the Root is used.
+func (r *Root) SetSerialLimit(limit int64) { r.serialLimit = limit }
 
 // Open creates (if needed) and opens the runtime root at path. Every directory on the way
 // must be trustworthy (safedir.OpenTrusted): a symlink, another user's directory, or one that
@@ -376,7 +418,9 @@ func (r *Root) Create(ctx context.Context, name string) (*Dir, error) {
 				return false, err
 			case res == held && !last:
 				return true, nil
-			case res != reaped && res != gone:
+			case res == exited:
+				return false, fmt.Errorf("%w: %w; remove it with smartvm rm %s (Manager.Remove) to reuse the name", ErrExists, ErrExited, name)
+			case res != reaped && res != gone && res != recorded:
 				return false, ErrExists
 			}
 		}
@@ -741,7 +785,7 @@ func (r *Root) Reap(ctx context.Context) ([]string, error) {
 			switch {
 			case err != nil:
 				errs = append(errs, err)
-			case res == reaped:
+			case res == reaped || res == recorded:
 				reapedNames = append(reapedNames, name)
 			case res == held:
 				again = append(again, name)
@@ -776,10 +820,12 @@ func (r *Root) emptyTrashLocked() error {
 type reapResult int
 
 const (
-	kept   reapResult = iota // left alone: the VM is alive, or being created
-	reaped                   // removed
-	gone                     // there was no directory
-	held                     // left alone for now: its process is gone but its lock is held, or it is still exiting
+	kept     reapResult = iota // left alone: the VM is alive, or being created
+	reaped                     // removed
+	gone                       // there was no directory
+	held                       // left alone for now: its process is gone but its lock is held, or it is still exiting
+	recorded                   // its VM had ended: released, and kept as exited (State.Keep)
+	exited                     // left alone: the record of a VM that has ended (State.Exit)
 )
 
 // proof checks that vms/name is a directory smartvm made: a directory of this user, mode
@@ -833,6 +879,8 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 	defer l.Unlock()
 	st, err := r.readState(name)
 	switch {
+	case err == nil && st.Exit != nil:
+		return exited, nil
 	case errors.Is(err, fs.ErrNotExist):
 		// No state: the owner died before the VM ran (the lock is free), so nothing outside
 		// the directory was recorded as held.
@@ -857,10 +905,182 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 			return kept, fmt.Errorf("reap vm %s: %w", name, err)
 		}
 	}
+	if st != nil && st.Keep && st.PID > 0 {
+		// Nobody saw it end, so how is unknown; an owned VM's owner died (the VM dies with
+		// it), a detached one ended while no smartvm process watched it.
+		e := Exit{Code: -1, Reason: ReasonUnwatched, At: time.Now().UTC()}
+		if st.Mode == "owned" {
+			e.Reason = ReasonOwnerDied
+		}
+		if err := r.keepLocked(name, st, e); err != nil {
+			return kept, fmt.Errorf("reap vm %s: %w", name, err)
+		}
+		return recorded, nil
+	}
 	if err := r.removeLocked(name); err != nil {
 		return kept, fmt.Errorf("reap vm %s: %w", name, err)
 	}
 	return reaped, nil
+}
+
+// Reasons a reap records for a kept VM that nobody saw end.
+const (
+	ReasonOwnerDied = "owner died: the smartvm process that ran the vm ended, and the vm with it (exit status unknown)"
+	ReasonUnwatched = "ended while no smartvm process watched it (exit status unknown)"
+)
+
+// recordEntries are what the record of an exited VM keeps of its directory.
+var recordEntries = []string{IDFile, LockFile, StateFile, SerialFile}
+
+// keepLocked turns VM name's directory into the record of an exited VM: it removes every
+// entry but recordEntries (staged drives, sockets, logs, config), bounds serial.log to the
+// root's serial limit and writes st with e as its exit. The caller holds root.lock and the
+// VM's lock, and has released what the VM held outside its directory.
+func (r *Root) keepLocked(name string, st *State, e Exit) error {
+	ents, err := r.vms.ReadDir(name)
+	if err != nil {
+		return fmt.Errorf("keep the record of vm %s: %w", name, err)
+	}
+	var errs []error
+	for _, ent := range ents {
+		if !slices.Contains(recordEntries, ent.Name()) {
+			errs = append(errs, r.vms.RemoveAll(name+"/"+ent.Name()))
+		}
+	}
+	errs = append(errs, r.trimSerial(name))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("keep the record of vm %s: %w", name, err)
+	}
+	if len(e.LogTail) > MaxLogTail {
+		e.LogTail = e.LogTail[len(e.LogTail)-MaxLogTail:]
+	}
+	if len(e.Reason) > maxReason {
+		e.Reason = e.Reason[:maxReason]
+	}
+	st.Exit = &e
+	st.Version = StateVersion
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("keep the record of vm %s: %w", name, err)
+	}
+	if err := r.vms.WriteFileAtomic(name+"/"+StateFile, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("keep the record of vm %s: %w", name, err)
+	}
+	return nil
+}
+
+// trimSerial bounds VM name's serial.log to the root's serial limit. A serial.log that is
+// missing, or not a regular file, is left alone.
+func (r *Root) trimSerial(name string) error {
+	if r.serialLimit <= 0 {
+		return nil
+	}
+	f, err := r.vms.OpenFile(name+"/"+SerialFile, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil // no log, or not one a file can be (a FIFO without a reader)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if _, err := logcap.Trim(f, r.serialLimit); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
+	return nil
+}
+
+// Keep turns the directory of this VM, which has ended, into its record as exited (see
+// State.Exit): everything but its id, lock, state.json and serial.log (bounded by the root's
+// serial limit) is removed, and state.json records e. Then it releases the VM's lock. The
+// caller has released what the VM held outside its directory. It fails with an error wrapping
+// ErrNotFound when the directory is gone or belongs to a newer VM of the same name.
+func (d *Dir) Keep(ctx context.Context, e Exit) error {
+	rl, err := d.root.lock(ctx)
+	if err != nil {
+		return fmt.Errorf("keep the record of vm %s: %w", d.name, err)
+	}
+	defer rl.Unlock()
+	if id, err := d.root.readID(d.name); err != nil || id != d.id {
+		return fmt.Errorf("keep the record of vm %s: its directory is gone: %w", d.name, ErrNotFound)
+	}
+	st, err := d.root.readState(d.name)
+	if err != nil {
+		return fmt.Errorf("keep the record of vm %s: %w", d.name, err)
+	}
+	if err := d.root.keepLocked(d.name, st, e); err != nil {
+		return err
+	}
+	return d.Unlock()
+}
+
+// RemoveExited removes the record of VM name, which has exited (State.Exit); a kept VM whose
+// process is gone is recorded first (see Reap), and one that is not kept is reaped. It
+// returns an error wrapping ErrNotFound when there is no such VM, ErrExists when the VM runs
+// (or its owner holds it), and ErrCorruptState when its state.json cannot be read while a
+// firecracker still serves its socket (one that nothing serves is removed, as Reap does).
+func (r *Root) RemoveExited(ctx context.Context, name string) error {
+	if err := checkName(name); err != nil {
+		return fmt.Errorf("remove vm: %w: %w", err, ErrNotFound)
+	}
+	err := r.retryHeld(ctx, func(last bool) (bool, error) {
+		res, err := r.reapLocked(ctx, name)
+		switch {
+		case err != nil:
+			return false, err
+		case res == gone:
+			return false, ErrNotFound
+		case res == reaped:
+			return false, nil
+		case res == held && !last:
+			return true, nil
+		case res == kept || res == held:
+			if _, err := r.readState(name); errors.Is(err, ErrCorruptState) {
+				return false, err
+			}
+			return false, fmt.Errorf("it has not exited (it runs, or %s holds it): %w", r.lockHolder(name), ErrExists)
+		}
+		l, ok, err := r.vms.TryLock(name+"/"+LockFile, false)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			return false, fmt.Errorf("%s holds it: %w", r.lockHolder(name), ErrExists)
+		}
+		defer l.Unlock()
+		if err := r.proof(name); err != nil {
+			return false, fmt.Errorf("%s does not look like a vm directory smartvm made (%w); left alone", filepath.Join(r.path, "vms", name), err)
+		}
+		return false, r.removeLocked(name)
+	})
+	if err != nil {
+		return fmt.Errorf("remove vm %s: %w", name, err)
+	}
+	return nil
+}
+
+// Exited returns the states of the VMs kept as exited (State.Exit), sorted by name.
+func (r *Root) Exited() ([]*State, error) {
+	names, err := r.Names()
+	if err != nil {
+		return nil, err
+	}
+	var out []*State
+	for _, name := range names {
+		if st, err := r.readState(name); err == nil && st.Exit != nil {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// Active reports whether a directory for VM name exists that is not the record of an exited
+// VM: the VM runs, is being created or cleaned up, or has died and is not reaped yet.
+func (r *Root) Active(name string) bool {
+	if !r.Has(name) {
+		return false
+	}
+	st, err := r.readState(name)
+	return err != nil || st.Exit == nil
 }
 
 // FindProcesses returns the pids of this user's processes that serve VM name's API socket:
@@ -895,9 +1115,10 @@ func (r *Root) States() (states []*State, corrupt []string, err error) {
 func (d *Dir) ID() string { return d.id }
 
 // Reap removes the directory as Root.Reap would: only when nobody holds the VM's lock and its
-// process is gone (waiting up to 200 ms for the lock of a VM whose process is gone). It
-// reports whether the directory is gone afterwards: reaped now, removed earlier, or replaced by
-// a newer VM of the same name (which Reap leaves alone).
+// process is gone (waiting up to 200 ms for the lock of a VM whose process is gone); a kept
+// VM (State.Keep) becomes its exit record instead. It reports whether the VM is done with
+// afterwards: its directory reaped now, removed earlier, or replaced by a newer VM of the same
+// name (which Reap leaves alone), or the VM kept as exited.
 func (d *Dir) Reap(ctx context.Context) (bool, error) {
 	isGone := false
 	err := d.root.retryHeld(ctx, func(last bool) (bool, error) {
@@ -910,7 +1131,7 @@ func (d *Dir) Reap(ctx context.Context) (bool, error) {
 			return false, err
 		}
 		res, err := d.root.reapLocked(ctx, d.name)
-		isGone = res == reaped || res == gone
+		isGone = res == reaped || res == gone || res == recorded || res == exited
 		return res == held, err
 	})
 	if err != nil {

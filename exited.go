@@ -1,0 +1,107 @@
+package smartvm
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/logcap"
+	"github.com/smartvm/smartvm/internal/rundir"
+)
+
+// exitedInfo describes the VM kept as exited that st records.
+func (mgr *Manager) exitedInfo(st *rundir.State) MachineInfo {
+	info := mgr.infoFromState(st, mgr.root.Paths(st.Name))
+	info.State = StateExited
+	// What ran is released: no process, socket, logs, staged drives or network remain.
+	info.PID, info.APISocket, info.LogPath, info.MetricsPath, info.VsockSocket = 0, "", "", "", ""
+	info.StagingDir, info.StagedBytes, info.SSHKey = "", 0, ""
+	info.Network, info.GuestIP = nil, ""
+	e := st.Exit
+	info.Exit = &ExitInfo{Code: e.Code, Signal: e.Signal, Reason: e.Reason, EndedAt: e.At, LogTail: e.LogTail}
+	return info
+}
+
+// Info describes VM name: a live one with its state as Firecracker reports it (as List
+// does), or one kept as exited (KeepExited), with StateExited and Exit. A dead VM is reaped
+// first. It returns an error wrapping ErrNotFound when no VM has the name (or it is still
+// starting), and ErrCorruptState when its state.json cannot be read.
+func (mgr *Manager) Info(ctx context.Context, name string) (MachineInfo, error) {
+	dir, st, err := mgr.root.Lookup(name)
+	if err == nil && st.Exit == nil && !st.Alive() {
+		if _, err := dir.Reap(ctx); err != nil {
+			mgr.log.Warn("reap dead vm", "vm", name, "err", err)
+		}
+		dir, st, err = mgr.root.Lookup(name)
+	}
+	switch {
+	case err != nil:
+		return MachineInfo{}, fmt.Errorf("vm %s: %w", name, err)
+	case st.Exit != nil:
+		return mgr.exitedInfo(st), nil
+	case !st.Alive():
+		return MachineInfo{}, fmt.Errorf("vm %s: its process is gone: %w", name, ErrNotFound)
+	}
+	info := mgr.infoFromState(st, mgr.statePaths(st))
+	c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
+	info.State = queryState(ctx, c)
+	c.Close()
+	if info.State == StatePaused && dir.SnapshotMarked() {
+		info.Note = NotePausedBySnapshot
+	}
+	return info, nil
+}
+
+// Remove removes the record of VM name, kept as exited (KeepExited), which frees its name; a
+// kept VM that has ended but is not recorded yet is recorded first. It returns an error
+// wrapping ErrNotFound when no VM has the name, ErrExists when the VM runs (stop or kill it
+// first), and ErrCorruptState when its state.json cannot be read while a firecracker still
+// serves the VM (ForceRemove removes it).
+func (mgr *Manager) Remove(ctx context.Context, name string) error {
+	if m, err := mgr.lookup(name); err != nil {
+		return err
+	} else if m != nil {
+		return fmt.Errorf("remove vm %s: this manager runs it: stop it first: %w", name, ErrExists)
+	}
+	if err := mgr.root.RemoveExited(ctx, name); err != nil {
+		return err
+	}
+	mgr.log.Info("removed exited vm", "vm", name)
+	return nil
+}
+
+// ConsoleLog returns what VM name's guest wrote to its serial console, from the oldest byte
+// kept (see WithSerialLogLimit): of a live VM, or of one kept as exited (KeepExited). It reads
+// the file through the VM's directory (a regular file of smartvm's, never a link), at most
+// the manager's serial log limit from its end. Close it when done. It returns an error
+// wrapping ErrNotFound when no VM has the name.
+func (mgr *Manager) ConsoleLog(name string) (io.ReadCloser, error) {
+	dir, _, err := mgr.root.Lookup(name)
+	if dir == nil {
+		return nil, fmt.Errorf("console of vm %s: %w", name, err)
+	}
+	f, err := dir.OpenFile(rundir.SerialFile)
+	if err != nil {
+		return nil, fmt.Errorf("console of vm %s: %w", name, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("console of vm %s: %w", name, err)
+	}
+	off := logcap.DataStart(f, 0)
+	if limit := mgr.serialMax; limit > 0 {
+		off = max(off, fi.Size()-limit)
+	}
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("console of vm %s: %w", name, err)
+	}
+	return readCloser{io.LimitReader(f, fi.Size()-off), f}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
