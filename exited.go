@@ -61,7 +61,7 @@ func (mgr *Manager) Info(ctx context.Context, name string) (MachineInfo, error) 
 func (mgr *Manager) Remove(ctx context.Context, name string) error {
 	if m, err := mgr.lookup(name); err != nil {
 		return err
-	} else if m != nil {
+	} else if m != nil && !m.waitFor(ctx, 0) { // a Machine that has ended is forgotten just after
 		return fmt.Errorf("remove vm %s: this manager runs it: stop it first: %w", name, ErrExists)
 	}
 	if err := mgr.root.RemoveExited(ctx, name); err != nil {

@@ -205,7 +205,7 @@ func (m *Machine) Dir() string { return m.paths.Dir }
 // (mode 0600, opened for appending), so that it is removed with the VM's other files: a
 // supervisor's log, say. name must be a plain file name that is none of the directory's own
 // entries (state.json, api.sock, serial.log, ...). It fails with an error wrapping ErrNotFound
-// once the VM has ended and its directory is gone.
+// once the VM has ended and its directory is gone, and ErrExited once it is kept as exited.
 func (m *Machine) CreateFile(ctx context.Context, name string) (*os.File, error) {
 	f, err := m.dir.CreateFile(ctx, name)
 	if err != nil {
@@ -356,7 +356,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 		return nil
 	}
 	m.log.Info("stopping vm")
-	m.stopping.Store(true)
+	m.markStopping()
 	grace := m.mgr.grace
 	reason := "no grace period"
 	if grace > 0 {
@@ -453,7 +453,7 @@ func (m *Machine) waitFor(ctx context.Context, d time.Duration) bool {
 }
 
 func (m *Machine) signalKill() {
-	m.stopping.Store(true)
+	m.markStopping()
 	if err := m.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		m.log.Warn("kill firecracker", "pid", m.proc.PID(), "err", err)
 	}
@@ -469,7 +469,7 @@ const killWait = 10 * time.Second
 func (m *Machine) Kill() error {
 	if !m.exited() {
 		m.log.Info("killing vm")
-		m.stopping.Store(true)
+		m.markStopping()
 		if err := m.proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			return fmt.Errorf("kill vm %s: %w", m.name, err)
 		}
@@ -617,12 +617,25 @@ func (m *Machine) finish(ctx context.Context, st proc.Status, logTail string) er
 	if !m.keep {
 		return m.removeDir(ctx)
 	}
-	e := rundir.Exit{Code: st.Code, Signal: st.Signal, Reason: exitReason(st, m.stopping.Load()), At: time.Now().UTC(), LogTail: logTail}
+	e := rundir.Exit{Code: st.Code, Signal: st.Signal, Reason: exitReason(st, m.stopping.Load() || m.dir.StopMarked()), At: time.Now().UTC(), LogTail: logTail}
 	if err := m.dir.Keep(ctx, e); err != nil {
 		return errors.Join(fmt.Errorf("vm %s: %w", m.name, err), m.removeDir(ctx))
 	}
 	m.log.Info("vm kept as exited", "reason", e.Reason)
 	return nil
+}
+
+// markStopping notes that smartvm ends the VM, for the record of its end (KeepExited): here,
+// and, for an attached VM, in its directory, where its owner finds it.
+func (m *Machine) markStopping() {
+	if m.stopping.Swap(true) || m.started {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stopRequestTimeout)
+	defer cancel()
+	if err := m.dir.MarkStop(ctx); err != nil {
+		m.log.Debug("mark the vm as stopped", "err", err)
+	}
 }
 
 // exitReason says in words how a VM ended, from its firecracker's exit status; stopped says

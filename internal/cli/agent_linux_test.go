@@ -41,10 +41,10 @@ func TestRunAgent(t *testing.T) {
 
 	env := fakeEnv(t)
 	env[envAgentBin] = "/bin/sh"
-	env.run(t, "run", "-d", "--name", "ag", "--kernel", kernel, "--rootfs", rootfs, "--agent", "--boot-args", bootArgs(testguest.ModeHalt)).fails(t, ExitError, "dynamically linked")
+	env.run(t, "run", "-d", "--rm", "--name", "ag", "--kernel", kernel, "--rootfs", rootfs, "--agent", "--boot-args", bootArgs(testguest.ModeHalt)).fails(t, ExitError, "dynamically linked")
 	env[envAgentBin] = static
-	env.run(t, "run", "-d", "--name", "ag", "--kernel", kernel, "--rootfs", rootfs, "--agent", "--persistent-rootfs").fails(t, ExitUsage, "--persistent-rootfs")
-	env.run(t, "run", "-d", "--name", "ag", "--kernel", kernel, "--rootfs", rootfs, "--agent", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "ag", "--kernel", kernel, "--rootfs", rootfs, "--agent", "--persistent-rootfs").fails(t, ExitUsage, "--persistent-rootfs")
+	env.run(t, "run", "-d", "--rm", "--name", "ag", "--kernel", kernel, "--rootfs", rootfs, "--agent", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	defer env.run(t, "kill", "ag")
 	staged := filepath.Join(env[envRuntimeDir], "vms", "ag", "drives", "rootfs.img")
 	debugfs, err := exec.LookPath("debugfs")

@@ -39,7 +39,7 @@ func agentStatuses(ctx context.Context, mgr *smartvm.Manager, infos []smartvm.Ma
 	out := make([]*agentStatus, len(infos))
 	var wg sync.WaitGroup
 	for i, info := range infos {
-		if info.Spec.Vsock == nil {
+		if info.Spec.Vsock == nil || info.State == smartvm.StateExited {
 			continue
 		}
 		wg.Add(1)

@@ -127,9 +127,9 @@ func TestExecVM(t *testing.T) {
 	addr := startLocalAgent(t)
 	t.Setenv(fakefc.EnvVsockForward, fmt.Sprintf("%d=%s", smartvm.AgentPort, strings.TrimPrefix(addr, "unix:")))
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "withagent", "--vsock", "--image", "hello", "--boot-args", bootArgs(testguest.ModeVsockEcho)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "withagent", "--vsock", "--image", "hello", "--boot-args", bootArgs(testguest.ModeVsockEcho)).ok(t)
 	defer env.run(t, "kill", "withagent")
-	env.run(t, "run", "-d", "--name", "novsock", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "novsock", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	defer env.run(t, "kill", "novsock")
 
 	r := env.run(t, "exec", "withagent", "--", "sh", "-c", "echo via vsock; exit 3")

@@ -56,14 +56,14 @@ func TestSupervisorDiesEarly(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	env[testSelf] = "/bin/false"
-	env.run(t, "run", "-d", "--image", "hello").fails(t, ExitError, "ended before the vm started (exit status 1): start it without --detach to see why")
+	env.run(t, "run", "-d", "--rm", "--image", "hello").fails(t, ExitError, "ended before the vm started (exit status 1): start it without --detach to see why")
 }
 
 func TestStopEscalates(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	t.Setenv(fakefc.EnvMode, fakefc.ModeIgnoreCtrlAltDel)
-	env.run(t, "run", "-d", "--name", "deaf", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "deaf", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	vm := env.psOne(t, "deaf")
 	begin := time.Now()
 	r := env.run(t, "stop", "--timeout", "200ms", "deaf").ok(t)
@@ -79,7 +79,7 @@ func TestStopEscalates(t *testing.T) {
 	assertGone(t, vm)
 
 	// -t 0: no grace period, SIGTERM at once.
-	env.run(t, "run", "-d", "--name", "deaf", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "deaf", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	vm = env.psOne(t, "deaf")
 	begin = time.Now()
 	r = env.run(t, "stop", "-t", "0", "deaf").ok(t)
@@ -98,7 +98,7 @@ func TestKill(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	for _, name := range []string{"k1", "k2"} {
-		env.run(t, "run", "-d", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+		env.run(t, "run", "-d", "--rm", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	}
 	vms := env.ps(t)
 	r := env.run(t, "kill", "k2", "nope", "k1", "k2")
@@ -119,8 +119,8 @@ func TestPsTable(t *testing.T) {
 	if r := env.run(t, "ps").ok(t); r.stdout != "NAME   STATE   VCPUS   MEMORY   IP   IMAGE   AGENT   UPTIME   PID\n" {
 		t.Errorf("ps with no VMs printed %q", r.stdout)
 	}
-	env.run(t, "run", "-d", "--name", "alpha", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
-	env.run(t, "run", "-d", "--name", "beta-with-a-longer-name", "--cpus", "2", "--memory", "1024",
+	env.run(t, "run", "-d", "--rm", "--name", "alpha", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "beta-with-a-longer-name", "--cpus", "2", "--memory", "1024",
 		"--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	env.run(t, "pause", "alpha").ok(t)
 	vms := env.ps(t)
@@ -145,7 +145,7 @@ func TestPsTable(t *testing.T) {
 func TestInspect(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "insp", "--image", "hello", "--memory", "256", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "insp", "--image", "hello", "--memory", "256", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	defer env.run(t, "kill", "insp")
 	r := env.run(t, "inspect", "insp").ok(t)
 	var got map[string]any
@@ -174,7 +174,7 @@ func TestInspect(t *testing.T) {
 func TestLogsFollow(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "talker", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "talker", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
 	var out, errOut testutil.SyncBuffer
 	done := make(chan result, 1)
 	go func() { done <- env.runIO(t.Context(), strings.NewReader(""), &out, &errOut, "logs", "-f", "talker") }()
@@ -270,7 +270,7 @@ func TestLogFormatAndRuntimeDirFlag(t *testing.T) {
 		t.Errorf("no JSON 'vm started' record at --log-level info:\n%s", r.stderr)
 	}
 	// --runtime-dir wins over $SMARTVM_RUNTIME_DIR: a VM there is not in the env's root.
-	env.run(t, "--runtime-dir", other, "run", "-d", "--name", "there", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "--runtime-dir", other, "run", "-d", "--rm", "--name", "there", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	if vms := env.ps(t); len(vms) != 0 {
 		t.Errorf("ps in $SMARTVM_RUNTIME_DIR lists %+v", vms)
 	}
@@ -301,7 +301,7 @@ func TestRunBaseImage(t *testing.T) {
 	// A detached VM holds its image: it cannot be removed until the VM is gone.
 	manifest := writeGuestManifest(t, testguest.ModeHalt)
 	env[envBaseImageManifestP] = manifest // no image flags: the environment's default
-	env.run(t, "run", "-d", "--name", "holder").ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "holder").ok(t)
 	if vm := env.psOne(t, "holder"); vm.Image != "guest-halt" {
 		t.Errorf("ps shows image %q, want the image's name", vm.Image)
 	}
@@ -345,7 +345,7 @@ func TestRunDrivesAndBootModes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	env.run(t, "run", "-d", "--name", "disks", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt),
+	env.run(t, "run", "-d", "--rm", "--name", "disks", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt),
 		"--drive", data+":ro", "--drive", keep+":persistent", "--drive", data).ok(t)
 	defer env.run(t, "kill", "disks")
 	var got struct {
@@ -389,10 +389,10 @@ func waitEmpty(t *testing.T, env cliEnv) {
 func TestDetachedSupervisorCleansUp(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "brief", "--image", "hello").ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "brief", "--image", "hello").ok(t)
 	waitEmpty(t, env)
 
-	env.run(t, "run", "-d", "--name", "victim", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "victim", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	vm := env.psOne(t, "victim")
 	if err := syscall.Kill(vm.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -400,7 +400,7 @@ func TestDetachedSupervisorCleansUp(t *testing.T) {
 	waitEmpty(t, env)
 	assertGone(t, vm)
 
-	env.run(t, "run", "-d", "--name", "polite", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "polite", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	vm = env.psOne(t, "polite")
 	if err := syscall.Kill(supervisorPID(t, vm), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -414,7 +414,7 @@ func TestDetachedSupervisorCleansUp(t *testing.T) {
 func TestSupervisorLog(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "crashy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "crashy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	vm := env.psOne(t, "crashy")
 	supervisor := supervisorPID(t, vm)
 	// The supervisor redirects its stderr after it reported the VM's start.
@@ -447,7 +447,7 @@ func TestSupervisorLog(t *testing.T) {
 func TestAttach(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "bg", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "bg", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
 	waitLogs(t, env, "bg", testguest.TickLine(2))
 
 	attach := func(ctx context.Context, in io.Reader) (*testutil.SyncBuffer, <-chan result) {
@@ -496,7 +496,7 @@ func TestRunVsock(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	for _, name := range []string{"vs1", "vs2"} {
-		env.run(t, "run", "-d", "--vsock", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeVsockEcho)).ok(t)
+		env.run(t, "run", "-d", "--rm", "--vsock", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeVsockEcho)).ok(t)
 		defer env.run(t, "kill", name)
 	}
 	for i, name := range []string{"vs1", "vs2"} {
@@ -589,7 +589,7 @@ func TestRunSpecFileAndMachineFlags(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "spec.json"), []byte(spec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	env.run(t, "run", "-d", "-f", filepath.Join(dir, "spec.json"), "--memory", "256M", "--smt", "--huge-pages", "2M",
+	env.run(t, "run", "-d", "--rm", "-f", filepath.Join(dir, "spec.json"), "--memory", "256M", "--smt", "--huge-pages", "2M",
 		"--cpu-template", "T2", "--balloon", "64M", "--balloon-deflate-on-oom").ok(t)
 	defer env.run(t, "kill", "filed")
 	r := env.run(t, "inspect", "--format", "{{json .VMConfig}} {{.Labels}}", "filed").ok(t)
@@ -606,7 +606,7 @@ func TestRunSpecFileAndMachineFlags(t *testing.T) {
 func TestRunSerialLogLimit(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "chatty", "--serial-log-limit", "1M", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "chatty", "--serial-log-limit", "1M", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
 	defer env.run(t, "kill", "chatty")
 	vm := env.psOne(t, "chatty")
 	// The fake guest writes about 5 KB/s, too slowly to reach a MiB here (TestSerialLogLimit
@@ -634,7 +634,7 @@ func TestRunStagingDir(t *testing.T) {
 	if err := os.WriteFile(data, []byte(strings.Repeat("x", 32<<10)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	env.run(t, "run", "-d", "--name", "stg", "--drive", data, "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "stg", "--drive", data, "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	r := env.run(t, "inspect", "--format", "{{.StagingDir}} {{.StagedBytes}}", "stg").ok(t)
 	var dir string
 	var n int64

@@ -18,7 +18,7 @@ import (
 type inspectJSON struct {
 	smartvm.MachineInfo
 	Labels   map[string]string `json:"labels,omitempty"`
-	VMConfig fcapi.VMConfig    `json:"vm_config"`
+	VMConfig fcapi.VMConfig    `json:"vm_config,omitzero"` // absent for an exited VM
 	// Agent is whether the guest agent answers; absent for a VM without a vsock device.
 	Agent *agentStatus `json:"agent,omitempty"`
 }
@@ -31,11 +31,15 @@ func (a *app) newInspectCmd() *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
 		Use:   "inspect NAME... [--format TEMPLATE]",
-		Short: "Print running VMs' descriptions and live configuration as JSON",
+		Short: "Print VMs' descriptions and live configuration as JSON",
 		Long: `Print a running VM as JSON: its spec, state, pid, paths, network and guest address,
 Firecracker binary and version, labels, as vm_config, the configuration Firecracker reports
 (GET /vm/config), and, for a VM with a vsock device, as agent, whether its guest agent answers. With several names it prints a JSON array, in the order given;
-names that match no running VM are reported on stderr, and the exit code is 1.
+names that match no VM are reported on stderr, and the exit code is 1.
+
+An exited VM (ps -a) is printed with state "Exited", its spec and labels, and as exit how it
+ended: exit_code (-1 for a signal or when unknown), signal, reason, ended_at and, when
+firecracker failed, log_tail.
 
 --format prints each VM with a Go template over the same object, by its Go field names:
 {{.Name}}, {{.PID}}, {{.GuestIP}}, {{.Labels}}, {{.Label "KEY"}}, {{.Spec.VCPUs}},
@@ -90,9 +94,16 @@ names that match no running VM are reported on stderr, and the exit code is 1.
 
 // inspectVM attaches the running VM called name, describes it and lets go of it.
 func inspectVM(ctx context.Context, mgr *smartvm.Manager, name string) (inspectJSON, error) {
-	m, err := attach(ctx, mgr, name)
+	m, err := mgr.Attach(ctx, name)
+	if errors.Is(err, smartvm.ErrExited) {
+		info, err := mgr.Info(ctx, name)
+		if err != nil {
+			return inspectJSON{}, attachError(name, err)
+		}
+		return inspectJSON{MachineInfo: info, Labels: info.Spec.Labels}, nil
+	}
 	if err != nil {
-		return inspectJSON{}, err
+		return inspectJSON{}, attachError(name, err)
 	}
 	v, err := func() (inspectJSON, error) {
 		if _, err := m.State(ctx); err != nil {

@@ -15,9 +15,10 @@ func (a *app) newLogsCmd() *cobra.Command {
 	var follow, raw bool
 	cmd := &cobra.Command{
 		Use:   "logs NAME [-f]",
-		Short: "Print a running VM's serial console",
-		Long: `Print what a running VM wrote to its serial console so far. With -f, keep printing
-what it writes until the VM ends or smartvm is interrupted.
+		Short: "Print a VM's serial console",
+		Long: `Print what a VM wrote to its serial console so far. With -f, keep printing what it
+writes until the VM ends or smartvm is interrupted. For an exited VM (ps -a), print the
+serial log kept with it (the last --serial-log-limit of it).
 
 The guest's output is untrusted: control characters a terminal would act on (escape
 sequences that move the cursor, retitle the window or make it answer back) are printed as
@@ -30,7 +31,25 @@ sequences that move the cursor, retitle the window or make it answer back) are p
 			if !raw {
 				out = &terminalSafe{w: a.stdout}
 			}
-			return a.withVM(ctx, args[0], func(m *smartvm.Machine) error {
+			mgr, err := a.manager(nil)
+			if err != nil {
+				return err
+			}
+			defer mgr.Close()
+			m, err := mgr.Attach(ctx, args[0])
+			if errors.Is(err, smartvm.ErrExited) {
+				f, err := mgr.ConsoleLog(args[0])
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				_, err = io.Copy(out, f)
+				return err
+			}
+			if err != nil {
+				return attachError(args[0], err)
+			}
+			return errors.Join(func() error {
 				if !follow {
 					f, err := m.ConsoleLog()
 					if err != nil {
@@ -52,7 +71,7 @@ sequences that move the cursor, retitle the window or make it answer back) are p
 					return nil // interrupted: the usual way to end -f
 				}
 				return err
-			})
+			}(), m.Release())
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing the console until the VM ends")

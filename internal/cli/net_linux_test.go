@@ -143,9 +143,9 @@ func TestRunNet(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := netEnv(t)
 	cad := bootArgs(testguest.ModeCAD) // stops at once
-	env.run(t, "run", "-d", "--net", "--name", "web", "--image", "hello", "--boot-args", cad).ok(t)
-	env.run(t, "run", "-d", "--net", "--no-nat", "--net-ip-arg", "--name", "quiet", "--image", "hello", "--boot-args", cad).ok(t)
-	env.run(t, "run", "-d", "--name", "offline", "--image", "hello", "--boot-args", cad).ok(t)
+	env.run(t, "run", "-d", "--rm", "--net", "--name", "web", "--image", "hello", "--boot-args", cad).ok(t)
+	env.run(t, "run", "-d", "--rm", "--net", "--no-nat", "--net-ip-arg", "--name", "quiet", "--image", "hello", "--boot-args", cad).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "offline", "--image", "hello", "--boot-args", cad).ok(t)
 	defer env.run(t, "kill", "web", "quiet", "offline")
 
 	web, quiet := env.inspectNet(t, "web"), env.inspectNet(t, "quiet")
@@ -193,7 +193,7 @@ func TestRunNet(t *testing.T) {
 func TestRunNetNamespace(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := netEnv(t)
-	env.run(t, "run", "-d", "--net-namespace", "--no-nat", "--name", "walled", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--net-namespace", "--no-nat", "--name", "walled", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	vm := env.psOne(t, "walled")
 	n := env.inspectNet(t, "walled")
 	if n.Network.Netns == nil || n.GuestIP == "" || n.GuestIP == n.Network.NICs[0].GuestIP {
@@ -270,8 +270,8 @@ func TestSSH(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := netEnv(t)
 	halt := bootArgs(testguest.ModeHalt)
-	env.run(t, "run", "-d", "--net", "--no-nat", "--name", "box", "--image", "hello", "--boot-args", halt).ok(t)
-	env.run(t, "run", "-d", "--name", "nonet", "--image", "hello", "--boot-args", halt).ok(t)
+	env.run(t, "run", "-d", "--rm", "--net", "--no-nat", "--name", "box", "--image", "hello", "--boot-args", halt).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "nonet", "--image", "hello", "--boot-args", halt).ok(t)
 	defer env.run(t, "kill", "box", "nonet")
 	ip := env.inspectNet(t, "box").GuestIP
 	key := filepath.Join(t.TempDir(), "key")
@@ -313,7 +313,7 @@ func TestRealRunNet(t *testing.T) {
 	requireTestNetns(t)
 	env := vmEnv(t, fc)
 	env[testNetns] = "1"
-	env.run(t, "run", "-d", "--net", "--name", "realnet", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--net", "--name", "realnet", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	vm := env.psOne(t, "realnet")
 	n := env.inspectNet(t, "realnet")
 	if vm.GuestIP == "" || vm.GuestIP != n.GuestIP || len(n.Network.NICs) != 1 || n.Network.NAT == nil {
@@ -356,7 +356,7 @@ func holdsTAP(t *testing.T, pid int, tap string) bool {
 func TestRunNetUplinkHint(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := netEnv(t)
-	env.run(t, "run", "-d", "--net", "--uplink", "nosuch0", "--name", "upl", "--image", "hello").fails(t, ExitError,
+	env.run(t, "run", "-d", "--rm", "--net", "--uplink", "nosuch0", "--name", "upl", "--image", "hello").fails(t, ExitError,
 		"hint: name the host device that reaches the outside with --uplink DEV (see 'ip route'), or use --no-nat to reach only the host")
 	checkNoLeases(t, env)
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -74,28 +75,31 @@ func (f psFilter) match(info smartvm.MachineInfo) bool {
 
 func (a *app) newPsCmd() *cobra.Command {
 	var (
-		asJSON, quiet bool
-		filters       []string
-		format        string
+		asJSON, quiet, all bool
+		filters            []string
+		format             string
 	)
 	cmd := &cobra.Command{
-		Use:     "ps [-q] [--filter KEY=VALUE] [--format TEMPLATE | --json]",
+		Use:     "ps [-a] [-q] [--filter KEY=VALUE] [--format TEMPLATE | --json]",
 		Aliases: []string{"ls"},
-		Short:   "List running VMs",
+		Short:   "List running VMs (-a: exited ones too)",
 		Long: `List running VMs: name, state, vCPUs, memory, the guest's IP address (for VMs started
 with --net), image, whether the guest agent answers (AGENT: up, down, or - without a vsock
-device), uptime and pid. VMs whose process is gone are cleaned up first and never
-listed.
+device), uptime and pid. VMs whose process is gone are cleaned up first: those kept as
+exited (run -d without --rm) are then listed by -a, with how they ended, as
+"exited (CODE or SIGNAL) TIME ago"; the others are gone.
 
--q prints only the names, one per line.
+-a lists exited VMs too. -q prints only the names, one per line, so that
+'smartvm rm $(smartvm ps -aq -f state=exited)' removes every exited VM.
 
 --filter KEY=VALUE lists only the VMs that match (repeat it, or separate several with commas;
 VMs must match every key, and any value of a key given more than once):
   name=TEXT     names that contain TEXT
-  state=STATE   running, paused or unknown
+  state=STATE   running, paused, unknown or exited (with -a)
   label=KEY     VMs labelled KEY (run --label), label=KEY=VALUE those with that value
 
---json prints an array of objects with, among others, name, state (Running or Paused), pid,
+--json prints an array of objects with, among others, name, state (Running, Paused or Exited,
+with exit: exit_code, signal, reason and ended_at), pid,
 api_socket, runtime_dir, console_path, vcpus, memory_mib, image, guest_ip (when networked),
 labels and spec. --format prints each VM with a Go template over the same object, by its Go
 field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Labels}},
@@ -122,7 +126,9 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 			if err != nil {
 				return err
 			}
-			infos = slices.DeleteFunc(infos, func(info smartvm.MachineInfo) bool { return !filter.match(info) })
+			infos = slices.DeleteFunc(infos, func(info smartvm.MachineInfo) bool {
+				return !filter.match(info) || (!all && info.State == smartvm.StateExited)
+			})
 			if quiet {
 				for _, info := range infos {
 					fmt.Fprintln(a.stdout, info.Name)
@@ -156,9 +162,13 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 				if ip == "" {
 					ip = "-"
 				}
-				t.row(info.Name, stateLabel(info), strconv.Itoa(info.Spec.VCPUs),
+				state, uptime, pid := stateLabel(info), humanDuration(info.Uptime(now)), strconv.Itoa(info.PID)
+				if e := info.Exit; e != nil {
+					state, uptime, pid = exitLabel(e, now), "-", "-"
+				}
+				t.row(info.Name, state, strconv.Itoa(info.Spec.VCPUs),
 					fmt.Sprintf("%d MiB", info.Spec.MemoryMiB), ip, imageLabel(info, names), agents[i].label(),
-					humanDuration(info.Uptime(now)), strconv.Itoa(info.PID))
+					uptime, pid)
 			}
 			return t.flush()
 		},
@@ -166,6 +176,7 @@ field names: {{.Name}}, {{.State}}, {{.PID}}, {{.Image}}, {{.GuestIP}}, {{.Label
 	fl := cmd.Flags()
 	fl.BoolVar(&asJSON, "json", false, "print a JSON array")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "print only the VMs' names")
+	fl.BoolVarP(&all, "all", "a", false, "list exited VMs too")
 	fl.StringSliceVarP(&filters, "filter", "f", nil, "list only the VMs that match `KEY=VALUE`: name=TEXT, state=STATE, label=KEY[=VALUE] (repeatable)")
 	fl.StringVar(&format, "format", "", formatHelp)
 	_ = cmd.RegisterFlagCompletionFunc("filter", a.completePsFilter)
@@ -182,6 +193,21 @@ func stateLabel(info smartvm.MachineInfo) string {
 		return "unknown (corrupt state.json: rm -f it)"
 	}
 	return string(info.State)
+}
+
+// exitLabel is an exited VM's state for ps's table, as in "exited (0) 5m ago",
+// "exited (SIGKILL) 2h ago" or "exited (owner died) 1m ago".
+func exitLabel(e *smartvm.ExitInfo, now time.Time) string {
+	how := "unknown"
+	switch {
+	case e.Signal != "":
+		how = e.Signal
+	case e.Code >= 0:
+		how = strconv.Itoa(e.Code)
+	case strings.HasPrefix(e.Reason, "owner died"):
+		how = "owner died"
+	}
+	return fmt.Sprintf("exited (%s) %s ago", how, humanDuration(now.Sub(e.EndedAt)))
 }
 
 func btoi(b bool) int {

@@ -36,6 +36,7 @@ type runFlags struct {
 	drives                      []string
 	persistentRootfs, enablePCI bool
 	detach, noInstall           bool
+	rm                          bool
 	net, noNAT                  bool
 	netNamespace, netIPArg      bool
 	vsock, agent, waitAgent     bool
@@ -84,6 +85,8 @@ type runPlan struct {
 	// Main starts the main process of a VM whose init is the agent (Spec.AgentMain), once
 	// the VM runs; nil for other VMs.
 	Main *mainPlan `json:"main,omitempty"`
+	// Keep keeps the VM's record once it ends, as exited (smartvm.KeepExited), until rm.
+	Keep bool `json:"keep,omitempty"`
 }
 
 // managerOptions are the options of the manager that runs the plan's VM.
@@ -160,6 +163,10 @@ answers "OK <hostport>\n"); guest connections to the host's port P arrive on
 
 With --detach, run returns once the VM runs and prints its name. A supervisor process (smartvm
 itself, in the background) owns the VM and cleans up when it ends; see ps, logs, attach, stop.
+A detached VM that ends is kept as exited, as docker keeps a container: everything it used
+on the host is released, but 'ps -a' lists it, 'logs' prints its serial console, 'inspect'
+says how it ended, and its name stays taken until 'smartvm rm NAME'. --rm removes it when it
+ends instead, as a foreground run always does (--rm=false keeps a foreground VM too).
 
 When no firecracker binary is found, run installs the latest release into ~/.smartvm/bin as
 'smartvm setup' does, unless --no-install is given.`,
@@ -173,6 +180,8 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 			if err != nil {
 				return err
 			}
+			// Detached VMs are kept once they end unless --rm; foreground ones only with --rm=false.
+			plan.Keep = !f.rm && (f.detach || cmd.Flags().Changed("rm"))
 			return a.runVM(cmd.Context(), f, plan)
 		},
 	}
@@ -218,6 +227,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.BoolVarP(&f.interactive, "interactive", "i", false, "main process: pass stdin to it")
 	fl.BoolVar(&f.console, "console", false, "main process: show the serial console instead of attaching its stdio")
 	cmd.Flags().SetInterspersed(false) // flags after IMAGE belong to CMD
+	fl.BoolVar(&f.rm, "rm", false, "remove the VM when it ends (the default in the foreground; a detached VM is kept as exited until 'smartvm rm')")
 	fl.BoolVar(&f.noInstall, "no-install", false, "fail instead of installing Firecracker when none is found")
 	registerRunCompletions(cmd)
 	addJailFlags(fl, &f.jail)
@@ -723,6 +733,9 @@ func withOfflineHint(err error) error {
 // test guest to a temporary file that is removed once Firecracker has loaded it. A generated
 // name that is taken is replaced by another.
 func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...smartvm.StartOption) (*smartvm.Machine, error) {
+	if plan.Keep {
+		opts = append(opts, smartvm.KeepExited())
+	}
 	if plan.Snapshot != "" {
 		return restoreVM(ctx, mgr, plan.Snapshot, opts...)
 	}
@@ -751,6 +764,9 @@ func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...sm
 			if plan.GeneratedName && attempt < 10 {
 				spec.Name = generateName()
 				continue
+			}
+			if errors.Is(err, smartvm.ErrExited) {
+				return nil, fmt.Errorf("the name %q is taken by a vm that exited; remove it with smartvm rm %s, or choose another --name", spec.Name, spec.Name)
 			}
 			return nil, fmt.Errorf("a vm called %q is already running: choose another --name, or stop it first", spec.Name)
 		}

@@ -15,9 +15,9 @@ func TestPsAndInspectForScripts(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	halt := bootArgs(testguest.ModeHalt)
-	env.run(t, "run", "-d", "--name", "web-1", "--label", "tier=web", "--label", "team=a", "--image", "hello", "--boot-args", halt).ok(t)
-	env.run(t, "run", "-d", "--name", "web-2", "-l", "tier=web", "-l", "canary", "--image", "hello", "--boot-args", halt).ok(t)
-	env.run(t, "run", "-d", "--name", "db", "--label", "tier=db", "--image", "hello", "--boot-args", halt).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "web-1", "--label", "tier=web", "--label", "team=a", "--image", "hello", "--boot-args", halt).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "web-2", "-l", "tier=web", "-l", "canary", "--image", "hello", "--boot-args", halt).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "db", "--label", "tier=db", "--image", "hello", "--boot-args", halt).ok(t)
 	defer env.run(t, "kill", "web-1", "web-2", "db")
 	env.run(t, "pause", "web-2").ok(t)
 
@@ -85,7 +85,7 @@ func TestPsAndInspectForScripts(t *testing.T) {
 func TestCompletionWords(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "comp-a", "--label", "tier=web", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "comp-a", "--label", "tier=web", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	defer env.run(t, "kill", "comp-a")
 	env.run(t, "images", "pull", writeManifest(t, "img-one", "kernel")).ok(t)
 	words := func(args ...string) []string {

@@ -15,7 +15,7 @@ import (
 // runCounter starts a detached counter guest called name and waits until it has ticked.
 func runCounter(t *testing.T, env cliEnv, name string, extra ...string) {
 	t.Helper()
-	args := append([]string{"run", "-d", "--name", name, "--image", "hello", "--memory", "64",
+	args := append([]string{"run", "-d", "--rm", "--name", name, "--image", "hello", "--memory", "64",
 		"--boot-args", bootArgs(testguest.ModeCounter)}, extra...)
 	env.run(t, args...).ok(t)
 	waitLogs(t, env, name, testguest.TickLine(1))

@@ -176,6 +176,9 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 			err = fmt.Errorf("%w; the vm was stopped", err)
 			_ = m.Kill()
 			_ = m.Close()
+			if req.Plan.Keep { // a start that failed leaves no record
+				_ = mgr.Remove(context.WithoutCancel(ctx), m.Name())
+			}
 			report(superviseStatus{Error: err.Error()})
 			return err
 		}

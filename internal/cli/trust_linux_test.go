@@ -35,7 +35,7 @@ func stateOf(t *testing.T, vm psEntry) map[string]any {
 func TestStopWithAStoppedSupervisor(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "frozen", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "frozen", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	t.Cleanup(func() { env.run(t, "kill", "frozen") }) // if the test stops early
 	vm := env.psOne(t, "frozen")
 	owner := int(stateOf(t, vm)["owner_pid"].(float64))
@@ -70,7 +70,7 @@ func TestLogsIgnoresPathsInState(t *testing.T) {
 	env := fakeEnv(t)
 	secret := filepath.Join(t.TempDir(), "secret")
 	os.WriteFile(secret, []byte("TOP SECRET"), 0o600)
-	env.run(t, "run", "-d", "--name", "chatty", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "chatty", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	t.Cleanup(func() { env.run(t, "kill", "chatty") }) // if the test stops early
 	vm := env.psOne(t, "chatty")
 	stPath := filepath.Join(vm.RuntimeDir, "state.json")
@@ -89,7 +89,7 @@ func TestCorruptStateCLI(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	for _, name := range []string{"c1", "c2"} {
-		env.run(t, "run", "-d", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+		env.run(t, "run", "-d", "--rm", "--name", name, "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 		t.Cleanup(func() { env.run(t, "kill", name) }) // if the test stops early
 	}
 	var vms []psEntry
@@ -127,7 +127,7 @@ func TestInterruptedSnapshotCLI(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	t.Setenv(fakefc.EnvMode, fakefc.ModeSlowSnapshot)
-	env.run(t, "run", "-d", "--name", "snappy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "snappy", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
 	t.Cleanup(func() { env.run(t, "kill", "snappy") }) // if the test stops early
 	vm := env.psOne(t, "snappy")
 	for i, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {

@@ -17,7 +17,7 @@ func TestUpdateRateLimits(t *testing.T) {
 	if err := os.WriteFile(drive, make([]byte, 4096), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	env.run(t, "run", "-d", "--no-jailer", "--name", "limited", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter),
+	env.run(t, "run", "-d", "--rm", "--no-jailer", "--name", "limited", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter),
 		"--drive", drive, "--drive-limit", "drive0=bw=1M,ops=10").ok(t)
 	defer env.run(t, "stop", "limited")
 	if out := env.run(t, "inspect", "limited").ok(t).stdout; !strings.Contains(out, `"rate_limiter"`) || !strings.Contains(out, `"size": 1048576`) {

@@ -66,12 +66,12 @@ func TestTwoUsersDoNotShare(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(theirRoot) })
 	uenv := []string{envFirecrackerBin + "=" + fc, "TMPDIR=/tmp", "GORACE=" + os.Getenv("GORACE")}
 
-	out, err := asUser(t, u, smartvm, uenv, "run", "-d", "--name", "theirs", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD))
+	out, err := asUser(t, u, smartvm, uenv, "run", "-d", "--rm", "--name", "theirs", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD))
 	if err != nil {
 		t.Fatalf("run as %s: %v: %s", u.Name, err, out)
 	}
 	t.Cleanup(func() { asUser(t, u, smartvm, uenv, "kill", "theirs") })
-	env.run(t, "run", "-d", "--name", "mine", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "mine", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCAD)).ok(t)
 	t.Cleanup(func() { env.run(t, "kill", "mine") }) // if the test stops early
 
 	out, err = asUser(t, u, smartvm, uenv, "ps", "--json")

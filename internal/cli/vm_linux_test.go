@@ -159,7 +159,7 @@ func testRunHello(t *testing.T, env cliEnv) {
 // testDetachedLifecycle: run -d, ps, logs, pause, resume, stop; then run -d again, SIGKILL
 // the supervisor, and check that the next command leaves nothing behind.
 func testDetachedLifecycle(t *testing.T, env cliEnv) {
-	r := env.run(t, "run", "-d", "--name", "det1", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	r := env.run(t, "run", "-d", "--rm", "--name", "det1", "--image", "hello", "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
 	if r.stdout != "det1\n" {
 		t.Fatalf("run -d printed %q, want the name", r.stdout)
 	}
@@ -199,7 +199,7 @@ func testDetachedLifecycle(t *testing.T, env cliEnv) {
 	assertGone(t, vm)
 	env.run(t, "stop", "det1").fails(t, ExitError, `no running vm is called "det1"`)
 
-	env.run(t, "run", "-d", "--name", "det2", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "det2", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
 	vm = env.psOne(t, "det2")
 	supervisor := supervisorPID(t, vm)
 	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {

@@ -79,10 +79,22 @@ func (a *app) manager(images *baseimage.Manager, opts ...smartvm.Option) (*smart
 // attach adopts the running VM called name, with a message that helps when there is none.
 func attach(ctx context.Context, mgr *smartvm.Manager, name string) (*smartvm.Machine, error) {
 	m, err := mgr.Attach(ctx, name)
-	if errors.Is(err, smartvm.ErrNotFound) {
-		return nil, fmt.Errorf("no running vm is called %q (see 'smartvm ps')", name)
+	if err != nil {
+		return nil, attachError(name, err)
 	}
-	return m, err
+	return m, nil
+}
+
+// attachError is Attach's error for VM name, with a message that helps when the VM is not
+// running.
+func attachError(name string, err error) error {
+	switch {
+	case errors.Is(err, smartvm.ErrNotFound):
+		return fmt.Errorf("no running vm is called %q (see 'smartvm ps')", name)
+	case errors.Is(err, smartvm.ErrExited):
+		return fmt.Errorf("vm %s has exited (see 'smartvm inspect %s' and 'smartvm logs %s'; remove it with smartvm rm %s)", name, name, name, name)
+	}
+	return err
 }
 
 // newVMsCmd builds a command that runs fn on each VM named on its command line (see eachVM).

@@ -44,6 +44,9 @@ const (
 	// SnapshotMarkFile exists while a snapshot has the VM paused; one left behind says a
 	// snapshot was interrupted and the VM stays paused until it is resumed.
 	SnapshotMarkFile = "snapshot.pending"
+	// StopMarkFile exists once a process other than the VM's owner has stopped or killed it,
+	// so that the owner records that the VM was stopped rather than that it crashed.
+	StopMarkFile = "stop.requested"
 )
 
 // maxStateSize bounds what is read of state.json: a larger one is corrupt.
@@ -648,7 +651,7 @@ func (r *Root) removeLocked(name string) error {
 
 // reservedNames are the entries of a VM directory that this package and its users manage.
 var reservedNames = []string{LockFile, StateFile, SocketFile, LogFile, MetricsFile, SerialFile,
-	SerialInFile, StderrFile, ConfigFile, MetadataFile, VsockFile, DrivesDir, IDFile, SnapshotMarkFile}
+	SerialInFile, StderrFile, ConfigFile, MetadataFile, VsockFile, DrivesDir, IDFile, SnapshotMarkFile, StopMarkFile}
 
 // CreateFile creates a new file called name (mode 0600, opened for appending) in this
 // incarnation of the VM's directory, so that it is removed with the directory. It takes
@@ -670,6 +673,9 @@ func (d *Dir) createFile(ctx context.Context, name string, flag int) (*os.File, 
 	defer rl.Unlock()
 	if id, err := d.root.readID(d.name); err != nil || id != d.id {
 		return nil, fmt.Errorf("create %s in vm dir %s: the vm has ended and its directory is gone: %w", name, d.name, ErrNotFound)
+	}
+	if st, err := d.root.readState(d.name); err == nil && st.Exit != nil {
+		return nil, fmt.Errorf("create %s in vm dir %s: the vm has ended and is kept as exited: %w", name, d.name, ErrExited)
 	}
 	f, err := d.root.vms.OpenFile(d.name+"/"+name, flag, 0o600)
 	if err != nil {
@@ -697,6 +703,21 @@ func (d *Dir) UnmarkSnapshot() error {
 		return err
 	}
 	return nil
+}
+
+// MarkStop records that a process is stopping or killing the VM (StopMarkFile).
+func (d *Dir) MarkStop(ctx context.Context) error {
+	f, err := d.createFile(ctx, StopMarkFile, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// StopMarked reports whether MarkStop was called on the VM.
+func (d *Dir) StopMarked() bool {
+	_, err := d.root.vms.Lstat(d.name + "/" + StopMarkFile)
+	return err == nil
 }
 
 // SnapshotMarked reports whether a snapshot mark is left in the VM's directory.
