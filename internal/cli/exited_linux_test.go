@@ -169,6 +169,17 @@ func TestExitedVMs(t *testing.T) {
 	waitEmpty(t, env)
 	env.run(t, "run", "--rm=false", "--name", "fg", "--image", "hello").ok(t)
 	waitExited(t, env, "fg")
-	env.run(t, "rm", "fg").ok(t)
+	// prune removes every exited vm, and leaves running ones alone.
+	env.run(t, "run", "-d", "--name", "live", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
+	if r := env.run(t, "prune").ok(t); r.stdout != "fg\n" {
+		t.Errorf("prune printed %q", r.stdout)
+	}
+	if r := env.run(t, "ps", "-aq").ok(t); r.stdout != "live\n" {
+		t.Errorf("after prune, ps -aq: %q", r.stdout)
+	}
+	env.run(t, "rm", "-f", "live").ok(t)
+	if r := env.run(t, "prune").ok(t); r.stdout != "" {
+		t.Errorf("prune with nothing to remove printed %q", r.stdout)
+	}
 	waitEmpty(t, env)
 }

@@ -74,3 +74,32 @@ func removeVM(ctx context.Context, mgr *smartvm.Manager, name string, force bool
 	}
 	return nil
 }
+
+func (a *app) newPruneCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "prune",
+		Short: "Remove every exited VM",
+		Long: `Remove every exited VM (ps -a lists them), printing each name, as
+'smartvm rm $(smartvm ps -aq -f state=exited)' does. Running VMs are left alone.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			mgr, err := a.manager(nil)
+			if err != nil {
+				return err
+			}
+			defer mgr.Close()
+			infos, err := mgr.List(ctx)
+			if err != nil {
+				return err
+			}
+			var names []string
+			for _, info := range infos {
+				if info.State == smartvm.StateExited {
+					names = append(names, info.Name)
+				}
+			}
+			return a.eachName(names, func(name string) error { return mgr.Remove(ctx, name) })
+		},
+	}
+}
