@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/logcap"
@@ -21,6 +22,11 @@ func (mgr *Manager) exitedInfo(st *rundir.State) MachineInfo {
 	e := st.Exit
 	info.Exit = &ExitInfo{Code: e.Code, Signal: e.Signal, Reason: e.Reason, EndedAt: e.At, LogTail: e.LogTail}
 	return info
+}
+
+// exitedError is Attach's error for VM name, kept as exited.
+func exitedError(name string, e *rundir.Exit) error {
+	return fmt.Errorf("attach vm %s: %w (%s, at %s): %w", name, ErrExited, e.Reason, e.At.Format(time.RFC3339), ErrNotRunning)
 }
 
 // Info describes VM name: a live one with its state as Firecracker reports it (as List

@@ -247,6 +247,10 @@ func TestKeepExitedReaped(t *testing.T) {
 	if !processGone(pid, 5*time.Second) {
 		t.Fatalf("firecracker %d survived SIGKILL", pid)
 	}
+	// Attaching a dead kept VM records it, and says it has exited.
+	if _, err := mgr.Attach(context.Background(), "unwatched"); !errors.Is(err, ErrExited) {
+		t.Errorf("attach a dead kept vm: %v, want ErrExited", err)
+	}
 	info = listExited(t, mgr, "unwatched")
 	if e := info.Exit; e.Code != -1 || e.Reason != rundir.ReasonUnwatched {
 		t.Errorf("exit of a detached vm nobody watched: %+v", e)

@@ -258,9 +258,15 @@ func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 		return nil, fmt.Errorf("attach vm %s: %w", name, err)
 	}
 	if st.Exit != nil {
-		return nil, fmt.Errorf("attach vm %s: %w (%s, at %s): %w", name, ErrExited, st.Exit.Reason, st.Exit.At.Format(time.RFC3339), ErrNotRunning)
+		return nil, exitedError(name, st.Exit)
 	}
 	m, err := attachMachine(ctx, mgr, dir, st)
+	if errors.Is(err, ErrNotFound) {
+		// Dead, and reaped: a kept VM is now an exit record.
+		if _, st, lerr := mgr.root.Lookup(name); lerr == nil && st.Exit != nil {
+			return nil, exitedError(name, st.Exit)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("attach vm %s: %w", name, err)
 	}
