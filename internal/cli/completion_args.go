@@ -77,7 +77,7 @@ func registerRunCompletions(cmd *cobra.Command) {
 // completePsFilter completes ps --filter: the keys, then the names, states and labels of the
 // running VMs.
 func (a *app) completePsFilter(cmd *cobra.Command, _ []string, prefix string) ([]string, cobra.ShellCompDirective) {
-	words := []string{"name=", "state=running", "state=paused", "label="}
+	words := []string{"name=", "state=running", "state=paused", "state=exited", "label="}
 	if mgr, err := a.manager(nil); err == nil {
 		if infos, err := mgr.List(cmd.Context()); err == nil {
 			for _, info := range infos {
