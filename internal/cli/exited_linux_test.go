@@ -67,7 +67,17 @@ func waitExited(t *testing.T, env cliEnv, name string) exitedEntry {
 // nothing.
 func TestExitedVMs(t *testing.T) {
 	testutil.CheckLeaks(t)
-	env := fakeEnv(t)
+	testExitedVMs(t, fakeEnv(t))
+}
+
+// TestRealExitedVMs is TestExitedVMs with the real Firecracker: the test guest resets (exit
+// code 0) or halts and is killed.
+func TestRealExitedVMs(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testExitedVMs(t, vmEnv(t, testutil.FirecrackerBin(t)))
+}
+
+func testExitedVMs(t *testing.T, env cliEnv) {
 	vms := filepath.Join(env[envRuntimeDir], "vms")
 
 	// The guest ends by itself (it resets: exit code 0).
