@@ -179,7 +179,7 @@ func ParseState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("parse state: %w: negative pid %d", ErrCorruptState, st.PID)
 	case st.Jail != nil && st.Jail.check(st.Name) != nil:
 		return nil, fmt.Errorf("parse state: %w: %w", ErrCorruptState, st.Jail.check(st.Name))
-	case st.Exit != nil && (len(st.Exit.Reason) > maxReason || len(st.Exit.LogTail) > MaxLogTail || st.Exit.Code < -1):
+	case st.Exit != nil && (len(st.Exit.Reason) > maxReason || len(st.Exit.LogTail) > MaxLogTail || st.Exit.Code < -1 || st.Exit.Code > 255):
 		return nil, fmt.Errorf("parse state: %w: an exit record that is not one smartvm writes", ErrCorruptState)
 	}
 	return &st, nil
