@@ -193,3 +193,37 @@ func testExitedVMs(t *testing.T, env cliEnv) {
 	}
 	waitEmpty(t, env)
 }
+
+// A networked VM kept as exited gives its network back: its address lease and network record
+// go when it is stopped, and when its supervisor dies and a later command records it.
+func TestExitedVMNet(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := netEnv(t)
+	cad := bootArgs(testguest.ModeCAD)
+	env.run(t, "run", "-d", "--net", "--name", "stopped", "--image", "hello", "--boot-args", cad).ok(t)
+	if env.inspectNet(t, "stopped").GuestIP == "" {
+		t.Fatal("the vm has no address")
+	}
+	env.run(t, "stop", "stopped").ok(t)
+	if v := waitExited(t, env, "stopped"); !strings.HasPrefix(v.Exit.Reason, "stopped: ") {
+		t.Errorf("stopped vm: %+v", *v.Exit)
+	}
+	if n := env.inspectNet(t, "stopped"); n.GuestIP != "" || n.Network.NICs != nil {
+		t.Errorf("an exited vm shows a network: %+v", n)
+	}
+	checkNoLeases(t, env)
+
+	env.run(t, "run", "-d", "--net", "--name", "orphan", "--image", "hello", "--boot-args", cad).ok(t)
+	vm := env.psOne(t, "orphan")
+	supervisor := supervisorPID(t, vm)
+	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitDead(t, vm.PID, supervisor)
+	if v := waitExited(t, env, "orphan"); !strings.HasPrefix(v.Exit.Reason, "owner died") {
+		t.Errorf("orphaned vm: %+v", *v.Exit)
+	}
+	checkNoLeases(t, env)
+	env.run(t, "rm", "stopped", "orphan").ok(t)
+	waitEmpty(t, env)
+}
