@@ -29,6 +29,22 @@ type exitedEntry struct {
 	} `json:"exit"`
 }
 
+// orphan kills the supervisor of the only VM, called name: the VM dies with it, and the next
+// command records it as exited because its owner died.
+func orphan(t *testing.T, env cliEnv, name string) psEntry {
+	t.Helper()
+	vm := env.psOne(t, name)
+	supervisor := supervisorPID(t, vm)
+	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitDead(t, vm.PID, supervisor)
+	if v := waitExited(t, env, name); !strings.HasPrefix(v.Exit.Reason, "owner died") {
+		t.Errorf("orphaned vm: %+v", *v.Exit)
+	}
+	return vm
+}
+
 // psAll returns `ps -a --json`, by name.
 func (e cliEnv) psAll(t *testing.T) map[string]exitedEntry {
 	t.Helper()
@@ -130,15 +146,7 @@ func testExitedVMs(t *testing.T, env cliEnv) {
 
 	// Its supervisor is killed: the vm dies with it, and the next command records it.
 	env.run(t, "run", "-d", "--name", "orphan", "--image", "hello", "--boot-args", bootArgs(testguest.ModeHalt)).ok(t)
-	vm := env.psOne(t, "orphan")
-	supervisor := supervisorPID(t, vm)
-	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	waitDead(t, vm.PID, supervisor)
-	if v := waitExited(t, env, "orphan"); !strings.HasPrefix(v.Exit.Reason, "owner died") {
-		t.Errorf("orphaned vm: %+v", *v.Exit)
-	}
+	vm := orphan(t, env, "orphan")
 	if r := env.run(t, "ps", "-a").ok(t); !strings.Contains(r.stdout, "exited (owner died) ") || !strings.Contains(r.stdout, "exited (SIGKILL) ") {
 		t.Errorf("ps -a table:\n%s", r.stdout)
 	}
@@ -214,15 +222,7 @@ func TestExitedVMNet(t *testing.T) {
 	checkNoLeases(t, env)
 
 	env.run(t, "run", "-d", "--net", "--name", "orphan", "--image", "hello", "--boot-args", cad).ok(t)
-	vm := env.psOne(t, "orphan")
-	supervisor := supervisorPID(t, vm)
-	if err := syscall.Kill(supervisor, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	waitDead(t, vm.PID, supervisor)
-	if v := waitExited(t, env, "orphan"); !strings.HasPrefix(v.Exit.Reason, "owner died") {
-		t.Errorf("orphaned vm: %+v", *v.Exit)
-	}
+	orphan(t, env, "orphan")
 	checkNoLeases(t, env)
 	env.run(t, "rm", "stopped", "orphan").ok(t)
 	waitEmpty(t, env)
