@@ -643,7 +643,9 @@ func (m *Machine) markStopping() {
 func exitReason(st proc.Status, stopped bool) string {
 	var r string
 	switch {
-	case !st.Known:
+	case !st.Known && stopped:
+		return "stopped (exit status unknown)"
+	case !st.Known: // a jailed firecracker is not this process's child
 		r = "ended (exit status unknown)"
 	case st.Success():
 		r = "guest reset or shut down (exit code 0)"

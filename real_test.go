@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,62 +224,4 @@ func TestRealDialVsockAfterRestore(t *testing.T) {
 	defer c.Close()
 	t.Logf("DialVsock after restore: %v", time.Since(t0))
 	checkEcho(t, c, "after the restore")
-}
-
-// TestRealKeepExited boots the test guest with KeepExited on the real Firecracker: a guest
-// that resets is recorded as exited with code 0 and its serial output, and a halted guest
-// that is killed as stopped by SIGKILL; everything but the records is released, and Remove
-// leaves nothing.
-func TestRealKeepExited(t *testing.T) {
-	bin := testutil.FirecrackerBin(t)
-	testutil.CheckLeaks(t)
-	root := testRoot(t)
-	mgr := newManager(t, root, bin)
-	ctx := context.Background()
-
-	spec := guestSpec(guestKernel(t), testguest.ModeHello)
-	spec.Name = "reset"
-	m := start(t, mgr, spec, KeepExited())
-	if err := wait(t, m); err != nil {
-		t.Fatalf("wait: %v", err)
-	}
-	m.Close()
-	spec = guestSpec(guestKernel(t), testguest.ModeHalt)
-	spec.Name = "halted"
-	m = start(t, mgr, spec, KeepExited())
-	followConsole(t, m).waitFor(t, testguest.HaltLine)
-	if err := m.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
-
-	for name, want := range map[string]struct {
-		code   int
-		reason string
-		line   string
-	}{
-		"reset":  {0, "guest reset or shut down (exit code 0)", testguest.HelloLine},
-		"halted": {-1, "stopped: firecracker killed by signal SIGKILL", testguest.HaltLine},
-	} {
-		info := listExited(t, mgr, name)
-		if info.Exit.Code != want.code || info.Exit.Reason != want.reason {
-			t.Errorf("%s: exit %+v, want code %d and reason %q", name, info.Exit, want.code, want.reason)
-		}
-		recordOnly(t, root, name)
-		r, err := mgr.ConsoleLog(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(r)
-		r.Close()
-		if !strings.Contains(string(b), want.line) {
-			t.Errorf("%s: kept serial log %q, want %q", name, b, want.line)
-		}
-		if err := mgr.Remove(ctx, name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 0 {
-		t.Errorf("left in the root: %v", ents)
-	}
 }

@@ -265,3 +265,104 @@ func TestKeepExitedReaped(t *testing.T) {
 		t.Errorf("left in the root: %v", ents)
 	}
 }
+
+// A jailed VM kept as exited gives back its jail (chroot, uid lease) whether its owner
+// records its end or the next reap does.
+func TestJailedKeepExited(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Name = "jailed"
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	mgr := newManager(t, root, bin)
+	m := start(t, mgr, spec, KeepExited())
+	followConsole(t, m).waitFor(t, testguest.TickLine(0))
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	// A jailed firecracker is not this process's child: its status is not known.
+	if info := listExited(t, mgr, "jailed"); info.Exit.Reason != "stopped (exit status unknown)" {
+		t.Errorf("exit: %+v", info.Exit)
+	}
+	recordOnly(t, root, "jailed")
+	jailLeft(t, base, root)
+	if err := mgr.Remove(context.Background(), "jailed"); err != nil {
+		t.Fatal(err)
+	}
+
+	owner, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: spec, Keep: true})
+	killOwner(t, owner)
+	if !processGone(pid, time.Second) {
+		t.Fatalf("firecracker %d outlived its owner by more than 1s", pid)
+	}
+	if info := listExited(t, newManager(t, root, bin), "jailed"); info.Exit.Reason != rundir.ReasonOwnerDied {
+		t.Errorf("exit: %+v", info.Exit)
+	}
+	recordOnly(t, root, "jailed")
+	jailLeft(t, base, root)
+	if err := mgr.Remove(context.Background(), "jailed"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRealKeepExited boots the test guest with KeepExited on the real Firecracker: a guest
+// that resets is recorded as exited with code 0 and its serial output, and a halted guest
+// that is killed as stopped by SIGKILL; everything but the records is released, and Remove
+// leaves nothing.
+func TestRealKeepExited(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	mgr := newManager(t, root, bin)
+	ctx := context.Background()
+
+	spec := guestSpec(guestKernel(t), testguest.ModeHello)
+	spec.Name = "reset"
+	m := start(t, mgr, spec, KeepExited())
+	if err := wait(t, m); err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	m.Close()
+	spec = guestSpec(guestKernel(t), testguest.ModeHalt)
+	spec.Name = "halted"
+	m = start(t, mgr, spec, KeepExited())
+	followConsole(t, m).waitFor(t, testguest.HaltLine)
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+
+	for name, want := range map[string]struct {
+		code   int
+		reason string
+		line   string
+	}{
+		"reset":  {0, "guest reset or shut down (exit code 0)", testguest.HelloLine},
+		"halted": {-1, "stopped: firecracker killed by signal SIGKILL", testguest.HaltLine},
+	} {
+		info := listExited(t, mgr, name)
+		if info.Exit.Code != want.code || info.Exit.Reason != want.reason {
+			t.Errorf("%s: exit %+v, want code %d and reason %q", name, info.Exit, want.code, want.reason)
+		}
+		recordOnly(t, root, name)
+		r, err := mgr.ConsoleLog(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(r)
+		r.Close()
+		if !strings.Contains(string(b), want.line) {
+			t.Errorf("%s: kept serial log %q, want %q", name, b, want.line)
+		}
+		if err := mgr.Remove(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 0 {
+		t.Errorf("left in the root: %v", ents)
+	}
+}
