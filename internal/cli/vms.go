@@ -111,7 +111,7 @@ func (a *app) newVMsCmd(use, short, long string, after afterVM, fn func(context.
 	}
 }
 
-// completeOneVMName completes the name of a running VM for a command that takes one.
+// completeOneVMName completes the name of a VM (running, or exited) for a command that takes one.
 func (a *app) completeOneVMName(cmd *cobra.Command, args []string, s string) ([]string, cobra.ShellCompDirective) {
 	if len(args) > 0 {
 		return nil, cobra.ShellCompDirectiveNoFileComp
@@ -119,7 +119,8 @@ func (a *app) completeOneVMName(cmd *cobra.Command, args []string, s string) ([]
 	return a.completeVMNames(cmd, args, s)
 }
 
-// completeVMNames completes the names of running VMs not yet on the command line.
+// completeVMNames completes the names of VMs (running, or exited: rm, logs and inspect take those) not
+// yet on the command line.
 func (a *app) completeVMNames(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
 	mgr, err := a.manager(nil)
 	if err != nil {
