@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,6 +28,18 @@ type exitedEntry struct {
 		Reason  string    `json:"reason"`
 		EndedAt time.Time `json:"ended_at"`
 	} `json:"exit"`
+}
+
+// supervisorLives reports whether the owner that a state.json names is a running smartvm.
+func supervisorLives(state []byte) bool {
+	var st struct {
+		OwnerPID int `json:"owner_pid"`
+	}
+	if json.Unmarshal(state, &st) != nil || st.OwnerPID <= 0 {
+		return false
+	}
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", st.OwnerPID))
+	return strings.TrimSpace(string(comm)) == "smartvm" && processAlive(st.OwnerPID)
 }
 
 // orphan kills the supervisor of the only VM, called name: the VM dies with it, and the next
@@ -60,10 +73,17 @@ func (e cliEnv) psAll(t *testing.T) map[string]exitedEntry {
 	return out
 }
 
-// waitExited waits until ps -a lists VM name as exited, and returns it.
+// waitExited waits until ps -a lists VM name as exited, and returns it. When its supervisor
+// lives to record the end, it waits for the record in state.json first: ps asks every live
+// VM's API for its state, and a request that reaches a real Firecracker (v1.14.2) while its
+// guest resets can leave it hung, its vCPU thread gone and its main and API threads waiting.
 func waitExited(t *testing.T, env cliEnv, name string) exitedEntry {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
+	state := filepath.Join(env[envRuntimeDir], "vms", name, "state.json")
+	for b, _ := os.ReadFile(state); !strings.Contains(string(b), `"exit":`) && supervisorLives(b) && time.Now().Before(deadline); b, _ = os.ReadFile(state) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	for {
 		if v, ok := env.psAll(t)[name]; ok && v.State == "Exited" {
 			if v.Exit == nil || v.PID != 0 {
