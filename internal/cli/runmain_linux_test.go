@@ -185,7 +185,7 @@ func TestRunImageArgument(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := fakeEnv(t)
 	manifest := writeGuestManifest(t, testguest.ModeHalt)
-	env.run(t, "run", "-d", "--name", "positional", manifest).ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "positional", manifest).ok(t)
 	defer waitEmpty(t, env)
 	defer env.run(t, "kill", "positional")
 	env.psOne(t, "positional")
@@ -207,7 +207,7 @@ func TestRunMainDetached(t *testing.T) {
 	testutil.CheckLeaks(t)
 	console, done := mainAgent(t, agent.InitConfig{Entrypoint: []string{"sh", "-c"}})
 	env := fakeEnv(t)
-	env.run(t, "run", "-d", "--name", "bg", "-f", agentMainSpec(t), "--", "echo in the background; exit 4").ok(t)
+	env.run(t, "run", "-d", "--rm", "--name", "bg", "-f", agentMainSpec(t), "--", "echo in the background; exit 4").ok(t)
 	defer waitEmpty(t, env)
 	defer env.run(t, "kill", "bg")
 	if code := mainExit(t, done); code != 4 || console.String() != "in the background\n" {
