@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -115,25 +116,13 @@ func (g *guest) read(t *testing.T, i int) []byte {
 	}()
 	got := make([]byte, smallPage)
 	r.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := readFull(r, got); err != nil {
+	if _, err := io.ReadFull(r, got); err != nil {
 		t.Fatalf("read page %d: %v", i, err)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	return got
-}
-
-func readFull(f *os.File, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := f.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 func page(b byte) []byte { return bytes.Repeat([]byte{b}, smallPage) }
