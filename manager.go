@@ -43,6 +43,7 @@ type Manager struct {
 	// agent is the smartvm-agent binary MachineSpec.Agent installs; empty: none.
 	agent string
 	jail  jailOptions
+	pages pageServers // MemoryUffd page servers (memory.go)
 
 	mu       sync.Mutex
 	machines map[string]*Machine // the VMs this manager started or attached, by name

@@ -122,6 +122,7 @@ type StartOption func(*startOptions)
 type startOptions struct {
 	detached bool
 	keep     bool
+	memory   memoryOptions // memory.go
 }
 
 // KeepExited keeps the VM's record once it ends, as docker keeps a container: everything the

@@ -328,11 +328,18 @@ func (s *starter) load(ctx context.Context) error {
 			return s.fail("put the snapshot into the jail", err)
 		}
 	}
-	err := s.client.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
+	backend, served, err := s.memoryBackend(ctx, memPath)
+	if err != nil {
+		return s.fail("serve the memory", err)
+	}
+	err = s.client.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
 		SnapshotPath: statePath,
-		MemBackend:   fcapi.MemoryBackend{BackendType: fcapi.MemBackendFile, BackendPath: memPath},
+		MemBackend:   backend,
 		ResumeVM:     true,
 	})
+	if serr := served(err); serr != nil {
+		return s.fail("serve the memory", serr)
+	}
 	if err != nil {
 		return s.fail("PUT /snapshot/load", err)
 	}

@@ -229,17 +229,19 @@ func (v *vm) readSnapshot(c snapshotLoad) (snapshotState, string) {
 		path = *c.MemFilePath
 	}
 	if backend == "Uffd" {
-		conn, err := net.Dial("unix", path)
+		conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
 		if err != nil {
 			return st, "Failed to load guest memory: Error creating guest memory from uffd: Failed to connect to UDS Unix stream: " +
 				osError(unwrapOpError(err))
 		}
-		// The fake has no userfaultfd to pass; it sends the guest memory layout as
-		// Firecracker does and closes the connection.
-		regions, _ := json.Marshal([]jobj{{{"base_host_virt_addr", 0}, {"size", st.Machine.MemSizeMib << 20},
-			{"offset", 0}, {"page_size", 4096}, {"page_size_kib", 4096}}})
-		_, _ = conn.Write(regions)
-		_ = conn.Close()
+		// Fresh guest memory registered with a userfaultfd, whose descriptor goes to the
+		// handler with the memory layout, as Firecracker sends them.
+		g, err := sendUffd(conn, uint64(st.Machine.MemSizeMib)<<20, v.rel)
+		if err != nil {
+			conn.Close()
+			return st, "Failed to load guest memory: Error creating guest memory from uffd: " + err.Error()
+		}
+		v.guestMem = g
 	} else {
 		fi, err := os.Stat(path)
 		if err != nil {

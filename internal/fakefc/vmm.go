@@ -83,6 +83,7 @@ type vm struct {
 	// vsockForward is Options.VsockForward.
 	vsockForward map[uint32]string
 	balloon      *balloonConfig
+	guestMem     *guestMemory // guest memory of a Uffd-backed restore, kept for the life of the process
 	entropy      *entropyConfig
 	serial       *serialConfig
 	mmdsCfg      *mmdsConfig
