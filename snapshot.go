@@ -56,6 +56,9 @@ type Snapshot struct {
 	// NICs the same TAP names and, with NetworkSpec.Namespace, the same guest addresses,
 	// which the guest keeps in its memory.
 	Network *netdev.Network `json:"network,omitempty"`
+	// Memory identifies the memory file, full or a diff, and a diff's base (diff.go).
+	// Manifests written before it have none: full memory of no known identity.
+	Memory *SnapshotMemory `json:"memory,omitempty"`
 }
 
 // SnapshotDrive is an ephemeral drive saved with a snapshot.
@@ -108,6 +111,9 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 			return Snapshot{}, fmt.Errorf("open snapshot %s: drive %q has file %q: want %s/<id>.img for a drive id of letters, digits and _", abs, id, d.File, snapshotDrives)
 		}
 	}
+	if err := s.Memory.check(); err != nil {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", abs, err)
+	}
 	if s.BaseImage != "" && (len(s.BaseImage) != 16 || strings.Trim(s.BaseImage, "0123456789abcdef") != "") {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: base image %q is not a bundle ID (16 hex digits)", abs, s.BaseImage)
 	}
@@ -142,6 +148,12 @@ func stagedDrives(spec MachineSpec) []string {
 // It returns an error wrapping ErrNotRunning when the VM has ended, and ErrExists when dir
 // holds files.
 func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err error) {
+	return m.snapshot(ctx, dir, nil)
+}
+
+// snapshot saves the VM into dir: its full memory, or with base the pages written since
+// base, which is the VM's previous snapshot.
+func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (snap Snapshot, err error) {
 	if m.exited() {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, ErrNotRunning)
 	}
@@ -219,7 +231,7 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 	err = m.client.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{
 		SnapshotPath: statePath,
 		MemFilePath:  memPath,
-		SnapshotType: fcapi.SnapshotFull,
+		SnapshotType: snapshotType(base),
 	})
 	if ferr := finish(context.WithoutCancel(ctx)); err == nil && ferr != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, ferr)
@@ -253,6 +265,9 @@ func (m *Machine) Snapshot(ctx context.Context, dir string) (snap Snapshot, err 
 		if err := sd.Chmod(name, 0o600); err != nil {
 			return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 		}
+	}
+	if snap.Memory, err = memoryRecord(sd, base); err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
 	for _, id := range stagedDrives(m.spec) {
 		file := filepath.Join(snapshotDrives, id+".img")
@@ -322,20 +337,24 @@ func checkSnapshotVersion(snap *Snapshot, bin fcapi.Version) error {
 // MMDS data.
 func (s *starter) load(ctx context.Context) error {
 	statePath, memPath := filepath.Join(s.snap.Dir, snapshotState), filepath.Join(s.snap.Dir, snapshotMemory)
+	var err error
 	if s.jail != nil {
-		var err error
 		if statePath, memPath, err = s.jailSnapshotFiles(ctx, statePath, memPath); err != nil {
 			return s.fail("put the snapshot into the jail", err)
 		}
+	}
+	if memPath, err = s.mergeDiffs(ctx, memPath); err != nil {
+		return s.fail("merge the diff snapshots", err)
 	}
 	backend, served, err := s.memoryBackend(ctx, memPath)
 	if err != nil {
 		return s.fail("serve the memory", err)
 	}
 	err = s.client.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
-		SnapshotPath: statePath,
-		MemBackend:   backend,
-		ResumeVM:     true,
+		SnapshotPath:    statePath,
+		MemBackend:      backend,
+		TrackDirtyPages: s.spec.TrackDirtyPages,
+		ResumeVM:        true,
 	})
 	if serr := served(err); serr != nil {
 		return s.fail("serve the memory", serr)

@@ -88,6 +88,9 @@ type MachineSpec struct {
 	// 2 MiB hugetlbfs pages, and MemoryMiB a multiple of 2) or fcapi.HugePagesTransparent
 	// (newer than v1.16.1). Zero value: fcapi.HugePagesNone, ordinary pages.
 	HugePages fcapi.HugePages `json:"huge_pages,omitempty"`
+	// TrackDirtyPages has KVM track the pages the guest writes, which Machine.SnapshotDiff
+	// needs; a VM restored from this spec's snapshots tracks them again. Default: off.
+	TrackDirtyPages bool `json:"track_dirty_pages,omitempty"`
 	// CPUTemplate is a static CPU template that masks CPU features from the guest: C3, T2,
 	// T2S, T2CL or T2A (x86_64), V1N1 (aarch64). Zero value: none (the host's CPU as
 	// Firecracker exposes it by default).

@@ -622,7 +622,7 @@ func (s *starter) vmConfig(drives []fcapi.Drive) fcapi.VMConfig {
 	}
 	cfg := fcapi.VMConfig{
 		BootSource:    &boot,
-		MachineConfig: &fcapi.MachineConfig{VCPUCount: sp.VCPUs, MemSizeMiB: sp.MemoryMiB, SMT: sp.SMT, HugePages: sp.HugePages, CPUTemplate: sp.CPUTemplate},
+		MachineConfig: &fcapi.MachineConfig{VCPUCount: sp.VCPUs, MemSizeMiB: sp.MemoryMiB, SMT: sp.SMT, HugePages: sp.HugePages, CPUTemplate: sp.CPUTemplate, TrackDirtyPages: sp.TrackDirtyPages},
 		Drives:        drives,
 	}
 	for _, n := range sp.Interfaces {

@@ -48,7 +48,7 @@ type runFlags struct {
 	balloon                     int
 	balloonDeflate              bool
 	cpuTemplate, hugePages      string
-	smt                         bool
+	smt, trackDirtyPages        bool
 	jail                        jailFlags
 	rate                        rateFlags
 	// The main process of an image whose init is the agent (see mainPlan).
@@ -212,6 +212,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 	fl.StringVar(&f.uplink, "uplink", "", "with --net: the host `DEV`ice NAT sends the guest's traffic out of (default: the device of the default route; implies --net)")
 	fl.StringVar(&f.cpuTemplate, "cpu-template", "", "static CPU template that masks CPU features: C3, T2, T2S, T2CL, T2A (x86_64) or V1N1 (aarch64)")
 	fl.StringVar(&f.hugePages, "huge-pages", "", "back guest memory with huge pages: 2M (needs free hugetlbfs pages) or transparent (newer than Firecracker v1.16)")
+	fl.BoolVar(&f.trackDirtyPages, "track-dirty-pages", false, "track the pages the guest writes, so that 'smartvm snapshot --diff' can save only those")
 	fl.BoolVar(&f.smt, "smt", false, "enable simultaneous multithreading (x86_64; --cpus must be 1 or even)")
 	fl.StringArrayVarP(&f.labels, "label", "l", nil, "label the VM (repeatable): `KEY=VALUE`, or KEY for an empty value; ps --filter label=KEY=VALUE selects by it")
 	f.serialLogMiB = smartvm.DefaultSerialLogLimit >> 20
@@ -413,8 +414,11 @@ func clearBoot(s *smartvm.MachineSpec) {
 	s.Drives = slices.DeleteFunc(slices.Clone(s.Drives), func(d smartvm.DriveSpec) bool { return d.Root })
 }
 
-// planMachine applies --cpu-template, --huge-pages and --balloon.
+// planMachine applies --cpu-template, --huge-pages, --track-dirty-pages and --balloon.
 func planMachine(s *smartvm.MachineSpec, f runFlags) error {
+	if f.trackDirtyPages {
+		s.TrackDirtyPages = true
+	}
 	if f.cpuTemplate != "" {
 		t, ok := cpuTemplates[strings.ToUpper(f.cpuTemplate)]
 		if !ok {

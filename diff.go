@@ -1,0 +1,205 @@
+package smartvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/memfile"
+	"github.com/smartvm/smartvm/internal/safedir"
+)
+
+// Kinds of snapshot memory.
+const (
+	// MemoryFull is a memory file with all of guest memory.
+	MemoryFull = "full"
+	// MemoryDiff is a sparse memory file with only the pages written since its base.
+	MemoryDiff = "diff"
+)
+
+// SnapshotMemory identifies a snapshot's memory file.
+type SnapshotMemory struct {
+	// Type is MemoryFull or MemoryDiff.
+	Type string `json:"type"`
+	// Size and SHA256 identify the memory file's content.
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+	// Base is, for a diff, the snapshot it lays over.
+	Base *SnapshotBase `json:"base,omitempty"`
+}
+
+// SnapshotBase is the base of a diff snapshot: its directory, and the identity its memory
+// file had when the diff was taken.
+type SnapshotBase struct {
+	Dir    string `json:"dir"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// maxDiffChain bounds the diffs a restore lays over a full snapshot.
+const maxDiffChain = 32
+
+// mergedMemory is the memory file a restore of a diff merges in the VM's directory.
+const mergedMemory = "memory.img"
+
+// SnapshotDiff saves the VM into dir as Snapshot does, except that the memory file holds
+// only the pages the guest wrote since base, the VM's previous snapshot (or the snapshot
+// it was restored from): a sparse file, quick to write. The VM must track its dirty pages
+// (MachineSpec.TrackDirtyPages). Restore merges the chain of diffs onto its full snapshot,
+// so base, and its own bases, must stay, unchanged, where they are.
+//
+// Errors are those of Snapshot, and one wrapping errors.ErrUnsupported when the VM does
+// not track dirty pages or base records no memory identity.
+func (m *Machine) SnapshotDiff(ctx context.Context, dir string, base Snapshot) (Snapshot, error) {
+	if !m.spec.TrackDirtyPages {
+		return Snapshot{}, fmt.Errorf("diff snapshot of vm %s: it does not track dirty pages: start or restore it with dirty-page tracking (MachineSpec.TrackDirtyPages, smartvm run --track-dirty-pages), then take a full snapshot first: %w",
+			m.name, errors.ErrUnsupported)
+	}
+	if base.Memory == nil || base.Dir == "" {
+		return Snapshot{}, fmt.Errorf("diff snapshot of vm %s: base %s records no memory identity (an older smartvm wrote it): take a full snapshot to base diffs on: %w",
+			m.name, base.Dir, errors.ErrUnsupported)
+	}
+	if base.Name != m.name {
+		return Snapshot{}, fmt.Errorf("diff snapshot of vm %s: base %s is a snapshot of vm %s: give this VM's last snapshot", m.name, base.Dir, base.Name)
+	}
+	return m.snapshot(ctx, dir, &base)
+}
+
+func snapshotType(base *Snapshot) fcapi.SnapshotType {
+	if base != nil {
+		return fcapi.SnapshotDiff
+	}
+	return fcapi.SnapshotFull
+}
+
+// memoryRecord identifies the memory file Firecracker just wrote into sd.
+func memoryRecord(sd *safedir.Dir, base *Snapshot) (*SnapshotMemory, error) {
+	f, err := sd.OpenRegular(snapshotMemory)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	id, err := memfile.Identify(f)
+	if err != nil {
+		return nil, err
+	}
+	mem := &SnapshotMemory{Type: MemoryFull, Size: id.Size, SHA256: id.SHA256}
+	if base != nil {
+		mem.Type = MemoryDiff
+		mem.Base = &SnapshotBase{Dir: base.Dir, Size: base.Memory.Size, SHA256: base.Memory.SHA256}
+	}
+	return mem, nil
+}
+
+// checkMemory checks that the memory file of the snapshot in dir is still the one recorded.
+func checkMemory(dir string, size int64, sum string) (*os.File, error) {
+	f, err := safedir.OpenInput(filepath.Join(dir, snapshotMemory), false, false)
+	if err != nil {
+		return nil, err
+	}
+	id, err := memfile.Identify(f)
+	if err == nil && (id.Size != size || id.SHA256 != sum) {
+		err = fmt.Errorf("its memory file changed since it was recorded (%d bytes, sha256 %.12s…; recorded %d bytes, %.12s…)", id.Size, id.SHA256, size, sum)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// diffChain opens the memory files of a diff snapshot's chain, checked against the
+// identities recorded: the full base first, then each diff, oldest first.
+func diffChain(snap *Snapshot) (files []*os.File, err error) {
+	defer func() {
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			files = nil
+		}
+	}()
+	top, err := checkMemory(snap.Dir, snap.Memory.Size, snap.Memory.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("diff snapshot %s: %w", snap.Dir, err)
+	}
+	files = append(files, top)
+	cur := *snap
+	for range maxDiffChain {
+		b := cur.Memory.Base
+		if b == nil {
+			return files, fmt.Errorf("diff snapshot %s names no base: a diff cannot be restored without the snapshot it was taken over", cur.Dir)
+		}
+		base, err := OpenSnapshot(b.Dir)
+		if err != nil {
+			return files, fmt.Errorf("diff snapshot %s: its base %s: %w: the chain is broken; restore needs every snapshot of it where it was taken", cur.Dir, b.Dir, err)
+		}
+		if base.Memory == nil {
+			return files, fmt.Errorf("diff snapshot %s: its base %s records no memory identity: the chain is broken", cur.Dir, b.Dir)
+		}
+		f, err := checkMemory(base.Dir, b.Size, b.SHA256)
+		if err != nil {
+			return files, fmt.Errorf("diff snapshot %s: its base %s: %w: the chain is broken; restore the base as it was, or take a new full snapshot", cur.Dir, b.Dir, err)
+		}
+		files = append([]*os.File{f}, files...)
+		if base.Memory.Type != MemoryDiff {
+			return files, nil
+		}
+		cur = base
+	}
+	return files, fmt.Errorf("diff snapshot %s: more than %d diffs over a full snapshot: take a full snapshot", snap.Dir, maxDiffChain)
+}
+
+// mergeDiffs returns the memory file to load: memPath itself for a full snapshot, and for a
+// diff the chain merged onto its full base in the VM's directory (the snapshots are left as
+// they are).
+func (s *starter) mergeDiffs(ctx context.Context, memPath string) (string, error) {
+	if s.snap.Memory == nil || s.snap.Memory.Type != MemoryDiff {
+		return memPath, nil
+	}
+	if s.jail != nil {
+		return "", fmt.Errorf("restoring a diff snapshot in a jail is not supported yet: restore without the jailer: %w", errors.ErrUnsupported)
+	}
+	files, err := diffChain(s.snap)
+	if err != nil {
+		return "", err
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(s.dir.Paths.Dir, mergedMemory)
+	if err := memfile.Merge(dst, files[0], files[1:]); err != nil {
+		return "", err
+	}
+	return dst, nil
+}
+
+// check refuses a memory record that is not one Snapshot writes.
+func (m *SnapshotMemory) check() error {
+	if m == nil {
+		return nil
+	}
+	hex := func(s string) bool { return len(s) == 64 && strings.Trim(s, "0123456789abcdef") == "" }
+	switch {
+	case m.Type != MemoryFull && m.Type != MemoryDiff:
+		return fmt.Errorf("memory type %q: want %s or %s", m.Type, MemoryFull, MemoryDiff)
+	case m.Size <= 0 || !hex(m.SHA256):
+		return fmt.Errorf("memory identity %d bytes, sha256 %q: want a size and 64 hex digits", m.Size, m.SHA256)
+	case m.Type == MemoryFull && m.Base != nil:
+		return errors.New("full memory with a base")
+	case m.Type == MemoryDiff && m.Base == nil:
+		return errors.New("a diff without its base: restore needs the snapshot it was taken over")
+	case m.Base != nil && (!filepath.IsAbs(m.Base.Dir) || m.Base.Size != m.Size || !hex(m.Base.SHA256)):
+		return fmt.Errorf("diff base %q (%d bytes, sha256 %q): want an absolute directory, the diff's size and 64 hex digits", m.Base.Dir, m.Base.Size, m.Base.SHA256)
+	}
+	return nil
+}

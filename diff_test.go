@@ -1,0 +1,181 @@
+package smartvm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/memfile"
+	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// takeDiffChain takes a full snapshot of the counter guest, then two diffs, each over the one
+// before, while the guest counts on, and a full snapshot ref of the guest as d2 saw it; it
+// returns the snapshots and the tick seen last.
+func takeDiffChain(t *testing.T, mgr *Manager, kernel string) (full, d1, d2, ref Snapshot, last uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	spec := guestSpec(kernel, testguest.ModeCounter)
+	spec.Name = "diffs"
+	spec.TrackDirtyPages = true
+	m := start(t, mgr, spec)
+	defer m.Close()
+	con := followConsole(t, m)
+	con.nextTick(t)
+	var err error
+	if full, err = m.Snapshot(ctx, filepath.Join(t.TempDir(), "full")); err != nil {
+		t.Fatal(err)
+	}
+	con.nextTick(t)
+	if d1, err = m.SnapshotDiff(ctx, filepath.Join(t.TempDir(), "d1"), full); err != nil {
+		t.Fatal(err)
+	}
+	con.nextTick(t)
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d2, err = m.SnapshotDiff(ctx, filepath.Join(t.TempDir(), "d2"), d1); err != nil {
+		t.Fatal(err)
+	}
+	if ref, err = m.Snapshot(ctx, filepath.Join(t.TempDir(), "ref")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	last = con.nextTick(t)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, m)
+	if full.Memory.Type != MemoryFull || d1.Memory.Type != MemoryDiff || d2.Memory.Base.Dir != d1.Dir || d2.Memory.Base.SHA256 != d1.Memory.SHA256 {
+		t.Fatalf("memory records: full %+v, d1 %+v, d2 %+v", full.Memory, d1.Memory, d2.Memory)
+	}
+	return full, d1, d2, ref, last
+}
+
+// restoreDiff restores the diff snap, checks that its merged memory is that of ref (when
+// set), that it counts on from near last (checkTicks), and stops it.
+func restoreDiff(t *testing.T, mgr *Manager, snap Snapshot, ref *Snapshot, last uint64, checkTicks bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	opened, err := OpenSnapshot(snap.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mgr.Restore(ctx, opened)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	merged, err := os.ReadFile(filepath.Join(m.Dir(), mergedMemory))
+	if err != nil {
+		t.Errorf("no merged memory in the vm's directory: %v", err)
+	}
+	if ref != nil {
+		want, err := os.ReadFile(filepath.Join(ref.Dir, snapshotMemory))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(merged, want) {
+			t.Errorf("the merged chain (%d bytes) differs from a full snapshot of the same moment (%d bytes)", len(merged), len(want))
+		}
+	}
+	if checkTicks {
+		con := followConsole(t, m)
+		if n := con.nextTick(t); n+50 < last || n > last+1000 {
+			t.Errorf("restored diff printed tick %d; the original was near %d", n, last)
+		}
+		if x, y := con.nextTick(t), con.nextTick(t); y <= x {
+			t.Errorf("tick %d after %d", y, x)
+		}
+	}
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, m)
+}
+
+func TestDiffSnapshots(t *testing.T) {
+	mgr, root, kernel := fakeSetup(t)
+	full, d1, d2, ref, last := takeDiffChain(t, mgr, kernel)
+	restoreDiff(t, mgr, d2, &ref, last, false)
+	restoreDiff(t, mgr, d1, nil, last, false)
+	ctx := context.Background()
+
+	// A VM without dirty-page tracking takes no diff.
+	m := start(t, mgr, guestSpec(kernel, testguest.ModeHalt))
+	if _, err := m.SnapshotDiff(ctx, filepath.Join(t.TempDir(), "x"), full); !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "track") {
+		t.Errorf("diff of an untracked vm: %v", err)
+	}
+	m.Kill()
+	wait(t, m)
+
+	refused := func(what string, snap Snapshot, want string) {
+		t.Helper()
+		_, err := mgr.Restore(ctx, snap)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %q", what, err, want)
+		}
+		if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 0 {
+			t.Errorf("%s: left %v", what, ents)
+		}
+	}
+	// The base changed: a byte of the full snapshot's memory.
+	mem := filepath.Join(full.Dir, snapshotMemory)
+	orig, err := os.ReadFile(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := append([]byte(nil), orig...)
+	changed[4096] ^= 1
+	os.WriteFile(mem, changed, 0o600)
+	refused("changed base", d2, "changed since")
+	os.WriteFile(mem, orig, 0o600)
+	// A middle diff is missing.
+	moved := d1.Dir + ".moved"
+	if err := os.Rename(d1.Dir, moved); err != nil {
+		t.Fatal(err)
+	}
+	refused("missing base", d2, "chain is broken")
+	os.Rename(moved, d1.Dir)
+	// A diff without its base.
+	noBase := d2
+	noBase.Memory = &SnapshotMemory{Type: MemoryDiff, Size: d2.Memory.Size, SHA256: d2.Memory.SHA256}
+	refused("diff without base", noBase, "names no base")
+	restoreDiff(t, mgr, d2, &ref, last, false) // the chain is whole again
+
+	// OpenSnapshot refuses a manifest whose diff has no base.
+	b, _ := os.ReadFile(filepath.Join(d2.Dir, snapshotManifest))
+	s := strings.Replace(string(b), `"base":`, `"nobase":`, 1)
+	os.WriteFile(filepath.Join(d2.Dir, snapshotManifest), []byte(s), 0o600)
+	if _, err := OpenSnapshot(d2.Dir); err == nil || !strings.Contains(err.Error(), "without its base") {
+		t.Errorf("open a diff without its base: %v", err)
+	}
+}
+
+func TestRealDiffSnapshots(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	mgr := newManager(t, testRoot(t), bin)
+	_, d1, d2, ref, last := takeDiffChain(t, mgr, guestKernel(t))
+	for _, d := range []Snapshot{d1, d2} {
+		f, err := os.Open(filepath.Join(d.Dir, snapshotMemory))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ext, err := memfile.Extents(f, d.Memory.Size)
+		f.Close()
+		if err != nil || len(ext) == 0 {
+			t.Errorf("diff %s holds no pages (%v): the test would not show the merge", d.Dir, err)
+		}
+	}
+	restoreDiff(t, mgr, d2, &ref, last, true)
+}

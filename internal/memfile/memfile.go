@@ -1,0 +1,126 @@
+// Package memfile merges Firecracker diff snapshots' memory files onto their full base, the
+// job of Firecracker's snapshot-editor rebase, sparse-aware: only the data of each file is
+// read and written, and holes stay holes.
+package memfile
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Extent is a range of a file that holds data: [Off, Off+Len).
+type Extent struct{ Off, Len int64 }
+
+// Extents returns the data ranges of f, of size bytes, found with SEEK_DATA and SEEK_HOLE.
+// A filesystem that cannot tell reports the whole file as data.
+func Extents(f *os.File, size int64) ([]Extent, error) {
+	var e []Extent
+	fd := int(f.Fd())
+	for off := int64(0); off < size; {
+		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		}
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+			return []Extent{{0, size}}, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("seek data in %s: %w", f.Name(), err)
+		}
+		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("seek hole in %s: %w", f.Name(), err)
+		}
+		end = min(end, size)
+		if start >= end {
+			break
+		}
+		e = append(e, Extent{start, end - start})
+		off = end
+	}
+	return e, nil
+}
+
+// Merge writes into dst (created, which must not exist) the memory of base with each diff in
+// diffs laid over it in order, oldest first: a page a diff holds replaces the page below.
+// Every file must be as large as base. On failure dst is removed.
+func Merge(dst string, base *os.File, diffs []*os.File) (err error) {
+	bi, err := base.Stat()
+	if err != nil {
+		return err
+	}
+	size := bi.Size()
+	for _, d := range diffs {
+		di, err := d.Stat()
+		if err != nil {
+			return err
+		}
+		if di.Size() != size {
+			return fmt.Errorf("diff memory %s has %d bytes, and its base %s %d: not a diff of that base", d.Name(), di.Size(), base.Name(), size)
+		}
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for _, f := range append([]*os.File{base}, diffs...) {
+		ext, err := Extents(f, size)
+		if err != nil {
+			return err
+		}
+		for _, e := range ext {
+			if err := copyRange(out, f, e, buf); err != nil {
+				return fmt.Errorf("merge %s: %w", f.Name(), err)
+			}
+		}
+	}
+	return out.Sync()
+}
+
+func copyRange(dst, src *os.File, e Extent, buf []byte) error {
+	for off := e.Off; off < e.Off+e.Len; {
+		n := min(int64(len(buf)), e.Off+e.Len-off)
+		if _, err := src.ReadAt(buf[:n], off); err != nil {
+			return err
+		}
+		if _, err := dst.WriteAt(buf[:n], off); err != nil {
+			return err
+		}
+		off += n
+	}
+	return nil
+}
+
+// Identity is what identifies a memory file's content: its size and SHA-256.
+type Identity struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Identify reads f from its start and returns its identity.
+func Identify(f *os.File) (Identity, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62))
+	if err != nil {
+		return Identity{}, fmt.Errorf("hash %s: %w", f.Name(), err)
+	}
+	return Identity{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}

@@ -1,0 +1,95 @@
+package memfile
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+const page = 4096
+
+// sparse writes a file of n pages where the pages in data hold their byte.
+func sparse(t *testing.T, n int, data map[int]byte) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(int64(n * page)); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range data {
+		if _, err := f.WriteAt(bytes.Repeat([]byte{b}, page), int64(i*page)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+func TestMerge(t *testing.T) {
+	base := sparse(t, 64, map[int]byte{0: 1, 1: 1, 10: 1, 63: 1})
+	diff1 := sparse(t, 64, map[int]byte{1: 2, 20: 2})
+	diff2 := sparse(t, 64, map[int]byte{20: 3, 30: 3, 63: 3})
+	dst := filepath.Join(t.TempDir(), "merged")
+	if err := Merge(dst, base, []*os.File{diff1, diff2}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]byte{0: 1, 1: 2, 10: 1, 20: 3, 30: 3, 63: 3}
+	for i := range 64 {
+		if !bytes.Equal(got[i*page:(i+1)*page], bytes.Repeat([]byte{want[i]}, page)) {
+			t.Errorf("page %d holds %d, want %d", i, got[i*page], want[i])
+		}
+	}
+	// Holes stay holes: the merged file holds about the pages with data.
+	f, _ := os.Open(dst)
+	defer f.Close()
+	ext, err := Extents(f, 64*page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range ext {
+		n += e.Len
+	}
+	if n > 16*page {
+		t.Errorf("merged file has %d bytes of data for 6 pages: holes were filled", n)
+	}
+	// The inputs are unchanged.
+	if id1, _ := Identify(base); id1 != mustID(t, sparse(t, 64, map[int]byte{0: 1, 1: 1, 10: 1, 63: 1})) {
+		t.Error("the base changed")
+	}
+	if err := Merge(dst, base, nil); err == nil {
+		t.Error("merge over an existing file")
+	}
+	short := sparse(t, 32, nil)
+	dst2 := filepath.Join(t.TempDir(), "m2")
+	if err := Merge(dst2, base, []*os.File{short}); err == nil {
+		t.Error("merged a diff of another size")
+	}
+	if _, err := os.Stat(dst2); !os.IsNotExist(err) {
+		t.Errorf("failed merge left %s: %v", dst2, err)
+	}
+}
+
+func mustID(t *testing.T, f *os.File) Identity {
+	id, err := Identify(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestIdentify(t *testing.T) {
+	a := sparse(t, 4, map[int]byte{1: 7})
+	b := sparse(t, 4, map[int]byte{1: 7})
+	c := sparse(t, 4, map[int]byte{2: 7})
+	if mustID(t, a) != mustID(t, b) || mustID(t, a) == mustID(t, c) || mustID(t, a).Size != 4*page {
+		t.Errorf("identities %v %v %v", mustID(t, a), mustID(t, b), mustID(t, c))
+	}
+}
