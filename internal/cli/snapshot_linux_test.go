@@ -186,3 +186,39 @@ func TestSnapshotErrors(t *testing.T) {
 		t.Errorf("failed restores left %+v", vms)
 	}
 }
+
+// testDiffSnapshot: run --track-dirty-pages, a full snapshot, two diffs over it, and a
+// restore of the last diff counting on; --diff refuses a VM without tracking and a missing
+// --base.
+func testDiffSnapshot(t *testing.T, env cliEnv) {
+	runCounter(t, env, "diffs", "--track-dirty-pages")
+	full, d1, d2 := filepath.Join(t.TempDir(), "full"), filepath.Join(t.TempDir(), "d1"), filepath.Join(t.TempDir(), "d2")
+	env.run(t, "snapshot", "diffs", full).ok(t)
+	env.run(t, "snapshot", "diffs", d1, "--diff").fails(t, ExitUsage, "--diff needs --base")
+	env.run(t, "snapshot", "diffs", d1, "--diff", "--base", d2).fails(t, ExitError, "does not exist")
+	env.run(t, "snapshot", "diffs", d1, "--diff", "--base", full).ok(t)
+	waitLogs(t, env, "diffs", testguest.TickLine(lastTick(t, env, "diffs")+1))
+	k := lastTick(t, env, "diffs")
+	env.run(t, "snapshot", "diffs", d2, "--diff", "--base", d1, "--stop").ok(t)
+	if vms := env.ps(t); len(vms) != 0 {
+		t.Fatalf("snapshot --stop left %+v", vms)
+	}
+	env.run(t, "restore", "-d", d2).ok(t)
+	waitLogs(t, env, "diffs", testguest.TickPrefix)
+	checkCountsOn(t, env.run(t, "logs", "diffs").ok(t).stdout, k)
+	env.run(t, "stop", "diffs").ok(t)
+
+	runCounter(t, env, "plain")
+	env.run(t, "snapshot", "plain", filepath.Join(t.TempDir(), "x"), "--diff", "--base", full).fails(t, ExitError, "does not track dirty pages")
+	env.run(t, "stop", "plain").ok(t)
+}
+
+func TestDiffSnapshot(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testDiffSnapshot(t, fakeEnv(t))
+}
+
+func TestRealDiffSnapshot(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testDiffSnapshot(t, vmEnv(t, testutil.FirecrackerBin(t)))
+}
