@@ -2,14 +2,17 @@ package smartvm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/memfile"
+	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/safedir"
 )
 
@@ -63,8 +66,8 @@ func (m *Machine) SnapshotDiff(ctx context.Context, dir string, base Snapshot) (
 		return Snapshot{}, fmt.Errorf("diff snapshot of vm %s: base %s records no memory identity (an older smartvm wrote it): take a full snapshot to base diffs on: %w",
 			m.name, base.Dir, errors.ErrUnsupported)
 	}
-	if base.Name != m.name {
-		return Snapshot{}, fmt.Errorf("diff snapshot of vm %s: base %s is a snapshot of vm %s: give this VM's last snapshot", m.name, base.Dir, base.Name)
+	if err := m.checkDiffBase(base); err != nil {
+		return Snapshot{}, fmt.Errorf("diff snapshot of vm %s: %w", m.name, err)
 	}
 	return m.snapshot(ctx, dir, &base)
 }
@@ -200,6 +203,46 @@ func (m *SnapshotMemory) check() error {
 		return errors.New("a diff without its base: restore needs the snapshot it was taken over")
 	case m.Base != nil && (!filepath.IsAbs(m.Base.Dir) || m.Base.Size != m.Size || !hex(m.Base.SHA256)):
 		return fmt.Errorf("diff base %q (%d bytes, sha256 %q): want an absolute directory, the diff's size and 64 hex digits", m.Base.Dir, m.Base.Size, m.Base.SHA256)
+	}
+	return nil
+}
+
+// lastSnapshotNote, in a VM's directory, names the VM's last snapshot (or the one it was
+// restored from): the only base a diff of the VM can have, as taking a snapshot starts the
+// dirty-page log afresh. An empty note means none is known.
+const lastSnapshotNote = "last-snapshot.json"
+
+type lastSnapshot struct {
+	Dir    string `json:"dir,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// noteSnapshot records snap as the VM's last snapshot; nil clears the record, which a
+// snapshot does before it starts so that a failure leaves no stale base behind.
+func noteSnapshot(d *rundir.Dir, snap *Snapshot) error {
+	var n lastSnapshot
+	if snap != nil && snap.Memory != nil {
+		n = lastSnapshot{Dir: snap.Dir, SHA256: snap.Memory.SHA256}
+	}
+	b, _ := json.Marshal(n)
+	return d.WriteNote(lastSnapshotNote, b)
+}
+
+// checkDiffBase refuses a base other than the VM's last snapshot.
+func (m *Machine) checkDiffBase(base Snapshot) error {
+	b, err := m.dir.ReadNote(lastSnapshotNote, 4096)
+	var n lastSnapshot
+	if err == nil {
+		err = json.Unmarshal(b, &n)
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read the vm's last snapshot: %w", err)
+	}
+	switch {
+	case n.SHA256 == "":
+		return fmt.Errorf("vm %s has no snapshot known to base a diff on (none since it started, or the last one failed): take a full snapshot first", m.name)
+	case n.SHA256 != base.Memory.SHA256:
+		return fmt.Errorf("base %s is not vm %s's last snapshot, %s: a diff holds only the pages written since the last snapshot, so give that one as its base", base.Dir, m.name, n.Dir)
 	}
 	return nil
 }

@@ -36,6 +36,11 @@ func takeDiffChain(t *testing.T, mgr *Manager, kernel string) (full, d1, d2, ref
 	if d1, err = m.SnapshotDiff(ctx, filepath.Join(t.TempDir(), "d1"), full); err != nil {
 		t.Fatal(err)
 	}
+	// Bases are told apart by their memory's content: the fake's guests leave it all
+	// zeros, so only a real guest's snapshots differ.
+	if _, err := m.SnapshotDiff(ctx, filepath.Join(t.TempDir(), "stale"), full); (err == nil || !strings.Contains(err.Error(), "last snapshot")) && full.Memory.SHA256 != d1.Memory.SHA256 {
+		t.Errorf("diff over a snapshot older than the last: %v", err)
+	}
 	con.nextTick(t)
 	if err := m.Pause(ctx); err != nil {
 		t.Fatal(err)
@@ -109,6 +114,33 @@ func TestDiffSnapshots(t *testing.T) {
 	restoreDiff(t, mgr, d2, &ref, last, false)
 	restoreDiff(t, mgr, d1, nil, last, false)
 	ctx := context.Background()
+
+	// A VM restored from a diff takes a diff over it; a VM that took no snapshot yet has
+	// no base.
+	r, err := mgr.Restore(ctx, d2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := full
+	other.Memory = &SnapshotMemory{Type: MemoryFull, Size: full.Memory.Size, SHA256: strings.Repeat("0", 64)}
+	if _, err := r.SnapshotDiff(ctx, filepath.Join(t.TempDir(), "x"), other); err == nil || !strings.Contains(err.Error(), "last snapshot") {
+		t.Errorf("diff of a restored vm over the base of its snapshot: %v", err)
+	}
+	d3, err := r.SnapshotDiff(ctx, filepath.Join(t.TempDir(), "d3"), d2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Kill()
+	wait(t, r)
+	restoreDiff(t, mgr, d3, nil, last, false)
+	spec := guestSpec(kernel, testguest.ModeHalt)
+	spec.TrackDirtyPages = true
+	fresh := start(t, mgr, spec)
+	if _, err := fresh.SnapshotDiff(ctx, filepath.Join(t.TempDir(), "x"), full); err == nil || !strings.Contains(err.Error(), "no snapshot known") {
+		t.Errorf("diff of a vm that took no snapshot: %v", err)
+	}
+	fresh.Kill()
+	wait(t, fresh)
 
 	// A VM without dirty-page tracking takes no diff.
 	m := start(t, mgr, guestSpec(kernel, testguest.ModeHalt))

@@ -222,6 +222,9 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 			return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 		}
 	}
+	if err := noteSnapshot(m.dir, nil); err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
 	t0 := time.Now()
 	// A jailed firecracker writes in its chroot; finish brings the files here.
 	statePath, memPath, finish, err := m.jailSnapshotTargets(filepath.Join(abs, snapshotState), filepath.Join(abs, snapshotMemory))
@@ -285,6 +288,9 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 	}
 	if err := sd.WriteFileAtomic(snapshotManifest, append(b, '\n'), 0o600); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
+	if err := noteSnapshot(m.dir, &snap); err != nil {
+		m.log.Warn("record the last snapshot: diffs are refused until the next full snapshot", "err", err)
 	}
 	m.log.Info("vm snapshot taken", "dir", abs, "took", time.Since(t0))
 	return snap, nil
@@ -361,6 +367,9 @@ func (s *starter) load(ctx context.Context) error {
 	}
 	if err != nil {
 		return s.fail("PUT /snapshot/load", err)
+	}
+	if err := noteSnapshot(s.dir, s.snap); err != nil {
+		return s.fail("record the snapshot", err)
 	}
 	if s.spec.MMDS != nil {
 		data, err := s.mmdsData()

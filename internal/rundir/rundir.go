@@ -1263,3 +1263,21 @@ func (r *Root) WriteCache(name string, data []byte) error {
 	}
 	return r.dir.WriteFileAtomic(cacheDir+"/"+name, data, 0o600)
 }
+
+// WriteNote replaces the small file name in the VM's directory atomically, for facts kept
+// beside state.json (such as the VM's last snapshot). name follows CreateFile's rules.
+func (d *Dir) WriteNote(name string, data []byte) error {
+	if name == "" || name != filepath.Base(name) || name == "." || name == ".." || slices.Contains(reservedNames, name) {
+		return fmt.Errorf("write %q in vm dir %s: want a plain file name other than the directory's own entries", name, d.name)
+	}
+	if err := d.root.vms.WriteFileAtomic(d.name+"/"+name, data, 0o600); err != nil {
+		return fmt.Errorf("write %s of vm %s: %w", name, d.name, err)
+	}
+	return nil
+}
+
+// ReadNote reads the file WriteNote wrote, at most limit bytes; an error wraps
+// fs.ErrNotExist when there is none.
+func (d *Dir) ReadNote(name string, limit int64) ([]byte, error) {
+	return d.root.vms.ReadFile(d.name+"/"+name, limit)
+}
