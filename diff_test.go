@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/memfile"
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
@@ -67,7 +68,7 @@ func takeDiffChain(t *testing.T, mgr *Manager, kernel string) (full, d1, d2, ref
 
 // restoreDiff restores the diff snap, checks that its merged memory is that of ref (when
 // set), that it counts on from near last (checkTicks), and stops it.
-func restoreDiff(t *testing.T, mgr *Manager, snap Snapshot, ref *Snapshot, last uint64, checkTicks bool) {
+func restoreDiff(t *testing.T, mgr *Manager, snap Snapshot, ref *Snapshot, last uint64, checkTicks bool, opts ...StartOption) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
@@ -75,7 +76,7 @@ func restoreDiff(t *testing.T, mgr *Manager, snap Snapshot, ref *Snapshot, last 
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := mgr.Restore(ctx, opened)
+	m, err := mgr.Restore(ctx, opened, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +113,7 @@ func TestDiffSnapshots(t *testing.T) {
 	mgr, root, kernel := fakeSetup(t)
 	full, d1, d2, ref, last := takeDiffChain(t, mgr, kernel)
 	restoreDiff(t, mgr, d2, &ref, last, false)
+	restoreDiff(t, mgr, d2, &ref, last, false, WithMemoryBackend(MemoryUffd))
 	restoreDiff(t, mgr, d1, nil, last, false)
 	ctx := context.Background()
 
@@ -210,4 +212,8 @@ func TestRealDiffSnapshots(t *testing.T) {
 		}
 	}
 	restoreDiff(t, mgr, d2, &ref, last, true)
+	if v, _ := fcapi.ParseVersion(d2.FirecrackerVersion); v.AtLeast(fcapi.Version{Major: 1, Minor: 8}) {
+		// The merged memory served by the page server (v1.7 has no usable Uffd here).
+		restoreDiff(t, mgr, d2, &ref, last, true, WithMemoryBackend(MemoryUffd))
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/smartvm/smartvm/fcapi"
@@ -159,6 +160,11 @@ func (s *starter) memoryBackend(ctx context.Context, memPath string) (fcapi.Memo
 		err := <-accepted
 		cancel()
 		ln.Close() // removes the socket
+		if loadErr != nil && strings.Contains(loadErr.Error(), "Unrecognized ioctl flags") {
+			// v1.7's userfaultfd crate refuses the flags newer kernels report.
+			return fmt.Errorf("%w: Firecracker %s cannot use this kernel's userfaultfd (it reports ioctls newer than that release knows): restore with %s, or with a newer Firecracker: %w",
+				loadErr, s.version, MemoryFile, errors.ErrUnsupported)
+		}
 		if loadErr != nil {
 			return nil
 		}
