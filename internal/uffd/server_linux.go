@@ -477,11 +477,9 @@ func (c *client) fill(addr uint64) error {
 	if c.removed[i][p/64]&(1<<(p%64)) != 0 || !c.s.data.data(off, int64(r.PageSize)) {
 		return c.zero(page, r.PageSize)
 	}
-	if err := copyPage(c.uffd, page, unsafe.Pointer(&c.s.mem[off]), r.PageSize); err != nil {
-		return err
-	}
+	// Recorded first: the copy wakes the guest, which may ask for the working set at once.
 	c.s.record(off, int64(r.PageSize))
-	return nil
+	return copyPage(c.uffd, page, unsafe.Pointer(&c.s.mem[off]), r.PageSize)
 }
 
 func (c *client) zero(page, size uint64) error {
