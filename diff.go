@@ -28,7 +28,9 @@ const (
 type SnapshotMemory struct {
 	// Type is MemoryFull or MemoryDiff.
 	Type string `json:"type"`
-	// Size and SHA256 identify the memory file's content.
+	// Size and SHA256 identify the memory file's content (memfile.Identity): SHA256 is that
+	// of its pages of data, each preceded by its offset (8 bytes, little endian); pages of
+	// zeros are left out of a full file's, and count in a diff's, where a hole is not a zero.
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
 	// Base is, for a diff, the snapshot it lays over.
@@ -86,7 +88,7 @@ func memoryRecord(sd *safedir.Dir, base *Snapshot) (*SnapshotMemory, error) {
 		return nil, err
 	}
 	defer f.Close()
-	id, err := memfile.Identify(f)
+	id, err := memfile.Identify(f, base != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -98,13 +100,14 @@ func memoryRecord(sd *safedir.Dir, base *Snapshot) (*SnapshotMemory, error) {
 	return mem, nil
 }
 
-// checkMemory checks that the memory file of the snapshot in dir is still the one recorded.
-func checkMemory(dir string, size int64, sum string) (*os.File, error) {
+// checkMemory checks that the memory file of the snapshot in dir, a diff or not, is still
+// the one recorded.
+func checkMemory(dir string, diff bool, size int64, sum string) (*os.File, error) {
 	f, err := safedir.OpenInput(filepath.Join(dir, snapshotMemory), false, false)
 	if err != nil {
 		return nil, err
 	}
-	id, err := memfile.Identify(f)
+	id, err := memfile.Identify(f, diff)
 	if err == nil && (id.Size != size || id.SHA256 != sum) {
 		err = fmt.Errorf("its memory file changed since it was recorded (%d bytes, sha256 %.12s…; recorded %d bytes, %.12s…)", id.Size, id.SHA256, size, sum)
 	}
@@ -126,7 +129,7 @@ func diffChain(snap *Snapshot) (files []*os.File, err error) {
 			files = nil
 		}
 	}()
-	top, err := checkMemory(snap.Dir, snap.Memory.Size, snap.Memory.SHA256)
+	top, err := checkMemory(snap.Dir, true, snap.Memory.Size, snap.Memory.SHA256)
 	if err != nil {
 		return nil, fmt.Errorf("diff snapshot %s: %w", snap.Dir, err)
 	}
@@ -144,7 +147,7 @@ func diffChain(snap *Snapshot) (files []*os.File, err error) {
 		if base.Memory == nil {
 			return files, fmt.Errorf("diff snapshot %s: its base %s records no memory identity: the chain is broken", cur.Dir, b.Dir)
 		}
-		f, err := checkMemory(base.Dir, b.Size, b.SHA256)
+		f, err := checkMemory(base.Dir, base.Memory.Type == MemoryDiff, b.Size, b.SHA256)
 		if err != nil {
 			return files, fmt.Errorf("diff snapshot %s: its base %s: %w: the chain is broken; restore the base as it was, or take a new full snapshot", cur.Dir, b.Dir, err)
 		}

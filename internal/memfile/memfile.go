@@ -4,7 +4,9 @@
 package memfile
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -109,18 +111,53 @@ func copyRange(dst, src *os.File, e Extent, buf []byte) error {
 	return nil
 }
 
-// Identity is what identifies a memory file's content: its size and SHA-256.
+// Identity is what identifies a memory file's content: its size, and the SHA-256 of its
+// pages, each preceded by its offset (8 bytes, little endian), where only the data is read
+// (Identify says which pages count).
 type Identity struct {
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
 }
 
-// Identify reads f from its start and returns its identity.
-func Identify(f *os.File) (Identity, error) {
-	h := sha256.New()
-	n, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62))
+// page is the unit of Identity.
+const page = 4096
+
+// Identify reads the data of f and returns its identity. For a full memory file (holes
+// false) pages of zeros are left out, so that holes and zero pages count the same and a
+// sparse file and its full copy share an identity. For a diff (holes true) every page of
+// data counts, zeros included: a zero page there overwrites its base, and a hole does not.
+func Identify(f *os.File, holes bool) (Identity, error) {
+	fi, err := f.Stat()
 	if err != nil {
-		return Identity{}, fmt.Errorf("hash %s: %w", f.Name(), err)
+		return Identity{}, err
 	}
-	return Identity{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	ext, err := Extents(f, fi.Size())
+	if err != nil {
+		return Identity{}, err
+	}
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	var zero [page]byte
+	var off [8]byte
+	for _, e := range ext {
+		// Whole pages: an extent's edges may fall inside one.
+		start, end := e.Off/page*page, min((e.Off+e.Len+page-1)/page*page, fi.Size())
+		for pos := start; pos < end; {
+			n := min(int64(len(buf)), end-pos)
+			if _, err := f.ReadAt(buf[:n], pos); err != nil && !errors.Is(err, io.EOF) {
+				return Identity{}, fmt.Errorf("hash %s: %w", f.Name(), err)
+			}
+			for i := int64(0); i < n; i += page {
+				p := buf[i:min(i+page, n)]
+				if !holes && bytes.Equal(p, zero[:len(p)]) {
+					continue
+				}
+				binary.LittleEndian.PutUint64(off[:], uint64(pos+i))
+				h.Write(off[:])
+				h.Write(p)
+			}
+			pos += n
+		}
+	}
+	return Identity{Size: fi.Size(), SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }

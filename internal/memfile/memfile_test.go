@@ -7,8 +7,6 @@ import (
 	"testing"
 )
 
-const page = 4096
-
 // sparse writes a file of n pages where the pages in data hold their byte.
 func sparse(t *testing.T, n int, data map[int]byte) *os.File {
 	t.Helper()
@@ -61,7 +59,7 @@ func TestMerge(t *testing.T) {
 		t.Errorf("merged file has %d bytes of data for 6 pages: holes were filled", n)
 	}
 	// The inputs are unchanged.
-	if id1, _ := Identify(base); id1 != mustID(t, sparse(t, 64, map[int]byte{0: 1, 1: 1, 10: 1, 63: 1})) {
+	if id1, _ := Identify(base, false); id1 != mustID(t, sparse(t, 64, map[int]byte{0: 1, 1: 1, 10: 1, 63: 1})) {
 		t.Error("the base changed")
 	}
 	if err := Merge(dst, base, nil); err == nil {
@@ -78,7 +76,7 @@ func TestMerge(t *testing.T) {
 }
 
 func mustID(t *testing.T, f *os.File) Identity {
-	id, err := Identify(f)
+	id, err := Identify(f, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,9 +85,29 @@ func mustID(t *testing.T, f *os.File) Identity {
 
 func TestIdentify(t *testing.T) {
 	a := sparse(t, 4, map[int]byte{1: 7})
-	b := sparse(t, 4, map[int]byte{1: 7})
+	b := sparse(t, 4, map[int]byte{1: 7, 3: 0}) // an explicit zero page where a has a hole
 	c := sparse(t, 4, map[int]byte{2: 7})
-	if mustID(t, a) != mustID(t, b) || mustID(t, a) == mustID(t, c) || mustID(t, a).Size != 4*page {
-		t.Errorf("identities %v %v %v", mustID(t, a), mustID(t, b), mustID(t, c))
+	d := sparse(t, 5, map[int]byte{1: 7})
+	if mustID(t, a) != mustID(t, b) || mustID(t, a) == mustID(t, c) || mustID(t, a) == mustID(t, d) || mustID(t, a).Size != 4*page {
+		t.Errorf("identities %v %v %v %v", mustID(t, a), mustID(t, b), mustID(t, c), mustID(t, d))
 	}
+	// In a diff, a page of zeros differs from a hole.
+	if da, db := mustDiffID(t, a), mustDiffID(t, b); da == db || da != mustDiffID(t, sparse(t, 4, map[int]byte{1: 7})) {
+		t.Errorf("diff identities %v %v", da, db)
+	}
+	// One changed byte changes it.
+	if _, err := c.WriteAt([]byte{8}, 2*page+100); err != nil {
+		t.Fatal(err)
+	}
+	if mustID(t, c) == mustID(t, sparse(t, 4, map[int]byte{2: 7})) {
+		t.Error("a changed byte kept the identity")
+	}
+}
+
+func mustDiffID(t *testing.T, f *os.File) Identity {
+	id, err := Identify(f, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
