@@ -22,13 +22,7 @@ func BenchmarkRealRestoreDiff(b *testing.B) {
 	spec.MemoryMiB = 128
 	spec.TrackDirtyPages = true
 	ctx := context.Background()
-	m, err := mgr.Start(ctx, spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if s := <-watchFirstByte(filepath.Join(mgr.RuntimeDir(), "vms", spec.Name, "serial.log")); s.err != nil {
-		b.Fatal(s.err)
-	}
+	m := startPrinting(b, mgr, spec)
 	t0 := time.Now()
 	full, err := m.Snapshot(ctx, filepath.Join(b.TempDir(), "full"))
 	fullSnap := time.Since(t0)

@@ -23,13 +23,7 @@ func BenchmarkRealRestoreMemory(b *testing.B) {
 	spec.Name = "bench-mem"
 	spec.MemoryMiB = 128
 	ctx := context.Background()
-	m, err := mgr.Start(ctx, spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if s := <-watchFirstByte(filepath.Join(mgr.RuntimeDir(), "vms", spec.Name, "serial.log")); s.err != nil {
-		b.Fatal(s.err)
-	}
+	m := startPrinting(b, mgr, spec)
 	snap, err := m.Snapshot(ctx, filepath.Join(b.TempDir(), "snap"))
 	if err != nil {
 		b.Fatal(err)
@@ -92,4 +86,18 @@ func restoreTimed(b *testing.B, mgr *Manager, snap Snapshot, opts ...StartOption
 		b.Fatal(s.err)
 	}
 	return restore, s.at.Sub(t0)
+}
+
+// startPrinting starts spec and waits for the guest's first serial output.
+func startPrinting(b *testing.B, mgr *Manager, spec MachineSpec) *Machine {
+	b.Helper()
+	first := watchFirstByte(filepath.Join(mgr.RuntimeDir(), "vms", spec.Name, "serial.log"))
+	m, err := mgr.Start(context.Background(), spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if s := <-first; s.err != nil {
+		b.Fatal(s.err)
+	}
+	return m
 }
