@@ -33,6 +33,13 @@ type Config struct {
 	// another namespace for the fork and back afterwards (netdev.InNetns): the process is
 	// born in that namespace. Nil forks directly.
 	Around func(start func() error) error
+	// MountNS, when set, gives the process a mount namespace of its own: the forking thread
+	// leaves this process's mount namespace (unshare CLONE_NEWNS, every mount made private
+	// so nothing propagates back), runs MountNS to change the mounts the process will see,
+	// then forks (through Around, if set). That thread is never used for anything else and
+	// exits once the process has been reaped. An error from MountNS fails Start before the
+	// fork. Needs CAP_SYS_ADMIN.
+	MountNS func() error
 	// Detached starts the process in a new session with no parent-death signal, so it
 	// outlives this process. When false (the default), the process gets its own process group
 	// and is sent SIGKILL when this process dies, however it dies.

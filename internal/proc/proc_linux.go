@@ -54,6 +54,15 @@ func Start(cfg Config) (*Process, error) {
 			runtime.LockOSThread()
 		}
 		var err error
+		if cfg.MountNS != nil {
+			// Never unlocked: the thread's mount namespace is not this process's any more,
+			// so it must not run other goroutines; it exits with this goroutine.
+			runtime.LockOSThread()
+			if err = ownMountNS(cfg.MountNS); err != nil {
+				started <- err
+				return
+			}
+		}
 		if cfg.Around != nil {
 			runtime.LockOSThread() // for Around's whole run, nested in the lock above
 			err = cfg.Around(cmd.Start)
@@ -97,6 +106,18 @@ func Start(cfg Config) (*Process, error) {
 		return err
 	}
 	return p, nil
+}
+
+// ownMountNS moves the calling thread, locked to its goroutine for good, into a new mount
+// namespace whose mounts do not propagate back, and runs setup there.
+func ownMountNS(setup func() error) error {
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("new mount namespace: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make the mounts of the new mount namespace private: %w", err)
+	}
+	return setup()
 }
 
 func statusOf(ps *os.ProcessState, waitErr error) Status {
