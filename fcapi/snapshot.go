@@ -128,3 +128,8 @@ func (c *Client) snapshotLoadBody(ctx context.Context, p SnapshotLoadParams) (sn
 	}
 	return b, nil
 }
+
+// SnapshotLoadFieldSince returns the first release whose PUT /snapshot/load has field (its
+// JSON name, such as "network_overrides" or "vsock_override"); zero when every supported
+// release has it or it is not a field of the request.
+func SnapshotLoadFieldSince(field string) Version { return specTable.since(opSnapshotLoad, field) }
