@@ -252,6 +252,21 @@ func (v *vm) readSnapshot(c snapshotLoad) (snapshotState, string) {
 				"Total sum of memory regions exceeds largest possible file offset"
 		}
 	}
+	// Block devices reopen their backing files at the paths the state holds.
+	for _, d := range st.Drives {
+		if d.PathOnHost == nil || d.Socket != nil {
+			continue
+		}
+		flag := os.O_RDWR
+		if d.IsReadOnly != nil && *d.IsReadOnly {
+			flag = os.O_RDONLY
+		}
+		f, err := os.OpenFile(*d.PathOnHost, flag, 0)
+		if err != nil {
+			return st, fmt.Sprintf("Failed to build microVM from snapshot: Block(BackingFile(%s, %q))", osErrorDebug(unwrapPathError(err)), *d.PathOnHost)
+		}
+		f.Close()
+	}
 	if st.Vsock != nil {
 		uds := st.Vsock.UDSPath
 		if c.VsockOverride != nil {
@@ -267,6 +282,14 @@ func (v *vm) readSnapshot(c snapshotLoad) (snapshotState, string) {
 		v.vsock, v.vsockDev = &cfg, newVsockDev(uds, ln, v.vsockForward)
 	}
 	return st, ""
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func unwrapOpError(err error) error {
