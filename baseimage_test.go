@@ -270,7 +270,7 @@ func TestRestoredBaseImageVMKeepsItsKey(t *testing.T) {
 	if err != nil || snap.BaseImage != want.BaseImage {
 		t.Fatalf("snapshot base image %q, %v; want %q", snap.BaseImage, err, want.BaseImage)
 	}
-	r, err := mgr.Restore(ctx, snap)
+	r, err := mgr.Restore(ctx, snap, RestoreSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}

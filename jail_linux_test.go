@@ -332,7 +332,7 @@ func killAndRestore(t *testing.T, ctx context.Context, mgr *Manager, m *Machine,
 		t.Fatal(err)
 	}
 	m.Close()
-	r, err := mgr.Restore(ctx, snap)
+	r, err := mgr.Restore(ctx, snap, RestoreSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -92,6 +92,12 @@ type MachineInfo struct {
 	StagedBytes int64 `json:"staged_bytes"`
 	// Spec is the VM's description, with defaults applied.
 	Spec MachineSpec `json:"spec"`
+	// RestoredFrom is the snapshot directory the VM was started from, if any.
+	RestoredFrom string `json:"restored_from,omitempty"`
+	// SnapshotTaken is when that snapshot was taken: the guest's wall clock woke at this
+	// time and runs behind by the time since, until something in the guest (a guest agent,
+	// NTP) sets it. Zero for a booted VM.
+	SnapshotTaken time.Time `json:"snapshot_taken,omitzero"`
 	// Note tells something about the VM its state alone does not: NotePausedBySnapshot or
 	// NoteCorruptState. Empty: nothing.
 	Note string `json:"note,omitempty"`
@@ -147,25 +153,28 @@ func (i MachineInfo) Uptime(now time.Time) time.Duration { return now.Sub(i.Crea
 // its process ends, for whatever reason; Close does that too and also kills the VM if it
 // still runs. Until one of them happens, a VM that is not stopped keeps running.
 type Machine struct {
-	mgr      *Manager
-	log      *slog.Logger
-	name     string
-	spec     MachineSpec
-	paths    rundir.Paths
-	dir      *rundir.Dir
-	proc     *proc.Process
-	client   *fcapi.Client
-	version  fcapi.Version
-	binary   string
-	mode     string
-	created  time.Time
-	image    string // base-image bundle ID, if any
-	sshKey   string // the base-image bundle's SSH private key, if any
-	network  *netdev.Network
-	netns    *os.File // the namespace its network was built in (started here, with a network)
-	started  bool     // started by this process (else attached)
-	serial   *os.File // read handle on serial.log, so the console outlives the files
-	cleanups []func(context.Context) error
+	mgr *Manager
+	// restoredFrom and snapshotTaken: the snapshot the VM was restored from (MachineInfo).
+	restoredFrom  string
+	snapshotTaken time.Time
+	log           *slog.Logger
+	name          string
+	spec          MachineSpec
+	paths         rundir.Paths
+	dir           *rundir.Dir
+	proc          *proc.Process
+	client        *fcapi.Client
+	version       fcapi.Version
+	binary        string
+	mode          string
+	created       time.Time
+	image         string // base-image bundle ID, if any
+	sshKey        string // the base-image bundle's SSH private key, if any
+	network       *netdev.Network
+	netns         *os.File // the namespace its network was built in (started here, with a network)
+	started       bool     // started by this process (else attached)
+	serial        *os.File // read handle on serial.log, so the console outlives the files
+	cleanups      []func(context.Context) error
 
 	// removeDir (nil for an attached VM) removes the VM's directory after the cleanups (run in
 	// reverse once the VM ends),
@@ -251,6 +260,8 @@ func (m *Machine) Info() MachineInfo {
 		StagingDir:         m.paths.Drives,
 		StagedBytes:        stagedBytes(m.paths.Drives),
 		Spec:               m.spec,
+		RestoredFrom:       m.restoredFrom,
+		SnapshotTaken:      m.snapshotTaken,
 	}
 	if m.spec.Metrics {
 		info.MetricsPath = m.paths.Metrics
@@ -896,6 +907,7 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		m.image, m.sshKey = st.BaseImage.ID, mgr.recordedSSHKey(st.BaseImage)
 	}
 	m.network = networkOf(st)
+	m.restoredFrom, m.snapshotTaken = st.RestoredFrom, st.SnapshotTaken
 	if m.paths.SerialIn == "" { // written by a smartvm before serial input
 		m.paths.SerialIn = filepath.Join(m.paths.Dir, rundir.SerialInFile)
 	}

@@ -372,6 +372,8 @@ func (mgr *Manager) infoFromState(st *rundir.State, paths rundir.Paths) MachineI
 		Created:            st.Created,
 		StagingDir:         paths.Drives,
 		StagedBytes:        stagedBytes(paths.Drives),
+		RestoredFrom:       st.RestoredFrom,
+		SnapshotTaken:      st.SnapshotTaken,
 	}
 	if len(st.Spec) > 0 {
 		// A spec that does not parse (written by a different smartvm) leaves Spec empty;

@@ -41,7 +41,9 @@ func (s *starter) networkConfig() netdev.Config {
 	for _, nic := range ns.NICs {
 		nc := netdev.NICConfig{ID: nic.ID}
 		if old := s.snapshotNIC(nic.ID); old != nil {
-			nc.TAP = old.TAP
+			if !s.overrideNICs() {
+				nc.TAP = old.TAP
+			}
 			if ns.Namespace {
 				nc.GuestIP = old.GuestIP
 			}

@@ -498,14 +498,14 @@ func TestNetworkSnapshotRestore(t *testing.T) {
 			other := guestSpec(kernel, testguest.ModeHalt)
 			other.Network = &NetworkSpec{}
 			thief := start(t, mgr, other)
-			m, err := mgr.Restore(ctx, snap)
+			m, err := mgr.Restore(ctx, snap, RestoreSpec{})
 			if !namespace {
 				var se *StartError
 				if !errors.As(err, &se) || se.Step != "set up the network" || !strings.Contains(err.Error(), "network.namespace") {
 					t.Fatalf("restore while the snapshot's /30 is taken: %v", err)
 				}
 				killVM(t, thief)
-				if m, err = mgr.Restore(ctx, snap); err != nil {
+				if m, err = mgr.Restore(ctx, snap, RestoreSpec{}); err != nil {
 					t.Fatal(err)
 				}
 			} else if err != nil {

@@ -211,7 +211,7 @@ func TestRealDialVsockAfterRestore(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r, err := m.mgr.Restore(ctx, snap)
+	r, err := m.mgr.Restore(ctx, snap, RestoreSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -215,14 +215,14 @@ func TestRestoreRefusesHostileSnapshots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mgr.Restore(ctx, snap); err == nil || !strings.Contains(err.Error(), "too many levels of symbolic links") {
+	if _, err := mgr.Restore(ctx, snap, RestoreSpec{}); err == nil || !strings.Contains(err.Error(), "too many levels of symbolic links") {
 		t.Errorf("drive copy that is a symlink: %v", err)
 	}
 	os.Remove(copyPath)
 	os.WriteFile(copyPath, []byte("scratch"), 0o600)
 
 	os.WriteFile(disk, make([]byte, 8192), 0o600)
-	if _, err := mgr.Restore(ctx, snap); err == nil || !strings.Contains(err.Error(), "was 4096 when the snapshot was taken") {
+	if _, err := mgr.Restore(ctx, snap, RestoreSpec{}); err == nil || !strings.Contains(err.Error(), "was 4096 when the snapshot was taken") {
 		t.Errorf("persistent drive of another size: %v", err)
 	}
 	os.Remove(filepath.Join(dir, "manifest.json"))

@@ -11,7 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"crypto/sha256"
+	"encoding/hex"
+
 	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/stage"
 	"github.com/smartvm/smartvm/netdev"
@@ -25,8 +29,9 @@ const (
 	snapshotDrives   = "drives"
 )
 
-// snapshotFormat is the manifest.json format this package writes and reads.
-const snapshotFormat = 1
+// snapshotFormat is the manifest.json format this package writes. It reads it and format 1,
+// which lacks StateSHA256 (and may lack Memory).
+const snapshotFormat = 2
 
 // Snapshot is a VM saved by Machine.Snapshot into a directory: Firecracker's VM state and
 // guest memory files, copies of the VM's ephemeral drives, and manifest.json, which is this
@@ -59,6 +64,9 @@ type Snapshot struct {
 	// Memory identifies the memory file, full or a diff, and a diff's base (diff.go).
 	// Manifests written before it have none: full memory of no known identity.
 	Memory *SnapshotMemory `json:"memory,omitempty"`
+	// StateSHA256 is the hex SHA-256 of vm.state: Restore refuses a state file that does not
+	// match (modified, or another snapshot's). Empty (format 1): not checked.
+	StateSHA256 string `json:"state_sha256,omitempty"`
 }
 
 // SnapshotDrive is an ephemeral drive saved with a snapshot.
@@ -98,8 +106,11 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: %s: %w", abs, snapshotManifest, err)
 	}
-	if s.Version != snapshotFormat {
-		return Snapshot{}, fmt.Errorf("open snapshot %s: manifest version %d, this smartvm reads %d: %w", abs, s.Version, snapshotFormat, errors.ErrUnsupported)
+	if s.Version != snapshotFormat && s.Version != 1 {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: manifest version %d, this smartvm reads 1 and %d: take the snapshot again with this smartvm, or use the one that wrote it: %w", abs, s.Version, snapshotFormat, errors.ErrUnsupported)
+	}
+	if s.StateSHA256 != "" && (len(s.StateSHA256) != 64 || strings.Trim(s.StateSHA256, "0123456789abcdef") != "") {
+		return Snapshot{}, fmt.Errorf("open snapshot %s: state_sha256 %q is not a hex SHA-256", abs, s.StateSHA256)
 	}
 	if !validName(s.Name) || strings.HasPrefix(s.Name, "-") {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: invalid vm name %q", abs, s.Name)
@@ -252,6 +263,9 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 		Network:            m.network,
 		BaseImage:          m.image,
 	}
+	if snap.StateSHA256, err = fileSHA256(sd, snapshotState); err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
+	}
 	for _, d := range m.spec.Drives {
 		if writable(d) {
 			fi, err := os.Stat(d.Path)
@@ -296,33 +310,216 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 	return snap, nil
 }
 
-// Restore starts a VM from a snapshot in a fresh Firecracker, under the snapshot's name, and
-// resumes it. The snapshot's ephemeral drives are staged again at the paths they had, so the
-// VM must be restored in a runtime root at the same path, and no other VM may have its name.
-// The snapshot's memory file is mapped by the restored VM: keep the snapshot directory until
-// the VM ends. MMDS data, which Firecracker does not keep in snapshots, is put back from the
-// spec. A VM with a managed network gets new NICs with the TAP names and guest addresses the
-// snapshot holds (the guest keeps its addresses in its memory): with NetworkSpec.Namespace
-// always, in the caller's namespace only while the snapshot's /30s are free.
+// RestoreSpec says how Restore starts a VM from a snapshot. Its zero value restores the
+// snapshot's VM under its own name.
+type RestoreSpec struct {
+	// Name is the restored VM's name. Empty means the snapshot's. Under another name the VM
+	// is a clone: it gets its own staged copies of the snapshot's ephemeral drives, its own
+	// vsock socket, and with a network its own network namespace and TAP devices (the guest
+	// keeps the snapshot's addresses, so clones must not share a namespace). Firecracker
+	// reopens the files the snapshot names, those of the VM it was taken of; a clone's
+	// firecracker runs in a mount namespace of its own in which those paths show the
+	// clone's files (this needs root).
+	Name string `json:"name,omitempty"`
+	// MMDSData replaces the MMDS data of the snapshot's spec (Firecracker does not keep MMDS
+	// data in snapshots). Nil keeps the spec's. It is put before the VM resumes. Under
+	// another name, a JSON object (given, or the spec's) also gets the key "smartvm" with
+	// {"name": <the VM's name>}, so that a clone can learn who it is.
+	MMDSData json.RawMessage `json:"mmds_data,omitempty"`
+	// VsockPath is the vsock socket of a VM restored under another name whose snapshot has
+	// its vsock socket at a path of its own (VsockSpec.Path). Empty means vsock.sock in the
+	// VM's directory. Such a socket can only be moved by Firecracker v1.16 or newer
+	// (vsock_override); a socket in the VM's directory moves with any release.
+	VsockPath string `json:"vsock_path,omitempty"`
+}
+
+// Restore starts a VM from a snapshot in a fresh Firecracker and resumes it. Under the
+// snapshot's name (the zero RestoreSpec) it brings back the VM the snapshot was taken of:
+// the ephemeral drives are staged again at the paths they had, so no other VM may have the
+// name. Under another name (RestoreSpec.Name) it starts an independent clone, and the VM the
+// snapshot was taken of may still run; call it concurrently, or use Clone, for many. The
+// snapshot's memory file is mapped by the restored VM: keep the snapshot directory until the
+// VM ends. MMDS data, which Firecracker does not keep in snapshots, is put back from the spec
+// or RestoreSpec.MMDSData. A VM with a managed network gets new NICs with the guest addresses
+// the snapshot holds (the guest keeps them in its memory): under its own name, with
+// NetworkSpec.Namespace always and in the caller's namespace only while the snapshot's /30s
+// are free; under another name always in a namespace of its own. The guest's wall clock
+// continues from the snapshot's (MachineInfo.SnapshotTaken); a guest agent corrects it.
 //
+// Before anything starts, the snapshot's files are checked against its manifest: a memory
+// file of another size, a state file that does not match, or a missing drive copy is refused.
 // Errors are those of Start; a snapshot written by a Firecracker of another minor release, or
 // whose drives were staged in another runtime root, gives one wrapping
 // errors.ErrUnsupported.
-func (mgr *Manager) Restore(ctx context.Context, snap Snapshot, opts ...StartOption) (*Machine, error) {
+func (mgr *Manager) Restore(ctx context.Context, snap Snapshot, rs RestoreSpec, opts ...StartOption) (*Machine, error) {
 	spec := snap.Spec.WithDefaults()
 	spec.Name = snap.Name
+	if rs.Name != "" {
+		spec.Name = rs.Name
+	}
 	spec.BootMode = BootModeAPI // a snapshot loads through the API
 	if _, err := mgr.lookup(spec.Name); err != nil {
 		return nil, fmt.Errorf("restore vm %s: %w", spec.Name, err)
 	}
-	paths := mgr.paths(spec.Name)
+	plan, err := mgr.planRestore(&spec, &snap, rs)
+	if err != nil {
+		return nil, fmt.Errorf("restore vm %s: %w", spec.Name, err)
+	}
+	if err := checkSnapshotFiles(&snap, spec); err != nil {
+		return nil, fmt.Errorf("restore vm %s: %w", spec.Name, err)
+	}
+	return mgr.launch(ctx, spec, plan, opts)
+}
+
+// restorePlan is what a start from a snapshot needs beyond the spec.
+type restorePlan struct {
+	snap *Snapshot
+	// aliases, for a VM restored under another name, show it its own files at the paths
+	// the snapshot names.
+	aliases []dirAlias
+	// renamed: restored under another name than the snapshot's.
+	renamed bool
+	// vsockOverride is the restored VM's vsock socket when it must be moved with
+	// vsock_override; empty: not moved (or moved by an alias).
+	vsockOverride string
+}
+
+// planRestore checks that snap can be restored as spec (named, with its defaults) describes
+// and works out how; it adjusts spec for a VM restored under another name.
+func (mgr *Manager) planRestore(spec *MachineSpec, snap *Snapshot, rs RestoreSpec) (*restorePlan, error) {
+	if rs.Name != "" && (!validName(rs.Name) || strings.HasPrefix(rs.Name, "-")) {
+		return nil, fmt.Errorf("invalid vm name %q: use 1 to 64 letters, digits and '-', not starting with '-'", rs.Name)
+	}
+	plan := &restorePlan{snap: snap, renamed: spec.Name != snap.Name}
+	paths, src := mgr.paths(spec.Name), mgr.paths(snap.Name)
 	for id, d := range snap.Drives {
-		if d.HostPath != paths.Drive(id) && !jailStaged(spec, id, d.HostPath) {
-			return nil, fmt.Errorf("restore vm %s: drive %s was staged at %s, and this runtime root stages it at %s: restore in the runtime root the snapshot was taken in: %w",
-				spec.Name, id, d.HostPath, paths.Drive(id), errors.ErrUnsupported)
+		if d.HostPath != src.Drive(id) && !jailStaged(*spec, id, d.HostPath) {
+			return nil, fmt.Errorf("drive %s was staged at %s, and this runtime root stages it at %s: restore in the runtime root the snapshot was taken in: %w",
+				id, d.HostPath, src.Drive(id), errors.ErrUnsupported)
 		}
 	}
-	return mgr.launch(ctx, spec, &snap, opts)
+	if rs.MMDSData != nil {
+		if spec.MMDS == nil {
+			return nil, fmt.Errorf("mmds data given, but the snapshot's vm has no MMDS (its configuration is part of the snapshot): take the snapshot of a vm started with mmds")
+		}
+		if !json.Valid(rs.MMDSData) {
+			return nil, fmt.Errorf("mmds data is not valid JSON")
+		}
+		m := *spec.MMDS
+		m.Data = rs.MMDSData
+		spec.MMDS = &m
+	}
+	if !plan.renamed {
+		return plan, nil
+	}
+	if spec.Jailer != nil {
+		return nil, fmt.Errorf("the snapshot is of a jailed vm, whose files are in its jail: restore it under its own name (%s): %w", snap.Name, errors.ErrUnsupported)
+	}
+	if root := mgr.root.Path(); within(snap.Dir, root) || (mgr.stagingDir != "" && within(snap.Dir, mgr.stagingDir)) {
+		return nil, fmt.Errorf("snapshot %s is inside the runtime or staging root, which a clone's firecracker does not see: move it outside", snap.Dir)
+	}
+	if spec.MMDS != nil {
+		m := *spec.MMDS
+		m.Data = withIdentity(m.Data, spec.Name)
+		spec.MMDS = &m
+	}
+	plan.aliases = []dirAlias{{Parent: filepath.Dir(src.Dir), From: filepath.Base(src.Dir), To: filepath.Base(paths.Dir)}}
+	if paths.Drives != filepath.Join(paths.Dir, rundir.DrivesDir) {
+		plan.aliases = append(plan.aliases, dirAlias{Parent: filepath.Dir(src.Drives), From: filepath.Base(src.Drives), To: filepath.Base(paths.Drives)})
+	}
+	if v := spec.Vsock; v != nil && v.Path != "" {
+		vs := *v
+		vs.Path = rs.VsockPath
+		spec.Vsock = &vs
+		plan.vsockOverride = "-" // resolved once the VM's directory exists
+	}
+	if n := spec.Network; n != nil {
+		ns := *n
+		ns.Namespace = true // the guest keeps the snapshot's addresses
+		spec.Network = &ns
+	}
+	return plan, nil
+}
+
+// within reports whether path is dir or inside it (both absolute and clean).
+func within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, dir+string(filepath.Separator))
+}
+
+// withIdentity adds {"smartvm": {"name": name}} to data when it is a JSON object (or empty),
+// and returns data unchanged otherwise.
+func withIdentity(data json.RawMessage, name string) json.RawMessage {
+	obj := map[string]json.RawMessage{}
+	if len(data) > 0 && json.Unmarshal(data, &obj) != nil {
+		return data
+	}
+	id, _ := json.Marshal(map[string]string{"name": name})
+	obj["smartvm"] = id
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return data
+	}
+	return b
+}
+
+// checkSnapshotFiles refuses, before anything is started, a snapshot whose files do not
+// match its manifest: Firecracker maps a short memory file and faults the guest later, and
+// loads whatever state file it finds.
+func checkSnapshotFiles(snap *Snapshot, spec MachineSpec) error {
+	sd, err := safedir.OpenTrusted(snap.Dir, false)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", snap.Dir, err)
+	}
+	defer sd.Close()
+	mem, err := sd.Lstat(snapshotMemory)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: memory file: %w: the snapshot is incomplete; take it again", snap.Dir, err)
+	}
+	want := int64(spec.MemoryMiB) << 20
+	if snap.Memory != nil {
+		want = snap.Memory.Size
+	}
+	if !mem.Mode.IsRegular() || mem.Size != want {
+		return fmt.Errorf("snapshot %s: memory file %s is %d bytes, want %d (the guest's memory): it was truncated or replaced; take the snapshot again",
+			snap.Dir, snapshotMemory, mem.Size, want)
+	}
+	if snap.StateSHA256 != "" {
+		sum, err := fileSHA256(sd, snapshotState)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: state file: %w: the snapshot is incomplete; take it again", snap.Dir, err)
+		}
+		if sum != snap.StateSHA256 {
+			return fmt.Errorf("snapshot %s: state file %s does not match the manifest (sha256 %s, manifest %s): it was modified or comes from another snapshot; take the snapshot again",
+				snap.Dir, snapshotState, sum, snap.StateSHA256)
+		}
+	}
+	for id, d := range snap.Drives {
+		if _, err := sd.Lstat(d.File); err != nil {
+			return fmt.Errorf("snapshot %s: copy of drive %s: %w: the snapshot is incomplete; take it again", snap.Dir, id, err)
+		}
+	}
+	return nil
+}
+
+// maxStateSize bounds the VM state file hashed: Firecracker's are kilobytes to a few MiB.
+const maxStateSize = 256 << 20
+
+// fileSHA256 returns the hex SHA-256 of the regular file name in d.
+func fileSHA256(d *safedir.Dir, name string) (string, error) {
+	f, err := d.OpenRegular(name)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, maxStateSize+1))
+	if err != nil {
+		return "", err
+	}
+	if n > maxStateSize {
+		return "", fmt.Errorf("%s is larger than %d bytes: not a Firecracker VM state", name, maxStateSize)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // checkSnapshotVersion refuses a snapshot from another major or minor release than the
@@ -339,8 +536,9 @@ func checkSnapshotVersion(snap *Snapshot, bin fcapi.Version) error {
 	return nil
 }
 
-// load restores the snapshot into the fresh Firecracker and resumes it, then puts back the
-// MMDS data.
+// load restores the snapshot into the fresh Firecracker, puts the MMDS data and resumes it.
+// A VM restored under another name gets its own TAPs (network_overrides) and vsock socket
+// (vsock_override) where the release has them; its mount namespace covers the rest.
 func (s *starter) load(ctx context.Context) error {
 	statePath, memPath := filepath.Join(s.snap.Dir, snapshotState), filepath.Join(s.snap.Dir, snapshotMemory)
 	var err error
@@ -356,12 +554,28 @@ func (s *starter) load(ctx context.Context) error {
 	if err != nil {
 		return s.fail("serve the memory", err)
 	}
-	err = s.client.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
+	var data json.RawMessage
+	if s.spec.MMDS != nil {
+		if data, err = s.mmdsData(); err != nil {
+			return s.fail("PUT /mmds", err)
+		}
+	}
+	p := fcapi.SnapshotLoadParams{
 		SnapshotPath:    statePath,
 		MemBackend:      backend,
 		TrackDirtyPages: s.spec.TrackDirtyPages,
-		ResumeVM:        true,
-	})
+		// With MMDS data the VM resumes once it is in: a clone never sees its snapshot's.
+		ResumeVM: len(data) == 0,
+	}
+	if s.overrideNICs() {
+		for _, nic := range s.net.NICs {
+			p.NetworkOverrides = append(p.NetworkOverrides, fcapi.NetworkOverride{IfaceID: nic.ID, HostDevName: nic.TAP})
+		}
+	}
+	if s.restore.renamed && s.spec.Vsock != nil && s.version.AtLeast(fcapi.SnapshotLoadFieldSince("vsock_override")) {
+		p.VsockOverride = &fcapi.VsockOverride{UDSPath: s.vsockPath()}
+	}
+	err = s.client.LoadSnapshot(ctx, p)
 	if serr := served(err); serr != nil {
 		return s.fail("serve the memory", serr)
 	}
@@ -371,16 +585,42 @@ func (s *starter) load(ctx context.Context) error {
 	if err := noteSnapshot(s.dir, s.snap); err != nil {
 		return s.fail("record the snapshot", err)
 	}
-	if s.spec.MMDS != nil {
-		data, err := s.mmdsData()
-		if err != nil {
-			return s.fail("PUT /mmds", err)
-		}
-		if len(data) > 0 {
-			if err := s.client.PutMMDS(ctx, data); err != nil {
-				return s.fail("PUT /mmds", err)
-			}
-		}
+	if len(data) == 0 {
+		return nil
+	}
+	if err := s.client.PutMMDS(ctx, data); err != nil {
+		return s.fail("PUT /mmds", err)
+	}
+	if err := s.client.ResumeVM(ctx); err != nil {
+		return s.fail("resume", err)
 	}
 	return nil
+}
+
+// overrideNICs reports whether a VM restored under another name gets TAPs of its own names,
+// given to Firecracker with network_overrides; without them its TAPs keep the snapshot's
+// names, in its own network namespace.
+func (s *starter) overrideNICs() bool {
+	return s.restore != nil && s.restore.renamed && s.spec.Network != nil &&
+		s.version.AtLeast(fcapi.SnapshotLoadFieldSince("network_overrides"))
+}
+
+// checkRestore refuses, before anything is created, a restore under another name that the
+// release cannot do: moving a vsock socket that is not in the VM's directory.
+func (s *starter) checkRestore() error {
+	since := fcapi.SnapshotLoadFieldSince("vsock_override")
+	if s.restore.vsockOverride != "" && !s.version.AtLeast(since) {
+		return &fcapi.UnsupportedError{Feature: "moving the vsock socket of a vm restored under another name (vsock_override; the snapshot's socket is outside its vm directory)",
+			Since: since, Running: s.version}
+	}
+	return nil
+}
+
+// mountNS is proc.Config.MountNS for the VM: for one restored under another name, the
+// aliases that show it its own files at the paths its snapshot names; nil otherwise.
+func (s *starter) mountNS() func() error {
+	if s.restore == nil || len(s.restore.aliases) == 0 {
+		return nil
+	}
+	return aliasDirs(s.restore.aliases)
 }

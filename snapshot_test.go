@@ -47,7 +47,7 @@ func snapshotAndRestore(t *testing.T, mgr *Manager, kernel string, withDevices b
 	if _, err := orig.Snapshot(ctx, dir); !errors.Is(err, ErrExists) {
 		t.Errorf("snapshot into a used dir: %v, want ErrExists", err)
 	}
-	if _, err := mgr.Restore(ctx, snap); !errors.Is(err, ErrExists) {
+	if _, err := mgr.Restore(ctx, snap, RestoreSpec{}); !errors.Is(err, ErrExists) {
 		t.Errorf("restore while the original runs: %v, want ErrExists", err)
 	}
 	saved := con.nextTick(t)
@@ -62,7 +62,7 @@ func snapshotAndRestore(t *testing.T, mgr *Manager, kernel string, withDevices b
 	if opened.Name != "snapme" || opened.Dir != dir || opened.FirecrackerVersion != orig.Info().FirecrackerVersion {
 		t.Errorf("opened snapshot %+v", opened)
 	}
-	m, err := mgr.Restore(ctx, opened)
+	m, err := mgr.Restore(ctx, opened, RestoreSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,11 +132,11 @@ func TestSnapshotRefusals(t *testing.T) {
 	older := snap
 	older.FirecrackerVersion = "1.7.0"
 	var se *StartError
-	if _, err := mgr.Restore(ctx, older); !errors.As(err, &se) || se.Step != "check the snapshot" || !errors.Is(err, errors.ErrUnsupported) {
+	if _, err := mgr.Restore(ctx, older, RestoreSpec{}); !errors.As(err, &se) || se.Step != "check the snapshot" || !errors.Is(err, errors.ErrUnsupported) {
 		t.Errorf("restore with another minor release: %v", err)
 	}
 	other := newManager(t, filepath.Join(t.TempDir(), "other"), mgr.bin)
-	if _, err := other.Restore(ctx, snap); !errors.Is(err, errors.ErrUnsupported) {
+	if _, err := other.Restore(ctx, snap, RestoreSpec{}); !errors.Is(err, errors.ErrUnsupported) {
 		t.Errorf("restore in another runtime root: %v", err)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 0 {

@@ -61,9 +61,9 @@ func (mgr *Manager) Start(ctx context.Context, spec MachineSpec, opts ...StartOp
 	return mgr.launch(ctx, spec, nil, opts)
 }
 
-// launch runs a start (or, with snap, a restore) of spec, which has its defaults and name,
-// and undoes it all if it fails.
-func (mgr *Manager) launch(ctx context.Context, spec MachineSpec, snap *Snapshot, opts []StartOption) (*Machine, error) {
+// launch runs a start (or, with a restore plan, a restore) of spec, which has its defaults
+// and name, and undoes it all if it fails.
+func (mgr *Manager) launch(ctx context.Context, spec MachineSpec, restore *restorePlan, opts []StartOption) (*Machine, error) {
 	if v := spec.Vsock; v != nil && v.Path != "" {
 		// state.json records the absolute path, so that reaping (from another process, in
 		// another directory) finds the socket.
@@ -76,11 +76,11 @@ func (mgr *Manager) launch(ctx context.Context, spec MachineSpec, snap *Snapshot
 		spec.Vsock = &vs
 	}
 	s := &starter{
-		mgr:   mgr,
-		spec:  spec,
-		snap:  snap,
-		log:   mgr.log.With("vm", spec.Name),
-		begin: time.Now(),
+		mgr:     mgr,
+		spec:    spec,
+		restore: restore,
+		log:     mgr.log.With("vm", spec.Name),
+		begin:   time.Now(),
 	}
 	for _, opt := range opts {
 		opt(&s.opts)
@@ -115,7 +115,8 @@ type starter struct {
 	exe      string // bin with symlinks resolved: what /proc/<pid>/exe will show
 	version  fcapi.Version
 	dir      *rundir.Dir
-	snap     *Snapshot // set by Restore
+	snap     *Snapshot    // set by Restore
+	restore  *restorePlan // set by Restore
 	image    *resolvedImage
 	serial   *os.File   // read handle on serial.log
 	stdin    *os.File   // firecracker's end of serial.in, with SerialInput
@@ -192,6 +193,9 @@ func (s *starter) ranToCompletion() bool {
 
 func (s *starter) run(ctx context.Context) (*Machine, error) {
 	var err error
+	if s.restore != nil {
+		s.snap = s.restore.snap
+	}
 	if s.spec.Agent && s.snap == nil {
 		if err := checkAgentBinary(s.mgr.agent); err != nil {
 			return nil, s.fail("check the guest agent", err)
@@ -207,6 +211,9 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	}
 	if s.snap != nil {
 		if err := checkSnapshotVersion(s.snap, s.version); err != nil {
+			return nil, s.fail("check the snapshot", err)
+		}
+		if err := s.checkRestore(); err != nil {
 			return nil, s.fail("check the snapshot", err)
 		}
 	}
@@ -277,7 +284,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	}
 
 	pcfg := proc.Config{Path: s.bin, Args: args, Stdin: s.stdin, Stdout: stdout, Stderr: stderr, ExtraFiles: s.held,
-		Detached: s.opts.detached, Around: s.spawnAround()}
+		Detached: s.opts.detached, Around: s.spawnAround(), MountNS: s.mountNS()}
 	if s.jail != nil {
 		s.proc, err = s.launchJailed(pcfg)
 	} else {
@@ -796,6 +803,9 @@ func (s *starter) state() *rundir.State {
 	if s.net != nil {
 		st.Network, _ = json.Marshal(s.net) // a Network always marshals
 	}
+	if s.snap != nil {
+		st.RestoredFrom, st.SnapshotTaken = s.snap.Dir, s.snap.Created
+	}
 	return st
 }
 
@@ -832,6 +842,9 @@ func (s *starter) machine() *Machine {
 	}
 	if s.image != nil {
 		m.image, m.sshKey = s.image.id, s.image.sshKey
+	}
+	if s.snap != nil {
+		m.restoredFrom, m.snapshotTaken = s.snap.Dir, s.snap.Created
 	}
 	// The first step reserved the name: its undo (dir.Remove) runs last, or, for a VM that
 	// is kept (KeepExited), the record of its end replaces it.

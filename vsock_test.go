@@ -351,7 +351,7 @@ func TestDialVsockAfterRestore(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r, err := mgr.Restore(ctx, snap)
+	r, err := mgr.Restore(ctx, snap, RestoreSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}

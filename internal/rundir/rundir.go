@@ -131,6 +131,10 @@ type State struct {
 	// Exit, once set, says the VM has ended and how: the directory then holds only its id,
 	// lock, state.json and serial.log, and everything the VM held is released.
 	Exit *Exit `json:"exit,omitempty"`
+	// RestoredFrom is the snapshot directory the VM was restored from, if any, and
+	// SnapshotTaken when that snapshot was taken: the guest's wall clock woke at that time.
+	RestoredFrom  string    `json:"restored_from,omitempty"`
+	SnapshotTaken time.Time `json:"snapshot_taken,omitzero"`
 }
 
 // Exit is how a kept VM ended.

@@ -1,0 +1,142 @@
+package smartvm
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// cloneRunning snapshots a running counter guest that has an ephemeral drive and a vsock
+// device (and, withMMDS, MMDS data), restores it under a new name, and starts n clones of it,
+// all while the original keeps running: every copy counts on from the snapshot, has its own
+// drive, vsock socket and identity, and nothing is left once they stop.
+func cloneRunning(t *testing.T, mgr *Manager, root, kernel string, n int, withMMDS bool) {
+	t.Helper()
+	spec := guestSpec(kernel, testguest.ModeCounter)
+	spec.Name = "src"
+	data := filepath.Join(t.TempDir(), "data.img")
+	if err := os.WriteFile(data, []byte("original"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec.Drives = []DriveSpec{{ID: "data", Path: data}}
+	spec.Vsock = &VsockSpec{CID: 3}
+	if withMMDS {
+		spec.Interfaces = []InterfaceSpec{{TAP: "smvclone0"}}
+		spec.MMDS = &MMDSSpec{Data: json.RawMessage(`{"k":"v"}`)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitLong)
+	defer cancel()
+	src, err := mgr.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	srcCon := followConsole(t, src)
+	srcCon.nextTick(t)
+	snap, err := src.Snapshot(ctx, filepath.Join(t.TempDir(), "snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := srcCon.nextTick(t)
+	if snap.Memory != MemoryFull || snap.MemorySize != 32<<20 || len(snap.StateSHA256) != 64 {
+		t.Errorf("manifest: memory %q, size %d, state sha256 %q", snap.Memory, snap.MemorySize, snap.StateSHA256)
+	}
+
+	one, err := mgr.Restore(ctx, snap, RestoreSpec{Name: "copy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := mgr.Clone(ctx, snap, CloneSpec{Count: n, NamePrefix: "c-"})
+	if err != nil {
+		one.Close()
+		t.Fatal(err)
+	}
+	ms = append([]*Machine{one}, ms...)
+	defer func() {
+		for _, m := range ms {
+			m.Close()
+		}
+	}()
+	for i, m := range ms {
+		want := "copy"
+		if i > 0 {
+			want = "c-" + strconv.Itoa(i)
+		}
+		if m.Name() != want {
+			t.Errorf("vm %d is called %s, want %s", i, m.Name(), want)
+		}
+		if tick := followConsole(t, m).nextTick(t); tick+50 < saved || tick > saved+5000 {
+			t.Errorf("vm %s printed tick %d; the snapshot was taken near %d", m.Name(), tick, saved)
+		}
+		info := m.Info()
+		if info.RestoredFrom != snap.Dir || !info.SnapshotTaken.Equal(snap.Created) {
+			t.Errorf("vm %s: restored from %q at %v, want %q at %v", m.Name(), info.RestoredFrom, info.SnapshotTaken, snap.Dir, snap.Created)
+		}
+		if info.VsockSocket != filepath.Join(m.Dir(), "vsock.sock") {
+			t.Errorf("vm %s: vsock socket %s", m.Name(), info.VsockSocket)
+		} else if fi, err := os.Lstat(info.VsockSocket); err != nil || fi.Mode().Type() != os.ModeSocket {
+			t.Errorf("vm %s: its vsock socket: %v, %v", m.Name(), fi, err)
+		}
+		drive := filepath.Join(m.Dir(), "drives", "data.img")
+		if b, err := os.ReadFile(drive); err != nil || string(b) != "original" {
+			t.Errorf("vm %s: its drive: %q, %v", m.Name(), b, err)
+		}
+		if withMMDS {
+			var md struct {
+				K       string            `json:"k"`
+				SmartVM map[string]string `json:"smartvm"`
+			}
+			if err := m.Client().GetMMDS(ctx, &md); err != nil || md.K != "v" || md.SmartVM["name"] != m.Name() {
+				t.Errorf("vm %s: mmds %+v, %v", m.Name(), md, err)
+			}
+		}
+	}
+	// Each copy writes its own drive: a write to one shows in no other.
+	if err := os.WriteFile(filepath.Join(ms[0].Dir(), "drives", "data.img"), []byte("changed!"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(ms[1].Dir(), "drives", "data.img")); string(b) != "original" {
+		t.Errorf("a write to one clone's drive shows in another's: %q", b)
+	}
+	if tick := srcCon.nextTick(t); tick <= saved {
+		t.Errorf("the source printed tick %d after its clones started, and %d before", tick, saved)
+	}
+	if s, err := src.State(ctx); err != nil || s != StateRunning {
+		t.Errorf("source: %v, %v", s, err)
+	}
+	errs := make(chan error, len(ms))
+	for _, m := range ms {
+		go func() { errs <- m.Stop(ctx) }()
+	}
+	for range ms {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for _, m := range ms {
+		m.Close()
+	}
+	srcCon.nextTick(t) // the source still runs
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkGone(t, root, append(ms, src))
+}
+
+func TestCloneRunning(t *testing.T) {
+	mgr, root, kernel := fakeSetup(t)
+	cloneRunning(t, mgr, root, kernel, 5, true)
+}
+
+func TestRealCloneRunning(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	cloneRunning(t, newManager(t, root, bin), root, guestKernel(t), 20, false)
+}
