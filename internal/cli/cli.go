@@ -239,6 +239,7 @@ Exit codes: 0 ok, 1 error, 2 usage (ssh passes on the exit code of ssh).`,
 		a.newPruneCmd(),
 		a.newSnapshotCmd(),
 		a.newRestoreCmd(),
+		a.newCloneCmd(),
 		a.newSuperviseCmd(),
 	)
 	return root

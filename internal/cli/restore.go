@@ -16,21 +16,29 @@ import (
 
 func (a *app) newRestoreCmd() *cobra.Command {
 	var detach, waitAgent bool
+	var name string
 	cmd := &cobra.Command{
-		Use:   "restore DIR [--detach] [--wait-agent]",
+		Use:   "restore DIR [--name NAME] [--detach] [--wait-agent]",
 		Short: "Start a VM again from a snapshot",
-		Long: `Start the VM that 'smartvm snapshot' saved in DIR again, where it was, under the name it
-had. As with run, its serial console is attached to this terminal (` + escapeHelp + ` stops the VM,
-as do SIGINT and SIGTERM), or with --detach restore returns once the VM runs and prints its
-name, and a supervisor process owns the VM.
+		Long: `Start the VM that 'smartvm snapshot' saved in DIR again, under the name it had, or with
+--name as a new, independent VM (a clone: see 'smartvm clone'). As with run, its serial
+console is attached to this terminal (` + escapeHelp + ` stops the VM, as do SIGINT and SIGTERM), or
+with --detach restore returns once the VM runs and prints its name, and a supervisor process
+owns the VM.
 
 A snapshot loads only:
   - with a Firecracker of the release that wrote it (the same major and minor version),
     found as run finds one (--firecracker-bin, $SMARTVM_FIRECRACKER_BIN,
     ~/.smartvm/bin/firecracker, PATH) but never installed;
   - in the runtime directory it was taken in, when it holds ephemeral drives;
-  - while no VM runs under its name: stop the original first, or take the snapshot with
-    --stop.
+  - under its own name, while no VM runs under that name: stop the original first, take
+    the snapshot with --stop, or restore with --name.
+
+Under another name (--name) the VM gets its own copies of the snapshot's drives, its own
+vsock socket and, with a network, its own network namespace, in which the guest keeps the
+snapshot's address; the VM the snapshot was taken of may keep running. This needs root.
+The guest's clock wakes at the time of the snapshot ('smartvm inspect' shows it as
+snapshot_taken) until something in the guest sets it.
 
 The restored VM reads its memory from DIR: keep DIR until the VM has ended. Restoring leaves
 DIR as it was, so it can be restored again.
@@ -41,7 +49,8 @@ attaches the console) only once it has: then the clone's clock is right and it t
 commands (smartvm exec). The library does the same with Machine.WaitAgent after Restore.`,
 		Example: `  smartvm snapshot web ./web.snap --stop
   smartvm restore ./web.snap
-  smartvm restore -d ./web.snap`,
+  smartvm restore -d ./web.snap
+  smartvm restore -d --name web2 ./web.snap`,
 		Args: exactArgs(1, "a snapshot directory"),
 		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 			return nil, cobra.ShellCompDirectiveFilterDirs
@@ -56,7 +65,7 @@ commands (smartvm exec). The library does the same with Machine.WaitAgent after 
 			if err != nil {
 				return err
 			}
-			plan := runPlan{Snapshot: snap.Dir, WaitAgent: waitAgent}
+			plan := runPlan{Snapshot: snap.Dir, WaitAgent: waitAgent, RestoreName: name}
 			if detach {
 				return a.startDetached(ctx, fc.Path, plan)
 			}
@@ -65,6 +74,7 @@ commands (smartvm exec). The library does the same with Machine.WaitAgent after 
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background and print the VM's name")
 	cmd.Flags().BoolVar(&waitAgent, "wait-agent", false, "return (or attach the console) only once the guest agent is back, with the host's clock, within "+agentReadyTimeout.String())
+	cmd.Flags().StringVar(&name, "name", "", "restore as a new VM of this name (default: the snapshot's VM)")
 	return cmd
 }
 
@@ -89,33 +99,43 @@ func openSnapshot(dir string) (smartvm.Snapshot, error) {
 	return snap, err
 }
 
-// restoreVM restores the VM saved in dir, with its serial input connected (a snapshot taken
-// without one gets one, as every VM run starts does).
-func restoreVM(ctx context.Context, mgr *smartvm.Manager, dir string, opts ...smartvm.StartOption) (*smartvm.Machine, error) {
+// restoreVM restores the VM saved in dir, under name (empty: the snapshot's), with its serial
+// input connected (a snapshot taken without one gets one, as every VM run starts does).
+func restoreVM(ctx context.Context, mgr *smartvm.Manager, dir, name string, opts ...smartvm.StartOption) (*smartvm.Machine, error) {
 	snap, err := openSnapshot(dir)
 	if err != nil {
 		return nil, err
 	}
 	snap.Spec.SerialInput = true
-	m, err := mgr.Restore(ctx, snap, opts...)
+	m, err := mgr.Restore(ctx, snap, smartvm.RestoreSpec{Name: name}, opts...)
 	var se *smartvm.StartError
 	switch {
 	case err == nil:
 		return m, nil
+	case errors.Is(err, smartvm.ErrExists) && name != "":
+		return nil, fmt.Errorf("a vm called %q is already running: choose another --name: %w", name, smartvm.ErrExists)
 	case errors.Is(err, smartvm.ErrExists):
-		return nil, fmt.Errorf("vm %s is still running, and a snapshot is restored under the name it was taken with: stop it first ('smartvm stop %s'), or take the snapshot with --stop",
-			snap.Name, snap.Name)
-	case errors.Is(err, errors.ErrUnsupported) && errors.As(err, &se):
-		// The binary cannot load the snapshot: another minor release.
-		want := snap.FirecrackerVersion
-		if v, perr := fcapi.ParseVersion(want); perr == nil {
-			want = fmt.Sprintf("v%d.%d.x", v.Major, v.Minor)
-		}
-		return nil, fmt.Errorf("%w; point --firecracker-bin or $%s at a Firecracker %s ('smartvm setup --version vX.Y.Z --dir DIR' installs one)",
-			err, envFirecrackerBin, want)
+		return nil, fmt.Errorf("vm %s is still running, and a snapshot is restored under the name it was taken with: stop it first ('smartvm stop %s'), take the snapshot with --stop, or restore it under another --name: %w",
+			snap.Name, snap.Name, smartvm.ErrExists)
+	case errors.Is(err, errors.ErrUnsupported) && errors.As(err, &se) && se.Step == "check the snapshot":
+		return nil, snapshotReleaseHint(err, snap)
 	case errors.Is(err, errors.ErrUnsupported):
 		// The snapshot's drives were staged in another runtime root.
 		return nil, fmt.Errorf("%w; choose that runtime root with --runtime-dir or $%s", err, envRuntimeDir)
 	}
 	return nil, err
+}
+
+// snapshotReleaseHint adds to err, a snapshot the binary cannot load, how to get one that can.
+func snapshotReleaseHint(err error, snap smartvm.Snapshot) error {
+	var ue *fcapi.UnsupportedError
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%w; point --firecracker-bin or $%s at Firecracker %s or newer", err, envFirecrackerBin, ue.Since)
+	}
+	want := snap.FirecrackerVersion
+	if v, perr := fcapi.ParseVersion(want); perr == nil {
+		want = fmt.Sprintf("v%d.%d.x", v.Major, v.Minor)
+	}
+	return fmt.Errorf("%w; point --firecracker-bin or $%s at a Firecracker %s ('smartvm setup --version vX.Y.Z --dir DIR' installs one)",
+		err, envFirecrackerBin, want)
 }

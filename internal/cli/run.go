@@ -74,6 +74,8 @@ type runPlan struct {
 	// Snapshot, when set, is the absolute path of a snapshot directory: the VM saved there
 	// is restored, and Spec is not used.
 	Snapshot string `json:"snapshot,omitempty"`
+	// RestoreName is the name the snapshot's VM is restored under; empty: its own.
+	RestoreName string `json:"restore_name,omitempty"`
 	// Vsock adds a vsock device with a free guest CID, picked at start, and its socket in
 	// the VM's directory.
 	Vsock bool `json:"vsock,omitempty"`
@@ -741,7 +743,7 @@ func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...sm
 		opts = append(opts, smartvm.KeepExited())
 	}
 	if plan.Snapshot != "" {
-		return restoreVM(ctx, mgr, plan.Snapshot, opts...)
+		return restoreVM(ctx, mgr, plan.Snapshot, plan.RestoreName, opts...)
 	}
 	spec := plan.Spec
 	if plan.Vsock && spec.Vsock == nil {

@@ -42,26 +42,40 @@ type superviseStatus struct {
 	Name  string `json:"name,omitempty"`
 	PID   int    `json:"pid,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Exists: the VM's name is taken.
+	Exists bool `json:"exists,omitempty"`
 }
 
 // startDetached starts a supervisor process that starts the VM and owns it, waits until it
 // reports, and prints the VM's name.
 func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error {
+	name, err := a.spawnSupervisor(ctx, fc, plan)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout, name)
+	return nil
+}
+
+// spawnSupervisor starts a supervisor process that starts the VM and owns it, waits until
+// it reports, and returns the VM's name. An error for a name that is taken wraps
+// smartvm.ErrExists.
+func (a *app) spawnSupervisor(ctx context.Context, fc string, plan runPlan) (string, error) {
 	exe := a.self
 	if exe == "" {
 		var err error
 		if exe, err = os.Executable(); err != nil {
-			return fmt.Errorf("find the smartvm executable to run the supervisor: %w", err)
+			return "", fmt.Errorf("find the smartvm executable to run the supervisor: %w", err)
 		}
 	}
 	req := superviseRequest{Plan: plan, Firecracker: fc, Env: map[string]string{}}
 	dir, err := a.runtimeDir()
 	if err != nil {
-		return err
+		return "", err
 	}
 	staging, err := a.stagingDir()
 	if err != nil {
-		return err
+		return "", err
 	}
 	agent, _ := a.agentBinary() // the supervisor installs the same agent
 	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL), envAgentBin: agent, envJailerBin: a.getenv(envJailerBin),
@@ -72,11 +86,11 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
-		return fmt.Errorf("start supervisor: %w", err)
+		return "", fmt.Errorf("start supervisor: %w", err)
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		return fmt.Errorf("start supervisor: %w", err)
+		return "", fmt.Errorf("start supervisor: %w", err)
 	}
 	defer r.Close()
 	cmd := exec.Command(exe, superviseCmd, "--log-level", a.logLevel, "--log-format", a.logFormat)
@@ -92,7 +106,7 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 	err = cmd.Start()
 	w.Close()
 	if err != nil {
-		return fmt.Errorf("start supervisor %s: %w", exe, err)
+		return "", fmt.Errorf("start supervisor %s: %w", exe, err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }() // reaps it if it ends while this process runs
@@ -111,17 +125,18 @@ func (a *app) startDetached(ctx context.Context, fc string, plan runPlan) error 
 		// Interrupted while starting: the supervisor undoes the start (or stops the VM).
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		<-reported
-		return ctx.Err()
+		return "", ctx.Err()
 	}
 	switch {
+	case st.Error != "" && st.Exists:
+		return "", fmt.Errorf("%s: %w", st.Error, smartvm.ErrExists)
 	case st.Error != "":
-		return errors.New(st.Error)
+		return "", errors.New(st.Error)
 	case st.Name == "":
-		return fmt.Errorf("the supervisor (pid %d) ended before the vm started (%w): start it without --detach to see why",
+		return "", fmt.Errorf("the supervisor (pid %d) ended before the vm started (%w): start it without --detach to see why",
 			cmd.Process.Pid, <-exited)
 	}
-	fmt.Fprintln(a.stdout, st.Name)
-	return nil
+	return st.Name, nil
 }
 
 func (a *app) newSuperviseCmd() *cobra.Command {
@@ -168,7 +183,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 	defer mgr.Close()
 	m, err := startVM(ctx, mgr, req.Plan)
 	if err != nil {
-		report(superviseStatus{Error: err.Error()})
+		report(superviseStatus{Error: err.Error(), Exists: errors.Is(err, smartvm.ErrExists)})
 		return err
 	}
 	if req.Plan.WaitAgent {
