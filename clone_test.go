@@ -3,11 +3,14 @@ package smartvm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/fakefc"
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
@@ -139,4 +142,115 @@ func TestRealCloneRunning(t *testing.T) {
 	testutil.CheckLeaks(t)
 	root := testRoot(t)
 	cloneRunning(t, newManager(t, root, bin), root, guestKernel(t), 20, false)
+}
+
+// TestCloneVsockPath: a vsock socket outside the VM's directory moves to a clone's own only
+// with vsock_override (v1.16+); an older release is refused by name, leaving nothing.
+func TestCloneVsockPath(t *testing.T) {
+	for _, tc := range []struct {
+		version string
+		ok      bool
+	}{{"1.14.2", false}, {"1.16.1", true}} {
+		t.Run(tc.version, func(t *testing.T) {
+			t.Setenv(fakefc.EnvVersion, tc.version)
+			mgr, root, kernel := fakeSetup(t)
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			defer cancel()
+			spec := guestSpec(kernel, testguest.ModeCounter)
+			spec.Name = "vsrc"
+			spec.Vsock = &VsockSpec{CID: 3, Path: filepath.Join(t.TempDir(), "src.sock")}
+			src := start(t, mgr, spec)
+			defer src.Close()
+			snap, err := src.Snapshot(ctx, filepath.Join(t.TempDir(), "snap"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			own := filepath.Join(t.TempDir(), "clone.sock")
+			m, err := mgr.Restore(ctx, snap, RestoreSpec{Name: "vclone", VsockPath: own})
+			if !tc.ok {
+				var ue *fcapi.UnsupportedError
+				if !errors.As(err, &ue) || ue.Since.Minor != 16 {
+					t.Fatalf("restore under another name on %s: %v, want it refused naming v1.16", tc.version, err)
+				}
+				t.Log(err)
+				if _, err := os.Stat(own); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("socket left: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := m.Info().VsockSocket; got != own {
+				t.Errorf("clone's vsock socket %s, want %s", got, own)
+			}
+			if fi, err := os.Lstat(own); err != nil || fi.Mode().Type() != os.ModeSocket {
+				t.Errorf("clone's socket: %v, %v", fi, err)
+			}
+			followConsole(t, m).nextTick(t)
+			if err := m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(own); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("socket left after the clone ended: %v", err)
+			}
+			src.Close()
+			checkGone(t, root, []*Machine{m, src})
+		})
+	}
+}
+
+// restoreRenamed snapshots a counter guest with an ephemeral drive and a vsock device, ends
+// it, and restores it under a new name: Firecracker finds the drive and the socket the
+// snapshot names although the source's directory is gone, and the copy counts on.
+func restoreRenamed(t *testing.T, mgr *Manager, root, kernel string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	spec := guestSpec(kernel, testguest.ModeCounter)
+	spec.Name = "before"
+	data := filepath.Join(t.TempDir(), "data.img")
+	if err := os.WriteFile(data, []byte("original"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec.Drives = []DriveSpec{{ID: "data", Path: data}}
+	spec.Vsock = &VsockSpec{CID: 3}
+	src := start(t, mgr, spec)
+	con := followConsole(t, src)
+	con.nextTick(t)
+	snap, err := src.Snapshot(ctx, filepath.Join(t.TempDir(), "snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := con.nextTick(t)
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := mgr.Restore(ctx, snap, RestoreSpec{Name: "after"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if tick := followConsole(t, m).nextTick(t); tick+50 < saved || tick > saved+5000 {
+		t.Errorf("restored guest printed tick %d; the snapshot was taken near %d", tick, saved)
+	}
+	if _, err := os.Stat(filepath.Join(root, "vms", "before")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the source's directory is back in the host's view: %v", err)
+	}
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkGone(t, root, []*Machine{src, m})
+}
+
+func TestRestoreRenamed(t *testing.T) {
+	mgr, root, kernel := fakeSetup(t)
+	restoreRenamed(t, mgr, root, kernel)
+}
+
+func TestRealRestoreRenamed(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	restoreRenamed(t, newManager(t, root, bin), root, guestKernel(t))
 }

@@ -379,9 +379,9 @@ type restorePlan struct {
 	aliases []dirAlias
 	// renamed: restored under another name than the snapshot's.
 	renamed bool
-	// vsockOverride is the restored VM's vsock socket when it must be moved with
-	// vsock_override; empty: not moved (or moved by an alias).
-	vsockOverride string
+	// moveVsock: the snapshot's vsock socket is outside its VM's directory, so no alias
+	// moves it; only vsock_override can.
+	moveVsock bool
 }
 
 // planRestore checks that snap can be restored as spec (named, with its defaults) describes
@@ -431,7 +431,7 @@ func (mgr *Manager) planRestore(spec *MachineSpec, snap *Snapshot, rs RestoreSpe
 		vs := *v
 		vs.Path = rs.VsockPath
 		spec.Vsock = &vs
-		plan.vsockOverride = "-" // resolved once the VM's directory exists
+		plan.moveVsock = true
 	}
 	if n := spec.Network; n != nil {
 		ns := *n
@@ -609,7 +609,7 @@ func (s *starter) overrideNICs() bool {
 // release cannot do: moving a vsock socket that is not in the VM's directory.
 func (s *starter) checkRestore() error {
 	since := fcapi.SnapshotLoadFieldSince("vsock_override")
-	if s.restore.vsockOverride != "" && !s.version.AtLeast(since) {
+	if s.restore.moveVsock && !s.version.AtLeast(since) {
 		return &fcapi.UnsupportedError{Feature: "moving the vsock socket of a vm restored under another name (vsock_override; the snapshot's socket is outside its vm directory)",
 			Since: since, Running: s.version}
 	}

@@ -263,7 +263,13 @@ func (v *vm) readSnapshot(c snapshotLoad) (snapshotState, string) {
 		}
 		f, err := os.OpenFile(*d.PathOnHost, flag, 0)
 		if err != nil {
-			return st, fmt.Sprintf("Failed to build microVM from snapshot: Block(BackingFile(%s, %q))", osErrorDebug(unwrapPathError(err)), *d.PathOnHost)
+			// As v1.14.2 and v1.7.0 say it (releases in between: one of the two forms).
+			where := "Failed to restore devices: Error restoring MMIO devices"
+			if !v.rel.atLeast(14) {
+				where = "Failed to restore MMIO device: Cannot restore devices"
+			}
+			return st, fmt.Sprintf("Failed to build microVM from snapshot: %s: Block: Virtio backend error: Error manipulating the backing file: %s %s",
+				where, osError(unwrapPathError(err)), *d.PathOnHost)
 		}
 		f.Close()
 	}
