@@ -48,7 +48,7 @@ cannot start, none is left running.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if count < 1 {
-				return fmt.Errorf("--count %d: give how many VMs to start, 1 to %d", count, smartvm.MaxClones)
+				return usagef("--count %d: give how many VMs to start, 1 to %d", count, smartvm.MaxClones)
 			}
 			snap, err := openSnapshot(args[0])
 			if err != nil {

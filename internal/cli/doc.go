@@ -44,8 +44,11 @@
 //
 // snapshot NAME DIR saves a running VM with Machine.Snapshot (with --stop it keeps the VM
 // paused and kills it afterwards, so it never runs past its snapshot); restore DIR starts it
-// again with Manager.Restore, in the foreground like run or detached like run --detach. The
-// library restores a VM only under its old name, so restore has no --name.
+// again with Manager.Restore, in the foreground like run or detached like run --detach;
+// restore --name NAME restores it as a clone under another name (RestoreSpec.Name). clone DIR
+// --count N starts N clones with Manager.Clone and prints their names, or with --detach starts
+// one supervisor per clone concurrently (a name that turns out taken is retried with the
+// next number) and kills those that started if one fails.
 //
 // run --detach (and restore --detach) re-executes smartvm as "smartvm __supervise" in a
 // session of its own (stdio on /dev/null): it reads its request (the MachineSpec, or the

@@ -222,3 +222,52 @@ func TestRealDiffSnapshot(t *testing.T) {
 	testutil.CheckLeaks(t)
 	testDiffSnapshot(t, vmEnv(t, testutil.FirecrackerBin(t)))
 }
+
+// testClone: a running VM's snapshot restored under a new name and cloned, detached, while
+// the VM runs on: every copy counts on, inspect shows when its clock woke, and stopping them
+// leaves nothing.
+func testClone(t *testing.T, env cliEnv) {
+	runCounter(t, env, "tmpl")
+	k := lastTick(t, env, "tmpl")
+	dir := filepath.Join(t.TempDir(), "snap")
+	env.run(t, "snapshot", "tmpl", dir).ok(t)
+	env.run(t, "clone", dir).fails(t, ExitUsage, "--count 0: give how many VMs to start")
+	env.run(t, "clone", dir, "--count", "2", "--name-prefix", "bad/").fails(t, ExitError, `name prefix "bad/"`)
+	env.run(t, "restore", "-d", "--name", "tmpl", dir).fails(t, ExitError, `a vm called "tmpl" is already running: choose another --name`)
+	if r := env.run(t, "restore", "-d", "--name", "copy", dir).ok(t); r.stdout != "copy\n" {
+		t.Errorf("restore -d --name printed %q", r.stdout)
+	}
+	if r := env.run(t, "clone", "-d", dir, "--count", "3", "--name-prefix", "w-").ok(t); r.stdout != "w-1\nw-2\nw-3\n" {
+		t.Errorf("clone -d printed %q", r.stdout)
+	}
+	// Names that are taken are skipped.
+	if r := env.run(t, "clone", "-d", dir, "--count", "1", "--name-prefix", "w-").ok(t); r.stdout != "w-4\n" {
+		t.Errorf("a second clone -d printed %q", r.stdout)
+	}
+	for _, name := range []string{"copy", "w-1", "w-2", "w-3", "w-4"} {
+		waitLogs(t, env, name, testguest.TickPrefix)
+		checkCountsOn(t, env.run(t, "logs", name).ok(t).stdout, k)
+		out := env.run(t, "inspect", name).ok(t).stdout
+		if !strings.Contains(out, `"restored_from": "`+dir+`"`) || !strings.Contains(out, `"snapshot_taken"`) {
+			t.Errorf("inspect %s lacks the snapshot it came from:\n%.600s", name, out)
+		}
+	}
+	vms := env.ps(t)
+	if len(vms) != 6 {
+		t.Errorf("ps lists %d vms, want the template and 5 copies", len(vms))
+	}
+	env.run(t, "stop", "tmpl", "copy", "w-1", "w-2", "w-3", "w-4").ok(t)
+	for _, vm := range vms {
+		assertGone(t, vm)
+	}
+}
+
+func TestClone(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testClone(t, fakeEnv(t))
+}
+
+func TestRealClone(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testClone(t, vmEnv(t, testutil.FirecrackerBin(t)))
+}
