@@ -44,6 +44,7 @@ var scenarios = []scenario{
 	{"snapshot resume_vm", scSnapshotResume},
 	{"fresh-process rule", scFreshProcess},
 	{"failed load exits", scFailedLoad},
+	{"load reopens drives", scLoadReopensDrives},
 	{"leftover socket", scLeftoverSocket},
 	{"sigterm", scSigterm},
 	{"command line", scCommandLine},
@@ -500,6 +501,35 @@ func scFailedLoad(r *run) {
 	if _, err := os.Stat(p.sock); err != nil {
 		r.t.Errorf("the socket should stay behind as Firecracker leaves it: %v", err)
 	}
+}
+
+// scLoadReopensDrives: a snapshot names its drives' backing files, which a load opens where
+// they were: one that is gone fails the load, and the process ends.
+func scLoadReopensDrives(r *run) {
+	drive := r.path("drive.img")
+	if err := os.WriteFile(drive, make([]byte, 4096), 0o600); err != nil {
+		r.t.Fatal(err)
+	}
+	p := r.start("orig")
+	p.ok("PUT", "/drives/data", fmt.Sprintf(`{"drive_id":"data","path_on_host":%q,"is_root_device":false,"is_read_only":false}`, drive))
+	p.boot(testguest.ModeCAD)
+	state, mem := r.path("d.state"), r.path("d.mem")
+	p.ok("PATCH", "/vm", `{"state":"Paused"}`)
+	p.ok("PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_path":%q,"mem_file_path":%q}`, state, mem))
+	_ = p.cmd.Process.Kill()
+	p.wait("signal killed")
+	if err := os.Remove(drive); err != nil {
+		r.t.Fatal(err)
+	}
+	where := "Failed to restore devices: Error restoring MMIO devices"
+	if r.tg.minor < 14 {
+		where = "Failed to restore MMIO device: Cannot restore devices"
+	}
+	q := r.start("restored")
+	q.refused("PUT", "/snapshot/load", fmt.Sprintf(`{"snapshot_path":%q,"mem_file_path":%q}`, state, mem),
+		"Load snapshot error: Failed to restore from snapshot: Failed to build microVM from snapshot: "+where+
+			": Block: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) "+drive)
+	q.wait("exit 1")
 }
 
 func scLeftoverSocket(r *run) {
