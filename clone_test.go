@@ -254,3 +254,31 @@ func TestRealRestoreRenamed(t *testing.T) {
 	root := testRoot(t)
 	restoreRenamed(t, newManager(t, root, bin), root, guestKernel(t))
 }
+
+// TestSnapshotFailureLeavesNothing: a snapshot that fails after Firecracker wrote its files
+// (here, copying a drive) removes everything it wrote, the directory it made included, and
+// the VM runs on.
+func TestSnapshotFailureLeavesNothing(t *testing.T) {
+	mgr, _, kernel := fakeSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	spec := guestSpec(kernel, testguest.ModeCounter)
+	spec.Drives = []DriveSpec{{ID: "data", Path: kernel}}
+	m := start(t, mgr, spec)
+	defer m.Close()
+	if err := os.Remove(filepath.Join(m.Dir(), "drives", "data.img")); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "snap")
+	_, err := m.Snapshot(ctx, dir)
+	if err == nil {
+		t.Fatal("snapshot without the staged drive succeeded")
+	}
+	t.Log(err)
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the failed snapshot left %s: %v", dir, err)
+	}
+	if s, err := m.State(ctx); err != nil || s != StateRunning {
+		t.Errorf("after the failed snapshot the vm is %v, %v", s, err)
+	}
+}
