@@ -475,11 +475,16 @@ func checkSnapshotFiles(snap *Snapshot, spec MachineSpec) error {
 	if err != nil {
 		return fmt.Errorf("snapshot %s: memory file: %w: the snapshot is incomplete; take it again", snap.Dir, err)
 	}
-	want := int64(spec.MemoryMiB) << 20
+	// A manifest with no memory record (format 1) records no size: the file holds at least the
+	// boot memory (hot-plugged memory makes it larger).
+	want, short := int64(spec.MemoryMiB)<<20, false
 	if snap.Memory != nil {
 		want = snap.Memory.Size
+		short = mem.Size != want
+	} else {
+		short = mem.Size < want
 	}
-	if !mem.Mode.IsRegular() || mem.Size != want {
+	if !mem.Mode.IsRegular() || short {
 		return fmt.Errorf("snapshot %s: memory file %s is %d bytes, want %d (the guest's memory): it was truncated or replaced; take the snapshot again",
 			snap.Dir, snapshotMemory, mem.Size, want)
 	}
@@ -564,7 +569,7 @@ func (s *starter) load(ctx context.Context) error {
 		SnapshotPath:    statePath,
 		MemBackend:      backend,
 		TrackDirtyPages: s.spec.TrackDirtyPages,
-		// With MMDS data the VM resumes once it is in: a clone never sees its snapshot's.
+		// With MMDS data the VM resumes once it is in: the guest never runs without it.
 		ResumeVM: len(data) == 0,
 	}
 	if s.overrideNICs() {
