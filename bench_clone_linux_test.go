@@ -71,7 +71,7 @@ func BenchmarkRealRestore(b *testing.B) {
 	mgr := benchManager(b, bin)
 	snap := benchSnapshot(b, mgr)
 	runs := []func() time.Duration{
-		func() time.Duration { return restoreTimed(b, mgr, snap) },
+		func() time.Duration { return restoreRenamedTimed(b, mgr, snap) },
 		func() time.Duration { return loadBare(b, bin, snap) },
 	}
 	times := make([][]time.Duration, len(runs))
@@ -87,8 +87,8 @@ func BenchmarkRealRestore(b *testing.B) {
 	b.ReportMetric(float64(mr)/float64(mb), "ratio")
 }
 
-// restoreTimed times Restore under a fresh name, then removes the VM (untimed).
-func restoreTimed(b *testing.B, mgr *Manager, snap Snapshot) time.Duration {
+// restoreRenamedTimed times Restore under a fresh name, then removes the VM (untimed).
+func restoreRenamedTimed(b *testing.B, mgr *Manager, snap Snapshot) time.Duration {
 	b.StopTimer()
 	defer b.StartTimer()
 	t0 := time.Now()

@@ -47,8 +47,8 @@ func cloneRunning(t *testing.T, mgr *Manager, root, kernel string, n int, withMM
 		t.Fatal(err)
 	}
 	saved := srcCon.nextTick(t)
-	if snap.Memory != MemoryFull || snap.MemorySize != 32<<20 || len(snap.StateSHA256) != 64 {
-		t.Errorf("manifest: memory %q, size %d, state sha256 %q", snap.Memory, snap.MemorySize, snap.StateSHA256)
+	if snap.Memory == nil || snap.Memory.Type != MemoryFull || snap.Memory.Size != 32<<20 || len(snap.StateSHA256) != 64 {
+		t.Errorf("manifest: memory %+v, state sha256 %q", snap.Memory, snap.StateSHA256)
 	}
 
 	one, err := mgr.Restore(ctx, snap, RestoreSpec{Name: "copy"})

@@ -76,7 +76,7 @@ func restoreDiff(t *testing.T, mgr *Manager, snap Snapshot, ref *Snapshot, last 
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := mgr.Restore(ctx, opened, opts...)
+	m, err := mgr.Restore(ctx, opened, RestoreSpec{}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestDiffSnapshots(t *testing.T) {
 
 	// A VM restored from a diff takes a diff over it; a VM that took no snapshot yet has
 	// no base.
-	r, err := mgr.Restore(ctx, d2)
+	r, err := mgr.Restore(ctx, d2, RestoreSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestDiffSnapshots(t *testing.T) {
 
 	refused := func(what string, snap Snapshot, want string) {
 		t.Helper()
-		_, err := mgr.Restore(ctx, snap)
+		_, err := mgr.Restore(ctx, snap, RestoreSpec{})
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error with %q", what, err, want)
 		}

@@ -34,7 +34,7 @@ func BenchmarkRealRestoreMemory(b *testing.B) {
 	m.Wait(ctx)
 
 	// The working set: what a restore touches in its first 100 ms.
-	w, err := mgr.Restore(ctx, snap, WithMemoryBackend(MemoryUffd))
+	w, err := mgr.Restore(ctx, snap, RestoreSpec{}, WithMemoryBackend(MemoryUffd))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func restoreTimed(b *testing.B, mgr *Manager, snap Snapshot, opts ...StartOption
 	defer b.StartTimer()
 	first := watchFirstByte(filepath.Join(mgr.RuntimeDir(), "vms", snap.Name, "serial.log"))
 	t0 := time.Now()
-	m, err := mgr.Restore(context.Background(), snap, opts...)
+	m, err := mgr.Restore(context.Background(), snap, RestoreSpec{}, opts...)
 	restore = time.Since(t0)
 	if err != nil {
 		b.Fatal(err)

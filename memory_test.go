@@ -80,7 +80,7 @@ func uffdRestores(t *testing.T, mgr *Manager, snap Snapshot, checkTicks bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	a, err := mgr.Restore(ctx, snap, WithMemoryBackend(MemoryUffd))
+	a, err := mgr.Restore(ctx, snap, RestoreSpec{}, WithMemoryBackend(MemoryUffd))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func uffdRestores(t *testing.T, mgr *Manager, snap Snapshot, checkTicks bool) {
 	if _, err := os.Lstat(filepath.Join(a.Dir(), uffdSocket)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the uffd socket is left after the restore: %v", err)
 	}
-	b, err := mgr.Restore(ctx, twinSnapshot(t, snap, "twin"), WithMemoryBackend(MemoryUffd))
+	b, err := mgr.Restore(ctx, twinSnapshot(t, snap, "twin"), RestoreSpec{}, WithMemoryBackend(MemoryUffd))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func uffdRestores(t *testing.T, mgr *Manager, snap Snapshot, checkTicks bool) {
 		return
 	}
 	// A restore prefaulted with the working set counts on too.
-	c, err := mgr.Restore(ctx, snap, WithMemoryBackend(MemoryUffd), WithPrefault(ws))
+	c, err := mgr.Restore(ctx, snap, RestoreSpec{}, WithMemoryBackend(MemoryUffd), WithPrefault(ws))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,10 +158,10 @@ func TestRestoreUffd(t *testing.T) {
 	uffdRestores(t, mgr, snap, false)
 
 	ctx := context.Background()
-	if _, err := mgr.Restore(ctx, snap, WithMemoryBackend(MemoryUffd), Detached()); !errors.Is(err, errors.ErrUnsupported) {
+	if _, err := mgr.Restore(ctx, snap, RestoreSpec{}, WithMemoryBackend(MemoryUffd), Detached()); !errors.Is(err, errors.ErrUnsupported) {
 		t.Errorf("detached uffd restore: %v, want ErrUnsupported", err)
 	}
-	if _, err := mgr.Restore(ctx, snap, WithMemoryBackend("Swap")); err == nil {
+	if _, err := mgr.Restore(ctx, snap, RestoreSpec{}, WithMemoryBackend("Swap")); err == nil {
 		t.Error("an unknown memory backend was taken")
 	}
 	if n, _ := pageServerState(mgr); n != 0 {
@@ -183,7 +183,7 @@ func TestRealRestoreUffd(t *testing.T) {
 		// 6.x): the restore fails in Firecracker, and must leave nothing behind.
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
-		if _, err := mgr.Restore(ctx, snap, WithMemoryBackend(MemoryUffd)); !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "restore with File") {
+		if _, err := mgr.Restore(ctx, snap, RestoreSpec{}, WithMemoryBackend(MemoryUffd)); !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "restore with File") {
 			t.Fatalf("uffd restore with firecracker %s: %v, want ErrUnsupported saying to use File", snap.FirecrackerVersion, err)
 		}
 		if n, _ := pageServerState(mgr); n != 0 {

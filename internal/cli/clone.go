@@ -144,7 +144,7 @@ func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapsho
 			}
 		}
 		if len(started) > 0 {
-			if kerr := a.removeVMs(context.WithoutCancel(ctx), started, true, "kill"); kerr != nil {
+			if kerr := a.removeVMs(context.WithoutCancel(ctx), started, true, "kill", true); kerr != nil {
 				err = errors.Join(err, fmt.Errorf("kill the clones that started: %w", kerr))
 			}
 		}
