@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -78,11 +79,11 @@ type app struct {
 
 	log *slog.Logger
 
-	// agentBin is agentBinary's answer, once found.
+	// agentBin is agentBinary's answer, found once (clone spawns supervisors concurrently).
 	agentBin struct {
-		found bool
-		path  string
-		err   error
+		once sync.Once
+		path string
+		err  error
 	}
 }
 

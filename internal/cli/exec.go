@@ -21,10 +21,7 @@ import (
 func (a *app) agentBinary() (string, error) {
 	// One search per invocation: run asks for the base image cache and for the manager,
 	// and each search reads ELF headers and walks PATH.
-	if !a.agentBin.found {
-		a.agentBin.path, a.agentBin.err = a.findAgentBinary()
-		a.agentBin.found = true
-	}
+	a.agentBin.once.Do(func() { a.agentBin.path, a.agentBin.err = a.findAgentBinary() })
 	return a.agentBin.path, a.agentBin.err
 }
 
