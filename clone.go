@@ -54,6 +54,9 @@ func (mgr *Manager) Clone(ctx context.Context, snap Snapshot, cs CloneSpec, opts
 		for _, m := range ms {
 			if m != nil {
 				closes = append(closes, m.Close())
+				if m.keep { // a start that failed leaves no record (KeepExited)
+					closes = append(closes, mgr.Remove(context.WithoutCancel(ctx), m.Name()))
+				}
 			}
 		}
 		if cerr := errors.Join(closes...); cerr != nil {

@@ -19,11 +19,12 @@ import (
 func (a *app) newCloneCmd() *cobra.Command {
 	var (
 		detach bool
+		rm     bool
 		count  int
 		prefix string
 	)
 	cmd := &cobra.Command{
-		Use:   "clone DIR --count N [--name-prefix P] [--detach]",
+		Use:   "clone DIR --count N [--name-prefix P] [--detach] [--rm]",
 		Short: "Start many VMs from one snapshot",
 		Long: `Start N independent VMs from the snapshot 'smartvm snapshot' saved in DIR, concurrently,
 and print their names, one a line. The VMs are named P1, P2, ... (names that are taken are
@@ -38,7 +39,9 @@ have all ended.
 
 Without --detach clone waits until every clone has ended; SIGINT and SIGTERM stop them all.
 With --detach it returns once they all run, and a supervisor process owns each. If one clone
-cannot start, none is left running.`,
+cannot start, none is left running. As with run, a detached clone that ends is kept as exited
+('smartvm ps -a') until 'smartvm rm NAME'; --rm removes it when it ends instead, as the
+foreground always does (--rm=false keeps foreground clones too).`,
 		Example: `  smartvm snapshot web ./web.snap
   smartvm clone ./web.snap --count 20 --name-prefix worker- -d`,
 		Args: exactArgs(1, "a snapshot directory"),
@@ -62,21 +65,24 @@ cannot start, none is left running.`,
 			if err != nil {
 				return err
 			}
+			// As run: detached VMs are kept once they end unless --rm; foreground ones only with --rm=false.
+			keep := !rm && (detach || cmd.Flags().Changed("rm"))
 			if detach {
-				return a.cloneDetached(ctx, fc.Path, snap, cs)
+				return a.cloneDetached(ctx, fc.Path, snap, cs, keep)
 			}
-			return a.cloneForeground(ctx, fc.Path, snap, cs)
+			return a.cloneForeground(ctx, fc.Path, snap, cs, keep)
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run the clones in the background and print their names")
 	cmd.Flags().IntVarP(&count, "count", "n", 0, "how many VMs to start (required)")
+	cmd.Flags().BoolVar(&rm, "rm", false, "remove the VMs when they end (the default in the foreground; detached VMs are kept as exited until 'smartvm rm')")
 	cmd.Flags().StringVar(&prefix, "name-prefix", "", "name the clones PREFIX1, PREFIX2, ... (default: the snapshot VM's name and \"-\")")
 	return cmd
 }
 
 // cloneForeground starts the clones in this process, prints their names, and waits until they
-// have all ended; ctx (SIGINT, SIGTERM) stops them.
-func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec) error {
+// have all ended; ctx (SIGINT, SIGTERM) stops them. With keep, they are kept as exited.
+func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec, keep bool) error {
 	prog := newProgress(a.stderr)
 	images, err := a.baseImages(prog)
 	if err != nil {
@@ -88,7 +94,11 @@ func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snaps
 		return err
 	}
 	defer mgr.Close()
-	ms, err := mgr.Clone(ctx, snap, cs)
+	var opts []smartvm.StartOption
+	if keep {
+		opts = append(opts, smartvm.KeepExited())
+	}
+	ms, err := mgr.Clone(ctx, snap, cs, opts...)
 	prog.finish()
 	if err != nil {
 		return err
@@ -113,8 +123,9 @@ func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snaps
 }
 
 // cloneDetached starts one supervisor per clone, concurrently, and prints the clones' names
-// once they all run; if one fails, it kills those that started.
-func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec) error {
+// once they all run; if one fails, it kills those that started (and removes their records).
+// With keep, they are kept as exited once they end.
+func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec, keep bool) error {
 	prefix := cs.NamePrefix
 	if prefix == "" {
 		prefix = snap.Name + "-"
@@ -127,7 +138,7 @@ func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapsho
 		wg.Go(func() {
 			for {
 				n := next.Add(1)
-				plan := runPlan{Snapshot: snap.Dir, RestoreName: prefix + strconv.FormatInt(n, 10)}
+				plan := runPlan{Snapshot: snap.Dir, RestoreName: prefix + strconv.FormatInt(n, 10), Keep: keep}
 				names[i], errs[i] = a.spawnSupervisor(ctx, fc, plan)
 				if !errors.Is(errs[i], smartvm.ErrExists) || n >= 2*smartvm.MaxClones || ctx.Err() != nil {
 					return

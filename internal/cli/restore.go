@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,16 +16,18 @@ import (
 )
 
 func (a *app) newRestoreCmd() *cobra.Command {
-	var detach, waitAgent bool
+	var detach, waitAgent, rm bool
 	var name string
 	cmd := &cobra.Command{
-		Use:   "restore DIR [--name NAME] [--detach] [--wait-agent]",
+		Use:   "restore DIR [--name NAME] [--detach] [--rm] [--wait-agent]",
 		Short: "Start a VM again from a snapshot",
 		Long: `Start the VM that 'smartvm snapshot' saved in DIR again, under the name it had, or with
 --name as a new, independent VM (a clone: see 'smartvm clone'). As with run, its serial
 console is attached to this terminal (` + escapeHelp + ` stops the VM, as do SIGINT and SIGTERM), or
 with --detach restore returns once the VM runs and prints its name, and a supervisor process
-owns the VM.
+owns the VM. As with run, a detached VM that ends is kept as exited ('smartvm ps -a') until
+'smartvm rm NAME'; --rm removes it when it ends instead, as a foreground restore always does
+(--rm=false keeps a foreground VM too).
 
 A snapshot loads only:
   - with a Firecracker of the release that wrote it (the same major and minor version),
@@ -66,6 +69,8 @@ commands (smartvm exec). The library does the same with Machine.WaitAgent after 
 				return err
 			}
 			plan := runPlan{Snapshot: snap.Dir, WaitAgent: waitAgent, RestoreName: name}
+			// As run: detached VMs are kept once they end unless --rm; foreground ones only with --rm=false.
+			plan.Keep = !rm && (detach || cmd.Flags().Changed("rm"))
 			if detach {
 				return a.startDetached(ctx, fc.Path, plan)
 			}
@@ -75,6 +80,7 @@ commands (smartvm exec). The library does the same with Machine.WaitAgent after 
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background and print the VM's name")
 	cmd.Flags().BoolVar(&waitAgent, "wait-agent", false, "return (or attach the console) only once the guest agent is back, with the host's clock, within "+agentReadyTimeout.String())
 	cmd.Flags().StringVar(&name, "name", "", "restore as a new VM of this name (default: the snapshot's VM)")
+	cmd.Flags().BoolVar(&rm, "rm", false, "remove the VM when it ends (the default in the foreground; a detached VM is kept as exited until 'smartvm rm')")
 	return cmd
 }
 
@@ -112,6 +118,9 @@ func restoreVM(ctx context.Context, mgr *smartvm.Manager, dir, name string, opts
 	switch {
 	case err == nil:
 		return m, nil
+	case errors.Is(err, smartvm.ErrExited):
+		n := cmp.Or(name, snap.Name)
+		return nil, fmt.Errorf("the name %q is taken by a vm that exited; remove it with smartvm rm %s, or restore under another --name: %w", n, n, err)
 	case errors.Is(err, smartvm.ErrExists) && name != "":
 		return nil, fmt.Errorf("a vm called %q is already running: choose another --name: %w", name, smartvm.ErrExists)
 	case errors.Is(err, smartvm.ErrExists):

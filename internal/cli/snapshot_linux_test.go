@@ -86,7 +86,22 @@ func testSnapshotRestoreDetached(t *testing.T, env cliEnv) {
 	waitLogs(t, env, "snap1", testguest.TickPrefix)
 	checkCountsOn(t, env.run(t, "logs", "snap1").ok(t).stdout, k)
 	env.run(t, "stop", "snap1").ok(t)
+	// As with run -d, the VM is kept as exited until rm.
+	if v := waitExited(t, env, "snap1"); !strings.HasPrefix(v.Exit.Reason, "stopped: ") {
+		t.Errorf("the restored vm, stopped: %+v", *v.Exit)
+	}
+	if processAlive(restored.PID) {
+		t.Errorf("the restored vm's firecracker (pid %d) still runs", restored.PID)
+	}
+	env.run(t, "restore", "-d", dir).fails(t, ExitError, `the name "snap1" is taken by a vm that exited; remove it with smartvm rm snap1`)
+	env.run(t, "rm", "snap1").ok(t)
 	assertGone(t, restored)
+	// --rm keeps nothing.
+	env.run(t, "restore", "-d", "--rm", dir).ok(t)
+	brief := env.psOne(t, "snap1")
+	env.run(t, "stop", "snap1").ok(t)
+	waitEmpty(t, env)
+	assertGone(t, brief)
 	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); err != nil {
 		t.Errorf("the snapshot went with the restored vm: %v", err)
 	}
@@ -203,7 +218,7 @@ func testDiffSnapshot(t *testing.T, env cliEnv) {
 	if vms := env.ps(t); len(vms) != 0 {
 		t.Fatalf("snapshot --stop left %+v", vms)
 	}
-	env.run(t, "restore", "-d", d2).ok(t)
+	env.run(t, "restore", "-d", "--rm", d2).ok(t)
 	waitLogs(t, env, "diffs", testguest.TickPrefix)
 	checkCountsOn(t, env.run(t, "logs", "diffs").ok(t).stdout, k)
 	env.run(t, "stop", "diffs").ok(t)
@@ -234,10 +249,10 @@ func testClone(t *testing.T, env cliEnv) {
 	env.run(t, "clone", dir).fails(t, ExitUsage, "--count 0: give how many VMs to start")
 	env.run(t, "clone", dir, "--count", "2", "--name-prefix", "bad/").fails(t, ExitError, `name prefix "bad/"`)
 	env.run(t, "restore", "-d", "--name", "tmpl", dir).fails(t, ExitError, `a vm called "tmpl" is already running: choose another --name`)
-	if r := env.run(t, "restore", "-d", "--name", "copy", dir).ok(t); r.stdout != "copy\n" {
+	if r := env.run(t, "restore", "-d", "--rm", "--name", "copy", dir).ok(t); r.stdout != "copy\n" {
 		t.Errorf("restore -d --name printed %q", r.stdout)
 	}
-	if r := env.run(t, "clone", "-d", dir, "--count", "3", "--name-prefix", "w-").ok(t); r.stdout != "w-1\nw-2\nw-3\n" {
+	if r := env.run(t, "clone", "-d", "--rm", dir, "--count", "3", "--name-prefix", "w-").ok(t); r.stdout != "w-1\nw-2\nw-3\n" {
 		t.Errorf("clone -d printed %q", r.stdout)
 	}
 	// Names that are taken are skipped.
@@ -257,6 +272,15 @@ func testClone(t *testing.T, env cliEnv) {
 		t.Errorf("ps lists %d vms, want the template and 5 copies", len(vms))
 	}
 	env.run(t, "stop", "tmpl", "copy", "w-1", "w-2", "w-3", "w-4").ok(t)
+	// Without --rm, a detached clone is kept as exited, as with run -d, until rm.
+	if v := waitExited(t, env, "w-4"); !strings.HasPrefix(v.Exit.Reason, "stopped: ") {
+		t.Errorf("the clone kept, stopped: %+v", *v.Exit)
+	}
+	if r := env.run(t, "ps", "-aq").ok(t); r.stdout != "w-4\n" {
+		t.Errorf("ps -aq after stopping every vm: %q, want only the clone without --rm", r.stdout)
+	}
+	env.run(t, "rm", "w-4").ok(t)
+	waitEmpty(t, env)
 	for _, vm := range vms {
 		assertGone(t, vm)
 	}
