@@ -232,18 +232,26 @@ func TestWaitAgent(t *testing.T) {
 	}
 }
 
+// serveEvents serves an agent connection over a pipe with serveAgentConn, collecting the
+// events it passes on (read them once done has the result), until stop returns true. It
+// returns the guest's end.
+func serveEvents(stop func(AgentEvent) bool) (guest net.Conn, events *[]AgentEvent, done <-chan bool) {
+	host, guest := net.Pipe()
+	events = new([]AgentEvent)
+	served := make(chan bool, 1)
+	go func() {
+		served <- serveAgentConn(context.Background(), host, func(e AgentEvent) bool {
+			*events = append(*events, e)
+			return stop(e)
+		})
+	}()
+	return guest, events, served
+}
+
 // TestWatchAgentEvents: each announcement is answered with the clock and passed on, the
 // exit code of a PID 1 agent's entrypoint included.
 func TestWatchAgentEvents(t *testing.T) {
-	host, guest := net.Pipe()
-	var events []AgentEvent
-	done := make(chan bool, 1)
-	go func() {
-		done <- serveAgentConn(context.Background(), host, func(e AgentEvent) bool {
-			events = append(events, e)
-			return e.Kind == "exit"
-		})
-	}()
+	guest, events, done := serveEvents(func(e AgentEvent) bool { return e.Kind == "exit" })
 	sc := bufio.NewScanner(guest)
 	for _, line := range []string{`{"event":"ready","version":"v1","pid1":true}`, `{"event":"exit","code":3}`} {
 		if _, err := guest.Write([]byte(line + "\n")); err != nil {
@@ -257,8 +265,8 @@ func TestWatchAgentEvents(t *testing.T) {
 		t.Error("serveAgentConn did not stop at the exit event")
 	}
 	want := []AgentEvent{{Kind: "ready", Version: "v1", PID1: true}, {Kind: "exit", ExitCode: 3}}
-	if fmt.Sprint(events) != fmt.Sprint(want) {
-		t.Errorf("events %+v, want %+v", events, want)
+	if fmt.Sprint(*events) != fmt.Sprint(want) {
+		t.Errorf("events %+v, want %+v", *events, want)
 	}
 }
 
@@ -346,5 +354,21 @@ func TestMainCommandDetached(t *testing.T) {
 	}
 	if err := b.Command(t.Context(), "true").StartDetached(); err == nil {
 		t.Error("StartDetached of an exec command succeeded")
+	}
+}
+
+// TestWatchAgentExitBounded: an exit event without an exit code a process can have (0 to
+// 255) is not the agent's: the connection is dropped, and the event goes no further.
+func TestWatchAgentExitBounded(t *testing.T) {
+	for _, line := range []string{`{"event":"exit","code":256}`, `{"event":"exit","code":-1}`, `{"event":"exit"}`, `{"event":"exit","code":99999999999999999999}`} {
+		guest, events, done := serveEvents(func(AgentEvent) bool { return true })
+		go func() { _, _ = guest.Write([]byte(line + "\n")) }()
+		if <-done || len(*events) != 0 {
+			t.Errorf("%s: passed on %+v", line, *events)
+		}
+		if _, err := guest.Read(make([]byte, 1)); err == nil {
+			t.Errorf("%s: answered instead of dropped", line)
+		}
+		guest.Close()
 	}
 }

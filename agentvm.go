@@ -55,17 +55,30 @@ type AgentEvent struct {
 	ExitCode int
 }
 
+// maxExitCode bounds the exit code the agent reports (the guest's input): a process's exit
+// status is 8 bits.
+const maxExitCode = 255
+
 // WatchAgent listens on AgentHostPort (ListenVsock) until ctx ends or the VM does, answers
 // every announcement of the guest agent with the host's clock (which keeps the clocks of
 // restored clones right) and passes each event to fn, from one goroutine at a time. It
 // returns ctx's error, or an error wrapping ErrNoVsock for a VM without a vsock device.
+//
+// The last exit code it sees is the main process's: a VM kept as exited (KeepExited) that
+// this process started records it (ExitInfo.MainExitCode).
 func (m *Machine) WatchAgent(ctx context.Context, fn func(AgentEvent)) error {
 	ln, err := m.ListenVsock(AgentHostPort)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	return watchAgentOn(ctx, ln, func(e AgentEvent) bool { fn(e); return false })
+	return watchAgentOn(ctx, ln, func(e AgentEvent) bool {
+		if e.Kind == "exit" {
+			m.mainExit.Store(int32(e.ExitCode) + 1)
+		}
+		fn(e)
+		return false
+	})
 }
 
 // WaitAgent waits until the guest agent says that it is ready, answering it with the host's
@@ -122,6 +135,9 @@ func serveAgentConn(ctx context.Context, conn net.Conn, fn func(AgentEvent) bool
 			return false // not an agent: drop the connection
 		}
 		e := AgentEvent{Kind: h.Event, Version: h.Version, PID1: h.PID1}
+		if h.Event == "exit" && (h.Code == nil || *h.Code < 0 || *h.Code > maxExitCode) {
+			return false // an exit code no process has: not an agent, drop the connection
+		}
 		if h.Code != nil {
 			e.ExitCode = *h.Code
 		}

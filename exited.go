@@ -20,7 +20,7 @@ func (mgr *Manager) exitedInfo(st *rundir.State) MachineInfo {
 	info.StagingDir, info.StagedBytes, info.SSHKey = "", 0, ""
 	info.Network, info.GuestIP = nil, ""
 	e := st.Exit
-	info.Exit = &ExitInfo{Code: e.Code, Signal: e.Signal, Reason: e.Reason, EndedAt: e.At, LogTail: e.LogTail}
+	info.Exit = &ExitInfo{Code: e.Code, Signal: e.Signal, Reason: e.Reason, EndedAt: e.At, LogTail: e.LogTail, MainExitCode: e.MainExitCode}
 	return info
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
@@ -364,5 +365,32 @@ func TestRealKeepExited(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 0 {
 		t.Errorf("left in the root: %v", ents)
+	}
+}
+
+// TestExitRecordMainExit: the main process's exit code the agent reported is kept, and is the
+// reason a VM that then shut down by itself ended; a stopped or crashed VM keeps its own.
+func TestExitRecordMainExit(t *testing.T) {
+	for _, c := range []struct {
+		st       proc.Status
+		stopped  bool
+		main     int
+		reason   string
+		mainCode int // -1: none recorded
+	}{
+		{proc.Status{Known: true}, false, 4, "main process exited with code 4", 4},
+		{proc.Status{Known: true}, false, 0, "main process exited with code 0", 0},
+		{proc.Status{Known: true}, false, -1, "guest reset or shut down (exit code 0)", -1},
+		{proc.Status{Known: true}, true, 4, "stopped: guest reset or shut down (exit code 0)", 4},
+		{proc.Status{Known: true, Code: -1, Signal: "SIGKILL"}, false, 7, "firecracker killed by signal SIGKILL", 7},
+	} {
+		e := exitRecord(c.st, c.stopped, c.main)
+		got := -1
+		if e.MainExitCode != nil {
+			got = *e.MainExitCode
+		}
+		if e.Reason != c.reason || got != c.mainCode || e.Code != c.st.Code || e.Signal != c.st.Signal || e.At.IsZero() {
+			t.Errorf("exitRecord(%+v, stopped %v, main %d) = %+v (main code %d), want reason %q, main code %d", c.st, c.stopped, c.main, e, got, c.reason, c.mainCode)
+		}
 	}
 }

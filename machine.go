@@ -120,6 +120,10 @@ type ExitInfo struct {
 	EndedAt time.Time `json:"ended_at"`
 	// LogTail holds the last lines of firecracker's log and stderr when it failed.
 	LogTail string `json:"log_tail,omitempty"`
+	// MainExitCode is the exit code of the main process of a VM whose init is the agent
+	// (MachineSpec.AgentMain), as the agent reported it while its owner watched
+	// (Machine.WatchAgent); nil when none was reported.
+	MainExitCode *int `json:"main_exit_code,omitempty"`
 }
 
 // Notes of MachineInfo.
@@ -181,7 +185,8 @@ type Machine struct {
 	// unless keep (KeepExited) asks for its record to be kept instead.
 	removeDir func(context.Context) error
 	keep      bool
-	stopping  atomic.Bool // Stop, Kill or Close ended the VM
+	stopping  atomic.Bool  // Stop, Kill or Close ended the VM
+	mainExit  atomic.Int32 // 1 + the main process's exit code the agent reported (WatchAgent); 0: none
 
 	stateMu sync.Mutex
 	state   MachineState // last seen
@@ -628,12 +633,28 @@ func (m *Machine) finish(ctx context.Context, st proc.Status, logTail string) er
 	if !m.keep {
 		return m.removeDir(ctx)
 	}
-	e := rundir.Exit{Code: st.Code, Signal: st.Signal, Reason: exitReason(st, m.stopping.Load() || m.dir.StopMarked()), At: time.Now().UTC(), LogTail: logTail}
+	e := exitRecord(st, m.stopping.Load() || m.dir.StopMarked(), int(m.mainExit.Load())-1)
+	e.LogTail = logTail
 	if err := m.dir.Keep(ctx, e); err != nil {
 		return errors.Join(fmt.Errorf("vm %s: %w", m.name, err), m.removeDir(ctx))
 	}
 	m.log.Info("vm kept as exited", "reason", e.Reason)
 	return nil
+}
+
+// exitRecord is the record of the end of a kept VM whose firecracker ended with st; stopped
+// says that smartvm stopped or killed it, and mainExit is the exit code the agent reported for
+// the main process (-1: none). A main process whose VM then shut down by itself (as the agent
+// powers it off) is the reason it ended.
+func exitRecord(st proc.Status, stopped bool, mainExit int) rundir.Exit {
+	e := rundir.Exit{Code: st.Code, Signal: st.Signal, Reason: exitReason(st, stopped), At: time.Now().UTC()}
+	if mainExit >= 0 {
+		e.MainExitCode = &mainExit
+		if !stopped && st.Known && st.Success() {
+			e.Reason = fmt.Sprintf("main process exited with code %d", mainExit)
+		}
+	}
+	return e
 }
 
 // markStopping notes that smartvm ends the VM, for the record of its end (KeepExited): here,

@@ -27,6 +27,8 @@ type exitedEntry struct {
 		Signal  string    `json:"signal"`
 		Reason  string    `json:"reason"`
 		EndedAt time.Time `json:"ended_at"`
+		// MainExitCode is the main process's, for a VM whose init is the agent.
+		MainExitCode *int `json:"main_exit_code"`
 	} `json:"exit"`
 }
 

@@ -200,6 +200,8 @@ func stateLabel(info smartvm.MachineInfo) string {
 func exitLabel(e *smartvm.ExitInfo, now time.Time) string {
 	how := "unknown"
 	switch {
+	case e.MainExitCode != nil: // the main process's, as docker shows
+		how = strconv.Itoa(*e.MainExitCode)
 	case e.Signal != "":
 		how = e.Signal
 	case e.Code >= 0:

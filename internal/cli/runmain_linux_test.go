@@ -215,6 +215,33 @@ func TestRunMainDetached(t *testing.T) {
 	}
 }
 
+// TestRunMainDetachedExitCode: a detached VM kept as exited records the exit code the agent
+// reported for its main process to the supervisor: inspect and ps -a show it.
+func TestRunMainDetachedExitCode(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := fakeEnv(t)
+	announce := "unix:" + filepath.Join(env[envRuntimeDir], "vms", "bg", "vsock.sock_"+fmt.Sprint(smartvm.AgentHostPort))
+	init := agent.InitConfig{Entrypoint: []string{"sh", "-c"}}
+	_, done := mainAgentConfig(t, agent.Config{Init: &init, Announce: announce}, nil)
+	env.run(t, "run", "-d", "--name", "bg", "-f", agentMainSpec(t), "--", "exit 4").ok(t)
+	if code := mainExit(t, done); code != 4 {
+		t.Fatalf("agent: exit code %d, want 4", code)
+	}
+	env.run(t, "stop", "bg").ok(t) // the fake guest does not power off
+	v := waitExited(t, env, "bg")
+	if v.Exit.MainExitCode == nil || *v.Exit.MainExitCode != 4 {
+		t.Errorf("ps -a: the exited vm lacks its main process's exit code 4: %+v", *v.Exit)
+	}
+	if r := env.run(t, "ps", "-a").ok(t); !strings.Contains(r.stdout, "exited (4) ") {
+		t.Errorf("ps -a table:\n%s", r.stdout)
+	}
+	if r := env.run(t, "inspect", "bg").ok(t); !strings.Contains(r.stdout, `"main_exit_code": 4`) {
+		t.Errorf("inspect:\n%s", r.stdout)
+	}
+	env.run(t, "rm", "bg").ok(t)
+	waitEmpty(t, env)
+}
+
 // TestRunMainConsole: --console shows the serial console, the main process writes there, and
 // its exit code, which the agent reports on the host port, is run's.
 func TestRunMainConsole(t *testing.T) {

@@ -199,10 +199,17 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		}
 	}
 	if mp := req.Plan.Main; mp != nil {
+		// The agent reports the main process's exit code on AgentHostPort: watching keeps it
+		// for the VM's record once it ends (ps -a, inspect).
+		_, stopWatch := watchExit(ctx, m)
+		defer stopWatch()
 		if err := startMainDetached(ctx, m, mp); err != nil {
 			err = fmt.Errorf("start the main process: %w; the vm was stopped", err)
 			_ = m.Kill()
 			_ = m.Close()
+			if req.Plan.Keep { // a start that failed leaves no record
+				_ = mgr.Remove(context.WithoutCancel(ctx), m.Name())
+			}
 			report(superviseStatus{Error: err.Error()})
 			return err
 		}

@@ -150,6 +150,9 @@ type Exit struct {
 	// LogTail holds the last lines of firecracker's log and stderr, when its owner saw it
 	// end and they said anything.
 	LogTail string `json:"log_tail,omitempty"`
+	// MainExitCode is the exit code of the main process of a VM whose init is the agent, as
+	// the agent reported it to the VM's owner (0 to 255); nil when none was reported.
+	MainExitCode *int `json:"main_exit_code,omitempty"`
 }
 
 // Bounds of an Exit's texts: a longer one is corrupt.
@@ -183,7 +186,8 @@ func ParseState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("parse state: %w: negative pid %d", ErrCorruptState, st.PID)
 	case st.Jail != nil && st.Jail.check(st.Name) != nil:
 		return nil, fmt.Errorf("parse state: %w: %w", ErrCorruptState, st.Jail.check(st.Name))
-	case st.Exit != nil && (len(st.Exit.Reason) > maxReason || len(st.Exit.LogTail) > MaxLogTail || st.Exit.Code < -1 || st.Exit.Code > 255):
+	case st.Exit != nil && (len(st.Exit.Reason) > maxReason || len(st.Exit.LogTail) > MaxLogTail || st.Exit.Code < -1 || st.Exit.Code > 255 ||
+		st.Exit.MainExitCode != nil && (*st.Exit.MainExitCode < 0 || *st.Exit.MainExitCode > 255)):
 		return nil, fmt.Errorf("parse state: %w: an exit record that is not one smartvm writes", ErrCorruptState)
 	}
 	return &st, nil

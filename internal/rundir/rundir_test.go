@@ -331,6 +331,8 @@ func TestParseState(t *testing.T) {
 		"newer version": `{"version":2,"name":"a"}`,
 		"bad name":      `{"version":1,"name":"../a"}`,
 		"negative pid":  `{"version":1,"name":"a","pid":-1}`,
+		"main exit 256": `{"version":1,"name":"a","exit":{"code":0,"reason":"x","main_exit_code":256}}`,
+		"main exit -1":  `{"version":1,"name":"a","exit":{"code":0,"reason":"x","main_exit_code":-1}}`,
 	}
 	for what, body := range bad {
 		if _, err := ParseState([]byte(body)); err == nil {
@@ -339,6 +341,9 @@ func TestParseState(t *testing.T) {
 	}
 	if _, err := ParseState([]byte(`{"version":1,"name":"a","pid":3,"unknown":1}`)); err != nil {
 		t.Errorf("good state: %v", err)
+	}
+	if st, err := ParseState([]byte(`{"version":1,"name":"a","exit":{"code":0,"reason":"x","main_exit_code":255}}`)); err != nil || *st.Exit.MainExitCode != 255 {
+		t.Errorf("a record with its main process's exit code: %v", err)
 	}
 }
 
