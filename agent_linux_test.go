@@ -311,6 +311,9 @@ func TestMachineMainCommand(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	c := m.MainCommand(ctx, `cat; echo "$FROM $ADDED $PWD" >&2; exit 9`)
+	if c.Hostname != m.Name() {
+		t.Errorf("the main command's host name is %q, want the vm's name %q", c.Hostname, m.Name())
+	}
 	c.Env, c.Dir = []string{"ADDED=host"}, dir
 	c.Stdin = strings.NewReader("from stdin\n")
 	var stdout, stderr strings.Builder

@@ -37,6 +37,10 @@ type Cmd struct {
 	// image's entrypoint, and the image's Cmd is dropped, as with docker run --entrypoint; an
 	// empty, non-nil list clears it. Zero value: the image's entrypoint.
 	Entrypoint []string
+	// Hostname is for a main command (MainCommand) only: when not empty, the guest gets it as
+	// its host name before the main process starts, unless the image's config or the kernel
+	// command line gave one. Machine.MainCommand sets the VM's name.
+	Hostname string
 
 	// main makes it the guest's main process (MainCommand).
 	main  bool
@@ -139,7 +143,7 @@ func (c *Cmd) start(detach bool) error {
 	var p *agentwire.Process
 	var err error
 	if c.main {
-		start := agentwire.MainStart{Cmd: c.Args, Env: c.Env, Dir: c.Dir, User: c.User, TTY: c.TTY, Rows: c.Rows, Cols: c.Cols, Detach: detach}
+		start := agentwire.MainStart{Cmd: c.Args, Env: c.Env, Dir: c.Dir, User: c.User, TTY: c.TTY, Rows: c.Rows, Cols: c.Cols, Detach: detach, Hostname: c.Hostname}
 		if c.Entrypoint != nil {
 			start.Entrypoint = &c.Entrypoint
 		}

@@ -22,11 +22,16 @@ import (
 
 // nsInitMain is the test binary run as "agent-nsinit ROOTFS ARGS...": PID 1 of new PID,
 // mount, UTS and network namespaces. It keeps its mounts from reaching the host, enters ROOTFS
-// and runs the agent there (in this process, so as PID 1).
+// and runs the agent there (in this process, so as PID 1), with the host name a booted
+// kernel starts with, "(none)".
 func nsInitMain(args []string) int {
 	if len(args) < 1 {
 		fmt.Fprintln(os.Stderr, "usage: agent-nsinit ROOTFS [AGENT-ARGS...]")
 		return 2
+	}
+	if err := unix.Sethostname([]byte("(none)")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	if err := enterRoot(args[0], nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)

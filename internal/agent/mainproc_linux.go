@@ -121,6 +121,13 @@ func (m *mainProc) kill() {
 	}
 }
 
+// unnamed reports whether the guest has no host name yet: the kernel's default, as neither
+// the init config nor the network configuration (ip=, MMDS) gave one.
+func unnamed() bool {
+	h, err := os.Hostname()
+	return err == nil && (h == "" || h == "(none)")
+}
+
 // execStart applies the overrides of req to the init config, as docker run applies its
 // flags to an image's config.
 func (c *InitConfig) execStart(req *agentwire.MainStart) *agentwire.ExecStart {
@@ -168,6 +175,9 @@ func (s *Server) mainCall(ctx context.Context, stream *connect.BidiStream[agentw
 		return connect.NewError(connect.CodeFailedPrecondition, errors.New("the main process has already been started (or the guest is stopping)"))
 	}
 	defer m.endCall()
+	if req.Hostname != "" && m.init.Hostname == "" && s.pid1 && unnamed() {
+		setHostname(s.log, req.Hostname)
+	}
 	out := &callOut{stream: stream, console: s.console}
 	start := m.init.execStart(req)
 	if len(start.Args) == 0 || start.Args[0] == "" {

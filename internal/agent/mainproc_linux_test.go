@@ -77,6 +77,9 @@ func TestMainStartBounds(t *testing.T) {
 		{"NUL", agentwire.MainStart{Dir: "/a\x00b"}, "NUL"},
 		{"total", agentwire.MainStart{Cmd: big}, "at most 1048576"},
 		{"detach with stdin", agentwire.MainStart{Detach: true, Stdin: true}, "detached"},
+		{"host name with a slash", agentwire.MainStart{Hostname: "a/b"}, `host name "a/b"`},
+		{"host name starting with -", agentwire.MainStart{Hostname: "-a"}, "starting with a letter or digit"},
+		{"long host name", agentwire.MainStart{Hostname: strings.Repeat("h", agentwire.MaxHostname+1)}, "at most 64"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.req.Check()
@@ -85,7 +88,7 @@ func TestMainStartBounds(t *testing.T) {
 			}
 		})
 	}
-	ok := agentwire.MainStart{Cmd: []string{"x"}, Env: []string{"A=", "B=c=d"}, Dir: "/", User: "1:1"}
+	ok := agentwire.MainStart{Cmd: []string{"x"}, Env: []string{"A=", "B=c=d"}, Dir: "/", User: "1:1", Hostname: "web-1.example"}
 	if err := ok.Check(); err != nil {
 		t.Errorf("Check of a good request: %v", err)
 	}

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"bytes"
+	"context"
 	"debug/elf"
 	"encoding/json"
 	"errors"
@@ -49,6 +51,27 @@ func TestPID1Entrypoint(t *testing.T) {
 	for _, want := range []string{"guest1\n", "1\n", "hello from /data/made as 1000\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("console output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestPID1MainHostname: the host name the main process request carries (the VM's name) is
+// the guest's unless the init config gives one; a bad one is refused.
+func TestPID1MainHostname(t *testing.T) {
+	for _, c := range []struct{ image, want string }{{"", "vm-1\n"}, {"from-image", "from-image\n"}} {
+		a, _ := startPID1(t, makeRootfs(t), InitConfig{Entrypoint: []string{"hostname"}, Hostname: c.image}, "--wait-main")
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		if _, err := a.client.Main(ctx, agentwire.MainStart{Hostname: "bad/name"}, agentwire.ExecIO{}); err == nil || !strings.Contains(err.Error(), `host name "bad/name"`) {
+			t.Errorf("a bad host name: %v", err)
+		}
+		var out bytes.Buffer
+		p, err := a.client.Main(ctx, agentwire.MainStart{Hostname: "vm-1"}, agentwire.ExecIO{Stdout: &out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := p.Wait(); err != nil || st.Code != 0 || out.String() != c.want {
+			t.Errorf("image host name %q: %+v %v, output %q, want %q", c.image, st, err, out.String(), c.want)
 		}
 	}
 }

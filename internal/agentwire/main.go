@@ -49,6 +49,28 @@ type MainStart struct {
 	// Detach gives the process the agent's own stdio (the guest's console) and ends the call
 	// once it runs: nothing is streamed, and its exit code is reported only on HostPort.
 	Detach bool `json:"detach,omitempty"`
+	// Hostname, when not empty, is the guest's host name for the main process (as docker gives
+	// a container its name): a PID 1 agent sets it before the process starts, unless the init
+	// config or the kernel command line (ip=, MMDS) gave one. smartvm sends the VM's name.
+	Hostname string `json:"hostname,omitempty"`
+}
+
+// MaxHostname bounds MainStart.Hostname (the kernel's limit).
+const MaxHostname = 64
+
+// checkHostname accepts a host name of 1 to MaxHostname letters, digits, '-' and '.', that
+// starts with a letter or digit.
+func checkHostname(h string) error {
+	if len(h) > MaxHostname {
+		return fmt.Errorf("host name %.40q... is %d bytes long: at most %d are allowed", h, len(h), MaxHostname)
+	}
+	for i, c := range []byte(h) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || i > 0 && (c == '-' || c == '.')
+		if !ok {
+			return fmt.Errorf("host name %q: want letters, digits, '-' and '.', starting with a letter or digit", h)
+		}
+	}
+	return nil
 }
 
 // Check checks the bounds of m: counts, sizes, NUL bytes and the form of Env entries.
@@ -97,6 +119,11 @@ func (m *MainStart) Check() error {
 	}
 	if total > MaxMainTotal {
 		return fmt.Errorf("the command, environment, directory and user take %d bytes: at most %d are allowed", total, MaxMainTotal)
+	}
+	if m.Hostname != "" {
+		if err := checkHostname(m.Hostname); err != nil {
+			return err
+		}
 	}
 	if m.Detach && (m.Stdin || m.TTY) {
 		return errors.New("a detached main process has the console as its stdio: no stdin or TTY from the client")

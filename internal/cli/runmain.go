@@ -35,10 +35,11 @@ type mainPlan struct {
 	Console bool `json:"console,omitempty"`
 }
 
-// command returns the Cmd that starts the main process of m with the plan's overrides.
-func (p *mainPlan) command(ctx context.Context, ag *smartvm.Agent) *smartvm.Cmd {
+// command returns the Cmd that starts the main process of m with the plan's overrides, and
+// m's name as the guest's host name (unless the image or the kernel command line gives one).
+func (p *mainPlan) command(ctx context.Context, m *smartvm.Machine, ag *smartvm.Agent) *smartvm.Cmd {
 	c := ag.MainCommand(ctx, p.Cmd...)
-	c.Env, c.Dir, c.User = p.Env, p.Dir, p.User
+	c.Env, c.Dir, c.User, c.Hostname = p.Env, p.Dir, p.User, m.Name()
 	if p.Entrypoint != nil {
 		c.Entrypoint = *p.Entrypoint
 	}
@@ -102,7 +103,7 @@ func startMainDetached(ctx context.Context, m *smartvm.Machine, mp *mainPlan) er
 	defer cancel()
 	ag := m.Agent()
 	defer ag.Close()
-	err := mp.command(sctx, ag).StartDetached()
+	err := mp.command(sctx, m, ag).StartDetached()
 	if err != nil && sctx.Err() != nil && ctx.Err() == nil {
 		return noAgentError(m)
 	}
@@ -140,7 +141,7 @@ func (a *app) runMain(ctx context.Context, m *smartvm.Machine, mp *mainPlan, not
 	exitCodes, stopWatch := watchExit(ctx, m)
 	defer stopWatch()
 	// The call is not bound to ctx: a stop request ends the main process through the VM.
-	c := mp.command(context.WithoutCancel(ctx), ag)
+	c := mp.command(context.WithoutCancel(ctx), m, ag)
 	restore, err := a.startAttached(c, mp.TTY, mp.Stdin)
 	if err != nil {
 		return err
