@@ -68,7 +68,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// shutdown ends the listeners and waits until the calls in progress have been answered
+	// (within shutdownGrace): before Run returns, and before the machine powers off.
+	var serving sync.WaitGroup
+	shutdown := func() { cancel(); serving.Wait() }
+	defer shutdown()
 	errs := make(chan error, len(cfg.Listen))
 	var listeners []*relistener
 	for _, addr := range cfg.Listen {
@@ -82,7 +86,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		listeners = append(listeners, ln)
 		log.Info("serving", "addr", addr)
-		go func() { errs <- ln.serve(ctx, srv) }()
+		serving.Go(func() { errs <- ln.serve(ctx, srv) })
 	}
 	var host *announcer
 	if cfg.Announce != "" {
@@ -118,6 +122,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			return nil
 		}
+		shutdown()
 		powerOff(log)
 		return fmt.Errorf("the main process exited with %d, and power-off failed", code)
 	}

@@ -74,14 +74,29 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		BaseContext: func(net.Listener) context.Context { return ctx },
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	stop := context.AfterFunc(ctx, func() { srv.Close() })
-	defer stop()
+	// When ctx ends, calls in progress get shutdownGrace to finish writing (the exit status of
+	// a main process whose end ended ctx, above all); then the connections are closed.
+	shut := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(shut)
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		if srv.Shutdown(sctx) != nil {
+			srv.Close()
+		}
+	})
 	err := srv.Serve(ln)
+	if !stop() {
+		<-shut
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
 	return err
 }
+
+// shutdownGrace is how long Serve lets calls in progress finish once its context ends.
+const shutdownGrace = time.Second
 
 func (s *Server) health(_ context.Context, _ *connect.Request[agentwire.Empty]) (*connect.Response[agentwire.Health], error) {
 	host, _ := os.Hostname()
