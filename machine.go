@@ -163,7 +163,8 @@ type Machine struct {
 	snapshotTaken time.Time
 	log           *slog.Logger
 	name          string
-	spec          MachineSpec
+	spec          MachineSpec // its drives' and interfaces' limiters change (specMu)
+	specMu        sync.Mutex
 	paths         rundir.Paths
 	dir           *rundir.Dir
 	proc          *proc.Process
@@ -232,7 +233,11 @@ func (m *Machine) CreateFile(ctx context.Context, name string) (*os.File, error)
 func (m *Machine) APISocket() string { return m.paths.APISocket }
 
 // Spec returns the VM's description, with defaults applied and its name set.
-func (m *Machine) Spec() MachineSpec { return m.spec }
+func (m *Machine) Spec() MachineSpec {
+	m.specMu.Lock()
+	defer m.specMu.Unlock()
+	return m.spec
+}
 
 // Client returns the API client of the VM's Firecracker, for calls this package does not
 // wrap (balloon, MMDS updates, metrics flushes...).
@@ -264,14 +269,14 @@ func (m *Machine) Info() MachineInfo {
 		SSHKey:             m.sshKey,
 		StagingDir:         m.paths.Drives,
 		StagedBytes:        stagedBytes(m.paths.Drives),
-		Spec:               m.spec,
+		Spec:               m.Spec(),
 		RestoredFrom:       m.restoredFrom,
 		SnapshotTaken:      m.snapshotTaken,
 	}
 	if m.spec.Metrics {
 		info.MetricsPath = m.paths.Metrics
 	}
-	info.VsockSocket = vsockSocketOf(m.spec, m.paths)
+	info.VsockSocket = vsockSocketOf(info.Spec, m.paths)
 	info.setNetwork(m.network)
 	return info
 }

@@ -257,7 +257,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 		Dir:                abs,
 		Version:            snapshotFormat,
 		Name:               m.name,
-		Spec:               m.spec,
+		Spec:               m.Spec(),
 		FirecrackerVersion: m.version.String(),
 		Created:            time.Now().UTC(),
 		Network:            m.network,
@@ -266,7 +266,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 	if snap.StateSHA256, err = fileSHA256(sd, snapshotState); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
-	for _, d := range m.spec.Drives {
+	for _, d := range snap.Spec.Drives {
 		if writable(d) {
 			fi, err := os.Stat(d.Path)
 			if err != nil {
@@ -286,7 +286,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 	if snap.Memory, err = memoryRecord(sd, base); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
-	for _, id := range stagedDrives(m.spec) {
+	for _, id := range stagedDrives(snap.Spec) {
 		file := filepath.Join(snapshotDrives, id+".img")
 		if _, err := stage.Copy(ctx, m.paths.Drive(id), filepath.Join(abs, file)); err != nil {
 			return Snapshot{}, fmt.Errorf("snapshot vm %s: drive %s: %w", m.name, id, err)

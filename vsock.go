@@ -37,7 +37,7 @@ const maxConnectReply = 32
 // path, or vsock.sock in the VM's directory. It returns an error wrapping ErrNoVsock when the
 // VM has no vsock device.
 func (m *Machine) VsockSocket() (string, error) {
-	sock := vsockSocketOf(m.spec, m.paths)
+	sock := vsockSocketOf(m.Spec(), m.paths)
 	if sock == "" {
 		return "", fmt.Errorf("vm %s: %w", m.name, ErrNoVsock)
 	}

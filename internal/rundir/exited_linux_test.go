@@ -201,3 +201,38 @@ func TestExitRecordTrust(t *testing.T) {
 		t.Error("the serial.log of a record was opened through a symlink")
 	}
 }
+
+// UpdateState changes a VM's state from a looked-up Dir (another process than the owner), and
+// refuses once the VM is kept as exited or its directory is gone; fn's error writes nothing.
+func TestUpdateState(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	ctx := context.Background()
+	d := deadVM(t, r, "vm1", &State{Keep: true, Mode: "owned", Spec: []byte(`{"a":1}`)})
+	other, _, err := r.Lookup("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.UpdateState(ctx, func(st *State) error { st.Spec = []byte(`{"a":2}`); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	if err := other.UpdateState(ctx, func(st *State) error { st.Spec = []byte(`{"a":3}`); return boom }); !errors.Is(err, boom) {
+		t.Errorf("fn's error: %v", err)
+	}
+	if _, st, err := r.Lookup("vm1"); err != nil || strings.Join(strings.Fields(string(st.Spec)), "") != `{"a":2}` || st.Name != "vm1" || st.PID != 999999999 {
+		t.Fatalf("after the update: %+v %v", st, err)
+	}
+	if err := d.Keep(ctx, Exit{Reason: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.UpdateState(ctx, func(*State) error { return nil }); !errors.Is(err, ErrExited) {
+		t.Errorf("kept as exited: %v, want ErrExited", err)
+	}
+	if err := r.RemoveExited(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.UpdateState(ctx, func(*State) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Errorf("gone: %v, want ErrNotFound", err)
+	}
+}

@@ -987,13 +987,45 @@ func (r *Root) keepLocked(name string, st *State, e Exit) error {
 		e.Reason = e.Reason[:maxReason]
 	}
 	st.Exit = &e
+	if err := r.writeStateLocked(name, st); err != nil {
+		return fmt.Errorf("keep the record of vm %s: %w", name, err)
+	}
+	return nil
+}
+
+// writeStateLocked replaces VM name's state.json with st, atomically. The caller holds
+// root.lock.
+func (r *Root) writeStateLocked(name string, st *State) error {
 	st.Version = StateVersion
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return fmt.Errorf("keep the record of vm %s: %w", name, err)
+		return err
 	}
-	if err := r.vms.WriteFileAtomic(name+"/"+StateFile, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("keep the record of vm %s: %w", name, err)
+	return r.vms.WriteFileAtomic(name+"/"+StateFile, append(b, '\n'), 0o600)
+}
+
+// UpdateState changes the recorded state of this VM, which runs, from another process than
+// its owner too: under root.lock (which Keep and reaping hold while they write state.json), it
+// reads state.json, lets fn change it, and writes it back atomically. It fails with an error
+// wrapping ErrNotFound when the directory is gone or belongs to a newer VM of the same name,
+// ErrExited once the VM is kept as exited, and ErrCorruptState for a state.json that cannot
+// be read; fn's error leaves the file as it is. The owner's own writes (WriteState) happen
+// while the VM starts, before it is handed to anyone.
+func (d *Dir) UpdateState(ctx context.Context, fn func(*State) error) error {
+	st, rl, err := d.lockState(ctx)
+	if err != nil {
+		return fmt.Errorf("update state of vm %s: %w", d.name, err)
+	}
+	defer rl.Unlock()
+	if st.Exit != nil {
+		return fmt.Errorf("update state of vm %s: the vm has ended and is kept as exited: %w", d.name, ErrExited)
+	}
+	if err := fn(st); err != nil {
+		return fmt.Errorf("update state of vm %s: %w", d.name, err)
+	}
+	st.Name = d.name
+	if err := d.root.writeStateLocked(d.name, st); err != nil {
+		return fmt.Errorf("update state of vm %s: %w", d.name, err)
 	}
 	return nil
 }
@@ -1024,22 +1056,35 @@ func (r *Root) trimSerial(name string) error {
 // caller has released what the VM held outside its directory. It fails with an error wrapping
 // ErrNotFound when the directory is gone or belongs to a newer VM of the same name.
 func (d *Dir) Keep(ctx context.Context, e Exit) error {
-	rl, err := d.root.lock(ctx)
+	st, rl, err := d.lockState(ctx)
 	if err != nil {
 		return fmt.Errorf("keep the record of vm %s: %w", d.name, err)
 	}
 	defer rl.Unlock()
-	if id, err := d.root.readID(d.name); err != nil || id != d.id {
-		return fmt.Errorf("keep the record of vm %s: its directory is gone: %w", d.name, ErrNotFound)
-	}
-	st, err := d.root.readState(d.name)
-	if err != nil {
-		return fmt.Errorf("keep the record of vm %s: %w", d.name, err)
-	}
 	if err := d.root.keepLocked(d.name, st, e); err != nil {
 		return err
 	}
 	return d.Unlock()
+}
+
+// lockState takes root.lock and reads this VM's state under it; the caller releases the lock.
+// It fails with an error wrapping ErrNotFound when the directory is gone or belongs to a newer
+// VM of the same name.
+func (d *Dir) lockState(ctx context.Context) (*State, *safedir.Lock, error) {
+	rl, err := d.root.lock(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if id, err := d.root.readID(d.name); err != nil || id != d.id {
+		rl.Unlock()
+		return nil, nil, fmt.Errorf("its directory is gone: %w", ErrNotFound)
+	}
+	st, err := d.root.readState(d.name)
+	if err != nil {
+		rl.Unlock()
+		return nil, nil, err
+	}
+	return st, rl, nil
 }
 
 // RemoveExited removes the record of VM name, which has exited (State.Exit); a kept VM whose
