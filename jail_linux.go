@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/jailer"
@@ -501,4 +503,109 @@ func (m *Machine) lendToJail(path string) error {
 		return fmt.Errorf("give %s to the jail: %w", path, err)
 	}
 	return nil
+}
+
+// forcedJails are the jails ForceRemove found of a VM without its record (killJailed), to
+// remove once their processes have ended.
+type forcedJails struct {
+	name  string
+	found []jailer.Found
+}
+
+// killJailed finds VM name's jailed firecracker without trusting its state.json, for
+// ForceRemove: a process of the uid leased to the name, started with --id name, whose root is
+// the jail's chroot <base>/<exec name>/<name>/root (jailer.FindJailed). It kills each (and the
+// guard of its PID namespace) and waits while ctx allows, at most 5 s, for it to end. A jail
+// that runs as a uid its spec named, not a leased one, cannot be told from another's this way
+// and is not looked for.
+func (mgr *Manager) killJailed(ctx context.Context, name string) (*forcedJails, []int, error) {
+	if jailer.ValidateID(name) != nil {
+		return nil, nil, nil // a name the jailer refuses: never jailed
+	}
+	ids, err := mgr.jailIDs()
+	if err != nil {
+		return nil, nil, err
+	}
+	leases, err := ids.Leases(ctx)
+	ids.Close()
+	if err != nil {
+		return nil, nil, err
+	}
+	fj := &forcedJails{name: name}
+	var killed []int
+	var errs []error
+	for uid, owner := range leases {
+		if owner != name {
+			continue
+		}
+		for _, f := range jailer.FindJailed(uid, name) {
+			id := jailer.JailedIdentity(uid, name)
+			p, err := proc.Attach(f.PID, f.Start, &id) // the pidfd pins it: checked again
+			if err != nil {
+				continue // gone meanwhile
+			}
+			if p.Signal(syscall.SIGKILL) == nil {
+				killed = append(killed, f.PID)
+			}
+			if f.GuardPID > 0 {
+				errs = append(errs, jailer.KillGuard(f.GuardPID, f.GuardStart))
+			}
+			select {
+			case <-p.Done():
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+			p.Release()
+			fj.found = append(fj.found, f)
+		}
+	}
+	return fj, killed, errors.Join(errs...)
+}
+
+// remove removes the jails found, whose processes have ended: the chroot, the cgroups named
+// for the VM that its firecracker was in, and, once all is gone, the uid lease. Files lent to
+// the jail (a persistent drive) cannot be given back without the record: they keep the jail's
+// uid.
+func (fj *forcedJails) remove(ctx context.Context, mgr *Manager) error {
+	if fj == nil || len(fj.found) == 0 {
+		return nil
+	}
+	var errs []error
+	layout, lerr := jailer.DetectCgroups()
+	for _, f := range fj.found {
+		if base, err := safedir.OpenTrusted(f.Config.Base(), false); err == nil {
+			errs = append(errs, jailer.RemoveJail(base, f.Config))
+			base.Close()
+		} else if !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		for hier, p := range f.Cgroups {
+			if lerr != nil {
+				errs = append(errs, lerr)
+				break
+			}
+			mnt := layout.V2
+			if hier != "" {
+				controller, _, _ := strings.Cut(hier, ",")
+				mnt = layout.V1[controller]
+			}
+			d := filepath.Join(mnt, p)
+			if mnt == "" || !strings.HasPrefix(d, "/sys/fs/cgroup/") {
+				continue
+			}
+			if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		// The uid stays leased while something of the jail may be left.
+		return fmt.Errorf("remove the jail of vm %s: %w", fj.name, err)
+	}
+	ids, err := mgr.jailIDs()
+	if err != nil {
+		return err
+	}
+	defer ids.Close()
+	return ids.Release(ctx, fj.name)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -514,5 +515,73 @@ func TestJailerProbedOnce(t *testing.T) {
 	m.Close()
 	if n := probes(); n != 2 {
 		t.Fatalf("%d jailer version probes after the binary changed", n)
+	}
+}
+
+// A jailed VM whose state.json is corrupt is found by its jail instead (the uid leased to its
+// name, --id, its chroot as root): ForceRemove kills its firecracker and guard and removes the
+// chroot, cgroups and lease.
+func TestJailedCorruptStateIsRemovable(t *testing.T) {
+	testutil.RequiresRoot(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	spec := guestSpec(guestKernel(t), "counter")
+	spec.Name = "jailed-corrupt"
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	cmd, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: spec, Detached: true})
+	st, err := proc.StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stPath := filepath.Join(root, "vms", spec.Name, rundir.StateFile)
+	b, _ := os.ReadFile(stPath)
+	var state rundir.State
+	json.Unmarshal(b, &state)
+	if state.Jail == nil || state.Jail.GuardPID == 0 {
+		t.Fatalf("no guard in state.json: %s", b)
+	}
+	killOwner(t, cmd)
+	os.WriteFile(stPath, []byte(`{"version":1,"name":"jailed-corrupt","pid":1,`), 0o600)
+	mgr := newManager(t, root, bin)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	killed, err := mgr.ForceRemove(ctx, spec.Name)
+	if err != nil || !slices.Contains(killed, pid) {
+		t.Fatalf("ForceRemove: %v %v, want %d killed", killed, err, pid)
+	}
+	testutil.GoneWithin(t, pid, st, time.Second)
+	testutil.GoneWithin(t, state.Jail.GuardPID, state.Jail.GuardStart, time.Second)
+	jailLeft(t, base, root)
+	if infos, _ := mgr.List(ctx); len(infos) != 0 {
+		t.Errorf("left listed: %+v", infos)
+	}
+}
+
+// FindJailed proves a process is the jail's: another name, or another uid, finds nothing.
+func TestFindJailedNeedsItsProof(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	mgr := newManager(t, root, bin)
+	spec := guestSpec(guestKernel(t), "counter")
+	spec.Name = "jailed-find"
+	base := filepath.Join(t.TempDir(), "jailer")
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	m := start(t, mgr, spec)
+	uid, _ := strconv.Atoi(strings.Fields(procStatus(t, m.PID(), "Uid"))[0])
+	found := jailer.FindJailed(uint32(uid), spec.Name)
+	if len(found) != 1 || found[0].PID != m.PID() || found[0].Config.Chroot().Root != filepath.Join(base, "firecracker", spec.Name, "root") {
+		t.Errorf("FindJailed: %+v, want pid %d in its chroot", found, m.PID())
+	}
+	if f := jailer.FindJailed(uint32(uid), "jailed-other"); len(f) != 0 {
+		t.Errorf("another name: %+v", f)
+	}
+	if f := jailer.FindJailed(uint32(uid)+1, spec.Name); len(f) != 0 {
+		t.Errorf("another uid: %+v", f)
+	}
+	if err := errors.Join(m.Kill(), m.Close()); err != nil {
+		t.Fatal(err)
 	}
 }

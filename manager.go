@@ -286,8 +286,10 @@ func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 
 // ForceRemove removes VM name without trusting its state.json, for a VM whose state is
 // corrupt (ErrCorruptState) or names a process that is not its firecracker: it kills (SIGKILL)
-// the processes of this user that serve the VM's API socket, releases what it can, and removes
-// the VM's directory. The directory must be one smartvm made (its proof: owner, mode, id and
+// the processes of this user that serve the VM's API socket, and a jailed firecracker proven
+// to be the VM's (the uid leased to its name, --id with its name, its root the jail's chroot)
+// with its jail's guard; it releases what it can (a jail found so: its chroot, cgroups and
+// uid lease), and removes the VM's directory. The directory must be one smartvm made (its proof: owner, mode, id and
 // lock files, no symlinks), and no process may own the VM. It returns the pids it killed, and
 // an error wrapping ErrNotFound when there is no such VM. A network the corrupt state recorded
 // is not torn down by name; Reap removes networks whose VM has no directory.
@@ -297,14 +299,19 @@ func (mgr *Manager) ForceRemove(ctx context.Context, name string) ([]int, error)
 	} else if m != nil {
 		return nil, fmt.Errorf("remove vm %s: this manager runs it: use Kill and Close: %w", name, ErrExists)
 	}
-	killed, err := mgr.root.ForceRemove(ctx, name)
+	// A jailed firecracker serves a socket in its chroot: it is found by its jail instead.
+	jails, killed, jerr := mgr.killJailed(ctx, name)
+	more, err := mgr.root.ForceRemove(ctx, name)
+	killed = append(killed, more...)
 	if len(killed) > 0 {
 		mgr.log.Info("killed the processes of a vm removed by force", "vm", name, "pids", killed)
 	}
+	// The jails found are removed even when the directory was gone: their processes are.
+	jerr = errors.Join(jerr, jails.remove(ctx, mgr))
 	if err != nil {
-		return killed, err
+		return killed, errors.Join(err, jerr)
 	}
-	return killed, mgr.reclaimNetworks(ctx)
+	return killed, errors.Join(jerr, mgr.reclaimNetworks(ctx))
 }
 
 // List reaps dead VMs, then describes every live VM in the runtime root, sorted by name, with

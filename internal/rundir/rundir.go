@@ -916,8 +916,8 @@ func (r *Root) reapLocked(ctx context.Context, name string) (reapResult, error) 
 		st = nil
 	case err != nil:
 		// An unreadable state names no process to trust; a firecracker still serving the
-		// directory's socket keeps it.
-		if len(r.FindProcesses(name)) > 0 {
+		// directory's socket, or still running in a jail of the VM's name, keeps it.
+		if len(r.FindProcesses(name)) > 0 || jailServes(name) {
 			return kept, nil
 		}
 		st = nil
