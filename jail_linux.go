@@ -593,9 +593,7 @@ func (fj *forcedJails) remove(ctx context.Context, mgr *Manager) error {
 			if mnt == "" || !strings.HasPrefix(d, "/sys/fs/cgroup/") {
 				continue
 			}
-			if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
-			}
+			errs = append(errs, rmdirCgroup(ctx, d))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -608,4 +606,25 @@ func (fj *forcedJails) remove(ctx context.Context, mgr *Manager) error {
 	}
 	defer ids.Close()
 	return ids.Release(ctx, fj.name)
+}
+
+// rmdirCgroup removes cgroup directory d and, where that leaves it empty, its parent (shared
+// with other jails). A cgroup whose killed processes are still exiting is busy for a moment:
+// that is waited out while ctx allows, at most 5 s.
+func rmdirCgroup(ctx context.Context, d string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := unix.Rmdir(d)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			break
+		}
+		if !errors.Is(err, unix.EBUSY) || ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("remove cgroup %s: %w", d, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := unix.Rmdir(filepath.Dir(d)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
+		return fmt.Errorf("remove cgroup %s: %w", filepath.Dir(d), err)
+	}
+	return nil
 }

@@ -541,6 +541,7 @@ func TestJailedCorruptStateIsRemovable(t *testing.T) {
 	if state.Jail == nil || state.Jail.GuardPID == 0 {
 		t.Fatalf("no guard in state.json: %s", b)
 	}
+	killGuardAtEnd(t, stPath)
 	killOwner(t, cmd)
 	os.WriteFile(stPath, []byte(`{"version":1,"name":"jailed-corrupt","pid":1,`), 0o600)
 	mgr := newManager(t, root, bin)
@@ -584,4 +585,58 @@ func TestFindJailedNeedsItsProof(t *testing.T) {
 	if err := errors.Join(m.Kill(), m.Close()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestRealJailedRemoveCorrupt: the real jailer's firecracker of a VM whose
+// state.json is corrupt is found by its jail; rm -f kills it and leaves no chroot, lease or
+// cgroup.
+func TestRealJailedRemoveCorrupt(t *testing.T) {
+	jailerBin, _ := testutil.JailerBins(t)
+	bin := testutil.FirecrackerBin(t)
+	root := testRoot(t)
+	mgr := newManager(t, root, bin, WithJailerBinary(jailerBin))
+	base := filepath.Join(t.TempDir(), "j") // the API socket's path must stay short
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Name = "real-rmf"
+	spec.Jailer = &JailerSpec{ChrootBase: base, MemoryLimit: 1 << 30, CPUQuota: 0.5}
+	m := start(t, mgr, spec, Detached())
+	pid := m.PID()
+	m.Release()
+	stPath := filepath.Join(root, "vms", spec.Name, rundir.StateFile)
+	killGuardAtEnd(t, stPath)
+	os.WriteFile(stPath, []byte(`{"version":1,`), 0o600)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	killed, err := mgr.ForceRemove(ctx, spec.Name)
+	if err != nil || !slices.Contains(killed, pid) {
+		t.Fatalf("ForceRemove: %v %v, want %d killed", killed, err, pid)
+	}
+	if !processGone(pid, 5*time.Second) {
+		t.Error("firecracker still runs")
+	}
+	jailLeft(t, base, root)
+	if l, err := jailer.DetectCgroups(); err == nil {
+		for _, c := range []string{"cpu", "memory"} {
+			if mnt := l.Mount(l.Version(), c); mnt != "" {
+				if _, err := os.Stat(filepath.Join(mnt, filepath.Base(bin), spec.Name)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("cgroup %s left: %v", c, err)
+				}
+			}
+		}
+	}
+}
+
+// killGuardAtEnd kills, once the test ends, the jail guard the state at stPath records (and
+// with it the jail's processes), so that a failing test leaves no detached VM running.
+func killGuardAtEnd(t *testing.T, stPath string) {
+	t.Helper()
+	b, err := os.ReadFile(stPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st rundir.State
+	if err := json.Unmarshal(b, &st); err != nil || st.Jail == nil || st.Jail.GuardPID == 0 {
+		t.Fatalf("no guard in state.json: %s", b)
+	}
+	t.Cleanup(func() { jailer.KillGuard(st.Jail.GuardPID, st.Jail.GuardStart) })
 }

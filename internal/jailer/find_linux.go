@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/smartvm/smartvm/internal/proc"
 )
 
@@ -65,8 +67,8 @@ func jailed(pid int, uid uint32, id string) (Found, bool) {
 		return Found{}, false
 	}
 	base := "/proc/" + strconv.Itoa(pid)
-	root, err := os.Readlink(base + "/root")
-	if err != nil || !filepath.IsAbs(root) || filepath.Clean(root) != root || filepath.Base(root) != "root" || filepath.Base(filepath.Dir(root)) != id {
+	root, ok := chrootOf(pid)
+	if !ok || !filepath.IsAbs(root) || filepath.Clean(root) != root || filepath.Base(root) != "root" || filepath.Base(filepath.Dir(root)) != id {
 		return Found{}, false
 	}
 	execDir := filepath.Dir(filepath.Dir(root))
@@ -108,4 +110,67 @@ func isGuard(pid int) bool {
 	}
 	_, ns := statusPIDs(b)
 	return len(ns) >= 2 && ns[len(ns)-1] == 1 && bytes.Contains(b, []byte("\nUid:\t"+strconv.Itoa(os.Geteuid())+"\t"))
+}
+
+// chrootOf returns the host path of process pid's root directory, checked to be that
+// directory (same device and inode as /proc/<pid>/root). A process that only chrooted shows it
+// as /proc/<pid>/root's link; the jailer's firecracker, which pivoted its root in a mount
+// namespace of its own, shows "/" there, and its root mount's source directory is found
+// instead: its mountinfo names it within its filesystem, and this process's mounts of that
+// filesystem give it a host path.
+func chrootOf(pid int) (string, bool) {
+	base := "/proc/" + strconv.Itoa(pid)
+	var want unix.Stat_t
+	if unix.Stat(base+"/root/", &want) != nil {
+		return "", false
+	}
+	same := func(p string) bool {
+		var st unix.Stat_t
+		return unix.Lstat(p, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Dev == want.Dev && st.Ino == want.Ino
+	}
+	if l, err := os.Readlink(base + "/root"); err == nil && l != "/" && filepath.IsAbs(l) && same(l) {
+		return l, true
+	}
+	theirs, err := os.ReadFile(base + "/mountinfo")
+	if err != nil {
+		return "", false
+	}
+	var dev, inFS string
+	for _, m := range mountinfo(theirs) {
+		if m.point == "/" {
+			dev, inFS = m.dev, m.root // the last mount on / is the one seen
+		}
+	}
+	ours, err := os.ReadFile("/proc/self/mountinfo")
+	if dev == "" || err != nil {
+		return "", false
+	}
+	for _, m := range mountinfo(ours) {
+		if m.dev != dev {
+			continue
+		}
+		rel, err := filepath.Rel(m.root, inFS)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			continue
+		}
+		if p := filepath.Join(m.point, rel); same(p) {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+// mount is one line of a mountinfo: the device (major:minor), the directory of its
+// filesystem mounted, and where.
+type mount struct{ dev, root, point string }
+
+func mountinfo(b []byte) []mount {
+	var out []mount
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 {
+			out = append(out, mount{dev: f[2], root: unescapeMount(f[3]), point: unescapeMount(f[4])})
+		}
+	}
+	return out
 }
