@@ -87,3 +87,22 @@ func TestDoctorJailer(t *testing.T) {
 		}
 	}
 }
+
+// rm -f finds a jailed VM whose state.json is corrupt by its jail, and nothing of it is left.
+func TestCorruptJailedRemoveCLI(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := jailEnv(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	env.run(t, "run", "-d", "--rm", "--name", "jc", "--image", "hello", "--chroot-base", base, "--boot-args", bootArgs(testguest.ModeCounter)).ok(t)
+	t.Cleanup(func() { env.run(t, "kill", "jc") }) // if the test stops early
+	vms := env.ps(t)
+	if len(vms) != 1 {
+		t.Fatalf("ps: %+v", vms)
+	}
+	os.WriteFile(filepath.Join(vms[0].RuntimeDir, "state.json"), []byte("{garbage"), 0o600)
+	env.run(t, "rm", "-f", "jc").ok(t)
+	assertGone(t, vms[0])
+	if ents, _ := os.ReadDir(base); len(ents) != 0 {
+		t.Errorf("left under the chroot base: %v", ents)
+	}
+}
