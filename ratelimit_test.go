@@ -22,9 +22,14 @@ func TestApplyNICRateLimits(t *testing.T) {
 	}
 }
 
-func TestUpdateRateLimits(t *testing.T) {
+func TestUpdateRateLimits(t *testing.T) { testUpdateRateLimits(t, testutil.Link(t, "firecracker")) }
+
+// TestRealUpdateRateLimits: the real firecracker takes the PATCHes, and the spec records them.
+func TestRealUpdateRateLimits(t *testing.T) { testUpdateRateLimits(t, testutil.FirecrackerBin(t)) }
+
+func testUpdateRateLimits(t *testing.T, bin string) {
 	testutil.CheckLeaks(t)
-	mgr := newManager(t, testRoot(t), testutil.Link(t, "firecracker"))
+	mgr := newManager(t, testRoot(t), bin)
 	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
 	spec.Drives = []DriveSpec{{ID: "data", Path: guestKernel(t), ReadOnly: true,
 		RateLimiter: &fcapi.RateLimiter{Bandwidth: &fcapi.TokenBucket{Size: 1 << 20, RefillTime: 1000}}}}
