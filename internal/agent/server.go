@@ -297,7 +297,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", agentwire.TarContentType)
 	w.Header().Set("Trailer", agentwire.DownloadErrorTrailer)
 	// Reading files and sending overlap through the pipe, whose chunks go out whole.
-	pipe := agentwire.NewPipe()
+	pipe := agentwire.NewCopyPipe()
 	go func() {
 		pipe.CloseWrite(treetar.Write(pipe, p, path.Base(p)))
 	}()

@@ -88,8 +88,8 @@ func NewClient(dial DialFunc) *Client {
 			return dial(ctx)
 		},
 		MaxIdleConnsPerHost: 4,
-		WriteBufferSize:     ChunkSize + 64,
-		ReadBufferSize:      ChunkSize + 64,
+		WriteBufferSize:     CopyChunkSize + 64,
+		ReadBufferSize:      CopyChunkSize + 64,
 	}
 	hc := &http.Client{Transport: tr}
 	bulkClient := &http.Client{Transport: bulk}

@@ -84,7 +84,7 @@ func (c *Client) CopyTo(ctx context.Context, src, dst string, lim Limits) error 
 	default:
 		return err
 	}
-	pipe := NewPipe()
+	pipe := NewCopyPipe()
 	go func() { pipe.CloseWrite(treetar.Write(pipe, src, name)) }()
 	_, err = c.Upload(ctx, dir, lim, pipe)
 	pipe.CloseRead(errors.New("upload ended"))

@@ -25,10 +25,22 @@ type Pipe struct {
 }
 
 // NewPipe returns an empty Pipe.
-func NewPipe() *Pipe {
-	p := &Pipe{full: make(chan []byte, pipeChunks), free: make(chan []byte, pipeChunks), done: make(chan struct{})}
-	for range pipeChunks {
-		p.free <- make([]byte, 0, ChunkSize)
+func NewPipe() *Pipe { return newPipe(pipeChunks, ChunkSize) }
+
+// NewCopyPipe returns an empty Pipe for a file copy's tar stream: fewer, larger chunks than
+// NewPipe's (the same memory), so a copy goes through the socket in CopyChunkSize writes.
+func NewCopyPipe() *Pipe { return newPipe(copyPipeChunks, CopyChunkSize) }
+
+// CopyChunkSize is the chunk size of a copy's Pipe, and copyPipeChunks how many it holds.
+const (
+	CopyChunkSize  = 1 << 20
+	copyPipeChunks = 2
+)
+
+func newPipe(chunks, size int) *Pipe {
+	p := &Pipe{full: make(chan []byte, chunks), free: make(chan []byte, chunks), done: make(chan struct{})}
+	for range chunks {
+		p.free <- make([]byte, 0, size)
 	}
 	return p
 }
@@ -43,7 +55,7 @@ func (p *Pipe) Write(b []byte) (int, error) {
 		case <-p.done:
 			return n, p.readErr()
 		}
-		k := min(len(b), ChunkSize)
+		k := min(len(b), cap(buf))
 		buf = append(buf[:0], b[:k]...)
 		select {
 		case p.full <- buf:

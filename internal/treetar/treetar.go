@@ -22,7 +22,7 @@ import (
 )
 
 // copyBuf is the buffer size file contents are copied with.
-const copyBuf = 256 << 10
+const copyBuf = 1 << 20
 
 // Write writes the tree at src (a file, symlink or directory, not followed if a symlink) to w
 // as a tar stream whose entries are named name, name/child, and so on. Regular files with
