@@ -186,16 +186,20 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		report(superviseStatus{Error: err.Error(), Exists: errors.Is(err, smartvm.ErrExists)})
 		return err
 	}
+	// abort stops the VM that could not be made ready and reports why.
+	abort := func(err error) error {
+		err = fmt.Errorf("%w; the vm was stopped", err)
+		_ = m.Kill()
+		_ = m.Close()
+		if req.Plan.Keep { // a start that failed leaves no record
+			_ = mgr.Remove(context.WithoutCancel(ctx), m.Name())
+		}
+		report(superviseStatus{Error: err.Error()})
+		return err
+	}
 	if req.Plan.WaitAgent {
 		if err := waitAgent(ctx, m); err != nil {
-			err = fmt.Errorf("%w; the vm was stopped", err)
-			_ = m.Kill()
-			_ = m.Close()
-			if req.Plan.Keep { // a start that failed leaves no record
-				_ = mgr.Remove(context.WithoutCancel(ctx), m.Name())
-			}
-			report(superviseStatus{Error: err.Error()})
-			return err
+			return abort(err)
 		}
 	}
 	if mp := req.Plan.Main; mp != nil {
@@ -204,14 +208,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		_, stopWatch := watchExit(ctx, m)
 		defer stopWatch()
 		if err := startMainDetached(ctx, m, mp); err != nil {
-			err = fmt.Errorf("start the main process: %w; the vm was stopped", err)
-			_ = m.Kill()
-			_ = m.Close()
-			if req.Plan.Keep { // a start that failed leaves no record
-				_ = mgr.Remove(context.WithoutCancel(ctx), m.Name())
-			}
-			report(superviseStatus{Error: err.Error()})
-			return err
+			return abort(fmt.Errorf("start the main process: %w", err))
 		}
 	}
 	report(superviseStatus{Name: m.Name(), PID: m.PID()})
