@@ -120,10 +120,13 @@ func (a *app) run(ctx context.Context, args []string) int {
 	if err == nil {
 		return ExitOK
 	}
+	// Messages can carry what a guest, an image or a state file said (an agent's error, a
+	// file name): no control characters reach the terminal.
+	stderr := &terminalSafe{w: a.stderr}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
-			fmt.Fprintf(a.stderr, "smartvm: %s\n", ee.msg)
+			fmt.Fprintf(stderr, "smartvm: %s\n", ee.msg)
 		}
 		return ee.code
 	}
@@ -133,14 +136,14 @@ func (a *app) run(ctx context.Context, args []string) int {
 		if cmd != nil {
 			path = cmd.CommandPath()
 		}
-		fmt.Fprintf(a.stderr, "smartvm: %s (see '%s --help')\n", err, path)
+		fmt.Fprintf(stderr, "smartvm: %s (see '%s --help')\n", err, path)
 		return ExitUsage
 	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		fmt.Fprintf(a.stderr, "smartvm: interrupted: %s\n", err)
+		fmt.Fprintf(stderr, "smartvm: interrupted: %s\n", err)
 		return ExitError
 	}
-	fmt.Fprintf(a.stderr, "smartvm: %s\n", err)
+	fmt.Fprintf(stderr, "smartvm: %s\n", err)
 	return ExitError
 }
 

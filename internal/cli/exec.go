@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -194,11 +193,6 @@ func exitCodeOf(err error) error {
 	if !errors.As(err, &ee) {
 		return err
 	}
-	if ee.Reason != "" {
-		// The reason comes from the guest: no control characters reach the terminal.
-		var b strings.Builder
-		_, _ = (&terminalSafe{w: &b}).Write([]byte(ee.Reason))
-		return &exitError{code: ee.Code, msg: b.String()}
-	}
-	return &exitError{code: ee.Code}
+	// The reason comes from the guest: run prints it through terminalSafe.
+	return &exitError{code: ee.Code, msg: ee.Reason}
 }

@@ -106,6 +106,11 @@ func TestCp(t *testing.T) {
 	}
 	env.run(t, "cp", "--agent-addr", addr, filepath.Join(src, "tree"), ":"+filepath.Join(guest, "missing/dir/x")).fails(t, 1, "does not exist in the guest")
 	env.run(t, "cp", "--agent-addr", addr, ":"+filepath.Join(guest, "nothing"), back).fails(t, 1, "no such file")
+	// An agent's error names the guest's path as the agent wrote it: shown with its control
+	// characters made harmless.
+	if r := env.run(t, "cp", "--agent-addr", addr, ":"+filepath.Join(guest, "\x1b]0;title\x07"), back); r.code != 1 || strings.ContainsAny(r.stderr, "\x1b\x07") || !strings.Contains(r.stderr, `\x1b]0;title\x07`) {
+		t.Errorf("cp of a guest path named with escapes: code %d, stderr %q", r.code, r.stderr)
+	}
 	env.run(t, "cp", "--agent-addr", addr, filepath.Join(src, "tree"), ":"+guest+"/../etc").fails(t, 1, `must not contain ".."`)
 	env.run(t, "cp", "--agent-addr", addr, "a", "b").fails(t, 2, "exactly one side")
 	env.run(t, "cp", "--agent-addr", addr, "./x:y", "vm:/z").fails(t, 2, "not both")

@@ -164,7 +164,7 @@ func (a *app) runMain(ctx context.Context, m *smartvm.Machine, mp *mainPlan, not
 		mainErr = awaitMain(waited, m)
 	}
 	if broken(mainErr) && !stopped && !done(m) {
-		fmt.Fprintf(notes, "smartvm: lost the main process's stdio (%s); it runs on, writing to the serial console ('smartvm logs %s')\n", mainErr, m.Name())
+		fmt.Fprintf(&terminalSafe{w: notes}, "smartvm: lost the main process's stdio (%s); it runs on, writing to the serial console ('smartvm logs %s')\n", mainErr, m.Name())
 		select {
 		case code := <-exitCodes:
 			mainErr = nil
