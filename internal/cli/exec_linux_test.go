@@ -33,10 +33,17 @@ func startLocalAgent(t *testing.T) string {
 			t.Errorf("agent: %v", err)
 		}
 	})
+	waitAgentListens(t, sock)
+	return "unix:" + sock
+}
+
+// waitAgentListens waits until an agent started in this process accepts on sock.
+func waitAgentListens(t *testing.T, sock string) {
+	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
-			return "unix:" + sock
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the agent does not listen")

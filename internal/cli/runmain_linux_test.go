@@ -40,15 +40,7 @@ func mainAgentConfig(t *testing.T, cfg agent.Config, proxy *dropProxy) (*testuti
 	cfg.Listen, cfg.MainWait, cfg.Stdout, cfg.Stderr = []string{"unix:" + sock}, true, console, console
 	go func() { done <- agent.Run(ctx, cfg) }()
 	t.Cleanup(cancel)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the agent does not listen")
-		}
-	}
+	waitAgentListens(t, sock)
 	if proxy != nil {
 		sock = proxy.start(t, sock)
 	}
