@@ -65,8 +65,7 @@ foreground always does (--rm=false keeps foreground clones too).`,
 			if err != nil {
 				return err
 			}
-			// As run: detached VMs are kept once they end unless --rm; foreground ones only with --rm=false.
-			keep := !rm && (detach || cmd.Flags().Changed("rm"))
+			keep := keepExited(cmd, rm, detach)
 			if detach {
 				return a.cloneDetached(ctx, fc.Path, snap, cs, keep)
 			}

@@ -69,8 +69,7 @@ commands (smartvm exec). The library does the same with Machine.WaitAgent after 
 				return err
 			}
 			plan := runPlan{Snapshot: snap.Dir, WaitAgent: waitAgent, RestoreName: name}
-			// As run: detached VMs are kept once they end unless --rm; foreground ones only with --rm=false.
-			plan.Keep = !rm && (detach || cmd.Flags().Changed("rm"))
+			plan.Keep = keepExited(cmd, rm, detach)
 			if detach {
 				return a.startDetached(ctx, fc.Path, plan)
 			}

@@ -182,8 +182,7 @@ When no firecracker binary is found, run installs the latest release into ~/.sma
 			if err != nil {
 				return err
 			}
-			// Detached VMs are kept once they end unless --rm; foreground ones only with --rm=false.
-			plan.Keep = !f.rm && (f.detach || cmd.Flags().Changed("rm"))
+			plan.Keep = keepExited(cmd, f.rm, f.detach)
 			return a.runVM(cmd.Context(), f, plan)
 		},
 	}
@@ -496,6 +495,12 @@ func planNetwork(s *smartvm.MachineSpec, f runFlags) error {
 	}
 	s.Network = &n
 	return nil
+}
+
+// keepExited reads --rm for run, restore and clone: detached VMs are kept as exited once
+// they end unless --rm; foreground ones only with --rm=false.
+func keepExited(cmd *cobra.Command, rm, detach bool) bool {
+	return !rm && (detach || cmd.Flags().Changed("rm"))
 }
 
 // planMetadata applies --metadata FILE: the MMDS store starts with the file's JSON.
