@@ -44,7 +44,8 @@ func parseFormat(s string) (*itemFormat, error) {
 }
 
 // writeFormatted prints each item with the template, one per line. Nothing is printed unless every
-// item renders.
+// item renders. Items carry what guests said (an agent's version, a firecracker log tail): the
+// output goes through terminalSafe.
 func writeFormatted[T any](w io.Writer, f *itemFormat, items []T) error {
 	var buf bytes.Buffer
 	for _, it := range items {
@@ -53,6 +54,6 @@ func writeFormatted[T any](w io.Writer, f *itemFormat, items []T) error {
 		}
 		buf.WriteByte('\n')
 	}
-	_, err := w.Write(buf.Bytes())
+	_, err := (&terminalSafe{w: w}).Write(buf.Bytes())
 	return err
 }

@@ -20,3 +20,20 @@ func TestTerminalSafe(t *testing.T) {
 		t.Errorf("got  %q\nwant %q", out.String(), want)
 	}
 }
+
+// --format output carries what guests said (an agent's version): no control characters pass.
+func TestFormattedIsTerminalSafe(t *testing.T) {
+	f, err := parseFormat("{{.Name}} {{.Agent.Version}}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	items := []psJSON{{Agent: &agentStatus{Up: true, Version: "1.0\x1b]0;pwned\x07"}}}
+	items[0].Name = "web"
+	if err := writeFormatted(&out, f, items); err != nil {
+		t.Fatal(err)
+	}
+	if want := "web 1.0\\x1b]0;pwned\\x07\n"; out.String() != want {
+		t.Errorf("got %q, want %q", out.String(), want)
+	}
+}
