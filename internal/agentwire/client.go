@@ -211,7 +211,7 @@ func httpCallError(op, path, status string, body []byte) error {
 	var ce CallError
 	var code connect.Code
 	if json.Unmarshal(body, &ce) != nil || code.UnmarshalText([]byte(ce.Code)) != nil {
-		return fmt.Errorf("agent %s %s: %s", op, path, status)
+		return fmt.Errorf("agent %s %s: %s", op, path, GuestText(status))
 	}
 	return callError(op, path, connect.NewError(code, errors.New(ce.Message)))
 }
@@ -248,7 +248,7 @@ func (r *downloadReader) Read(p []byte) (int, error) {
 	n, err := r.res.Body.Read(p)
 	if errors.Is(err, io.EOF) {
 		if msg := r.res.Trailer.Get(DownloadErrorTrailer); msg != "" {
-			err = fmt.Errorf("download %s: %s", r.path, msg)
+			err = fmt.Errorf("download %s: %s", r.path, GuestText(msg))
 		}
 	} else if err != nil {
 		err = callError("download", r.path, err)
@@ -272,6 +272,8 @@ func callError(op, path string, err error) error {
 	if !errors.As(err, &ce) {
 		return fmt.Errorf("agent %s: %w", what, err)
 	}
+	// The message is the guest's: bounded and without control characters.
+	msg := GuestText(ce.Message())
 	var kind error
 	switch ce.Code() {
 	case connect.CodeNotFound:
@@ -283,9 +285,9 @@ func callError(op, path string, err error) error {
 	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeCanceled, connect.CodeDeadlineExceeded:
 		return fmt.Errorf("agent %s: %w", what, err)
 	default:
-		return fmt.Errorf("%s: %s", what, ce.Message())
+		return fmt.Errorf("%s: %s", what, msg)
 	}
-	return &RemoteError{Op: what, Msg: ce.Message(), kind: kind}
+	return &RemoteError{Op: what, Msg: msg, kind: kind}
 }
 
 // RemoteError is a failure the agent reports about a path. It matches fs.ErrNotExist,

@@ -98,6 +98,7 @@ func (c *Client) startProcess(ctx context.Context, op string, client *connect.Cl
 		}
 	case reply.Exit != nil:
 		p.status = *reply.Exit
+		p.status.Error = GuestText(p.status.Error)
 		p.finish(nil)
 		return p, nil
 	default:
@@ -179,6 +180,7 @@ func (p *Process) receive(stdout, stderr io.Writer) {
 	}
 	if exit != nil {
 		p.status = *exit
+		p.status.Error = GuestText(p.status.Error)
 	}
 	p.finish(err)
 }

@@ -1,0 +1,30 @@
+package agentwire
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestGuestText(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"no such file", "no such file"},
+		{"héllo", "héllo"},
+		{"bad\x1b[2Jclear\r\nline", `bad\x1b[2Jclear\r\nline`},
+		{"nul\x00 and bad \xff utf8", "nul\\x00 and bad \uFFFD utf8"},
+		{"c1 \u009b control", `c1 \u009b control`},
+	} {
+		if got := GuestText(tc.in); got != tc.want {
+			t.Errorf("GuestText(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	long := strings.Repeat("é", MaxGuestText) // 2 bytes a rune: the cut splits none or one
+	got := GuestText(long)
+	if !strings.HasSuffix(got, "...") || len(got) > MaxGuestText+3 || !utf8.ValidString(got) || strings.ContainsRune(got, utf8.RuneError) {
+		t.Errorf("GuestText of %d bytes: %d bytes, valid %v, suffix %q", len(long), len(got), utf8.ValidString(got), got[len(got)-5:])
+	}
+	odd := "x" + strings.Repeat("é", MaxGuestText) // the cut splits a rune
+	if got := GuestText(odd); strings.ContainsRune(got, utf8.RuneError) || !utf8.ValidString(got) {
+		t.Errorf("GuestText kept a split rune: ...%q", got[len(got)-8:])
+	}
+}
