@@ -97,8 +97,7 @@ func (c *Client) startProcess(ctx context.Context, op string, client *connect.Cl
 			return p, nil
 		}
 	case reply.Exit != nil:
-		p.status = *reply.Exit
-		p.status.Error = GuestText(p.status.Error)
+		p.status = reply.Exit.checked()
 		p.finish(nil)
 		return p, nil
 	default:
@@ -179,8 +178,7 @@ func (p *Process) receive(stdout, stderr io.Writer) {
 		err = callError(p.op, "", io.ErrUnexpectedEOF)
 	}
 	if exit != nil {
-		p.status = *exit
-		p.status.Error = GuestText(p.status.Error)
+		p.status = exit.checked()
 	}
 	p.finish(err)
 }

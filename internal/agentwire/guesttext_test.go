@@ -28,3 +28,18 @@ func TestGuestText(t *testing.T) {
 		t.Errorf("GuestText kept a split rune: ...%q", got[len(got)-8:])
 	}
 }
+
+func TestExitStatusChecked(t *testing.T) {
+	for _, tc := range []struct{ in, want ExitStatus }{
+		{ExitStatus{Code: 3}, ExitStatus{Code: 3}},
+		{ExitStatus{Code: 137, Signal: 9}, ExitStatus{Code: 137, Signal: 9}},
+		{ExitStatus{Code: 127, Error: "not found\x1b]0;x\a"}, ExitStatus{Code: 127, Error: `not found\x1b]0;x\a`}},
+		{ExitStatus{Code: 256}, ExitStatus{Code: 255}},
+		{ExitStatus{Code: -1}, ExitStatus{Code: 255}},
+		{ExitStatus{Code: 0, Signal: 1 << 20}, ExitStatus{Code: 255}},
+	} {
+		if got := tc.in.checked(); got != tc.want {
+			t.Errorf("%+v.checked() = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}

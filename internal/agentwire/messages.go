@@ -99,6 +99,18 @@ type ExitStatus struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// checked returns s as the host keeps it: s comes from the guest, so a code or signal no
+// process has reads as code 255 (as a shell reports an exit status it cannot represent),
+// and Error is made safe to show (GuestText).
+func (s *ExitStatus) checked() ExitStatus {
+	c := *s
+	if c.Code < 0 || c.Code > 255 || c.Signal < 0 || c.Signal > 127 {
+		c.Code, c.Signal = 255, 0
+	}
+	c.Error = GuestText(c.Error)
+	return c
+}
+
 // ProcUpload is not a Connect procedure: its request is a plain HTTP POST whose body is the
 // tar stream, with the destination and limits in the query (UploadQuery...), so that the
 // bytes go from the socket to the files without messages to copy them through (a Connect
