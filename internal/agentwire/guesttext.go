@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // MaxGuestText is the most bytes of a text the guest sends (an error, a reason, a version)
@@ -11,32 +12,24 @@ import (
 const MaxGuestText = 4 << 10
 
 // GuestText makes s, a text written by the guest, safe to show on the user's terminal and
-// to keep: at most MaxGuestText bytes, valid UTF-8, and control characters (escape
-// sequences, carriage returns, newlines) written as Go escapes.
+// to keep: valid UTF-8, control characters (escape sequences, carriage returns, newlines)
+// written as Go escapes, and at most MaxGuestText bytes of that, then "..." when cut.
 func GuestText(s string) string {
-	cut := len(s) > MaxGuestText
-	if cut {
-		s = s[:MaxGuestText]
+	if len(s) <= MaxGuestText && utf8.ValidString(s) && strings.IndexFunc(s, unicode.IsControl) < 0 {
+		return s
 	}
-	s = strings.ToValidUTF8(s, string(unicode.ReplacementChar))
-	if cut {
-		// The cut may have split a rune: drop what ToValidUTF8 made of it.
-		s = strings.TrimSuffix(s, string(unicode.ReplacementChar))
-	}
-	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
-		var b strings.Builder
-		for _, r := range s {
-			if unicode.IsControl(r) {
-				q := strconv.QuoteRune(r)
-				b.WriteString(q[1 : len(q)-1])
-				continue
-			}
-			b.WriteRune(r)
+	var b strings.Builder
+	for _, r := range s {
+		w := string(r) // an invalid byte reads as RuneError: written as U+FFFD
+		if unicode.IsControl(r) {
+			q := strconv.QuoteRune(r)
+			w = q[1 : len(q)-1]
 		}
-		s = b.String()
+		if b.Len()+len(w) > MaxGuestText {
+			b.WriteString("...")
+			break
+		}
+		b.WriteString(w)
 	}
-	if cut {
-		s += "..."
-	}
-	return s
+	return b.String()
 }
