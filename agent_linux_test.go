@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/smartvm/smartvm/internal/agent"
+	"github.com/smartvm/smartvm/internal/agentwire"
 	"github.com/smartvm/smartvm/internal/fakefc"
 	"github.com/smartvm/smartvm/internal/testguest"
 )
@@ -374,4 +375,23 @@ func TestWatchAgentExitBounded(t *testing.T) {
 		}
 		guest.Close()
 	}
+}
+
+// TestWatchAgentEventText: the version and kind of an announcement are the guest's text: they
+// are passed on cut and with their control characters escaped.
+func TestWatchAgentEventText(t *testing.T) {
+	guest, events, done := serveEvents(func(AgentEvent) bool { return true })
+	line := `{"event":"ready\u001b[2J","version":"v1\r\n` + strings.Repeat("x", 2*agentwire.MaxGuestText) + `"}`
+	go func() {
+		_, _ = guest.Write([]byte(line + "\n"))
+		_, _ = guest.Read(make([]byte, 64))
+	}()
+	if !<-done || len(*events) != 1 {
+		t.Fatalf("events %+v", *events)
+	}
+	e := (*events)[0]
+	if e.Kind != `ready\x1b[2J` || !strings.HasPrefix(e.Version, `v1\r\nxxx`) || len(e.Version) > agentwire.MaxGuestText+3 {
+		t.Errorf("event kind %q, version %.20q... of %d bytes", e.Kind, e.Version, len(e.Version))
+	}
+	guest.Close()
 }

@@ -134,7 +134,7 @@ func serveAgentConn(ctx context.Context, conn net.Conn, fn func(AgentEvent) bool
 		if json.Unmarshal(sc.Bytes(), &h) != nil {
 			return false // not an agent: drop the connection
 		}
-		e := AgentEvent{Kind: h.Event, Version: h.Version, PID1: h.PID1}
+		e := AgentEvent{Kind: agentwire.GuestText(h.Event), Version: agentwire.GuestText(h.Version), PID1: h.PID1}
 		if h.Event == "exit" && (h.Code == nil || *h.Code < 0 || *h.Code > maxExitCode) {
 			return false // an exit code no process has: not an agent, drop the connection
 		}

@@ -122,7 +122,9 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 	if err != nil {
 		return Health{}, callError("health check", "", err)
 	}
-	return *res.Msg, nil
+	h := *res.Msg
+	h.Version, h.Hostname = GuestText(h.Version), GuestText(h.Hostname)
+	return h, nil
 }
 
 // Stat describes path in the guest (without following a final symlink). A missing path gives an
