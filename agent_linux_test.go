@@ -390,7 +390,7 @@ func TestWatchAgentEventText(t *testing.T) {
 		t.Fatalf("events %+v", *events)
 	}
 	e := (*events)[0]
-	if e.Kind != `ready\x1b[2J` || !strings.HasPrefix(e.Version, `v1\r\nxxx`) || len(e.Version) > agentwire.MaxGuestText+3 {
+	if e.Kind != `ready\x1b[2J` || !strings.HasPrefix(e.Version, `v1\x0d\x0axxx`) || len(e.Version) > agentwire.MaxGuestText+3 {
 		t.Errorf("event kind %q, version %.20q... of %d bytes", e.Kind, e.Version, len(e.Version))
 	}
 	guest.Close()

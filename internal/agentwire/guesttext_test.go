@@ -10,8 +10,8 @@ func TestGuestText(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"no such file", "no such file"},
 		{"héllo", "héllo"},
-		{"bad\x1b[2Jclear\r\nline", `bad\x1b[2Jclear\r\nline`},
-		{"nul\x00 and bad \xff utf8", "nul\\x00 and bad \uFFFD utf8"},
+		{"bad\x1b[2Jclear\r\nline\a", `bad\x1b[2Jclear\x0d\x0aline\x07`},
+		{"nul\x00 and bad \xff utf8", `nul\x00 and bad \xff utf8`},
 		{"c1 \u009b control", `c1 \u009b control`},
 	} {
 		if got := GuestText(tc.in); got != tc.want {
@@ -33,7 +33,7 @@ func TestExitStatusChecked(t *testing.T) {
 	for _, tc := range []struct{ in, want ExitStatus }{
 		{ExitStatus{Code: 3}, ExitStatus{Code: 3}},
 		{ExitStatus{Code: 137, Signal: 9}, ExitStatus{Code: 137, Signal: 9}},
-		{ExitStatus{Code: 127, Error: "not found\x1b]0;x\a"}, ExitStatus{Code: 127, Error: `not found\x1b]0;x\a`}},
+		{ExitStatus{Code: 127, Error: "not found\x1b]0;x\a"}, ExitStatus{Code: 127, Error: `not found\x1b]0;x\x07`}},
 		{ExitStatus{Code: 256}, ExitStatus{Code: 255}},
 		{ExitStatus{Code: -1}, ExitStatus{Code: 255}},
 		{ExitStatus{Code: 0, Signal: 1 << 20}, ExitStatus{Code: 255}},
