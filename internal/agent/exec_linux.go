@@ -357,6 +357,9 @@ func (s *Server) exec(ctx context.Context, stream *connect.BidiStream[agentwire.
 	if start == nil || len(start.Args) == 0 || start.Args[0] == "" {
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("exec: the first message must name a command"))
 	}
+	if err := start.Check(); err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("exec: %w", err))
+	}
 	out := &callOut{stream: stream}
 	cmd, err := resolve(start)
 	if err != nil {

@@ -35,8 +35,8 @@ type Process struct {
 // 126 and the reason in Error, like a shell would. ctx ends the call: cancelling it kills the
 // command.
 func (c *Client) Exec(ctx context.Context, start ExecStart, stdio ExecIO) (*Process, error) {
-	if len(start.Args) == 0 || start.Args[0] == "" {
-		return nil, errors.New("exec: no command")
+	if err := start.Check(); err != nil {
+		return nil, fmt.Errorf("exec: %w", err)
 	}
 	start.Stdin = stdio.Stdin != nil
 	return c.startProcess(ctx, "exec", c.exec, &ExecIn{Start: &start}, stdio, false)

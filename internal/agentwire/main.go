@@ -75,6 +75,37 @@ func checkHostname(h string) error {
 
 // Check checks the bounds of m: counts, sizes, NUL bytes and the form of Env entries.
 func (m *MainStart) Check() error {
+	var args []string
+	if m.Entrypoint != nil {
+		args = append(args, *m.Entrypoint...)
+	}
+	args = append(args, m.Cmd...)
+	if err := checkCommand(args, m.Env, m.Dir, m.User); err != nil {
+		return err
+	}
+	if m.Hostname != "" {
+		if err := checkHostname(m.Hostname); err != nil {
+			return err
+		}
+	}
+	if m.Detach && (m.Stdin || m.TTY) {
+		return errors.New("a detached main process has the console as its stdio: no stdin or TTY from the client")
+	}
+	return nil
+}
+
+// Check checks the bounds of e as MainStart.Check does (the same limits), and that it names
+// a command.
+func (e *ExecStart) Check() error {
+	if len(e.Args) == 0 || e.Args[0] == "" {
+		return errors.New("no command")
+	}
+	return checkCommand(e.Args, e.Env, e.Dir, e.User)
+}
+
+// checkCommand checks the bounds of a command's arguments, environment, directory and user:
+// counts, sizes, NUL bytes and the form of env entries.
+func checkCommand(args, env []string, dir, user string) error {
 	total := 0
 	str := func(what, s string) error {
 		total += len(s)
@@ -86,23 +117,18 @@ func (m *MainStart) Check() error {
 		}
 		return nil
 	}
-	var args []string
-	if m.Entrypoint != nil {
-		args = append(args, *m.Entrypoint...)
-	}
-	args = append(args, m.Cmd...)
 	if len(args) > MaxMainArgs {
 		return fmt.Errorf("the command has %d arguments: at most %d are allowed", len(args), MaxMainArgs)
 	}
-	if len(m.Env) > MaxMainEnv {
-		return fmt.Errorf("%d environment variables: at most %d are allowed", len(m.Env), MaxMainEnv)
+	if len(env) > MaxMainEnv {
+		return fmt.Errorf("%d environment variables: at most %d are allowed", len(env), MaxMainEnv)
 	}
 	for i, a := range args {
 		if err := str(fmt.Sprintf("argument %d", i), a); err != nil {
 			return err
 		}
 	}
-	for _, kv := range m.Env {
+	for _, kv := range env {
 		k, _, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
 			return fmt.Errorf("environment entry %.40q: want KEY=VALUE", kv)
@@ -111,22 +137,14 @@ func (m *MainStart) Check() error {
 			return err
 		}
 	}
-	if err := str("the working directory", m.Dir); err != nil {
+	if err := str("the working directory", dir); err != nil {
 		return err
 	}
-	if err := str("the user", m.User); err != nil {
+	if err := str("the user", user); err != nil {
 		return err
 	}
 	if total > MaxMainTotal {
 		return fmt.Errorf("the command, environment, directory and user take %d bytes: at most %d are allowed", total, MaxMainTotal)
-	}
-	if m.Hostname != "" {
-		if err := checkHostname(m.Hostname); err != nil {
-			return err
-		}
-	}
-	if m.Detach && (m.Stdin || m.TTY) {
-		return errors.New("a detached main process has the console as its stdio: no stdin or TTY from the client")
 	}
 	return nil
 }
