@@ -169,6 +169,7 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 	}
 	var dirs []dirTimes
 	created := map[string]bool{}
+	symlinks := map[string]bool{} // the symlinks this stream created
 	n := 0
 	var total int64
 	for {
@@ -186,12 +187,20 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 		if err := opts.checkPrefix(name); err != nil {
 			return n, err
 		}
-		if hdr.Typeflag == tar.TypeLink && opts.Prefix != "" {
+		// os.Root follows symlinks inside dir: a symlink of this stream's would take the
+		// entries under it anywhere in dir, past Prefix.
+		if err := checkNotThrough(symlinks, name); err != nil {
+			return n, err
+		}
+		if hdr.Typeflag == tar.TypeLink {
 			target, err := CheckName(hdr.Linkname)
 			if err != nil {
 				return n, err
 			}
-			if !created[target] {
+			if err := checkNotThrough(symlinks, target); err != nil {
+				return n, err
+			}
+			if opts.Prefix != "" && !created[target] {
 				return n, fmt.Errorf("tar entry %q: a hard link to %q, which this stream did not create", name, hdr.Linkname)
 			}
 		}
@@ -205,6 +214,11 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 			total += hdr.Size
 		}
 		created[name] = true
+		if hdr.Typeflag == tar.TypeSymlink {
+			symlinks[name] = true
+		} else {
+			delete(symlinks, name) // replaced
+		}
 		if err := extractEntry(root, tr, hdr, name, opts, buf); err != nil {
 			return n, fmt.Errorf("%s: %w", name, err)
 		}
@@ -220,6 +234,19 @@ func Extract(r io.Reader, dir string, opts Options) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// checkNotThrough refuses a name that goes through one of symlinks (a parent of it is one).
+func checkNotThrough(symlinks map[string]bool, name string) error {
+	if len(symlinks) == 0 {
+		return nil
+	}
+	for i := range len(name) {
+		if name[i] == '/' && symlinks[name[:i]] {
+			return fmt.Errorf("tar entry %q: goes through the symlink %q that the stream created: refused, it could lead anywhere in the destination", name, name[:i])
+		}
+	}
+	return nil
 }
 
 // checkPrefix refuses a name outside Prefix, when one is set.

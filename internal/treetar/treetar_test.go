@@ -130,6 +130,9 @@ func TestExtractPrefix(t *testing.T) {
 		{"the directory itself", []entry{{name: "keep/", typ: tar.TypeDir}}, `outside "app"`},
 		{"a name that only starts alike", []entry{{name: "app2", typ: tar.TypeReg, data: "x"}}, `outside "app"`},
 		{"a hard link to a file it did not make", []entry{{name: "app/", typ: tar.TypeDir}, {name: "app/h", link: "keep", typ: tar.TypeLink}}, "did not create"},
+		{"a file through a symlink it made", []entry{{name: "app/", typ: tar.TypeDir}, {name: "app/up", link: "..", typ: tar.TypeSymlink}, {name: "app/up/passwd", typ: tar.TypeReg, data: "x"}}, "through the symlink"},
+		{"a directory through a symlink it made", []entry{{name: "app", link: ".", typ: tar.TypeSymlink}, {name: "app/keep/", typ: tar.TypeDir}}, "through the symlink"},
+		{"a hard link through a symlink it made", []entry{{name: "app/", typ: tar.TypeDir}, {name: "app/up", link: "..", typ: tar.TypeSymlink}, {name: "app/up/keep2", link: "app/up/keep", typ: tar.TypeLink}}, "through the symlink"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
