@@ -411,7 +411,8 @@ func (mgr *Manager) recordedJail(ctx context.Context, name string, st *rundir.St
 	if base == "" {
 		base = DefaultChrootBase
 	}
-	cfg := jailer.Config{ID: name, ExecFile: "/" + j.ExecName, UID: j.UID, GID: j.GID, ChrootBase: base}
+	cfg := jailer.Config{ID: name, ExecFile: "/" + j.ExecName, UID: j.UID, GID: j.GID, ChrootBase: base,
+		ParentCgroup: spec.Jailer.ParentCgroup}
 	if cfg.Chroot().Root != j.Chroot {
 		return jailer.Config{}, fmt.Errorf("jail of vm %s: recorded chroot %s is not %s, where the spec puts it; left alone", name, j.Chroot, cfg.Chroot().Root)
 	}
@@ -459,12 +460,16 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
-	for _, d := range j.CgroupDirs {
-		// Only clean paths of directories named for this VM, under a cgroup mount, and only
-		// as directories (rmdir, which removes nothing else).
-		if filepath.Clean(d) == d && filepath.Base(d) == name && strings.HasPrefix(d, "/sys/fs/cgroup/") {
-			if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+	if len(j.CgroupDirs) > 0 {
+		layout, err := jailer.DetectCgroups()
+		errs = append(errs, err)
+		for _, d := range j.CgroupDirs {
+			// Only the directories the jailer makes for this VM's jail on this host's
+			// cgroup mounts, and only as directories (rmdir, which removes nothing else).
+			if err == nil && layout.IsCgroupDir(cfg, d) {
+				if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
+					errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+				}
 			}
 		}
 	}

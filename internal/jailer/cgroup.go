@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -266,6 +267,21 @@ func (l Layout) CgroupDirs(cfg Config) []string {
 		}
 	}
 	return dirs
+}
+
+// IsCgroupDir reports whether d is one of the cgroup directories the jailer can make for
+// cfg's jail on this layout: <mount of a hierarchy>/<cfg.CgroupParent()>/<cfg.ID>, with a
+// parent that stays under the mount. A directory read from a record is removed only if it is.
+func (l Layout) IsCgroupDir(cfg Config, d string) bool {
+	parent := cfg.CgroupParent()
+	if !filepath.IsLocal(parent) || filepath.Clean(parent) != parent || ValidateID(cfg.ID) != nil {
+		return false
+	}
+	mounts := slices.Collect(maps.Values(l.V1))
+	if l.V2 != "" {
+		mounts = append(mounts, l.V2)
+	}
+	return slices.ContainsFunc(mounts, func(m string) bool { return d == filepath.Join(m, parent, cfg.ID) })
 }
 
 // CheckSettings reads back each setting from the jail's cgroup directories, as written by the

@@ -85,3 +85,29 @@ func TestSettings(t *testing.T) {
 		t.Errorf("CgroupDirs (-want +got):\n%s", diff)
 	}
 }
+
+func TestIsCgroupDir(t *testing.T) {
+	l := ParseMountinfo([]byte(hybridMountinfo), []byte(hybridCgroups), []byte("hugetlb\n"))
+	cfg := Config{ID: "vm1", ExecFile: "/usr/bin/firecracker"}
+	for d, want := range map[string]bool{
+		"/sys/fs/cgroup/cpu/firecracker/vm1":     true,
+		"/sys/fs/cgroup/unified/firecracker/vm1": true,
+		"/sys/fs/cgroup/cpu/firecracker/vm2":     false,
+		"/sys/fs/cgroup/cpu/other/vm1":           false,
+		"/sys/fs/cgroup/firecracker/vm1":         false,
+		"/sys/fs/cgroup/cpu/firecracker/../vm1":  false,
+		"/tmp/cpu/firecracker/vm1":               false,
+	} {
+		if got := l.IsCgroupDir(cfg, d); got != want {
+			t.Errorf("IsCgroupDir(%s) = %v, want %v", d, got, want)
+		}
+	}
+	cfg.ParentCgroup = "smartvm/jails"
+	if !l.IsCgroupDir(cfg, "/sys/fs/cgroup/memory/smartvm/jails/vm1") || l.IsCgroupDir(cfg, "/sys/fs/cgroup/memory/firecracker/vm1") {
+		t.Error("a parent cgroup of the spec's is not the one checked")
+	}
+	cfg.ParentCgroup = "../.."
+	if l.IsCgroupDir(cfg, "/sys/vm1") {
+		t.Error("a parent cgroup escaping the mount is accepted")
+	}
+}
