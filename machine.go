@@ -736,19 +736,15 @@ func (m *Machine) Console() (io.ReadCloser, error) {
 const serialCapEvery = 250 * time.Millisecond
 
 // capSerial keeps serial.log within the manager's limit (WithSerialLogLimit) until the VM
-// ends or is released. Only the process that started the VM runs it: an attaching one does
-// not know the limit the VM was started with.
-func (m *Machine) capSerial() {
+// ends or is released, through f, the serial.log its start opened for writing (closed on
+// return): never reopened by name. Only the process that started the VM runs it: an
+// attaching one does not know the limit the VM was started with.
+func (m *Machine) capSerial(f *os.File) {
+	defer f.Close()
 	limit := m.mgr.serialMax
 	if limit < 0 {
 		return
 	}
-	f, err := os.OpenFile(m.paths.Serial, os.O_WRONLY, 0)
-	if err != nil {
-		m.log.Debug("bound the serial log", "err", err)
-		return
-	}
-	defer f.Close()
 	t := time.NewTicker(serialCapEvery)
 	defer t.Stop()
 	for {

@@ -261,7 +261,12 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	if err != nil {
 		return nil, s.fail("create files", err)
 	}
-	defer stdout.Close()
+	// stdout (serial.log, opened for writing) goes to capSerial once the VM runs.
+	defer func() {
+		if stdout != nil {
+			stdout.Close()
+		}
+	}()
 	defer stderr.Close()
 	if s.stdin != nil {
 		defer s.stdin.Close() // firecracker has its own copy
@@ -337,7 +342,8 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		return nil, s.fail("register", err)
 	}
 	go m.supervise()
-	go m.capSerial()
+	go m.capSerial(stdout)
+	stdout = nil
 	m.log.Info("vm started", "pid", p.PID(), "took", time.Since(s.begin), "mode", m.mode, "boot_mode", s.spec.BootMode)
 	return m, nil
 }
