@@ -6,7 +6,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/logcap"
 	"github.com/smartvm/smartvm/internal/rundir"
 )
@@ -39,7 +38,7 @@ func (mgr *Manager) Info(ctx context.Context, name string) (MachineInfo, error) 
 		if _, err := dir.Reap(ctx); err != nil {
 			mgr.log.Warn("reap dead vm", "vm", name, "err", err)
 		}
-		dir, st, err = mgr.root.Lookup(name)
+		_, st, err = mgr.root.Lookup(name)
 	}
 	switch {
 	case err != nil:
@@ -49,14 +48,7 @@ func (mgr *Manager) Info(ctx context.Context, name string) (MachineInfo, error) 
 	case !st.Alive():
 		return MachineInfo{}, fmt.Errorf("vm %s: its process is gone: %w", name, ErrNotFound)
 	}
-	info := mgr.infoFromState(st, mgr.statePaths(st))
-	c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
-	info.State = queryState(ctx, c)
-	c.Close()
-	if info.State == StatePaused && dir.SnapshotMarked() {
-		info.Note = NotePausedBySnapshot
-	}
-	return info, nil
+	return mgr.liveInfo(ctx, st), nil
 }
 
 // Remove removes the record of VM name, kept as exited (KeepExited), which frees its name; a

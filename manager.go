@@ -328,14 +328,7 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	}
 	infos := make([]MachineInfo, 0, len(states)+len(corrupt))
 	for _, st := range states {
-		info := mgr.infoFromState(st, mgr.statePaths(st))
-		c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
-		info.State = queryState(ctx, c)
-		c.Close()
-		if info.State == StatePaused && mgr.root.SnapshotMarked(st.Name) {
-			info.Note = NotePausedBySnapshot
-		}
-		infos = append(infos, info)
+		infos = append(infos, mgr.liveInfo(ctx, st))
 	}
 	ended, err := mgr.root.Exited()
 	if err != nil {
@@ -362,6 +355,19 @@ func queryState(ctx context.Context, c *fcapi.Client) MachineState {
 		return StateUnknown
 	}
 	return stateOf(ii.State)
+}
+
+// liveInfo describes the live VM st records, with its state as its firecracker reports it
+// (StateUnknown when its API does not answer in time).
+func (mgr *Manager) liveInfo(ctx context.Context, st *rundir.State) MachineInfo {
+	info := mgr.infoFromState(st, mgr.statePaths(st))
+	c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
+	info.State = queryState(ctx, c)
+	c.Close()
+	if info.State == StatePaused && mgr.root.SnapshotMarked(st.Name) {
+		info.Note = NotePausedBySnapshot
+	}
+	return info
 }
 
 // infoFromState describes the VM st records, whose files are at paths.
