@@ -3,10 +3,7 @@ package smartvm
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,33 +140,12 @@ func loadBare(b *testing.B, bin string, snap Snapshot) time.Duration {
 // rawPut connects to a fresh Firecracker's API socket as soon as it listens and sends one
 // PUT, which must answer 204.
 func rawPut(sock, path string, v any) error {
-	deadline := time.Now().Add(waitLong)
-	var c net.Conn
-	for {
-		var err error
-		if c, err = net.Dial("unix", sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Microsecond)
+	c, err := dialFresh(sock)
+	if err != nil {
+		return err
 	}
 	defer c.Close()
-	body, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s", path, len(body), body)
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return fmt.Errorf("PUT %s: %s", path, resp.Status)
-	}
-	return nil
+	return putRaw(c, bufio.NewReader(c), path, v)
 }
 
 // BenchmarkRealClone measures, with the real Firecracker, Clone of 20 VMs from one snapshot,

@@ -224,17 +224,9 @@ func bootBare(b *testing.B, bin string, spec MachineSpec, mode BootMode) time.Du
 // rawBoot connects to a fresh Firecracker's API socket as soon as it listens and boots it
 // with three requests on that one connection.
 func rawBoot(sock string, machine fcapi.MachineConfig, boot fcapi.BootSource) error {
-	deadline := time.Now().Add(waitLong)
-	var c net.Conn
-	for {
-		var err error
-		if c, err = net.Dial("unix", sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Microsecond)
+	c, err := dialFresh(sock)
+	if err != nil {
+		return err
 	}
 	defer c.Close()
 	br := bufio.NewReader(c)
@@ -246,22 +238,48 @@ func rawBoot(sock string, machine fcapi.MachineConfig, boot fcapi.BootSource) er
 		{"/boot-source", boot},
 		{"/actions", map[string]string{"action_type": "InstanceStart"}},
 	} {
-		body, err := json.Marshal(r.body)
-		if err != nil {
+		if err := putRaw(c, br, r.path, r.body); err != nil {
 			return err
-		}
-		fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s", r.path, len(body), body)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusNoContent {
-			return fmt.Errorf("PUT %s: %s", r.path, resp.Status)
 		}
 	}
 	return nil
 }
+
+// dialFresh connects to the API socket of a Firecracker just spawned as soon as it listens
+// (within waitLong).
+func dialFresh(sock string) (net.Conn, error) {
+	deadline := time.Now().Add(waitLong)
+	for {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+// putRaw sends one PUT of v to path over c (its responses read through br), which must
+// answer 204.
+func putRaw(c net.Conn, br *bufio.Reader, path string, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s", path, len(body), body)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("PUT %s: %s", path, resp.Status)
+	}
+	return nil
+}
+
 func writeJSON(path string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
