@@ -832,7 +832,7 @@ func (d *Dir) Link(f *os.File, name string) error {
 	defer done()
 	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), pfd, base, unix.AT_SYMLINK_FOLLOW)
 	if errors.Is(err, unix.EXDEV) {
-		err = ErrCrossDevice
+		err = fmt.Errorf("%w: %w", ErrCrossDevice, err)
 	}
 	if err != nil {
 		return &fs.PathError{Op: "link", Path: d.Join(name), Err: err}
