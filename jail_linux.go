@@ -467,9 +467,7 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 			// Only the directories the jailer makes for this VM's jail on this host's
 			// cgroup mounts, and only as directories (rmdir, which removes nothing else).
 			if err == nil && layout.IsCgroupDir(cfg, d) {
-				if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
-					errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
-				}
+				errs = append(errs, rmdirCgroup(ctx, d))
 			}
 		}
 	}
