@@ -71,13 +71,7 @@ func BenchmarkRealRestore(b *testing.B) {
 		func() time.Duration { return restoreRenamedTimed(b, mgr, snap) },
 		func() time.Duration { return loadBare(b, bin, snap) },
 	}
-	times := make([][]time.Duration, len(runs))
-	for i := 0; b.Loop(); i++ {
-		for j := range runs {
-			k := (i + j) % len(runs)
-			times[k] = append(times[k], runs[k]())
-		}
-	}
+	times := rotateRuns(b, runs)
 	mr, mb := median(times[0]), median(times[1])
 	b.ReportMetric(float64(mr.Microseconds())/1000, "restore-ms")
 	b.ReportMetric(float64(mb.Microseconds())/1000, "bare-ms")

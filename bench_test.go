@@ -81,14 +81,7 @@ func BenchmarkRealBootToSerial(b *testing.B) {
 			if mode == BootModeAPI {
 				runs = append(runs, func() time.Duration { return bootBare(b, bin, spec, BootModeAPI) })
 			}
-			times := make([][]time.Duration, len(runs))
-			for i := 0; b.Loop(); i++ {
-				// Rotate which goes first, so none always runs on a warmer host.
-				for j := range runs {
-					k := (i + j) % len(runs)
-					times[k] = append(times[k], runs[k]())
-				}
-			}
+			times := rotateRuns(b, runs)
 			ms, mb := median(times[0]), median(times[1])
 			b.ReportMetric(float64(ms.Microseconds())/1000, "start-ms")
 			b.ReportMetric(float64(mb.Microseconds())/1000, "bare-ms")
@@ -219,6 +212,19 @@ func bootBare(b *testing.B, bin string, spec MachineSpec, mode BootMode) time.Du
 		b.Fatalf("bare firecracker: %v", s.err)
 	}
 	return s.at.Sub(t0)
+}
+
+// rotateRuns runs each of runs once per b.Loop iteration, rotating which goes first so that
+// none always runs on a warmer host, and returns the times each took.
+func rotateRuns(b *testing.B, runs []func() time.Duration) [][]time.Duration {
+	times := make([][]time.Duration, len(runs))
+	for i := 0; b.Loop(); i++ {
+		for j := range runs {
+			k := (i + j) % len(runs)
+			times[k] = append(times[k], runs[k]())
+		}
+	}
+	return times
 }
 
 // rawBoot connects to a fresh Firecracker's API socket as soon as it listens and boots it
