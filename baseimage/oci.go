@@ -242,13 +242,18 @@ func (m *Manager) readConfig(ref name.Reference, res *ociResolved) error {
 	if len(mf.Layers) > maxLayers {
 		return fmt.Errorf("image %s has %d layers, more than the %d smartvm accepts", ref, len(mf.Layers), maxLayers)
 	}
-	if mf.Config.Size > maxConfigSize {
-		return fmt.Errorf("image %s: its config is %d bytes, more than the %d smartvm accepts", ref, mf.Config.Size, maxConfigSize)
+	// A size of -1 would turn off go-containerregistry's bound on the read (the registry's
+	// Content-Length, if any, would be the only limit).
+	if mf.Config.Size < 0 || mf.Config.Size > maxConfigSize {
+		return fmt.Errorf("image %s: its manifest gives the config as %d bytes, want 0 to %d: the image is malformed or too large for smartvm", ref, mf.Config.Size, maxConfigSize)
 	}
 	if mf.Config.MediaType != types.OCIConfigJSON && mf.Config.MediaType != types.DockerConfigJSON {
 		return fmt.Errorf("image %s: %w: its config is %s, not a container image config (is it an artifact, such as a Helm chart?)", ref, ErrUnsupportedMediaType, mf.Config.MediaType)
 	}
 	for _, l := range mf.Layers {
+		if l.Size < 0 {
+			return fmt.Errorf("image %s: layer %s: its manifest gives the size as %d: the image is malformed, rebuild or re-push it", ref, l.Digest, l.Size)
+		}
 		if _, err := layerCompression(l.MediaType); err != nil {
 			return fmt.Errorf("image %s: layer %s: %w", ref, l.Digest, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -106,6 +107,37 @@ func (r *testRegistry) push(t testing.TB, ref string, img v1.Image) v1.Hash {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// pushEdited pushes img's blobs, then its manifest as edit leaves it under ref (a repo:tag),
+// the way a hostile registry could serve it.
+func (r *testRegistry) pushEdited(t testing.TB, ref string, img v1.Image, edit func(*v1.Manifest)) {
+	t.Helper()
+	r.push(t, ref, img)
+	mf, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf = mf.DeepCopy()
+	edit(mf)
+	raw, err := json.Marshal(mf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, tag, _ := strings.Cut(ref, ":")
+	req, err := http.NewRequest(http.MethodPut, r.srv.URL+"/v2/"+repo+"/manifests/"+tag, bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", string(mf.MediaType))
+	resp, err := r.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("put edited manifest %s: %s", ref, resp.Status)
+	}
 }
 
 // tarEntry is one entry of a test layer.
@@ -470,6 +502,24 @@ func TestPullOCIBadInput(t *testing.T) {
 	cl, _ := corrupt.Layers()
 	cdg, _ := cl[0].Digest()
 	r.corrupt.Store(cdg.String())
+	okImg := testImage(t, "amd64", v1.Config{}, okLayer)
+	r.pushEdited(t, "ok:negconfig", okImg, func(mf *v1.Manifest) { mf.Config.Size = -1 })
+	r.pushEdited(t, "ok:neglayer", okImg, func(mf *v1.Manifest) { mf.Layers[0].Size = -1 })
+	for _, tc := range []struct {
+		ref, msg string
+	}{
+		{"ok:negconfig", "gives the config as -1 bytes"},
+		{"ok:neglayer", "gives the size as -1"},
+	} {
+		t.Run(tc.ref, func(t *testing.T) {
+			m := ociManager(t)
+			_, err := m.Pull(context.Background(), Source{OCI: r.ref(tc.ref)})
+			if err == nil || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("pull %s: %v; want an error with %q", tc.ref, err, tc.msg)
+			}
+			assertNothingCached(t, m)
+		})
+	}
 	for _, tc := range []struct {
 		ref  string
 		want error
