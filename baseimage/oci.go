@@ -26,6 +26,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/smartvm/smartvm/baseimage/internal/oci"
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // InitConfigPath is where a rootfs converted from an OCI image holds the image's config
@@ -334,7 +335,7 @@ func (m *Manager) pullOCI(ctx context.Context, src Source, key string) (*Bundle,
 		return nil, err
 	}
 	defer s.discard()
-	kernel, err := m.ociKernel(ctx, filepath.Join(s.dir, fileKernel))
+	kernel, err := m.ociKernel(ctx, s)
 	if err != nil {
 		return nil, fmt.Errorf("kernel for %s: %w", src, err)
 	}
@@ -417,11 +418,17 @@ func (m *Manager) ociID(dg v1.Hash, kernelSHA, bootArgs string) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// ociKernel puts the kernel for OCI bundles at dst: Options.Kernel, else the kernel of preset
-// latest from its cached bundle, else that kernel alone, downloaded from the bucket.
-func (m *Manager) ociKernel(ctx context.Context, dst string) (Artifact, error) {
+// ociKernel puts the kernel for OCI bundles in the staging directory s: Options.Kernel, else
+// the kernel of preset latest from its cached bundle (opened through the cache's handle),
+// else that kernel alone, downloaded from the bucket.
+func (m *Manager) ociKernel(ctx context.Context, s *staging) (Artifact, error) {
 	if m.kernel != "" {
-		sum, size, err := linkOrCopy(m.kernel, dst)
+		in, err := safedir.OpenInput(m.kernel, false, false)
+		if err != nil {
+			return Artifact{}, fmt.Errorf("kernel: %w", err)
+		}
+		defer in.Close()
+		sum, size, err := s.linkOrCopy(in, fileKernel)
 		if err != nil {
 			return Artifact{}, err
 		}
@@ -431,7 +438,12 @@ func (m *Manager) ociKernel(ctx context.Context, dst string) (Artifact, error) {
 	if b := m.cached(m.refKey(preset)); b != nil {
 		for _, a := range b.Artifacts {
 			if a.Role == roleKernel {
-				if _, _, err := linkOrCopy(b.Kernel, dst); err != nil {
+				in, err := s.root.OpenRegular(rel(dirBundles, b.ID, fileKernel))
+				if err != nil {
+					return Artifact{}, fmt.Errorf("kernel of cached base image %s: %w", b.ID, err)
+				}
+				defer in.Close()
+				if _, _, err := s.linkOrCopy(in, fileKernel); err != nil {
 					return Artifact{}, err
 				}
 				return a, nil
@@ -444,29 +456,22 @@ func (m *Manager) ociKernel(ctx context.Context, dst string) (Artifact, error) {
 		return Artifact{}, err
 	}
 	a := p.artifacts[0] // presetPlan puts the kernel first
-	res, err := m.fetch(ctx, fetchReq{name: a.URL[strings.LastIndex(a.URL, "/")+1:], loc: p.locs[0], size: a.Size, sha256: a.SHA256, etag: a.ETag}, dst)
+	res, err := m.fetch(ctx, fetchReq{name: a.URL[strings.LastIndex(a.URL, "/")+1:], loc: p.locs[0], size: a.Size, sha256: a.SHA256, etag: a.ETag}, filepath.Join(s.dir, fileKernel))
 	if err != nil {
 		return Artifact{}, err
 	}
 	return Artifact{Role: roleKernel, URL: a.URL, SHA256: res.sha256, Size: res.size}, nil
 }
 
-// linkOrCopy hard-links src to dst, or copies it, and returns its sha256 and size.
-func linkOrCopy(src, dst string) (string, int64, error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return "", 0, fmt.Errorf("kernel: %w", err)
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil || !st.Mode().IsRegular() {
-		return "", 0, fmt.Errorf("kernel %s: not a regular file", src)
-	}
+// linkOrCopy hard-links the open file in to name in the staging directory, or copies it, and
+// returns its sha256 and size.
+func (s *staging) linkOrCopy(in *os.File, name string) (string, int64, error) {
 	h := sha256.New()
 	var w io.Writer = h
 	var out *os.File
-	if err := os.Link(src, dst); err != nil {
-		if out, err = os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err != nil {
+	dst := rel(dirStaging, s.name, name)
+	if err := s.root.Link(in, dst); err != nil {
+		if out, err = s.root.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err != nil {
 			return "", 0, fmt.Errorf("copy kernel: %w", err)
 		}
 		defer out.Close()
@@ -477,7 +482,7 @@ func linkOrCopy(src, dst string) (string, int64, error) {
 		err = out.Close()
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("copy kernel %s: %w", src, err)
+		return "", 0, fmt.Errorf("copy kernel %s: %w", in.Name(), err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
