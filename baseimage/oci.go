@@ -428,7 +428,9 @@ func (m *Manager) ociKernel(ctx context.Context, s *staging) (Artifact, error) {
 			return Artifact{}, fmt.Errorf("kernel: %w", err)
 		}
 		defer in.Close()
-		sum, size, err := s.linkOrCopy(in, fileKernel)
+		// Copied, never linked: a link would share the caller's file (its owner could
+		// change the cached kernel later, and the bundle's chmod would change theirs).
+		sum, size, err := s.linkOrCopy(in, fileKernel, false)
 		if err != nil {
 			return Artifact{}, err
 		}
@@ -443,7 +445,7 @@ func (m *Manager) ociKernel(ctx context.Context, s *staging) (Artifact, error) {
 					return Artifact{}, fmt.Errorf("kernel of cached base image %s: %w", b.ID, err)
 				}
 				defer in.Close()
-				if _, _, err := s.linkOrCopy(in, fileKernel); err != nil {
+				if _, _, err := s.linkOrCopy(in, fileKernel, true); err != nil {
 					return Artifact{}, err
 				}
 				return a, nil
@@ -463,14 +465,15 @@ func (m *Manager) ociKernel(ctx context.Context, s *staging) (Artifact, error) {
 	return Artifact{Role: roleKernel, URL: a.URL, SHA256: res.sha256, Size: res.size}, nil
 }
 
-// linkOrCopy hard-links the open file in to name in the staging directory, or copies it, and
-// returns its sha256 and size.
-func (s *staging) linkOrCopy(in *os.File, name string) (string, int64, error) {
+// linkOrCopy hard-links (when link is set) the open file in to name in the staging
+// directory, or copies it, and returns its sha256 and size.
+func (s *staging) linkOrCopy(in *os.File, name string, link bool) (string, int64, error) {
 	h := sha256.New()
 	var w io.Writer = h
 	var out *os.File
 	dst := rel(dirStaging, s.name, name)
-	if err := s.root.Link(in, dst); err != nil {
+	if !link || s.root.Link(in, dst) != nil {
+		var err error
 		if out, err = s.root.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err != nil {
 			return "", 0, fmt.Errorf("copy kernel: %w", err)
 		}

@@ -319,6 +319,14 @@ func TestPullOCI(t *testing.T) {
 	if data, _ := os.ReadFile(b.Kernel); !strings.HasPrefix(string(data), "kernel\n") {
 		t.Errorf("kernel not in the bundle")
 	}
+	// The caller's kernel is copied: the bundle's read-only kernel shares nothing with it.
+	if src, err := os.Stat(m.kernel); err != nil {
+		t.Error(err)
+	} else if src.Mode().Perm() != 0o644 {
+		t.Errorf("Options.Kernel is mode %#o after the pull, want it untouched (0644)", src.Mode().Perm())
+	} else if dst, err := os.Stat(b.Kernel); err != nil || os.SameFile(src, dst) {
+		t.Errorf("the bundle's kernel is Options.Kernel itself (a hard link), or missing: %v", err)
+	}
 	// The same manifest under another tag is neither downloaded nor converted again.
 	r.push(t, "rich:v2", richImage(t))
 	before := r.blobGets.Load()
