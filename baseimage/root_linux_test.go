@@ -15,14 +15,14 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// TestPullDiskFull pulls into a cache on a 1 MiB tmpfs: the download fails with ENOSPC, the
-// partial files are removed and nothing is cached.
-func TestPullDiskFull(t *testing.T) {
+// smallTmpfs mounts a tmpfs of size (mount's size= option) for the test, or skips it.
+func smallTmpfs(t *testing.T, size string) string {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a small tmpfs")
 	}
 	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=0700"); err != nil {
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size+",mode=0700"); err != nil {
 		t.Skipf("mount tmpfs: %v", err)
 	}
 	t.Cleanup(func() {
@@ -30,6 +30,25 @@ func TestPullDiskFull(t *testing.T) {
 			t.Errorf("unmount %s: %v", dir, err)
 		}
 	})
+	return dir
+}
+
+// assertTmpfsFreed fails the test unless the tmpfs at dir is about empty again.
+func assertTmpfsFreed(t *testing.T, dir string) {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := (st.Blocks - st.Bfree) * uint64(st.Bsize); used > 64<<10 {
+		t.Errorf("%d bytes still used on the tmpfs after the failed pull", used)
+	}
+}
+
+// TestPullDiskFull pulls into a cache on a 1 MiB tmpfs: the download fails with ENOSPC, the
+// partial files are removed and nothing is cached.
+func TestPullDiskFull(t *testing.T) {
+	dir := smallTmpfs(t, "1m")
 	bucket := newFakeBucket(t)
 	url, _ := hostExt4(t, bucket, "big", 3<<20)
 	m := testManager(t, bucket, func(o *Options) { o.Dir = filepath.Join(dir, "cache") })
@@ -39,13 +58,7 @@ func TestPullDiskFull(t *testing.T) {
 		t.Fatalf("pull onto a full disk: %v, want ENOSPC", err)
 	}
 	assertNothingCached(t, m)
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	if used := (st.Blocks - st.Bfree) * uint64(st.Bsize); used > 64<<10 {
-		t.Errorf("%d bytes still used on the tmpfs after the failed pull", used)
-	}
+	assertTmpfsFreed(t, dir)
 }
 
 // TestConvertWithoutRoot converts the test squashfs as an unprivileged user (the test binary
@@ -122,18 +135,7 @@ func copyFile(src, dst string) error {
 // TestPullOCIDiskFull converts an image whose layer does not fit the cache's 8 MiB tmpfs:
 // the error says the disk is full and nothing is left behind.
 func TestPullOCIDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8m,mode=0700"); err != nil {
-		t.Skipf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
+	dir := smallTmpfs(t, "8m")
 	r := newTestRegistry(t)
 	r.push(t, "big:1", testImage(t, "amd64", v1.Config{}, bigLayer(t, 16<<20)))
 	m := ociManager(t, func(o *Options) { o.Dir = filepath.Join(dir, "cache") })
@@ -146,13 +148,7 @@ func TestPullOCIDiskFull(t *testing.T) {
 		t.Log(err)
 	}
 	assertNothingCached(t, m)
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	if used := (st.Blocks - st.Bfree) * uint64(st.Bsize); used > 64<<10 {
-		t.Errorf("%d bytes still used on the tmpfs after the failed pull", used)
-	}
+	assertTmpfsFreed(t, dir)
 }
 
 // TestPullOCIWithoutRoot pulls the rich test image as an unprivileged user (the test binary
