@@ -43,6 +43,9 @@ func extract(tgz io.Reader, tag, arch, dir string) (fcPath, jailerPath string, e
 		if !ok || hdr.Typeflag != tar.TypeReg {
 			continue
 		}
+		if _, dup := temps[name]; dup {
+			return "", "", fmt.Errorf("the tarball has %s twice: it is not a Firecracker release tarball", hdr.Name)
+		}
 		if hdr.Size > maxBinarySize {
 			return "", "", fmt.Errorf("%s in the tarball is %d bytes, more than the %d allowed", hdr.Name, hdr.Size, maxBinarySize)
 		}

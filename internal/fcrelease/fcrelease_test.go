@@ -1,6 +1,9 @@
 package fcrelease
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"net/http"
@@ -74,5 +77,33 @@ func TestInstallUsesDownloader(t *testing.T) {
 	}
 	if _, err := NewSite("ftp://mirror.example", "x86_64", http.DefaultClient, files); err == nil {
 		t.Error("NewSite accepted an ftp URL")
+	}
+}
+
+// A tarball with the firecracker binary twice is refused, and neither copy is left behind.
+func TestExtractDuplicateEntry(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for _, body := range []string{"first", "second"} {
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: "release-v1.14.2-x86_64/firecracker-v1.14.2-x86_64", Mode: 0o755, Size: int64(len(body))}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(body))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if _, _, err := extract(&buf, "v1.14.2", "x86_64", dir); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Errorf("extract of a tarball with firecracker twice: %v, want an error saying so", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("left in %s: %v", dir, ents)
 	}
 }
