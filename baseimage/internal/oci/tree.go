@@ -203,6 +203,9 @@ func (t *Tree) apply(hdr *tar.Header, data io.Reader) error {
 	if err != nil {
 		return err
 	}
+	if err := checkNumbers(hdr); err != nil {
+		return err
+	}
 	if len(elems) == 0 { // the root directory itself
 		if hdr.Typeflag != tar.TypeDir {
 			return fmt.Errorf("%w: the root must be a directory", ErrInvalid)
@@ -234,6 +237,29 @@ func (t *Tree) apply(hdr *tar.Header, data io.Reader) error {
 		return nil
 	}
 	return t.create(parent, base, hdr, data)
+}
+
+// Largest owner and device numbers an ext4 inode holds: uid and gid are 32 bits, (uid_t)-1
+// meaning none; a device number has 12 bits of major and 20 of minor.
+const (
+	maxID    = 1<<32 - 2
+	maxMajor = 1<<12 - 1
+	maxMinor = 1<<20 - 1
+)
+
+// checkNumbers refuses an owner or a device number the image cannot hold, before it reaches
+// the fixups (and their debugfs script).
+func checkNumbers(hdr *tar.Header) error {
+	if uid, gid := int64(hdr.Uid), int64(hdr.Gid); uid < 0 || uid > maxID || gid < 0 || gid > maxID {
+		return fmt.Errorf("%w: owner %d:%d, want uid and gid from 0 to %d", ErrInvalid, hdr.Uid, hdr.Gid, int64(maxID))
+	}
+	if hdr.Typeflag != tar.TypeChar && hdr.Typeflag != tar.TypeBlock {
+		return nil
+	}
+	if hdr.Devmajor < 0 || hdr.Devmajor > maxMajor || hdr.Devminor < 0 || hdr.Devminor > maxMinor {
+		return fmt.Errorf("%w: device %d:%d, want a major from 0 to %d and a minor from 0 to %d", ErrInvalid, hdr.Devmajor, hdr.Devminor, maxMajor, maxMinor)
+	}
+	return nil
 }
 
 // parentDir walks elems from the root and returns the directory they name, creating missing

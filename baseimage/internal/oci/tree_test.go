@@ -17,6 +17,8 @@ type ent struct {
 	link     string
 	mode     int64
 	paxXattr map[string]string
+	uid      int64
+	major    int64
 }
 
 func layer(t *testing.T, es ...ent) *bytes.Reader {
@@ -24,7 +26,7 @@ func layer(t *testing.T, es ...ent) *bytes.Reader {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range es {
-		h := &tar.Header{Typeflag: e.typ, Name: e.name, Linkname: e.link, Mode: e.mode, Size: int64(len(e.body))}
+		h := &tar.Header{Typeflag: e.typ, Name: e.name, Linkname: e.link, Mode: e.mode, Size: int64(len(e.body)), Uid: int(e.uid), Devmajor: e.major}
 		if h.Mode == 0 {
 			h.Mode = 0o644
 		}
@@ -134,6 +136,9 @@ func TestRefused(t *testing.T) {
 		{"newline", [][]ent{{file("a\nsif / uid 5", "")}}, ErrInvalid, "control character"},
 		{"long element", [][]ent{{file(strings.Repeat("x", 256), "")}}, ErrInvalid, "longer than 255"},
 		{"big xattrs", [][]ent{{{typ: tar.TypeReg, name: "f", paxXattr: map[string]string{"user.big": strings.Repeat("v", 4000)}}}}, ErrInvalid, "extended attributes"},
+		{"uid beyond 32 bits", [][]ent{{{typ: tar.TypeReg, name: "f", uid: 1 << 33}}}, ErrInvalid, "owner 8589934592:0"},
+		{"negative uid", [][]ent{{{typ: tar.TypeReg, name: "f", uid: -5}}}, ErrInvalid, "owner -5:0"},
+		{"device major beyond 12 bits", [][]ent{{{typ: tar.TypeChar, name: "c", major: 1 << 12}}}, ErrInvalid, "device 4096:0"},
 		{"socket-like type", [][]ent{{{typ: 'Z', name: "f"}}}, ErrInvalid, "unsupported tar entry type"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
