@@ -31,6 +31,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/smartvm/smartvm/internal/testutil"
 )
 
 // testRegistry is go-containerregistry's in-process registry behind an httptest server, with
@@ -95,18 +97,7 @@ func (r *testRegistry) ref(s string) string { return r.host + "/" + s }
 
 func (r *testRegistry) push(t testing.TB, ref string, img v1.Image) v1.Hash {
 	t.Helper()
-	tag, err := name.ParseReference(r.ref(ref))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(tag, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return testutil.PushImage(t, r.ref(ref), img)
 }
 
 // pushEdited pushes img's blobs, then its manifest as edit leaves it under ref (a repo:tag),

@@ -106,6 +106,12 @@ func PushOCILayers(t testing.TB, ref string, cfg v1.Config, layers ...[]OCIEntry
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
+	return PushImage(t, ref, img).String()
+}
+
+// PushImage pushes img to ref (HOST:PORT/repo:tag) and returns its manifest digest.
+func PushImage(t testing.TB, ref string, img v1.Image) v1.Hash {
+	t.Helper()
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
@@ -117,5 +123,5 @@ func PushOCILayers(t testing.TB, ref string, cfg v1.Config, layers ...[]OCIEntry
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d.String()
+	return d
 }
