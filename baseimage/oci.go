@@ -717,8 +717,8 @@ func (m *Manager) buildExt4(ctx context.Context, tree *oci.Tree, work, dst, labe
 		return fmt.Errorf("check ext4: %w", err)
 	}
 	end(true)
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp, err)
+	if err = f.Close(); err != nil { // install fsyncs it
+		return fmt.Errorf("close %s: %w", tmp, err)
 	}
 	if err = os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("rename %s: %w", tmp, err)
