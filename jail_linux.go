@@ -444,12 +444,14 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 	if j == nil {
 		return nil
 	}
-	// The guard of a detached VM outlives its owner: its namespace is empty by now.
-	errs := []error{jailer.KillGuard(j.GuardPID, j.GuardStart)}
+	// The record is checked before any of it is acted on, its guard pid included: a record
+	// that fails the check is left alone entirely (rm -f finds a jail by proof instead).
 	cfg, err := mgr.recordedJail(ctx, name, st)
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return err
 	}
+	// The guard of a detached VM outlives its owner: its namespace is empty by now.
+	errs := []error{jailer.KillGuard(j.GuardPID, j.GuardStart)}
 	if base, err := safedir.OpenTrusted(cfg.Base(), false); err == nil {
 		var owners []jailer.Owner
 		if len(j.Owners) > 0 {
