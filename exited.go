@@ -16,7 +16,7 @@ func (mgr *Manager) exitedInfo(st *rundir.State) MachineInfo {
 	info.State = StateExited
 	// What ran is released: no process, socket, logs, staged drives or network remain.
 	info.PID, info.APISocket, info.LogPath, info.MetricsPath, info.VsockSocket = 0, "", "", "", ""
-	info.StagingDir, info.StagedBytes, info.SSHKey = "", 0, ""
+	info.SSHKey = ""
 	info.Network, info.GuestIP = nil, ""
 	e := st.Exit
 	info.Exit = &ExitInfo{Code: e.Code, Signal: e.Signal, Reason: e.Reason, EndedAt: e.At, LogTail: e.LogTail, MainExitCode: e.MainExitCode}

@@ -383,10 +383,12 @@ func (mgr *Manager) infoFromState(st *rundir.State, paths rundir.Paths) MachineI
 		FirecrackerVersion: st.FirecrackerVersion,
 		Mode:               st.Mode,
 		Created:            st.Created,
-		StagingDir:         paths.Drives,
-		StagedBytes:        stagedBytes(paths.Drives),
 		RestoredFrom:       st.RestoredFrom,
 		SnapshotTaken:      st.SnapshotTaken,
+	}
+	if st.Exit == nil {
+		// A kept exited VM has released its staged drives: no directory to measure.
+		info.StagingDir, info.StagedBytes = paths.Drives, stagedBytes(paths.Drives)
 	}
 	if len(st.Spec) > 0 {
 		// A spec that does not parse (written by a different smartvm) leaves Spec empty;
