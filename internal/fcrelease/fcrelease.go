@@ -15,10 +15,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/smartvm/smartvm/baseimage"
-	"github.com/smartvm/smartvm/internal/lazyre"
 )
 
 // DefaultURL is Firecracker's GitHub releases page. Under it, download/<tag>/<asset> serves a
@@ -32,8 +33,8 @@ const maxBinarySize = 512 << 20
 // tagRE and sha256RE compile on first use: at package initialisation they would cost every
 // smartvm command start-up time, also the many that never look at a release.
 var (
-	tagRE    = lazyre.New(`^v[0-9]+\.[0-9]+\.[0-9]+$`)
-	sha256RE = lazyre.New(`^[0-9a-f]{64}$`)
+	tagRE    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`) })
+	sha256RE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
 )
 
 // Downloader fetches one file into dst (which must not exist), verifying sha256 when it is
