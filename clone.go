@@ -54,7 +54,7 @@ func (mgr *Manager) Clone(ctx context.Context, snap Snapshot, cs CloneSpec, opts
 		for _, m := range ms {
 			if m != nil {
 				closes = append(closes, m.Close())
-				if m.keep { // a start that failed leaves no record (KeepExited)
+				if m.record().st.Keep { // a start that failed leaves no record (KeepExited)
 					closes = append(closes, mgr.Remove(context.WithoutCancel(ctx), m.Name()))
 				}
 			}

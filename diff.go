@@ -60,7 +60,7 @@ const mergedMemory = "memory.img"
 // Errors are those of Snapshot, and one wrapping errors.ErrUnsupported when the VM does
 // not track dirty pages or base records no memory identity.
 func (m *Machine) SnapshotDiff(ctx context.Context, dir string, base Snapshot) (Snapshot, error) {
-	if !m.spec.TrackDirtyPages {
+	if !m.Spec().TrackDirtyPages {
 		return Snapshot{}, fmt.Errorf("diff snapshot of vm %s: it does not track dirty pages: start or restore it with dirty-page tracking (MachineSpec.TrackDirtyPages, smartvm run --track-dirty-pages), then take a full snapshot first: %w",
 			m.name, errors.ErrUnsupported)
 	}

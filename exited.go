@@ -10,19 +10,6 @@ import (
 	"github.com/smartvm/smartvm/internal/rundir"
 )
 
-// exitedInfo describes the VM kept as exited that st records.
-func (mgr *Manager) exitedInfo(st *rundir.State) MachineInfo {
-	info := mgr.infoFromState(st, mgr.root.Paths(st.Name))
-	info.State = StateExited
-	// What ran is released: no process, socket, logs, staged drives or network remain.
-	info.PID, info.APISocket, info.LogPath, info.MetricsPath, info.VsockSocket = 0, "", "", "", ""
-	info.SSHKey = ""
-	info.Network, info.GuestIP = nil, ""
-	e := st.Exit
-	info.Exit = &ExitInfo{Code: e.Code, Signal: e.Signal, Reason: e.Reason, EndedAt: e.At, LogTail: e.LogTail, MainExitCode: e.MainExitCode}
-	return info
-}
-
 // exitedError is Attach's error for VM name, kept as exited.
 func exitedError(name string, e *rundir.Exit) error {
 	return fmt.Errorf("attach vm %s: %w (%s, at %s): %w", name, ErrExited, e.Reason, e.At.Format(time.RFC3339), ErrNotRunning)
@@ -44,7 +31,7 @@ func (mgr *Manager) Info(ctx context.Context, name string) (MachineInfo, error) 
 	case err != nil:
 		return MachineInfo{}, fmt.Errorf("vm %s: %w", name, err)
 	case st.Exit != nil:
-		return mgr.exitedInfo(st), nil
+		return mgr.recordedInfo(st), nil
 	case !st.Alive():
 		return MachineInfo{}, fmt.Errorf("vm %s: its process is gone: %w", name, ErrNotFound)
 	}

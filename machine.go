@@ -2,7 +2,6 @@ package smartvm
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -158,34 +157,25 @@ func (i MachineInfo) Uptime(now time.Time) time.Duration { return now.Sub(i.Crea
 // still runs. Until one of them happens, a VM that is not stopped keeps running.
 type Machine struct {
 	mgr *Manager
-	// restoredFrom and snapshotTaken: the snapshot the VM was restored from (MachineInfo).
-	restoredFrom  string
-	snapshotTaken time.Time
-	log           *slog.Logger
-	name          string
-	spec          MachineSpec // its drives' and interfaces' limiters change (specMu)
-	specMu        sync.Mutex
-	paths         rundir.Paths
-	dir           *rundir.Dir
-	proc          *proc.Process
-	client        *fcapi.Client
-	version       fcapi.Version
-	binary        string
-	mode          string
-	created       time.Time
-	image         string // base-image bundle ID, if any
-	sshKey        string // the base-image bundle's SSH private key, if any
-	network       *netdev.Network
-	netns         *os.File // the namespace its network was built in (started here, with a network)
-	started       bool     // started by this process (else attached)
-	serial        *os.File // read handle on serial.log, so the console outlives the files
-	cleanups      []func(context.Context) error
+	log *slog.Logger
+	// name is the record's name, which never changes: the manager's key for the Machine.
+	name string
+	// rec is the VM's record (record.go); only update changes it (its spec's limiters).
+	rec      vmRecord
+	recMu    sync.Mutex
+	paths    rundir.Paths // where its files are
+	dir      *rundir.Dir
+	proc     *proc.Process
+	client   *fcapi.Client
+	netns    *os.File // the namespace its network was built in (started here, with a network)
+	started  bool     // started by this process (else attached)
+	serial   *os.File // read handle on serial.log, so the console outlives the files
+	cleanups []func(context.Context) error
 
 	// removeDir (nil for an attached VM) removes the VM's directory after the cleanups (run in
 	// reverse once the VM ends),
-	// unless keep (KeepExited) asks for its record to be kept instead.
+	// unless the record asks for itself to be kept (KeepExited).
 	removeDir func(context.Context) error
-	keep      bool
 	stopping  atomic.Bool  // Stop, Kill or Close ended the VM
 	mainExit  atomic.Int32 // 1 + the main process's exit code the agent reported (WatchAgent); 0: none
 
@@ -233,10 +223,32 @@ func (m *Machine) CreateFile(ctx context.Context, name string) (*os.File, error)
 func (m *Machine) APISocket() string { return m.paths.APISocket }
 
 // Spec returns the VM's description, with defaults applied and its name set.
-func (m *Machine) Spec() MachineSpec {
-	m.specMu.Lock()
-	defer m.specMu.Unlock()
-	return m.spec
+func (m *Machine) Spec() MachineSpec { return m.record().spec }
+
+// record returns a copy of the VM's record.
+func (m *Machine) record() vmRecord {
+	m.recMu.Lock()
+	defer m.recMu.Unlock()
+	return m.rec
+}
+
+// update changes the VM's record with fn: the one this Machine holds, and the one state.json
+// holds (under the runtime root's lock, as every writer of a running VM's state takes it),
+// which Attach, List, Info and Snapshot in other processes read. It changes this Machine's
+// record even when state.json cannot be: the error says so.
+func (m *Machine) update(ctx context.Context, fn func(*vmRecord)) error {
+	m.recMu.Lock()
+	fn(&m.rec)
+	m.recMu.Unlock()
+	return m.dir.UpdateState(ctx, func(st *rundir.State) error {
+		r, err := recordOf(st)
+		if err != nil {
+			return err
+		}
+		fn(r)
+		*st = *r.state()
+		return nil
+	})
 }
 
 // Client returns the API client of the VM's Firecracker, for calls this package does not
@@ -253,31 +265,9 @@ func (m *Machine) LogPath() string { return m.paths.Log }
 // Info describes the VM without asking Firecracker; its State is the last one this Machine
 // saw (State asks).
 func (m *Machine) Info() MachineInfo {
-	info := MachineInfo{
-		Name:               m.name,
-		State:              m.lastState(),
-		PID:                m.proc.PID(),
-		APISocket:          m.paths.APISocket,
-		RuntimeDir:         m.paths.Dir,
-		ConsolePath:        m.paths.Serial,
-		LogPath:            m.paths.Log,
-		FirecrackerBinary:  m.binary,
-		FirecrackerVersion: m.version.String(),
-		Mode:               m.mode,
-		Created:            m.created,
-		BaseImage:          m.image,
-		SSHKey:             m.sshKey,
-		StagingDir:         m.paths.Drives,
-		StagedBytes:        stagedBytes(m.paths.Drives),
-		Spec:               m.Spec(),
-		RestoredFrom:       m.restoredFrom,
-		SnapshotTaken:      m.snapshotTaken,
-	}
-	if m.spec.Metrics {
-		info.MetricsPath = m.paths.Metrics
-	}
-	info.VsockSocket = vsockSocketOf(info.Spec, m.paths)
-	info.setNetwork(m.network)
+	rec := m.record()
+	info := m.mgr.describe(&rec, m.paths)
+	info.State = m.lastState()
 	return info
 }
 
@@ -551,7 +541,7 @@ func (m *Machine) Close() error {
 // returns an error wrapping errors.ErrUnsupported for a VM this process owns, which dies
 // with this process anyway: stop it, or start it Detached.
 func (m *Machine) Release() error {
-	if m.started && m.mode == ModeOwned {
+	if m.started && m.record().st.Mode == ModeOwned {
 		return fmt.Errorf("release vm %s: an owned vm dies with this process and cannot be released (start it Detached to let it outlive this process): %w", m.name, errors.ErrUnsupported)
 	}
 	m.closeOnce.Do(func() {
@@ -635,7 +625,7 @@ func (m *Machine) finish(ctx context.Context, st proc.Status, logTail string) er
 	if m.removeDir == nil {
 		return nil
 	}
-	if !m.keep {
+	if !m.record().st.Keep {
 		return m.removeDir(ctx)
 	}
 	e := exitRecord(st, m.stopping.Load() || m.dir.StopMarked(), int(m.mainExit.Load())-1)
@@ -704,7 +694,7 @@ func exitReason(st proc.Status, stopped bool) string {
 // It returns an error wrapping ErrNoConsoleInput when the VM has no serial input, and
 // ErrNotRunning when the VM has ended.
 func (m *Machine) ConsoleInput() (io.WriteCloser, error) {
-	if !m.spec.SerialInput {
+	if !m.Spec().SerialInput {
 		return nil, fmt.Errorf("console input of vm %s: %w", m.name, ErrNoConsoleInput)
 	}
 	if m.exited() {
@@ -892,16 +882,14 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 	if err != nil {
 		return nil, err
 	}
-	ver, _ := fcapi.ParseVersion(st.FirecrackerVersion) // zero (unknown) if unreadable
 	log := mgr.log.With("vm", st.Name)
-	var spec MachineSpec
-	if len(st.Spec) > 0 {
-		if err := json.Unmarshal(st.Spec, &spec); err != nil {
-			log.Warn("read spec from state.json", "err", err)
-		}
+	rec, err := recordOf(st)
+	if err != nil {
+		log.Warn("attach", "err", err)
 	}
+	ver, _ := fcapi.ParseVersion(st.FirecrackerVersion) // zero (unknown) if unreadable
 	client := fcapi.New(st.Paths.APISocket, fcapi.WithVersion(ver), fcapi.WithLogger(log),
-		fcapi.WithMaxPayload(spec.apiPayloadLimit()))
+		fcapi.WithMaxPayload(rec.spec.apiPayloadLimit()))
 	ii, err := client.GetInstanceInfo(ctx)
 	if err != nil {
 		client.Close()
@@ -912,30 +900,20 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 		mgr:      mgr,
 		log:      log,
 		name:     st.Name,
-		spec:     spec,
+		rec:      *rec,
 		paths:    mgr.statePaths(st),
 		dir:      dir,
 		proc:     p,
 		client:   client,
-		version:  ver,
-		binary:   st.FirecrackerBinary,
-		mode:     st.Mode,
-		created:  st.Created,
 		state:    stateOf(ii.State),
 		released: make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	if st.BaseImage != nil {
-		m.image, m.sshKey = st.BaseImage.ID, mgr.recordedSSHKey(st.BaseImage)
-	}
-	m.network = networkOf(st)
-	m.restoredFrom, m.snapshotTaken = st.RestoredFrom, st.SnapshotTaken
 	if m.paths.SerialIn == "" { // written by a smartvm before serial input
 		m.paths.SerialIn = filepath.Join(m.paths.Dir, rundir.SerialInFile)
 	}
-	m.spec.Name = st.Name
 	reap := func(ctx context.Context) error { return waitGone(ctx, dir) }
-	if m.network != nil {
+	if rec.network != nil {
 		// When its owner is gone, reaping removes the network here: in the namespace Attach
 		// was called in, whichever goroutine notices the end.
 		if m.netns, err = callerNetns(); err != nil {

@@ -3,7 +3,6 @@ package smartvm
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,7 +16,6 @@ import (
 	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/rundir"
-	"github.com/smartvm/smartvm/netdev"
 )
 
 // cleanupTimeout bounds the cleanup that runs after a failure or an exit, detached from any
@@ -143,12 +141,12 @@ func (mgr *Manager) reapHook(ctx context.Context, name string, st *rundir.State)
 		// Staged in a staging root (WithStagingDir), outside the VM's directory.
 		errs = append(errs, mgr.removeStaging(st.StagingDir, name))
 	}
-	var spec MachineSpec
-	if json.Unmarshal(st.Spec, &spec) == nil && spec.Vsock != nil && spec.Vsock.Path != "" {
+	rec, _ := recordOf(st) // a spec that does not parse has no vsock path to remove
+	if v := rec.spec.Vsock; v != nil && v.Path != "" {
 		// Firecracker never removes the vsock's socket, and one outside the VM's directory
 		// would make the next VM that names the path fail to start. The same goes for the
 		// sockets of vsock listeners (<path>_<port>) whose process died without closing them.
-		errs = append(errs, removeStaleSocket(spec.Vsock.Path), removeStaleVsockSockets(spec.Vsock.Path))
+		errs = append(errs, removeStaleSocket(v.Path), removeStaleVsockSockets(v.Path))
 	}
 	errs = append(errs, mgr.reapJail(ctx, name, st))
 	if st.BaseImage != nil {
@@ -181,7 +179,7 @@ func (mgr *Manager) Close() error {
 	var wg sync.WaitGroup
 	for i, m := range ms {
 		wg.Go(func() {
-			if !m.started || m.mode == ModeDetached {
+			if !m.started || m.record().st.Mode == ModeDetached {
 				errs[i] = m.Release()
 				return
 			}
@@ -200,7 +198,7 @@ func (mgr *Manager) killAll() {
 	mgr.mu.Lock()
 	defer mgr.mu.Unlock()
 	for _, m := range mgr.machines {
-		if m.started && m.mode == ModeOwned {
+		if m.started && m.record().st.Mode == ModeOwned {
 			m.signalKill()
 		}
 	}
@@ -335,7 +333,7 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 		return nil, fmt.Errorf("list vms: %w", err)
 	}
 	for _, st := range ended {
-		infos = append(infos, mgr.exitedInfo(st))
+		infos = append(infos, mgr.recordedInfo(st))
 	}
 	for _, name := range corrupt {
 		p := mgr.root.Paths(name)
@@ -360,7 +358,7 @@ func queryState(ctx context.Context, c *fcapi.Client) MachineState {
 // liveInfo describes the live VM st records, with its state as its firecracker reports it
 // (StateUnknown when its API does not answer in time).
 func (mgr *Manager) liveInfo(ctx context.Context, st *rundir.State) MachineInfo {
-	info := mgr.infoFromState(st, mgr.statePaths(st))
+	info := mgr.recordedInfo(st)
 	c := fcapi.New(st.Paths.APISocket, fcapi.WithLogger(mgr.log), fcapi.WithMaxPayload(info.Spec.apiPayloadLimit()))
 	info.State = queryState(ctx, c)
 	c.Close()
@@ -370,40 +368,10 @@ func (mgr *Manager) liveInfo(ctx context.Context, st *rundir.State) MachineInfo 
 	return info
 }
 
-// infoFromState describes the VM st records, whose files are at paths.
-func (mgr *Manager) infoFromState(st *rundir.State, paths rundir.Paths) MachineInfo {
-	info := MachineInfo{
-		Name:               st.Name,
-		PID:                st.PID,
-		APISocket:          st.Paths.APISocket,
-		RuntimeDir:         st.Paths.Dir,
-		ConsolePath:        st.Paths.Serial,
-		LogPath:            st.Paths.Log,
-		FirecrackerBinary:  st.FirecrackerBinary,
-		FirecrackerVersion: st.FirecrackerVersion,
-		Mode:               st.Mode,
-		Created:            st.Created,
-		RestoredFrom:       st.RestoredFrom,
-		SnapshotTaken:      st.SnapshotTaken,
-	}
-	if st.Exit == nil {
-		// A kept exited VM has released its staged drives: no directory to measure.
-		info.StagingDir, info.StagedBytes = paths.Drives, stagedBytes(paths.Drives)
-	}
-	if len(st.Spec) > 0 {
-		// A spec that does not parse (written by a different smartvm) leaves Spec empty;
-		// the rest of the state still describes the VM.
-		_ = json.Unmarshal(st.Spec, &info.Spec)
-	}
-	if info.Spec.Metrics {
-		info.MetricsPath = st.Paths.Metrics
-	}
-	info.VsockSocket = vsockSocketOf(info.Spec, st.Paths)
-	if st.BaseImage != nil {
-		info.BaseImage, info.SSHKey = st.BaseImage.ID, mgr.recordedSSHKey(st.BaseImage)
-	}
-	info.setNetwork(networkOf(st))
-	return info
+// recordedInfo describes the VM st records, as a Machine of it would (describe).
+func (mgr *Manager) recordedInfo(st *rundir.State) MachineInfo {
+	rec, _ := recordOf(st) // a spec that does not parse leaves Spec empty
+	return mgr.describe(rec, mgr.statePaths(st))
 }
 
 // recordedSSHKey returns the SSH key path state.json records for a VM's base image when it is
@@ -414,18 +382,6 @@ func (mgr *Manager) recordedSSHKey(b *rundir.BaseImage) string {
 		return ""
 	}
 	return b.SSHKey
-}
-
-// networkOf returns the network state.json records, or nil.
-func networkOf(st *rundir.State) *netdev.Network {
-	if len(st.Network) == 0 {
-		return nil
-	}
-	n := new(netdev.Network)
-	if err := json.Unmarshal(st.Network, n); err != nil {
-		return nil // written by a different smartvm; the rest still describes the VM
-	}
-	return n
 }
 
 // Firecracker resolves the manager's firecracker binary to an absolute path and returns its

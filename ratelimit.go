@@ -2,14 +2,12 @@ package smartvm
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"sort"
 
 	"github.com/smartvm/smartvm/fcapi"
-	"github.com/smartvm/smartvm/internal/rundir"
 )
 
 // RateLimitUpdate changes the rate limiters of a running VM's drives and network interfaces,
@@ -83,22 +81,7 @@ func (m *Machine) recordRateLimits(ctx context.Context, u RateLimitUpdate) error
 	if len(u.Drives)+len(u.Interfaces) == 0 {
 		return nil
 	}
-	m.specMu.Lock()
-	m.spec = u.applyTo(m.spec)
-	m.specMu.Unlock()
-	err := m.dir.UpdateState(ctx, func(st *rundir.State) error {
-		var spec MachineSpec
-		if err := json.Unmarshal(st.Spec, &spec); err != nil {
-			return fmt.Errorf("read its recorded spec: %w", err)
-		}
-		b, err := json.Marshal(u.applyTo(spec))
-		if err != nil {
-			return err
-		}
-		st.Spec = b
-		return nil
-	})
-	if err != nil {
+	if err := m.update(ctx, func(r *vmRecord) { r.spec = u.applyTo(r.spec) }); err != nil {
 		return fmt.Errorf("update vm %s: the new limits apply, but recording them failed (inspect and snapshots show the old ones): %w", m.name, err)
 	}
 	return nil

@@ -253,15 +253,16 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, m.notRunning(err))
 	}
+	rec := m.record()
 	snap = Snapshot{
 		Dir:                abs,
 		Version:            snapshotFormat,
 		Name:               m.name,
-		Spec:               m.Spec(),
-		FirecrackerVersion: m.version.String(),
+		Spec:               rec.spec,
+		FirecrackerVersion: rec.st.FirecrackerVersion,
 		Created:            time.Now().UTC(),
-		Network:            m.network,
-		BaseImage:          m.image,
+		Network:            rec.network,
+		BaseImage:          rec.baseImage(),
 	}
 	if snap.StateSHA256, err = fileSHA256(sd, snapshotState); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)

@@ -344,7 +344,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	go m.supervise()
 	go m.capSerial(stdout)
 	stdout = nil
-	m.log.Info("vm started", "pid", p.PID(), "took", time.Since(s.begin), "mode", m.mode, "boot_mode", s.spec.BootMode)
+	m.log.Info("vm started", "pid", p.PID(), "took", time.Since(s.begin), "mode", s.mode(), "boot_mode", s.spec.BootMode)
 	return m, nil
 }
 
@@ -783,20 +783,25 @@ func (s *starter) configure(ctx context.Context, cfg fcapi.VMConfig) error {
 	return nil
 }
 
-// state is what state.json records for the VM.
-func (s *starter) state() *rundir.State {
-	spec, _ := json.Marshal(s.spec) // a MachineSpec always marshals
-	st := &rundir.State{
-		Mode:               s.mode(),
-		OwnerPID:           os.Getpid(),
-		Created:            s.begin.UTC(),
-		FirecrackerBinary:  s.bin,
-		Exe:                s.exe,
-		FirecrackerVersion: s.version.String(),
-		Spec:               spec,
-		Jail:               s.jailRecord(),
-		Keep:               s.opts.keep,
+// record is the VM's record (record.go) as far as the start has come.
+func (s *starter) record() *vmRecord {
+	r := &vmRecord{
+		st: rundir.State{
+			Name:               s.spec.Name,
+			Paths:              s.dir.Paths,
+			Mode:               s.mode(),
+			OwnerPID:           os.Getpid(),
+			Created:            s.begin.UTC(),
+			FirecrackerBinary:  s.bin,
+			Exe:                s.exe,
+			FirecrackerVersion: s.version.String(),
+			Jail:               s.jailRecord(),
+			Keep:               s.opts.keep,
+		},
+		spec:    s.spec,
+		network: s.net,
 	}
+	st := &r.st
 	if s.dir.Paths.Drives != s.mgr.root.Paths(s.spec.Name).Drives && s.jail == nil { // a jail stages in its chroot
 		st.StagingDir = s.dir.Paths.Drives
 	}
@@ -806,14 +811,14 @@ func (s *starter) state() *rundir.State {
 	if s.image != nil {
 		st.BaseImage = &rundir.BaseImage{ID: s.image.id, Holder: s.image.holder, SSHKey: s.image.sshKey}
 	}
-	if s.net != nil {
-		st.Network, _ = json.Marshal(s.net) // a Network always marshals
-	}
 	if s.snap != nil {
 		st.RestoredFrom, st.SnapshotTaken = s.snap.Dir, s.snap.Created
 	}
-	return st
+	return r
 }
+
+// state is the VM's record as state.json holds it.
+func (s *starter) state() *rundir.State { return s.record().state() }
 
 func (s *starter) mode() string {
 	if s.opts.detached {
@@ -822,38 +827,27 @@ func (s *starter) mode() string {
 	return ModeOwned
 }
 
-// machine hands the started VM to a Machine, whose cleanup is the undo stack.
+// machine hands the started VM, and its record, to a Machine, whose cleanup is the undo
+// stack.
 func (s *starter) machine() *Machine {
 	m := &Machine{
 		mgr:      s.mgr,
 		log:      s.log,
 		name:     s.spec.Name,
-		spec:     s.spec,
+		rec:      *s.record(),
 		paths:    s.dir.Paths,
 		dir:      s.dir,
 		proc:     s.proc,
 		client:   s.client,
-		version:  s.version,
-		binary:   s.bin,
-		mode:     s.mode(),
-		created:  s.begin.UTC(),
 		started:  true,
 		serial:   s.serial,
-		network:  s.net,
 		netns:    s.callerNS,
-		cleanups: s.undo,
 		state:    StateRunning,
 		released: make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	if s.image != nil {
-		m.image, m.sshKey = s.image.id, s.image.sshKey
-	}
-	if s.snap != nil {
-		m.restoredFrom, m.snapshotTaken = s.snap.Dir, s.snap.Created
-	}
 	// The first step reserved the name: its undo (dir.Remove) runs last, or, for a VM that
 	// is kept (KeepExited), the record of its end replaces it.
-	m.removeDir, m.cleanups, m.keep = s.undo[0], s.undo[1:], s.opts.keep
+	m.removeDir, m.cleanups = s.undo[0], s.undo[1:]
 	return m
 }
