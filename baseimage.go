@@ -71,13 +71,12 @@ func (s *starter) useBaseImage(ctx context.Context) error {
 	return nil
 }
 
-// holdSnapshotImage marks the base image a snapshot's VM booted in use again, for the restored
+// holdSnapshotImage marks base image id, which a snapshot's VM booted, in use again, for the restored
 // VM's life, and gives it the image's SSH key: the restored VM is the same guest, with the
 // same key for root. The snapshot holds its own copy of the root drive, so a bundle evicted
 // since is no error: the VM then runs without the marker and key, and the log says so.
-func (s *starter) holdSnapshotImage(ctx context.Context) error {
+func (s *starter) holdSnapshotImage(ctx context.Context, id string) error {
 	images := s.mgr.images
-	id := s.snap.BaseImage
 	if images == nil {
 		s.log.Warn("the snapshot's vm booted a base image, but the manager has no base-image manager (WithBaseImages): no ssh key for it", "image", id)
 		return nil

@@ -162,15 +162,15 @@ func diffChain(snap *Snapshot) (files []*os.File, err error) {
 
 // mergeDiffs returns the memory file to load: memPath itself for a full snapshot, and for a
 // diff the chain merged onto its full base in the VM's directory (the snapshots are left as
-// they are).
-func (s *starter) mergeDiffs(ctx context.Context, memPath string) (string, error) {
-	if s.snap.Memory == nil || s.snap.Memory.Type != MemoryDiff {
+// they are). snap is the snapshot the VM is loaded from.
+func (s *starter) mergeDiffs(ctx context.Context, snap *Snapshot, memPath string) (string, error) {
+	if snap.Memory == nil || snap.Memory.Type != MemoryDiff {
 		return memPath, nil
 	}
 	if s.jail != nil {
 		return "", fmt.Errorf("restoring a diff snapshot in a jail is not supported yet: restore without the jailer: %w", errors.ErrUnsupported)
 	}
-	files, err := diffChain(s.snap)
+	files, err := diffChain(snap)
 	if err != nil {
 		return "", err
 	}

@@ -211,7 +211,7 @@ func (s *starter) jailConfig(ctx context.Context, cfg *fcapi.VMConfig) error {
 		}
 	}
 	var err error
-	if s.snap != nil {
+	if s.snapshot() != nil {
 		return s.jailRestore(ctx, place)
 	}
 	if b := cfg.BootSource; b != nil {
@@ -245,7 +245,7 @@ func (s *starter) jailConfig(ctx context.Context, cfg *fcapi.VMConfig) error {
 // restaged copies of ephemeral drives (in the chroot already) become the jail's, and
 // persistent and read-only drives are placed under the names Start gave them.
 func (s *starter) jailRestore(ctx context.Context, place func(path, name string, kind jailer.Kind, device bool) (string, error)) error {
-	for id := range s.snap.Drives {
+	for id := range s.snapshot().Drives {
 		if err := s.jail.tree.Own(rundir.DrivesDir + "/" + id + ".img"); err != nil {
 			return fmt.Errorf("drive %s: %w", id, err)
 		}

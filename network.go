@@ -55,12 +55,13 @@ func (s *starter) networkConfig() netdev.Config {
 
 // snapshotNIC returns the NIC id of the VM the snapshot being restored was taken of, or nil.
 func (s *starter) snapshotNIC(id string) *netdev.NIC {
-	if s.snap == nil || s.snap.Network == nil {
+	snap := s.snapshot()
+	if snap == nil || snap.Network == nil {
 		return nil
 	}
-	for i, nic := range s.snap.Network.NICs {
+	for i, nic := range snap.Network.NICs {
 		if nic.ID == id {
-			return &s.snap.Network.NICs[i]
+			return &snap.Network.NICs[i]
 		}
 	}
 	return nil
@@ -84,7 +85,7 @@ func (s *starter) setupNetwork(ctx context.Context) error {
 	s.push(func(ctx context.Context) error {
 		return netdev.InNetns(nsPath(caller), func() error { return n.Teardown(ctx, netdev.WithLogger(log)) })
 	})
-	if s.snap != nil && !s.spec.Network.Namespace {
+	if s.snapshot() != nil && !s.spec.Network.Namespace {
 		for _, nic := range n.NICs {
 			if old := s.snapshotNIC(nic.ID); old != nil && old.GuestIP != nic.GuestIP {
 				return fmt.Errorf("nic %s: the snapshot's guest has address %s, and %s is free now (the snapshot's /30 is leased to another vm): restore with network.namespace, which keeps the guest's address",

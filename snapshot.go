@@ -545,15 +545,16 @@ func checkSnapshotVersion(snap *Snapshot, bin fcapi.Version) error {
 // load restores the snapshot into the fresh Firecracker, puts the MMDS data and resumes it.
 // A VM restored under another name gets its own TAPs (network_overrides) and vsock socket
 // (vsock_override) where the release has them; its mount namespace covers the rest.
-func (s *starter) load(ctx context.Context) error {
-	statePath, memPath := filepath.Join(s.snap.Dir, snapshotState), filepath.Join(s.snap.Dir, snapshotMemory)
+func (l snapshotLoad) load(ctx context.Context, s *starter) error {
+	snap := l.plan.snap
+	statePath, memPath := filepath.Join(snap.Dir, snapshotState), filepath.Join(snap.Dir, snapshotMemory)
 	var err error
 	if s.jail != nil {
 		if statePath, memPath, err = s.jailSnapshotFiles(ctx, statePath, memPath); err != nil {
 			return s.fail("put the snapshot into the jail", err)
 		}
 	}
-	if memPath, err = s.mergeDiffs(ctx, memPath); err != nil {
+	if memPath, err = s.mergeDiffs(ctx, snap, memPath); err != nil {
 		return s.fail("merge the diff snapshots", err)
 	}
 	backend, served, err := s.memoryBackend(ctx, memPath)
@@ -578,7 +579,7 @@ func (s *starter) load(ctx context.Context) error {
 			p.NetworkOverrides = append(p.NetworkOverrides, fcapi.NetworkOverride{IfaceID: nic.ID, HostDevName: nic.TAP})
 		}
 	}
-	if s.restore.renamed && s.spec.Vsock != nil && s.version.AtLeast(fcapi.SnapshotLoadFieldSince("vsock_override")) {
+	if l.plan.renamed && s.spec.Vsock != nil && s.version.AtLeast(fcapi.SnapshotLoadFieldSince("vsock_override")) {
 		p.VsockOverride = &fcapi.VsockOverride{UDSPath: s.vsockPath()}
 	}
 	err = s.client.LoadSnapshot(ctx, p)
@@ -588,7 +589,7 @@ func (s *starter) load(ctx context.Context) error {
 	if err != nil {
 		return s.fail("PUT /snapshot/load", err)
 	}
-	if err := noteSnapshot(s.dir, s.snap); err != nil {
+	if err := noteSnapshot(s.dir, snap); err != nil {
 		return s.fail("record the snapshot", err)
 	}
 	if len(data) == 0 {
@@ -607,26 +608,18 @@ func (s *starter) load(ctx context.Context) error {
 // given to Firecracker with network_overrides; without them its TAPs keep the snapshot's
 // names, in its own network namespace.
 func (s *starter) overrideNICs() bool {
-	return s.restore != nil && s.restore.renamed && s.spec.Network != nil &&
+	p := s.prov.restoring()
+	return p != nil && p.renamed && s.spec.Network != nil &&
 		s.version.AtLeast(fcapi.SnapshotLoadFieldSince("network_overrides"))
 }
 
 // checkRestore refuses, before anything is created, a restore under another name that the
 // release cannot do: moving a vsock socket that is not in the VM's directory.
-func (s *starter) checkRestore() error {
+func (l snapshotLoad) checkRestore(v fcapi.Version) error {
 	since := fcapi.SnapshotLoadFieldSince("vsock_override")
-	if s.restore.moveVsock && !s.version.AtLeast(since) {
+	if l.plan.moveVsock && !v.AtLeast(since) {
 		return &fcapi.UnsupportedError{Feature: "moving the vsock socket of a vm restored under another name (vsock_override; the snapshot's socket is outside its vm directory)",
-			Since: since, Running: s.version}
+			Since: since, Running: v}
 	}
 	return nil
-}
-
-// mountNS is proc.Config.MountNS for the VM: for one restored under another name, the
-// aliases that show it its own files at the paths its snapshot names; nil otherwise.
-func (s *starter) mountNS() func() error {
-	if s.restore == nil || len(s.restore.aliases) == 0 {
-		return nil
-	}
-	return aliasDirs(s.restore.aliases)
 }

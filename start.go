@@ -76,11 +76,11 @@ func (mgr *Manager) launch(ctx context.Context, spec MachineSpec, restore *resto
 		spec.Vsock = &vs
 	}
 	s := &starter{
-		mgr:     mgr,
-		spec:    spec,
-		restore: restore,
-		log:     mgr.log.With("vm", spec.Name),
-		begin:   time.Now(),
+		mgr:   mgr,
+		spec:  spec,
+		prov:  provisionerFor(spec, restore),
+		log:   mgr.log.With("vm", spec.Name),
+		begin: time.Now(),
 	}
 	for _, opt := range opts {
 		opt(&s.opts)
@@ -103,6 +103,7 @@ func randomName() string {
 type starter struct {
 	mgr   *Manager
 	spec  MachineSpec
+	prov  provisioner // how the VM gets running: chosen up front, by launch
 	opts  startOptions
 	log   *slog.Logger
 	begin time.Time
@@ -115,8 +116,6 @@ type starter struct {
 	exe      string // bin with symlinks resolved: what /proc/<pid>/exe will show
 	version  fcapi.Version
 	dir      *rundir.Dir
-	snap     *Snapshot    // set by Restore
-	restore  *restorePlan // set by Restore
 	image    *resolvedImage
 	serial   *os.File   // read handle on serial.log
 	stdin    *os.File   // firecracker's end of serial.in, with SerialInput
@@ -125,7 +124,6 @@ type starter struct {
 	net      *netdev.Network
 	proc     *proc.Process
 	client   *fcapi.Client
-	bootSent bool       // the boot was requested: a clean exit now means the guest ran
 	jail     *startJail // with a JailerSpec
 }
 
@@ -174,13 +172,11 @@ func (s *starter) fail(step string, err error) error {
 	return se
 }
 
-// ranToCompletion reports whether firecracker has exited with code 0 after the boot was
-// requested: the guest booted and finished (a test guest that prints and reboots can do so
-// before the API answers), which is a successful start of a VM that has already ended.
+// ranToCompletion reports whether firecracker has exited with code 0; asked once the boot was
+// requested, it says that the guest booted and finished (a test guest that prints and reboots
+// can do so before the API answers), which is a successful start of a VM that has already
+// ended.
 func (s *starter) ranToCompletion() bool {
-	if !s.bootSent {
-		return false
-	}
 	t := time.NewTimer(100 * time.Millisecond)
 	defer t.Stop()
 	select {
@@ -191,16 +187,16 @@ func (s *starter) ranToCompletion() bool {
 	}
 }
 
+// snapshot is the snapshot the VM is loaded from; nil for a boot.
+func (s *starter) snapshot() *Snapshot {
+	if p := s.prov.restoring(); p != nil {
+		return p.snap
+	}
+	return nil
+}
+
 func (s *starter) run(ctx context.Context) (*Machine, error) {
 	var err error
-	if s.restore != nil {
-		s.snap = s.restore.snap
-	}
-	if s.spec.Agent && s.snap == nil {
-		if err := checkAgentBinary(s.mgr.agent); err != nil {
-			return nil, s.fail("check the guest agent", err)
-		}
-	}
 	if s.bin, s.version, err = s.mgr.Firecracker(ctx); err != nil {
 		return nil, s.fail("find firecracker", err)
 	}
@@ -209,13 +205,8 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	if err := s.checkVersion(); err != nil {
 		return nil, s.fail("check the firecracker version", err)
 	}
-	if s.snap != nil {
-		if err := checkSnapshotVersion(s.snap, s.version); err != nil {
-			return nil, s.fail("check the snapshot", err)
-		}
-		if err := s.checkRestore(); err != nil {
-			return nil, s.fail("check the snapshot", err)
-		}
+	if err := s.prov.check(s); err != nil {
+		return nil, err
 	}
 
 	if s.dir, err = s.mgr.root.Create(ctx, s.spec.Name); err != nil {
@@ -234,18 +225,8 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 			return nil, s.fail("set up the network", err)
 		}
 	}
-	if s.spec.UsesBaseImage() && s.snap == nil {
-		if err := s.useBaseImage(ctx); err != nil {
-			return nil, s.fail("base image", err)
-		}
-	}
-	if s.snap != nil && s.snap.BaseImage != "" {
-		if err := s.holdSnapshotImage(ctx); err != nil {
-			return nil, s.fail("base image", err)
-		}
-	}
-	if err := s.checkInputs(); err != nil {
-		return nil, s.fail("check the kernel and drives", err)
+	if err := s.prov.inputs(ctx, s); err != nil {
+		return nil, err
 	}
 	if s.spec.Jailer != nil {
 		if err := s.prepareJail(ctx); err != nil {
@@ -272,7 +253,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		defer s.stdin.Close() // firecracker has its own copy
 	}
 
-	drives, err := s.stageDrives(ctx)
+	drives, err := s.prov.stage(ctx, s)
 	if err != nil {
 		return nil, s.fail("stage drives", err)
 	}
@@ -289,7 +270,7 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	}
 
 	pcfg := proc.Config{Path: s.bin, Args: args, Stdin: s.stdin, Stdout: stdout, Stderr: stderr, ExtraFiles: s.held,
-		Detached: s.opts.detached, Around: s.spawnAround(), MountNS: s.mountNS()}
+		Detached: s.opts.detached, Around: s.spawnAround(), MountNS: s.prov.mountNS()}
 	if s.jail != nil {
 		s.proc, err = s.launchJailed(pcfg)
 	} else {
@@ -313,7 +294,6 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 		}
 	})
 	s.log.Debug("spawned firecracker", "pid", p.PID(), "args", args)
-	s.bootSent = s.spec.BootMode == BootModeConfigFile
 
 	if err := dir.WriteState(s.state()); err != nil {
 		return nil, s.fail("write state", err)
@@ -323,19 +303,8 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	client := s.client
 	s.push(func(context.Context) error { return client.Close() })
 
-	if err := s.waitReady(ctx); err != nil {
-		if !s.ranToCompletion() {
-			return nil, s.fail("wait for the API socket", err)
-		}
-	} else if s.snap != nil {
-		s.bootSent = true
-		if err := s.load(ctx); err != nil {
-			return nil, err
-		}
-	} else if s.spec.BootMode == BootModeAPI {
-		if err := s.configure(ctx, cfg); err != nil {
-			return nil, err
-		}
+	if err := s.prov.run(ctx, s, cfg); err != nil {
+		return nil, err
 	}
 	m := s.machine()
 	if _, err := s.mgr.register(m); err != nil {
@@ -353,24 +322,6 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 // VMM's answer and the process for the API thread: a guest that ends right after a
 // config-file boot, while the readiness request is queued, leaves Firecracker hung.
 var requestFreeReadyBefore = fcapi.Version{Major: 1, Minor: 14}
-
-// waitReady waits until firecracker serves its API. In config-file mode the API answers
-// only once the VM is built, so this also waits for the boot. An API-mode boot or a restore
-// only waits for the socket to listen: its first configuration request (or the snapshot
-// load) is then the readiness check. Sending the configuration the moment Firecracker listens measurably shortens the
-// boot (an extra GET / first cost about 3 ms more to the first serial byte on v1.14.2).
-func (s *starter) waitReady(ctx context.Context) error {
-	switch {
-	case s.spec.BootMode == BootModeConfigFile && !s.version.AtLeast(requestFreeReadyBefore):
-		if err := waitBooted(ctx, s.proc); err != nil {
-			return err
-		}
-		return fcapi.WaitListening(ctx, s.dir.APISocket, s.proc.Done())
-	case s.spec.BootMode == BootModeAPI: // a restore too
-		return fcapi.WaitListening(ctx, s.dir.APISocket, s.proc.Done())
-	}
-	return fcapi.WaitReady(ctx, s.dir.APISocket, s.proc.Done())
-}
 
 // waitBooted waits, without sending a request, until firecracker runs a vCPU thread, so its
 // config-file boot is done, or exits.
@@ -441,9 +392,6 @@ func (s *starter) createFiles() (stdout, stderr *os.File, err error) {
 // stageDrives returns the drives as Firecracker gets them: ephemeral writable drives point at
 // private copies staged in the VM's directory; the others are used in place.
 func (s *starter) stageDrives(ctx context.Context) ([]fcapi.Drive, error) {
-	if s.snap != nil {
-		return nil, s.restageDrives(ctx)
-	}
 	specs := s.spec.Drives
 	if s.image != nil {
 		specs = append([]DriveSpec{s.image.root}, specs...)
@@ -487,33 +435,23 @@ func driveConfig(d DriveSpec, path string) fcapi.Drive {
 }
 
 // checkVersion refuses, before anything is created or spawned, a spec that needs a newer
-// Firecracker than the binary's: a flag (EnablePCI, ExtraArgs) or, for a fresh boot in
-// either boot mode, a configuration field or value (fcapi's version gate). The error is an
-// *fcapi.UnsupportedError naming the first release that has what is missing.
+// Firecracker than the binary's for a flag (EnablePCI, ExtraArgs); a boot's check (boot.check)
+// does the same for its configuration's fields and values (fcapi's version gate). The error
+// is an *fcapi.UnsupportedError naming the first release that has what is missing.
 func (s *starter) checkVersion() error {
 	var flags []string
 	if s.spec.EnablePCI {
 		flags = append(flags, "--enable-pci")
 	}
-	if err := fcapi.CheckFlags(s.version, append(flags, s.spec.ExtraArgs...)); err != nil {
-		return err
-	}
-	if s.snap != nil {
-		return nil // a restore loads the snapshot's configuration
-	}
-	drives := make([]fcapi.Drive, 0, len(s.spec.Drives))
-	for _, d := range s.spec.Drives {
-		drives = append(drives, driveConfig(d, d.Path))
-	}
-	return fcapi.CheckVMConfig(s.version, s.vmConfig(drives))
+	return fcapi.CheckFlags(s.version, append(flags, s.spec.ExtraArgs...))
 }
 
 // restageDrives stages a snapshot's copies of the ephemeral drives where the VM had them. A
 // copy is opened without following a symlink (a snapshot is input, and one could point its
 // drive at any file of the host), and staged from the file it opened.
-func (s *starter) restageDrives(ctx context.Context) error {
-	for id, d := range s.snap.Drives {
-		src := filepath.Join(s.snap.Dir, d.File)
+func (s *starter) restageDrives(ctx context.Context, snap *Snapshot) error {
+	for id, d := range snap.Drives {
+		src := filepath.Join(snap.Dir, d.File)
 		f, err := openNoFollow(src)
 		if err != nil {
 			return fmt.Errorf("drive %s of the snapshot: %w", id, err)
@@ -530,11 +468,11 @@ func (s *starter) restageDrives(ctx context.Context) error {
 // checkInputs opens the kernel, the initrd and every drive without blocking and refuses
 // anything but a regular file (or a block device, for a drive): a FIFO or a socket there would
 // hang Firecracker. It refuses one file given as two drives when either may be written, and a
-// persistent drive of a snapshot whose size changed since. It locks the drives used in place,
-// a writable one exclusively and a read-only one shared, so that no two VMs write one
-// persistent drive and none reads one another VM writes. The locked files are handed to
-// firecracker, so the locks last exactly as long as it runs.
-func (s *starter) checkInputs() error {
+// persistent drive whose size changed since snap was taken, for a VM loaded from snap (nil for
+// a boot). It locks the drives used in place, a writable one exclusively and a read-only one
+// shared, so that no two VMs write one persistent drive and none reads one another VM writes.
+// The locked files are handed to firecracker, so the locks last exactly as long as it runs.
+func (s *starter) checkInputs(snap *Snapshot) error {
 	kernel, initrd := s.spec.Kernel, s.spec.Initrd
 	drives := s.spec.Drives
 	if s.image != nil {
@@ -542,7 +480,7 @@ func (s *starter) checkInputs() error {
 		drives = append([]DriveSpec{s.image.root}, drives...)
 	}
 	for _, in := range []struct{ what, path string }{{"kernel", kernel}, {"initrd", initrd}} {
-		if in.path == "" || s.snap != nil { // a snapshot loads without them
+		if in.path == "" || snap != nil { // a snapshot loads without them
 			continue
 		}
 		f, err := safedir.OpenInput(in.path, false, false)
@@ -567,7 +505,7 @@ func (s *starter) checkInputs() error {
 	}()
 	seen := map[fileID]DriveSpec{}
 	for _, d := range drives {
-		if s.snap != nil && d.Ephemeral() {
+		if snap != nil && d.Ephemeral() {
 			continue // staged from the snapshot's copy
 		}
 		f, err := safedir.OpenInput(d.Path, writable(d), true)
@@ -591,8 +529,8 @@ func (s *starter) checkInputs() error {
 		if d.Ephemeral() {
 			continue // copied: only checked
 		}
-		if s.snap != nil && !d.ReadOnly {
-			if want, ok := s.snap.PersistentSizes[d.ID]; ok && want != info.Size && info.Mode.IsRegular() {
+		if snap != nil && !d.ReadOnly {
+			if want, ok := snap.PersistentSizes[d.ID]; ok && want != info.Size && info.Mode.IsRegular() {
 				return fmt.Errorf("persistent drive %s (%s) is %d bytes, but was %d when the snapshot was taken: the guest's memory no longer matches it; restore it to its size, or boot afresh", d.ID, d.Path, info.Size, want)
 			}
 		}
@@ -681,8 +619,9 @@ var logLevels = map[string]string{
 	"debug": "Debug", "trace": "Trace", "off": "Off",
 }
 
-// args builds firecracker's command line; in config-file mode it also writes config.json
-// (and metadata.json for MMDS data). checkVersion has checked both against the binary.
+// args builds firecracker's command line, with the provisioner's arguments (a config-file
+// boot writes config.json and metadata.json here). checkVersion and the provisioner's check
+// have checked them against the binary.
 func (s *starter) args(cfg fcapi.VMConfig) ([]string, error) {
 	p := s.dir.Paths
 	args := []string{
@@ -699,32 +638,42 @@ func (s *starter) args(cfg fcapi.VMConfig) ([]string, error) {
 		vs := s.vsockPath()
 		s.push(func(context.Context) error { return removeIfExists(vs) })
 	}
-	if s.spec.BootMode == BootModeConfigFile {
-		b, err := json.MarshalIndent(cfg, "", "  ")
-		if err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(p.Config, append(b, '\n'), 0o600); err != nil {
-			return nil, err
-		}
-		args = append(args, "--config-file", p.Config)
-		if s.spec.MMDS != nil {
-			data, err := s.mmdsData()
-			if err != nil {
-				return nil, err
-			}
-			if len(data) > 0 {
-				if err := os.WriteFile(p.Metadata, data, 0o600); err != nil {
-					return nil, err
-				}
-				args = append(args, "--metadata", p.Metadata)
-			}
-		}
+	more, err := s.prov.args(s, cfg)
+	if err != nil {
+		return nil, err
 	}
+	args = append(args, more...)
 	if s.spec.EnablePCI && !slices.Contains(s.spec.ExtraArgs, "--enable-pci") {
 		args = append(args, "--enable-pci")
 	}
 	return append(args, s.spec.ExtraArgs...), nil
+}
+
+// configFileArgs writes cfg to config.json, and the MMDS data to metadata.json, for a
+// config-file boot, and returns the arguments that name them.
+func (s *starter) configFileArgs(cfg fcapi.VMConfig) ([]string, error) {
+	p := s.dir.Paths
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(p.Config, append(b, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	args := []string{"--config-file", p.Config}
+	if s.spec.MMDS != nil {
+		data, err := s.mmdsData()
+		if err != nil {
+			return nil, err
+		}
+		if len(data) > 0 {
+			if err := os.WriteFile(p.Metadata, data, 0o600); err != nil {
+				return nil, err
+			}
+			args = append(args, "--metadata", p.Metadata)
+		}
+	}
+	return args, nil
 }
 
 func removeIfExists(path string) error {
@@ -776,7 +725,7 @@ func (s *starter) configure(ctx context.Context, cfg fcapi.VMConfig) error {
 			return s.fail(st.name, err)
 		}
 	}
-	s.bootSent = true
+	// The boot is requested: a guest that has run to completion already is no failure.
 	if err := c.StartInstance(ctx); err != nil && !s.ranToCompletion() {
 		return s.fail("InstanceStart", err)
 	}
@@ -811,9 +760,7 @@ func (s *starter) record() *vmRecord {
 	if s.image != nil {
 		st.BaseImage = &rundir.BaseImage{ID: s.image.id, Holder: s.image.holder, SSHKey: s.image.sshKey}
 	}
-	if s.snap != nil {
-		st.RestoredFrom, st.SnapshotTaken = s.snap.Dir, s.snap.Created
-	}
+	s.prov.record(r)
 	return r
 }
 
