@@ -64,6 +64,21 @@ func squashfsImageFiles(t *testing.T, dir, mode string) (manifest string) {
 	return writeImage(t, dir, mode, rootfs, "squashfs")
 }
 
+// keyedImage sets up a test of a base image with an SSH key: it checks for leaks, and returns
+// a runtime root, the manifest of a squashfs image of the halting test guest and an empty
+// base-image cache.
+func keyedImage(t *testing.T) (root, manifest string, images *baseimage.Manager) {
+	t.Helper()
+	testutil.CheckLeaks(t)
+	root = testRoot(t)
+	manifest = squashfsImageFiles(t, t.TempDir(), testguest.ModeHalt)
+	images, err := baseimage.New(baseimage.Options{Dir: filepath.Join(t.TempDir(), "cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, manifest, images
+}
+
 // writeImage writes the test guest as the kernel into dir, and manifest.json naming it and
 // rootfs (in dir, of the given format) relatively.
 func writeImage(t *testing.T, dir, mode, rootfs, format string) (manifest string) {
@@ -196,13 +211,7 @@ func TestBaseImageMarkerReaped(t *testing.T) {
 // TestBaseImageSSHKey boots a base image whose rootfs was converted with an SSH key for root:
 // Info, List and an attached Machine name the bundle's private key.
 func TestBaseImageSSHKey(t *testing.T) {
-	testutil.CheckLeaks(t)
-	root := testRoot(t)
-	manifest := squashfsImageFiles(t, t.TempDir(), testguest.ModeHalt)
-	images, err := baseimage.New(baseimage.Options{Dir: filepath.Join(t.TempDir(), "cache")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, manifest, images := keyedImage(t)
 	ctx := context.Background()
 	b, err := images.Pull(ctx, baseimage.Source{ManifestPath: manifest})
 	if err != nil {
@@ -245,13 +254,7 @@ func TestBaseImageSSHKey(t *testing.T) {
 // A VM started from a base image and restored from its snapshot holds the image in use again
 // and has its SSH key, so smartvm ssh works on it.
 func TestRestoredBaseImageVMKeepsItsKey(t *testing.T) {
-	testutil.CheckLeaks(t)
-	root := testRoot(t)
-	manifest := squashfsImageFiles(t, t.TempDir(), testguest.ModeHalt)
-	images, err := baseimage.New(baseimage.Options{Dir: filepath.Join(t.TempDir(), "cache")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, manifest, images := keyedImage(t)
 	ctx := context.Background()
 	mgr := newManager(t, root, testutil.Link(t, "firecracker"), WithBaseImages(images))
 	m := start(t, mgr, MachineSpec{Name: "imaged", BaseImageManifestPath: manifest, MemoryMiB: 32})
