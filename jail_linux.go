@@ -301,11 +301,11 @@ func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath stri
 // destinations themselves and a function that does nothing.
 func (m *Machine) jailSnapshotTargets(stateDst, memDst string) (statePath, memPath string, finish func(context.Context) error, err error) {
 	nothing := func(context.Context) error { return nil }
-	_, st, err := m.mgr.root.Lookup(m.name)
-	if err != nil || st.Jail == nil {
+	rec := m.record()
+	if rec.st.Jail == nil {
 		return stateDst, memDst, nothing, nil
 	}
-	cfg, err := m.mgr.recordedJail(context.Background(), m.name, st)
+	cfg, err := m.mgr.recordedJail(context.Background(), m.name, rec.state())
 	if err != nil {
 		return "", "", nil, err
 	}
