@@ -885,7 +885,7 @@ func attachMachine(ctx context.Context, mgr *Manager, dir *rundir.Dir, st *rundi
 	log := mgr.log.With("vm", st.Name)
 	rec, err := recordOf(st)
 	if err != nil {
-		log.Warn("attach", "err", err)
+		log.Warn("read spec from state.json", "err", err)
 	}
 	ver, _ := fcapi.ParseVersion(st.FirecrackerVersion) // zero (unknown) if unreadable
 	client := fcapi.New(st.Paths.APISocket, fcapi.WithVersion(ver), fcapi.WithLogger(log),

@@ -30,7 +30,7 @@ func recordOf(st *rundir.State) (*vmRecord, error) {
 	if len(st.Spec) > 0 {
 		if err = json.Unmarshal(st.Spec, &r.spec); err != nil {
 			r.spec = MachineSpec{}
-			err = fmt.Errorf("read the spec state.json records: %w", err)
+			err = fmt.Errorf("spec: %w", err)
 		}
 	}
 	r.spec.Name = st.Name
