@@ -59,6 +59,36 @@ func (mgr *Manager) jailerBinary(firecracker string) (binaryKey, error) {
 	return key, nil
 }
 
+// Jailer returns the jailer the manager runs jailed VMs with (WithJailerBinary, else the
+// "jailer" beside its firecracker) and its version, after checking that it is of firecracker's
+// release. Both versions are probed once per binary (path, inode, size and modification time)
+// and cached in the runtime root, as Start does, so asking costs no process once known.
+func (mgr *Manager) Jailer(ctx context.Context) (path string, version fcapi.Version, err error) {
+	fc, fv, err := mgr.Firecracker(ctx)
+	if err != nil {
+		return "", fcapi.Version{}, err
+	}
+	return mgr.jailerFor(ctx, fc, fv)
+}
+
+// jailerFor finds the jailer for firecracker fc of version fv and checks its release.
+func (mgr *Manager) jailerFor(ctx context.Context, fc string, fv fcapi.Version) (string, fcapi.Version, error) {
+	key, err := mgr.jailerBinary(fc)
+	if err != nil {
+		return "", fcapi.Version{}, err
+	}
+	// Probed once per jailer binary, as firecracker's version is: `jailer --version` is a
+	// whole process before every jailed start.
+	jv, err := mgr.probedVersion(ctx, key, jailer.Version)
+	if err != nil {
+		return "", fcapi.Version{}, fmt.Errorf("%w: %w", ErrJailer, err)
+	}
+	if err := jailer.CheckVersion(key.Path, jv, fc, fv); err != nil {
+		return "", fcapi.Version{}, fmt.Errorf("%w: %w", ErrJailer, err)
+	}
+	return key.Path, jv, nil
+}
+
 // prepareJail readies the jail before anything is placed in it: the jailer (of firecracker's
 // release), the uid and gid, the cgroups and the chroot, and points the VM's paths that
 // firecracker writes into the chroot. Each step pushes its undo.
@@ -70,19 +100,9 @@ func (s *starter) prepareJail(ctx context.Context) error {
 	if v := s.spec.Vsock; v != nil && v.Path != "" {
 		return fmt.Errorf("%w: a jailed firecracker creates its vsock socket in its chroot; leave vsock.path empty (the socket is then the VM's vsock socket)", ErrJailer)
 	}
-	key, err := s.mgr.jailerBinary(s.bin)
+	bin, jv, err := s.mgr.jailerFor(ctx, s.bin, s.version)
 	if err != nil {
 		return err
-	}
-	bin := key.Path
-	// Probed once per jailer binary, as firecracker's version is: `jailer --version` is a
-	// whole process before every jailed start.
-	jv, err := s.mgr.probedVersion(ctx, key, jailer.Version)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrJailer, err)
-	}
-	if err := jailer.CheckVersion(bin, jv, s.bin, s.version); err != nil {
-		return fmt.Errorf("%w: %w", ErrJailer, err)
 	}
 	exe := s.exe
 	if exe == "" {

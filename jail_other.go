@@ -14,6 +14,11 @@ import (
 
 type startJail struct{}
 
+// Jailer reports that the jailer needs Linux.
+func (mgr *Manager) Jailer(context.Context) (string, fcapi.Version, error) {
+	return "", fcapi.Version{}, fmt.Errorf("%w: the jailer needs Linux: %w", ErrJailer, errors.ErrUnsupported)
+}
+
 func (s *starter) prepareJail(context.Context) error {
 	return fmt.Errorf("%w: the jailer needs Linux: %w", ErrJailer, errors.ErrUnsupported)
 }

@@ -87,10 +87,21 @@ func (a *app) jailerUsable(ctx context.Context, fc string) (jailerBin, error) {
 	return j, jailer.CheckVersion(j.Path, jv, fc, fv)
 }
 
+// jailerOf is planJail's question to mgr: is there a jailer of its firecracker's release?
+// The manager answers from the versions cached in its runtime root, so a run spawns neither
+// `jailer --version` nor `firecracker --version` once both are known.
+func jailerOf(mgr *smartvm.Manager) func(context.Context) error {
+	return func(ctx context.Context) error {
+		_, _, err := mgr.Jailer(ctx)
+		return err
+	}
+}
+
 // planJail decides whether the VM runs jailed: --jailer (or a limit, or a jailer in a --file
-// spec) asks for it, --no-jailer refuses it, and otherwise it does as root when a jailer of
-// firecracker's release is found. The flags override a --file spec's jailer settings.
-func (a *app) planJail(ctx context.Context, f jailFlags, fc string, plan *runPlan) error {
+// spec) asks for it, --no-jailer refuses it, and otherwise it does as root when usable says
+// a jailer of firecracker's release is there. The flags override a --file spec's jailer
+// settings.
+func (a *app) planJail(ctx context.Context, f jailFlags, plan *runPlan, usable func(context.Context) error) error {
 	limits := f.cpuQuota != 0 || f.memoryLimit != ""
 	if f.noJailer && (f.jailer || limits || f.chrootBase != "") {
 		return usagef("--no-jailer cannot be combined with --jailer, --cpu-quota, --memory-limit or --chroot-base")
@@ -107,7 +118,7 @@ func (a *app) planJail(ctx context.Context, f jailFlags, fc string, plan *runPla
 		if os.Geteuid() != 0 {
 			return nil
 		}
-		if _, err := a.jailerUsable(ctx, fc); err != nil {
+		if err := usable(ctx); err != nil {
 			return nil // no usable jailer: run unjailed, as doctor reports
 		}
 	}

@@ -66,6 +66,28 @@ func TestRunJailed(t *testing.T) {
 	}
 }
 
+// Deciding whether to jail by default asks for the jailer's version once per binary: later
+// runs, foreground or detached, find it cached in the runtime root and spawn no probe.
+func TestRunJailerProbeCached(t *testing.T) {
+	env := jailEnv(t)
+	calls := filepath.Join(t.TempDir(), "calls")
+	probe := filepath.Join(t.TempDir(), "jailer")
+	os.WriteFile(probe, []byte("#!/bin/sh\necho x >> "+calls+"\necho Jailer v1.10.1\n"), 0o755)
+	env[envJailerBin] = probe
+	for _, args := range [][]string{{"run", "--image", "hello"}, {"run", "--image", "hello"}, {"run", "-d", "--image", "hello"}} {
+		r := env.run(t, args...)
+		if r.code != 0 {
+			t.Fatalf("%q: code %d\n%s", args, r.code, r.stderr)
+		}
+		if args[1] == "-d" {
+			env.run(t, "rm", "-f", strings.TrimSpace(r.stdout))
+		}
+	}
+	if b, _ := os.ReadFile(calls); strings.Count(string(b), "x") != 1 {
+		t.Errorf("the jailer was run %d times for its version; want once, then the cache", strings.Count(string(b), "x"))
+	}
+}
+
 func TestDoctorJailer(t *testing.T) {
 	env := jailEnv(t)
 	var rep doctorReport

@@ -73,7 +73,7 @@ commands (smartvm exec). The library does the same with Machine.WaitAgent after 
 			if detach {
 				return a.startDetached(ctx, fc.Path, plan)
 			}
-			return a.runForeground(ctx, fc.Path, plan)
+			return a.runForeground(ctx, fc.Path, plan, nil)
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background and print the VM's name")

@@ -667,22 +667,36 @@ func (a *app) runVM(ctx context.Context, f runFlags, plan runPlan) error {
 	if err != nil {
 		return err
 	}
-	if err := a.planJail(ctx, f.jail, fc, &plan); err != nil {
-		return err
-	}
-	if err := applyRateFlags(f.rate, &plan); err != nil {
-		return err
-	}
-	if plan.Spec.UsesBaseImage() {
-		// Pull here, with progress on this terminal; Start then finds the image cached.
-		if _, err := a.pull(ctx, baseImageSource(plan.Spec)); err != nil {
-			return withOfflineHint(err)
+	finish := func(ctx context.Context, mgr *smartvm.Manager, plan *runPlan) error {
+		if err := a.planJail(ctx, f.jail, plan, jailerOf(mgr)); err != nil {
+			return err
 		}
+		if err := applyRateFlags(f.rate, plan); err != nil {
+			return err
+		}
+		if plan.Spec.UsesBaseImage() {
+			// Pull here, with progress on this terminal; Start then finds the image cached.
+			if _, err := a.pull(ctx, baseImageSource(plan.Spec)); err != nil {
+				return withOfflineHint(err)
+			}
+		}
+		return nil
 	}
 	if f.detach {
+		// The supervisor makes its own manager: this one only answers whether a jailer of
+		// firecracker's release is there, from the versions cached in the runtime root.
+		mgr, err := a.manager(nil, append([]smartvm.Option{smartvm.WithFirecrackerBinary(fc)}, a.jailerOptions(fc)...)...)
+		if err != nil {
+			return err
+		}
+		err = finish(ctx, mgr, &plan)
+		mgr.Close()
+		if err != nil {
+			return err
+		}
 		return a.startDetached(ctx, fc, plan)
 	}
-	return a.runForeground(ctx, fc, plan)
+	return a.runForeground(ctx, fc, plan, finish)
 }
 
 // firecrackerForRun finds firecracker, or installs the latest release into ~/.smartvm/bin
@@ -806,7 +820,8 @@ func waitAgent(ctx context.Context, m *smartvm.Machine) error {
 
 // runForeground boots the VM, shows its console until it ends, and stops it on the escape
 // sequence, SIGINT or SIGTERM (ctx).
-func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error {
+// finish, if not nil, completes the plan with the manager before the VM starts.
+func (a *app) runForeground(ctx context.Context, fc string, plan runPlan, finish func(context.Context, *smartvm.Manager, *runPlan) error) error {
 	prog := newProgress(a.stderr)
 	images, err := a.baseImages(prog)
 	if err != nil {
@@ -821,6 +836,11 @@ func (a *app) runForeground(ctx context.Context, fc string, plan runPlan) error 
 		return err
 	}
 	defer mgr.Close()
+	if finish != nil {
+		if err := finish(ctx, mgr, &plan); err != nil {
+			return err
+		}
+	}
 	m, err := startVM(ctx, mgr, plan)
 	prog.finish()
 	if err != nil {
