@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"regexp"
 	"strings"
 	"time"
 
@@ -26,10 +25,39 @@ const (
 	mmdsTokenTTL = "60"
 )
 
-var (
-	hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$`)
-	deviceRE   = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
-)
+// validHostname reports whether v is dot-separated labels of 1 to 64 letters, digits and
+// '-', none starting or ending with '-'. (A check, not a regexp: this package is linked into
+// every smartvm command, and compiling the pattern at start-up cost each of them.)
+func validHostname(v string) bool {
+	for label := range strings.SplitSeq(v, ".") {
+		if label == "" || len(label) > 64 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if !isAlnum(c) && c != '-' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validDevice reports whether v is 1 to 15 letters, digits, '_', '.' or '-'.
+func validDevice(v string) bool {
+	if v == "" || len(v) > 15 {
+		return false
+	}
+	for _, c := range []byte(v) {
+		if !isAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
 
 // guestNet is a validated MMDSNetwork.
 type guestNet struct {
@@ -70,14 +98,14 @@ func checkMMDSNetwork(m agentwire.MMDSNetwork) (guestNet, error) {
 		g.dns = append(g.dns, a)
 	}
 	if v := m.Hostname; v != "" {
-		if len(v) > 64 || !hostnameRE.MatchString(v) {
+		if len(v) > 64 || !validHostname(v) {
 			return g, bad("hostname", v, "a host name of letters, digits, '-' and '.', at most 64 bytes")
 		}
 		g.hostname = v
 	}
 	g.dev = "eth0"
 	if v := m.Device; v != "" {
-		if !deviceRE.MatchString(v) || v == "." || v == ".." {
+		if !validDevice(v) || v == "." || v == ".." {
 			return g, bad("device", v, "an interface name of at most 15 letters, digits, '_', '.' or '-'")
 		}
 		g.dev = v

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -141,6 +142,23 @@ func TestMMDSAddrArg(t *testing.T) {
 		addr, explicit, err := mmdsAddr(tc.cmdline)
 		if addr != tc.addr || explicit != tc.explicit || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("mmdsAddr(%q) = %q, %v, %v", tc.cmdline, addr, explicit, err)
+		}
+	}
+}
+
+// validHostname and validDevice accept exactly what the patterns they replace accepted.
+func TestNameChecksMatchPatterns(t *testing.T) {
+	host := regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$`)
+	dev := regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+	cases := []string{"", "a", "-", "a-", "-a", "a-b", "web-1", "a.b", "a..b", ".a", "a.", "a.-b", "a_b", "a b", "é",
+		"eth0", "br.0", "../eth0", "..", "x\n", strings.Repeat("a", 15), strings.Repeat("a", 16),
+		strings.Repeat("a", 63), strings.Repeat("a", 64), strings.Repeat("a", 63) + ".b", "A9.z-Z.0"}
+	for _, c := range cases {
+		if got, want := validHostname(c), host.MatchString(c); got != want {
+			t.Errorf("validHostname(%q) = %v, the pattern says %v", c, got, want)
+		}
+		if got, want := validDevice(c), dev.MatchString(c); got != want {
+			t.Errorf("validDevice(%q) = %v, the pattern says %v", c, got, want)
 		}
 	}
 }
