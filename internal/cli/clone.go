@@ -22,9 +22,10 @@ func (a *app) newCloneCmd() *cobra.Command {
 		rm     bool
 		count  int
 		prefix string
+		memory string
 	)
 	cmd := &cobra.Command{
-		Use:   "clone DIR --count N [--name-prefix P] [--detach] [--rm]",
+		Use:   "clone DIR --count N [--name-prefix P] [--detach] [--rm] [--memory-backend file|uffd]",
 		Short: "Start many VMs from one snapshot",
 		Long: `Start N independent VMs from the snapshot 'smartvm snapshot' saved in DIR, concurrently,
 and print their names, one a line. The VMs are named P1, P2, ... (names that are taken are
@@ -35,7 +36,8 @@ Each clone is restored as 'smartvm restore --name' restores one: its own copies 
 snapshot's drives, its own vsock socket and, with a network, its own network namespace in
 which the guest keeps the snapshot's address. A clone whose VM had MMDS finds its name in its
 MMDS data, under "smartvm". The clones share the snapshot's memory file: keep DIR until they
-have all ended.
+have all ended. With --memory-backend uffd a page server serves the clones' page faults from
+that file: one for all of them without --detach, one in each clone's supervisor with it.
 
 Without --detach clone waits until every clone has ended; SIGINT and SIGTERM stop them all.
 With --detach it returns once they all run, and a supervisor process owns each. If one clone
@@ -57,6 +59,10 @@ foreground always does (--rm=false keeps foreground clones too).`,
 			if err != nil {
 				return err
 			}
+			backend, err := parseMemoryBackend(memory)
+			if err != nil {
+				return err
+			}
 			cs := smartvm.CloneSpec{Count: count, NamePrefix: prefix}
 			if err := snap.CheckClones(cs); err != nil {
 				return err
@@ -67,21 +73,22 @@ foreground always does (--rm=false keeps foreground clones too).`,
 			}
 			keep := keepExited(cmd, rm, detach)
 			if detach {
-				return a.cloneDetached(ctx, fc.Path, snap, cs, keep)
+				return a.cloneDetached(ctx, fc.Path, snap, cs, keep, backend)
 			}
-			return a.cloneForeground(ctx, fc.Path, snap, cs, keep)
+			return a.cloneForeground(ctx, fc.Path, snap, cs, keep, backend)
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run the clones in the background and print their names")
 	cmd.Flags().IntVarP(&count, "count", "n", 0, "how many VMs to start (required)")
 	cmd.Flags().BoolVar(&rm, "rm", false, "remove the VMs when they end (the default in the foreground; detached VMs are kept as exited until 'smartvm rm')")
+	addMemoryBackendFlag(cmd, &memory)
 	cmd.Flags().StringVar(&prefix, "name-prefix", "", "name the clones PREFIX1, PREFIX2, ... (default: the snapshot VM's name and \"-\")")
 	return cmd
 }
 
 // cloneForeground starts the clones in this process, prints their names, and waits until they
 // have all ended; ctx (SIGINT, SIGTERM) stops them. With keep, they are kept as exited.
-func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec, keep bool) error {
+func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec, keep bool, backend smartvm.MemoryBackend) error {
 	prog := newProgress(a.stderr)
 	images, err := a.baseImages(prog)
 	if err != nil {
@@ -96,6 +103,9 @@ func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snaps
 	var opts []smartvm.StartOption
 	if keep {
 		opts = append(opts, smartvm.KeepExited())
+	}
+	if backend != "" {
+		opts = append(opts, smartvm.WithMemoryBackend(backend))
 	}
 	ms, err := mgr.Clone(ctx, snap, cs, opts...)
 	prog.finish()
@@ -124,7 +134,7 @@ func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snaps
 // cloneDetached starts one supervisor per clone, concurrently, and prints the clones' names
 // once they all run; if one fails, it kills those that started (and removes their records).
 // With keep, they are kept as exited once they end.
-func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec, keep bool) error {
+func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec, keep bool, backend smartvm.MemoryBackend) error {
 	prefix := cs.NamePrefix
 	if prefix == "" {
 		prefix = snap.Name + "-"
@@ -137,7 +147,7 @@ func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapsho
 		wg.Go(func() {
 			for {
 				n := next.Add(1)
-				plan := runPlan{Snapshot: snap.Dir, RestoreName: prefix + strconv.FormatInt(n, 10), Keep: keep}
+				plan := runPlan{Snapshot: snap.Dir, RestoreName: prefix + strconv.FormatInt(n, 10), Keep: keep, MemoryBackend: backend}
 				names[i], errs[i] = a.spawnSupervisor(ctx, fc, plan)
 				if !errors.Is(errs[i], smartvm.ErrExists) || n >= 2*smartvm.MaxClones || ctx.Err() != nil {
 					return

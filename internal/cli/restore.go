@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -17,9 +18,9 @@ import (
 
 func (a *app) newRestoreCmd() *cobra.Command {
 	var detach, waitAgent, rm bool
-	var name string
+	var name, memory string
 	cmd := &cobra.Command{
-		Use:   "restore DIR [--name NAME] [--detach] [--rm] [--wait-agent]",
+		Use:   "restore DIR [--name NAME] [--detach] [--rm] [--wait-agent] [--memory-backend file|uffd]",
 		Short: "Start a VM again from a snapshot",
 		Long: `Start the VM that 'smartvm snapshot' saved in DIR again, under the name it had, or with
 --name as a new, independent VM (a clone: see 'smartvm clone'). As with run, its serial
@@ -68,7 +69,11 @@ commands (smartvm exec). The library does the same with Machine.WaitAgent after 
 			if err != nil {
 				return err
 			}
-			plan := runPlan{Snapshot: snap.Dir, WaitAgent: waitAgent, RestoreName: name}
+			backend, err := parseMemoryBackend(memory)
+			if err != nil {
+				return err
+			}
+			plan := runPlan{Snapshot: snap.Dir, WaitAgent: waitAgent, RestoreName: name, MemoryBackend: backend}
 			plan.Keep = keepExited(cmd, rm, detach)
 			if detach {
 				return a.startDetached(ctx, fc.Path, plan)
@@ -79,6 +84,7 @@ commands (smartvm exec). The library does the same with Machine.WaitAgent after 
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background and print the VM's name")
 	cmd.Flags().BoolVar(&waitAgent, "wait-agent", false, "return (or attach the console) only once the guest agent is back, with the host's clock, within "+agentReadyTimeout.String())
 	cmd.Flags().StringVar(&name, "name", "", "restore as a new VM of this name (default: the snapshot's VM)")
+	addMemoryBackendFlag(cmd, &memory)
 	cmd.Flags().BoolVar(&rm, "rm", false, "remove the VM when it ends (the default in the foreground; a detached VM is kept as exited until 'smartvm rm')")
 	return cmd
 }
@@ -102,6 +108,25 @@ func openSnapshot(dir string) (smartvm.Snapshot, error) {
 		return snap, fmt.Errorf("%s is not a snapshot: it has no manifest.json (give the directory 'smartvm snapshot NAME DIR' wrote)", abs)
 	}
 	return snap, err
+}
+
+// addMemoryBackendFlag adds restore's and clone's --memory-backend.
+func addMemoryBackendFlag(cmd *cobra.Command, v *string) {
+	cmd.Flags().StringVar(v, "memory-backend", "", "how the VM gets its memory from the snapshot: file (Firecracker maps the memory file; the default) or uffd (a userfaultfd page server in the process that owns the VM serves its page faults)")
+	cmd.RegisterFlagCompletionFunc("memory-backend", cobra.FixedCompletions([]string{"file", "uffd"}, cobra.ShellCompDirectiveNoFileComp))
+}
+
+// parseMemoryBackend reads --memory-backend: file or uffd, in any case; empty is the default.
+func parseMemoryBackend(s string) (smartvm.MemoryBackend, error) {
+	switch strings.ToLower(s) {
+	case "":
+		return "", nil
+	case "file":
+		return smartvm.MemoryFile, nil
+	case "uffd":
+		return smartvm.MemoryUffd, nil
+	}
+	return "", usagef("invalid --memory-backend %q: want file or uffd", s)
 }
 
 // restoreVM restores the VM saved in dir, under name (empty: the snapshot's), with its serial

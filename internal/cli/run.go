@@ -89,6 +89,9 @@ type runPlan struct {
 	Main *mainPlan `json:"main,omitempty"`
 	// Keep keeps the VM's record once it ends, as exited (smartvm.KeepExited), until rm.
 	Keep bool `json:"keep,omitempty"`
+	// MemoryBackend is how a restored VM gets its memory (smartvm.WithMemoryBackend); empty
+	// for the default.
+	MemoryBackend smartvm.MemoryBackend `json:"memory_backend,omitempty"`
 }
 
 // managerOptions are the options of the manager that runs the plan's VM.
@@ -762,6 +765,9 @@ func startVM(ctx context.Context, mgr *smartvm.Manager, plan runPlan, opts ...sm
 		opts = append(opts, smartvm.KeepExited())
 	}
 	if plan.Snapshot != "" {
+		if plan.MemoryBackend != "" {
+			opts = append(opts, smartvm.WithMemoryBackend(plan.MemoryBackend))
+		}
 		return restoreVM(ctx, mgr, plan.Snapshot, plan.RestoreName, opts...)
 	}
 	spec := plan.Spec

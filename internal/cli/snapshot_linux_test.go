@@ -1,12 +1,16 @@
 package cli
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/smartvm/smartvm"
+	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/fakefc"
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
@@ -294,4 +298,71 @@ func TestClone(t *testing.T) {
 func TestRealClone(t *testing.T) {
 	testutil.CheckLeaks(t)
 	testClone(t, vmEnv(t, testutil.FirecrackerBin(t)))
+}
+
+func TestCloneUffd(t *testing.T) {
+	testutil.CheckLeaks(t)
+	testCloneUffd(t, fakeEnv(t))
+}
+
+func TestRealCloneUffd(t *testing.T) {
+	bin := testutil.FirecrackerBin(t)
+	testutil.CheckLeaks(t)
+	env := vmEnv(t, bin)
+	if v, err := smartvm.FirecrackerVersion(context.Background(), bin); err != nil || !v.AtLeast(fcapi.Version{Major: 1, Minor: 8}) {
+		// v1.7's userfaultfd crate refuses this kernel's ioctl flags: refused, naming File.
+		runCounter(t, env, "old")
+		dir := filepath.Join(t.TempDir(), "snap")
+		env.run(t, "snapshot", "--stop", "old", dir).ok(t)
+		env.run(t, "restore", "-d", "--memory-backend", "uffd", dir).fails(t, ExitError, "restore with File")
+		waitEmpty(t, env)
+		return
+	}
+	testCloneUffd(t, env)
+}
+
+// testCloneUffd: with --memory-backend uffd the process that owns a restored VM (its
+// supervisor) serves the VM's memory from the snapshot's memory file, which it maps; with the
+// default it does not.
+func testCloneUffd(t *testing.T, env cliEnv) {
+	runCounter(t, env, "tmplu")
+	k := lastTick(t, env, "tmplu")
+	dir := filepath.Join(t.TempDir(), "snap")
+	env.run(t, "snapshot", "--stop", "tmplu", dir).ok(t)
+	env.run(t, "restore", "-d", "--memory-backend", "swap", dir).fails(t, ExitUsage, `invalid --memory-backend "swap": want file or uffd`)
+	env.run(t, "clone", dir, "-n", "1", "--memory-backend", "swap").fails(t, ExitUsage, `invalid --memory-backend "swap"`)
+	env.run(t, "restore", "-d", "--rm", "--memory-backend", "uffd", "--name", "u-0", dir).ok(t)
+	env.run(t, "restore", "-d", "--rm", "--memory-backend", "file", "--name", "f-0", dir).ok(t)
+	env.run(t, "clone", "-d", "--rm", "--memory-backend", "UFFD", dir, "--count", "2", "--name-prefix", "u-").ok(t)
+	mem, err := filepath.EvalSymlinks(filepath.Join(dir, "vm.mem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := map[string]int{}
+	for _, vm := range env.ps(t) {
+		pids[vm.Name] = vm.PID
+	}
+	for _, name := range []string{"u-0", "u-1", "u-2", "f-0"} {
+		waitLogs(t, env, name, testguest.TickPrefix)
+		checkCountsOn(t, env.run(t, "logs", name).ok(t).stdout, k)
+		if pids[name] == 0 {
+			t.Errorf("ps does not list %s", name)
+			continue
+		}
+		if got, want := mapsFile(t, parentPID(t, pids[name]), mem), name != "f-0"; got != want {
+			t.Errorf("%s: its supervisor maps the memory file: %v, want %v", name, got, want)
+		}
+	}
+	env.run(t, "stop", "u-0", "u-1", "u-2", "f-0").ok(t)
+	waitEmpty(t, env)
+}
+
+// mapsFile reports whether process pid maps the file at path.
+func mapsFile(t *testing.T, pid int, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(b), " "+path+"\n")
 }
