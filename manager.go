@@ -300,6 +300,10 @@ func (mgr *Manager) ForceRemove(ctx context.Context, name string) ([]int, error)
 	// A jailed firecracker serves a socket in its chroot: it is found by its jail instead.
 	jails, killed, jerr := mgr.killJailed(ctx, name)
 	more, err := mgr.root.ForceRemove(ctx, name)
+	if errors.Is(err, ErrNotFound) && len(killed) > 0 {
+		// The jailed VM's owner (a supervisor) saw it die and removed its directory first.
+		err = nil
+	}
 	killed = append(killed, more...)
 	if len(killed) > 0 {
 		mgr.log.Info("killed the processes of a vm removed by force", "vm", name, "pids", killed)
