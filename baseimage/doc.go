@@ -97,8 +97,10 @@
 // checked against its digest once read ([ErrChecksum]). An entry with a ".." element or an
 // absolute name, or whose path goes through a symlink, is refused with [ErrUnsafeLayer]; one
 // the image cannot hold (an unknown type, a control character in its name, an oversized
-// xattr) with [ErrInvalidLayer]; both name the layer and the entry. A full disk fails naming
-// the entry and the cache.
+// xattr) with [ErrInvalidLayer]; both name the layer and the entry. Layers that unpack to more
+// than Options.OCIMaxBytes of file contents or hold more than Options.OCIMaxFiles entries fail
+// with [ErrImageTooLarge] before the entry past the limit is written. A full disk fails naming
+// the entry and the cache. Nothing of a failed conversion is cached or left in staging.
 //
 // The rootfs gets Options.AgentBinary at [AgentPath] as init (the bundle's BootArgs end in
 // "init=/usr/local/bin/smartvm-agent") and the image's Entrypoint, Cmd, Env, WorkingDir and

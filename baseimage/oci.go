@@ -120,6 +120,9 @@ var (
 	// ErrInvalidLayer reports a layer entry that cannot be in a root filesystem (unsupported
 	// type, bad name, beyond the limits).
 	ErrInvalidLayer = oci.ErrInvalid
+	// ErrImageTooLarge reports an image that unpacks to more than Options.OCIMaxBytes or
+	// holds more than Options.OCIMaxFiles entries.
+	ErrImageTooLarge = oci.ErrLimit
 )
 
 // ociPlatform is the platform this manager pulls: linux and the guest architecture.
@@ -509,7 +512,7 @@ func (m *Manager) convertOCI(ctx context.Context, dir, label string, res *ociRes
 		return fmt.Errorf("create work dir: %w", err)
 	}
 	defer os.RemoveAll(work)
-	tree, err := oci.NewTree(treeDir)
+	tree, err := oci.NewTree(treeDir, m.ociLimits)
 	if err != nil {
 		return err
 	}
@@ -532,7 +535,7 @@ func (m *Manager) convertOCI(ctx context.Context, dir, label string, res *ociRes
 		return fmt.Errorf("encode init config: %w", err)
 	}
 	if err := tree.AddFile(AgentPath, agent, 0o755, 0, 0); err != nil {
-		return fmt.Errorf("install the agent: %w", err)
+		return fmt.Errorf("install the agent: %w", raiseLimitHint(err))
 	}
 	if err := tree.AddFile(InitConfigPath, append(initJSON, '\n'), 0o644, 0, 0); err != nil {
 		return fmt.Errorf("write the init config: %w", err)
@@ -616,6 +619,9 @@ func (m *Manager) applyLayer(ctx context.Context, tree *oci.Tree, l v1.Layer, i,
 // layerError reports a failed layer. A blob that does not match its digest explains any other
 // error, so the rest is read to check: a mismatch becomes ErrChecksum.
 func (m *Manager) layerError(label string, cr *countingReader, err error) error {
+	if errors.Is(err, oci.ErrLimit) {
+		return raiseLimitHint(err)
+	}
 	if errors.Is(err, oci.ErrNoSpace) {
 		return fmt.Errorf("%w; free space on the file system of the base image cache %s, or choose another cache directory", err, m.dir)
 	}
@@ -636,6 +642,18 @@ func (m *Manager) layerError(label string, cr *countingReader, err error) error 
 		return err
 	}
 	return fmt.Errorf("%s: %w", label, err)
+}
+
+// raiseLimitHint adds to an error past the image's limits how to raise the limit.
+func raiseLimitHint(err error) error {
+	var le *oci.LimitError
+	switch {
+	case !errors.As(err, &le):
+		return err
+	case le.Bytes:
+		return fmt.Errorf("%w: raise it (smartvm images pull --max-size, $SMARTVM_IMAGE_MAX_SIZE, Options.OCIMaxBytes) if the image is that large", err)
+	}
+	return fmt.Errorf("%w: raise it (smartvm images pull --max-files, $SMARTVM_IMAGE_MAX_FILES, Options.OCIMaxFiles) if the image has that many", err)
 }
 
 // countingReader counts the bytes of a blob, reports progress about every MiB, fails once

@@ -743,3 +743,43 @@ func TestPullOCICompressions(t *testing.T) {
 		}
 	}
 }
+
+// TestPullOCILimits: a layer that unpacks past Options.OCIMaxBytes (a small gzip blob of
+// zeros) or holds more than Options.OCIMaxFiles entries fails naming the image, the layer,
+// the limit and how to raise it, and leaves nothing in the cache, the partial tree included.
+func TestPullOCILimits(t *testing.T) {
+	r := newTestRegistry(t)
+	bomb := gzLayer(t, dirE("data/", 0o755, 0), fileE("data/zeros", strings.Repeat("\x00", 4<<20), 0o644, 0))
+	r.push(t, "bomb:1", testImage(t, "amd64", v1.Config{}, gzLayer(t, fileE("etc/hostname", "x", 0o644, 0)), bomb))
+	var many []tarEntry
+	for i := range 50 {
+		many = append(many, fileE("f"+strconv.Itoa(i), "", 0o644, 0))
+	}
+	r.push(t, "many:1", testImage(t, "amd64", v1.Config{}, gzLayer(t, many...)))
+	for _, tc := range []struct {
+		ref  string
+		opts func(*Options)
+		msg  []string
+	}{
+		{"bomb:1", func(o *Options) { o.OCIMaxBytes = 1 << 20 }, []string{"layer 2/2 sha256:", `entry "data/zeros"`, "more than 1048576 bytes", "--max-size", "Options.OCIMaxBytes"}},
+		{"many:1", func(o *Options) { o.OCIMaxFiles = 20 }, []string{"layer 1/1 sha256:", `entry "f20"`, "more than 20 entries", "--max-files", "Options.OCIMaxFiles"}},
+	} {
+		t.Run(tc.ref, func(t *testing.T) {
+			m := ociManager(t, tc.opts)
+			_, err := m.Pull(context.Background(), Source{OCI: r.ref(tc.ref)})
+			if !errors.Is(err, ErrImageTooLarge) {
+				t.Fatalf("pull %s: %v; want ErrImageTooLarge", tc.ref, err)
+			}
+			for _, s := range append(tc.msg, r.ref(tc.ref)) {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not say %q", err, s)
+				}
+			}
+			assertNothingCached(t, m)
+		})
+	}
+	// The same images within the default limits convert.
+	if _, err := ociManager(t).Pull(context.Background(), Source{OCI: r.ref("bomb:1")}); err != nil {
+		t.Fatalf("pull within the default limits: %v", err)
+	}
+}

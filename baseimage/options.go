@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/smartvm/smartvm/baseimage/internal/oci"
 	"github.com/smartvm/smartvm/internal/safedir"
 )
 
@@ -30,6 +31,8 @@ const (
 	DefaultRetries           = 4
 	DefaultRetryBackoff      = 500 * time.Millisecond
 	DefaultStallTimeout      = 30 * time.Second
+	DefaultOCIMaxBytes       = oci.DefaultMaxBytes
+	DefaultOCIMaxFiles       = oci.DefaultMaxEntries
 )
 
 // Architectures.
@@ -91,6 +94,14 @@ type Options struct {
 	// (Source.OCI) get, copied into each. Default: the kernel of preset latest, from its cached
 	// bundle, or else downloaded alone from the bucket.
 	Kernel string
+	// OCIMaxBytes is the most bytes of file contents an OCI image may unpack to, summed
+	// over its layers, and OCIMaxFiles the most entries (files, directories, links,
+	// whiteouts) its layers may hold: a layer is a compressed stream, and a small one can
+	// unpack to fill the cache's disk. An image past either fails naming the image, the layer
+	// and the limit; nothing of it is cached. Zero: DefaultOCIMaxBytes (32 GiB) and
+	// DefaultOCIMaxFiles (1048576); negative: no limit.
+	OCIMaxBytes int64
+	OCIMaxFiles int
 	// Keychain supplies registry credentials for OCI images, for example
 	// authn.DefaultKeychain (the docker config file, as `docker login` writes it). Default:
 	// anonymous access.
@@ -120,6 +131,7 @@ type Manager struct {
 	agentBinary string
 	kernel      string
 	keychain    authn.Keychain
+	ociLimits   oci.Limits
 
 	rootMu sync.Mutex
 	root   *safedir.Dir // the cache directory, held open once checked (see ensureDirs)
@@ -161,6 +173,7 @@ func New(opts Options) (*Manager, error) {
 		retries: opts.Retries, backoff: opts.RetryBackoff, stall: opts.StallTimeout,
 		euidIsRoot: isRoot(), flights: make(map[string]*flight), toolDirs: sbinDirs(),
 		agentBinary: opts.AgentBinary, kernel: opts.Kernel, keychain: opts.Keychain,
+		ociLimits: oci.Limits{MaxBytes: opts.OCIMaxBytes, MaxEntries: opts.OCIMaxFiles},
 	}
 	if m.dir == "" {
 		m.dir = UserDefaultDir()

@@ -72,6 +72,9 @@ type app struct {
 	// override $SMARTVM_IMAGE_KERNEL and $SMARTVM_ROOTFS_HEADROOM_MIB.
 	imageKernel    string
 	rootfsHeadroom int
+	// imageMaxSize and imageMaxFiles are images pull's --max-size and --max-files as given
+	// ("" when not); they override $SMARTVM_IMAGE_MAX_SIZE and $SMARTVM_IMAGE_MAX_FILES.
+	imageMaxSize, imageMaxFiles string
 
 	// helpErr is set instead of printing help for a command line such as "bogus --help",
 	// whose command does not exist.

@@ -21,6 +21,8 @@ const (
 	envAgentBin            = "SMARTVM_AGENT_BIN"
 	envImageKernel         = "SMARTVM_IMAGE_KERNEL"
 	envRootfsHeadroom      = "SMARTVM_ROOTFS_HEADROOM_MIB"
+	envImageMaxSize        = "SMARTVM_IMAGE_MAX_SIZE"
+	envImageMaxFiles       = "SMARTVM_IMAGE_MAX_FILES"
 )
 
 // errNoFirecracker: no firecracker binary in any of the places the CLI looks.

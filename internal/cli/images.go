@@ -101,6 +101,9 @@ func (a *app) baseImages(prog *progress) (*baseimage.Manager, error) {
 		}
 		opts.RootfsHeadroomMiB = n
 	}
+	if err := a.imageLimits(&opts); err != nil {
+		return nil, err
+	}
 	if prog != nil {
 		opts.Progress = func(p baseimage.Progress) {
 			if p.Phase != "" {
@@ -118,6 +121,40 @@ func (a *app) baseImages(prog *progress) (*baseimage.Manager, error) {
 		return nil, fmt.Errorf("base image cache: %w", err)
 	}
 	return m, nil
+}
+
+// imageLimits sets the limits on what an OCI image unpacks to from images pull's --max-size
+// and --max-files, else $SMARTVM_IMAGE_MAX_SIZE and $SMARTVM_IMAGE_MAX_FILES; 0 is no limit.
+func (a *app) imageLimits(opts *baseimage.Options) error {
+	size, sizeFrom := a.imageMaxSize, "--max-size"
+	if size == "" {
+		size, sizeFrom = a.getenv(envImageMaxSize), "$"+envImageMaxSize
+	}
+	if size != "" {
+		mib, err := parseMiB(size)
+		if err != nil || mib < 0 {
+			return fmt.Errorf("invalid %s %q: want a size such as 32G (0: no limit)", sizeFrom, size)
+		}
+		opts.OCIMaxBytes = int64(mib) << 20
+		if mib == 0 {
+			opts.OCIMaxBytes = -1
+		}
+	}
+	files, filesFrom := a.imageMaxFiles, "--max-files"
+	if files == "" {
+		files, filesFrom = a.getenv(envImageMaxFiles), "$"+envImageMaxFiles
+	}
+	if files != "" {
+		n, err := strconv.Atoi(files)
+		if err != nil || n < 0 {
+			return fmt.Errorf("invalid %s %q: want a number of entries (0: no limit)", filesFrom, files)
+		}
+		opts.OCIMaxFiles = n
+		if n == 0 {
+			opts.OCIMaxFiles = -1
+		}
+	}
+	return nil
 }
 
 func (a *app) newImagesCmd() *cobra.Command {
@@ -148,7 +185,9 @@ is the newest kernel and Ubuntu rootfs, lts the newest 6.1 kernel.
 An OCI image is pulled for this host's platform with the credentials of the docker config
 file (docker login) and the proxy of $HTTPS_PROXY/$NO_PROXY; its layers become an ext4 root
 filesystem with smartvm's agent as init, booted with the kernel of preset latest or --kernel
-($SMARTVM_IMAGE_KERNEL). An image whose digest is converted already is not pulled again.
+($SMARTVM_IMAGE_KERNEL). An image whose digest is converted already is not pulled again. An
+image that unpacks to more than --max-size bytes of files (32G) or whose layers hold more than
+--max-files entries (1048576) is refused, and nothing of it is kept.
 
 A cached image is used again without network access; --refresh looks for a newer one.`,
 		Args:              maxArgs(1, "one IMAGE"),
@@ -197,6 +236,8 @@ A cached image is used again without network access; --refresh looks for a newer
 	fl.StringVar(&f.manifestPath, "manifest-path", "", "path of a base image manifest file")
 	fl.BoolVar(&refresh, "refresh", false, "look for a newer image even when one is cached")
 	fl.StringVar(&a.imageKernel, "kernel", "", "kernel (vmlinux) for an OCI image (default: $"+envImageKernel+", else preset latest's)")
+	fl.StringVar(&a.imageMaxSize, "max-size", "", "the most bytes of files an OCI image may unpack to (512M, 32G...; 0: no limit; default: $"+envImageMaxSize+", else 32G)")
+	fl.StringVar(&a.imageMaxFiles, "max-files", "", "the most entries an OCI image's layers may hold (0: no limit; default: $"+envImageMaxFiles+", else "+strconv.Itoa(baseimage.DefaultOCIMaxFiles)+")")
 	fl.IntVar(&a.rootfsHeadroom, "rootfs-headroom", 0, "free MiB the converted root filesystem keeps above its content (default: $"+envRootfsHeadroom+", else "+strconv.Itoa(baseimage.DefaultRootfsHeadroomMiB)+")")
 	return cmd
 }

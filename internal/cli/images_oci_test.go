@@ -111,3 +111,20 @@ func TestImagesPullOCIProxy(t *testing.T) {
 		t.Error("no request went through the proxy")
 	}
 }
+
+// TestImagesPullOCILimits: images pull --max-size and --max-files, else
+// $SMARTVM_IMAGE_MAX_SIZE and $SMARTVM_IMAGE_MAX_FILES, bound what an image unpacks to; 0 is no
+// limit, and a flag wins over the environment.
+func TestImagesPullOCILimits(t *testing.T) {
+	t.Parallel()
+	ref, _ := testutil.PushOCIImage(t, "limits:1", map[string]string{"etc/os-release": "ID=testos\n", "etc/hostname": "x\n"}, nil)
+	env := ociCLIEnv(t)
+	env.run(t, "images", "pull", "--max-size", "lots", ref).fails(t, ExitError, `invalid --max-size "lots"`)
+	env.run(t, "images", "pull", "--max-size", "1M", ref).fails(t, ExitError, "more than 1048576 bytes of files, its size limit: raise it (smartvm images pull --max-size")
+	env[envImageMaxFiles] = "1"
+	env.run(t, "images", "pull", ref).fails(t, ExitError, "more than 1 entries, its entry limit: raise it (smartvm images pull --max-files")
+	env[envImageMaxFiles] = "-3"
+	env.run(t, "images", "pull", ref).fails(t, ExitError, `invalid $SMARTVM_IMAGE_MAX_FILES "-3"`)
+	env[envImageMaxSize] = "1M"
+	env.run(t, "images", "pull", "--max-files", "0", "--max-size", "0", ref).ok(t)
+}

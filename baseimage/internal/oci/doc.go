@@ -12,7 +12,9 @@
 // Layers are hostile input. No entry may write outside the tree: names with ".." elements or
 // absolute names are refused, and so is any entry whose path goes through a symlink that an
 // earlier entry created (the symlink could point anywhere), or a hard link to a name that is
-// not in the tree. Entry counts, sizes, name lengths and extended attributes are bounded.
+// not in the tree. Entry counts, sizes, name lengths and extended attributes are bounded, and
+// so is what the whole image unpacks to (Limits: bytes of file contents and entries, checked
+// before anything past them is written).
 // Every refusal is an *EntryError naming the layer and the entry; errors.Is(err, ErrUnsafe)
 // holds for the path escapes.
 package oci

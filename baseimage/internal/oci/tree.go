@@ -16,8 +16,6 @@ import (
 
 // Limits on what one image may hold.
 const (
-	// MaxEntries is the most entries (across all layers) an image may have.
-	MaxEntries = 4 << 20
 	// MaxNameLen is the longest path of an entry, and MaxComponentLen the longest element of
 	// one (ext4's limit).
 	MaxNameLen      = 4096
@@ -29,8 +27,47 @@ const (
 	MaxDepth = 256
 )
 
+// Default limits on what an image unpacks to (Limits).
+const (
+	DefaultMaxBytes   int64 = 32 << 30
+	DefaultMaxEntries       = 1 << 20
+)
+
+// Limits bound what a tree takes on the disk it is unpacked to: a layer is a compressed stream
+// from a registry, and a small blob can unpack to any size (a decompression bomb) or to
+// millions of empty files.
+type Limits struct {
+	// MaxBytes is the most bytes of regular file contents written, summed over every layer
+	// (files a later layer removes count too). Zero: DefaultMaxBytes (32 GiB); negative: no
+	// limit.
+	MaxBytes int64
+	// MaxEntries is the most tar entries, summed over every layer. Zero: DefaultMaxEntries
+	// (1048576); negative: no limit.
+	MaxEntries int
+}
+
+// LimitError reports an image past one of its Limits. Nothing past the limit was written.
+type LimitError struct {
+	// Bytes is set when the byte limit was reached, else the entry limit was.
+	Bytes bool
+	// Limit is the limit that was reached.
+	Limit int64
+}
+
+func (e *LimitError) Error() string {
+	if e.Bytes {
+		return fmt.Sprintf("the image unpacks to more than %d bytes of files, its size limit", e.Limit)
+	}
+	return fmt.Sprintf("the image has more than %d entries, its entry limit", e.Limit)
+}
+
+// Is makes errors.Is(err, ErrLimit) hold.
+func (e *LimitError) Is(target error) bool { return target == ErrLimit }
+
 // Sentinel errors.
 var (
+	// ErrLimit reports an image past its Limits (a *LimitError says which).
+	ErrLimit = errors.New("image past its unpacked size limits")
 	// ErrUnsafe reports an entry that would write outside the tree: a ".." element, an
 	// absolute name, a path through a symlink, a hard link to a name outside the tree.
 	ErrUnsafe = errors.New("entry would write outside the root filesystem")
@@ -114,6 +151,8 @@ type Tree struct {
 	top      *node
 	layer    int
 	entries  int
+	written  int64 // bytes of regular file contents, over all layers
+	limits   Limits
 	diskUID  int
 	diskGID  int
 	copyBuf  []byte
@@ -121,7 +160,8 @@ type Tree struct {
 }
 
 // NewTree starts a tree in the empty directory dir, which the caller owns and later removes.
-func NewTree(dir string) (*Tree, error) {
+// What the tree writes is bounded by lim.
+func NewTree(dir string, lim Limits) (*Tree, error) {
 	r, err := os.OpenRoot(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open rootfs tree: %w", err)
@@ -131,7 +171,13 @@ func NewTree(dir string) (*Tree, error) {
 		r.Close()
 		return nil, fmt.Errorf("open rootfs tree: %w", err)
 	}
-	return &Tree{root: r, top: top, diskUID: os.Geteuid(), diskGID: os.Getegid(), copyBuf: make([]byte, 1<<20)}, nil
+	if lim.MaxBytes == 0 {
+		lim.MaxBytes = DefaultMaxBytes
+	}
+	if lim.MaxEntries == 0 {
+		lim.MaxEntries = DefaultMaxEntries
+	}
+	return &Tree{root: r, top: top, limits: lim, diskUID: os.Geteuid(), diskGID: os.Getegid(), copyBuf: make([]byte, 1<<20)}, nil
 }
 
 // Close releases the tree's directory handle. The files stay.
@@ -151,8 +197,8 @@ func (t *Tree) ApplyLayer(name string, r io.Reader) error {
 			return fmt.Errorf("%s: read tar: %w", name, err)
 		}
 		t.entries++
-		if t.entries > MaxEntries {
-			return &EntryError{Layer: name, Entry: hdr.Name, Err: fmt.Errorf("%w: the image has more than %d entries", ErrInvalid, MaxEntries)}
+		if max := t.limits.MaxEntries; max >= 0 && t.entries > max {
+			return &EntryError{Layer: name, Entry: hdr.Name, Err: &LimitError{Limit: int64(max)}}
 		}
 		if err := t.apply(hdr, tr); err != nil {
 			return &EntryError{Layer: name, Entry: hdr.Name, Err: err}
@@ -387,6 +433,11 @@ func (t *Tree) create(parent *node, base string, hdr *tar.Header, data io.Reader
 	var link *node
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeRegA:
+		// Counted before anything is written, so the disk never holds more than the limit.
+		if max := t.limits.MaxBytes; max >= 0 && hdr.Size > max-t.written {
+			return &LimitError{Bytes: true, Limit: max}
+		}
+		t.written += hdr.Size
 		ino.Type, ino.Size = TypeReg, hdr.Size
 	case tar.TypeDir:
 		ino.Type = TypeDir

@@ -54,7 +54,7 @@ func dir(name string) ent        { return ent{typ: tar.TypeDir, name: name, mode
 func newTree(t *testing.T) (*Tree, string) {
 	t.Helper()
 	d := t.TempDir()
-	tr, err := NewTree(d)
+	tr, err := NewTree(d, Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,5 +182,51 @@ func TestFixups(t *testing.T) {
 		if got[p] != want {
 			t.Errorf("%s needs fixup: %v, want %v", p, got[p], want)
 		}
+	}
+}
+
+// TestLimits: a tree refuses the entry that would take it past its byte or entry limit,
+// before writing it, across layers; a negative limit is none.
+func TestLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		lim    Limits
+		layers [][]ent
+		bytes  bool
+		at     string // the refused entry; "" when all apply
+	}{
+		{"bytes", Limits{MaxBytes: 10, MaxEntries: -1}, [][]ent{{file("a", "12345")}, {file("b", "12345"), file("c", "1")}}, true, "c"},
+		{"bytes exact", Limits{MaxBytes: 10}, [][]ent{{file("a", "12345"), file("b", "12345")}}, false, ""},
+		{"entries", Limits{MaxEntries: 3}, [][]ent{{dir("d/"), file("d/a", "")}, {file("d/b", ""), file("d/c", "")}}, false, "d/c"},
+		{"no limit", Limits{MaxBytes: -1, MaxEntries: -1}, [][]ent{{file("a", strings.Repeat("x", 100)), file("b", "")}}, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := t.TempDir()
+			tr, err := NewTree(d, tc.lim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			for i, l := range tc.layers {
+				err = tr.ApplyLayer("layer "+string(rune('1'+i)), layer(t, l...))
+				if err != nil {
+					break
+				}
+			}
+			if tc.at == "" {
+				if err != nil {
+					t.Fatalf("apply: %v", err)
+				}
+				return
+			}
+			var ee *EntryError
+			var le *LimitError
+			if !errors.As(err, &ee) || ee.Entry != tc.at || !errors.As(err, &le) || !errors.Is(err, ErrLimit) || le.Bytes != tc.bytes {
+				t.Fatalf("apply: %v; want a LimitError (bytes %v) at entry %q", err, tc.bytes, tc.at)
+			}
+			if _, err := os.Lstat(filepath.Join(d, tc.at)); !os.IsNotExist(err) {
+				t.Errorf("%s was written past the limit (%v)", tc.at, err)
+			}
+		})
 	}
 }
