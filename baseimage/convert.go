@@ -46,6 +46,11 @@ func lookTool(dirs []string, name string) (string, error) {
 // runTool runs a host tool and returns its standard output. A failure carries the tail of
 // its standard error.
 func (m *Manager) runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return m.runToolFiles(ctx, nil, name, args...)
+}
+
+// runToolFiles is runTool for a tool that inherits files as its fds 3, 4… (childFd).
+func (m *Manager) runToolFiles(ctx context.Context, files []*os.File, name string, args ...string) ([]byte, error) {
 	path, err := lookTool(m.toolDirs, name)
 	if err != nil {
 		return nil, err
@@ -53,6 +58,7 @@ func (m *Manager) runTool(ctx context.Context, name string, args ...string) ([]b
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.ExtraFiles = files
 	cmd.WaitDelay = 5 * time.Second
 	err = cmd.Run()
 	if err != nil {
@@ -578,9 +584,16 @@ func runDebugfsScript(ctx context.Context, debugfs, image, scriptPath, script st
 	if err := os.WriteFile(scriptPath, []byte(script), 0o600); err != nil {
 		return fmt.Errorf("write debugfs script: %w", err)
 	}
+	return runDebugfs(ctx, debugfs, nil, scriptPath, image, expected)
+}
+
+// runDebugfs runs the script at scriptPath with debugfs -w on image, passing it files as its
+// fds 3, 4… (childFd), as runDebugfsScript does.
+func runDebugfs(ctx context.Context, debugfs string, files []*os.File, scriptPath, image string, expected func(line string) bool) error {
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, debugfs, "-w", "-f", scriptPath, image)
 	cmd.Stderr = &stderr
+	cmd.ExtraFiles = files
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Run(); err != nil {
 		return &toolError{tool: "debugfs", err: err, stderr: tail(stderr.Bytes(), 2048)}

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -338,6 +339,12 @@ func (m *Manager) pullOCI(ctx context.Context, src Source, key string) (*Bundle,
 		return nil, err
 	}
 	defer s.discard()
+	// The conversion works in the staging directory through this handle, never by its path.
+	sd, err := s.root.OpenDir(rel(dirStaging, s.name))
+	if err != nil {
+		return nil, fmt.Errorf("open staging dir: %w", err)
+	}
+	defer sd.Close()
 	kernel, err := m.ociKernel(ctx, s)
 	if err != nil {
 		return nil, fmt.Errorf("kernel for %s: %w", src, err)
@@ -357,14 +364,14 @@ func (m *Manager) pullOCI(ctx context.Context, src Source, key string) (*Bundle,
 		m.touch(existing)
 		return m.recordOCI(src, key, dkey, existing)
 	}
-	if err := m.convertOCI(ctx, s.dir, b.Name, res, b.OCI.Config); err != nil {
+	if err := m.convertOCI(ctx, sd, b.Name, res, b.OCI.Config); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", src, err)
 	}
-	if err := writeFileSync(filepath.Join(s.dir, fileConfig), res.rawCfg, 0o444); err != nil {
-		return nil, err
+	if err := sd.WriteFileAtomic(fileConfig, res.rawCfg, 0o444); err != nil {
+		return nil, fmt.Errorf("write image config: %w", err)
 	}
 	for _, f := range []string{fileKernel, fileRootfs} {
-		if err := os.Chmod(filepath.Join(s.dir, f), 0o444); err != nil {
+		if err := sd.Chmod(f, 0o444); err != nil {
 			return nil, fmt.Errorf("make %s read-only: %w", f, err)
 		}
 	}
@@ -503,15 +510,31 @@ func (m *Manager) checkOCITools() error {
 	return nil
 }
 
-// convertOCI flattens the image's layers into a tree in dir, adds the agent as init and the
-// init config, and builds dir/rootfs.ext4 from it.
-func (m *Manager) convertOCI(ctx context.Context, dir, label string, res *ociResolved, cfg ImageConfig) error {
-	work := filepath.Join(dir, "work")
-	treeDir := filepath.Join(work, "tree")
-	if err := os.MkdirAll(treeDir, 0o700); err != nil {
+// convertOCI flattens the image's layers into a tree in the staging directory sd, adds the
+// agent as init and the init config, and builds rootfs.ext4 in sd from it.
+//
+// Everything in sd goes through descriptors: the tree through an os.Root opened from the
+// work/tree directory's descriptor, the files through sd, and the tools (mkfs.ext4, debugfs,
+// e2fsck), which need paths, get /proc/self/fd/N paths of descriptors they inherit. No path
+// string under the cache is resolved again once sd is open and checked.
+func (m *Manager) convertOCI(ctx context.Context, sd *safedir.Dir, label string, res *ociResolved, cfg ImageConfig) error {
+	if err := sd.Mkdir(ociWork, 0o700); err != nil {
 		return fmt.Errorf("create work dir: %w", err)
 	}
-	defer os.RemoveAll(work)
+	defer sd.RemoveAll(ociWork)
+	work, err := sd.OpenDir(ociWork)
+	if err != nil {
+		return fmt.Errorf("open work dir: %w", err)
+	}
+	defer work.Close()
+	if err := work.Mkdir("tree", 0o700); err != nil {
+		return fmt.Errorf("create work dir: %w", err)
+	}
+	treeDir, err := work.OpenFile("tree", os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("open work dir: %w", err)
+	}
+	defer treeDir.Close()
 	tree, err := oci.NewTree(treeDir, m.ociLimits)
 	if err != nil {
 		return err
@@ -540,8 +563,15 @@ func (m *Manager) convertOCI(ctx context.Context, dir, label string, res *ociRes
 	if err := tree.AddFile(InitConfigPath, append(initJSON, '\n'), 0o644, 0, 0); err != nil {
 		return fmt.Errorf("write the init config: %w", err)
 	}
-	return m.buildExt4(ctx, tree, work, filepath.Join(dir, fileRootfs), label)
+	return m.buildExt4(ctx, tree, sd, work, treeDir, label)
 }
+
+// ociWork is the directory in the staging directory that holds the unpacked tree and the
+// fixups' files while an OCI image is converted.
+const ociWork = "work"
+
+// childFd is the path by which a tool started with cmd.ExtraFiles finds the i-th of them.
+func childFd(i int) string { return "/proc/self/fd/" + strconv.Itoa(3+i) }
 
 // layerLabel is how progress shows a layer: "layer 2/5 sha256:0123456789ab".
 func layerLabel(d v1.Hash, i, n int) string {
@@ -689,7 +719,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // e2fsck -fn must accept the result. (e2fsprogs 1.47.1 can read a tarball with -d, which would
 // spare the tree on disk; 1.47.0, as in Debian 12 and Ubuntu 24.04, cannot, so the tree is the
 // path that works everywhere.)
-func (m *Manager) buildExt4(ctx context.Context, tree *oci.Tree, work, dst, label string) (err error) {
+func (m *Manager) buildExt4(ctx context.Context, tree *oci.Tree, sd, work *safedir.Dir, treeDir *os.File, label string) (err error) {
 	end := m.beginPhase(label, PhaseMkfs)
 	defer func() { end(false) }()
 	u, err := tree.Finish()
@@ -698,22 +728,23 @@ func (m *Manager) buildExt4(ctx context.Context, tree *oci.Tree, work, dst, labe
 	}
 	sizeMiB, inodes := treeUsage{bytes: u.Bytes, inodes: u.Inodes}.imageSize(0, m.headMiB)
 	m.log.Debug("building ext4 rootfs", "size_mib", sizeMiB, "content_bytes", u.Content, "inodes", u.Inodes)
-	tmp := dst + ".part"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	tmp := fileRootfs + ".part"
+	f, err := sd.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
 	defer func() {
 		f.Close()
 		if err != nil {
-			os.Remove(tmp)
+			sd.Remove(tmp)
 		}
 	}()
 	if err = f.Truncate(int64(sizeMiB) << 20); err != nil {
-		return fmt.Errorf("size %s: %w", tmp, err)
+		return fmt.Errorf("size %s: %w", f.Name(), err)
 	}
-	if _, err = m.runTool(ctx, "mkfs.ext4", "-q", "-F", "-N", strconv.FormatInt(inodes, 10),
-		"-E", "root_owner=0:0", "-d", filepath.Join(work, "tree"), tmp); err != nil {
+	// mkfs.ext4 gets the tree as fd 3 and the image as fd 4.
+	if _, err = m.runToolFiles(ctx, []*os.File{treeDir, f}, "mkfs.ext4", "-q", "-F", "-N", strconv.FormatInt(inodes, 10),
+		"-E", "root_owner=0:0", "-d", childFd(0), childFd(1)); err != nil {
 		return fmt.Errorf("build ext4: %w", err)
 	}
 	script, err := fixupScript(tree, work)
@@ -721,32 +752,56 @@ func (m *Manager) buildExt4(ctx context.Context, tree *oci.Tree, work, dst, labe
 		return err
 	}
 	if script != "" {
+		if err := writeNew(work, fixupsFile, []byte(script)); err != nil {
+			return fmt.Errorf("write debugfs script: %w", err)
+		}
+		workDir, err := sd.OpenFile(ociWork, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+		if err != nil {
+			return fmt.Errorf("open work dir: %w", err)
+		}
+		defer workDir.Close()
 		debugfs, err := lookTool(m.toolDirs, "debugfs")
 		if err != nil {
 			return err
 		}
-		if err := runDebugfsScript(ctx, debugfs, tmp, filepath.Join(work, "fixups.debugfs"), script, nil); err != nil {
+		// debugfs gets the work directory as fd 3 (the script and the xattr values are
+		// names in it) and the image as fd 4.
+		if err := runDebugfs(ctx, debugfs, []*os.File{workDir, f}, childFd(0)+"/"+fixupsFile, childFd(1), nil); err != nil {
 			return fmt.Errorf("set owners, modes and attributes in ext4: %w", err)
 		}
 	}
 	end(true)
 	end = m.beginPhase(label, PhaseCheck)
-	if _, err = m.runTool(ctx, "e2fsck", "-fn", tmp); err != nil {
+	if _, err = m.runToolFiles(ctx, []*os.File{f}, "e2fsck", "-fn", childFd(0)); err != nil {
 		return fmt.Errorf("check ext4: %w", err)
 	}
 	end(true)
 	if err = f.Close(); err != nil { // install fsyncs it
-		return fmt.Errorf("close %s: %w", tmp, err)
+		return fmt.Errorf("close %s: %w", f.Name(), err)
 	}
-	if err = os.Rename(tmp, dst); err != nil {
-		return fmt.Errorf("rename %s: %w", tmp, err)
+	if err = sd.Rename(tmp, sd, fileRootfs); err != nil {
+		return fmt.Errorf("rename %s: %w", f.Name(), err)
 	}
 	return nil
 }
 
+// fixupsFile is the debugfs script's name in the work directory.
+const fixupsFile = "fixups.debugfs"
+
+// writeNew writes data to the new file name in d (mode 0600): a work file, not kept.
+func writeNew(d *safedir.Dir, name string, data []byte) error {
+	f, err := d.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	return errors.Join(err, f.Close())
+}
+
 // fixupScript is the debugfs script that gives the image what mkfs.ext4 -d could not copy
-// from the tree on disk. Values of extended attributes go through files in work.
-func fixupScript(tree *oci.Tree, work string) (string, error) {
+// from the tree on disk. Values of extended attributes go through files in work, which the
+// script names as debugfs finds them: through its fd 3, the work directory.
+func fixupScript(tree *oci.Tree, work *safedir.Dir) (string, error) {
 	var b strings.Builder
 	nx := 0
 	err := tree.Walk(func(e oci.Entry) error {
@@ -774,11 +829,11 @@ func fixupScript(tree *oci.Tree, work string) (string, error) {
 		slices.Sort(names)
 		for _, k := range names {
 			nx++
-			vf := filepath.Join(work, "xattr-"+strconv.Itoa(nx))
-			if err := os.WriteFile(vf, []byte(e.Xattrs[k]), 0o600); err != nil {
+			vf := "xattr-" + strconv.Itoa(nx)
+			if err := writeNew(work, vf, []byte(e.Xattrs[k])); err != nil {
 				return fmt.Errorf("write xattr value: %w", err)
 			}
-			fmt.Fprintf(&b, "ea_set -f %s %s %s\n", debugfsQuote(vf), q, debugfsQuote(k))
+			fmt.Fprintf(&b, "ea_set -f %s %s %s\n", debugfsQuote(childFd(0)+"/"+vf), q, debugfsQuote(k))
 		}
 		return nil
 	})

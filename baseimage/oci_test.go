@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -781,5 +782,79 @@ func TestPullOCILimits(t *testing.T) {
 	// The same images within the default limits convert.
 	if _, err := ociManager(t).Pull(context.Background(), Source{OCI: r.ref("bomb:1")}); err != nil {
 		t.Fatalf("pull within the default limits: %v", err)
+	}
+}
+
+// TestPullOCIStagingByDescriptor: the conversion works in its staging directory through the
+// handle it opened, never by the directory's path. While mkfs.ext4, debugfs and e2fsck run,
+// the test moves the staging directory aside and puts a decoy with a tree of its own at its
+// path; the image must still be built from the layers, in the real directory.
+func TestPullOCIStagingByDescriptor(t *testing.T) {
+	r := newTestRegistry(t)
+	capFile := fileE("usr/bin/ping", "ping", 0o4755, 0)
+	capFile.hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": capabilityXattr}
+	r.push(t, "img:1", testImage(t, "amd64", v1.Config{}, gzLayer(t,
+		dirE("etc/", 0o755, 0), fileE("etc/hostname", "real\n", 0o644, 0), dirE("usr/", 0o755, 0), dirE("usr/bin/", 0o755, 0), capFile)))
+	var staging, moved string
+	var hookErr error
+	swap := func(from, to string) {
+		if hookErr == nil {
+			hookErr = os.Rename(from, to)
+		}
+	}
+	m := ociManager(t, func(o *Options) {
+		o.Progress = func(p Progress) {
+			switch {
+			case p.Phase == PhaseMkfs && p.Done == 0 && p.Elapsed == 0:
+				ents, err := os.ReadDir(filepath.Join(o.Dir, dirStaging))
+				for _, e := range ents {
+					if e.IsDir() {
+						staging = filepath.Join(o.Dir, dirStaging, e.Name())
+					}
+				}
+				if err != nil || staging == "" {
+					hookErr = fmt.Errorf("no staging directory (%v)", err)
+					return
+				}
+				moved = staging + ".moved"
+				swap(staging, moved)
+				if hookErr == nil {
+					hookErr = os.MkdirAll(filepath.Join(staging, "work", "tree"), 0o700)
+				}
+				if hookErr == nil {
+					hookErr = os.WriteFile(filepath.Join(staging, "work", "tree", "decoy"), []byte("decoy"), 0o644)
+				}
+			case p.Phase == PhaseCheck && p.Done == 1 && moved != "":
+				decoy := staging + ".decoy"
+				swap(staging, decoy)
+				swap(moved, staging)
+				if hookErr == nil {
+					hookErr = os.RemoveAll(decoy)
+				}
+			}
+		}
+	})
+	b, err := m.Pull(context.Background(), Source{OCI: r.ref("img:1")})
+	if hookErr != nil {
+		t.Fatalf("test hook: %v", hookErr)
+	}
+	if moved == "" {
+		t.Fatal("the phases the test hooks into were not reported")
+	}
+	if err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+	if got := debugfsCat(t, b.Rootfs, "/etc/hostname"); got != "real\n" {
+		t.Errorf("/etc/hostname in the image: %q, want the layer's", got)
+	}
+	if got := debugfsStat(t, b.Rootfs, "/decoy"); got != "missing" {
+		t.Errorf("/decoy in the image: %s: the image was built from the path, not the directory opened", got)
+	}
+	if got := debugfsStat(t, b.Rootfs, "/usr/bin/ping"); got != "regular 04755 uid 0 gid 0" {
+		t.Errorf("/usr/bin/ping: %s, want the fixups applied", got)
+	}
+	out, _ := exec.Command(mustTool(t, "debugfs"), "-R", "ea_list /usr/bin/ping", b.Rootfs).Output()
+	if !strings.Contains(string(out), "security.capability") {
+		t.Errorf("/usr/bin/ping has no capability:\n%s", out)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -153,16 +154,21 @@ type Tree struct {
 	entries  int
 	written  int64 // bytes of regular file contents, over all layers
 	limits   Limits
+	fdPath   string // how the tree's directory is opened
+	name     string // and how errors name it
 	diskUID  int
 	diskGID  int
 	copyBuf  []byte
 	closeErr error
 }
 
-// NewTree starts a tree in the empty directory dir, which the caller owns and later removes.
-// What the tree writes is bounded by lim.
-func NewTree(dir string, lim Limits) (*Tree, error) {
-	r, err := os.OpenRoot(dir)
+// NewTree starts a tree in the empty directory dir, held open by the caller, who owns it and
+// later removes it. The tree works in that directory, whatever its path now names: it is
+// opened through the descriptor (/proc/self/fd), never by its path. What the tree writes is
+// bounded by lim.
+func NewTree(dir *os.File, lim Limits) (*Tree, error) {
+	fdPath := "/proc/self/fd/" + strconv.Itoa(int(dir.Fd()))
+	r, err := os.OpenRoot(fdPath)
 	if err != nil {
 		return nil, fmt.Errorf("open rootfs tree: %w", err)
 	}
@@ -177,7 +183,7 @@ func NewTree(dir string, lim Limits) (*Tree, error) {
 	if lim.MaxEntries == 0 {
 		lim.MaxEntries = DefaultMaxEntries
 	}
-	return &Tree{root: r, top: top, limits: lim, diskUID: os.Geteuid(), diskGID: os.Getegid(), copyBuf: make([]byte, 1<<20)}, nil
+	return &Tree{root: r, top: top, limits: lim, fdPath: fdPath, name: dir.Name(), diskUID: os.Geteuid(), diskGID: os.Getegid(), copyBuf: make([]byte, 1<<20)}, nil
 }
 
 // Close releases the tree's directory handle. The files stay.
@@ -320,7 +326,7 @@ func (t *Tree) parentDir(elems []string, create bool) (*node, error) {
 			c = &node{name: e, parent: n, children: map[string]*node{}, layer: t.layer,
 				ino: &Inode{Type: TypeDir, Perm: 0o755, ModTime: time.Unix(0, 0), diskPerm: 0o755}}
 			if err := t.root.Mkdir(c.path(), 0o755); err != nil {
-				return nil, diskErr("create directory", err)
+				return nil, t.diskErr("create directory", err)
 			}
 			n.children[e] = c
 		case c == nil:
@@ -355,7 +361,7 @@ func (t *Tree) opaque(dir *node) error {
 // remove deletes n and everything below it.
 func (t *Tree) remove(n *node) error {
 	if err := t.root.RemoveAll(n.path()); err != nil {
-		return diskErr("remove", err)
+		return t.diskErr("remove", err)
 	}
 	delete(n.parent.children, n.name)
 	return nil
@@ -414,7 +420,7 @@ func (t *Tree) chmodDisk(n *node) error {
 		return nil
 	}
 	if err := t.root.Chmod(n.path(), fs.FileMode(want)); err != nil {
-		return diskErr("chmod", err)
+		return t.diskErr("chmod", err)
 	}
 	n.ino.diskPerm = want
 	return nil
@@ -484,20 +490,20 @@ func (t *Tree) create(parent *node, base string, hdr *tar.Header, data io.Reader
 	case link != nil:
 		n.ino = link.ino
 		if err := t.root.Link(link.path(), p); err != nil {
-			return diskErr("hard link", err)
+			return t.diskErr("hard link", err)
 		}
 	case ino.Type == TypeDir:
 		n.children = map[string]*node{}
 		ino.diskPerm = diskPerm(TypeDir, ino.Perm)
 		if err := t.root.Mkdir(p, fs.FileMode(ino.diskPerm)); err != nil {
-			return diskErr("create directory", err)
+			return t.diskErr("create directory", err)
 		}
 		if err := t.root.Chmod(p, fs.FileMode(ino.diskPerm)); err != nil { // past the umask
-			return diskErr("chmod", err)
+			return t.diskErr("chmod", err)
 		}
 	case ino.Type == TypeLink:
 		if err := t.root.Symlink(ino.Target, p); err != nil {
-			return diskErr("create symlink", err)
+			return t.diskErr("create symlink", err)
 		}
 	case ino.Type == TypeReg:
 		if err := t.writeFile(p, ino, data); err != nil {
@@ -518,7 +524,7 @@ func (t *Tree) writeFile(p string, ino *Inode, data io.Reader) error {
 	ino.diskPerm = diskPerm(TypeReg, ino.Perm)
 	f, err := t.root.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, fs.FileMode(ino.diskPerm))
 	if err != nil {
-		return diskErr("create", err)
+		return t.diskErr("create", err)
 	}
 	n, err := io.CopyBuffer(onlyWriter{f}, io.LimitReader(data, ino.Size), t.copyBuf)
 	if err == nil && n != ino.Size {
@@ -528,10 +534,10 @@ func (t *Tree) writeFile(p string, ino *Inode, data io.Reader) error {
 		err = cerr
 	}
 	if err != nil {
-		return diskErr("write", err)
+		return t.diskErr("write", err)
 	}
 	if err := t.root.Chmod(p, fs.FileMode(ino.diskPerm)); err != nil { // past the umask
-		return diskErr("chmod", err)
+		return t.diskErr("chmod", err)
 	}
 	return nil
 }
@@ -542,7 +548,15 @@ type onlyWriter struct{ io.Writer }
 // ErrNoSpace reports that the file system holding the tree is full.
 var ErrNoSpace = errors.New("no space left for the unpacked image")
 
-func diskErr(op string, err error) error {
+// diskErr describes a failed file operation, with the tree directory's name in place of its
+// /proc/self/fd path.
+func (t *Tree) diskErr(op string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		if rest, ok := strings.CutPrefix(pe.Path, t.fdPath); ok {
+			pe.Path = t.name + rest
+		}
+	}
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		return fmt.Errorf("%s: %w (%w)", op, ErrNoSpace, err)
 	}
@@ -646,7 +660,7 @@ func (t *Tree) Finish() (Usage, error) {
 			return nil
 		}
 		if err := t.root.Chtimes(n.path(), n.ino.ModTime, n.ino.ModTime); err != nil {
-			return diskErr("set times", err)
+			return t.diskErr("set times", err)
 		}
 		return nil
 	}

@@ -51,10 +51,21 @@ func layer(t *testing.T, es ...ent) *bytes.Reader {
 func file(name, body string) ent { return ent{typ: tar.TypeReg, name: name, body: body} }
 func dir(name string) ent        { return ent{typ: tar.TypeDir, name: name, mode: 0o755} }
 
+// openDir opens the directory d for the test's duration.
+func openDir(t *testing.T, d string) *os.File {
+	t.Helper()
+	f, err := os.Open(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 func newTree(t *testing.T) (*Tree, string) {
 	t.Helper()
 	d := t.TempDir()
-	tr, err := NewTree(d, Limits{})
+	tr, err := NewTree(openDir(t, d), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +213,7 @@ func TestLimits(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := t.TempDir()
-			tr, err := NewTree(d, tc.lim)
+			tr, err := NewTree(openDir(t, d), tc.lim)
 			if err != nil {
 				t.Fatal(err)
 			}
