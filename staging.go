@@ -50,10 +50,25 @@ func (mgr *Manager) statePaths(st *rundir.State) rundir.Paths {
 	return p
 }
 
-// isStagingDir reports whether dir is a clean absolute path whose last element is VM name's
-// staging directory name for this runtime root.
+// isStagingDir reports whether dir, recorded in a state.json (hostile input), is exactly the
+// staging directory this manager makes for VM name: its staging root joined with the name
+// stagingName gives. Without a staging root no recorded directory is one.
 func (mgr *Manager) isStagingDir(dir, name string) bool {
-	return dir != "" && filepath.IsAbs(dir) && filepath.Clean(dir) == dir && filepath.Base(dir) == mgr.stagingName(name)
+	if mgr.stagingDir == "" || dir == "" {
+		return false
+	}
+	want := mgr.stagingName(name)
+	// The last element is checked on its own too: a name with "/" or ".." in it could make
+	// the join lead elsewhere.
+	return filepath.Base(dir) == want && dir == filepath.Join(mgr.stagingDir, want)
+}
+
+// notStagingDir explains why dir, recorded for VM name, is left alone.
+func (mgr *Manager) notStagingDir(dir, name string) error {
+	if mgr.stagingDir == "" {
+		return fmt.Errorf("staging dir %s of vm %s: left alone: this manager has no staging root; use the one the vm was started with (WithStagingDir, --staging-dir, $SMARTVM_STAGING_DIR), or remove the directory by hand if it is the vm's", dir, name)
+	}
+	return fmt.Errorf("staging dir %s of vm %s: left alone: not the staging directory smartvm makes for it (%s); a state.json that names another path is not acted on: remove the directory by hand if it is the vm's", dir, name, filepath.Join(mgr.stagingDir, mgr.stagingName(name)))
 }
 
 // prepareStaging makes the VM's staging directory outside its runtime directory, when
@@ -84,11 +99,12 @@ func (s *starter) prepareStaging() error {
 }
 
 // removeStaging removes dir, the staging directory of VM name outside its runtime directory:
-// only when its name is this root's staging name for that VM and it is a directory (not a
-// link), so that a state.json that names another path cannot make smartvm remove it.
+// only when it is exactly the one this manager makes for that VM (isStagingDir) and a
+// directory (not a link), so that a state.json that names another path cannot make smartvm
+// remove it.
 func (mgr *Manager) removeStaging(dir, name string) error {
 	if !mgr.isStagingDir(dir, name) {
-		return fmt.Errorf("staging dir %s: not a staging directory of vm %s; left alone", dir, name)
+		return mgr.notStagingDir(dir, name)
 	}
 	// Its parent must be a trustworthy directory, and the removal works relative to it: a
 	// path recorded in state.json never leads anywhere else.

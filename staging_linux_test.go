@@ -2,6 +2,7 @@ package smartvm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -78,7 +79,8 @@ func TestRemoveStagingRefusesOtherPaths(t *testing.T) {
 	mgr := newManager(t, testRoot(t), "/bin/true", WithStagingDir(dir))
 	ok := mgr.paths("x").Drives
 	other := newManager(t, testRoot(t), "/bin/true", WithStagingDir(dir)).paths("x").Drives
-	for _, p := range []string{dir, filepath.Join(dir, "smartvm-0000000-x"), ok + "y", other, filepath.Join(dir, "sub", filepath.Base(ok)) + "/../" + filepath.Base(ok)} {
+	elsewhere := filepath.Join(t.TempDir(), filepath.Base(ok)) // the right name in another directory
+	for _, p := range []string{dir, filepath.Join(dir, "smartvm-0000000-x"), ok + "y", other, filepath.Join(dir, "sub", filepath.Base(ok)) + "/../" + filepath.Base(ok), elsewhere} {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -89,10 +91,68 @@ func TestRemoveStagingRefusesOtherPaths(t *testing.T) {
 	if err := os.Mkdir(ok, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// A manager without a staging root takes no recorded directory for one.
+	if err := newManager(t, testRoot(t), "/bin/true").removeStaging(ok, "x"); err == nil || !strings.Contains(err.Error(), "no staging root") {
+		t.Errorf("removeStaging without a staging root: %v", err)
+	}
 	if err := mgr.removeStaging(ok, "x"); err != nil {
 		t.Errorf("removeStaging of the vm's staging dir: %v", err)
 	}
 	if _, err := os.Stat(other); err != nil {
 		t.Errorf("another root's staging dir went: %v", err)
+	}
+}
+
+// A staging_dir in state.json that is not exactly the VM's staging directory under this
+// manager's staging root is left alone when the VM is reaped, even with the right last
+// element, and is not reported as the VM's.
+func TestForgedStagingDirIsLeftAlone(t *testing.T) {
+	staging := filepath.Join(t.TempDir(), "staging")
+	mgr, _, kernel := fakeSetup(t, WithStagingDir(staging))
+	ctx := context.Background()
+	spec := guestSpec(kernel, testguest.ModeHalt)
+	spec.Name = "forged"
+	m := start(t, mgr, spec, Detached())
+	pid := m.PID()
+	real := m.Info().StagingDir
+	m.Release()
+	victim := filepath.Join(t.TempDir(), filepath.Base(real))
+	if err := os.Mkdir(victim, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(victim, "keep"), []byte("keep"), 0o600)
+	stPath := filepath.Join(m.Dir(), "state.json")
+	var st map[string]any
+	b, _ := os.ReadFile(stPath)
+	json.Unmarshal(b, &st)
+	if st["staging_dir"] != real {
+		t.Fatalf("state.json records staging_dir %v, want %s", st["staging_dir"], real)
+	}
+	st["staging_dir"] = victim
+	b, _ = json.Marshal(st)
+	os.WriteFile(stPath, b, 0o600)
+	if infos, err := mgr.List(ctx); err != nil || len(infos) != 1 || infos[0].StagingDir == victim {
+		t.Errorf("List: %+v %v: want the forged staging dir not reported", infos, err)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	if !processGone(pid, waitLong) {
+		t.Fatal("firecracker did not die")
+	}
+	_, err := mgr.Reap(ctx)
+	if err == nil || !strings.Contains(err.Error(), "left alone") || !strings.Contains(err.Error(), real) {
+		t.Errorf("reap: %v, want the forged staging dir reported with the one expected", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(victim, "keep")); err != nil || string(b) != "keep" {
+		t.Errorf("the victim was touched: %q %v", b, err)
+	}
+	// Once the record names the real one, the VM and its staging directory go.
+	st["staging_dir"] = real
+	b, _ = json.Marshal(st)
+	os.WriteFile(stPath, b, 0o600)
+	if names, err := mgr.Reap(ctx); err != nil || len(names) != 1 {
+		t.Errorf("reap after fixing the record: %v %v", names, err)
+	}
+	if _, err := os.Stat(real); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("staging dir left after the reap: %v", err)
 	}
 }
