@@ -114,7 +114,11 @@ func (a *Agent) CopyFrom(ctx context.Context, src, dst string, opts CopyOptions)
 type GuestFileInfo = agentwire.FileInfo
 
 // Stat describes the guest path p (absolute, without ".."), not following a final symlink.
-// A missing path gives an error matching fs.ErrNotExist.
+// A missing path gives an error matching fs.ErrNotExist. The answer comes from the guest and
+// is checked: Name is p's last element, Size and the owner are numbers a file can have, and
+// Link (a symlink's target, at most 4095 bytes) has its control characters and bytes that
+// are not UTF-8 escaped (\xNN), so it is safe to print; any other answer is an error that
+// says the agent is broken or not smartvm's.
 func (a *Agent) Stat(ctx context.Context, p string) (GuestFileInfo, error) {
 	return a.c.Stat(ctx, p)
 }

@@ -128,13 +128,14 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 }
 
 // Stat describes path in the guest (without following a final symlink). A missing path gives an
-// error wrapping fs.ErrNotExist.
+// error wrapping fs.ErrNotExist. The answer is checked and its link target made safe to show
+// (FileInfo.checked): an answer no lstat of path gives is an error.
 func (c *Client) Stat(ctx context.Context, path string) (FileInfo, error) {
 	res, err := c.stat.CallUnary(ctx, connect.NewRequest(&PathRequest{Path: path}))
 	if err != nil {
 		return FileInfo{}, callError("stat", path, err)
 	}
-	return *res.Msg, nil
+	return res.Msg.checked(path)
 }
 
 // Mkdir creates the directory path in the guest with mode perm (0: 0755), and its missing

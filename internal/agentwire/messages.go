@@ -1,7 +1,9 @@
 package agentwire
 
 import (
+	"fmt"
 	"io/fs"
+	"path"
 	"time"
 )
 
@@ -159,14 +161,50 @@ type PathRequest struct {
 
 // FileInfo describes a file in the guest (lstat).
 type FileInfo struct {
+	// Name is the last element of the path asked about (path.Base), as the agent answers:
+	// the client refuses an answer for another name.
 	Name    string      `json:"name"`
 	Size    int64       `json:"size"`
 	Mode    fs.FileMode `json:"mode"`
 	ModTime time.Time   `json:"mtime"`
 	UID     int         `json:"uid"`
 	GID     int         `json:"gid"`
-	// Link is a symlink's target.
+	// Link is a symlink's target, at most MaxLinkTarget bytes, made safe to show by the
+	// client (GuestText: control characters and bytes that are not UTF-8 escaped).
 	Link string `json:"link,omitempty"`
+}
+
+// MaxLinkTarget is the longest symlink target a Stat answer may give: Linux's PATH_MAX less
+// its NUL.
+const MaxLinkTarget = 4095
+
+// maxOwnerID is the largest uid or gid a file can have ((uid_t)-1 means none).
+const maxOwnerID = 1<<32 - 2
+
+// checked returns fi, the agent's answer to a Stat of p, as the host keeps it. The answer
+// comes from the guest: one that no lstat of p gives (another name, a negative size, an
+// owner no file has, a link target on a file that is no symlink, or one longer than
+// MaxLinkTarget) is refused, and the link target is made safe to show (GuestText).
+func (fi *FileInfo) checked(p string) (FileInfo, error) {
+	c := *fi
+	var bad string
+	switch {
+	case c.Name != path.Base(p):
+		bad = fmt.Sprintf("it describes %q, not %q", GuestText(c.Name), GuestText(path.Base(p)))
+	case c.Size < 0:
+		bad = fmt.Sprintf("a size of %d bytes", c.Size)
+	case c.UID < 0 || c.UID > maxOwnerID || c.GID < 0 || c.GID > maxOwnerID:
+		bad = fmt.Sprintf("owner %d:%d, want numbers from 0 to %d", c.UID, c.GID, int64(maxOwnerID))
+	case c.Link != "" && c.Mode&fs.ModeSymlink == 0:
+		bad = "a link target on a file that is not a symlink"
+	case len(c.Link) > MaxLinkTarget:
+		bad = fmt.Sprintf("a link target of %d bytes, more than the %d a symlink holds", len(c.Link), MaxLinkTarget)
+	}
+	if bad != "" {
+		return FileInfo{}, fmt.Errorf("agent stat %s: the agent's answer is not one lstat gives (%s): the agent is broken or not smartvm's", GuestText(p), bad)
+	}
+	c.Link = GuestText(c.Link)
+	return c, nil
 }
 
 // Empty is the message of calls with nothing to say.
