@@ -171,7 +171,8 @@ itself, in the background) owns the VM and cleans up when it ends; see ps, logs,
 A detached VM that ends is kept as exited, as docker keeps a container: everything it used
 on the host is released, but 'ps -a' lists it, 'logs' prints its serial console, 'inspect'
 says how it ended, and its name stays taken until 'smartvm rm NAME'. --rm removes it when it
-ends instead, as a foreground run always does (--rm=false keeps a foreground VM too).
+ends instead, as a foreground run always does (--rm=false keeps a foreground VM too). A VM
+whose main process fails to start is kept or removed by the same rule, detached or not.
 
 When no firecracker binary is found, run installs the latest release into ~/.smartvm/bin as
 'smartvm setup' does, unless --no-install is given.`,

@@ -310,3 +310,44 @@ func TestRunMainCallBreaks(t *testing.T) {
 		t.Errorf("agent: exit code %d, console %q", code, console.String())
 	}
 }
+
+// TestRunMainStartFailsKeep: a main process that fails to start leaves the VM's record by
+// one rule, in the foreground and detached: --rm=false (a detached run's default) keeps it
+// as exited, --rm removes it.
+func TestRunMainStartFailsKeep(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		keep bool
+	}{
+		{"foreground-keep", []string{"--rm=false"}, true},
+		{"foreground-rm", []string{"--rm"}, false},
+		{"detached-keep", []string{"-d"}, true},
+		{"detached-keep-explicit", []string{"-d", "--rm=false"}, true},
+		{"detached-rm", []string{"-d", "--rm"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.CheckLeaks(t)
+			_, done := mainAgent(t, agent.InitConfig{}) // nothing to run: the main process cannot start
+			env := fakeEnv(t)
+			r := env.run(t, append(append([]string{"run", "--name", "nostart"}, tc.args...), "-f", agentMainSpec(t))...)
+			if r.code == 0 || !strings.Contains(r.stderr, "give one after --") {
+				t.Errorf("run: code %d, stderr %q; want the main process's failure", r.code, r.stderr)
+			}
+			mainExit(t, done)
+			if tc.keep && tc.args[0] == "-d" && !strings.Contains(r.stderr, "kept as exited: 'smartvm rm nostart' removes it") {
+				t.Errorf("run -d: stderr %q does not say the vm is kept", r.stderr)
+			}
+			if !tc.keep {
+				waitEmpty(t, env)
+				if vms := env.psAll(t); len(vms) != 0 {
+					t.Errorf("ps -a lists %+v, want the vm removed", vms)
+				}
+				return
+			}
+			waitExited(t, env, "nostart")
+			env.run(t, "rm", "nostart").ok(t)
+			waitEmpty(t, env)
+		})
+	}
+}

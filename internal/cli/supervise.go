@@ -186,12 +186,18 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		report(superviseStatus{Error: err.Error(), Exists: errors.Is(err, smartvm.ErrExists)})
 		return err
 	}
-	// abort stops the VM that could not be made ready and reports why.
-	abort := func(err error) error {
+	// abort stops the VM that could not be made ready and reports why. A VM whose agent did
+	// not answer did not start: it leaves no record. One whose main process could not start
+	// ran (keep): --rm decides, as it does for a foreground run whose main process fails to
+	// start, whether it is kept as exited (the default when detached, --rm=false).
+	abort := func(err error, keep bool) error {
 		err = fmt.Errorf("%w; the vm was stopped", err)
 		_ = m.Kill()
-		_ = m.Close()
-		if req.Plan.Keep { // a start that failed leaves no record
+		cerr := m.Close()
+		switch {
+		case keep && req.Plan.Keep && cerr == nil:
+			err = fmt.Errorf("%w and kept as exited: 'smartvm rm %s' removes it", err, m.Name())
+		case req.Plan.Keep:
 			_ = mgr.Remove(context.WithoutCancel(ctx), m.Name())
 		}
 		report(superviseStatus{Error: err.Error()})
@@ -199,7 +205,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 	}
 	if req.Plan.WaitAgent {
 		if err := waitAgent(ctx, m); err != nil {
-			return abort(err)
+			return abort(err, false)
 		}
 	}
 	if mp := req.Plan.Main; mp != nil {
@@ -208,7 +214,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		_, stopWatch := watchExit(ctx, m)
 		defer stopWatch()
 		if err := startMainDetached(ctx, m, mp); err != nil {
-			return abort(fmt.Errorf("start the main process: %w", err))
+			return abort(fmt.Errorf("start the main process: %w", err), true)
 		}
 	}
 	report(superviseStatus{Name: m.Name(), PID: m.PID()})
