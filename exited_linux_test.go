@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/testguest"
@@ -97,6 +99,10 @@ func TestKeepExitedGuestEnds(t *testing.T) {
 	}
 	if got, err := mgr.Info(context.Background(), "kept"); err != nil || got.State != StateExited || got.Exit.Reason != e.Reason {
 		t.Errorf("Info: %+v, %v", got, err)
+	}
+	// The Machine's own record ends as List's does: one record.
+	if diff := cmp.Diff(info, m.Info()); diff != "" {
+		t.Errorf("Machine.Info of the ended vm differs from List's (-List +Machine.Info):\n%s", diff)
 	}
 	r, err := mgr.ConsoleLog("kept")
 	if err != nil {

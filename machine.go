@@ -633,6 +633,11 @@ func (m *Machine) finish(ctx context.Context, st proc.Status, logTail string) er
 	if err := m.dir.Keep(ctx, e); err != nil {
 		return errors.Join(fmt.Errorf("vm %s: %w", m.name, err), m.removeDir(ctx))
 	}
+	// Keep wrote the end into state.json (with what ran released); the Machine's record
+	// ends the same way, so that its Info is List's.
+	m.recMu.Lock()
+	m.rec.st.Exit = &e
+	m.recMu.Unlock()
 	m.log.Info("vm kept as exited", "reason", e.Reason)
 	return nil
 }
