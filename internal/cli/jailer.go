@@ -87,11 +87,15 @@ func (a *app) jailerUsable(ctx context.Context, fc string) (jailerBin, error) {
 	return j, jailer.CheckVersion(j.Path, jv, fc, fv)
 }
 
-// jailerOf is planJail's question to mgr: is there a jailer of its firecracker's release?
-// The manager answers from the versions cached in its runtime root, so a run spawns neither
-// `jailer --version` nor `firecracker --version` once both are known.
-func jailerOf(mgr *smartvm.Manager) func(context.Context) error {
+// jailerOf is planJail's question for firecracker fc: is there a jailer of its release? The
+// CLI finds the jailer ($SMARTVM_JAILER_BIN, else beside fc; mgr was made with it), and mgr
+// answers from the versions cached in its runtime root, so a run spawns neither `jailer
+// --version` nor `firecracker --version` once both are known.
+func (a *app) jailerOf(mgr *smartvm.Manager, fc string) func(context.Context) error {
 	return func(ctx context.Context) error {
+		if _, err := a.findJailer(fc); err != nil {
+			return err
+		}
 		_, _, err := mgr.Jailer(ctx)
 		return err
 	}

@@ -672,7 +672,7 @@ func (a *app) runVM(ctx context.Context, f runFlags, plan runPlan) error {
 		return err
 	}
 	finish := func(ctx context.Context, mgr *smartvm.Manager, plan *runPlan) error {
-		if err := a.planJail(ctx, f.jail, plan, jailerOf(mgr)); err != nil {
+		if err := a.planJail(ctx, f.jail, plan, a.jailerOf(mgr, fc)); err != nil {
 			return err
 		}
 		if err := applyRateFlags(f.rate, plan); err != nil {
