@@ -31,6 +31,9 @@ type startJail struct {
 	rec  *rundir.Jail
 	// cgroupDirs are the cgroups the limits made.
 	cgroupDirs []string
+	// guard, for an owned VM, waits for the jail's guard, started while the jail is
+	// prepared (jailer.GoStartGuard).
+	guard func() (*jailer.Guard, error)
 }
 
 // jailerBinary resolves the manager's jailer, WithJailerBinary, else "jailer" beside the
@@ -124,6 +127,19 @@ func (s *starter) prepareJail(ctx context.Context) error {
 		cfg.UID, cfg.GID = uid, uid
 	}
 	s.jail = &startJail{bin: bin}
+	if !s.opts.detached {
+		// The guard needs nothing of what follows: it starts meanwhile. A detached VM's
+		// starts at launch, so that the time in which this process's death could leave it
+		// behind unrecorded (it has no parent-death signal) stays short.
+		guard := jailer.GoStartGuard(false)
+		s.jail.guard = guard
+		s.push(func(context.Context) error {
+			if g, err := guard(); err == nil {
+				return g.Close() // a no-op once the launched jail's Close has run
+			}
+			return nil
+		})
+	}
 	if s.jail.cgroupDirs, err = s.jailCgroups(&cfg); err != nil {
 		return err
 	}
@@ -399,7 +415,17 @@ func (s *starter) launchJailed(pc proc.Config) (*proc.Process, error) {
 		held = append(held, os.NewFile(uintptr(fd), f.Name()))
 	}
 	pc.ExtraFiles = nil
-	j, err := jailer.Launch(s.jail.bin, cfg, pc)
+	var j *jailer.Jail
+	var err error
+	if s.jail.guard != nil {
+		var g *jailer.Guard
+		if g, err = s.jail.guard(); err != nil {
+			return nil, err
+		}
+		j, err = jailer.LaunchIn(g, s.jail.bin, cfg, pc)
+	} else {
+		j, err = jailer.Launch(s.jail.bin, cfg, pc)
+	}
 	if err != nil {
 		return nil, err
 	}

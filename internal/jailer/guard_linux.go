@@ -30,6 +30,8 @@ type Guard struct {
 	ns    *os.File // the guard's PID namespace
 	done  chan struct{}
 	once  sync.Once
+
+	detached bool // it has no parent-death signal
 }
 
 // guardMask blocks every signal in the guard (SIGKILL and SIGSTOP cannot be blocked).
@@ -105,7 +107,7 @@ func StartGuard(detached bool) (*Guard, error) {
 			started <- result{err: fmt.Errorf("start jail guard: clone: %w", errno)}
 			return
 		}
-		g := &Guard{pid: int(pid), pidfd: -1, done: done}
+		g := &Guard{pid: int(pid), detached: detached, pidfd: -1, done: done}
 		unix.Write(p[1], []byte{1})
 		unix.Close(p[0])
 		unix.Close(p[1])
@@ -140,6 +142,26 @@ func StartGuard(detached bool) (*Guard, error) {
 		return nil, r.err
 	}
 	return r.g, nil
+}
+
+// GoStartGuard starts a guard (StartGuard) in the background, for a caller with other work to
+// do meanwhile: the guard's clone copies this process's page tables, a millisecond or more of
+// a jailed start. The function it returns waits for the guard; every call returns the same
+// guard, which the caller closes (or hands to LaunchIn).
+func GoStartGuard(detached bool) func() (*Guard, error) {
+	type result struct {
+		g   *Guard
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		g, err := StartGuard(detached)
+		ch <- result{g, err}
+	}()
+	return sync.OnceValues(func() (*Guard, error) {
+		r := <-ch
+		return r.g, r.err
+	})
 }
 
 // PID returns the guard's pid.
@@ -205,9 +227,11 @@ func (g *Guard) Around(start func() error) error {
 
 // Member returns the host pid of the process whose pid in the guard's namespace is nspid and
 // whose parent (on the host) is parent, or the guard itself when parent is 0; the jailer
-// writes firecracker's pid as its namespace sees it. after, when not 0, is a host pid the
-// process was forked after (the jailer's): pids are handed out upwards, so the few after it
-// are looked at first, before all of /proc.
+// writes firecracker's pid as its namespace sees it. The parent's own children are looked at
+// first (one read, where the kernel lists them): a guard's only child, once the jailer has
+// exited, is the firecracker it cloned. after, when not 0, is a host pid the process was
+// forked after (the jailer's): pids are handed out upwards, so the few after it are looked at
+// next, before all of /proc.
 func (g *Guard) Member(nspid, parent, after int) (int, error) {
 	if parent == 0 {
 		parent = g.pid
@@ -219,6 +243,14 @@ func (g *Guard) Member(nspid, parent, after int) (int, error) {
 		}
 		ppid, nsPIDs := statusPIDs(b)
 		return ppid == parent && len(nsPIDs) >= 2 && nsPIDs[0] == pid && nsPIDs[1] == nspid
+	}
+	p := strconv.Itoa(parent)
+	if b, err := os.ReadFile("/proc/" + p + "/task/" + p + "/children"); err == nil {
+		for _, f := range bytes.Fields(b) {
+			if pid, err := strconv.Atoi(string(f)); err == nil && match(pid) {
+				return pid, nil
+			}
+		}
 	}
 	if after > 0 {
 		for pid := after + 1; pid <= after+16; pid++ {

@@ -32,16 +32,43 @@ type Jail struct {
 // running; the chroot and cgroups the jailer may have made are the caller's to remove
 // (Remove).
 func Launch(jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
-	if err := cfg.Validate(); err != nil {
+	if err := checkLaunch(cfg); err != nil {
 		return nil, err
-	}
-	if cfg.Daemonize {
-		return nil, fmt.Errorf("%w: a supervised jail cannot be daemonized", ErrInvalid)
 	}
 	g, err := StartGuard(cfg.Detached)
 	if err != nil {
 		return nil, err
 	}
+	return launchGuarded(g, jailerBin, cfg, pc)
+}
+
+// LaunchIn is Launch in guard g, started beforehand (GoStartGuard) as cfg.Detached says. It
+// takes g over: on failure g is closed, on success it is the Jail's.
+func LaunchIn(g *Guard, jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
+	err := checkLaunch(cfg)
+	if err == nil && g.detached != cfg.Detached {
+		err = fmt.Errorf("%w: the jail guard's parent-death signal does not match detached=%t", ErrInvalid, cfg.Detached)
+	}
+	if err != nil {
+		g.Close()
+		return nil, err
+	}
+	return launchGuarded(g, jailerBin, cfg, pc)
+}
+
+// checkLaunch checks cfg before a guard is started for it.
+func checkLaunch(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Daemonize {
+		return fmt.Errorf("%w: a supervised jail cannot be daemonized", ErrInvalid)
+	}
+	return nil
+}
+
+// launchGuarded is Launch in guard g, which it closes on failure.
+func launchGuarded(g *Guard, jailerBin string, cfg Config, pc proc.Config) (*Jail, error) {
 	pc.Path, pc.Args = jailerBin, cfg.Args()
 	// Go's child code kills itself when, with a parent-death signal, its parent pid is not
 	// the one it forked from, which getppid in another PID namespace never is (it reads 0).
