@@ -216,11 +216,12 @@ func (s *starter) jailCgroups(cfg *jailer.Config) ([]string, error) {
 		return nil, fmt.Errorf("%w: %w", ErrJailer, err)
 	}
 	c := *cfg
-	s.push(func(context.Context) error { return jailer.RemoveCgroups(layout, c) })
+	dirs := layout.CgroupDirs(c)
+	s.push(func(ctx context.Context) error { return jailer.RemoveCgroups(ctx, dirs...) })
 	if err := jailer.PrepareCgroups(layout, c); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrJailer, err)
 	}
-	return layout.CgroupDirs(c), nil
+	return dirs, nil
 }
 
 // jailConfig puts the kernel, initrd and drives into the jail and rewrites cfg's paths as
@@ -511,13 +512,15 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 	if len(j.CgroupDirs) > 0 {
 		layout, err := jailer.DetectCgroups()
 		errs = append(errs, err)
+		// Only the directories the jailer makes for this VM's jail on this host's cgroup
+		// mounts, and only as directories (rmdir, which removes nothing else).
+		var dirs []string
 		for _, d := range j.CgroupDirs {
-			// Only the directories the jailer makes for this VM's jail on this host's
-			// cgroup mounts, and only as directories (rmdir, which removes nothing else).
 			if err == nil && layout.IsCgroupDir(cfg, d) {
-				errs = append(errs, rmdirCgroup(ctx, d))
+				dirs = append(dirs, d)
 			}
 		}
+		errs = append(errs, jailer.RemoveCgroups(ctx, dirs...))
 	}
 	if ids, err := mgr.jailIDs(); err == nil {
 		errs = append(errs, ids.Release(ctx, name), ids.Close())
@@ -644,7 +647,7 @@ func (fj *forcedJails) remove(ctx context.Context, mgr *Manager) error {
 			if mnt == "" || !strings.HasPrefix(d, "/sys/fs/cgroup/") {
 				continue
 			}
-			errs = append(errs, rmdirCgroup(ctx, d))
+			errs = append(errs, jailer.RemoveCgroups(ctx, d))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -657,25 +660,4 @@ func (fj *forcedJails) remove(ctx context.Context, mgr *Manager) error {
 	}
 	defer ids.Close()
 	return ids.Release(ctx, fj.name)
-}
-
-// rmdirCgroup removes cgroup directory d and, where that leaves it empty, its parent (shared
-// with other jails). A cgroup whose killed processes are still exiting is busy for a moment:
-// that is waited out while ctx allows, at most 5 s.
-func rmdirCgroup(ctx context.Context, d string) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := unix.Rmdir(d)
-		if err == nil || errors.Is(err, unix.ENOENT) {
-			break
-		}
-		if !errors.Is(err, unix.EBUSY) || ctx.Err() != nil || time.Now().After(deadline) {
-			return fmt.Errorf("remove cgroup %s: %w", d, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err := unix.Rmdir(filepath.Dir(d)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
-		return fmt.Errorf("remove cgroup %s: %w", filepath.Dir(d), err)
-	}
-	return nil
 }

@@ -2,11 +2,13 @@ package jailer
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,21 +34,38 @@ func DetectCgroups() (Layout, error) {
 	return l, nil
 }
 
-// RemoveCgroups removes the jail's cgroup directories (which must hold no process by then),
-// and the parent cgroup too where it is left empty. Missing directories are not an error.
-func RemoveCgroups(l Layout, cfg Config) error {
+// RemoveCgroups removes dirs, a jail's cgroup directories (Layout.CgroupDirs), and each one's
+// parent too where it is left empty (it is shared with other jails). The jail's processes
+// must have been killed: a cgroup whose processes are still exiting is busy for a moment,
+// which is waited out while ctx allows, at most 5 s. Only directories are removed (rmdir),
+// and missing ones are not an error.
+func RemoveCgroups(ctx context.Context, dirs ...string) error {
 	var errs []error
-	for _, d := range l.CgroupDirs(cfg) {
-		if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
-			continue
-		}
-		// Shared with other jails: removed only once none is left in it.
-		if err := unix.Rmdir(filepath.Dir(d)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
-			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", filepath.Dir(d), err))
-		}
+	for _, d := range dirs {
+		errs = append(errs, removeCgroup(ctx, d))
 	}
 	return errors.Join(errs...)
+}
+
+// cgroupBusyWait bounds RemoveCgroups' wait for a busy cgroup.
+const cgroupBusyWait = 5 * time.Second
+
+func removeCgroup(ctx context.Context, d string) error {
+	deadline := time.Now().Add(cgroupBusyWait)
+	for {
+		err := unix.Rmdir(d)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			break
+		}
+		if !errors.Is(err, unix.EBUSY) || ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("remove cgroup %s: %w", d, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := unix.Rmdir(filepath.Dir(d)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
+		return fmt.Errorf("remove cgroup %s: %w", filepath.Dir(d), err)
+	}
+	return nil
 }
 
 // PrepareCgroups makes what the jailer cannot: under cgroup v1 a new cpuset cgroup starts with

@@ -3,6 +3,7 @@ package jailer
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -221,7 +222,7 @@ func TestRealJailCgroups(t *testing.T) {
 	}
 	cfg := realConfig(t, fc, "jail-cgroups")
 	cfg.CgroupVersion, cfg.Cgroups, cfg.ParentCgroup = v, settings, "smartvm-test"
-	t.Cleanup(func() { RemoveCgroups(l, cfg) })
+	t.Cleanup(func() { RemoveCgroups(context.Background(), l.CgroupDirs(cfg)...) })
 	if err := PrepareCgroups(l, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +241,7 @@ func TestRealJailCgroups(t *testing.T) {
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := RemoveCgroups(l, cfg); err != nil {
+	if err := RemoveCgroups(context.Background(), l.CgroupDirs(cfg)...); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range l.CgroupDirs(cfg) {
