@@ -37,11 +37,15 @@ type Guard struct {
 // guardMask blocks every signal in the guard (SIGKILL and SIGSTOP cannot be blocked).
 var guardMask = [1]uint64{^uint64(0)}
 
+// cloneGuardOnly makes StartGuard clone this process even where it has a guard program to
+// run (tests of cloneGuard).
+var cloneGuardOnly = false
+
 // guardNap is how long the guard sleeps while it has no process to reap.
 var guardNap = unix.Timespec{Nsec: 50 * int64(time.Millisecond)}
 
 // cloneGuard clones this process into a new PID namespace; the child becomes the guard and
-// never returns. It runs in the child between clone and nothing else, so it may only make raw
+// never returns. It is the guard where there is no guard program (guardExe) to run instead. It runs in the child between clone and nothing else, so it may only make raw
 // system calls (no allocation, no stack growth, no runtime), like syscall's own child code.
 // sync is a pipe: the child waits for the parent to write to it (or for it to be closed by the
 // parent's death) after setting the parent-death signal, which closes the race in which the
@@ -98,22 +102,30 @@ func StartGuard(detached bool) (*Guard, error) {
 			started <- result{err: fmt.Errorf("start jail guard: %w", err)}
 			return
 		}
-		syscall.ForkLock.Lock()
-		pid, errno := cloneGuard(p[0], p[1], sig)
-		syscall.ForkLock.Unlock()
-		if errno != 0 {
+		var pid int
+		var err error
+		if exe := guardExe(); exe >= 0 && !cloneGuardOnly {
+			pid, err = execGuard(exe, p[0], detached)
+		} else {
+			syscall.ForkLock.Lock()
+			cpid, errno := cloneGuard(p[0], p[1], sig)
+			syscall.ForkLock.Unlock()
+			if pid = int(cpid); errno != 0 {
+				err = fmt.Errorf("clone: %w", errno)
+			}
+		}
+		if err != nil {
 			unix.Close(p[0])
 			unix.Close(p[1])
-			started <- result{err: fmt.Errorf("start jail guard: clone: %w", errno)}
+			started <- result{err: fmt.Errorf("start jail guard: %w", err)}
 			return
 		}
-		g := &Guard{pid: int(pid), detached: detached, pidfd: -1, done: done}
+		g := &Guard{pid: pid, detached: detached, pidfd: -1, done: done}
 		unix.Write(p[1], []byte{1})
 		unix.Close(p[0])
 		unix.Close(p[1])
 		// The guard is an unreaped child of this thread: its pid and namespace cannot change
 		// hands while they are opened.
-		var err error
 		if g.pidfd, err = unix.PidfdOpen(g.pid, 0); err == nil {
 			g.ns, err = os.Open("/proc/" + strconv.Itoa(g.pid) + "/ns/pid")
 		}

@@ -1,9 +1,14 @@
 package jailer
 
 import (
+	"bytes"
+	"debug/elf"
 	"errors"
 	"os"
+	"runtime"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/testutil"
@@ -33,14 +38,21 @@ func TestGuardMemberNotGuardsChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { p.Signal(9); <-p.Done() }()
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID()) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ns := statusPIDs(st)
+	if len(ns) != 2 {
+		t.Fatalf("the sleep is not in the guard's namespace: NSpid %v", ns)
+	}
 	for _, after := range []int{0, p.PID() - 1} {
-		// The guard is 1 in its namespace, the sleep 2.
-		if pid, err := g.Member(2, os.Getpid(), after); err != nil || pid != p.PID() {
-			t.Errorf("Member(2, %d, %d) = %d, %v; want %d", os.Getpid(), after, pid, err, p.PID())
+		if pid, err := g.Member(ns[1], os.Getpid(), after); err != nil || pid != p.PID() {
+			t.Errorf("Member(%d, %d, %d) = %d, %v; want %d", ns[1], os.Getpid(), after, pid, err, p.PID())
 		}
 	}
-	if pid, err := g.Member(2, 0, 0); !errors.Is(err, os.ErrProcessDone) {
-		t.Errorf("Member(2, guard, 0) = %d, %v; want no process: the sleep is not the guard's child", pid, err)
+	if pid, err := g.Member(ns[1], 0, 0); !errors.Is(err, os.ErrProcessDone) {
+		t.Errorf("Member(%d, guard, 0) = %d, %v; want no process: the sleep is not the guard's child", ns[1], pid, err)
 	}
 }
 
@@ -59,5 +71,63 @@ func TestLaunchInDetachedMismatch(t *testing.T) {
 	case <-g.Done():
 	default:
 		t.Fatal("LaunchIn left the refused guard running")
+	}
+}
+
+// The guard program is a well-formed executable whose entry is its code.
+func TestGuardImage(t *testing.T) {
+	if guardCode == nil {
+		t.Skip("no guard program for " + runtime.GOARCH + ": StartGuard clones this process")
+	}
+	f, err := elf.NewFile(bytes.NewReader(guardImage()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Type != elf.ET_EXEC || f.Machine != elf.Machine(guardMachine) || len(f.Progs) != 2 {
+		t.Fatalf("type %v machine %v, %d program headers", f.Type, f.Machine, len(f.Progs))
+	}
+	load := f.Progs[0]
+	if load.Type != elf.PT_LOAD || load.Flags != elf.PF_R|elf.PF_X || f.Entry != load.Vaddr+load.Filesz-uint64(len(guardCode)) {
+		t.Errorf("load segment %+v, entry %#x", load.ProgHeader, f.Entry)
+	}
+	if st := f.Progs[1]; st.Type != elf.PT_GNU_STACK || st.Flags&elf.PF_X != 0 {
+		t.Errorf("stack segment %+v", st.ProgHeader)
+	}
+}
+
+// Either way it is started, a guard is the init of a new PID namespace, with every signal
+// blocked and no descriptor open, and Close ends it.
+func TestGuardProcess(t *testing.T) {
+	testutil.RequiresRoot(t)
+	for _, clone := range []bool{false, true} {
+		t.Run("clone="+strconv.FormatBool(clone), func(t *testing.T) {
+			cloneGuardOnly = clone
+			defer func() { cloneGuardOnly = false }()
+			for _, detached := range []bool{false, true} {
+				g, err := StartGuard(detached)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The program blocks its signals once it runs: give it the moment.
+				var status []byte
+				for i := 0; i < 100 && !bytes.Contains(status, []byte("\nSigBlk:\tfffffffffffbfeff\n")); i++ {
+					time.Sleep(10 * time.Millisecond)
+					status, _ = os.ReadFile("/proc/" + strconv.Itoa(g.PID()) + "/status")
+				}
+				_, ns := statusPIDs(status)
+				fds, err := os.ReadDir("/proc/" + strconv.Itoa(g.PID()) + "/fd")
+				if len(ns) != 2 || ns[1] != 1 || !bytes.Contains(status, []byte("\nSigBlk:\tfffffffffffbfeff\n")) || err != nil || len(fds) != 0 {
+					t.Errorf("detached=%t: NSpid %v, %d descriptors (%v), status:\n%s", detached, ns, len(fds), err, status)
+				}
+				if err := g.Close(); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case <-g.Done():
+				default:
+					t.Fatal("Close returned before the guard ended")
+				}
+			}
+		})
 	}
 }
