@@ -106,7 +106,12 @@ func StartGuard(detached bool) (*Guard, error) {
 		var err error
 		if exe := guardExe(); exe >= 0 && !cloneGuardOnly {
 			pid, err = execGuard(exe, p[0], detached)
-		} else {
+			if execRefused(err) {
+				guardExecFailed.Store(true) // no child was left: clone instead, now and later
+				err = nil
+			}
+		}
+		if pid == 0 && err == nil {
 			syscall.ForkLock.Lock()
 			cpid, errno := cloneGuard(p[0], p[1], sig)
 			syscall.ForkLock.Unlock()

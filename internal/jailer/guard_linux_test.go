@@ -7,8 +7,11 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/testutil"
@@ -119,6 +122,10 @@ func TestGuardProcess(t *testing.T) {
 				if len(ns) != 2 || ns[1] != 1 || !bytes.Contains(status, []byte("\nSigBlk:\tfffffffffffbfeff\n")) || err != nil || len(fds) != 0 {
 					t.Errorf("detached=%t: NSpid %v, %d descriptors (%v), status:\n%s", detached, ns, len(fds), err, status)
 				}
+				exe, _ := os.Readlink("/proc/" + strconv.Itoa(g.PID()) + "/exe")
+				if program := !clone && guardCode != nil; program != strings.Contains(exe, "memfd:smartvm-jail-guard") {
+					t.Errorf("detached=%t: the guard runs %s", detached, exe)
+				}
 				if err := g.Close(); err != nil {
 					t.Fatal(err)
 				}
@@ -129,5 +136,25 @@ func TestGuardProcess(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A guard program the kernel refuses to run is an error execRefused recognises, which makes
+// StartGuard clone this process instead.
+func TestGuardExecRefused(t *testing.T) {
+	testutil.RequiresRoot(t)
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	if pid, err := execGuard(int(f.Fd()), p[0], false); pid != 0 || !execRefused(err) {
+		t.Fatalf("execGuard of /dev/null = %d, %v; want a refusal", pid, err)
 	}
 }

@@ -2,9 +2,11 @@ package jailer
 
 import (
 	"encoding/binary"
+	"errors"
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -52,12 +54,28 @@ func guardImage() []byte {
 }
 
 // guardExe returns a sealed memfd holding guardImage, made once per process; -1 where there
-// is no guard program for this architecture or no memfd.
-var guardExe = sync.OnceValue(func() int {
+// is no guard program for this architecture, no memfd, or running it failed once
+// (guardExecFailed).
+func guardExe() int {
+	if guardExecFailed.Load() {
+		return -1
+	}
+	return guardMemfd()
+}
+
+// guardExecFailed is set when the guard program could not be run (a kernel that refuses to
+// execute memfds, say): StartGuard clones this process from then on.
+var guardExecFailed atomic.Bool
+
+var guardMemfd = sync.OnceValue(func() int {
 	if guardCode == nil {
 		return -1
 	}
-	fd, err := unix.MemfdCreate("smartvm-jail-guard", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	const flags = unix.MFD_CLOEXEC | unix.MFD_ALLOW_SEALING
+	fd, err := unix.MemfdCreate("smartvm-jail-guard", flags|unix.MFD_EXEC)
+	if errors.Is(err, unix.EINVAL) { // a kernel before 6.3, without MFD_EXEC
+		fd, err = unix.MemfdCreate("smartvm-jail-guard", flags)
+	}
 	if err != nil {
 		return -1
 	}
@@ -91,4 +109,10 @@ func execGuard(exe, syncR int, detached bool) (int, error) {
 		Files: []uintptr{closed, closed, closed, uintptr(syncR)},
 		Sys:   &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID},
 	})
+}
+
+// execRefused reports whether err, from execGuard, is the kernel's refusal to run the guard
+// program (a memfd it may not execute), rather than a failure to start any process.
+func execRefused(err error) bool {
+	return errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOEXEC)
 }
