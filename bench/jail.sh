@@ -10,7 +10,8 @@
 #   RUNS             starts of each kind per measurement (default: 40)
 #   COUNT            measurements (default: 3)
 # Prints the medians in ms (direct-ms, jailed-ms) and jailed-ms / direct-ms as "ratio" (the
-# target is at most 1.3).
+# target is at most 1.3). With a jailer it also runs BenchmarkRealJailerAlone: the jailer on
+# its own (jailer-ms) against firecracker --version (direct-ms), without smartvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,3 +37,13 @@ SMARTVM_JAILER_BIN=$jailer SMARTVM_FIRECRACKER_BIN=$fc go test -run '^$' -bench 
     for (i = 3; i < NF; i += 2) if ($(i+1) ~ /-ms$|^ratio$/) line = line sprintf("  %s %s", $(i+1), $i)
     print line
   } /^(FAIL|ok)/'
+if [ -n "$jailer" ]; then
+  # The jailer's own share: jailer-ms - direct-ms (see BenchmarkRealJailerAlone).
+  SMARTVM_JAILER_BIN=$jailer SMARTVM_FIRECRACKER_BIN=$fc go test -run '^$' -bench '^BenchmarkRealJailerAlone$' \
+    -benchtime "${runs}x" -count "$count" ./internal/jailer |
+    awk '/^BenchmarkRealJailerAlone/ {
+      line = $1
+      for (i = 3; i < NF; i += 2) if ($(i+1) ~ /-ms$/) line = line sprintf("  %s %s", $(i+1), $i)
+      print line
+    } /^(FAIL|ok)/'
+fi

@@ -3,6 +3,7 @@ package jailer
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -88,4 +89,40 @@ func BenchmarkRealAPIReady(b *testing.B) {
 	b.ReportMetric(float64(d.Microseconds())/1000, "direct-ms")
 	b.ReportMetric(float64(jd.Microseconds())/1000, "jailed-ms")
 	b.ReportMetric(float64(jd)/float64(d), "ratio")
+}
+
+// BenchmarkRealJailerAlone measures the real jailer's own work, without smartvm: the time
+// from spawning `jailer --new-pid-ns ... -- --version` until the jailer has exited and the
+// firecracker it started (after building the chroot, copying firecracker into it, making
+// the device nodes, pivoting and cloning into a new PID namespace) has printed its version
+// and exited, against `firecracker --version` run directly, alternating the two. Removing the
+// chroot is not timed. It reports the medians (direct-ms, jailer-ms); their difference is
+// what the jailer alone adds to a jailed start. The chroot base is in the benchmark's
+// temporary directory, as BenchmarkRealStartJailer's. bench/jail.sh runs it.
+func BenchmarkRealJailerAlone(b *testing.B) {
+	jailerBin, fc := testutil.JailerBins(b)
+	base := b.TempDir()
+	run := func(path string, args ...string) time.Duration {
+		t0 := time.Now()
+		if out, err := exec.Command(path, args...).CombinedOutput(); err != nil {
+			b.Fatalf("%s: %v\n%s", path, err, out)
+		}
+		return time.Since(t0)
+	}
+	var direct, jailed []time.Duration
+	for n := 0; b.Loop(); n++ {
+		direct = append(direct, run(fc, "--version"))
+		cfg := Config{ID: "alone-" + strconv.Itoa(n), ExecFile: fc, UID: 61011, GID: 61011, ChrootBase: base, NewPIDNS: true,
+			FirecrackerArgs: []string{"--version"}}
+		jailed = append(jailed, run(jailerBin, cfg.Args()...))
+		b.StopTimer()
+		if err := os.RemoveAll(cfg.Chroot().Dir()); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	med := func(ds []time.Duration) time.Duration { s := slices.Clone(ds); slices.Sort(s); return s[len(s)/2] }
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(med(direct).Microseconds())/1000, "direct-ms")
+	b.ReportMetric(float64(med(jailed).Microseconds())/1000, "jailer-ms")
 }
