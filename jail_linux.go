@@ -119,20 +119,12 @@ func (s *starter) prepareJail(ctx context.Context) error {
 	if err := jailer.ValidateID(cfg.ID); err != nil {
 		return err
 	}
-	if cfg.UID == 0 {
-		uid, err := s.leaseJailID(ctx)
-		if err != nil {
-			return err
-		}
-		cfg.UID, cfg.GID = uid, uid
-	}
-	s.jail = &startJail{bin: bin}
+	var guard func() (*jailer.Guard, error)
 	if !s.opts.detached {
 		// The guard needs nothing of what follows: it starts meanwhile. A detached VM's
 		// starts at launch, so that the time in which this process's death could leave it
 		// behind unrecorded (it has no parent-death signal) stays short.
-		guard := jailer.GoStartGuard(false)
-		s.jail.guard = guard
+		guard = jailer.GoStartGuard(false)
 		s.push(func(context.Context) error {
 			if g, err := guard(); err == nil {
 				return g.Close() // a no-op once the launched jail's Close has run
@@ -140,6 +132,14 @@ func (s *starter) prepareJail(ctx context.Context) error {
 			return nil
 		})
 	}
+	if cfg.UID == 0 {
+		uid, err := s.leaseJailID(ctx)
+		if err != nil {
+			return err
+		}
+		cfg.UID, cfg.GID = uid, uid
+	}
+	s.jail = &startJail{bin: bin, guard: guard}
 	if s.jail.cgroupDirs, err = s.jailCgroups(&cfg); err != nil {
 		return err
 	}

@@ -45,8 +45,9 @@ var cloneGuardOnly = false
 var guardNap = unix.Timespec{Nsec: 50 * int64(time.Millisecond)}
 
 // cloneGuard clones this process into a new PID namespace; the child becomes the guard and
-// never returns. It is the guard where there is no guard program (guardExe) to run instead. It runs in the child between clone and nothing else, so it may only make raw
-// system calls (no allocation, no stack growth, no runtime), like syscall's own child code.
+// never returns. It is used where there is no guard program to run (guardExe). It runs in the
+// child between clone and nothing else, so it may only make raw system calls (no allocation,
+// no stack growth, no runtime), like syscall's own child code.
 // sync is a pipe: the child waits for the parent to write to it (or for it to be closed by the
 // parent's death) after setting the parent-death signal, which closes the race in which the
 // parent dies before the signal is set.
@@ -162,8 +163,8 @@ func StartGuard(detached bool) (*Guard, error) {
 }
 
 // GoStartGuard starts a guard (StartGuard) in the background, for a caller with other work to
-// do meanwhile: the guard's clone copies this process's page tables, a millisecond or more of
-// a jailed start. The function it returns waits for the guard; every call returns the same
+// do meanwhile: starting a process is most of a millisecond of a jailed start (more where the
+// guard is a clone of this process). The function it returns waits for the guard; every call returns the same
 // guard, which the caller closes (or hands to LaunchIn).
 func GoStartGuard(detached bool) func() (*Guard, error) {
 	type result struct {
