@@ -335,7 +335,7 @@ func TestRunMainStartFailsKeep(t *testing.T) {
 				t.Errorf("run: code %d, stderr %q; want the main process's failure", r.code, r.stderr)
 			}
 			mainExit(t, done)
-			if tc.keep && tc.args[0] == "-d" && !strings.Contains(r.stderr, "kept as exited: 'smartvm rm nostart' removes it") {
+			if tc.keep && tc.args[0] == "-d" && !strings.Contains(r.stderr, "kept as exited: 'smartvm logs nostart' shows its console, 'smartvm rm nostart' removes it") {
 				t.Errorf("run -d: stderr %q does not say the vm is kept", r.stderr)
 			}
 			if !tc.keep {

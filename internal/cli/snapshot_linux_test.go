@@ -74,8 +74,15 @@ func testSnapshotRestoreDetached(t *testing.T, env cliEnv) {
 	env.run(t, "restore", "-d", dir).fails(t, ExitError, "vm snap1 is still running")
 	env.run(t, "stop", "snap1").ok(t)
 	assertGone(t, vm)
-	// No vsock device, so no agent to wait for: refused, and the restored vm goes again.
+	// No vsock device, so no agent to wait for: refused, and the restored vm is stopped and
+	// kept as exited, as a foreground restore --rm=false keeps it; --rm removes it.
 	env.run(t, "restore", "-d", "--wait-agent", dir).fails(t, ExitError, "vm has no vsock device")
+	waitExited(t, env, "snap1")
+	env.run(t, "rm", "snap1").ok(t)
+	env.run(t, "restore", "-d", "--rm", "--wait-agent", dir).fails(t, ExitError, "vm has no vsock device")
+	if vms := env.psAll(t); len(vms) != 0 {
+		t.Errorf("restore -d --rm --wait-agent that failed left %+v", vms)
+	}
 
 	if r := env.run(t, "restore", "-d", dir).ok(t); r.stdout != "snap1\n" {
 		t.Errorf("restore -d printed %q, want the name", r.stdout)

@@ -186,17 +186,17 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		report(superviseStatus{Error: err.Error(), Exists: errors.Is(err, smartvm.ErrExists)})
 		return err
 	}
-	// abort stops the VM that could not be made ready and reports why. A VM whose agent did
-	// not answer did not start: it leaves no record. One whose main process could not start
-	// ran (keep): --rm decides, as it does for a foreground run whose main process fails to
-	// start, whether it is kept as exited (the default when detached, --rm=false).
-	abort := func(err error, keep bool) error {
+	// abort stops the VM that could not be made ready (its agent did not answer, or its
+	// main process could not start) and reports why. The VM ran: --rm decides, as it does
+	// for a foreground run that fails the same way, whether it is kept as exited (the default
+	// when detached, --rm=false), with its serial log to tell why.
+	abort := func(err error) error {
 		err = fmt.Errorf("%w; the vm was stopped", err)
 		_ = m.Kill()
 		cerr := m.Close()
 		switch {
-		case keep && req.Plan.Keep && cerr == nil:
-			err = fmt.Errorf("%w and kept as exited: 'smartvm rm %s' removes it", err, m.Name())
+		case req.Plan.Keep && cerr == nil:
+			err = fmt.Errorf("%w and kept as exited: 'smartvm logs %s' shows its console, 'smartvm rm %s' removes it", err, m.Name(), m.Name())
 		case req.Plan.Keep:
 			_ = mgr.Remove(context.WithoutCancel(ctx), m.Name())
 		}
@@ -205,7 +205,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 	}
 	if req.Plan.WaitAgent {
 		if err := waitAgent(ctx, m); err != nil {
-			return abort(err, false)
+			return abort(err)
 		}
 	}
 	if mp := req.Plan.Main; mp != nil {
@@ -214,7 +214,7 @@ func (a *app) supervise(ctx context.Context, status io.WriteCloser) error {
 		_, stopWatch := watchExit(ctx, m)
 		defer stopWatch()
 		if err := startMainDetached(ctx, m, mp); err != nil {
-			return abort(fmt.Errorf("start the main process: %w", err), true)
+			return abort(fmt.Errorf("start the main process: %w", err))
 		}
 	}
 	report(superviseStatus{Name: m.Name(), PID: m.PID()})
