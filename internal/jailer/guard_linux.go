@@ -48,9 +48,11 @@ var guardNap = unix.Timespec{Nsec: 50 * int64(time.Millisecond)}
 // never returns. It is used where there is no guard program to run (guardExe). It runs in the
 // child between clone and nothing else, so it may only make raw system calls (no allocation,
 // no stack growth, no runtime), like syscall's own child code.
-// sync is a pipe: the child waits for the parent to write to it (or for it to be closed by the
-// parent's death) after setting the parent-death signal, which closes the race in which the
-// parent dies before the signal is set.
+// syncR and syncW are the child's and the parent's ends of a socket pair: once the child has
+// set the parent-death signal it says so on syncR and waits for the parent's go-ahead there
+// (the end of the socket: the parent died before the go-ahead), and the parent sends it only
+// once it has heard the child, which closes the race in which the parent dies before the
+// signal is set (armGuard).
 //
 //go:norace
 //go:nosplit
@@ -63,6 +65,7 @@ func cloneGuard(syncR, syncW int, pdeathsig uintptr) (pid uintptr, errno syscall
 	syscall.RawSyscall6(syscall.SYS_PRCTL, unix.PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0, 0)
 	syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(syncW), 0, 0)
 	var b [1]byte
+	syscall.RawSyscall(syscall.SYS_WRITE, uintptr(syncR), uintptr(unsafe.Pointer(&b[0])), 1) // armed
 	n, _, _ := syscall.RawSyscall(syscall.SYS_READ, uintptr(syncR), uintptr(unsafe.Pointer(&b[0])), 1)
 	if n != 1 {
 		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 1, 0, 0) // the parent died before it let go
@@ -98,13 +101,12 @@ func StartGuard(detached bool) (*Guard, error) {
 		// Never unlocked: the guard's parent-death signal follows this thread, which must
 		// live as long as the guard, and exits with this goroutine once the guard is reaped.
 		runtime.LockOSThread()
-		var p [2]int
-		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		p, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
 			started <- result{err: fmt.Errorf("start jail guard: %w", err)}
 			return
 		}
 		var pid int
-		var err error
 		if exe := guardExe(); exe >= 0 && !cloneGuardOnly {
 			pid, err = execGuard(exe, p[0], detached)
 			if execRefused(err) {
@@ -127,13 +129,15 @@ func StartGuard(detached bool) (*Guard, error) {
 			return
 		}
 		g := &Guard{pid: pid, detached: detached, pidfd: -1, done: done}
-		unix.Write(p[1], []byte{1})
 		unix.Close(p[0])
+		err = armGuard(p[1])
 		unix.Close(p[1])
 		// The guard is an unreaped child of this thread: its pid and namespace cannot change
 		// hands while they are opened.
-		if g.pidfd, err = unix.PidfdOpen(g.pid, 0); err == nil {
-			g.ns, err = os.Open("/proc/" + strconv.Itoa(g.pid) + "/ns/pid")
+		if err == nil {
+			if g.pidfd, err = unix.PidfdOpen(g.pid, 0); err == nil {
+				g.ns, err = os.Open("/proc/" + strconv.Itoa(g.pid) + "/ns/pid")
+			}
 		}
 		if err == nil {
 			g.start, err = proc.StartTime(g.pid)
@@ -160,6 +164,31 @@ func StartGuard(detached bool) (*Guard, error) {
 		return nil, r.err
 	}
 	return r.g, nil
+}
+
+// armGuard waits on sock, this process's end of the guard's socket pair, until the guard
+// says it has set its parent-death signal, then gives it the go-ahead. Until then a death of
+// this process would leave the guard running: the guard learns of it from the end of the
+// socket, after setting the signal, and exits.
+func armGuard(sock int) error {
+	b := make([]byte, 1)
+	for {
+		n, err := unix.Read(sock, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err == nil && n != 1 {
+			err = errors.New("it ended before it was ready")
+		}
+		if err != nil {
+			return fmt.Errorf("wait for the jail guard: %w", err)
+		}
+		break
+	}
+	if _, err := unix.Write(sock, b); err != nil {
+		return fmt.Errorf("let the jail guard go: %w", err)
+	}
+	return nil
 }
 
 // GoStartGuard starts a guard (StartGuard) in the background, for a caller with other work to

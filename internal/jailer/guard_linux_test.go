@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"debug/elf"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -157,4 +159,81 @@ func TestGuardExecRefused(t *testing.T) {
 	if pid, err := execGuard(int(f.Fd()), p[0], false); pid != 0 || !execRefused(err) {
 		t.Fatalf("execGuard of /dev/null = %d, %v; want a refusal", pid, err)
 	}
+}
+
+// An owner that dies before its guard has armed the parent-death signal leaves no guard: the
+// guard gets its go-ahead only once it says the signal is armed, and finds the owner's end
+// closed instead. The guard here is a stand-in (guardStandIn) that arms the signal only
+// once its owner is gone, which a real guard does only when the owner dies in the moment
+// between the guard's start and its first instructions.
+func TestGuardOwnerDiesBeforeArmed(t *testing.T) {
+	testutil.RequiresRoot(t)
+	cmd := exec.Command(testutil.Link(t, "guard-owner"))
+	out, err := cmd.StdoutPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		t.Fatalf("the stand-in guard did not report its pid: %v", err)
+	}
+	st, err := proc.StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	testutil.GoneWithin(t, pid, st, 10*time.Second)
+}
+
+// guardOwnerMain starts a guard that runs guardStandIn (this binary, as "jail-guard") and
+// waits to be killed.
+func guardOwnerMain([]string) int {
+	self, err := os.Open("/proc/self/exe")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	guardMemfd = func() int { return int(self.Fd()) }
+	go func() {
+		if _, err := StartGuard(false); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}()
+	time.Sleep(time.Hour)
+	return 0
+}
+
+// guardStandIn is a guard program that arms its parent-death signal only once its owner is
+// gone. It reports its pid on its owner's standard output, waits for the owner's end, then
+// goes through the guard's steps: arm the signal, say so on fd 3, and read the go-ahead
+// there. With a go-ahead it stays (as a guard would, forever); at the end of fd 3 it exits.
+func guardStandIn([]string) int {
+	self, _ := os.Readlink("/proc/self") // its pid on the host: /proc is the host's
+	b, _ := os.ReadFile("/proc/self/status")
+	owner, _ := statusPIDs(b)
+	stdout, err := os.OpenFile("/proc/"+strconv.Itoa(owner)+"/fd/1", os.O_WRONLY, 0)
+	if err != nil {
+		return 1
+	}
+	fmt.Fprintln(stdout, self)
+	stdout.Close()
+	for {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(owner) + "/stat")
+		if err != nil || bytes.Contains(b, []byte(") Z ")) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0)
+	unix.Write(3, []byte{1})
+	if n, _ := unix.Read(3, make([]byte, 1)); n != 1 {
+		return 1
+	}
+	time.Sleep(time.Hour)
+	return 0
 }

@@ -18,8 +18,9 @@ import (
 // on its first write while the guard shares it (thousands of faults, milliseconds, and a copy
 // of this process's memory held by every guard). The program blocks every signal, takes
 // SIGKILL as its parent-death signal unless it is given an argument (a detached guard's),
-// waits for a byte on fd 3 (EOF: the parent died before it let go), closes every descriptor
-// and reaps whatever ends in its namespace, forever.
+// says so with a byte on fd 3 (a socket), waits for a byte there (EOF: the parent died before
+// it let go; see armGuard), closes every descriptor and reaps whatever ends in its namespace,
+// forever.
 func guardImage() []byte {
 	const (
 		base    = 0x400000
@@ -95,7 +96,7 @@ var guardMemfd = sync.OnceValue(func() int {
 })
 
 // execGuard starts the guard program (guardExe) as the init of a new PID namespace, with
-// syncR, the read end of the go-ahead pipe, as its fd 3. It must run on the thread that the
+// syncR, the guard's end of its socket pair (armGuard), as its fd 3. It must run on the thread that the
 // guard's parent-death signal will follow.
 func execGuard(exe, syncR int, detached bool) (int, error) {
 	argv := []string{"jail-guard"}

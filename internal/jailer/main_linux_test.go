@@ -10,6 +10,8 @@ import (
 func TestMain(m *testing.M) {
 	testutil.Main(m, map[string]func([]string) int{
 		"jail-owner":  jailOwnerMain,
+		"guard-owner": guardOwnerMain,
+		"jail-guard":  guardStandIn,
 		"jailer":      fakefc.JailerMain,
 		"firecracker": fakefc.Main,
 	})
