@@ -156,3 +156,50 @@ func TestForgedStagingDirIsLeftAlone(t *testing.T) {
 		t.Errorf("staging dir left after the reap: %v", err)
 	}
 }
+
+// A VM attached by a manager without the staging root it was started with cannot be
+// snapshotted there (the manager does not take its recorded staging directory for one): the
+// snapshot is refused before the VM is paused, saying which staging directory to give.
+func TestSnapshotAttachedOtherStagingRoot(t *testing.T) {
+	staging := filepath.Join(t.TempDir(), "staging")
+	mgr, root, kernel := fakeSetup(t, WithStagingDir(staging))
+	data := filepath.Join(t.TempDir(), "data.img")
+	if err := os.WriteFile(data, make([]byte, 64<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := guestSpec(kernel, testguest.ModeCounter)
+	spec.Name = "staged-snap"
+	spec.Drives = []DriveSpec{{ID: "data", Path: data}}
+	m := start(t, mgr, spec, Detached())
+	stagingDir := m.Info().StagingDir
+	if err := m.Release(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	for _, other := range []*Manager{newManager(t, root, mgr.bin), newManager(t, root, mgr.bin, WithStagingDir(t.TempDir()))} {
+		am, err := other.Attach(ctx, spec.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(t.TempDir(), "snap")
+		_, err = am.Snapshot(ctx, dir)
+		if err == nil || !strings.Contains(err.Error(), stagingDir) || !strings.Contains(err.Error(), "WithStagingDir") {
+			t.Errorf("Snapshot: %v; want a refusal naming %s and how to give it", err, stagingDir)
+		}
+		if st, err := am.State(ctx); err != nil || st != StateRunning {
+			t.Errorf("after the refused snapshot the vm is %s (%v), want running", st, err)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the refused snapshot left %s: %v", dir, err)
+		}
+		am.Release()
+	}
+	am, err := mgr.Attach(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(am.Kill(), am.Close()); err != nil {
+		t.Fatal(err)
+	}
+}
