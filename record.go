@@ -11,7 +11,8 @@ import (
 // vmRecord is the one record of a VM's facts: what its state.json holds, with the spec and
 // the network decoded. A start builds it (starter.record) and writes it; Attach, List and
 // Manager.Info read it back from state.json (recordOf); a Machine holds it and changes it
-// only through Machine.update. MachineInfo (Manager.describe) and the VM facts of a
+// only through Machine.update, but for the end of a kept VM, which Dir.Keep writes and
+// Machine.finish copies. MachineInfo (Manager.describe) and the VM facts of a
 // Snapshot derive from it.
 type vmRecord struct {
 	// st is the record as state.json holds it; its Spec and Network are the encodings of
