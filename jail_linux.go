@@ -408,11 +408,11 @@ func (s *starter) launchJailed(pc proc.Config) (*proc.Process, error) {
 		return nil
 	})
 	for _, f := range pc.ExtraFiles {
-		fd, err := unix.Dup(int(f.Fd()))
+		// Close-on-exec from the start: a process forked meanwhile must not inherit the lock.
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("hold drive lock: %w", err)
 		}
-		unix.CloseOnExec(fd)
 		held = append(held, os.NewFile(uintptr(fd), f.Name()))
 	}
 	pc.ExtraFiles = nil
