@@ -90,7 +90,9 @@ func (mgr *Manager) describe(r *vmRecord, paths rundir.Paths) MachineInfo {
 		info.Exit = &ExitInfo{Code: e.Code, Signal: e.Signal, Reason: e.Reason, EndedAt: e.At, LogTail: e.LogTail, MainExitCode: e.MainExitCode}
 		return info
 	}
-	info.StagingDir, info.StagedBytes = paths.Drives, stagedBytes(paths.Drives)
+	if st.StagingDir == "" || st.StagingDir == paths.Drives {
+		info.StagingDir, info.StagedBytes = paths.Drives, stagedBytes(paths.Drives)
+	} // else its drives are under a staging root this manager was not given: not shown
 	if info.Spec.Metrics {
 		info.MetricsPath = paths.Metrics
 	}

@@ -131,8 +131,9 @@ func TestForgedStagingDirIsLeftAlone(t *testing.T) {
 	st["staging_dir"] = victim
 	b, _ = json.Marshal(st)
 	os.WriteFile(stPath, b, 0o600)
-	if infos, err := mgr.List(ctx); err != nil || len(infos) != 1 || infos[0].StagingDir == victim {
-		t.Errorf("List: %+v %v: want the forged staging dir not reported", infos, err)
+	// Neither the forged directory nor one that does not hold the VM's drives is reported.
+	if infos, err := mgr.List(ctx); err != nil || len(infos) != 1 || infos[0].StagingDir != "" || infos[0].StagedBytes != 0 {
+		t.Errorf("List: %+v %v: want no staging dir reported", infos, err)
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
 	if !processGone(pid, waitLong) {
