@@ -291,12 +291,26 @@ func TestJailedKeepExited(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Close()
-	// A jailed firecracker is not this process's child: its status is not known.
+	// A jailed firecracker is not this process's child: killed, its status is not known.
 	if info := listExited(t, mgr, "jailed"); info.Exit.Reason != "stopped (exit status unknown)" {
 		t.Errorf("exit: %+v", info.Exit)
 	}
 	recordOnly(t, root, "jailed")
 	jailLeft(t, base, root)
+	if err := mgr.Remove(context.Background(), "jailed"); err != nil {
+		t.Fatal(err)
+	}
+	// One that ends by itself logs its exit code, and the record has it.
+	hello := spec
+	hello.BootArgs = guestSpec("", testguest.ModeHello).BootArgs
+	m = start(t, mgr, hello, KeepExited())
+	if err := wait(t, m); err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	m.Close()
+	if info := listExited(t, mgr, "jailed"); info.Exit.Reason != "guest reset or shut down (exit code 0)" {
+		t.Errorf("exit of a jailed guest that ended: %+v", info.Exit)
+	}
 	if err := mgr.Remove(context.Background(), "jailed"); err != nil {
 		t.Fatal(err)
 	}
@@ -398,5 +412,41 @@ func TestExitRecordMainExit(t *testing.T) {
 		if e.Reason != c.reason || got != c.mainCode || e.Code != c.st.Code || e.Signal != c.st.Signal || e.At.IsZero() {
 			t.Errorf("exitRecord(%+v, stopped %v, main %d) = %+v (main code %d), want reason %q, main code %d", c.st, c.stopped, c.main, e, got, c.reason, c.mainCode)
 		}
+	}
+}
+
+// loggedExit takes the exit code only from firecracker's own last exit line, 0 to 255.
+func TestLoggedExit(t *testing.T) {
+	for _, tc := range []struct {
+		log  string
+		code int
+		ok   bool
+	}{
+		{"2026-12-06T10:00:00 [vm:main] Vmm is stopping.\n2026-12-06T10:00:00 [vm:main] Firecracker exiting successfully. exit_code=0\n", 0, true},
+		{"x [vm:main] Firecracker exiting with error. exit_code=153\n", 153, true},
+		{"x [vm:main] Firecracker exiting with error. exit_code=1\nx [vm:main] Firecracker exiting successfully. exit_code=0", 0, true},
+		{"x [vm:main] Firecracker exiting with error. exit_code=999\n", 0, false},
+		{"x [vm:main] Firecracker exiting with error. exit_code=-1\n", 0, false},
+		{"x [vm:main] Firecracker exiting with error. exit_code=7 and more\n", 0, false},
+		{"x [vm:main] Running Firecracker v1.7.0\n", 0, false},
+		{"", 0, false},
+	} {
+		dir := t.TempDir()
+		p := rundir.Paths{Log: filepath.Join(dir, "firecracker.log")}
+		if err := os.WriteFile(p.Log, []byte(tc.log), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if code, ok := loggedExit(p); code != tc.code || ok != tc.ok {
+			t.Errorf("loggedExit(%q) = %d, %v; want %d, %v", tc.log, code, ok, tc.code, tc.ok)
+		}
+	}
+	// A log that is a FIFO or a link (the jail's to make) is not read.
+	dir := t.TempDir()
+	p := rundir.Paths{Log: filepath.Join(dir, "firecracker.log")}
+	if err := syscall.Mkfifo(p.Log, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := loggedExit(p); ok {
+		t.Error("a FIFO log was read")
 	}
 }

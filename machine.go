@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -595,6 +596,11 @@ func (m *Machine) supervise() {
 		return // released meanwhile
 	}
 	st := m.proc.Status()
+	if !st.Known { // a jailed firecracker is not this process's child
+		if code, ok := loggedExit(m.paths); ok {
+			st.Known, st.Code = true, code
+		}
+	}
 	var tail string
 	if st.Known && !st.Success() {
 		tail = logTail(m.paths) // before the cleanup removes the logs
@@ -841,6 +847,29 @@ func logTail(p rundir.Paths) string {
 }
 
 // tailOf returns the last whole lines in the last n bytes of a file.
+// loggedExit returns the exit code firecracker logged as it ended ("Firecracker exiting
+// successfully. exit_code=0", "Firecracker exiting with error. exit_code=N"): how one that is
+// not this process's child (a jailed one) ended, when it ended by itself. A firecracker
+// killed by a signal logs nothing. The log is the jail's file: only the last such line of its
+// tail counts, and only a code from 0 to 255.
+func loggedExit(p rundir.Paths) (int, bool) {
+	t := tailOf(p.Log, logTailBytes)
+	i := strings.LastIndex(t, "] Firecracker exiting ")
+	if i < 0 {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(t[i:], "\n")
+	_, num, ok := strings.Cut(line, " exit_code=")
+	if !ok {
+		return 0, false
+	}
+	code, err := strconv.Atoi(strings.TrimSpace(num))
+	if err != nil || code < 0 || code > 255 {
+		return 0, false
+	}
+	return code, true
+}
+
 func tailOf(path string, n int64) string {
 	// A jailed firecracker writes its log in its chroot, a directory of the jail's uid: a
 	// link or a FIFO put there is never followed or waited on.
