@@ -18,6 +18,10 @@ import (
 // MaxClones bounds CloneSpec.Count.
 const MaxClones = 1024
 
+// MaxCloneNumber is the highest n of a clone's name <prefix><n>: names that are taken are
+// skipped up to it.
+const MaxCloneNumber = 2 * MaxClones
+
 // CloneSpec says how Clone starts VMs from one snapshot.
 type CloneSpec struct {
 	// Count is how many VMs to start: 1 to MaxClones.
@@ -40,7 +44,7 @@ func (mgr *Manager) Clone(ctx context.Context, snap Snapshot, cs CloneSpec, opts
 	if err := snap.CheckClones(cs); err != nil {
 		return nil, err
 	}
-	prefix := cs.clonePrefix(snap)
+	prefix := cs.Prefix(snap)
 	var next atomic.Int64
 	ms := make([]*Machine, cs.Count)
 	errs := make([]error, cs.Count)
@@ -75,9 +79,9 @@ func (snap Snapshot) CheckClones(cs CloneSpec) error {
 	if cs.Count < 1 || cs.Count > MaxClones {
 		return fmt.Errorf("clone %s: count %d: give 1 to %d", snap.Dir, cs.Count, MaxClones)
 	}
-	prefix := cs.clonePrefix(snap)
+	prefix := cs.Prefix(snap)
 	// The longest name Clone may try must be valid too.
-	if last := prefix + strconv.Itoa(2*MaxClones); !validName(last) || prefix[0] == '-' {
+	if last := prefix + strconv.Itoa(MaxCloneNumber); !validName(last) || prefix[0] == '-' {
 		return fmt.Errorf("clone %s: name prefix %q: clone names (%s...) must be 1 to 64 letters, digits and '-', not starting with '-'", snap.Dir, prefix, prefix+"1")
 	}
 	if n := snap.Spec.Network; n != nil {
@@ -88,8 +92,8 @@ func (snap Snapshot) CheckClones(cs CloneSpec) error {
 	return nil
 }
 
-// clonePrefix is the prefix of the clones' names.
-func (cs CloneSpec) clonePrefix(snap Snapshot) string {
+// Prefix is the prefix of the clones' names: NamePrefix, or the snapshot's name and "-".
+func (cs CloneSpec) Prefix(snap Snapshot) string {
 	if cs.NamePrefix == "" {
 		return snap.Name + "-"
 	}
@@ -102,7 +106,7 @@ func (mgr *Manager) restoreNext(ctx context.Context, snap Snapshot, prefix strin
 		n := next.Add(1)
 		name := prefix + strconv.FormatInt(n, 10)
 		m, err := mgr.Restore(ctx, snap, RestoreSpec{Name: name}, opts...)
-		if errors.Is(err, ErrExists) && n < MaxClones*2 && ctx.Err() == nil {
+		if errors.Is(err, ErrExists) && n < MaxCloneNumber && ctx.Err() == nil {
 			continue // taken: the next name
 		}
 		return m, err

@@ -135,10 +135,7 @@ func (a *app) cloneForeground(ctx context.Context, fc string, snap smartvm.Snaps
 // once they all run; if one fails, it kills those that started (and removes their records).
 // With keep, they are kept as exited once they end.
 func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapshot, cs smartvm.CloneSpec, keep bool, backend smartvm.MemoryBackend) error {
-	prefix := cs.NamePrefix
-	if prefix == "" {
-		prefix = snap.Name + "-"
-	}
+	prefix := cs.Prefix(snap)
 	var next atomic.Int64
 	names := make([]string, cs.Count)
 	errs := make([]error, cs.Count)
@@ -149,7 +146,7 @@ func (a *app) cloneDetached(ctx context.Context, fc string, snap smartvm.Snapsho
 				n := next.Add(1)
 				plan := runPlan{Snapshot: snap.Dir, RestoreName: prefix + strconv.FormatInt(n, 10), Keep: keep, MemoryBackend: backend}
 				names[i], errs[i] = a.spawnSupervisor(ctx, fc, plan)
-				if !errors.Is(errs[i], smartvm.ErrExists) || n >= 2*smartvm.MaxClones || ctx.Err() != nil {
+				if !errors.Is(errs[i], smartvm.ErrExists) || n >= smartvm.MaxCloneNumber || ctx.Err() != nil {
 					return
 				}
 			}
