@@ -35,11 +35,12 @@ type mainPlan struct {
 	Console bool `json:"console,omitempty"`
 }
 
-// command returns the Cmd that starts the main process of m with the plan's overrides, and
-// m's name as the guest's host name (unless the image or the kernel command line gives one).
-func (p *mainPlan) command(ctx context.Context, m *smartvm.Machine, ag *smartvm.Agent) *smartvm.Cmd {
-	c := ag.MainCommand(ctx, p.Cmd...)
-	c.Env, c.Dir, c.User, c.Hostname = p.Env, p.Dir, p.User, m.Name()
+// command returns the Cmd that starts the main process of m with the plan's overrides
+// (Machine.MainCommand: a connection of its own, and m's name as the guest's host name unless
+// the image or the kernel command line gives one).
+func (p *mainPlan) command(ctx context.Context, m *smartvm.Machine) *smartvm.Cmd {
+	c := m.MainCommand(ctx, p.Cmd...)
+	c.Env, c.Dir, c.User = p.Env, p.Dir, p.User
 	if p.Entrypoint != nil {
 		c.Entrypoint = *p.Entrypoint
 	}
@@ -101,9 +102,7 @@ func (a *app) envFlags(flags []string) ([]string, error) {
 func startMainDetached(ctx context.Context, m *smartvm.Machine, mp *mainPlan) error {
 	sctx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	defer cancel()
-	ag := m.Agent()
-	defer ag.Close()
-	err := mp.command(sctx, m, ag).StartDetached()
+	err := mp.command(sctx, m).StartDetached()
 	if err != nil && sctx.Err() != nil && ctx.Err() == nil {
 		return noAgentError(m)
 	}
@@ -141,7 +140,7 @@ func (a *app) runMain(ctx context.Context, m *smartvm.Machine, mp *mainPlan, not
 	exitCodes, stopWatch := watchExit(ctx, m)
 	defer stopWatch()
 	// The call is not bound to ctx: a stop request ends the main process through the VM.
-	c := mp.command(context.WithoutCancel(ctx), m, ag)
+	c := mp.command(context.WithoutCancel(ctx), m)
 	restore, err := a.startAttached(c, mp.TTY, mp.Stdin)
 	if err != nil {
 		return err
