@@ -354,9 +354,10 @@ func (s *Server) exec(ctx context.Context, stream *connect.BidiStream[agentwire.
 		return err
 	}
 	start := first.Start
-	if start == nil || len(start.Args) == 0 || start.Args[0] == "" {
+	if start == nil {
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("exec: the first message must name a command"))
 	}
+	// Check refuses an empty command too.
 	if err := start.Check(); err != nil {
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("exec: %w", err))
 	}
