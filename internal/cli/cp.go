@@ -85,7 +85,6 @@ func (a *app) cp(ctx context.Context, f *agentFlags, opts smartvm.CopyOptions, s
 	}
 	defer done()
 	if dstInGuest {
-		opts.KeepOwner = false
 		return ag.CopyTo(ctx, src, gdst, opts)
 	}
 	return ag.CopyFrom(ctx, gsrc, dst, opts)
