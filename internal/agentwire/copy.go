@@ -28,8 +28,8 @@ type Limits struct {
 	MaxFiles int   `json:"max_files,omitempty"`
 }
 
-// apply sets opts' limits from l.
-func (l Limits) apply(opts *treetar.Options) {
+// ExtractOptions returns opts with l's limits.
+func (l Limits) ExtractOptions(opts treetar.Options) treetar.Options {
 	opts.MaxBytes, opts.MaxEntries = l.MaxBytes, l.MaxFiles
 	if l.MaxBytes == 0 {
 		opts.MaxBytes = DefaultMaxBytes
@@ -37,11 +37,6 @@ func (l Limits) apply(opts *treetar.Options) {
 	if l.MaxFiles == 0 {
 		opts.MaxEntries = DefaultMaxFiles
 	}
-}
-
-// ExtractOptions returns opts with l's limits.
-func (l Limits) ExtractOptions(opts treetar.Options) treetar.Options {
-	l.apply(&opts)
 	return opts
 }
 
