@@ -126,11 +126,12 @@ const mainResultWait = 2 * time.Second
 // process then writes to the serial console, and run waits for the exit code the agent also
 // reports on AgentHostPort, or for the VM to end.
 func (a *app) runMain(ctx context.Context, m *smartvm.Machine, mp *mainPlan, notes io.Writer) error {
+	// The ping waits for the agent; the main process's call has a connection of its own.
 	ag := m.Agent()
-	defer ag.Close()
 	pctx, cancel := context.WithTimeout(ctx, agentReadyTimeout)
 	_, err := ag.Ping(pctx)
 	cancel()
+	ag.Close()
 	if err != nil {
 		if pctx.Err() != nil && ctx.Err() == nil {
 			return noAgentError(m)
