@@ -41,6 +41,10 @@ var (
 	// ErrNoVsockListener reports a Machine.DialVsock that Firecracker turned down until its
 	// ctx ended: nothing in the guest listened on the port.
 	ErrNoVsockListener = errors.New("nobody listened on the vsock port in the guest")
+	// ErrOtherRuntimeRoot reports a Restore in a runtime root other than the one the
+	// snapshot was taken in, when the snapshot's drives were staged there. It wraps
+	// errors.ErrUnsupported.
+	ErrOtherRuntimeRoot = fmt.Errorf("restore in the runtime root the snapshot was taken in: %w", errors.ErrUnsupported)
 	// ErrPaused reports a call that needs a running guest made while the VM is paused, such
 	// as Machine.DialVsock: resume the VM first.
 	ErrPaused = errors.New("vm is paused (resume it first)")

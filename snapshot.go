@@ -400,8 +400,8 @@ func (mgr *Manager) planRestore(spec *MachineSpec, snap *Snapshot, rs RestoreSpe
 	paths, src := mgr.paths(spec.Name), mgr.paths(snap.Name)
 	for id, d := range snap.Drives {
 		if d.HostPath != src.Drive(id) && !jailStaged(*spec, id, d.HostPath) {
-			return nil, fmt.Errorf("drive %s was staged at %s, and this runtime root stages it at %s: restore in the runtime root the snapshot was taken in: %w",
-				id, d.HostPath, src.Drive(id), errors.ErrUnsupported)
+			return nil, fmt.Errorf("drive %s was staged at %s, and this runtime root stages it at %s: %w",
+				id, d.HostPath, src.Drive(id), ErrOtherRuntimeRoot)
 		}
 	}
 	if rs.MMDSData != nil {

@@ -128,3 +128,20 @@ func TestCorruptJailedRemoveCLI(t *testing.T) {
 		t.Errorf("left under the chroot base: %v", ents)
 	}
 }
+
+// A jailed VM's snapshot restored under another name is refused saying to use its own name,
+// without the hint for snapshots of another runtime root, which does not apply.
+func TestRestoreJailedRenamedHint(t *testing.T) {
+	testutil.CheckLeaks(t)
+	env := jailEnv(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	runCounter(t, env, "jr", "--chroot-base", base)
+	dir := filepath.Join(t.TempDir(), "snap")
+	env.run(t, "snapshot", "--stop", "jr", dir).ok(t)
+	r := env.run(t, "restore", "-d", "--name", "jr2", dir)
+	r.fails(t, ExitError, "restore it under its own name (jr)")
+	if strings.Contains(r.stderr, "--runtime-dir") {
+		t.Errorf("restore of a jailed snapshot under another name hints at --runtime-dir:\n%s", r.stderr)
+	}
+	waitEmpty(t, env)
+}

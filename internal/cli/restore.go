@@ -152,8 +152,7 @@ func restoreVM(ctx context.Context, mgr *smartvm.Manager, dir, name string, opts
 			snap.Name, snap.Name, smartvm.ErrExists)
 	case errors.Is(err, errors.ErrUnsupported) && errors.As(err, &se) && se.Step == "check the snapshot":
 		return nil, snapshotReleaseHint(err, snap)
-	case errors.Is(err, errors.ErrUnsupported):
-		// The snapshot's drives were staged in another runtime root.
+	case errors.Is(err, smartvm.ErrOtherRuntimeRoot):
 		return nil, fmt.Errorf("%w; choose that runtime root with --runtime-dir or $%s", err, envRuntimeDir)
 	}
 	return nil, err
