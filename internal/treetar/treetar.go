@@ -316,7 +316,10 @@ func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string, o
 		if err != nil {
 			return err
 		}
-		err = copyFull(f, tr, buf)
+		n, err := copyFull(f, tr, buf)
+		if err == nil && n != hdr.Size {
+			err = fmt.Errorf("the stream ends %d bytes into the file, which should hold %d: %w", n, hdr.Size, io.ErrUnexpectedEOF)
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -361,20 +364,23 @@ func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string, o
 // copyFull copies r to f in writes of len(buf) bytes, the last one excepted. io.CopyBuffer
 // would hand r to os.File.ReadFrom, which writes in pieces of 32 KiB; with a network stream
 // under the tar reader, even its own Reads would come in pieces of one message each. Fewer,
-// larger writes cost the page cache far less.
-func copyFull(f *os.File, r io.Reader, buf []byte) error {
+// larger writes cost the page cache far less. It returns how many bytes it wrote: io.ReadFull
+// reports a truncated stream as the end of a short last write, which only the count tells.
+func copyFull(f *os.File, r io.Reader, buf []byte) (int64, error) {
+	var total int64
 	for {
 		n, err := io.ReadFull(r, buf)
 		if n > 0 {
 			if _, werr := f.Write(buf[:n]); werr != nil {
-				return werr
+				return total, werr
 			}
+			total += int64(n)
 		}
 		switch {
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-			return nil
+			return total, nil
 		case err != nil:
-			return err
+			return total, err
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -190,5 +191,18 @@ func TestExtractLimits(t *testing.T) {
 				t.Errorf("d/b exists: %v, want %v", err == nil, tc.wantFile)
 			}
 		})
+	}
+}
+
+// TestExtractTruncated: a stream that ends inside a file is an error naming that file, not a
+// short file and a complaint about the stream that follows.
+func TestExtractTruncated(t *testing.T) {
+	t.Parallel()
+	data := strings.Repeat("x", 3000)
+	whole := tarOf(t, entry{name: "a", typ: tar.TypeReg, data: data}).Bytes()
+	cut := whole[:512+2000] // the header and 2000 of the 3000 bytes
+	_, err := Extract(bytes.NewReader(cut), t.TempDir(), Options{})
+	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.HasPrefix(err.Error(), "a: ") {
+		t.Fatalf("Extract of a cut stream: %v, want an unexpected EOF in entry a", err)
 	}
 }
