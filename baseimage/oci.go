@@ -1,6 +1,7 @@
 package baseimage
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
@@ -267,7 +268,7 @@ func (m *Manager) readConfig(ref name.Reference, res *ociResolved) error {
 	if err != nil {
 		return registryError(ref, err)
 	}
-	cf, err := v1.ParseConfigFile(strings.NewReader(string(raw)))
+	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
 	if err != nil {
 		return fmt.Errorf("image %s: config: %w", ref, err)
 	}

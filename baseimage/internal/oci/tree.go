@@ -2,6 +2,7 @@ package oci
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -570,7 +571,7 @@ func (t *Tree) AddFile(name string, data []byte, perm uint32, uid, gid int) erro
 	t.layer++
 	hdr := &tar.Header{Name: strings.TrimPrefix(name, "/"), Typeflag: tar.TypeReg, Mode: int64(perm),
 		Uid: uid, Gid: gid, Size: int64(len(data)), ModTime: time.Now().Truncate(time.Second)}
-	if err := t.apply(hdr, strings.NewReader(string(data))); err != nil {
+	if err := t.apply(hdr, bytes.NewReader(data)); err != nil {
 		return &EntryError{Layer: "smartvm's own files", Entry: name, Err: err}
 	}
 	return nil
