@@ -604,16 +604,7 @@ func (m *Manager) applyLayer(ctx context.Context, tree *oci.Tree, l v1.Layer, i,
 		return fmt.Errorf("%s: %w", label, err)
 	}
 	defer rc.Close()
-	cr := &countingReader{r: rc, stopped: func() error {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		return nil
-	}, total: size, report: func(done int64) {
-		if m.progress != nil {
-			m.progress(Progress{File: label, Done: done, Total: size})
-		}
-	}}
+	cr := &countingReader{r: rc, ctx: ctx, total: size, report: func(done int64) { m.report(label, done, size) }}
 	cr.report(0)
 	var tarStream io.Reader = cr
 	switch comp {
@@ -687,16 +678,23 @@ func raiseLimitHint(err error) error {
 	return fmt.Errorf("%w: raise it (smartvm images pull --max-files, $SMARTVM_IMAGE_MAX_FILES, Options.OCIMaxFiles) if the image has that many", err)
 }
 
-// countingReader counts the bytes of a blob, reports progress about every MiB, fails once
-// stopped returns an error (the pull's context ended) and keeps the first error other than
-// EOF.
+// countingReader counts the bytes of a blob, reports progress every progressStep bytes,
+// fails once ctx (the pull's) ends and keeps the first error other than EOF.
 type countingReader struct {
 	r           io.Reader
-	stopped     func() error
+	ctx         context.Context
 	done, total int64
 	lastReport  int64
 	report      func(done int64)
 	err         error
+}
+
+// stopped is the cause of the end of the pull's context, or nil while it goes on.
+func (c *countingReader) stopped() error {
+	if c.ctx.Err() != nil {
+		return context.Cause(c.ctx)
+	}
+	return nil
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
@@ -705,7 +703,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	c.done += int64(n)
-	if c.done-c.lastReport >= 1<<20 {
+	if c.done-c.lastReport >= progressStep {
 		c.lastReport = c.done
 		c.report(c.done)
 	}
