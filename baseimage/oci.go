@@ -456,8 +456,14 @@ func (m *Manager) ociKernel(ctx context.Context, s *staging) (Artifact, error) {
 					return Artifact{}, fmt.Errorf("kernel of cached base image %s: %w", b.ID, err)
 				}
 				defer in.Close()
-				if _, _, err := s.linkOrCopy(in, fileKernel, true); err != nil {
+				sum, size, err := s.linkOrCopy(in, fileKernel, true)
+				if err != nil {
 					return Artifact{}, err
+				}
+				// The new bundle's ID derives from the recorded digest: the file must be it.
+				if sum != a.SHA256 || size != a.Size {
+					return Artifact{}, fmt.Errorf("kernel of cached base image %s: %w: it is %d bytes with sha256 %s, its record says %d bytes with sha256 %s; remove the image (smartvm images rm %s, Manager.Remove) and pull again",
+						b.ID, ErrChecksum, size, sum, a.Size, a.SHA256, b.ID)
 				}
 				return a, nil
 			}

@@ -631,6 +631,20 @@ func TestPullOCIPresetKernel(t *testing.T) {
 	if err1 != nil || err2 != nil || !os.SameFile(s1, s2) {
 		t.Errorf("the kernel was copied, not linked from the preset's bundle (%v, %v)", err1, err2)
 	}
+	// A cached kernel that no longer matches its record is refused, not given to a new bundle
+	// whose ID says otherwise.
+	f, err := os.OpenFile(preset.Kernel, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt([]byte("X"), 0)
+	if err = errors.Join(err, f.Close()); err != nil {
+		t.Fatal(err)
+	}
+	r.push(t, "app:2", testImage(t, "amd64", v1.Config{Cmd: []string{"v3"}}, gzLayer(t, fileE("v", "3", 0o644, 0))))
+	if _, err := m.Pull(ctx, Source{OCI: r.ref("app:2")}); !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "images rm "+preset.ID) {
+		t.Errorf("pull with a corrupt cached kernel: %v, want ErrChecksum saying to remove %s", err, preset.ID)
+	}
 }
 
 // TestPullOCIEviction: OCI bundles follow the cache's rules: with Keep 1, installing a second
