@@ -143,19 +143,60 @@ func platformString(p v1.Platform) string {
 	return s
 }
 
-// remoteOptions are the registry client's options: the manager's HTTP transport (its proxy),
-// the keychain, and ctx.
+// remoteOptions are the registry client's options: the manager's HTTP transport (its proxy)
+// with Options.StallTimeout on every request, the keychain, and ctx.
 func (m *Manager) remoteOptions(ctx context.Context) []remote.Option {
-	tr := m.client.Transport
-	if tr == nil {
-		tr = http.DefaultTransport
-	}
+	var tr http.RoundTripper = stallTransport{m: m, next: m.client.Transport}
 	kc := m.keychain
 	if kc == nil {
 		kc = authn.NewMultiKeychain() // anonymous
 	}
 	return []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuthFromKeychain(kc),
 		remote.WithPlatform(m.ociPlatform()), remote.WithUserAgent("smartvm")}
+}
+
+// stallTransport ends a registry request, and the read of its body, once no bytes arrive
+// for Options.StallTimeout, as downloads from a bucket or manifest URL do: a registry that
+// stops answering fails the pull instead of holding it forever.
+type stallTransport struct {
+	m    *Manager
+	next http.RoundTripper // nil: http.DefaultTransport
+}
+
+func (t stallTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	next := t.next
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	ctx, w := t.m.newWatchdog(req.Context())
+	resp, err := next.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		w.stop()
+		return nil, w.wrap(err)
+	}
+	resp.Body = &watchedBody{r: w.reader(resp.Body), body: resp.Body, w: w}
+	return resp, nil
+}
+
+// watchedBody is a response body under a watchdog, which its reads push back and its Close
+// stops.
+type watchedBody struct {
+	r    io.Reader
+	body io.ReadCloser
+	w    *watchdog
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		return n, err
+	}
+	return n, b.w.wrap(err)
+}
+
+func (b *watchedBody) Close() error {
+	b.w.stop()
+	return b.body.Close()
 }
 
 // registryError turns a registry client error into one of ours.

@@ -696,15 +696,22 @@ func TestPullOCIEviction(t *testing.T) {
 	}
 }
 
+// pushStalled pushes to ref an image of one layer of size bytes, whose blob the registry
+// stops serving halfway.
+func (r *testRegistry) pushStalled(t *testing.T, ref string, size int) {
+	t.Helper()
+	img := testImage(t, "amd64", v1.Config{}, bigLayer(t, size))
+	r.push(t, ref, img)
+	ls, _ := img.Layers()
+	dg, _ := ls[0].Digest()
+	r.stall.Store(dg.String())
+}
+
 // TestPullOCICancel cancels a pull while a layer streams in: Pull returns the cancellation at
 // once and leaves nothing behind.
 func TestPullOCICancel(t *testing.T) {
 	r := newTestRegistry(t)
-	img := testImage(t, "amd64", v1.Config{}, bigLayer(t, 8<<20))
-	r.push(t, "slow:1", img)
-	ls, _ := img.Layers()
-	dg, _ := ls[0].Digest()
-	r.stall.Store(dg.String())
+	r.pushStalled(t, "slow:1", 8<<20)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	m := ociManager(t, func(o *Options) {
@@ -726,6 +733,28 @@ func TestPullOCICancel(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the pull did not end after its context was cancelled")
+	}
+	assertNothingCached(t, m)
+}
+
+// TestPullOCIStall: a registry that stops sending a layer halfway fails the pull once
+// Options.StallTimeout passes without data, and leaves nothing behind.
+func TestPullOCIStall(t *testing.T) {
+	r := newTestRegistry(t)
+	r.pushStalled(t, "stuck:1", 4<<20)
+	m := ociManager(t, func(o *Options) { o.StallTimeout = 300 * time.Millisecond })
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Pull(context.Background(), Source{OCI: r.ref("stuck:1")})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errStall) {
+			t.Fatalf("pull of a stalled layer: %v, want a stall", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the pull of a stalled layer did not end after its stall timeout")
 	}
 	assertNothingCached(t, m)
 }

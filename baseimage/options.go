@@ -83,7 +83,8 @@ type Options struct {
 	// RetryBackoff is the wait before the first retry; it doubles for each further retry, up to
 	// 16 times its value, with jitter. Default DefaultRetryBackoff.
 	RetryBackoff time.Duration
-	// StallTimeout aborts a request (then retries it) when no bytes arrive for this long.
+	// StallTimeout aborts a request (then retries it) when no bytes arrive for this long; an
+	// OCI registry's request, the read of a layer included, is aborted and fails the pull.
 	// Default DefaultStallTimeout.
 	StallTimeout time.Duration
 	// AgentBinary is a static smartvm-agent that root filesystems converted from squashfs get
