@@ -801,7 +801,8 @@ func (m *Manager) buildExt4(ctx context.Context, tree *oci.Tree, sd, work *safed
 		if err := writeNew(work, fixupsFile, []byte(script)); err != nil {
 			return fmt.Errorf("write debugfs script: %w", err)
 		}
-		workDir, err := sd.OpenFile(ociWork, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+		// The directory work holds, where the script and values were just written.
+		workDir, err := work.OpenFile(".", os.O_RDONLY|syscall.O_DIRECTORY, 0)
 		if err != nil {
 			return fmt.Errorf("open work dir: %w", err)
 		}
