@@ -251,8 +251,20 @@ func (m *Manager) resolveOCI(ctx context.Context, ref name.Reference) (*ociResol
 				continue
 			}
 			have = append(have, platformString(*d.Platform))
-			if pick == nil && d.Platform.OS == want.OS && d.Platform.Architecture == want.Architecture &&
-				(d.Platform.Variant == "" || d.Platform.Variant == "v8" || want.Architecture != "arm64") {
+			if d.Platform.OS != want.OS || d.Platform.Architecture != want.Architecture {
+				continue
+			}
+			v := d.Platform.Variant
+			switch {
+			case want.Architecture == "arm64" && v != "" && v != "v8":
+				// Not a variant of arm64 this host runs.
+			case baselineVariant(v):
+				// The baseline build runs on every CPU of the architecture: it wins over an
+				// amd64/v3 listed before it, which older CPUs cannot run.
+				if pick == nil || !baselineVariant(pick.Platform.Variant) {
+					pick = d
+				}
+			case pick == nil:
 				pick = d
 			}
 		}
@@ -278,6 +290,10 @@ func (m *Manager) resolveOCI(ctx context.Context, ref name.Reference) (*ociResol
 	}
 	return &ociResolved{img: img, digest: dg, platform: platformString(want)}, nil
 }
+
+// baselineVariant reports whether an image index's platform variant names the baseline
+// build of its architecture (none, amd64's v1, arm64's v8).
+func baselineVariant(v string) bool { return v == "" || v == "v1" || v == "v8" }
 
 // readConfig checks the image's config and layer media types, and reads its config.
 func (m *Manager) readConfig(ref name.Reference, res *ociResolved) error {

@@ -468,7 +468,15 @@ func TestPullOCIPlatform(t *testing.T) {
 			t.Errorf("%s: got the %s image (%s, %v)", arch, got, b.OCI.Platform, b.OCI.Config.Cmd)
 		}
 	}
-	m := ociManager(t)
+	// A build for newer CPUs (amd64/v3) listed first does not win over the baseline one.
+	amdV3 := testImage(t, "amd64", v1.Config{Cmd: []string{"v3"}}, gzLayer(t, fileE("arch", "amd64-v3", 0o644, 0)))
+	pushIndex("variants:1", add(amdV3, v1.Platform{OS: "linux", Architecture: "amd64", Variant: "v3"}),
+		add(amd, v1.Platform{OS: "linux", Architecture: "amd64"}))
+	m := ociManager(t, func(o *Options) { o.Arch = ArchX86_64 })
+	if b, err := m.Pull(context.Background(), Source{OCI: r.ref("variants:1")}); err != nil || debugfsCat(t, b.Rootfs, "/arch") != "amd64" {
+		t.Errorf("index with amd64/v3 first: %v; want the baseline amd64 image", err)
+	}
+	m = ociManager(t)
 	_, err := m.Pull(context.Background(), Source{OCI: r.ref("other:1")})
 	if !errors.Is(err, ErrPlatform) || !strings.Contains(err.Error(), "linux/s390x, linux/arm/v7") {
 		t.Errorf("index without linux/amd64: %v, want ErrPlatform naming the platforms", err)
