@@ -607,6 +607,13 @@ func TestRealJailedRemoveCorrupt(t *testing.T) {
 	os.WriteFile(stPath, []byte(`{"version":1,`), 0o600)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
+	// Its pivoted root shows as "/" in /proc/<pid>/root: reaping still finds it by its jail.
+	if _, err := mgr.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Dir(stPath)); err != nil {
+		t.Fatalf("reaped while its jailed firecracker runs: %v", err)
+	}
 	killed, err := mgr.ForceRemove(ctx, spec.Name)
 	if err != nil || !slices.Contains(killed, pid) {
 		t.Fatalf("ForceRemove: %v %v, want %d killed", killed, err, pid)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -67,8 +68,8 @@ func jailed(pid int, uid uint32, id string) (Found, bool) {
 		return Found{}, false
 	}
 	base := "/proc/" + strconv.Itoa(pid)
-	root, ok := chrootOf(pid)
-	if !ok || !filepath.IsAbs(root) || filepath.Clean(root) != root || filepath.Base(root) != "root" || filepath.Base(filepath.Dir(root)) != id {
+	root, ok := jailChroot(pid, id)
+	if !ok {
 		return Found{}, false
 	}
 	execDir := filepath.Dir(filepath.Dir(root))
@@ -96,6 +97,48 @@ func jailed(pid int, uid uint32, id string) (Found, bool) {
 		}
 	}
 	return f, true
+}
+
+// Running reports whether a jailed firecracker of jail id may run, whatever uid it runs as: a
+// process started with --id id whose root is a chroot <base>/<exec name>/<id>/root. That
+// proves less than FindJailed: it may only keep what a record cannot vouch for, never justify
+// a signal.
+func Running(id string) bool {
+	if ValidateID(id) != nil {
+		return false
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if i := slices.Index(args, "--id"); i < 0 || i+1 >= len(args) || args[i+1] != id {
+			continue
+		}
+		if _, ok := jailChroot(pid, id); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// jailChroot returns the host path of process pid's root (chrootOf) when it is a chroot of
+// jail id, <base>/<exec name>/<id>/root.
+func jailChroot(pid int, id string) (string, bool) {
+	root, ok := chrootOf(pid)
+	if !ok || !filepath.IsAbs(root) || filepath.Clean(root) != root || filepath.Base(root) != "root" || filepath.Base(filepath.Dir(root)) != id {
+		return "", false
+	}
+	return root, true
 }
 
 // isGuard reports whether pid is the init of a PID namespace (other than the host's) run as

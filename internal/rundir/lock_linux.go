@@ -2,14 +2,10 @@ package rundir
 
 import (
 	"context"
-	"os"
-	"path/filepath"
-	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/smartvm/smartvm/internal/jailer"
 	"github.com/smartvm/smartvm/internal/proc"
 )
 
@@ -39,30 +35,7 @@ func killServing(ctx context.Context, pids []int, id proc.Identity) []int {
 	return killed
 }
 
-// jailServes reports whether a jailed firecracker of VM name may still run: a process started
-// with --id name whose root is a chroot <base>/<exec name>/<name>/root. It only ever keeps a
-// directory that a corrupt state.json cannot vouch for: nothing is signalled on its word.
-func jailServes(name string) bool {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return false
-	}
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		root, err := os.Readlink("/proc/" + e.Name() + "/root")
-		if err != nil || filepath.Base(root) != "root" || filepath.Base(filepath.Dir(root)) != name {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if i := slices.Index(args, "--id"); i >= 0 && i+1 < len(args) && args[i+1] == name {
-			return true
-		}
-	}
-	return false
-}
+// jailServes reports whether a jailed firecracker of VM name may still run (jailer.Running).
+// It only ever keeps a directory that a corrupt state.json cannot vouch for: nothing is
+// signalled on its word.
+func jailServes(name string) bool { return jailer.Running(name) }
