@@ -324,17 +324,13 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	if _, err := mgr.Reap(ctx); err != nil {
 		mgr.log.Warn("reap runtime root", "root", mgr.root.Path(), "err", err)
 	}
-	states, corrupt, err := mgr.root.States()
+	states, ended, corrupt, err := mgr.root.Records()
 	if err != nil {
 		return nil, fmt.Errorf("list vms: %w", err)
 	}
-	infos := make([]MachineInfo, 0, len(states)+len(corrupt))
+	infos := make([]MachineInfo, 0, len(states)+len(ended)+len(corrupt))
 	for _, st := range states {
 		infos = append(infos, mgr.liveInfo(ctx, st))
-	}
-	ended, err := mgr.root.Exited()
-	if err != nil {
-		return nil, fmt.Errorf("list vms: %w", err)
 	}
 	for _, st := range ended {
 		infos = append(infos, mgr.recordedInfo(st))

@@ -107,9 +107,9 @@ func TestReapRecordsKeptVM(t *testing.T) {
 	if _, err := r.Create(ctx, "owned"); !errors.Is(err, ErrExists) || !errors.Is(err, ErrExited) || !strings.Contains(err.Error(), "smartvm rm owned") {
 		t.Errorf("create with an exited vm's name: %v", err)
 	}
-	names, err := r.Exited()
+	_, names, _, err := r.Records()
 	if err != nil || len(names) != 2 {
-		t.Errorf("Exited: %v, %v", names, err)
+		t.Errorf("Records: exited %v, %v", names, err)
 	}
 	for _, name := range []string{"owned", "detached"} {
 		if err := r.RemoveExited(ctx, name); err != nil {

@@ -1132,21 +1132,6 @@ func (r *Root) RemoveExited(ctx context.Context, name string) error {
 	return nil
 }
 
-// Exited returns the states of the VMs kept as exited (State.Exit), sorted by name.
-func (r *Root) Exited() ([]*State, error) {
-	names, err := r.Names()
-	if err != nil {
-		return nil, err
-	}
-	var out []*State
-	for _, name := range names {
-		if st, err := r.readState(name); err == nil && st.Exit != nil {
-			out = append(out, st)
-		}
-	}
-	return out, nil
-}
-
 // Active reports whether a directory for VM name exists that is not the record of an exited
 // VM: the VM runs, is being created or cleaned up, or has died and is not reaped yet.
 func (r *Root) Active(name string) bool {
@@ -1164,25 +1149,34 @@ func (r *Root) FindProcesses(name string) []int {
 }
 
 // States returns the state of every VM whose process is alive, sorted by name, and the names
-// of VMs whose state.json is corrupt (ErrCorruptState). VMs still starting (no pid yet) and
-// dead ones are left out.
+// of VMs whose state.json is corrupt (ErrCorruptState). VMs still starting (no pid yet), dead
+// ones and those kept as exited are left out.
 func (r *Root) States() (states []*State, corrupt []string, err error) {
+	states, _, corrupt, err = r.Records()
+	return states, corrupt, err
+}
+
+// Records reads every VM's state.json once and returns, sorted by name, the states of the VMs
+// whose process is alive (as States), those of the VMs kept as exited (State.Exit), and the
+// names of the VMs whose state.json is corrupt.
+func (r *Root) Records() (live, exited []*State, corrupt []string, err error) {
 	names, err := r.Names()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	for _, name := range names {
 		st, err := r.readState(name)
-		if errors.Is(err, ErrCorruptState) {
+		switch {
+		case errors.Is(err, ErrCorruptState):
 			corrupt = append(corrupt, name)
-			continue
+		case err != nil:
+		case st.Exit != nil:
+			exited = append(exited, st)
+		case st.Alive():
+			live = append(live, st)
 		}
-		if err != nil || !st.Alive() {
-			continue
-		}
-		states = append(states, st)
 	}
-	return states, corrupt, nil
+	return live, exited, corrupt, nil
 }
 
 // ID returns the random token that names this incarnation of the directory.
