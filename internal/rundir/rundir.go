@@ -667,10 +667,19 @@ var reservedNames = []string{LockFile, StateFile, SocketFile, LogFile, MetricsFi
 // wrapping ErrNotFound when the directory is gone or belongs to a newer VM of the same name.
 // name must be a plain file name that is none of the directory's own entries.
 func (d *Dir) CreateFile(ctx context.Context, name string) (*os.File, error) {
-	if name == "" || name != filepath.Base(name) || name == "." || name == ".." || slices.Contains(reservedNames, name) {
-		return nil, fmt.Errorf("create %q in vm dir %s: want a plain file name other than the directory's own entries", name, d.name)
+	if err := d.checkOwnName("create", name); err != nil {
+		return nil, err
 	}
 	return d.createFile(ctx, name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND)
+}
+
+// checkOwnName refuses a name that CreateFile and WriteNote may not use for op: one that is
+// not a plain file name, or is one of the directory's own entries.
+func (d *Dir) checkOwnName(op, name string) error {
+	if name == "" || name != filepath.Base(name) || name == "." || name == ".." || slices.Contains(reservedNames, name) {
+		return fmt.Errorf("%s %q in vm dir %s: want a plain file name other than the directory's own entries", op, name, d.name)
+	}
+	return nil
 }
 
 func (d *Dir) createFile(ctx context.Context, name string, flag int) (*os.File, error) {
@@ -1314,8 +1323,8 @@ func (r *Root) WriteCache(name string, data []byte) error {
 // WriteNote replaces the small file name in the VM's directory atomically, for facts kept
 // beside state.json (such as the VM's last snapshot). name follows CreateFile's rules.
 func (d *Dir) WriteNote(name string, data []byte) error {
-	if name == "" || name != filepath.Base(name) || name == "." || name == ".." || slices.Contains(reservedNames, name) {
-		return fmt.Errorf("write %q in vm dir %s: want a plain file name other than the directory's own entries", name, d.name)
+	if err := d.checkOwnName("write", name); err != nil {
+		return err
 	}
 	if err := d.root.vms.WriteFileAtomic(d.name+"/"+name, data, 0o600); err != nil {
 		return fmt.Errorf("write %s of vm %s: %w", name, d.name, err)
