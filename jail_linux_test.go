@@ -153,12 +153,7 @@ func TestJailedOwnerKilled(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, _ := os.ReadFile(filepath.Join(root, "vms", spec.Name, rundir.StateFile))
-		var state rundir.State
-		json.Unmarshal(b, &state)
-		if state.Jail == nil || state.Jail.GuardPID == 0 {
-			t.Fatalf("no guard in state.json: %s", b)
-		}
+		jail := killGuardAtEnd(t, filepath.Join(root, "vms", spec.Name, rundir.StateFile))
 		killOwner(t, cmd)
 		if detached {
 			time.Sleep(100 * time.Millisecond)
@@ -177,7 +172,7 @@ func TestJailedOwnerKilled(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			testutil.GoneWithin(t, state.Jail.GuardPID, state.Jail.GuardStart, time.Second) // the reap killed the guard
+			testutil.GoneWithin(t, jail.GuardPID, jail.GuardStart, time.Second) // the reap killed the guard
 			jailLeft(t, base, root)
 			continue
 		}
@@ -535,13 +530,7 @@ func TestJailedCorruptStateIsRemovable(t *testing.T) {
 		t.Fatal(err)
 	}
 	stPath := filepath.Join(root, "vms", spec.Name, rundir.StateFile)
-	b, _ := os.ReadFile(stPath)
-	var state rundir.State
-	json.Unmarshal(b, &state)
-	if state.Jail == nil || state.Jail.GuardPID == 0 {
-		t.Fatalf("no guard in state.json: %s", b)
-	}
-	killGuardAtEnd(t, stPath)
+	jail := killGuardAtEnd(t, stPath)
 	killOwner(t, cmd)
 	os.WriteFile(stPath, []byte(`{"version":1,"name":"jailed-corrupt","pid":1,`), 0o600)
 	mgr := newManager(t, root, bin)
@@ -552,7 +541,7 @@ func TestJailedCorruptStateIsRemovable(t *testing.T) {
 		t.Fatalf("ForceRemove: %v %v, want %d killed", killed, err, pid)
 	}
 	testutil.GoneWithin(t, pid, st, time.Second)
-	testutil.GoneWithin(t, state.Jail.GuardPID, state.Jail.GuardStart, time.Second)
+	testutil.GoneWithin(t, jail.GuardPID, jail.GuardStart, time.Second)
 	jailLeft(t, base, root)
 	if infos, _ := mgr.List(ctx); len(infos) != 0 {
 		t.Errorf("left listed: %+v", infos)
@@ -634,8 +623,9 @@ func TestRealJailedRemoveCorrupt(t *testing.T) {
 }
 
 // killGuardAtEnd kills, once the test ends, the jail guard the state at stPath records (and
-// with it the jail's processes), so that a failing test leaves no detached VM running.
-func killGuardAtEnd(t *testing.T, stPath string) {
+// with it the jail's processes), so that a failing test leaves no detached VM running. It
+// returns the jail the state records, which has a guard.
+func killGuardAtEnd(t *testing.T, stPath string) *rundir.Jail {
 	t.Helper()
 	b, err := os.ReadFile(stPath)
 	if err != nil {
@@ -646,4 +636,5 @@ func killGuardAtEnd(t *testing.T, stPath string) {
 		t.Fatalf("no guard in state.json: %s", b)
 	}
 	t.Cleanup(func() { jailer.KillGuard(st.Jail.GuardPID, st.Jail.GuardStart) })
+	return st.Jail
 }
