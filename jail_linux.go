@@ -643,11 +643,13 @@ func (fj *forcedJails) remove(ctx context.Context, mgr *Manager) error {
 				controller, _, _ := strings.Cut(hier, ",")
 				mnt = layout.V1[controller]
 			}
-			d := filepath.Join(mnt, p)
-			if mnt == "" || !strings.HasPrefix(d, "/sys/fs/cgroup/") {
-				continue
+			// Only a directory the jailer makes for this jail, as reapJail removes: p names
+			// the parent cgroup the jail was given.
+			cfg := f.Config
+			cfg.ParentCgroup = strings.TrimPrefix(filepath.Dir(p), "/")
+			if d := filepath.Join(mnt, p); mnt != "" && layout.IsCgroupDir(cfg, d) {
+				errs = append(errs, jailer.RemoveCgroups(ctx, d))
 			}
-			errs = append(errs, jailer.RemoveCgroups(ctx, d))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
