@@ -1,6 +1,7 @@
 package smartvm
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -48,21 +49,11 @@ type versionCacheEntry struct {
 	Version string    `json:"version"`
 }
 
-// versionCacheName is the name of the cache file of the firecracker binary at path (an
-// absolute path).
-func versionCacheName(path string) string { return kindCacheName("firecracker", path) }
-
-// keyCacheName is the name of key's cache file.
-func keyCacheName(key binaryKey) string {
-	if key.Kind == "" {
-		return versionCacheName(key.Path)
-	}
-	return kindCacheName(key.Kind, key.Path)
-}
-
-func kindCacheName(kind, path string) string {
-	sum := sha256.Sum256([]byte(path))
-	return kind + "-" + hex.EncodeToString(sum[:12]) + ".json"
+// cacheName is the name of the binary's cache file: its kind ("firecracker" for Kind "") and
+// a hash of its absolute path.
+func (key binaryKey) cacheName() string {
+	sum := sha256.Sum256([]byte(key.Path))
+	return cmp.Or(key.Kind, "firecracker") + "-" + hex.EncodeToString(sum[:12]) + ".json"
 }
 
 // probedVersion returns the version of the binary key identifies: from the manager's memory,
@@ -99,7 +90,7 @@ func (mgr *Manager) cachedVersion(key binaryKey) (fcapi.Version, bool) {
 	if !key.cacheable() {
 		return fcapi.Version{}, false
 	}
-	b, err := mgr.root.ReadCache(keyCacheName(key), maxVersionCacheFile)
+	b, err := mgr.root.ReadCache(key.cacheName(), maxVersionCacheFile)
 	if err != nil {
 		return fcapi.Version{}, false
 	}
@@ -122,7 +113,7 @@ func (mgr *Manager) storeVersion(key binaryKey, v fcapi.Version) {
 	}
 	b, err := json.Marshal(versionCacheEntry{Binary: key, Version: v.String()})
 	if err == nil {
-		err = mgr.root.WriteCache(keyCacheName(key), b)
+		err = mgr.root.WriteCache(key.cacheName(), b)
 	}
 	if err != nil {
 		mgr.log.Debug("store the version of a binary", "binary", key.Path, "err", err)

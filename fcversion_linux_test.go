@@ -54,7 +54,7 @@ func TestFirecrackerVersionCache(t *testing.T) {
 		t.Fatalf("%d probes for two managers, want 1", n)
 	}
 	mgr := newManager(t, root, bin)
-	cacheFile := filepath.Join(mgr.RuntimeDir(), "cache", versionCacheName(bin))
+	cacheFile := filepath.Join(mgr.RuntimeDir(), "cache", binaryKey{Path: bin}.cacheName())
 	fi, err := os.Stat(cacheFile)
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("cache file %s: %v, mode %v", cacheFile, err, fi)
