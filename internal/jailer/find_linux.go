@@ -148,11 +148,7 @@ func isGuard(pid int) bool {
 		return false
 	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return false
-	}
-	_, ns := statusPIDs(b)
-	return len(ns) >= 2 && ns[len(ns)-1] == 1 && bytes.Contains(b, []byte("\nUid:\t"+strconv.Itoa(os.Geteuid())+"\t"))
+	return err == nil && guardStatus(b)
 }
 
 // chrootOf returns the host path of process pid's root directory, checked to be that

@@ -219,9 +219,12 @@ func (g *Guard) StartTime() uint64 { return g.start }
 
 // KillGuard kills the guard pid started at startTime, found after its owner is gone (a
 // detached jail's): only a process that is one, the init of a PID namespace running as this
-// process's user, is killed, through a pidfd that pins it. A guard that is gone is not an
-// error.
+// process's user, is killed, through a pidfd that pins it. A guard that is gone, or none
+// (pid 0), is not an error.
 func KillGuard(pid int, startTime uint64) error {
+	if pid <= 0 {
+		return nil // no guard recorded
+	}
 	fd, err := unix.PidfdOpen(pid, 0)
 	if errors.Is(err, unix.ESRCH) {
 		return nil
@@ -238,14 +241,20 @@ func KillGuard(pid int, startTime uint64) error {
 	if err != nil {
 		return nil
 	}
-	_, ns := statusPIDs(b)
-	if len(ns) < 2 || ns[len(ns)-1] != 1 || !bytes.Contains(b, []byte("\nUid:\t"+strconv.Itoa(os.Geteuid())+"\t")) {
+	if !guardStatus(b) {
 		return fmt.Errorf("kill jail guard %d: it is not a jail guard (not the init of a PID namespace of this user); left alone", pid)
 	}
 	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("kill jail guard %d: %w", pid, err)
 	}
 	return nil
+}
+
+// guardStatus reports whether a process whose /proc/<pid>/status is b looks like a guard: the
+// init of a PID namespace (other than the host's), run as this process's user.
+func guardStatus(b []byte) bool {
+	_, ns := statusPIDs(b)
+	return len(ns) >= 2 && ns[len(ns)-1] == 1 && bytes.Contains(b, []byte("\nUid:\t"+strconv.Itoa(os.Geteuid())+"\t"))
 }
 
 // Done is closed once the guard has ended and been reaped.
