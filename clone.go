@@ -44,6 +44,11 @@ func (mgr *Manager) Clone(ctx context.Context, snap Snapshot, cs CloneSpec, opts
 	if err := snap.CheckClones(cs); err != nil {
 		return nil, err
 	}
+	// Checked once here, not by each clone's restore: hashing the state file per clone
+	// would repeat the same work Count times.
+	if err := checkSnapshotFiles(&snap, snap.Spec.WithDefaults().MemoryMiB); err != nil {
+		return nil, fmt.Errorf("clone %s: %w", snap.Dir, err)
+	}
 	prefix := cs.Prefix(snap)
 	var next atomic.Int64
 	ms := make([]*Machine, cs.Count)
@@ -105,7 +110,7 @@ func (mgr *Manager) restoreNext(ctx context.Context, snap Snapshot, prefix strin
 	for {
 		n := next.Add(1)
 		name := prefix + strconv.FormatInt(n, 10)
-		m, err := mgr.Restore(ctx, snap, RestoreSpec{Name: name}, opts...)
+		m, err := mgr.restore(ctx, snap, RestoreSpec{Name: name}, true, opts)
 		if errors.Is(err, ErrExists) && n < MaxCloneNumber && ctx.Err() == nil {
 			continue // taken: the next name
 		}

@@ -154,6 +154,11 @@ func TestCloneRefusals(t *testing.T) {
 			t.Errorf("%s: restored", name)
 		}
 		t.Logf("%s: %v", name, err)
+		if s.Dir != "" {
+			if ms, err := mgr.Clone(ctx, s, CloneSpec{Count: 2, NamePrefix: "spoiled-"}); err == nil {
+				t.Errorf("%s: cloned %d", name, len(ms))
+			}
+		}
 	}
 	spoil("truncated memory", func(d string) { os.Truncate(filepath.Join(d, "vm.mem"), 4096) })
 	spoil("modified state", func(d string) {

@@ -358,6 +358,12 @@ type RestoreSpec struct {
 // whose drives were staged in another runtime root, gives one wrapping
 // errors.ErrUnsupported.
 func (mgr *Manager) Restore(ctx context.Context, snap Snapshot, rs RestoreSpec, opts ...StartOption) (*Machine, error) {
+	return mgr.restore(ctx, snap, rs, false, opts)
+}
+
+// restore is Restore; filesChecked says the caller has already checked the snapshot's files
+// (checkSnapshotFiles), as Clone does once for all its clones.
+func (mgr *Manager) restore(ctx context.Context, snap Snapshot, rs RestoreSpec, filesChecked bool, opts []StartOption) (*Machine, error) {
 	spec := snap.Spec.WithDefaults()
 	spec.Name = snap.Name
 	if rs.Name != "" {
@@ -371,8 +377,10 @@ func (mgr *Manager) Restore(ctx context.Context, snap Snapshot, rs RestoreSpec, 
 	if err != nil {
 		return nil, fmt.Errorf("restore vm %s: %w", spec.Name, err)
 	}
-	if err := checkSnapshotFiles(&snap, spec); err != nil {
-		return nil, fmt.Errorf("restore vm %s: %w", spec.Name, err)
+	if !filesChecked {
+		if err := checkSnapshotFiles(&snap, spec.MemoryMiB); err != nil {
+			return nil, fmt.Errorf("restore vm %s: %w", spec.Name, err)
+		}
 	}
 	return mgr.launch(ctx, spec, plan, opts)
 }
@@ -471,7 +479,7 @@ func withIdentity(data json.RawMessage, name string) json.RawMessage {
 // checkSnapshotFiles refuses, before anything is started, a snapshot whose files do not
 // match its manifest: Firecracker maps a short memory file and faults the guest later, and
 // loads whatever state file it finds.
-func checkSnapshotFiles(snap *Snapshot, spec MachineSpec) error {
+func checkSnapshotFiles(snap *Snapshot, memoryMiB int) error {
 	sd, err := safedir.OpenTrusted(snap.Dir, false)
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", snap.Dir, err)
@@ -483,7 +491,7 @@ func checkSnapshotFiles(snap *Snapshot, spec MachineSpec) error {
 	}
 	// A manifest with no memory record (format 1) records no size: the file holds at least the
 	// boot memory (hot-plugged memory makes it larger).
-	want, short := int64(spec.MemoryMiB)<<20, false
+	want, short := int64(memoryMiB)<<20, false
 	if snap.Memory != nil {
 		want = snap.Memory.Size
 		short = mem.Size != want
