@@ -167,6 +167,7 @@ func TestCloneRefusals(t *testing.T) {
 		os.WriteFile(filepath.Join(d, "vm.state"), b, 0o600)
 	})
 	spoil("missing drive", func(d string) { os.Remove(filepath.Join(d, "drives", "data.img")) })
+	spoil("drive copy of another user", func(d string) { os.Chown(filepath.Join(d, "drives", "data.img"), 65534, 65534) })
 	spoil("missing memory", func(d string) { os.Remove(filepath.Join(d, "vm.mem")) })
 
 	killVM(t, src)
