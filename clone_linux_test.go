@@ -168,6 +168,8 @@ func TestCloneRefusals(t *testing.T) {
 	})
 	spoil("missing drive", func(d string) { os.Remove(filepath.Join(d, "drives", "data.img")) })
 	spoil("drive copy of another user", func(d string) { os.Chown(filepath.Join(d, "drives", "data.img"), 65534, 65534) })
+	spoil("memory others can write", func(d string) { os.Chmod(filepath.Join(d, "vm.mem"), 0o666) })
+	spoil("memory of another user", func(d string) { os.Chown(filepath.Join(d, "vm.mem"), 65534, 65534) })
 	spoil("missing memory", func(d string) { os.Remove(filepath.Join(d, "vm.mem")) })
 
 	killVM(t, src)

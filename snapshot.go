@@ -353,7 +353,8 @@ type RestoreSpec struct {
 // continues from the snapshot's (MachineInfo.SnapshotTaken); a guest agent corrects it.
 //
 // Before anything starts, the snapshot's files are checked against its manifest: a memory
-// file of another size, a state file that does not match, or a missing drive copy is refused.
+// file of another size or that another user can write, a state file that does not match, or
+// a missing drive copy is refused.
 // Errors are those of Start; a snapshot written by a Firecracker of another minor release, or
 // whose drives were staged in another runtime root, gives one wrapping
 // errors.ErrUnsupported.
@@ -501,6 +502,11 @@ func checkSnapshotFiles(snap *Snapshot, memoryMiB int) error {
 	if !mem.Mode.IsRegular() || short {
 		return fmt.Errorf("snapshot %s: memory file %s is %d bytes, want %d (the guest's memory): it was truncated or replaced; take the snapshot again",
 			snap.Dir, snapshotMemory, mem.Size, want)
+	}
+	// Firecracker maps the file: whoever can write it can change the restored guest's memory.
+	if mem.UID != sd.UID() || mem.Mode.Perm()&0o022 != 0 {
+		return fmt.Errorf("snapshot %s: memory file %s is owned by uid %d with mode %v, so another user could change the guest's memory: make it yours and writable only by you (chown, chmod 600), or take the snapshot again",
+			snap.Dir, snapshotMemory, mem.UID, mem.Mode.Perm())
 	}
 	if snap.StateSHA256 != "" {
 		sum, err := fileSHA256(sd, snapshotState)
