@@ -172,7 +172,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
-	if root := m.mgr.root.Path(); abs == root || strings.HasPrefix(abs, root+string(filepath.Separator)) {
+	if root := m.mgr.root.Path(); within(abs, root) {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %s is inside the runtime root %s, which smartvm cleans up: choose a directory outside it", m.name, abs, root)
 	}
 	if rec := m.record(); rec.st.StagingDir != "" && rec.st.StagingDir != m.paths.Drives && len(stagedDrives(rec.spec)) > 0 {
