@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/memfile"
@@ -194,17 +193,16 @@ func (m *SnapshotMemory) check() error {
 	if m == nil {
 		return nil
 	}
-	hex := func(s string) bool { return len(s) == 64 && strings.Trim(s, "0123456789abcdef") == "" }
 	switch {
 	case m.Type != MemoryFull && m.Type != MemoryDiff:
 		return fmt.Errorf("memory type %q: want %s or %s", m.Type, MemoryFull, MemoryDiff)
-	case m.Size <= 0 || !hex(m.SHA256):
+	case m.Size <= 0 || !lowerHex(m.SHA256, 64):
 		return fmt.Errorf("memory identity %d bytes, sha256 %q: want a size and 64 hex digits", m.Size, m.SHA256)
 	case m.Type == MemoryFull && m.Base != nil:
 		return errors.New("full memory with a base")
 	case m.Type == MemoryDiff && m.Base == nil:
 		return errors.New("a diff without its base: restore needs the snapshot it was taken over")
-	case m.Base != nil && (!filepath.IsAbs(m.Base.Dir) || m.Base.Size != m.Size || !hex(m.Base.SHA256)):
+	case m.Base != nil && (!filepath.IsAbs(m.Base.Dir) || m.Base.Size != m.Size || !lowerHex(m.Base.SHA256, 64)):
 		return fmt.Errorf("diff base %q (%d bytes, sha256 %q): want an absolute directory, the diff's size and 64 hex digits", m.Base.Dir, m.Base.Size, m.Base.SHA256)
 	}
 	return nil

@@ -109,7 +109,7 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 	if s.Version != snapshotFormat && s.Version != 1 {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: manifest version %d, this smartvm reads 1 and %d: take the snapshot again with this smartvm, or use the one that wrote it: %w", abs, s.Version, snapshotFormat, errors.ErrUnsupported)
 	}
-	if s.StateSHA256 != "" && (len(s.StateSHA256) != 64 || strings.Trim(s.StateSHA256, "0123456789abcdef") != "") {
+	if s.StateSHA256 != "" && !lowerHex(s.StateSHA256, 64) {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: state_sha256 %q is not a hex SHA-256", abs, s.StateSHA256)
 	}
 	if !validName(s.Name) || strings.HasPrefix(s.Name, "-") {
@@ -125,11 +125,16 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 	if err := s.Memory.check(); err != nil {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", abs, err)
 	}
-	if s.BaseImage != "" && (len(s.BaseImage) != 16 || strings.Trim(s.BaseImage, "0123456789abcdef") != "") {
+	if s.BaseImage != "" && !lowerHex(s.BaseImage, 16) {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: base image %q is not a bundle ID (16 hex digits)", abs, s.BaseImage)
 	}
 	s.Dir = abs
 	return s, nil
+}
+
+// lowerHex reports whether s is n lowercase hex digits, as the sums and IDs smartvm writes are.
+func lowerHex(s string, n int) bool {
+	return len(s) == n && strings.Trim(s, "0123456789abcdef") == ""
 }
 
 // maxManifestSize bounds what is read of a snapshot's manifest.json.
