@@ -15,6 +15,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smartvm/smartvm/internal/memfile"
 )
 
 // Options configure a Server.
@@ -79,7 +81,7 @@ func open(f *os.File, opts Options) (*Server, error) {
 	if fi.Size() > int64(^uint(0)>>1) {
 		return nil, fmt.Errorf("memory file of %d bytes is too large to map", fi.Size())
 	}
-	data, err := dataExtents(int(f.Fd()), fi.Size())
+	data, err := dataExtents(f, fi.Size())
 	if err != nil {
 		return nil, fmt.Errorf("find the data of the memory file: %w", err)
 	}
@@ -103,29 +105,18 @@ func open(f *os.File, opts Options) (*Server, error) {
 	}, nil
 }
 
-// dataExtents lists the data ranges of the file open as fd, with SEEK_DATA and SEEK_HOLE.
-func dataExtents(fd int, size int64) (extents, error) {
-	var e extents
-	for off := int64(0); off < size; {
-		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		}
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
-			return extents{{0, size}}, nil // the filesystem cannot tell: all data
-		}
-		if err != nil {
-			return nil, err
-		}
-		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, err
-		}
-		if len(e) == maxExtents {
-			return extents{{0, size}}, nil
-		}
-		e = append(e, [2]int64{start, min(end, size)})
-		off = end
+// dataExtents lists the data ranges of f (memfile.Extents), as the server keeps them.
+func dataExtents(f *os.File, size int64) (extents, error) {
+	ext, err := memfile.Extents(f, size)
+	if err != nil {
+		return nil, err
+	}
+	if len(ext) > maxExtents {
+		return extents{{0, size}}, nil
+	}
+	e := make(extents, len(ext))
+	for i, x := range ext {
+		e[i] = [2]int64{x.Off, x.Off + x.Len}
 	}
 	return e, nil
 }
