@@ -86,7 +86,7 @@ func (snap Snapshot) CheckClones(cs CloneSpec) error {
 	}
 	prefix := cs.Prefix(snap)
 	// The longest name Clone may try must be valid too.
-	if last := prefix + strconv.Itoa(MaxCloneNumber); !validName(last) || prefix[0] == '-' {
+	if last := prefix + strconv.Itoa(MaxCloneNumber); !validVMName(last) {
 		return fmt.Errorf("clone %s: name prefix %q: clone names (%s...) must be 1 to 64 letters, digits and '-', not starting with '-'", snap.Dir, prefix, prefix+"1")
 	}
 	if n := snap.Spec.Network; n != nil {

@@ -112,7 +112,7 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 	if s.StateSHA256 != "" && !lowerHex(s.StateSHA256, 64) {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: state_sha256 %q is not a hex SHA-256", abs, s.StateSHA256)
 	}
-	if !validName(s.Name) || strings.HasPrefix(s.Name, "-") {
+	if !validVMName(s.Name) {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: invalid vm name %q", abs, s.Name)
 	}
 	// A snapshot is input: its drive copies must be the files smartvm writes, in the
@@ -407,7 +407,7 @@ type restorePlan struct {
 // planRestore checks that snap can be restored as spec (named, with its defaults) describes
 // and works out how; it adjusts spec for a VM restored under another name.
 func (mgr *Manager) planRestore(spec *MachineSpec, snap *Snapshot, rs RestoreSpec) (*restorePlan, error) {
-	if rs.Name != "" && (!validName(rs.Name) || strings.HasPrefix(rs.Name, "-")) {
+	if rs.Name != "" && !validVMName(rs.Name) {
 		return nil, fmt.Errorf("invalid vm name %q: use 1 to 64 letters, digits and '-', not starting with '-'", rs.Name)
 	}
 	plan := &restorePlan{snap: snap, renamed: spec.Name != snap.Name}

@@ -365,6 +365,10 @@ type EntropySpec struct {
 // initialisation, `^[A-Za-z0-9-]{1,64}$` cost every smartvm command about 0.5 ms of start-up.
 func validName(s string) bool { return len(s) >= 1 && len(s) <= 64 && onlyWordBytes(s, '-') }
 
+// validVMName reports whether s is a name a VM may have: a valid name that does not start
+// with '-' (Validate's two rules).
+func validVMName(s string) bool { return validName(s) && s[0] != '-' }
+
 // validResourceID reports whether s is a drive or interface ID: one or more ASCII letters,
 // digits or '_'.
 func validResourceID(s string) bool { return s != "" && onlyWordBytes(s, '_') }
