@@ -63,6 +63,13 @@ func (r *vmRecord) baseImage() string {
 	return r.st.BaseImage.ID
 }
 
+// stagedIn reports whether the VM's drives are staged in drives, the staging directory this
+// manager gives it: a recorded directory this manager does not accept (isStagingDir) is not
+// where it looks.
+func (r *vmRecord) stagedIn(drives string) bool {
+	return r.st.StagingDir == "" || r.st.StagingDir == drives
+}
+
 // describe is the MachineInfo of the VM r records, whose files are at paths: Machine.Info,
 // List and Manager.Info all derive theirs from it. A VM kept as exited (Exit) is described
 // with StateExited and without what it released; for a live one the caller sets State.
@@ -90,7 +97,7 @@ func (mgr *Manager) describe(r *vmRecord, paths rundir.Paths) MachineInfo {
 		info.Exit = &ExitInfo{Code: e.Code, Signal: e.Signal, Reason: e.Reason, EndedAt: e.At, LogTail: e.LogTail, MainExitCode: e.MainExitCode}
 		return info
 	}
-	if st.StagingDir == "" || st.StagingDir == paths.Drives {
+	if r.stagedIn(paths.Drives) {
 		info.StagingDir, info.StagedBytes = paths.Drives, stagedBytes(paths.Drives)
 	} // else its drives are under a staging root this manager was not given: not shown
 	if info.Spec.Metrics {

@@ -180,7 +180,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 	if root := m.mgr.root.Path(); within(abs, root) {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %s is inside the runtime root %s, which smartvm cleans up: choose a directory outside it", m.name, abs, root)
 	}
-	if rec := m.record(); rec.st.StagingDir != "" && rec.st.StagingDir != m.paths.Drives && len(stagedDrives(rec.spec)) > 0 {
+	if rec := m.record(); !rec.stagedIn(m.paths.Drives) && len(stagedDrives(rec.spec)) > 0 {
 		// Attached by a manager that does not take the recorded directory for the VM's
 		// staging directory (isStagingDir): its drives are not where this manager looks.
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: its drives are staged in %s, which is not this manager's staging directory for it: snapshot it with the staging directory it was started with (WithStagingDir, --staging-dir, $SMARTVM_STAGING_DIR)", m.name, rec.st.StagingDir)
