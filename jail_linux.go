@@ -34,6 +34,9 @@ type startJail struct {
 	// guard, for an owned VM, waits for the jail's guard, started while the jail is
 	// prepared (jailer.GoStartGuard).
 	guard func() (*jailer.Guard, error)
+	// lease names the holder of the jail's leased uid: the VM's name, or a warm jail's ID
+	// until a VM takes it; "" for a uid of the spec's.
+	lease string
 }
 
 // jailerBinary resolves the manager's jailer, WithJailerBinary, else "jailer" beside the
@@ -119,6 +122,16 @@ func (s *starter) prepareJail(ctx context.Context) error {
 	if err := jailer.ValidateID(cfg.ID); err != nil {
 		return err
 	}
+	if p := cfg.Chroot().Host(jailAPISocket); len(p) > MaxSocketPath {
+		return fmt.Errorf("%w: the jail's api socket %s is %d bytes, more than the %d a Unix socket allows: use a shorter chroot base or VM name", ErrJailer, p, len(p), MaxSocketPath)
+	}
+	if w := s.mgr.takeWarm(s); w != nil {
+		if err := s.adoptWarm(ctx, w); err != nil {
+			w.closeFiles()
+			return err
+		}
+		return nil
+	}
 	var guard func() (*jailer.Guard, error)
 	if !s.opts.detached {
 		// The guard needs nothing of what follows: it starts meanwhile. A detached VM's
@@ -132,6 +145,7 @@ func (s *starter) prepareJail(ctx context.Context) error {
 			return nil
 		})
 	}
+	s.jail = &startJail{bin: bin, guard: guard}
 	if cfg.UID == 0 {
 		uid, err := s.leaseJailID(ctx)
 		if err != nil {
@@ -139,7 +153,6 @@ func (s *starter) prepareJail(ctx context.Context) error {
 		}
 		cfg.UID, cfg.GID = uid, uid
 	}
-	s.jail = &startJail{bin: bin, guard: guard}
 	if s.jail.cgroupDirs, err = s.jailCgroups(&cfg); err != nil {
 		return err
 	}
@@ -178,8 +191,10 @@ func (s *starter) leaseJailID(ctx context.Context) (uint32, error) {
 		ids.Close()
 		return 0, err
 	}
-	name := s.spec.Name
-	s.push(func(ctx context.Context) error { defer ids.Close(); return ids.Release(ctx, name) })
+	sj := s.jail
+	sj.lease = s.spec.Name
+	// The holder is read when the lease ends: a warm jail's passes to the VM that takes it.
+	s.push(func(ctx context.Context) error { defer ids.Close(); return ids.Release(ctx, sj.lease) })
 	return uid, nil
 }
 
@@ -240,12 +255,8 @@ func (s *starter) jailConfig(ctx context.Context, cfg *fcapi.VMConfig) error {
 		defer f.Close()
 		return tr.Place(ctx, f, path, name, kind)
 	}
-	for _, p := range []string{s.dir.Log, s.dir.Metrics} {
-		if in, ok := ch.Inside(p); ok {
-			if err := tr.Own(strings.TrimPrefix(in, "/")); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
-		}
+	if err := s.ownJailLogs(); err != nil {
+		return err
 	}
 	var err error
 	if s.snapshot() != nil {
@@ -275,6 +286,19 @@ func (s *starter) jailConfig(ctx context.Context, cfg *fcapi.VMConfig) error {
 	}
 	owners, _ := json.Marshal(tr.Owners()) // []Owner always marshals
 	s.jail.rec.Owners = owners
+	return nil
+}
+
+// ownJailLogs gives firecracker's log and metrics files, made in the chroot, to the jail.
+func (s *starter) ownJailLogs() error {
+	tr, ch := s.jail.tree, s.jail.tree.Chroot()
+	for _, p := range []string{s.dir.Log, s.dir.Metrics} {
+		if in, ok := ch.Inside(p); ok {
+			if err := tr.Own(strings.TrimPrefix(in, "/")); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
@@ -398,22 +422,9 @@ func (s *starter) launchJailed(pc proc.Config) (*proc.Process, error) {
 	cfg := s.jail.cfg
 	cfg.FirecrackerArgs = args
 	cfg.Detached = s.opts.detached
-	// The jailer closes every descriptor above stderr: the drive locks are held here instead,
-	// by duplicates (one open file, one lock), until the VM ends.
-	var held []*os.File
-	s.push(func(context.Context) error {
-		for _, f := range held {
-			f.Close()
-		}
-		return nil
-	})
-	for _, f := range pc.ExtraFiles {
-		// Close-on-exec from the start: a process forked meanwhile must not inherit the lock.
-		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("hold drive lock: %w", err)
-		}
-		held = append(held, os.NewFile(uintptr(fd), f.Name()))
+	// The jailer closes every descriptor above stderr: the drive locks are held here instead.
+	if err := s.holdDriveLocks(pc.ExtraFiles); err != nil {
+		return nil, err
 	}
 	pc.ExtraFiles = nil
 	var j *jailer.Jail
@@ -433,6 +444,27 @@ func (s *starter) launchJailed(pc proc.Config) (*proc.Process, error) {
 	s.push(func(context.Context) error { return j.Close() })
 	s.jail.rec.GuardPID, s.jail.rec.GuardStart = j.Guard.PID(), j.Guard.StartTime()
 	return j.Firecracker, nil
+}
+
+// holdDriveLocks holds the locks of drives (files) that a jailed firecracker cannot inherit, by
+// duplicates (one open file, one lock), until the VM ends.
+func (s *starter) holdDriveLocks(files []*os.File) error {
+	var held []*os.File
+	s.push(func(context.Context) error {
+		for _, f := range held {
+			f.Close()
+		}
+		return nil
+	})
+	for _, f := range files {
+		// Close-on-exec from the start: a process forked meanwhile must not inherit the lock.
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("hold drive lock: %w", err)
+		}
+		held = append(held, os.NewFile(uintptr(fd), f.Name()))
+	}
+	return nil
 }
 
 // jailRecord is what state.json records of the jail, if any.
@@ -593,7 +625,7 @@ func (mgr *Manager) killJailed(ctx context.Context, name string) (*forcedJails, 
 			continue
 		}
 		for _, f := range jailer.FindJailed(uid, name) {
-			id := jailer.JailedIdentity(uid, name)
+			id := jailer.JailedIdentity(uid, f.RunID)
 			p, err := proc.Attach(f.PID, f.Start, &id) // the pidfd pins it: checked again
 			if err != nil {
 				continue // gone meanwhile

@@ -297,10 +297,17 @@ func TestRealJailedLifecycle(t *testing.T) {
 	spec.Name = "real-jailed"
 	spec.Jailer = &JailerSpec{ChrootBase: base}
 	m := start(t, mgr, spec)
-	con := followConsole(t, m)
-	con.waitFor(t, testguest.TickLine(0))
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
+	jailedLifecycle(t, ctx, mgr, m)
+	jailLeft(t, base, root)
+}
+
+// jailedLifecycle checks that m, a jailed counter guest, ticks, pauses and resumes, and
+// snapshots; the snapshot restores in its place, ticks on and stops.
+func jailedLifecycle(t *testing.T, ctx context.Context, mgr *Manager, m *Machine) {
+	t.Helper()
+	followConsole(t, m).waitFor(t, testguest.TickLine(0))
 	if err := m.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -312,13 +319,11 @@ func TestRealJailedLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := killAndRestore(t, ctx, mgr, m, snap)
-	rc := followConsole(t, r)
-	rc.nextTick(t)
+	followConsole(t, r).nextTick(t)
 	if err := r.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
 	r.Close()
-	jailLeft(t, base, root)
 }
 
 // killAndRestore kills m and restores snap, its snapshot, in its place.

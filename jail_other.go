@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/proc"
@@ -48,3 +49,18 @@ func (mgr *Manager) killJailed(context.Context, string) (*forcedJails, []int, er
 }
 
 func (fj *forcedJails) remove(context.Context, *Manager) error { return nil }
+
+type warmPool struct{}
+
+type warmJail struct{ stdout, stderr *os.File }
+
+// WarmJails reports that the jailer needs Linux.
+func (mgr *Manager) WarmJails(context.Context, MachineSpec, int) error {
+	return fmt.Errorf("%w: the jailer needs Linux: %w", ErrJailer, errors.ErrUnsupported)
+}
+
+func (mgr *Manager) closeWarm() {}
+
+func (mgr *Manager) refillWarm() {}
+
+func (s *starter) holdDriveLocks([]*os.File) error { return errors.ErrUnsupported }

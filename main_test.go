@@ -39,6 +39,8 @@ type ownerArgs struct {
 	NetnsDir string `json:"netns_dir,omitempty"`
 	// Keep starts the VM with KeepExited.
 	Keep bool `json:"keep,omitempty"`
+	// Warm makes that many warm jails for the spec (WarmJails) before the start.
+	Warm int `json:"warm,omitempty"`
 }
 
 // ownerMain is a process that owns a VM: it starts the VM described by its argument, prints
@@ -68,6 +70,12 @@ func ownerMain(args []string) int {
 	}
 	if a.Signals {
 		mgr.HandleSignals()
+	}
+	if a.Warm > 0 {
+		if err := mgr.WarmJails(context.Background(), a.Spec, a.Warm); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	var sopts []StartOption
 	if a.Detached {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/jailer"
 	"github.com/smartvm/smartvm/internal/rundir"
 )
 
@@ -42,6 +43,7 @@ type Manager struct {
 	agent string
 	jail  jailOptions
 	pages pageServers // MemoryUffd page servers (memory.go)
+	warm  warmPool    // WarmJails
 
 	mu       sync.Mutex
 	machines map[string]*Machine // the VMs this manager started or attached, by name
@@ -189,6 +191,7 @@ func (mgr *Manager) Close() error {
 		})
 	}
 	wg.Wait()
+	mgr.closeWarm()
 	errs = append(errs, mgr.root.Close())
 	return errors.Join(errs...)
 }
@@ -318,8 +321,8 @@ func (mgr *Manager) ForceRemove(ctx context.Context, name string) ([]int, error)
 
 // List reaps dead VMs, then describes every live VM in the runtime root, sorted by name, with
 // its state as Firecracker reports it (StateUnknown when its API does not answer in time),
-// and every VM kept as exited (KeepExited), with StateExited and Exit. VMs still starting are
-// left out.
+// and every VM kept as exited (KeepExited), with StateExited and Exit. VMs still starting, and
+// warm jails (WarmJails), are left out.
 func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	if _, err := mgr.Reap(ctx); err != nil {
 		mgr.log.Warn("reap runtime root", "root", mgr.root.Path(), "err", err)
@@ -330,7 +333,9 @@ func (mgr *Manager) List(ctx context.Context) ([]MachineInfo, error) {
 	}
 	infos := make([]MachineInfo, 0, len(states)+len(ended)+len(corrupt))
 	for _, st := range states {
-		infos = append(infos, mgr.liveInfo(ctx, st))
+		if !jailer.IsWarmID(st.Name) { // a warm jail is no VM yet (WarmJails)
+			infos = append(infos, mgr.liveInfo(ctx, st))
+		}
 	}
 	for _, st := range ended {
 		infos = append(infos, mgr.recordedInfo(st))

@@ -18,6 +18,7 @@ import (
 	"github.com/smartvm/smartvm/baseimage"
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/agentwire"
+	"github.com/smartvm/smartvm/internal/jailer"
 	"github.com/smartvm/smartvm/netdev"
 )
 
@@ -366,8 +367,10 @@ type EntropySpec struct {
 func validName(s string) bool { return len(s) >= 1 && len(s) <= 64 && onlyWordBytes(s, '-') }
 
 // validVMName reports whether s is a name a VM may have: a valid name that does not start
-// with '-' (Validate's two rules).
-func validVMName(s string) bool { return validName(s) && s[0] != '-' }
+// with '-' or with the warm jails' prefix (Validate's rules).
+func validVMName(s string) bool {
+	return validName(s) && s[0] != '-' && !strings.HasPrefix(s, jailer.WarmIDPrefix)
+}
 
 // validResourceID reports whether s is a drive or interface ID: one or more ASCII letters,
 // digits or '_'.
@@ -521,6 +524,8 @@ func (s MachineSpec) problems() []error {
 		add("name %q: use 1 to 64 ASCII letters, digits or '-'", s.Name)
 	} else if strings.HasPrefix(s.Name, "-") {
 		add("name %q: a name that starts with '-' would be read as a flag by Firecracker and other tools; start it with a letter or digit", s.Name)
+	} else if strings.HasPrefix(s.Name, jailer.WarmIDPrefix) {
+		add("name %q: names that start with %q are smartvm's own (warm jails, see Manager.WarmJails); choose another", s.Name, jailer.WarmIDPrefix)
 	}
 	if i := strings.IndexFunc(s.BootArgs, unicode.IsControl); i >= 0 {
 		add("boot_args: control character %q at byte %d: the kernel command line is one line of printable text", s.BootArgs[i], i)

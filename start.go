@@ -88,9 +88,11 @@ func (mgr *Manager) launch(ctx context.Context, spec MachineSpec, restore *resto
 	m, err := s.run(ctx)
 	if err != nil {
 		s.rollback(ctx)
-		return nil, err
 	}
-	return m, nil
+	if spec.Jailer != nil {
+		mgr.refillWarm() // what this start took, or found dead
+	}
+	return m, err
 }
 
 func randomName() string {
@@ -125,6 +127,8 @@ type starter struct {
 	proc     *proc.Process
 	client   *fcapi.Client
 	jail     *startJail // with a JailerSpec
+	warm     *warmJail  // the warm jail this start took, if any (WarmJails)
+	warming  bool       // this start makes a warm jail: it takes none
 }
 
 func (s *starter) push(fn func(context.Context) error) { s.undo = append(s.undo, fn) }
@@ -238,8 +242,10 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 			f.Close() // firecracker has its own copies, and with them the locks
 		}
 	}()
-	stdout, stderr, err := s.createFiles()
-	if err != nil {
+	var stdout, stderr *os.File
+	if s.warm != nil { // a warm jail's firecracker has its files already
+		stdout, stderr = s.warm.stdout, s.warm.stderr
+	} else if stdout, stderr, err = s.createFiles(); err != nil {
 		return nil, s.fail("create files", err)
 	}
 	// stdout (serial.log, opened for writing) goes to capSerial once the VM runs.
@@ -264,36 +270,13 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 			return nil, s.fail("put files into the jail", err)
 		}
 	}
-	args, err := s.args(cfg)
-	if err != nil {
-		return nil, s.fail("write config", err)
-	}
-
-	pcfg := proc.Config{Path: s.bin, Args: args, Stdin: s.stdin, Stdout: stdout, Stderr: stderr, ExtraFiles: s.held,
-		Detached: s.opts.detached, Around: s.spawnAround(), MountNS: s.prov.mountNS()}
-	if s.jail != nil {
-		s.proc, err = s.launchJailed(pcfg)
-	} else {
-		s.proc, err = proc.Start(pcfg)
-	}
-	if err != nil {
-		return nil, s.fail("spawn firecracker", err)
-	}
-	p := s.proc
-	s.push(func(ctx context.Context) error {
-		if err := p.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			return err
+	if s.warm != nil {
+		if err := s.holdDriveLocks(s.held); err != nil {
+			return nil, s.fail("hold drive locks", err)
 		}
-		select {
-		case <-p.Done():
-			return nil
-		case <-ctx.Done():
-			// A process stuck in the kernel (uninterruptible I/O) outlives SIGKILL for a
-			// while; the rest of the cleanup must not wait for it forever.
-			return fmt.Errorf("firecracker pid %d did not end after SIGKILL: %w", p.PID(), ctx.Err())
-		}
-	})
-	s.log.Debug("spawned firecracker", "pid", p.PID(), "args", args)
+	} else if err := s.spawn(cfg, stdout, stderr); err != nil {
+		return nil, err
+	}
 
 	if err := dir.WriteState(s.state()); err != nil {
 		return nil, s.fail("write state", err)
@@ -313,8 +296,48 @@ func (s *starter) run(ctx context.Context) (*Machine, error) {
 	go m.supervise()
 	go m.capSerial(stdout)
 	stdout = nil
-	m.log.Info("vm started", "pid", p.PID(), "took", time.Since(s.begin), "mode", s.mode(), "boot_mode", s.spec.BootMode)
+	m.log.Info("vm started", "pid", s.proc.PID(), "took", time.Since(s.begin), "mode", s.mode(), "boot_mode", s.spec.BootMode, "warm_jail", s.warm != nil)
 	return m, nil
+}
+
+// spawn starts firecracker (through the jailer, with a jail) with its arguments for cfg and
+// the VM's files.
+func (s *starter) spawn(cfg fcapi.VMConfig, stdout, stderr *os.File) error {
+	args, err := s.args(cfg)
+	if err != nil {
+		return s.fail("write config", err)
+	}
+	pcfg := proc.Config{Path: s.bin, Args: args, Stdin: s.stdin, Stdout: stdout, Stderr: stderr, ExtraFiles: s.held,
+		Detached: s.opts.detached, Around: s.spawnAround(), MountNS: s.prov.mountNS()}
+	if s.jail != nil {
+		s.proc, err = s.launchJailed(pcfg)
+	} else {
+		s.proc, err = proc.Start(pcfg)
+	}
+	if err != nil {
+		return s.fail("spawn firecracker", err)
+	}
+	s.pushKill()
+	s.log.Debug("spawned firecracker", "pid", s.proc.PID(), "args", args)
+	return nil
+}
+
+// pushKill makes the undo of the spawn: SIGKILL for firecracker, and a wait for its end.
+func (s *starter) pushKill() {
+	p := s.proc
+	s.push(func(ctx context.Context) error {
+		if err := p.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return err
+		}
+		select {
+		case <-p.Done():
+			return nil
+		case <-ctx.Done():
+			// A process stuck in the kernel (uninterruptible I/O) outlives SIGKILL for a
+			// while; the rest of the cleanup must not wait for it forever.
+			return fmt.Errorf("firecracker pid %d did not end after SIGKILL: %w", p.PID(), ctx.Err())
+		}
+	})
 }
 
 // requestFreeReadyBefore is the first release whose API thread survives a request pending

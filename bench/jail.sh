@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Measures Start with and without the jailer, alternating the two in one run, with the real
+# Measures Start without the jailer, with it (a jail of its own), and in a warm jail
+# (Manager.WarmJails), rotating the three in one run, with the real
 # jailer and firecracker of one release booting the test guest under KVM
 # (BenchmarkRealStartJailer), and against the fake firecracker and fake jailer
 # (BenchmarkStartJailer). Needs root; the real variant also needs KVM.
@@ -9,8 +10,8 @@
 #   FIRECRACKER_BIN  the firecracker of the jailer's release (default: $SMARTVM_FIRECRACKER_BIN)
 #   RUNS             starts of each kind per measurement (default: 40)
 #   COUNT            measurements (default: 3)
-# Prints the medians in ms (direct-ms, jailed-ms) and jailed-ms / direct-ms as "ratio" (the
-# target is at most 1.3). With a jailer it also runs BenchmarkRealJailerAlone: the jailer on
+# Prints the medians in ms (direct-ms, jailed-ms, warm-ms), jailed-ms / direct-ms as "ratio"
+# and warm-ms / direct-ms as "warm-ratio" (the target is at most 1.3). With a jailer it also runs BenchmarkRealJailerAlone: the jailer on
 # its own (jailer-ms) against firecracker --version (direct-ms), without smartvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ SMARTVM_JAILER_BIN=$jailer SMARTVM_FIRECRACKER_BIN=$fc go test -run '^$' -bench 
   -benchtime "${runs}x" -count "$count" . |
   awk '/^Benchmark(Real)?StartJailer/ {
     line = $1
-    for (i = 3; i < NF; i += 2) if ($(i+1) ~ /-ms$|^ratio$/) line = line sprintf("  %s %s", $(i+1), $i)
+    for (i = 3; i < NF; i += 2) if ($(i+1) ~ /-ms$|ratio$/) line = line sprintf("  %s %s", $(i+1), $i)
     print line
   } /^(FAIL|ok)/'
 if [ -n "$jailer" ]; then

@@ -29,12 +29,15 @@ type Found struct {
 	// namespace of this process's user); 0 otherwise.
 	GuardPID   int
 	GuardStart uint64
+	// RunID is the --id it was started with: the jail's ID, or the warm ID of a warm jail
+	// that the VM took (renamed since).
+	RunID string
 }
 
 // FindJailed returns the processes proven to be the firecracker of jail id run as uid: each
-// runs as uid, was started with --id id, and its root (/proc/<pid>/root) is a chroot
-// <base>/<exec name>/<id>/root. uid must be one leased to id alone, so that a process of
-// another VM never passes.
+// runs as uid, was started with --id id (or a warm ID, for a warm jail taken by the VM id),
+// and its root (/proc/<pid>/root) is a chroot <base>/<exec name>/<id>/root. uid must be one
+// leased to id alone, so that a process of another VM never passes.
 func FindJailed(uid uint32, id string) []Found {
 	if uid == 0 || ValidateID(id) != nil {
 		return nil
@@ -56,15 +59,35 @@ func FindJailed(uid uint32, id string) []Found {
 	return out
 }
 
-// JailedIdentity is what a jailed firecracker of jail id run as uid matches (proc.Check).
-func JailedIdentity(uid uint32, id string) proc.Identity {
-	return proc.Identity{UID: uid, Flag: "--id", Value: id}
+// JailedIdentity is what a jailed firecracker started with --id runID as uid matches
+// (proc.Check).
+func JailedIdentity(uid uint32, runID string) proc.Identity {
+	return proc.Identity{UID: uid, Flag: "--id", Value: runID}
+}
+
+// runID returns the --id process pid was started with, when it is id or a warm ID (a warm
+// jail keeps the ID it was started with once a VM takes it).
+func runID(pid int, id string) (string, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return "", false
+	}
+	args := strings.Split(string(b), "\x00")
+	i := slices.Index(args, "--id")
+	if i < 0 || i+1 >= len(args) || args[i+1] != id && !IsWarmID(args[i+1]) {
+		return "", false
+	}
+	return args[i+1], true
 }
 
 // jailed reports whether pid is jail id's firecracker (FindJailed), and describes it.
 func jailed(pid int, uid uint32, id string) (Found, bool) {
 	start, err := proc.StartTime(pid)
-	if err != nil || proc.Check(pid, JailedIdentity(uid, id)) != nil {
+	if err != nil {
+		return Found{}, false
+	}
+	run, ok := runID(pid, id)
+	if !ok || proc.Check(pid, JailedIdentity(uid, run)) != nil {
 		return Found{}, false
 	}
 	base := "/proc/" + strconv.Itoa(pid)
@@ -77,7 +100,7 @@ func jailed(pid int, uid uint32, id string) (Found, bool) {
 	if cfg.Chroot().Root != root || cfg.ExecName() == "/" || cfg.ExecName() == "." {
 		return Found{}, false
 	}
-	f := Found{PID: pid, Start: start, Config: cfg, Cgroups: map[string]string{}}
+	f := Found{PID: pid, Start: start, Config: cfg, Cgroups: map[string]string{}, RunID: run}
 	if b, err := os.ReadFile(base + "/cgroup"); err == nil {
 		sc := bufio.NewScanner(bytes.NewReader(b))
 		for sc.Scan() {
@@ -100,7 +123,7 @@ func jailed(pid int, uid uint32, id string) (Found, bool) {
 }
 
 // Running reports whether a jailed firecracker of jail id may run, whatever uid it runs as: a
-// process started with --id id whose root is a chroot <base>/<exec name>/<id>/root. That
+// process started with --id id (or a warm ID) whose root is a chroot <base>/<exec name>/<id>/root. That
 // proves less than FindJailed: it may only keep what a record cannot vouch for, never justify
 // a signal.
 func Running(id string) bool {
@@ -116,12 +139,7 @@ func Running(id string) bool {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if i := slices.Index(args, "--id"); i < 0 || i+1 >= len(args) || args[i+1] != id {
+		if _, ok := runID(pid, id); !ok {
 			continue
 		}
 		if _, ok := jailChroot(pid, id); ok {

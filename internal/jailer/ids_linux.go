@@ -136,6 +136,36 @@ func (ids *IDs) Release(ctx context.Context, owner string) error {
 	})
 }
 
+// Transfer hands the uid leased to from over to to, which must hold none: a warm jail's uid
+// becomes the VM's that takes the jail. The lease file is replaced whole (a crash leaves the
+// old owner or the new, never a part).
+func (ids *IDs) Transfer(ctx context.Context, from, to string) (uint32, error) {
+	var got uint32
+	err := ids.locked(ctx, func() error {
+		leases, err := ids.leasesLocked()
+		if err != nil {
+			return err
+		}
+		found := false
+		for uid, o := range leases {
+			switch o {
+			case to:
+				return fmt.Errorf("hand jail uid over to %s: it already leases uid %d", to, uid)
+			case from:
+				got, found = uid, true
+			}
+		}
+		if !found {
+			return fmt.Errorf("hand jail uid over to %s: %s leases none", to, from)
+		}
+		if err := ids.dir.WriteFileAtomic(leaseName(got), []byte(to+"\n"), 0o600); err != nil {
+			return fmt.Errorf("hand jail uid %d over to %s: %w", got, to, err)
+		}
+		return nil
+	})
+	return got, err
+}
+
 // Leases returns the leases: uid → owner.
 func (ids *IDs) Leases(ctx context.Context) (map[uint32]string, error) {
 	var m map[uint32]string

@@ -1,6 +1,8 @@
 package jailer
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -74,6 +76,27 @@ func ValidateID(id string) error {
 		}
 	}
 	return nil
+}
+
+// WarmIDPrefix starts the ID of a warm jail: one started ahead, before the VM that takes it
+// is known. VM names never start so (smartvm refuses them), so a warm ID is never a VM's.
+const WarmIDPrefix = "smartvm-warm-"
+
+// NewWarmID returns a fresh warm jail ID: WarmIDPrefix and 16 random hex digits.
+func NewWarmID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return WarmIDPrefix + hex.EncodeToString(b[:])
+}
+
+// IsWarmID reports whether id has the form NewWarmID gives.
+func IsWarmID(id string) bool {
+	h, ok := strings.CutPrefix(id, WarmIDPrefix)
+	if !ok || len(h) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil && strings.ToLower(h) == h
 }
 
 // Validate checks what the jailer would refuse, before it runs.

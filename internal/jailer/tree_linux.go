@@ -121,6 +121,25 @@ func (t *Tree) Retrieve(ctx context.Context, name, dst string) error {
 	return t.root.Remove(t.prefix + name)
 }
 
+// Rename moves the jail to id: its directory <base>/<exec name>/<old id> becomes
+// <base>/<exec name>/<id>, which must not exist (ErrJailExists). A firecracker running in it
+// keeps its root; the host paths of its files change. A warm jail takes its VM's name so.
+func (t *Tree) Rename(id string) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	exec := t.cfg.ExecName()
+	err := t.base.RenameNoReplace(filepath.Join(exec, t.cfg.ID), t.base, filepath.Join(exec, id))
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%w: %s: a vm of that name runs under this chroot base, or a crash left it: remove it by hand once no firecracker runs in it", ErrJailExists, t.base.Join(filepath.Join(exec, id)))
+	}
+	if err != nil {
+		return fmt.Errorf("rename jail: %w", err)
+	}
+	t.cfg.ID = id
+	return nil
+}
+
 // OwnSocket gives the socket name in the chroot's root to the jail's uid, refusing anything
 // but a socket (a link put there is never followed).
 func (t *Tree) OwnSocket(name string) error {

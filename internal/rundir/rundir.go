@@ -701,6 +701,17 @@ func (d *Dir) createFile(ctx context.Context, name string, flag int) (*os.File, 
 	return f, nil
 }
 
+// LinkFile makes f, open on a file of another VM directory of this root, this directory's
+// console, stderr or serial input (SerialFile, StderrFile, SerialInFile), which must not
+// exist: a warm jail's firecracker writes to the files it was started with, and they become
+// those of the VM that takes it.
+func (d *Dir) LinkFile(f *os.File, name string) error {
+	if name != SerialFile && name != StderrFile && name != SerialInFile {
+		return fmt.Errorf("link %q into vm dir %s: only its console, stderr and serial input are linked", name, d.name)
+	}
+	return d.root.vms.Link(f, d.name+"/"+name)
+}
+
 // MarkSnapshot records that a snapshot is pausing the VM (SnapshotMarkFile), until
 // UnmarkSnapshot: a snapshotting process that is killed leaves the mark, and the VM is then
 // reported as paused by an interrupted snapshot.

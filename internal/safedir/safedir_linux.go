@@ -420,6 +420,16 @@ func (d *Dir) Remove(name string) error {
 // Rename moves oldName beneath d to newName beneath nd (which may be d), replacing what is
 // there as rename(2) does.
 func (d *Dir) Rename(oldName string, nd *Dir, newName string) error {
+	return d.rename(oldName, nd, newName, 0)
+}
+
+// RenameNoReplace is Rename that fails, with an error wrapping fs.ErrExist, when newName
+// exists.
+func (d *Dir) RenameNoReplace(oldName string, nd *Dir, newName string) error {
+	return d.rename(oldName, nd, newName, unix.RENAME_NOREPLACE)
+}
+
+func (d *Dir) rename(oldName string, nd *Dir, newName string, flags uint) error {
 	ofd, obase, odone, err := d.parent(oldName)
 	if err != nil {
 		return err
@@ -430,7 +440,7 @@ func (d *Dir) Rename(oldName string, nd *Dir, newName string) error {
 		return err
 	}
 	defer ndone()
-	if err := unix.Renameat(ofd, obase, nfd, nbase); err != nil {
+	if err := unix.Renameat2(ofd, obase, nfd, nbase, flags); err != nil {
 		return &os.LinkError{Op: "rename", Old: d.Join(oldName), New: nd.Join(newName), Err: err}
 	}
 	return nil

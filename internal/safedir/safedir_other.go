@@ -64,6 +64,9 @@ func (d *Dir) Remove(string) error { return errUnsupported }
 // Rename needs Linux.
 func (d *Dir) Rename(string, *Dir, string) error { return errUnsupported }
 
+// RenameNoReplace needs Linux.
+func (d *Dir) RenameNoReplace(string, *Dir, string) error { return errUnsupported }
+
 // ReadDir needs Linux.
 func (d *Dir) ReadDir(string) ([]fs.DirEntry, error) { return nil, errUnsupported }
 

@@ -1,0 +1,351 @@
+package smartvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/jailer"
+	"github.com/smartvm/smartvm/internal/rundir"
+)
+
+// warmTimeout bounds the making of one warm jail in the background.
+const warmTimeout = time.Minute
+
+// warmPool holds the manager's warm jails (WarmJails).
+type warmPool struct {
+	mu     sync.Mutex
+	cond   sync.Cond // signalled when a jail is made or fails; L is mu
+	key    string    // warmKey of tmpl
+	tmpl   MachineSpec
+	want   int
+	ready  []*warmJail
+	making int
+	err    error // why the last jail could not be made, until one is
+	closed bool
+	wg     sync.WaitGroup // the fills under way
+}
+
+// warmJail is a jailed firecracker started ahead: a start that stopped once its API listened,
+// before any configuration. Its files are those the VM that takes it gets.
+type warmJail struct {
+	s              *starter
+	stdout, stderr *os.File
+}
+
+// WarmJails keeps n warm jails ready for VMs like tmpl: jailed firecrackers started ahead,
+// through the jailer, that wait for their configuration. A jailed Start whose spec matches
+// tmpl takes a ready one instead of running the jailer, whose own work is about half a direct
+// start: the jail's directory and its uid lease take the VM's name, and the VM is configured
+// and booted as any other. A replacement is made in the background once that start is done.
+//
+// A spec matches tmpl when firecracker would be started the same way: the same JailerSpec,
+// LogLevel, Metrics, EnablePCI, ExtraArgs and SerialInput. Only owned starts (not Detached) in
+// BootModeAPI without a Network take warm jails, and tmpl may ask for no cgroup limits: each
+// of these is fixed when firecracker starts. A warm jail's firecracker keeps the ID it was
+// started with, jailer.WarmIDPrefix and 16 hex digits, which its log lines name.
+//
+// WarmJails returns once n are ready, or with the error that stopped it. A later call changes
+// the count, or replaces the template (the warm jails of the old one go); n = 0 removes them
+// all, as Close does. Warm jails belong to this process, as owned VMs do: they end with it,
+// and reaping removes what they leave. List does not show them.
+func (mgr *Manager) WarmJails(ctx context.Context, tmpl MachineSpec, n int) error {
+	if n < 0 {
+		return fmt.Errorf("warm jails: count %d is negative", n)
+	}
+	tmpl = tmpl.WithDefaults()
+	if err := warmable(tmpl); err != nil {
+		return fmt.Errorf("warm jails: %w", err)
+	}
+	if errs := tmpl.Jailer.problems(); len(errs) > 0 {
+		return fmt.Errorf("warm jails: %w", errors.Join(errs...))
+	}
+	p := &mgr.warm
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("warm jails: %w", ErrClosed)
+	}
+	var drop []*warmJail
+	if key := warmKey(tmpl); key != p.key {
+		drop, p.ready, p.key, p.tmpl = p.ready, nil, key, tmpl
+	}
+	if len(p.ready) > n {
+		drop = append(drop, p.ready[n:]...)
+		p.ready = append([]*warmJail(nil), p.ready[:n]...)
+	}
+	p.want, p.err = n, nil
+	p.cond.L = &p.mu
+	p.wg.Add(1)
+	p.mu.Unlock()
+	discardWarm(drop)
+	mgr.fillWarm(ctx)
+	p.wg.Done()
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.ready) < p.want && p.making > 0 {
+		p.cond.Wait() // a background fill under way
+	}
+	if len(p.ready) < p.want {
+		err := p.err
+		if err == nil {
+			err = errors.New("the manager was closed meanwhile, or another call changed the pool")
+		}
+		return fmt.Errorf("warm jails: %d of %d ready: %w", len(p.ready), p.want, err)
+	}
+	return nil
+}
+
+// warmable reports why spec cannot be served by a warm jail: what it asks for is fixed when
+// firecracker starts, before a warm jail knows its VM.
+func warmable(spec MachineSpec) error {
+	switch js := spec.Jailer; {
+	case js == nil:
+		return errors.New("the spec has no JailerSpec: warm jails are jailed firecrackers")
+	case spec.BootMode == BootModeConfigFile:
+		return errors.New("a config-file boot passes its configuration when firecracker starts: use BootModeAPI")
+	case spec.Network != nil:
+		return errors.New("a VM with a Network has firecracker join its network namespace as it starts: warm jails serve VMs without one")
+	case !js.limits().IsZero() || js.CgroupVersion != 0:
+		return errors.New("cgroup limits (CPUQuota, MemoryLimit, Cpuset, CgroupVersion) name the jail's cgroups as firecracker starts: warm jails serve VMs without them")
+	}
+	return nil
+}
+
+// warmKey is what firecracker is started with for spec: a warm jail serves the specs of its
+// template's key.
+func warmKey(spec MachineSpec) string {
+	b, _ := json.Marshal(struct { // all of these marshal
+		Jailer      *JailerSpec
+		LogLevel    fcapi.LogLevel
+		Metrics     bool
+		EnablePCI   bool
+		ExtraArgs   []string
+		SerialInput bool
+	}{spec.Jailer, spec.LogLevel, spec.Metrics, spec.EnablePCI, spec.ExtraArgs, spec.SerialInput})
+	return string(b)
+}
+
+// fillWarm makes warm jails, one at a time, until the pool has or makes as many as it wants.
+func (mgr *Manager) fillWarm(ctx context.Context) {
+	p := &mgr.warm
+	for {
+		p.mu.Lock()
+		if p.closed || len(p.ready)+p.making >= p.want {
+			p.mu.Unlock()
+			return
+		}
+		p.making++
+		key, tmpl := p.key, p.tmpl
+		p.mu.Unlock()
+
+		w, err := mgr.makeWarm(ctx, tmpl)
+		var drop *warmJail
+		p.mu.Lock()
+		p.making--
+		switch {
+		case err != nil:
+			p.err = err
+		case p.closed || key != p.key || len(p.ready) >= p.want:
+			drop = w
+		default:
+			p.ready, p.err = append(p.ready, w), nil
+		}
+		p.cond.Broadcast()
+		p.mu.Unlock()
+		if drop != nil {
+			discardWarm([]*warmJail{drop})
+		}
+		if err != nil {
+			mgr.log.Warn("make a warm jail", "err", err)
+			return
+		}
+	}
+}
+
+// makeWarm starts a warm jail for VMs like tmpl.
+func (mgr *Manager) makeWarm(ctx context.Context, tmpl MachineSpec) (*warmJail, error) {
+	spec := tmpl
+	spec.Name = jailer.NewWarmID()
+	s := &starter{mgr: mgr, spec: spec, prov: apiBoot{}, log: mgr.log.With("warm_jail", spec.Name),
+		begin: time.Now(), warming: true}
+	w, err := s.makeWarm(ctx)
+	if err != nil {
+		s.rollback(ctx)
+		return nil, err
+	}
+	s.log.Debug("warm jail ready", "took", time.Since(s.begin))
+	return w, nil
+}
+
+// makeWarm runs the steps of a jailed start that come before the configuration: a directory
+// under the warm ID, the jail, the files, and firecracker through the jailer, until its API
+// listens.
+func (s *starter) makeWarm(ctx context.Context) (*warmJail, error) {
+	var err error
+	if s.bin, s.version, err = s.mgr.Firecracker(ctx); err != nil {
+		return nil, err
+	}
+	s.exe, _ = filepath.EvalSymlinks(s.bin)
+	if s.dir, err = s.mgr.root.Create(ctx, s.spec.Name); err != nil {
+		return nil, err
+	}
+	s.push(s.dir.Remove)
+	if err := s.prepareJail(ctx); err != nil {
+		return nil, err
+	}
+	stdout, stderr, err := s.createFiles()
+	if err != nil {
+		return nil, err
+	}
+	w := &warmJail{s: s, stdout: stdout, stderr: stderr}
+	err = s.ownJailLogs()
+	if err == nil {
+		err = s.spawn(fcapi.VMConfig{}, stdout, stderr)
+	}
+	if err == nil {
+		err = s.dir.WriteState(s.state())
+	}
+	if err == nil {
+		err = fcapi.WaitListening(ctx, s.dir.APISocket, s.proc.Done())
+	}
+	if err != nil {
+		w.closeFiles()
+		return nil, err
+	}
+	return w, nil
+}
+
+// closeFiles closes the files the warm jail holds for its VM.
+func (w *warmJail) closeFiles() {
+	w.stdout.Close()
+	w.stderr.Close()
+	if w.s.stdin != nil {
+		w.s.stdin.Close()
+	}
+}
+
+// discardWarm ends warm jails and removes what they leave.
+func discardWarm(ws []*warmJail) {
+	for _, w := range ws {
+		w.closeFiles()
+		w.s.rollback(context.Background())
+	}
+}
+
+// takeWarm hands s a ready warm jail of its spec's key, if there is one (refillWarm replaces
+// it).
+func (mgr *Manager) takeWarm(s *starter) *warmJail {
+	if _, api := s.prov.(apiBoot); !api || s.warming || s.opts.detached || warmable(s.spec) != nil {
+		return nil
+	}
+	key := warmKey(s.spec)
+	p := &mgr.warm
+	p.mu.Lock()
+	var w *warmJail
+	var dead []*warmJail
+	for w == nil && !p.closed && p.key == key && len(p.ready) > 0 {
+		w, p.ready = p.ready[0], p.ready[1:]
+		select {
+		case <-w.s.proc.Done(): // killed meanwhile
+			dead, w = append(dead, w), nil
+		default:
+			if w.s.bin != s.bin || w.s.exe != s.exe || w.s.version != s.version {
+				dead, w = append(dead, w), nil // firecracker was replaced since
+			}
+		}
+	}
+	p.mu.Unlock()
+	discardWarm(dead)
+	return w
+}
+
+// refillWarm has the warm jails taken replaced in the background. A start that took one calls
+// it once it is done, so that the replacement does not compete with it for the host.
+func (mgr *Manager) refillWarm() {
+	p := &mgr.warm
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || len(p.ready)+p.making >= p.want {
+		return
+	}
+	p.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), warmTimeout)
+		defer cancel()
+		mgr.fillWarm(ctx)
+	})
+}
+
+// adoptWarm makes the warm jail w this start's: the jail's directory and uid lease take the
+// VM's name, its console and stderr become the VM's, the VM's record names the jail, and the
+// warm jail's own directory goes. Undoing the start undoes the warm jail.
+func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
+	m := w.s
+	removed := false
+	warmDir := m.undo[0]
+	s.push(func(ctx context.Context) error {
+		if removed {
+			return nil
+		}
+		return warmDir(ctx)
+	})
+	s.undo = append(s.undo, m.undo[1:]...)
+	m.undo = nil
+	s.jail, s.proc, s.serial, s.stdin, s.warm = m.jail, m.proc, m.serial, m.stdin, w
+	name := s.spec.Name
+	if err := s.jail.tree.Rename(name); err != nil {
+		return err
+	}
+	s.jail.cfg.ID = name
+	if s.jail.lease != "" {
+		ids, err := s.mgr.jailIDs()
+		if err != nil {
+			return err
+		}
+		_, err = ids.Transfer(ctx, s.jail.lease, name)
+		ids.Close()
+		if err != nil {
+			return err
+		}
+		s.jail.lease = name
+	}
+	s.jail.rec.Chroot = s.jail.tree.Chroot().Root
+	s.dir.UseJail(s.jail.rec)
+	links := map[string]*os.File{rundir.SerialFile: w.stdout, rundir.StderrFile: w.stderr}
+	if s.stdin != nil {
+		links[rundir.SerialInFile] = s.stdin
+	}
+	for name, f := range links {
+		if err := s.dir.LinkFile(f, name); err != nil {
+			return err
+		}
+	}
+	if err := s.dir.WriteState(s.state()); err != nil {
+		return err
+	}
+	removed = true
+	if err := warmDir(ctx); err != nil {
+		s.log.Warn("remove a taken warm jail's directory", "warm_jail", m.spec.Name, "err", err)
+	}
+	s.log.Debug("took a warm jail", "warm_jail", m.spec.Name, "pid", s.proc.PID())
+	return nil
+}
+
+// closeWarm removes the warm jails, for Close: none is made after it.
+func (mgr *Manager) closeWarm() {
+	p := &mgr.warm
+	p.mu.Lock()
+	p.closed = true
+	ready := p.ready
+	p.ready = nil
+	p.mu.Unlock()
+	p.wg.Wait()
+	discardWarm(ready)
+}

@@ -1,0 +1,304 @@
+package smartvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smartvm/smartvm/internal/jailer"
+	"github.com/smartvm/smartvm/internal/proc"
+	"github.com/smartvm/smartvm/internal/rundir"
+	"github.com/smartvm/smartvm/internal/testguest"
+	"github.com/smartvm/smartvm/internal/testutil"
+)
+
+// warmIDs returns the warm jails' IDs under the chroot base, sorted.
+func warmIDs(t *testing.T, base string) []string {
+	t.Helper()
+	ents, _ := os.ReadDir(filepath.Join(base, "firecracker"))
+	var ids []string
+	for _, e := range ents {
+		if jailer.IsWarmID(e.Name()) {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids
+}
+
+// shortJailBase returns a chroot base short enough for a warm jail's API socket path: a test's
+// own temporary directory, named after the test, may be too long.
+func shortJailBase(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "wj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "jailer")
+}
+
+// warmUp makes n warm jails under base for a counter guest, and returns its spec and the
+// jails' IDs.
+func warmUp(t *testing.T, ctx context.Context, mgr *Manager, base string, n int) (MachineSpec, []string) {
+	t.Helper()
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	if err := mgr.WarmJails(ctx, spec, n); err != nil {
+		t.Fatal(err)
+	}
+	ids := warmIDs(t, base)
+	if len(ids) != n {
+		t.Fatalf("warm jails %v, want %d", ids, n)
+	}
+	return spec, ids
+}
+
+// runIDOf returns the --id firecracker pid was started with.
+func runIDOf(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Split(string(b), "\x00")
+	if i := slices.Index(args, "--id"); i >= 0 && i+1 < len(args) {
+		return args[i+1]
+	}
+	return ""
+}
+
+// waitWarm waits until n warm jails are under base (a refill runs in the background).
+func waitWarm(t *testing.T, base string, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for {
+		ids := warmIDs(t, base)
+		if len(ids) == n || time.Now().After(deadline) {
+			return ids
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A jailed start takes a warm jail made ahead: the jail and its uid lease take the VM's name,
+// the VM runs in it as in a jail of its own, a replacement is made, and nothing is left once
+// the VM, then the pool, ends. A spec that does not match starts its own jail.
+func TestWarmJails(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	mgr := newManager(t, root, bin)
+	base := shortJailBase(t)
+	disk := filepath.Join(filepath.Dir(base), "disk.img") // on the chroot base's filesystem
+	os.WriteFile(disk, make([]byte, 4096), 0o640)
+	os.Chown(disk, 1234, 1234)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, warm := warmUp(t, ctx, mgr, base, 2)
+	if infos, err := mgr.List(ctx); err != nil || len(infos) != 0 {
+		t.Errorf("List shows warm jails: %+v, %v", infos, err)
+	}
+
+	spec.Name = "took-warm"
+	spec.Drives = []DriveSpec{{ID: "data", Path: disk, Persistent: true}}
+	m := start(t, mgr, spec)
+	if id := runIDOf(t, m.PID()); !slices.Contains(warm, id) {
+		t.Errorf("firecracker runs with --id %q, not one of the warm jails %v", id, warm)
+	}
+	chroot := filepath.Join(base, "firecracker", spec.Name, "root")
+	if got := m.APISocket(); got != filepath.Join(chroot, "run", "api.sock") {
+		t.Errorf("API socket %s, want the host path in the jail renamed for the vm", got)
+	}
+	uid := strings.Fields(procStatus(t, m.PID(), "Uid"))[0]
+	leases, err := os.ReadFile(filepath.Join(root, jailIDsDir, uid))
+	if err != nil || strings.TrimSpace(string(leases)) != spec.Name {
+		t.Errorf("uid %s's lease holder %q (%v), want the vm's name", uid, leases, err)
+	}
+	var st syscall.Stat_t
+	syscall.Stat(disk, &st)
+	if strconv.Itoa(int(st.Uid)) != uid {
+		t.Errorf("persistent drive is owned by %d while the jail runs as %s", st.Uid, uid)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "vms", spec.Name, rundir.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var state rundir.State
+	json.Unmarshal(b, &state)
+	if state.Jail == nil || state.Jail.Chroot != chroot || state.PID != m.PID() {
+		t.Errorf("state.json: pid %d, jail %+v", state.PID, state.Jail)
+	}
+	followConsole(t, m).waitFor(t, testguest.TickLine(0))
+	// Another process's view: the VM, adoptable; no warm jail.
+	other := newManager(t, root, bin)
+	if infos, err := other.List(ctx); err != nil || len(infos) != 1 || infos[0].Name != spec.Name || infos[0].State != StateRunning {
+		t.Errorf("List = %+v, %v", infos, err)
+	}
+	if left := waitWarm(t, base, 2); len(left) != 2 || slices.Contains(left, runIDOf(t, m.PID())) {
+		t.Errorf("warm jails after the take %v: want 2 others", left)
+	}
+
+	cold := spec
+	cold.Name, cold.Drives, cold.Metrics = "cold", nil, true // started differently
+	c := start(t, mgr, cold)
+	if id := runIDOf(t, c.PID()); id != "cold" {
+		t.Errorf("a spec of another key ran in a warm jail (--id %q)", id)
+	}
+	for _, vm := range []*Machine{m, c} {
+		if err := vm.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		vm.Close()
+	}
+	syscall.Stat(disk, &st)
+	if st.Uid != 1234 {
+		t.Errorf("persistent drive not given back: uid %d", st.Uid)
+	}
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
+}
+
+// Close removes the warm jails; so does a new template.
+func TestWarmJailsReplaced(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	mgr, err := NewManager(WithRuntimeDir(root), WithFirecrackerBinary(bin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := shortJailBase(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, first := warmUp(t, ctx, mgr, base, 1)
+	spec.Metrics = true
+	if err := mgr.WarmJails(ctx, spec, 1); err != nil {
+		t.Fatal(err)
+	}
+	if now := warmIDs(t, base); len(now) != 1 || slices.Equal(now, first) {
+		t.Errorf("warm jails %v after a new template, were %v", now, first)
+	}
+	if err := mgr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
+	if err := mgr.WarmJails(ctx, spec, 1); !errors.Is(err, ErrClosed) {
+		t.Errorf("WarmJails after Close: %v", err)
+	}
+}
+
+func TestWarmJailsRefused(t *testing.T) {
+	testutil.RequiresRoot(t)
+	root := testRoot(t)
+	mgr := newManager(t, root, fakeJailPair(t))
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	jailed := func(edit func(*MachineSpec)) MachineSpec {
+		s := spec
+		s.Jailer = &JailerSpec{ChrootBase: filepath.Join(t.TempDir(), "jailer")}
+		edit(&s)
+		return s
+	}
+	long := jailed(func(s *MachineSpec) { s.Jailer.ChrootBase = "/" + strings.Repeat("j", 60) })
+	if err := mgr.WarmJails(t.Context(), long, 1); err == nil || !strings.Contains(err.Error(), "shorter chroot base") {
+		t.Errorf("warm jails whose api socket path is too long: %v", err)
+	}
+	for _, tc := range []struct {
+		spec MachineSpec
+		n    int
+		want string
+	}{
+		{spec, 1, "no JailerSpec"},
+		{jailed(func(s *MachineSpec) { s.BootMode = BootModeConfigFile }), 1, "config-file boot"},
+		{jailed(func(s *MachineSpec) { s.Network = &NetworkSpec{} }), 1, "Network"},
+		{jailed(func(s *MachineSpec) { s.Jailer.MemoryLimit = 1 << 30 }), 1, "cgroup limits"},
+		{jailed(func(s *MachineSpec) { s.Jailer.UID = 5 }), 1, "give both"},
+		{jailed(func(*MachineSpec) {}), -1, "negative"},
+	} {
+		err := mgr.WarmJails(t.Context(), tc.spec, tc.n)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("WarmJails(%+v, %d) = %v, want an error about %q", tc.spec, tc.n, err, tc.want)
+		}
+	}
+	spec.Name = jailer.NewWarmID()
+	if err := spec.Validate(); err == nil || !strings.Contains(err.Error(), "warm jails") {
+		t.Errorf("a VM named as a warm jail: %v", err)
+	}
+}
+
+// The owner's SIGKILL ends its warm jails and the VM that took one at once, and the next
+// manager reaps them all.
+func TestWarmJailsOwnerKilled(t *testing.T) {
+	testutil.RequiresRoot(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Name = "warm-owner"
+	base := shortJailBase(t)
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	cmd, pid := runOwner(t, ownerArgs{Root: root, Binary: bin, Spec: spec, Warm: 1})
+	st, err := proc.StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := runIDOf(t, pid); !jailer.IsWarmID(id) {
+		t.Errorf("the owner's VM runs with --id %q, not in a warm jail", id)
+	}
+	warm := waitWarm(t, base, 1)
+	if len(warm) != 1 {
+		t.Fatalf("warm jails %v: the replacement was not made", warm)
+	}
+	killOwner(t, cmd)
+	testutil.GoneWithin(t, pid, st, time.Second)
+	deadline := time.Now().Add(waitLong)
+	for jailer.Running(warm[0]) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	newManager(t, root, bin) // reaps
+	jailLeft(t, base, root)
+}
+
+// A VM in a warm jail of the real jailer boots, pauses, resumes and snapshots; its snapshot
+// restores into a jail of its own; and nothing is left.
+func TestRealWarmJail(t *testing.T) {
+	jailerBin, _ := testutil.JailerBins(t)
+	bin := testutil.FirecrackerBin(t) // skips without /dev/kvm: this one boots a guest
+	testutil.CheckLeaks(t)
+	root := testRoot(t)
+	mgr := newManager(t, root, bin, WithJailerBinary(jailerBin))
+	base := shortJailBase(t)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	if err := mgr.WarmJails(ctx, spec, 1); err != nil {
+		t.Fatal(err)
+	}
+	spec.Name = "real-warm"
+	m := start(t, mgr, spec)
+	if id := runIDOf(t, m.PID()); !jailer.IsWarmID(id) {
+		t.Fatalf("firecracker runs with --id %q, not in a warm jail", id)
+	}
+	if ns := strings.Fields(procStatus(t, m.PID(), "NSpid")); ns[len(ns)-1] != "1" {
+		t.Errorf("NSpid %v: not PID 1 of its namespace", ns)
+	}
+	if caps := procStatus(t, m.PID(), "CapEff"); caps != "0000000000000000" {
+		t.Errorf("CapEff %s: firecracker has capabilities", caps)
+	}
+	jailedLifecycle(t, ctx, mgr, m)
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
+}
