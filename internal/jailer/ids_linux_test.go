@@ -81,3 +81,32 @@ func TestIDsConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// Transfer hands a lease over whole, and refuses a holder that has none or a taker that has
+// one.
+func TestIDsTransfer(t *testing.T) {
+	ctx := t.Context()
+	ids := openTestIDs(t, 1_900_000_200, 3)
+	warm, _ := ids.Allocate(ctx, "smartvm-warm-0123456789abcdef")
+	other, _ := ids.Allocate(ctx, "other")
+	uid, err := ids.Transfer(ctx, "smartvm-warm-0123456789abcdef", "vm")
+	if err != nil || uid != warm {
+		t.Fatalf("Transfer = %d, %v; want %d", uid, err, warm)
+	}
+	leases, err := ids.Leases(ctx)
+	if err != nil || len(leases) != 2 || leases[warm] != "vm" || leases[other] != "other" {
+		t.Errorf("Leases after the transfer = %v, %v", leases, err)
+	}
+	if _, err := ids.Transfer(ctx, "smartvm-warm-0123456789abcdef", "vm2"); err == nil {
+		t.Error("a holder with no lease handed one over")
+	}
+	if _, err := ids.Transfer(ctx, "vm", "other"); err == nil {
+		t.Error("a lease handed to a holder of another")
+	}
+	if err := ids.Release(ctx, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	if leases, _ := ids.Leases(ctx); len(leases) != 1 {
+		t.Errorf("Leases after releasing the taker = %v", leases)
+	}
+}

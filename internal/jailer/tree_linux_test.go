@@ -144,3 +144,45 @@ func TestPrepareUntrustedBase(t *testing.T) {
 		t.Error("a chroot base writable by everyone was accepted")
 	}
 }
+
+// Rename moves a jail to a new ID without replacing one there, and Remove then removes it
+// under its new name.
+func TestTreeRename(t *testing.T) {
+	testutil.RequiresRoot(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	warm := NewWarmID()
+	if !IsWarmID(warm) || IsWarmID("vm-1") || IsWarmID(WarmIDPrefix+"0123456789ABCDEF") || IsWarmID(warm+"0") {
+		t.Errorf("IsWarmID disagrees with NewWarmID (%s)", warm)
+	}
+	tr, err := Prepare(Config{ID: warm, ExecFile: "/opt/firecracker", UID: 4747, GID: 4747, ChrootBase: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Mkdir("run"); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := Prepare(Config{ID: "taken", ExecFile: "/opt/firecracker", UID: 4747, GID: 4747, ChrootBase: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken.Close()
+	if err := tr.Rename("taken"); !errors.Is(err, ErrJailExists) {
+		t.Errorf("Rename onto another jail: %v, want ErrJailExists", err)
+	}
+	if err := tr.Rename("vm-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Chroot().Root; got != filepath.Join(base, "firecracker", "vm-1", "root") {
+		t.Errorf("chroot after Rename: %s", got)
+	}
+	if _, err := os.Stat(filepath.Join(tr.Chroot().Root, "run")); err != nil {
+		t.Errorf("the jail's contents did not move: %v", err)
+	}
+	if err := tr.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(base, "firecracker", "vm-1")); !os.IsNotExist(err) {
+		t.Errorf("renamed jail left after Remove: %v", err)
+	}
+}
