@@ -90,8 +90,8 @@ func (mgr *Manager) WarmJails(ctx context.Context, tmpl MachineSpec, n int) erro
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for len(p.ready) < p.want && p.making > 0 {
-		p.cond.Wait() // a background fill under way
+	for p.making > 0 {
+		p.cond.Wait() // a background fill under way: it ends ready, or removed if surplus
 	}
 	if len(p.ready) < p.want {
 		err := p.err
@@ -147,22 +147,24 @@ func (mgr *Manager) fillWarm(ctx context.Context) {
 		p.mu.Unlock()
 
 		w, err := mgr.makeWarm(ctx, tmpl)
-		var drop *warmJail
 		p.mu.Lock()
+		if err == nil && (p.closed || key != p.key || len(p.ready) >= p.want) {
+			// Not wanted any more: gone before it stops counting as being made, so that a
+			// caller waiting for the pool to settle never sees it left.
+			p.mu.Unlock()
+			discardWarm([]*warmJail{w})
+			p.mu.Lock()
+			w = nil
+		}
 		p.making--
 		switch {
 		case err != nil:
 			p.err = err
-		case p.closed || key != p.key || len(p.ready) >= p.want:
-			drop = w
-		default:
+		case w != nil:
 			p.ready, p.err = append(p.ready, w), nil
 		}
 		p.cond.Broadcast()
 		p.mu.Unlock()
-		if drop != nil {
-			discardWarm([]*warmJail{drop})
-		}
 		if err != nil {
 			mgr.log.Warn("make a warm jail", "err", err)
 			return
