@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
@@ -215,7 +216,7 @@ func TestRestoreRefusesHostileSnapshots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mgr.Restore(ctx, snap, RestoreSpec{}); err == nil || !strings.Contains(err.Error(), "too many levels of symbolic links") {
+	if _, err := mgr.Restore(ctx, snap, RestoreSpec{}); !errors.Is(err, safedir.ErrUntrusted) || !strings.Contains(err.Error(), "symbolic link") {
 		t.Errorf("drive copy that is a symlink: %v", err)
 	}
 	os.Remove(copyPath)
@@ -228,6 +229,52 @@ func TestRestoreRefusesHostileSnapshots(t *testing.T) {
 	os.Remove(filepath.Join(dir, "manifest.json"))
 	if _, err := OpenSnapshot(dir); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "interrupted") {
 		t.Errorf("snapshot without its manifest: %v", err)
+	}
+}
+
+// restageDrives reaches a snapshot's drive copies through a handle on its directory: a
+// symlink anywhere on the way (the snapshot's own path, or its drives directory swapped for a
+// link after the snapshot's files were checked) is refused, and nothing is staged from the
+// file it leads to.
+func TestRestageDrivesFollowsNoLink(t *testing.T) {
+	elsewhere := t.TempDir()
+	if err := os.WriteFile(filepath.Join(elsewhere, "scratch.img"), []byte("another vm's disk"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	snapDir := filepath.Join(t.TempDir(), "snap")
+	if err := os.MkdirAll(filepath.Join(snapDir, "drives"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(snapDir, "drives", "scratch.img"), []byte("the copy"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	linkedSnap := filepath.Join(t.TempDir(), "snap-link")
+	if err := os.Symlink(snapDir, linkedSnap); err != nil {
+		t.Fatal(err)
+	}
+	linkedDrives := filepath.Join(t.TempDir(), "snap")
+	if err := os.MkdirAll(linkedDrives, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, filepath.Join(linkedDrives, "drives")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, dir string }{
+		{"snapshot directory through a link", linkedSnap},
+		{"drives directory a link", linkedDrives},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			staged := t.TempDir()
+			s := &starter{dir: &rundir.Dir{Paths: rundir.Paths{Drives: staged}}}
+			snap := &Snapshot{Dir: tc.dir, Drives: map[string]SnapshotDrive{"scratch": {File: "drives/scratch.img"}}}
+			err := s.restageDrives(context.Background(), snap)
+			if !errors.Is(err, safedir.ErrUntrusted) {
+				t.Errorf("restage: %v, want a refusal (safedir.ErrUntrusted)", err)
+			}
+			if b, err := os.ReadFile(filepath.Join(staged, "scratch.img")); err == nil {
+				t.Errorf("staged %q through the link", b)
+			}
+		})
 	}
 }
 

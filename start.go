@@ -470,20 +470,19 @@ func (s *starter) checkVersion() error {
 }
 
 // restageDrives stages a snapshot's copies of the ephemeral drives where the VM had them. A
-// copy is opened without following a symlink (a snapshot is input, and one could point its
-// drive at any file of the host), must be a regular file of the snapshot directory's owner
-// (checkSnapshotFiles: this user), and is staged from the file it opened.
+// copy is reached through a handle on the snapshot's directory (safedir: no symlink on the
+// way, nothing another user could rename; a snapshot is input, and one could point its drive
+// at any file of the host), must be a regular file of this user (a file another user planted
+// is not one smartvm wrote), and is staged from the file it opened.
 func (s *starter) restageDrives(ctx context.Context, snap *Snapshot) error {
+	sd, err := safedir.OpenTrusted(snap.Dir, false)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", snap.Dir, err)
+	}
+	defer sd.Close()
 	for id, d := range snap.Drives {
-		src := filepath.Join(snap.Dir, d.File)
-		f, err := openNoFollow(src)
-		if err == nil {
-			err = checkOwnFile(f)
-		}
+		f, err := sd.OpenRegular(d.File)
 		if err != nil {
-			if f != nil {
-				f.Close()
-			}
 			return fmt.Errorf("drive %s of the snapshot: %w: take the snapshot again", id, err)
 		}
 		_, err = stage.Copy(ctx, fdPath(f), s.dir.Drive(id))
@@ -491,21 +490,6 @@ func (s *starter) restageDrives(ctx context.Context, snap *Snapshot) error {
 		if err != nil {
 			return fmt.Errorf("drive %s: %w", id, err)
 		}
-	}
-	return nil
-}
-
-// checkOwnFile refuses f unless it is a regular file of this user: a file another user
-// planted in a snapshot is not one smartvm wrote.
-func checkOwnFile(f *os.File) error {
-	info, err := safedir.Stat(f)
-	switch {
-	case err != nil:
-		return err
-	case !info.Mode.IsRegular():
-		return fmt.Errorf("%s is not a regular file", f.Name())
-	case info.UID != uint32(os.Geteuid()):
-		return fmt.Errorf("%s is owned by uid %d, not by this user (uid %d)", f.Name(), info.UID, os.Geteuid())
 	}
 	return nil
 }
