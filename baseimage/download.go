@@ -117,16 +117,34 @@ type fetched struct {
 
 // fetch downloads req to dst through dst+".part": it verifies size and sha256, then renames.
 // On failure the partial file is removed.
-func (m *Manager) fetch(ctx context.Context, req fetchReq, dst string) (res fetched, err error) {
+func (m *Manager) fetch(ctx context.Context, req fetchReq, dst string) (fetched, error) {
 	tmp := dst + ".part"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
-		return res, fmt.Errorf("create %s: %w", tmp, err)
+		return fetched{}, fmt.Errorf("create %s: %w", tmp, err)
 	}
+	return m.fetchTo(ctx, req, f, func() error { return os.Rename(tmp, dst) }, func() { os.Remove(tmp) })
+}
+
+// fetchAt is fetch into name beneath d: the partial file is created, renamed and removed
+// through d's handle, so no path under the cache is resolved again.
+func (m *Manager) fetchAt(ctx context.Context, req fetchReq, d *safedir.Dir, name string) (fetched, error) {
+	tmp := name + ".part"
+	f, err := d.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fetched{}, fmt.Errorf("create %s: %w", tmp, err)
+	}
+	return m.fetchTo(ctx, req, f, func() error { return d.Rename(tmp, d, name) }, func() { d.Remove(tmp) })
+}
+
+// fetchTo downloads req into f, the new partial file, verifies its size and sha256, closes it
+// and calls publish to put it in place. On failure it closes f and calls drop to remove it.
+func (m *Manager) fetchTo(ctx context.Context, req fetchReq, f *os.File, publish func() error, drop func()) (res fetched, err error) {
+	tmp := f.Name()
 	defer func() {
 		if err != nil {
 			f.Close()
-			os.Remove(tmp)
+			drop()
 		}
 	}()
 	d := &download{m: m, req: req, f: f, h: sha256.New()}
@@ -151,7 +169,7 @@ func (m *Manager) fetch(ctx context.Context, req fetchReq, dst string) (res fetc
 	if err = f.Close(); err != nil {
 		return res, fmt.Errorf("close %s: %w", tmp, err)
 	}
-	if err = os.Rename(tmp, dst); err != nil {
+	if err = publish(); err != nil {
 		return res, fmt.Errorf("rename %s: %w", tmp, err)
 	}
 	return res, nil

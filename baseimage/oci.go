@@ -532,7 +532,8 @@ func (m *Manager) ociKernel(ctx context.Context, s *staging) (Artifact, error) {
 		return Artifact{}, err
 	}
 	a := p.artifacts[0] // presetPlan puts the kernel first
-	res, err := m.fetch(ctx, fetchReq{name: a.URL[strings.LastIndex(a.URL, "/")+1:], loc: p.locs[0], size: a.Size, sha256: a.SHA256, etag: a.ETag}, filepath.Join(s.dir, fileKernel))
+	req := fetchReq{name: a.URL[strings.LastIndex(a.URL, "/")+1:], loc: p.locs[0], size: a.Size, sha256: a.SHA256, etag: a.ETag}
+	res, err := m.fetchAt(ctx, req, s.root, rel(dirStaging, s.name, fileKernel))
 	if err != nil {
 		return Artifact{}, err
 	}

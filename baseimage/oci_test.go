@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -652,6 +654,76 @@ func TestPullOCIPresetKernel(t *testing.T) {
 	r.push(t, "app:2", testImage(t, "amd64", v1.Config{Cmd: []string{"v3"}}, gzLayer(t, fileE("v", "3", 0o644, 0))))
 	if _, err := m.Pull(ctx, Source{OCI: r.ref("app:2")}); !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "images rm "+preset.ID) {
 		t.Errorf("pull with a corrupt cached kernel: %v, want ErrChecksum saying to remove %s", err, preset.ID)
+	}
+}
+
+// TestPullOCIKernelDownloadByDescriptor: the kernel of preset latest, downloaded alone into
+// the staging directory, is written and put in place through the cache's handle. The test
+// moves the cache directory aside while the kernel downloads and leaves a decoy at its path:
+// the kernel must still reach the bundle, and the decoy must get nothing.
+func TestPullOCIKernelDownloadByDescriptor(t *testing.T) {
+	needConvertTools(t)
+	bucket := newFakeBucket(t)
+	populateBucket(t, bucket)
+	r := newTestRegistry(t)
+	r.push(t, "app:1", testImage(t, "amd64", v1.Config{}, gzLayer(t, fileE("v", "1", 0o644, 0))))
+	agent := writeAgent(t, "agent")
+	const kernelKey = buildNew + "x86_64/vmlinux-6.18.40"
+	var cache, moved string
+	var away, back bool
+	var hookErr error
+	hook := func(err error) {
+		if hookErr == nil {
+			hookErr = err
+		}
+	}
+	m := testManager(t, bucket, func(o *Options) {
+		o.AgentBinary, cache, moved = agent, o.Dir, o.Dir+".moved"
+		o.Progress = func(p Progress) {
+			switch {
+			case p.File == path.Base(kernelKey) && p.Done == 0 && !away:
+				ents, err := os.ReadDir(filepath.Join(cache, dirStaging))
+				hook(err)
+				hook(os.Rename(cache, moved))
+				away = true
+				for _, e := range ents {
+					if e.IsDir() {
+						hook(os.MkdirAll(filepath.Join(cache, dirStaging, e.Name()), 0o700))
+					}
+				}
+			case p.File != path.Base(kernelKey) && away && !back:
+				hook(os.Rename(cache, cache+".decoy"))
+				hook(os.Rename(moved, cache))
+				back = true
+			}
+		}
+	})
+	b, err := m.Pull(context.Background(), Source{OCI: r.ref("app:1")})
+	if !away {
+		t.Fatal("the kernel download the test hooks into was not reported")
+	}
+	if !back { // the pull ended before the layers: put the cache back to see what it left
+		hook(os.Rename(cache, cache+".decoy"))
+		hook(os.Rename(moved, cache))
+	}
+	if hookErr != nil {
+		t.Fatalf("test hook: %v", hookErr)
+	}
+	if err != nil {
+		t.Fatalf("pull: %v (the kernel was put in place by its path, in the decoy)", err)
+	}
+	if got, _ := os.ReadFile(b.Kernel); string(got) != string(kernelBytes(kernelKey)) {
+		t.Errorf("kernel %.60q, want preset latest's", got)
+	}
+	var planted []string
+	filepath.WalkDir(cache+".decoy", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			planted = append(planted, p)
+		}
+		return nil
+	})
+	if len(planted) > 0 {
+		t.Errorf("the download wrote into the decoy at the cache's path: %v", planted)
 	}
 }
 
