@@ -19,10 +19,43 @@ import (
 // Extent is a range of a file that holds data: [Off, Off+Len).
 type Extent struct{ Off, Len int64 }
 
+// MaxExtents bounds the data extents Extents returns. A memory file is input (a snapshot),
+// and one with millions of holes would otherwise cost memory in proportion to them; 2^20
+// extents (16 MiB of them) cover a diff of an 8 GiB guest with every other page dirty.
+// Merge and Identify walk the extents without keeping them, so the bound is not theirs.
+const MaxExtents = 1 << 20
+
+// ErrTooManyExtents reports a file with more than MaxExtents data extents.
+var ErrTooManyExtents = errors.New("too many data extents")
+
 // Extents returns the data ranges of f, of size bytes, found with SEEK_DATA and SEEK_HOLE.
-// A filesystem that cannot tell reports the whole file as data.
+// A filesystem that cannot tell reports the whole file as data. A file with more than
+// MaxExtents of them gives an error wrapping ErrTooManyExtents: a caller that only reads the
+// data may take the whole file as data instead (a hole reads as zeros).
 func Extents(f *os.File, size int64) ([]Extent, error) {
+	return extents(f, size, MaxExtents)
+}
+
+// extents is Extents with the bound limit.
+func extents(f *os.File, size int64, limit int) ([]Extent, error) {
 	var e []Extent
+	err := walk(f, size, func(x Extent) error {
+		if len(e) == limit {
+			return fmt.Errorf("memory file %s: %w: more than %d ranges of data between holes, more than smartvm keeps of one file; a memory file Firecracker wrote has fewer: take the snapshot again, a full one if it was a diff",
+				f.Name(), ErrTooManyExtents, limit)
+		}
+		e = append(e, x)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// walk calls fn with each data range of f, of size bytes, in order (see Extents), and stops
+// at the first error fn returns.
+func walk(f *os.File, size int64, fn func(Extent) error) error {
 	fd := int(f.Fd())
 	for off := int64(0); off < size; {
 		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
@@ -30,23 +63,28 @@ func Extents(f *os.File, size int64) ([]Extent, error) {
 			break
 		}
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
-			return []Extent{{0, size}}, nil
+			if off > 0 {
+				return fmt.Errorf("seek data in %s: %w after offset %d", f.Name(), err, off)
+			}
+			return fn(Extent{0, size})
 		}
 		if err != nil {
-			return nil, fmt.Errorf("seek data in %s: %w", f.Name(), err)
+			return fmt.Errorf("seek data in %s: %w", f.Name(), err)
 		}
 		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
 		if err != nil {
-			return nil, fmt.Errorf("seek hole in %s: %w", f.Name(), err)
+			return fmt.Errorf("seek hole in %s: %w", f.Name(), err)
 		}
 		end = min(end, size)
 		if start >= end {
 			break
 		}
-		e = append(e, Extent{start, end - start})
+		if err := fn(Extent{start, end - start}); err != nil {
+			return err
+		}
 		off = end
 	}
-	return e, nil
+	return nil
 }
 
 // Merge writes into dst (created, which must not exist) the memory of base with each diff in
@@ -84,14 +122,14 @@ func Merge(dst string, base *os.File, diffs []*os.File) (err error) {
 	}
 	buf := make([]byte, 1<<20)
 	for _, f := range append([]*os.File{base}, diffs...) {
-		ext, err := Extents(f, size)
-		if err != nil {
-			return err
-		}
-		for _, e := range ext {
+		err := walk(f, size, func(e Extent) error {
 			if err := copyRange(out, f, e, buf); err != nil {
 				return fmt.Errorf("merge %s: %w", f.Name(), err)
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	return out.Sync()
@@ -131,21 +169,17 @@ func Identify(f *os.File, holes bool) (Identity, error) {
 	if err != nil {
 		return Identity{}, err
 	}
-	ext, err := Extents(f, fi.Size())
-	if err != nil {
-		return Identity{}, err
-	}
 	h := sha256.New()
 	buf := make([]byte, 1<<20)
 	var zero [page]byte
 	var off [8]byte
-	for _, e := range ext {
+	err = walk(f, fi.Size(), func(e Extent) error {
 		// Whole pages: an extent's edges may fall inside one.
 		start, end := e.Off/page*page, min((e.Off+e.Len+page-1)/page*page, fi.Size())
 		for pos := start; pos < end; {
 			n := min(int64(len(buf)), end-pos)
 			if _, err := f.ReadAt(buf[:n], pos); err != nil && !errors.Is(err, io.EOF) {
-				return Identity{}, fmt.Errorf("hash %s: %w", f.Name(), err)
+				return fmt.Errorf("hash %s: %w", f.Name(), err)
 			}
 			for i := int64(0); i < n; i += page {
 				p := buf[i:min(i+page, n)]
@@ -158,6 +192,10 @@ func Identify(f *os.File, holes bool) (Identity, error) {
 			}
 			pos += n
 		}
+		return nil
+	})
+	if err != nil {
+		return Identity{}, err
 	}
 	return Identity{Size: fi.Size(), SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }

@@ -2,8 +2,10 @@ package memfile
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -110,4 +112,21 @@ func mustDiffID(t *testing.T, f *os.File) Identity {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// Extents keeps at most its bound of data ranges: a file with more (a snapshot is input, and
+// one could hold millions of holes) is refused with an error naming the bound, not listed.
+func TestExtentsBound(t *testing.T) {
+	f := sparse(t, 16, map[int]byte{0: 1, 2: 1, 4: 1})
+	ext, err := Extents(f, 16*page)
+	if err != nil || len(ext) != 3 {
+		t.Fatalf("Extents: %v %v, want 3 ranges (the filesystem must support SEEK_DATA)", ext, err)
+	}
+	if ext, err := extents(f, 16*page, 3); err != nil || len(ext) != 3 {
+		t.Errorf("3 ranges with a bound of 3: %v %v", ext, err)
+	}
+	ext, err = extents(f, 16*page, 2)
+	if !errors.Is(err, ErrTooManyExtents) || !strings.Contains(err.Error(), "more than 2 ranges") || ext != nil {
+		t.Errorf("3 ranges with a bound of 2: %v %v, want ErrTooManyExtents naming the bound", ext, err)
+	}
 }

@@ -29,10 +29,6 @@ type Options struct {
 	Prefault []int64
 }
 
-// maxExtents bounds the data extents kept of a sparse memory file; past it, the whole file is
-// served as data (correct, only without the zero-page shortcut).
-const maxExtents = 1 << 20
-
 // handshakeTimeout bounds waiting for a connected Firecracker's handshake.
 const handshakeTimeout = 10 * time.Second
 
@@ -105,14 +101,16 @@ func open(f *os.File, opts Options) (*Server, error) {
 	}, nil
 }
 
-// dataExtents lists the data ranges of f (memfile.Extents), as the server keeps them.
+// dataExtents lists the data ranges of f (memfile.Extents), as the server keeps them. Past
+// memfile.MaxExtents of them the whole file is served as data: correct, only without the
+// zero-page shortcut for its holes.
 func dataExtents(f *os.File, size int64) (extents, error) {
 	ext, err := memfile.Extents(f, size)
+	if errors.Is(err, memfile.ErrTooManyExtents) {
+		return extents{{0, size}}, nil
+	}
 	if err != nil {
 		return nil, err
-	}
-	if len(ext) > maxExtents {
-		return extents{{0, size}}, nil
 	}
 	e := make(extents, len(ext))
 	for i, x := range ext {
