@@ -105,13 +105,31 @@ func debugfsExists(ctx context.Context, debugfs, image, path string) (bool, erro
 	return false, fmt.Errorf("debugfs %s: %s", image, strings.TrimSpace(tail(stderr.Bytes(), 512)))
 }
 
+// maxAgentSize bounds the agent binary read into memory to be installed in a converted image:
+// smartvm-agent is about 16 MiB, and smartvm itself, which can serve as the agent, about 26.
+const maxAgentSize = 128 << 20
+
+// readAgent reads the agent binary at path (Options.AgentBinary): a regular file (opened
+// without blocking, so a FIFO is refused rather than waited on) of at most maxAgentSize bytes.
+func readAgent(path string) ([]byte, error) {
+	data, err := readInput(path, maxAgentSize)
+	if err != nil {
+		return nil, fmt.Errorf("agent binary: %w", err)
+	}
+	if len(data) > maxAgentSize {
+		return nil, fmt.Errorf("agent binary %s is larger than %d MiB, the most smartvm installs: give the static smartvm-agent (CGO_ENABLED=0 go build ./cmd/smartvm-agent; about 16 MiB)",
+			path, maxAgentSize>>20)
+	}
+	return data, nil
+}
+
 // installAgentTree copies agent into an unpacked tree with its unit, enabled. It never
 // follows a symlink out of the tree. As root it sets owners to root; otherwise it returns the
 // fixups for applyOwnership.
 func installAgentTree(tree, agent string, asRoot bool) ([]fsEntry, error) {
-	data, err := os.ReadFile(agent)
+	data, err := readAgent(agent)
 	if err != nil {
-		return nil, fmt.Errorf("agent binary: %w", err)
+		return nil, err
 	}
 	r, err := os.OpenRoot(tree)
 	if err != nil {

@@ -614,9 +614,9 @@ func (m *Manager) convertOCI(ctx context.Context, sd *safedir.Dir, label string,
 			return err
 		}
 	}
-	agent, err := os.ReadFile(m.agentBinary)
+	agent, err := readAgent(m.agentBinary)
 	if err != nil {
-		return fmt.Errorf("agent binary: %w", err)
+		return err
 	}
 	initJSON, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {

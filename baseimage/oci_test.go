@@ -727,6 +727,27 @@ func TestPullOCIKernelDownloadByDescriptor(t *testing.T) {
 	}
 }
 
+// TestPullOCIAgentTooLarge: the agent binary comes from the caller and is read into memory:
+// one larger than maxAgentSize is refused with an error naming the limit, and nothing is
+// cached.
+func TestPullOCIAgentTooLarge(t *testing.T) {
+	r := newTestRegistry(t)
+	r.push(t, "app:1", testImage(t, "amd64", v1.Config{}, gzLayer(t, fileE("v", "1", 0o644, 0))))
+	agent := filepath.Join(t.TempDir(), "smartvm-agent")
+	if err := os.WriteFile(agent, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(agent, maxAgentSize+1); err != nil { // sparse: costs no disk
+		t.Fatal(err)
+	}
+	m := ociManager(t, func(o *Options) { o.AgentBinary = agent })
+	_, err := m.Pull(context.Background(), Source{OCI: r.ref("app:1")})
+	if err == nil || !strings.Contains(err.Error(), "larger than 128 MiB") || !strings.Contains(err.Error(), agent) {
+		t.Errorf("pull with a %d-byte agent: %v, want a refusal naming the agent and the limit", maxAgentSize+1, err)
+	}
+	assertNothingCached(t, m)
+}
+
 // TestPullOCIEviction: OCI bundles follow the cache's rules: with Keep 1, installing a second
 // image warns about the first and evicts it, unless it is in use.
 func TestPullOCIEviction(t *testing.T) {

@@ -88,8 +88,9 @@ type Options struct {
 	// Default DefaultStallTimeout.
 	StallTimeout time.Duration
 	// AgentBinary is a static smartvm-agent that root filesystems converted from squashfs get
-	// at AgentPath, with AgentUnit enabled. Default: none. Bundles already in the cache keep
-	// what they were converted with.
+	// at AgentPath, with AgentUnit enabled (and OCI images as init). It must be a regular
+	// file of at most 128 MiB, read whole into memory. Default: none. Bundles already in the
+	// cache keep what they were converted with.
 	AgentBinary string
 	// Kernel is the uncompressed kernel (vmlinux) that bundles converted from OCI images
 	// (Source.OCI) get, copied into each. Default: the kernel of preset latest, from its cached
