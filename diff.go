@@ -220,13 +220,13 @@ type lastSnapshot struct {
 
 // noteSnapshot records snap as the VM's last snapshot; nil clears the record, which a
 // snapshot does before it starts so that a failure leaves no stale base behind.
-func noteSnapshot(d *rundir.Dir, snap *Snapshot) error {
+func noteSnapshot(ctx context.Context, d *rundir.Dir, snap *Snapshot) error {
 	var n lastSnapshot
 	if snap != nil && snap.Memory != nil {
 		n = lastSnapshot{Dir: snap.Dir, SHA256: snap.Memory.SHA256}
 	}
 	b, _ := json.Marshal(n)
-	return d.WriteNote(lastSnapshotNote, b)
+	return d.WriteNote(ctx, lastSnapshotNote, b)
 }
 
 // checkDiffBase refuses a base other than the VM's last snapshot.

@@ -243,7 +243,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 			return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 		}
 	}
-	if err := noteSnapshot(m.dir, nil); err != nil {
+	if err := noteSnapshot(ctx, m.dir, nil); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
 	t0 := time.Now()
@@ -314,7 +314,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, base *Snapshot) (sna
 	if err := sd.WriteFileAtomic(snapshotManifest, append(b, '\n'), 0o600); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot vm %s: %w", m.name, err)
 	}
-	if err := noteSnapshot(m.dir, &snap); err != nil {
+	if err := noteSnapshot(ctx, m.dir, &snap); err != nil {
 		m.log.Warn("record the last snapshot: diffs are refused until the next full snapshot", "err", err)
 	}
 	m.log.Info("vm snapshot taken", "dir", abs, "took", time.Since(t0))
@@ -613,7 +613,7 @@ func (l snapshotLoad) load(ctx context.Context, s *starter) error {
 	if err != nil {
 		return s.fail("PUT /snapshot/load", err)
 	}
-	if err := noteSnapshot(s.dir, snap); err != nil {
+	if err := noteSnapshot(ctx, s.dir, snap); err != nil {
 		return s.fail("record the snapshot", err)
 	}
 	if len(data) == 0 {

@@ -683,17 +683,11 @@ func (d *Dir) checkOwnName(op, name string) error {
 }
 
 func (d *Dir) createFile(ctx context.Context, name string, flag int) (*os.File, error) {
-	rl, err := d.root.lock(ctx)
+	rl, err := d.lockLive(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("create %s in vm dir %s: %w", name, d.name, err)
 	}
 	defer rl.Unlock()
-	if id, err := d.root.readID(d.name); err != nil || id != d.id {
-		return nil, fmt.Errorf("create %s in vm dir %s: the vm has ended and its directory is gone: %w", name, d.name, ErrNotFound)
-	}
-	if st, err := d.root.readState(d.name); err == nil && st.Exit != nil {
-		return nil, fmt.Errorf("create %s in vm dir %s: the vm has ended and is kept as exited: %w", name, d.name, ErrExited)
-	}
 	f, err := d.root.vms.OpenFile(d.name+"/"+name, flag, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create %s in vm dir %s: %w", name, d.name, err)
@@ -710,6 +704,26 @@ func (d *Dir) LinkFile(f *os.File, name string) error {
 		return fmt.Errorf("link %q into vm dir %s: only its console, stderr and serial input are linked", name, d.name)
 	}
 	return d.root.vms.Link(f, d.name+"/"+name)
+}
+
+// lockLive takes root.lock for a write into this VM's directory and checks under it that the
+// directory is still this incarnation's (else an error wrapping ErrNotFound) and that the VM
+// is not kept as exited (ErrExited): a removal or Keep cannot then happen halfway through the
+// write, and a newer VM of the same name never gets the file. The caller releases the lock.
+func (d *Dir) lockLive(ctx context.Context) (*safedir.Lock, error) {
+	rl, err := d.root.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if id, err := d.root.readID(d.name); err != nil || id != d.id {
+		rl.Unlock()
+		return nil, fmt.Errorf("the vm has ended and its directory is gone: %w", ErrNotFound)
+	}
+	if st, err := d.root.readState(d.name); err == nil && st.Exit != nil {
+		rl.Unlock()
+		return nil, fmt.Errorf("the vm has ended and is kept as exited: %w", ErrExited)
+	}
+	return rl, nil
 }
 
 // MarkSnapshot records that a snapshot is pausing the VM (SnapshotMarkFile), until
@@ -1332,11 +1346,19 @@ func (r *Root) WriteCache(name string, data []byte) error {
 }
 
 // WriteNote replaces the small file name in the VM's directory atomically, for facts kept
-// beside state.json (such as the VM's last snapshot). name follows CreateFile's rules.
-func (d *Dir) WriteNote(name string, data []byte) error {
+// beside state.json (such as the VM's last snapshot). name follows CreateFile's rules. Like
+// CreateFile it takes root.lock, waiting while ctx allows, and fails with an error wrapping
+// ErrNotFound when the directory is gone or belongs to a newer VM of the same name, or
+// ErrExited once the VM is kept as exited.
+func (d *Dir) WriteNote(ctx context.Context, name string, data []byte) error {
 	if err := d.checkOwnName("write", name); err != nil {
 		return err
 	}
+	rl, err := d.lockLive(ctx)
+	if err != nil {
+		return fmt.Errorf("write %s of vm %s: %w", name, d.name, err)
+	}
+	defer rl.Unlock()
 	if err := d.root.vms.WriteFileAtomic(d.name+"/"+name, data, 0o600); err != nil {
 		return fmt.Errorf("write %s of vm %s: %w", name, d.name, err)
 	}

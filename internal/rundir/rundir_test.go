@@ -323,6 +323,52 @@ func TestLockHonoursContext(t *testing.T) {
 	}
 }
 
+// WriteNote writes as CreateFile creates: under root.lock (it waits for it while its ctx
+// allows), and only into this incarnation of the VM's directory, never a newer one's.
+func TestWriteNote(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := open(t, nil)
+	d := create(t, r, "vm1")
+	if err := d.WriteNote(ctx, "note.json", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := d.ReadNote("note.json", 16); err != nil || string(b) != "1" {
+		t.Errorf("ReadNote: %q %v, want 1", b, err)
+	}
+	for _, bad := range []string{"", "..", "a/b", StateFile, IDFile} {
+		if err := d.WriteNote(ctx, bad, nil); err == nil || !strings.Contains(err.Error(), "plain file name") {
+			t.Errorf("WriteNote(%q): %v, want a refusal", bad, err)
+		}
+	}
+
+	held, err := r.lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	err = d.WriteNote(short, "note.json", []byte("2"))
+	cancel()
+	held.Unlock()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WriteNote while root.lock is held: %v, want DeadlineExceeded", err)
+	}
+	if b, _ := d.ReadNote("note.json", 16); string(b) != "1" {
+		t.Errorf("the note was written without root.lock: %q", b)
+	}
+
+	if err := d.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	newer := create(t, r, "vm1")
+	if err := d.WriteNote(ctx, "note.json", []byte("3")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("WriteNote in a newer incarnation: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(filepath.Join(newer.Dir, "note.json")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the newer directory got the note: %v", err)
+	}
+}
+
 func TestParseState(t *testing.T) {
 	t.Parallel()
 	bad := map[string]string{
