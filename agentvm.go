@@ -39,7 +39,7 @@ func (m *Machine) Command(ctx context.Context, name string, args ...string) *Cmd
 // keeps trying, as Agent's calls do; ctx bounds the whole call.
 func (m *Machine) MainCommand(ctx context.Context, args ...string) *Cmd {
 	c := m.Agent().MainCommand(ctx, args...)
-	c.ownAgent, c.Hostname = true, m.name
+	c.ownAgent, c.Hostname = true, guestHostname(m.name)
 	return c
 }
 

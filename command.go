@@ -39,7 +39,8 @@ type Cmd struct {
 	Entrypoint []string
 	// Hostname is for a main command (MainCommand) only: when not empty, the guest gets it as
 	// its host name before the main process starts, unless the image's config or the kernel
-	// command line gave one. Machine.MainCommand sets the VM's name.
+	// command line gave one. Machine.MainCommand sets the VM's name, without the '-' it may
+	// end in (as MMDS gives it: see MachineSpec.Name).
 	Hostname string
 
 	// main makes it the guest's main process (MainCommand).

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/agentwire"
@@ -167,10 +166,8 @@ func (s *starter) mmdsData() (json.RawMessage, error) {
 		Address: netip.PrefixFrom(nic.GuestIP, nic.Subnet.Bits()).String(),
 		Gateway: nic.HostIP.String(),
 		// Guest NICs are numbered in the order Firecracker gets them: the spec's own first.
-		Device: "eth" + strconv.Itoa(len(s.spec.Interfaces)),
-	}
-	if name := s.spec.Name; !strings.HasPrefix(name, "-") && !strings.HasSuffix(name, "-") {
-		n.Hostname = name // a VM name is a host name unless it starts or ends with '-'
+		Device:   "eth" + strconv.Itoa(len(s.spec.Interfaces)),
+		Hostname: guestHostname(s.spec.Name),
 	}
 	var out any = map[string]any{agentwire.MMDSKey: map[string]any{"network": n}}
 	if len(data) > 0 {

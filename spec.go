@@ -65,7 +65,9 @@ const (
 // names what to boot.
 type MachineSpec struct {
 	// Name identifies the VM in the runtime root and is Firecracker's --id: 1 to 64 ASCII
-	// letters, digits or '-'. Zero value: Start picks "vm-" and 8 random hex digits.
+	// letters, digits or '-', not starting with '-'. With the agent it is also the guest's
+	// host name, without the '-' it may end in ("web-" gives host "web"). Zero value: Start
+	// picks "vm-" and 8 random hex digits.
 	Name string `json:"name,omitempty"`
 
 	// Kernel is the guest kernel (an uncompressed ELF vmlinux on x86_64). Required unless a
@@ -329,10 +331,11 @@ type MMDSSpec struct {
 
 // MMDSNetworkKey is where Start puts a guest's network in MMDS for the agent:
 // {"smartvm": {"network": {"address": "172.16.0.2/30", "gateway": "172.16.0.1",
-// "hostname": NAME, "device": "eth0"}}}, each value a string; "dns" (name servers separated
-// by spaces) is written to the guest's /etc/resolv.conf when present. The agent, as PID 1 and
-// without an ip= kernel argument, reads it from the address the kernel argument
-// smartvm.mmds=ADDR names (Start adds it) and applies it.
+// "hostname": NAME, "device": "eth0"}}}, each value a string, NAME the VM's name without the
+// '-' it may end in; "dns" (name servers separated by spaces) is written to the guest's
+// /etc/resolv.conf when present. The agent, as PID 1 and without an ip= kernel argument,
+// reads it from the address the kernel argument smartvm.mmds=ADDR names (Start adds it) and
+// applies it.
 const MMDSNetworkKey = agentwire.MMDSKey + ".network"
 
 func isJSONObject(b json.RawMessage) bool {
@@ -371,6 +374,12 @@ func validName(s string) bool { return len(s) >= 1 && len(s) <= 64 && onlyWordBy
 func validVMName(s string) bool {
 	return validName(s) && s[0] != '-' && !strings.HasPrefix(s, jailer.WarmIDPrefix)
 }
+
+// guestHostname is the host name a guest gets from its VM's name (in MMDS, and for a main
+// command): the name without the '-' it may end in, which a host name may not (RFC 1123);
+// "web-" becomes "web". A VM name starts with a letter or digit, so the result is a host name
+// of 1 to 64 bytes.
+func guestHostname(vmName string) string { return strings.TrimRight(vmName, "-") }
 
 // validResourceID reports whether s is a drive or interface ID: one or more ASCII letters,
 // digits or '_'.

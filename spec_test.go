@@ -3,6 +3,7 @@ package smartvm
 import (
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +14,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/smartvm/smartvm/fcapi"
+	"github.com/smartvm/smartvm/internal/agentwire"
+	"github.com/smartvm/smartvm/netdev"
 )
 
 // specFiles creates a kernel and two drive images in a temporary directory.
@@ -363,6 +366,41 @@ func TestValidNameMatchesPattern(t *testing.T) {
 		}
 		if got, want := validResourceID(s), idRE.MatchString(s); got != want {
 			t.Errorf("validResourceID(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// A VM name may end in '-', a host name may not: the guest gets the name without it, the same
+// in MMDS and for a main command, and every VM name gives a host name the agent accepts.
+func TestGuestHostname(t *testing.T) {
+	for name, want := range map[string]string{"web": "web", "web-": "web", "a--": "a", "a-b": "a-b", strings.Repeat("x", 64): strings.Repeat("x", 64)} {
+		if !validVMName(name) {
+			t.Fatalf("%q is not a vm name", name)
+		}
+		s := &starter{
+			spec: MachineSpec{Name: name, Agent: true, Network: &NetworkSpec{}, MMDS: &MMDSSpec{}},
+			net:  &netdev.Network{NICs: []netdev.NIC{{Subnet: netip.MustParsePrefix("172.16.0.0/30"), HostIP: netip.MustParseAddr("172.16.0.1"), GuestIP: netip.MustParseAddr("172.16.0.2")}}},
+		}
+		b, err := s.mmdsData()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var store struct {
+			SmartVM struct {
+				Network agentwire.MMDSNetwork `json:"network"`
+			} `json:"smartvm"`
+		}
+		if err := json.Unmarshal(b, &store); err != nil {
+			t.Fatal(err)
+		}
+		if got := store.SmartVM.Network.Hostname; got != want {
+			t.Errorf("vm %q: MMDS host name %q, want %q", name, got, want)
+		}
+		if got := (&Machine{name: name}).MainCommand(t.Context(), "true").Hostname; got != want {
+			t.Errorf("vm %q: main command's host name %q, want %q", name, got, want)
+		}
+		if err := (&agentwire.MainStart{Cmd: []string{"true"}, Hostname: want}).Check(); err != nil {
+			t.Errorf("vm %q: the agent refuses its host name: %v", name, err)
 		}
 	}
 }
