@@ -296,6 +296,14 @@ func TestRealWarmJail(t *testing.T) {
 	if caps := procStatus(t, m.PID(), "CapEff"); caps != "0000000000000000" {
 		t.Errorf("CapEff %s: firecracker has capabilities", caps)
 	}
+	// rm -f without a record finds the VM's firecracker by its jail, renamed for the VM.
+	uid, _ := strconv.Atoi(strings.Fields(procStatus(t, m.PID(), "Uid"))[0])
+	if found := jailer.FindJailed(uint32(uid), spec.Name); len(found) != 1 || found[0].PID != m.PID() {
+		t.Errorf("FindJailed(%d, %s) = %+v, want firecracker pid %d", uid, spec.Name, found, m.PID())
+	}
+	if !jailer.Running(spec.Name) {
+		t.Errorf("Running(%s) = false for a VM in a taken warm jail", spec.Name)
+	}
 	jailedLifecycle(t, ctx, mgr, m)
 	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
 		t.Fatal(err)
