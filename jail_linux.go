@@ -153,7 +153,7 @@ func (s *starter) prepareJail(ctx context.Context) error {
 		}
 		cfg.UID, cfg.GID = uid, uid
 	}
-	if s.jail.cgroupDirs, err = s.jailCgroups(&cfg); err != nil {
+	if err := s.jailCgroups(&cfg); err != nil {
 		return err
 	}
 	tree, err := jailer.Prepare(cfg)
@@ -211,32 +211,55 @@ func (mgr *Manager) jailIDs() (*jailer.IDs, error) {
 	return jailer.OpenIDs(root, jailIDsDir, mgr.jail.firstID, mgr.jail.countIDs)
 }
 
-// jailCgroups puts the spec's limits where the host's cgroup layout has them, and returns the
-// cgroup directories that the jail will have.
-func (s *starter) jailCgroups(cfg *jailer.Config) ([]string, error) {
+// reclaimJailIDs releases the uid leases whose holder has no directory in the runtime root: a
+// VM or warm jail whose process died after it leased a uid and before its state.json recorded
+// the jail (reaping a recorded jail releases its lease itself). It holds root.lock, under which
+// directories are made, so a lease being taken always has its holder's directory.
+func (mgr *Manager) reclaimJailIDs(ctx context.Context) error {
+	if _, err := os.Lstat(filepath.Join(mgr.root.Path(), jailIDsDir)); errors.Is(err, os.ErrNotExist) {
+		return nil // no jailed VM here ever
+	}
+	ids, err := mgr.jailIDs()
+	if err != nil {
+		return err
+	}
+	defer ids.Close()
+	return mgr.root.Locked(ctx, func() error {
+		released, err := ids.ReleaseUnheld(ctx, mgr.root.Has)
+		if len(released) > 0 {
+			mgr.log.Info("released the jail uids of vms that died before recording them", "holders", released)
+		}
+		return err
+	})
+}
+
+// jailCgroups puts the spec's limits where the host's cgroup layout has them, and records the
+// cgroup directories that the jail will have (startJail.cgroupDirs), removed with it.
+func (s *starter) jailCgroups(cfg *jailer.Config) error {
 	js := s.spec.Jailer
 	lim := js.limits()
 	if lim.IsZero() && js.CgroupVersion == 0 {
-		return nil, nil
+		return nil
 	}
 	layout, err := jailer.DetectCgroups()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	cfg.CgroupVersion = js.CgroupVersion
 	if cfg.CgroupVersion == 0 {
 		cfg.CgroupVersion = layout.Version()
 	}
 	if cfg.Cgroups, err = layout.Settings(cfg.CgroupVersion, lim); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrJailer, err)
+		return fmt.Errorf("%w: %w", ErrJailer, err)
 	}
-	c := *cfg
-	dirs := layout.CgroupDirs(c)
-	s.push(func(ctx context.Context) error { return jailer.RemoveCgroups(ctx, dirs...) })
-	if err := jailer.PrepareCgroups(layout, c); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrJailer, err)
+	sj := s.jail
+	sj.cgroupDirs = layout.CgroupDirs(*cfg)
+	// Read when the jail ends: a warm jail's directories take the name of the VM that takes it.
+	s.push(func(ctx context.Context) error { return jailer.RemoveCgroups(ctx, sj.cgroupDirs...) })
+	if err := jailer.PrepareCgroups(layout, *cfg); err != nil {
+		return fmt.Errorf("%w: %w", ErrJailer, err)
 	}
-	return dirs, nil
+	return nil
 }
 
 // jailConfig puts the kernel, initrd and drives into the jail and rewrites cfg's paths as

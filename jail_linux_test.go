@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -642,4 +643,34 @@ func killGuardAtEnd(t *testing.T, stPath string) *rundir.Jail {
 	}
 	t.Cleanup(func() { jailer.KillGuard(st.Jail.GuardPID, st.Jail.GuardStart) })
 	return st.Jail
+}
+
+// Reaping releases a uid lease whose holder has no directory (a VM that died after it leased
+// the uid and before state.json recorded it), and keeps a running jailed VM's.
+func TestReclaimJailIDs(t *testing.T) {
+	testutil.RequiresRoot(t)
+	root := testRoot(t)
+	bin := fakeJailPair(t)
+	mgr := newManager(t, root, bin)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Name = "holds-a-uid"
+	spec.Jailer = &JailerSpec{ChrootBase: filepath.Join(t.TempDir(), "jailer")}
+	start(t, mgr, spec)
+	ids, err := mgr.jailIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ids.Close()
+	ctx := t.Context()
+	if _, err := ids.Allocate(ctx, "died-unrecorded"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mgr.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leases, err := ids.Leases(ctx)
+	holders := slices.Collect(maps.Values(leases))
+	if err != nil || !slices.Equal(holders, []string{spec.Name}) {
+		t.Errorf("leases after the reap: %v (%v), want only %s's", leases, err, spec.Name)
+	}
 }

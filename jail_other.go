@@ -63,4 +63,6 @@ func (mgr *Manager) closeWarm() {}
 
 func (mgr *Manager) refillWarm() {}
 
+func (mgr *Manager) reclaimJailIDs(context.Context) error { return nil }
+
 func (s *starter) holdDriveLocks([]*os.File) error { return errors.ErrUnsupported }

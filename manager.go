@@ -116,7 +116,8 @@ func (mgr *Manager) RuntimeDir() string { return mgr.root.Path() }
 
 // Reap removes the directories of VMs whose process is gone (staged drives, sockets, networks
 // and base-image in-use markers included) and returns their names; then it removes the
-// networks, and releases the address leases, of VMs that died before they recorded them.
+// networks, and releases the address leases and jail uids, of VMs that died before they
+// recorded them.
 // Live VMs, and VMs whose owner still holds them, are left alone; a VM whose process is gone
 // while its owner still holds it gets up to 200 ms for the owner to let go. Networks are
 // removed relative to the calling thread's network namespace, as netdev.Reclaim does.
@@ -125,7 +126,7 @@ func (mgr *Manager) Reap(ctx context.Context) ([]string, error) {
 	if len(names) > 0 {
 		mgr.log.Info("reaped dead vms", "names", names)
 	}
-	return names, errors.Join(err, mgr.reclaimNetworks(ctx))
+	return names, errors.Join(err, mgr.reclaimNetworks(ctx), mgr.reclaimJailIDs(ctx))
 }
 
 // reapHook releases what a dead VM held outside its directory: its network (torn down in the

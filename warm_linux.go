@@ -47,8 +47,9 @@ type warmJail struct {
 //
 // A spec matches tmpl when firecracker would be started the same way: the same JailerSpec,
 // LogLevel, Metrics, EnablePCI, ExtraArgs and SerialInput. Only owned starts (not Detached) in
-// BootModeAPI without a Network take warm jails, and tmpl may ask for no cgroup limits: each
-// of these is fixed when firecracker starts. A warm jail's firecracker keeps the ID it was
+// BootModeAPI without a Network take warm jails: each is fixed when firecracker starts. Cgroup
+// limits are served where they are cgroup v1's: the warm jail's cgroups are renamed for the
+// VM, as its chroot is, and cgroup v2 refuses renames. A warm jail's firecracker keeps the ID it was
 // started with, jailer.WarmIDPrefix and 16 hex digits, which its log lines name.
 //
 // WarmJails returns once n are ready, or with the error that stopped it. A later call changes
@@ -61,6 +62,9 @@ func (mgr *Manager) WarmJails(ctx context.Context, tmpl MachineSpec, n int) erro
 	}
 	tmpl = tmpl.WithDefaults()
 	if err := warmable(tmpl); err != nil {
+		return fmt.Errorf("warm jails: %w", err)
+	}
+	if err := warmableCgroups(tmpl.Jailer); err != nil {
 		return fmt.Errorf("warm jails: %w", err)
 	}
 	if errs := tmpl.Jailer.problems(); len(errs) > 0 {
@@ -113,8 +117,26 @@ func warmable(spec MachineSpec) error {
 		return errors.New("a config-file boot passes its configuration when firecracker starts: use BootModeAPI")
 	case spec.Network != nil:
 		return errors.New("a VM with a Network has firecracker join its network namespace as it starts: warm jails serve VMs without one")
-	case !js.limits().IsZero() || js.CgroupVersion != 0:
-		return errors.New("cgroup limits (CPUQuota, MemoryLimit, Cpuset, CgroupVersion) name the jail's cgroups as firecracker starts: warm jails serve VMs without them")
+	}
+	return nil
+}
+
+// warmableCgroups reports why the cgroups of a jail of js cannot take a VM's name: a warm
+// jail's are renamed for the VM that takes it, which cgroup v2 refuses.
+func warmableCgroups(js *JailerSpec) error {
+	if js.limits().IsZero() && js.CgroupVersion == 0 {
+		return nil // no cgroups of its own
+	}
+	v := js.CgroupVersion
+	if v == 0 {
+		layout, err := jailer.DetectCgroups()
+		if err != nil {
+			return err
+		}
+		v = layout.Version()
+	}
+	if v != 1 {
+		return errors.New("cgroup limits under cgroup v2: a warm jail's cgroups are renamed for the VM that takes it, and cgroup v2 refuses renames; start such VMs without warm jails, or without limits")
 	}
 	return nil
 }
@@ -306,6 +328,14 @@ func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
 		return err
 	}
 	s.jail.cfg.ID = name
+	for i, d := range s.jail.cgroupDirs { // cgroup v1's (warmableCgroups)
+		to := filepath.Join(filepath.Dir(d), name)
+		if err := os.Rename(d, to); err != nil {
+			return fmt.Errorf("%w: give the warm jail's cgroup the vm's name: %w", ErrJailer, err)
+		}
+		s.jail.cgroupDirs[i] = to
+	}
+	s.jail.rec.CgroupDirs = s.jail.cgroupDirs
 	if s.jail.lease != "" {
 		ids, err := s.mgr.jailIDs()
 		if err != nil {

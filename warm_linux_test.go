@@ -222,7 +222,7 @@ func TestWarmJailsRefused(t *testing.T) {
 		{spec, 1, "no JailerSpec"},
 		{jailed(func(s *MachineSpec) { s.BootMode = BootModeConfigFile }), 1, "config-file boot"},
 		{jailed(func(s *MachineSpec) { s.Network = &NetworkSpec{} }), 1, "Network"},
-		{jailed(func(s *MachineSpec) { s.Jailer.MemoryLimit = 1 << 30 }), 1, "cgroup limits"},
+		{jailed(func(s *MachineSpec) { s.Jailer.MemoryLimit, s.Jailer.CgroupVersion = 1<<30, 2 }), 1, "cgroup v2"},
 		{jailed(func(s *MachineSpec) { s.Jailer.UID = 5 }), 1, "give both"},
 		{jailed(func(*MachineSpec) {}), -1, "negative"},
 	} {
@@ -259,9 +259,14 @@ func TestWarmJailsOwnerKilled(t *testing.T) {
 	if len(warm) != 1 {
 		t.Fatalf("warm jails %v: the replacement was not made", warm)
 	}
+	// Its jail directory comes first; its firecracker, once state.json records the jail.
+	deadline := time.Now().Add(waitLong)
+	for !jailer.Running(warm[0]) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	killOwner(t, cmd)
 	testutil.GoneWithin(t, pid, st, time.Second)
-	deadline := time.Now().Add(waitLong)
+	deadline = time.Now().Add(waitLong)
 	for jailer.Running(warm[0]) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -280,6 +285,13 @@ func TestRealWarmJail(t *testing.T) {
 	base := shortJailBase(t)
 	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
 	spec.Jailer = &JailerSpec{ChrootBase: base}
+	limits := false
+	if l, err := jailer.DetectCgroups(); err == nil && l.Version() == 1 {
+		// cgroup v1: the warm jail's cgroups take the VM's name too.
+		spec.Jailer.MemoryLimit, spec.Jailer.CPUQuota, limits = 1<<30, 0.5, true
+	} else {
+		t.Log("not a cgroup v1 host: warm jails without cgroup limits only")
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	if err := mgr.WarmJails(ctx, spec, 1); err != nil {
@@ -287,6 +299,23 @@ func TestRealWarmJail(t *testing.T) {
 	}
 	spec.Name = "real-warm"
 	m := start(t, mgr, spec)
+	if limits {
+		b, err := os.ReadFile(filepath.Join(root, "vms", spec.Name, rundir.StateFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st rundir.State
+		json.Unmarshal(b, &st)
+		if st.Jail == nil || len(st.Jail.CgroupDirs) == 0 {
+			t.Fatalf("no cgroups recorded for a jail with limits: %+v", st.Jail)
+		}
+		for _, d := range st.Jail.CgroupDirs {
+			procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+			if filepath.Base(d) != spec.Name || err != nil || !slices.Contains(strings.Fields(string(procs)), strconv.Itoa(m.PID())) {
+				t.Errorf("cgroup %s: procs %q (%v), want the vm's name and firecracker pid %d", d, procs, err, m.PID())
+			}
+		}
+	}
 	if id := runIDOf(t, m.PID()); !jailer.IsWarmID(id) {
 		t.Fatalf("firecracker runs with --id %q, not in a warm jail", id)
 	}

@@ -136,6 +136,30 @@ func (ids *IDs) Release(ctx context.Context, owner string) error {
 	})
 }
 
+// ReleaseUnheld releases the leases whose holder keep does not vouch for, and returns the
+// holders released: those of VMs that died after they leased a uid and before they recorded
+// it. keep is asked under the leases' lock, so a holder that leases meanwhile waits for it.
+func (ids *IDs) ReleaseUnheld(ctx context.Context, keep func(holder string) bool) ([]string, error) {
+	var released []string
+	err := ids.locked(ctx, func() error {
+		leases, err := ids.leasesLocked()
+		if err != nil {
+			return err
+		}
+		for uid, o := range leases {
+			if keep(o) {
+				continue
+			}
+			if err := ids.dir.Remove(leaseName(uid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("release jail uid %d: %w", uid, err)
+			}
+			released = append(released, o)
+		}
+		return nil
+	})
+	return released, err
+}
+
 // Transfer hands the uid leased to from over to to, which must hold none: a warm jail's uid
 // becomes the VM's that takes the jail. The lease file is replaced whole (a crash leaves the
 // old owner or the new, never a part).
