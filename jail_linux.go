@@ -533,11 +533,24 @@ func (mgr *Manager) recordedJail(ctx context.Context, name string, st *rundir.St
 	if err != nil {
 		return jailer.Config{}, err
 	}
-	if leases[j.UID] != name || j.GID != j.UID {
-		return jailer.Config{}, fmt.Errorf("jail of vm %s: recorded uid %d:%d is not the one leased to it; left alone", name, j.UID, j.GID)
+	switch holder := leases[j.UID]; {
+	case j.GID != j.UID:
+	case holder == name:
+		return cfg, nil
+	case jailer.IsWarmID(name) && holder != "":
+		// A warm jail that a VM took: the jail and its lease are the VM's, and its record
+		// reaps them.
+		return jailer.Config{}, errHandedOver
+	case j.WarmID != "" && (holder == j.WarmID || holder == ""), jailer.IsWarmID(name) && holder == "":
+		// A hand-over cut short (adoptWarm): the lease is still the warm jail's, or was
+		// ended by the reaping of the other record.
+		return cfg, nil
 	}
-	return cfg, nil
+	return jailer.Config{}, fmt.Errorf("jail of vm %s: recorded uid %d:%d is not the one leased to it; left alone", name, j.UID, j.GID)
 }
+
+// errHandedOver is recordedJail's answer for the record of a warm jail that a VM took.
+var errHandedOver = errors.New("the warm jail was taken by a vm")
 
 // reapJail removes what a dead jailed VM left outside its directory: files lent to the jail
 // go back to their owners, the chroot and the cgroups go, and its uid lease ends.
@@ -549,6 +562,9 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 	// The record is checked before any of it is acted on, its guard pid included: a record
 	// that fails the check is left alone entirely (rm -f finds a jail by proof instead).
 	cfg, err := mgr.recordedJail(ctx, name, st)
+	if errors.Is(err, errHandedOver) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -560,6 +576,11 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 			errs = append(errs, json.Unmarshal(j.Owners, &owners))
 		}
 		errs = append(errs, jailer.GiveBack(base, cfg, owners), jailer.RemoveJail(base, cfg))
+		if j.WarmID != "" { // a hand-over cut short: the jail may not have moved yet
+			warm := cfg
+			warm.ID = j.WarmID
+			errs = append(errs, jailer.RemoveJail(base, warm))
+		}
 		base.Close()
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
@@ -570,15 +591,25 @@ func (mgr *Manager) reapJail(ctx context.Context, name string, st *rundir.State)
 		// Only the directories the jailer makes for this VM's jail on this host's cgroup
 		// mounts, and only as directories (rmdir, which removes nothing else).
 		var dirs []string
+		warm := cfg
+		warm.ID = j.WarmID
 		for _, d := range j.CgroupDirs {
 			if err == nil && layout.IsCgroupDir(cfg, d) {
 				dirs = append(dirs, d)
+				// A hand-over cut short: the cgroup may not have taken the VM's name yet.
+				if twin := filepath.Join(filepath.Dir(d), j.WarmID); j.WarmID != "" && layout.IsCgroupDir(warm, twin) {
+					dirs = append(dirs, twin)
+				}
 			}
 		}
 		errs = append(errs, jailer.RemoveCgroups(ctx, dirs...))
 	}
 	if ids, err := mgr.jailIDs(); err == nil {
-		errs = append(errs, ids.Release(ctx, name), ids.Close())
+		errs = append(errs, ids.Release(ctx, name))
+		if j.WarmID != "" {
+			errs = append(errs, ids.Release(ctx, j.WarmID))
+		}
+		errs = append(errs, ids.Close())
 	} else {
 		errs = append(errs, err)
 	}

@@ -452,8 +452,21 @@ func TestRecordedJailIsChecked(t *testing.T) {
 	if _, err := mgr.recordedJail(ctx, "vm1", state(&JailerSpec{UID: 4000, GID: 4000}, good)); err != nil {
 		t.Fatalf("the jail the spec makes: %v", err)
 	}
+	ids, err := mgr.jailIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ids.Allocate(ctx, "other")
+	ids.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A hand-over from a warm jail accepts the warm jail's lease, never another VM's.
+	taken := good
+	taken.UID, taken.GID, taken.WarmID = other, other, jailer.NewWarmID()
 	for what, st := range map[string]*rundir.State{
-		"no jailer in the spec": state(nil, good),
+		"a warm jail's, the uid another vm's": state(&JailerSpec{}, taken),
+		"no jailer in the spec":               state(nil, good),
 		"another chroot base": state(&JailerSpec{UID: 4000, GID: 4000}, func() rundir.Jail {
 			j := good
 			j.Chroot, j.ExecName = "/home/alice/root", "home"

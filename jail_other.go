@@ -54,6 +54,8 @@ type warmPool struct{}
 
 type warmJail struct{ stdout, stderr *os.File }
 
+var adoptWarmStep func(step string) // set by tests on Linux
+
 // WarmJails reports that the jailer needs Linux.
 func (mgr *Manager) WarmJails(context.Context, MachineSpec, int) error {
 	return fmt.Errorf("%w: the jailer needs Linux: %w", ErrJailer, errors.ErrUnsupported)

@@ -41,6 +41,9 @@ type ownerArgs struct {
 	Keep bool `json:"keep,omitempty"`
 	// Warm makes that many warm jails for the spec (WarmJails) before the start.
 	Warm int `json:"warm,omitempty"`
+	// CrashAt makes the owner SIGKILL itself after that step of taking a warm jail
+	// (adoptWarmStep).
+	CrashAt string `json:"crash_at,omitempty"`
 }
 
 // ownerMain is a process that owns a VM: it starts the VM described by its argument, prints
@@ -70,6 +73,16 @@ func ownerMain(args []string) int {
 	}
 	if a.Signals {
 		mgr.HandleSignals()
+	}
+	if a.CrashAt != "" {
+		adoptWarmStep = func(step string) {
+			if step == a.CrashAt {
+				if p, err := os.FindProcess(os.Getpid()); err == nil {
+					p.Kill() // SIGKILL: no deferred cleanup runs
+				}
+				select {}
+			}
+		}
 	}
 	if a.Warm > 0 {
 		if err := mgr.WarmJails(context.Background(), a.Spec, a.Warm); err != nil {

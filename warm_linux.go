@@ -307,9 +307,22 @@ func (mgr *Manager) refillWarm() {
 	})
 }
 
-// adoptWarm makes the warm jail w this start's: the jail's directory and uid lease take the
-// VM's name, its console and stderr become the VM's, the VM's record names the jail, and the
-// warm jail's own directory goes. Undoing the start undoes the warm jail.
+// adoptWarmStep, when set (by tests), is called after each step of adoptWarm that changes
+// what a crash would leave: "linked", "recorded", "warm-dir-removed", "renamed",
+// "transferred".
+var adoptWarmStep func(step string)
+
+func adoptStep(step string) {
+	if adoptWarmStep != nil {
+		adoptWarmStep(step)
+	}
+}
+
+// adoptWarm makes the warm jail w this start's: its console and stderr become the VM's, the
+// VM's record names the jail (and the warm jail it comes from), the warm jail's own directory
+// goes, and the jail's directory and uid lease take the VM's name. Undoing the start undoes
+// the warm jail. The order leaves one record at a time that covers the jail, so that reaping
+// after a crash at any step removes it all (rundir.Jail.WarmID, recordedJail).
 func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
 	m := w.s
 	removed := false
@@ -323,19 +336,47 @@ func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
 	s.undo = append(s.undo, m.undo[1:]...)
 	m.undo = nil
 	s.jail, s.proc, s.serial, s.stdin, s.warm = m.jail, m.proc, m.serial, m.stdin, w
-	name := s.spec.Name
+	name, warmID := s.spec.Name, m.spec.Name
+	links := map[string]*os.File{rundir.SerialFile: w.stdout, rundir.StderrFile: w.stderr}
+	if s.stdin != nil {
+		links[rundir.SerialInFile] = s.stdin
+	}
+	for name, f := range links {
+		if err := s.dir.LinkFile(f, name); err != nil {
+			return err
+		}
+	}
+	adoptStep("linked")
+	moved := s.jail.cfg
+	moved.ID = name
+	s.jail.rec.Chroot, s.jail.rec.WarmID = moved.Chroot().Root, warmID
+	// The record names the cgroups the jail's take the VM's name as (a new slice: the jail's
+	// own, which its undo removes, are renamed below).
+	s.jail.rec.CgroupDirs = make([]string, len(s.jail.cgroupDirs))
+	for i, d := range s.jail.cgroupDirs {
+		s.jail.rec.CgroupDirs[i] = filepath.Join(filepath.Dir(d), name)
+	}
+	s.dir.UseJail(s.jail.rec)
+	if err := s.dir.WriteState(s.state()); err != nil {
+		return err
+	}
+	adoptStep("recorded")
+	if err := warmDir(ctx); err != nil {
+		return fmt.Errorf("remove the directory of warm jail %s: %w", warmID, err)
+	}
+	removed = true
+	adoptStep("warm-dir-removed")
 	if err := s.jail.tree.Rename(name); err != nil {
 		return err
 	}
 	s.jail.cfg.ID = name
 	for i, d := range s.jail.cgroupDirs { // cgroup v1's (warmableCgroups)
-		to := filepath.Join(filepath.Dir(d), name)
-		if err := os.Rename(d, to); err != nil {
+		if err := os.Rename(d, s.jail.rec.CgroupDirs[i]); err != nil {
 			return fmt.Errorf("%w: give the warm jail's cgroup the vm's name: %w", ErrJailer, err)
 		}
-		s.jail.cgroupDirs[i] = to
+		s.jail.cgroupDirs[i] = s.jail.rec.CgroupDirs[i]
 	}
-	s.jail.rec.CgroupDirs = s.jail.cgroupDirs
+	adoptStep("renamed")
 	if s.jail.lease != "" {
 		ids, err := s.mgr.jailIDs()
 		if err != nil {
@@ -347,26 +388,13 @@ func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
 			return err
 		}
 		s.jail.lease = name
+		adoptStep("transferred")
 	}
-	s.jail.rec.Chroot = s.jail.tree.Chroot().Root
-	s.dir.UseJail(s.jail.rec)
-	links := map[string]*os.File{rundir.SerialFile: w.stdout, rundir.StderrFile: w.stderr}
-	if s.stdin != nil {
-		links[rundir.SerialInFile] = s.stdin
-	}
-	for name, f := range links {
-		if err := s.dir.LinkFile(f, name); err != nil {
-			return err
-		}
-	}
+	s.jail.rec.WarmID = ""
 	if err := s.dir.WriteState(s.state()); err != nil {
 		return err
 	}
-	removed = true
-	if err := warmDir(ctx); err != nil {
-		s.log.Warn("remove a taken warm jail's directory", "warm_jail", m.spec.Name, "err", err)
-	}
-	s.log.Debug("took a warm jail", "warm_jail", m.spec.Name, "pid", s.proc.PID())
+	s.log.Debug("took a warm jail", "warm_jail", warmID, "pid", s.proc.PID())
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -338,4 +339,47 @@ func TestRealWarmJail(t *testing.T) {
 		t.Fatal(err)
 	}
 	jailLeft(t, base, root)
+}
+
+// An owner SIGKILLed at any step of taking a warm jail leaves nothing that the next manager
+// does not reap: no chroot (under either name), uid lease or VM directory.
+func TestWarmJailsOwnerKilledWhileTaking(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := fakeJailPair(t)
+	for _, step := range []string{"linked", "recorded", "warm-dir-removed", "renamed", "transferred"} {
+		t.Run(step, func(t *testing.T) {
+			root := testRoot(t)
+			spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+			spec.Name = "warm-crash"
+			base := shortJailBase(t)
+			spec.Jailer = &JailerSpec{ChrootBase: base}
+			b, _ := json.Marshal(ownerArgs{Root: root, Binary: bin, Spec: spec, Warm: 1, CrashAt: step})
+			cmd := exec.Command(testutil.Link(t, "smartvm-owner"), string(b))
+			cmd.Stderr = os.Stderr
+			if err := cmd.Run(); err == nil || !strings.Contains(err.Error(), "killed") {
+				t.Fatalf("owner: %v, want killed at step %s", err, step)
+			}
+			deadline := time.Now().Add(waitLong)
+			for running := true; running && time.Now().Before(deadline); {
+				running = false
+				ents, _ := os.ReadDir(filepath.Join(base, "firecracker"))
+				for _, e := range ents {
+					running = running || jailer.Running(e.Name())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			mgr := newManager(t, root, bin)
+			if _, err := mgr.Reap(t.Context()); err != nil {
+				t.Errorf("reap: %v", err)
+			}
+			if ents, _ := os.ReadDir(filepath.Join(root, "vms")); len(ents) != 0 {
+				var names []string
+				for _, e := range ents {
+					names = append(names, e.Name())
+				}
+				t.Errorf("vm directories left: %v", names)
+			}
+			jailLeft(t, base, root)
+		})
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/smartvm/smartvm/internal/jailer"
 )
 
 // Jail records a VM whose firecracker runs under Firecracker's jailer: where its chroot is
@@ -29,6 +31,10 @@ type Jail struct {
 	// Owners records files lent to the jail (its owner's serialisation), given back when
 	// it is removed.
 	Owners json.RawMessage `json:"owners,omitempty"`
+	// WarmID names the warm jail this VM's jail is being taken from (smartvm.Manager.WarmJails)
+	// while the hand-over runs: until it is done, the jail's directory may still be
+	// <base>/<exec name>/<WarmID> and its uid leased to WarmID, and reaping removes both.
+	WarmID string `json:"warm_id,omitempty"`
 }
 
 // Host maps a path inside the jail to the host.
@@ -47,6 +53,8 @@ func (j *Jail) check(name string) error {
 		return fmt.Errorf("jail runs as uid %d gid %d: never root", j.UID, j.GID)
 	case !filepath.IsAbs(j.APISocket) || filepath.Clean(j.APISocket) != j.APISocket:
 		return fmt.Errorf("jail api socket %q is not a clean absolute path", j.APISocket)
+	case j.WarmID != "" && !jailer.IsWarmID(j.WarmID):
+		return fmt.Errorf("jail warm id %q is not a warm jail's", j.WarmID)
 	}
 	return nil
 }
