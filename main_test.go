@@ -102,6 +102,10 @@ func ownerMain(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	if a.CrashAt != "" {
+		fmt.Fprintf(os.Stderr, "the start took no warm jail: step %s never came\n", a.CrashAt)
+		return 1
+	}
 	fmt.Println(m.PID())
 	if a.Exit {
 		return 0

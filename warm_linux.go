@@ -37,6 +37,9 @@ type warmPool struct {
 type warmJail struct {
 	s              *starter
 	stdout, stderr *os.File
+	// binary is firecracker's file when the jail was made: a start takes the jail only while
+	// its firecracker is still that file (an upgrade in place keeps the path, often the version).
+	binary binaryKey
 }
 
 // WarmJails keeps n warm jails ready for VMs like tmpl: jailed firecrackers started ahead,
@@ -218,6 +221,10 @@ func (s *starter) makeWarm(ctx context.Context) (*warmJail, error) {
 		return nil, err
 	}
 	s.exe, _ = filepath.EvalSymlinks(s.bin)
+	binary, _, err := probeKey(s.bin) // before the jailer copies it: a newer file is never taken for it
+	if err != nil {
+		return nil, err
+	}
 	if s.dir, err = s.mgr.root.Create(ctx, s.spec.Name); err != nil {
 		return nil, err
 	}
@@ -229,7 +236,7 @@ func (s *starter) makeWarm(ctx context.Context) (*warmJail, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &warmJail{s: s, stdout: stdout, stderr: stderr}
+	w := &warmJail{s: s, stdout: stdout, stderr: stderr, binary: binary}
 	err = s.ownJailLogs()
 	if err == nil {
 		err = s.spawn(fcapi.VMConfig{}, stdout, stderr)
@@ -256,6 +263,13 @@ func (w *warmJail) closeFiles() {
 	}
 }
 
+// sameFile reports whether k and o are one file with the same contents as far as its
+// metadata tells: the same inode, size and modification time. The change time is left out:
+// the jailer's hard link of the binary into a chroot changes it.
+func (k binaryKey) sameFile(o binaryKey) bool {
+	return k.Path == o.Path && k.Dev == o.Dev && k.Ino == o.Ino && k.Size == o.Size && k.Mtime == o.Mtime
+}
+
 // discardWarm ends warm jails and removes what they leave.
 func discardWarm(ws []*warmJail) {
 	for _, w := range ws {
@@ -271,6 +285,10 @@ func (mgr *Manager) takeWarm(s *starter) *warmJail {
 		return nil
 	}
 	key := warmKey(s.spec)
+	binary, _, err := probeKey(s.bin)
+	if err != nil {
+		return nil
+	}
 	p := &mgr.warm
 	p.mu.Lock()
 	var w *warmJail
@@ -281,7 +299,7 @@ func (mgr *Manager) takeWarm(s *starter) *warmJail {
 		case <-w.s.proc.Done(): // killed meanwhile
 			dead, w = append(dead, w), nil
 		default:
-			if w.s.bin != s.bin || w.s.exe != s.exe || w.s.version != s.version {
+			if !w.binary.sameFile(binary) || w.s.exe != s.exe || w.s.version != s.version {
 				dead, w = append(dead, w), nil // firecracker was replaced since
 			}
 		}

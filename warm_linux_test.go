@@ -46,6 +46,17 @@ func shortJailBase(t testing.TB) string {
 	return filepath.Join(dir, "jailer")
 }
 
+// newWarmManager returns a manager of a fresh runtime root running the fake jailer pair (bin)
+// for warm jails under a short chroot base; the test fails if it leaks.
+func newWarmManager(t *testing.T) (mgr *Manager, root, bin, base string) {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root = testRoot(t)
+	bin = fakeJailPair(t)
+	return newManager(t, root, bin), root, bin, shortJailBase(t)
+}
+
 // warmUp makes n warm jails under base for a counter guest, and returns its spec and the
 // jails' IDs.
 func warmUp(t *testing.T, ctx context.Context, mgr *Manager, base string, n int) (MachineSpec, []string) {
@@ -93,12 +104,7 @@ func waitWarm(t *testing.T, base string, n int) []string {
 // the VM runs in it as in a jail of its own, a replacement is made, and nothing is left once
 // the VM, then the pool, ends. A spec that does not match starts its own jail.
 func TestWarmJails(t *testing.T) {
-	testutil.RequiresRoot(t)
-	testutil.CheckLeaks(t)
-	root := testRoot(t)
-	bin := fakeJailPair(t)
-	mgr := newManager(t, root, bin)
-	base := shortJailBase(t)
+	mgr, root, bin, base := newWarmManager(t)
 	disk := filepath.Join(filepath.Dir(base), "disk.img") // on the chroot base's filesystem
 	os.WriteFile(disk, make([]byte, 4096), 0o640)
 	os.Chown(disk, 1234, 1234)
@@ -382,4 +388,36 @@ func TestWarmJailsOwnerKilledWhileTaking(t *testing.T) {
 			jailLeft(t, base, root)
 		})
 	}
+}
+
+// A firecracker binary replaced since the warm jails were made (an upgrade that keeps its
+// path and version string) is the one a start runs: the stale warm jails are not taken.
+func TestWarmJailsFirecrackerReplaced(t *testing.T) {
+	mgr, root, bin, base := newWarmManager(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, _ := warmUp(t, ctx, mgr, base, 1)
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin+".new", b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bin+".new", bin); err != nil {
+		t.Fatal(err)
+	}
+	spec.Name = "after-upgrade"
+	m := start(t, mgr, spec)
+	if id := runIDOf(t, m.PID()); id != spec.Name {
+		t.Errorf("a start after firecracker was replaced ran in a warm jail of the old one (--id %q)", id)
+	}
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
 }
