@@ -87,6 +87,20 @@ func runIDOf(t *testing.T, pid int) string {
 	return ""
 }
 
+// killAndDrain kills m, removes the warm jails of spec's key and checks that nothing of a jail
+// is left.
+func killAndDrain(t *testing.T, ctx context.Context, mgr *Manager, m *Machine, spec MachineSpec, base, root string) {
+	t.Helper()
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
+}
+
 // waitWarm waits until n warm jails are under base (a refill runs in the background).
 func waitWarm(t *testing.T, base string, n int) []string {
 	t.Helper()
@@ -412,12 +426,29 @@ func TestWarmJailsFirecrackerReplaced(t *testing.T) {
 	if id := runIDOf(t, m.PID()); id != spec.Name {
 		t.Errorf("a start after firecracker was replaced ran in a warm jail of the old one (--id %q)", id)
 	}
-	if err := m.Kill(); err != nil {
+	killAndDrain(t, ctx, mgr, m, spec, base, root)
+}
+
+// A kernel the jail's uid may not read is copied into a taken warm jail, under its new name:
+// the copy is written through the jail's renamed directory, not the warm jail's old path.
+func TestWarmJailsCopiedKernel(t *testing.T) {
+	mgr, root, _, base := newWarmManager(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, warm := warmUp(t, ctx, mgr, base, 1)
+	b, err := os.ReadFile(spec.Kernel)
+	if err != nil {
 		t.Fatal(err)
 	}
-	m.Close()
-	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+	spec.Kernel = filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(spec.Kernel, b, 0o600); err != nil { // not world-readable: copied
 		t.Fatal(err)
 	}
-	jailLeft(t, base, root)
+	spec.Name = "private-kernel"
+	m := start(t, mgr, spec)
+	if id := runIDOf(t, m.PID()); !slices.Contains(warm, id) {
+		t.Errorf("firecracker runs with --id %q, not in the warm jail %v", id, warm)
+	}
+	followConsole(t, m).waitFor(t, testguest.TickLine(0))
+	killAndDrain(t, ctx, mgr, m, spec, base, root)
 }

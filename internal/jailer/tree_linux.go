@@ -197,7 +197,8 @@ func (t *Tree) Place(ctx context.Context, f *os.File, src, name string, kind Kin
 		}
 		// A filesystem without hard links (or a protected one): copy instead.
 	}
-	if _, err := stage.Copy(ctx, fdPath(f), t.root.Join(t.prefix+name)); err != nil {
+	// The chroot's path as of now: a renamed jail (Rename) has moved from where t.root was opened.
+	if _, err := stage.Copy(ctx, fdPath(f), filepath.Join(t.Chroot().Root, name)); err != nil {
 		return "", fmt.Errorf("copy %s into the jail: %w", src, err)
 	}
 	return inside, chown()

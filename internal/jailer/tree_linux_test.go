@@ -179,6 +179,19 @@ func TestTreeRename(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(tr.Chroot().Root, "run")); err != nil {
 		t.Errorf("the jail's contents did not move: %v", err)
 	}
+	src := filepath.Join(t.TempDir(), "vmlinux")
+	os.WriteFile(src, []byte("kernel"), 0o600) // not world-readable: copied, not linked
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tr.Place(t.Context(), f, src, "vmlinux", ReadOnly)
+	f.Close()
+	if err != nil {
+		t.Errorf("Place after Rename: %v", err)
+	} else if b, _ := os.ReadFile(filepath.Join(tr.Chroot().Root, "vmlinux")); string(b) != "kernel" {
+		t.Errorf("the copy in the renamed jail holds %q", b)
+	}
 	if err := tr.Remove(); err != nil {
 		t.Fatal(err)
 	}
