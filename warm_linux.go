@@ -30,6 +30,10 @@ type warmPool struct {
 	err    error // why the last jail could not be made, until one is
 	closed bool
 	wg     sync.WaitGroup // the fills under way
+	// life ends with the pool (closeWarm): a jail being made stops waiting then, whatever
+	// the context of the WarmJails call that makes it.
+	life context.Context
+	end  context.CancelFunc
 }
 
 // warmJail is a jailed firecracker started ahead: a start that stopped once its API listened,
@@ -55,9 +59,9 @@ type warmJail struct {
 // VM, as its chroot is, and cgroup v2 refuses renames. A warm jail's firecracker keeps the ID it was
 // started with, jailer.WarmIDPrefix and 16 hex digits, which its log lines name.
 //
-// WarmJails returns once n are ready, or with the error that stopped it. A later call changes
-// the count, or replaces the template (the warm jails of the old one go); n = 0 removes them
-// all, as Close does. Warm jails belong to this process, as owned VMs do: they end with it,
+// WarmJails returns once n are ready, or with the error that stopped it: ctx, or Close, ends
+// the making of a jail. A later call changes the count, or replaces the template (the warm
+// jails of the old one go); n = 0 removes them all, as Close does. Warm jails belong to this process, as owned VMs do: they end with it,
 // and reaping removes what they leave. List does not show them.
 func (mgr *Manager) WarmJails(ctx context.Context, tmpl MachineSpec, n int) error {
 	if n < 0 {
@@ -88,7 +92,10 @@ func (mgr *Manager) WarmJails(ctx context.Context, tmpl MachineSpec, n int) erro
 		p.ready = append([]*warmJail(nil), p.ready[:n]...)
 	}
 	p.want, p.err = n, nil
-	p.cond.L = &p.mu
+	if p.life == nil {
+		p.cond.L = &p.mu
+		p.life, p.end = context.WithCancel(context.Background())
+	}
 	p.wg.Add(1)
 	p.mu.Unlock()
 	discardWarm(drop)
@@ -168,10 +175,14 @@ func (mgr *Manager) fillWarm(ctx context.Context) {
 			return
 		}
 		p.making++
-		key, tmpl := p.key, p.tmpl
+		key, tmpl, life := p.key, p.tmpl, p.life
 		p.mu.Unlock()
 
-		w, err := mgr.makeWarm(ctx, tmpl)
+		mctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(life, cancel)
+		w, err := mgr.makeWarm(mctx, tmpl)
+		stop()
+		cancel()
 		p.mu.Lock()
 		if err == nil && (p.closed || key != p.key || len(p.ready) >= p.want) {
 			// Not wanted any more: gone before it stops counting as being made, so that a
@@ -421,6 +432,9 @@ func (mgr *Manager) closeWarm() {
 	p := &mgr.warm
 	p.mu.Lock()
 	p.closed = true
+	if p.end != nil {
+		p.end()
+	}
 	ready := p.ready
 	p.ready = nil
 	p.mu.Unlock()

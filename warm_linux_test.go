@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smartvm/smartvm/internal/fakefc"
 	"github.com/smartvm/smartvm/internal/jailer"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
@@ -451,4 +452,36 @@ func TestWarmJailsCopiedKernel(t *testing.T) {
 	}
 	followConsole(t, m).waitFor(t, testguest.TickLine(0))
 	killAndDrain(t, ctx, mgr, m, spec, base, root)
+}
+
+// Close ends a WarmJails call whose jail never comes up (its firecracker never listens), and
+// the call then fails: neither waits on the caller's context alone.
+func TestWarmJailsCloseEndsMaking(t *testing.T) {
+	mgr, root, _, base := newWarmManager(t)
+	t.Setenv(fakefc.EnvMode, fakefc.ModeNoSocket)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	// A context of the caller's that never ends while the test runs (ended at cleanup, before
+	// the manager's own Close, so that a failing test does not hang).
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	warmErr := make(chan error, 1)
+	go func() { warmErr <- mgr.WarmJails(ctx, spec, 1) }()
+	for deadline := time.Now().Add(waitLong); len(warmIDs(t, base)) == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- mgr.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(waitLong):
+		t.Fatal("Close still waits for a warm jail whose firecracker never listens")
+	}
+	if err := <-warmErr; err == nil {
+		t.Error("WarmJails succeeded though the manager was closed before its jail listened")
+	}
+	jailLeft(t, base, root)
 }
