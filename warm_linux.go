@@ -376,6 +376,11 @@ func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
 		}
 	}
 	adoptStep("linked")
+	// The record names the jail's new directory before the move: it must be free, or reaping
+	// after a crash here would take another's jail for this one.
+	if err := s.jail.tree.CheckFree(name); err != nil {
+		return err
+	}
 	moved := s.jail.cfg
 	moved.ID = name
 	s.jail.rec.Chroot, s.jail.rec.WarmID = moved.Chroot().Root, warmID

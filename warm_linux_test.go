@@ -374,20 +374,8 @@ func TestWarmJailsOwnerKilledWhileTaking(t *testing.T) {
 			spec.Name = "warm-crash"
 			base := shortJailBase(t)
 			spec.Jailer = &JailerSpec{ChrootBase: base}
-			b, _ := json.Marshal(ownerArgs{Root: root, Binary: bin, Spec: spec, Warm: 1, CrashAt: step})
-			cmd := exec.Command(testutil.Link(t, "smartvm-owner"), string(b))
-			cmd.Stderr = os.Stderr
-			if err := cmd.Run(); err == nil || !strings.Contains(err.Error(), "killed") {
+			if err := crashTaking(t, root, bin, spec, step); err == nil || !strings.Contains(err.Error(), "killed") {
 				t.Fatalf("owner: %v, want killed at step %s", err, step)
-			}
-			deadline := time.Now().Add(waitLong)
-			for running := true; running && time.Now().Before(deadline); {
-				running = false
-				ents, _ := os.ReadDir(filepath.Join(base, "firecracker"))
-				for _, e := range ents {
-					running = running || jailer.Running(e.Name())
-				}
-				time.Sleep(10 * time.Millisecond)
 			}
 			mgr := newManager(t, root, bin)
 			if _, err := mgr.Reap(t.Context()); err != nil {
@@ -484,4 +472,52 @@ func TestWarmJailsCloseEndsMaking(t *testing.T) {
 		t.Error("WarmJails succeeded though the manager was closed before its jail listened")
 	}
 	jailLeft(t, base, root)
+}
+
+// crashTaking runs an owner that makes a warm jail for spec and starts it, to be SIGKILLed
+// after step of the take, and waits until no jail under the spec's chroot base runs. It
+// returns how the owner ended.
+func crashTaking(t *testing.T, root, bin string, spec MachineSpec, step string) error {
+	t.Helper()
+	b, _ := json.Marshal(ownerArgs{Root: root, Binary: bin, Spec: spec, Warm: 1, CrashAt: step})
+	cmd := exec.Command(testutil.Link(t, "smartvm-owner"), string(b))
+	cmd.Stderr = os.Stderr
+	err := cmd.Run()
+	deadline := time.Now().Add(waitLong)
+	for running := true; running && time.Now().Before(deadline); {
+		running = false
+		ents, _ := os.ReadDir(filepath.Join(spec.Jailer.ChrootBase, "firecracker"))
+		for _, e := range ents {
+			running = running || jailer.Running(e.Name())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return err
+}
+
+// A jail directory of the VM's name that is not this start's (another runtime directory's)
+// is never recorded as the VM's: a crash while taking a warm jail leaves it to its owner.
+func TestWarmJailsForeignChroot(t *testing.T) {
+	mgr, root, bin, base := newWarmManager(t)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Name, spec.Jailer = "taken-name", &JailerSpec{ChrootBase: base}
+	foreign, err := jailer.Prepare(jailer.Config{ID: spec.Name, ExecFile: bin, UID: 4747, GID: 4747, ChrootBase: spec.Jailer.ChrootBase})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = foreign.Mkdir("run")
+	foreign.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashTaking(t, root, bin, spec, "recorded")
+	if _, err := mgr.Reap(t.Context()); err != nil {
+		t.Errorf("reap: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(spec.Jailer.ChrootBase, "firecracker", spec.Name, "root", "run")); err != nil {
+		t.Errorf("another's jail of the vm's name was removed: %v", err)
+	}
+	if ids := warmIDs(t, spec.Jailer.ChrootBase); len(ids) != 0 {
+		t.Errorf("warm jails left: %v", ids)
+	}
 }

@@ -140,6 +140,16 @@ func (t *Tree) Rename(id string) error {
 	return nil
 }
 
+// CheckFree returns an error wrapping ErrJailExists when a jail's directory for id is there
+// (Rename would refuse to move onto it): one of another runtime directory, or a leftover.
+func (t *Tree) CheckFree(id string) error {
+	rel := filepath.Join(t.cfg.ExecName(), id)
+	if _, err := t.base.Lstat(rel); !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s: a vm of that name runs under this chroot base (from another runtime directory?), or something left it: remove it by hand once no firecracker runs in it, or choose another name", ErrJailExists, t.base.Join(rel))
+	}
+	return nil
+}
+
 // OwnSocket gives the socket name in the chroot's root to the jail's uid, refusing anything
 // but a socket (a link put there is never followed).
 func (t *Tree) OwnSocket(name string) error {

@@ -167,6 +167,12 @@ func TestTreeRename(t *testing.T) {
 		t.Fatal(err)
 	}
 	taken.Close()
+	if err := tr.CheckFree("taken"); !errors.Is(err, ErrJailExists) {
+		t.Errorf("CheckFree of another jail's ID: %v, want ErrJailExists", err)
+	}
+	if err := tr.CheckFree("vm-1"); err != nil {
+		t.Errorf("CheckFree of a free ID: %v", err)
+	}
 	if err := tr.Rename("taken"); !errors.Is(err, ErrJailExists) {
 		t.Errorf("Rename onto another jail: %v, want ErrJailExists", err)
 	}
