@@ -59,10 +59,11 @@ type warmJail struct {
 // VM, as its chroot is, and cgroup v2 refuses renames. A warm jail's firecracker keeps the ID it was
 // started with, jailer.WarmIDPrefix and 16 hex digits, which its log lines name.
 //
-// WarmJails returns once n are ready, or with the error that stopped it: ctx, or Close, ends
-// the making of a jail. A later call changes the count, or replaces the template (the warm
-// jails of the old one go); n = 0 removes them all, as Close does. Warm jails belong to this process, as owned VMs do: they end with it,
-// and reaping removes what they leave. List does not show them.
+// WarmJails returns once n are ready, or with the error that stopped it: ctx ends its making
+// of jails and its wait for those made in the background, and Close ends all making. A later
+// call changes the count, or replaces the template (the warm jails of the old one go); n = 0
+// removes them all, as Close does. Warm jails belong to this process, as owned VMs do: they
+// end with it, and reaping removes what they leave. List does not show them.
 func (mgr *Manager) WarmJails(ctx context.Context, tmpl MachineSpec, n int) error {
 	if n < 0 {
 		return fmt.Errorf("warm jails: count %d is negative", n)
@@ -104,8 +105,17 @@ func (mgr *Manager) WarmJails(ctx context.Context, tmpl MachineSpec, n int) erro
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for p.making > 0 {
+	stop := context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
+	defer stop()
+	for p.making > 0 && ctx.Err() == nil {
 		p.cond.Wait() // a background fill under way: it ends ready, or removed if surplus
+	}
+	if p.making > 0 {
+		return fmt.Errorf("warm jails: %d of %d ready, %d being made in the background: %w", len(p.ready), p.want, p.making, ctx.Err())
 	}
 	if len(p.ready) < p.want {
 		err := p.err

@@ -521,3 +521,30 @@ func TestWarmJailsForeignChroot(t *testing.T) {
 		t.Errorf("warm jails left: %v", ids)
 	}
 }
+
+// WarmJails stops waiting for a refill in the background when its context ends.
+func TestWarmJailsWaitEndsWithContext(t *testing.T) {
+	mgr, _, _, base := newWarmManager(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, _ := warmUp(t, ctx, mgr, base, 1)
+	t.Setenv(fakefc.EnvMode, fakefc.ModeNoSocket) // the refill's firecracker never listens
+	spec.Name = "took-warm"
+	m := start(t, mgr, spec)
+	defer m.Close()
+	if ids := waitWarm(t, base, 1); len(ids) != 1 { // the refill is making its jail
+		t.Fatalf("warm jails %v: no refill", ids)
+	}
+	short, cancelShort := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancelShort()
+	done := make(chan error, 1)
+	go func() { done <- mgr.WarmJails(short, spec, 1) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("WarmJails while a refill hangs: %v, want its context's end", err)
+		}
+	case <-time.After(waitLong):
+		t.Fatal("WarmJails waits for a background refill past its context")
+	}
+}
