@@ -33,8 +33,9 @@ func BenchmarkRealStartJailer(b *testing.B) {
 // benchJailer measures mgr's Start of the test guest directly, in a jail of its own (cold),
 // and in a warm jail (WarmJails), from the call until the VM runs, rotating the three (and
 // which goes first) in one loop so all see the same host. Before each start the pool is
-// refilled, untimed, so that no start shares the host with a jail being made, but for the
-// warm start itself, during which its replacement is made. It reports the medians
+// refilled, untimed (WarmJails waits for the replacement that a warm start has made in the
+// background once it returned), so that no timed start shares the host with a jail being
+// made. It reports the medians
 // (direct-ms, jailed-ms, warm-ms) and the ratios to direct (ratio for the cold jail,
 // warm-ratio); the target is at most 1.3. Stopping the VM is not timed.
 func benchJailer(b *testing.B, mgr *Manager) {
