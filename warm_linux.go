@@ -405,6 +405,21 @@ func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
 		return err
 	}
 	adoptStep("recorded")
+	// The lease goes to the VM before the warm jail's directory does: reaping releases a lease
+	// whose holder has no directory (reclaimJailIDs).
+	if s.jail.lease != "" {
+		ids, err := s.mgr.jailIDs()
+		if err != nil {
+			return err
+		}
+		_, err = ids.Transfer(ctx, s.jail.lease, name)
+		ids.Close()
+		if err != nil {
+			return err
+		}
+		s.jail.lease = name
+		adoptStep("transferred")
+	}
 	if err := warmDir(ctx); err != nil {
 		return fmt.Errorf("remove the directory of warm jail %s: %w", warmID, err)
 	}
@@ -421,19 +436,6 @@ func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
 		s.jail.cgroupDirs[i] = s.jail.rec.CgroupDirs[i]
 	}
 	adoptStep("renamed")
-	if s.jail.lease != "" {
-		ids, err := s.mgr.jailIDs()
-		if err != nil {
-			return err
-		}
-		_, err = ids.Transfer(ctx, s.jail.lease, name)
-		ids.Close()
-		if err != nil {
-			return err
-		}
-		s.jail.lease = name
-		adoptStep("transferred")
-	}
 	s.jail.rec.WarmID = ""
 	if err := s.dir.WriteState(s.state()); err != nil {
 		return err

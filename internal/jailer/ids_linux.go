@@ -160,9 +160,10 @@ func (ids *IDs) ReleaseUnheld(ctx context.Context, keep func(holder string) bool
 	return released, err
 }
 
-// Transfer hands the uid leased to from over to to, which must hold none: a warm jail's uid
-// becomes the VM's that takes the jail. The lease file is replaced whole (a crash leaves the
-// old owner or the new, never a part).
+// Transfer hands the uid leased to from over to to: a warm jail's uid becomes the VM's that
+// takes the jail. A lease that to holds already is ended first: the caller holds the name to,
+// so it is one left by an earlier VM of that name that died before reaping. The lease file is
+// replaced whole (a crash leaves the old holder or the new, never a part).
 func (ids *IDs) Transfer(ctx context.Context, from, to string) (uint32, error) {
 	var got uint32
 	err := ids.locked(ctx, func() error {
@@ -174,7 +175,9 @@ func (ids *IDs) Transfer(ctx context.Context, from, to string) (uint32, error) {
 		for uid, o := range leases {
 			switch o {
 			case to:
-				return fmt.Errorf("hand jail uid over to %s: it already leases uid %d", to, uid)
+				if err := ids.dir.Remove(leaseName(uid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("hand jail uid over to %s: end its stale lease of uid %d: %w", to, uid, err)
+				}
 			case from:
 				got, found = uid, true
 			}
