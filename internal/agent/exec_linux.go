@@ -241,6 +241,19 @@ type stdio struct {
 	outputs []*os.File     // stdout, stderr (or the PTY master alone)
 	pty     *os.File
 	child   []*os.File // closed in the agent once the child has them
+	// hold is the PTY's slave end, kept open by the agent until the command has exited: the
+	// master reads end-of-file (EIO) once the last slave closes, and a command's last output
+	// written just before it exits was seen lost to that EIO under load.
+	hold *os.File
+}
+
+// release closes hold: the master then reads the rest of the output, and EIO once the
+// command's own children have closed the terminal too.
+func (s *stdio) release() {
+	if s.hold != nil {
+		s.hold.Close()
+		s.hold = nil
+	}
 }
 
 func (s *stdio) closeChild() {
@@ -252,6 +265,7 @@ func (s *stdio) closeChild() {
 
 func (s *stdio) closeAll() {
 	s.closeChild()
+	s.release()
 	if s.stdin != nil {
 		s.stdin.Close()
 	}
@@ -316,10 +330,16 @@ func openPTY(rows, cols uint16) (*stdio, error) {
 		master.Close()
 		return nil, fmt.Errorf("open a pseudo-terminal: %w", err)
 	}
-	s := &stdio{stdin: master, outputs: []*os.File{master}, pty: master, child: []*os.File{slave, slave, slave}}
-	if err := s.resize(rows, cols); err != nil {
+	hold, err := unix.FcntlInt(slave.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
 		master.Close()
 		slave.Close()
+		return nil, fmt.Errorf("open a pseudo-terminal: %w", err)
+	}
+	s := &stdio{stdin: master, outputs: []*os.File{master}, pty: master, child: []*os.File{slave, slave, slave},
+		hold: os.NewFile(uintptr(hold), slave.Name())}
+	if err := s.resize(rows, cols); err != nil {
+		s.closeAll()
 		return nil, err
 	}
 	return s, nil
@@ -461,6 +481,10 @@ func (s *Server) runCommand(ctx context.Context, stream *connect.BidiStream[agen
 		}
 		return out.exitWith(se)
 	}
+	if main != nil || out.detach {
+		// The call may end before the command: nothing here waits for it to release hold.
+		sio.release()
+	}
 	if main != nil {
 		wait = main.started(pid, wait)
 	}
@@ -560,6 +584,7 @@ func (s *Server) runCommand(ctx context.Context, stream *connect.BidiStream[agen
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		ws = <-wait
 	}
+	sio.release()
 	select {
 	case <-drained:
 	case <-time.After(outputGrace):
