@@ -161,17 +161,16 @@ func warmableCgroups(js *JailerSpec) error {
 	return nil
 }
 
-// warmKey is what firecracker is started with for spec: a warm jail serves the specs of its
-// template's key.
+// warmSpec is what of spec decides how firecracker starts: a warm jail is made with that
+// alone (its record holds no devices, no vsock CID), and serves the specs that share it.
+func warmSpec(spec MachineSpec) MachineSpec {
+	return MachineSpec{Jailer: spec.Jailer, LogLevel: spec.LogLevel, Metrics: spec.Metrics,
+		EnablePCI: spec.EnablePCI, ExtraArgs: spec.ExtraArgs, SerialInput: spec.SerialInput}
+}
+
+// warmKey is warmSpec's identity: a warm jail serves the specs of its template's key.
 func warmKey(spec MachineSpec) string {
-	b, _ := json.Marshal(struct { // all of these marshal
-		Jailer      *JailerSpec
-		LogLevel    fcapi.LogLevel
-		Metrics     bool
-		EnablePCI   bool
-		ExtraArgs   []string
-		SerialInput bool
-	}{spec.Jailer, spec.LogLevel, spec.Metrics, spec.EnablePCI, spec.ExtraArgs, spec.SerialInput})
+	b, _ := json.Marshal(warmSpec(spec)) // a MachineSpec always marshals
 	return string(b)
 }
 
@@ -220,7 +219,7 @@ func (mgr *Manager) fillWarm(ctx context.Context) {
 
 // makeWarm starts a warm jail for VMs like tmpl.
 func (mgr *Manager) makeWarm(ctx context.Context, tmpl MachineSpec) (*warmJail, error) {
-	spec := tmpl
+	spec := warmSpec(tmpl)
 	spec.Name = jailer.NewWarmID()
 	s := &starter{mgr: mgr, spec: spec, prov: apiBoot{}, log: mgr.log.With("warm_jail", spec.Name),
 		begin: time.Now(), warming: true}

@@ -551,3 +551,36 @@ func TestWarmJailsWaitEndsWithContext(t *testing.T) {
 		t.Fatal("WarmJails waits for a background refill past its context")
 	}
 }
+
+// A warm jail records only what firecracker was started with: the template's devices (here
+// its vsock CID) are the taking VM's, so they are not in use while the jail waits.
+func TestWarmJailsRecordNoDevices(t *testing.T) {
+	mgr, root, _, base := newWarmManager(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	spec.Vsock = &VsockSpec{CID: 3}
+	if err := mgr.WarmJails(ctx, spec, 1); err != nil {
+		t.Fatal(err)
+	}
+	if cid, err := mgr.FreeVsockCID(ctx); err != nil || cid != 3 {
+		t.Errorf("FreeVsockCID = %d, %v with a warm jail of a template with CID 3: want 3", cid, err)
+	}
+	ids := warmIDs(t, base)
+	if len(ids) != 1 {
+		t.Fatalf("warm jails %v", ids)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "vms", ids[0], rundir.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st rundir.State
+	var recorded MachineSpec
+	if json.Unmarshal(b, &st) != nil || json.Unmarshal(st.Spec, &recorded) != nil || recorded.Kernel != "" || recorded.Vsock != nil || recorded.Jailer == nil {
+		t.Errorf("a warm jail's recorded spec: %s", st.Spec)
+	}
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+}
