@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,6 +45,8 @@ type warmJail struct {
 	// binary is firecracker's file when the jail was made: a start takes the jail only while
 	// its firecracker is still that file (an upgrade in place keeps the path, often the version).
 	binary binaryKey
+	// taken is closed when a start takes the jail: its watch (watchWarm) ends then.
+	taken chan struct{}
 }
 
 // WarmJails keeps n warm jails ready for VMs like tmpl: jailed firecrackers started ahead,
@@ -210,6 +213,9 @@ func (mgr *Manager) fillWarm(ctx context.Context) {
 		}
 		p.cond.Broadcast()
 		p.mu.Unlock()
+		if w != nil {
+			p.wg.Go(func() { mgr.watchWarm(w) })
+		}
 		if err != nil {
 			mgr.log.Warn("make a warm jail", "err", err)
 			return
@@ -256,7 +262,7 @@ func (s *starter) makeWarm(ctx context.Context) (*warmJail, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &warmJail{s: s, stdout: stdout, stderr: stderr, binary: binary}
+	w := &warmJail{s: s, stdout: stdout, stderr: stderr, binary: binary, taken: make(chan struct{})}
 	err = s.ownJailLogs()
 	if err == nil {
 		err = s.spawn(fcapi.VMConfig{}, stdout, stderr)
@@ -326,7 +332,34 @@ func (mgr *Manager) takeWarm(s *starter) *warmJail {
 	}
 	p.mu.Unlock()
 	discardWarm(dead)
+	if w != nil {
+		close(w.taken)
+	}
 	return w
+}
+
+// watchWarm removes w from the pool if its firecracker dies while it waits (killed, or out of
+// memory), with what it holds (chroot, uid lease, directory), and has it replaced. A warm jail
+// taken by a start, or removed, is not the pool's any more: its end is not this watch's.
+func (mgr *Manager) watchWarm(w *warmJail) {
+	select {
+	case <-w.s.proc.Done():
+	case <-w.taken:
+		return
+	}
+	p := &mgr.warm
+	p.mu.Lock()
+	i := slices.Index(p.ready, w)
+	if i >= 0 {
+		p.ready = slices.Delete(p.ready, i, i+1)
+	}
+	p.mu.Unlock()
+	if i < 0 {
+		return
+	}
+	mgr.log.Warn("a warm jail's firecracker ended while it waited", "warm_jail", w.s.spec.Name, "status", w.s.proc.Status())
+	discardWarm([]*warmJail{w})
+	mgr.refillWarm()
 }
 
 // refillWarm has the warm jails taken replaced in the background. A start that took one calls
@@ -454,6 +487,6 @@ func (mgr *Manager) closeWarm() {
 	ready := p.ready
 	p.ready = nil
 	p.mu.Unlock()
+	discardWarm(ready) // first: their watches (watchWarm) end with them
 	p.wg.Wait()
-	discardWarm(ready)
 }

@@ -584,3 +584,41 @@ func TestWarmJailsRecordNoDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A warm jail whose firecracker dies while it waits is removed at once, with all it holds,
+// and replaced.
+func TestWarmJailDiesWaiting(t *testing.T) {
+	mgr, root, _, base := newWarmManager(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, ids := warmUp(t, ctx, mgr, base, 1)
+	b, err := os.ReadFile(filepath.Join(root, "vms", ids[0], rundir.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st rundir.State
+	if err := json.Unmarshal(b, &st); err != nil || st.PID == 0 {
+		t.Fatalf("warm jail's state: %s (%v)", b, err)
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitLong)
+	var now []string
+	for time.Now().Before(deadline) {
+		if now = warmIDs(t, base); len(now) == 1 && now[0] != ids[0] && jailer.Running(now[0]) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(now) != 1 || now[0] == ids[0] {
+		t.Fatalf("warm jails %v after %s's firecracker died: want it replaced", now, ids[0])
+	}
+	if _, err := os.Stat(filepath.Join(root, "vms", ids[0])); !os.IsNotExist(err) {
+		t.Errorf("the dead warm jail's directory is left: %v", err)
+	}
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
+}
