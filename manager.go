@@ -395,30 +395,37 @@ func (mgr *Manager) recordedSSHKey(b *rundir.BaseImage) string {
 // inode, size, modification and change times) and cached, in memory and, for later
 // processes, in a private file per binary under the runtime root.
 func (mgr *Manager) Firecracker(ctx context.Context) (path string, version fcapi.Version, err error) {
+	key, v, err := mgr.firecracker(ctx)
+	return key.Path, v, err
+}
+
+// firecracker is Firecracker with the binary's identity as probed (its Path is the absolute
+// path), which a warm jail compares with the one it was made with.
+func (mgr *Manager) firecracker(ctx context.Context) (binaryKey, fcapi.Version, error) {
 	bin := mgr.bin
 	if !strings.ContainsRune(bin, '/') {
 		p, err := exec.LookPath(bin)
 		if err != nil {
-			return "", fcapi.Version{}, fmt.Errorf("firecracker binary %q not found in PATH: install Firecracker or name it with WithFirecrackerBinary: %w", bin, err)
+			return binaryKey{}, fcapi.Version{}, fmt.Errorf("firecracker binary %q not found in PATH: install Firecracker or name it with WithFirecrackerBinary: %w", bin, err)
 		}
 		bin = p
 	}
 	abs, err := filepath.Abs(bin)
 	if err != nil {
-		return "", fcapi.Version{}, fmt.Errorf("firecracker binary %s: %w", bin, err)
+		return binaryKey{}, fcapi.Version{}, fmt.Errorf("firecracker binary %s: %w", bin, err)
 	}
 	key, fi, err := probeKey(abs)
 	if err != nil {
-		return "", fcapi.Version{}, fmt.Errorf("firecracker binary: %w", err)
+		return binaryKey{}, fcapi.Version{}, fmt.Errorf("firecracker binary: %w", err)
 	}
 	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return "", fcapi.Version{}, fmt.Errorf("firecracker binary %s is not an executable file", abs)
+		return binaryKey{}, fcapi.Version{}, fmt.Errorf("firecracker binary %s is not an executable file", abs)
 	}
 	v, err := mgr.probedVersion(ctx, key, FirecrackerVersion)
 	if err != nil {
-		return "", fcapi.Version{}, err
+		return binaryKey{}, fcapi.Version{}, err
 	}
-	return abs, v, nil
+	return key, v, nil
 }
 
 // FirecrackerVersion runs `bin --version` and parses the first line it prints, such as

@@ -115,7 +115,8 @@ type starter struct {
 	undo []func(context.Context) error
 
 	bin      string
-	exe      string // bin with symlinks resolved: what /proc/<pid>/exe will show
+	binKey   binaryKey // bin's identity when it was found
+	exe      string    // bin with symlinks resolved: what /proc/<pid>/exe will show
 	version  fcapi.Version
 	dir      *rundir.Dir
 	image    *resolvedImage
@@ -201,10 +202,9 @@ func (s *starter) snapshot() *Snapshot {
 
 func (s *starter) run(ctx context.Context) (*Machine, error) {
 	var err error
-	if s.bin, s.version, err = s.mgr.Firecracker(ctx); err != nil {
+	if err := s.findFirecracker(ctx); err != nil {
 		return nil, s.fail("find firecracker", err)
 	}
-	s.exe, _ = filepath.EvalSymlinks(s.bin) // empty (unchecked) if it cannot be resolved
 	s.log.Debug("firecracker", "binary", s.bin, "version", s.version.String())
 	if err := s.checkVersion(); err != nil {
 		return nil, s.fail("check the firecracker version", err)
@@ -338,6 +338,18 @@ func (s *starter) pushKill() {
 			return fmt.Errorf("firecracker pid %d did not end after SIGKILL: %w", p.PID(), ctx.Err())
 		}
 	})
+}
+
+// findFirecracker resolves the manager's firecracker: its path, identity and version
+// (Manager.Firecracker), and the executable its links lead to.
+func (s *starter) findFirecracker(ctx context.Context) error {
+	key, v, err := s.mgr.firecracker(ctx)
+	if err != nil {
+		return err
+	}
+	s.binKey, s.bin, s.version = key, key.Path, v
+	s.exe, _ = filepath.EvalSymlinks(s.bin) // empty (unchecked) if it cannot be resolved
+	return nil
 }
 
 // requestFreeReadyBefore is the first release whose API thread survives a request pending

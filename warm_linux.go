@@ -42,9 +42,6 @@ type warmPool struct {
 type warmJail struct {
 	s              *starter
 	stdout, stderr *os.File
-	// binary is firecracker's file when the jail was made: a start takes the jail only while
-	// its firecracker is still that file (an upgrade in place keeps the path, often the version).
-	binary binaryKey
 	// taken is closed when a start takes the jail: its watch (watchWarm) ends then.
 	taken chan struct{}
 }
@@ -242,15 +239,11 @@ func (mgr *Manager) makeWarm(ctx context.Context, tmpl MachineSpec) (*warmJail, 
 // under the warm ID, the jail, the files, and firecracker through the jailer, until its API
 // listens.
 func (s *starter) makeWarm(ctx context.Context) (*warmJail, error) {
+	// binKey is probed before the jailer copies the binary: a newer file is never taken for it.
+	if err := s.findFirecracker(ctx); err != nil {
+		return nil, err
+	}
 	var err error
-	if s.bin, s.version, err = s.mgr.Firecracker(ctx); err != nil {
-		return nil, err
-	}
-	s.exe, _ = filepath.EvalSymlinks(s.bin)
-	binary, _, err := probeKey(s.bin) // before the jailer copies it: a newer file is never taken for it
-	if err != nil {
-		return nil, err
-	}
 	if s.dir, err = s.mgr.root.Create(ctx, s.spec.Name); err != nil {
 		return nil, err
 	}
@@ -262,7 +255,7 @@ func (s *starter) makeWarm(ctx context.Context) (*warmJail, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &warmJail{s: s, stdout: stdout, stderr: stderr, binary: binary, taken: make(chan struct{})}
+	w := &warmJail{s: s, stdout: stdout, stderr: stderr, taken: make(chan struct{})}
 	err = s.ownJailLogs()
 	if err == nil {
 		err = s.spawn(fcapi.VMConfig{}, stdout, stderr)
@@ -310,13 +303,13 @@ func (mgr *Manager) takeWarm(s *starter) *warmJail {
 	if _, api := s.prov.(apiBoot); !api || s.warming || s.opts.detached || warmable(s.spec) != nil {
 		return nil
 	}
-	key := warmKey(s.spec)
-	binary, _, err := probeKey(s.bin)
-	if err != nil {
-		return nil
-	}
 	p := &mgr.warm
 	p.mu.Lock()
+	if len(p.ready) == 0 { // no pool, or an empty one: nothing to compare
+		p.mu.Unlock()
+		return nil
+	}
+	key := warmKey(s.spec)
 	var w *warmJail
 	var dead []*warmJail
 	for w == nil && !p.closed && p.key == key && len(p.ready) > 0 {
@@ -325,7 +318,9 @@ func (mgr *Manager) takeWarm(s *starter) *warmJail {
 		case <-w.s.proc.Done(): // killed meanwhile
 			dead, w = append(dead, w), nil
 		default:
-			if !w.binary.sameFile(binary) || w.s.exe != s.exe || w.s.version != s.version {
+			// A start takes the jail only while its firecracker is still the file the jail
+			// runs (an upgrade in place keeps the path, often the version).
+			if !w.s.binKey.sameFile(s.binKey) || w.s.exe != s.exe || w.s.version != s.version {
 				dead, w = append(dead, w), nil // firecracker was replaced since
 			}
 		}
@@ -379,8 +374,8 @@ func (mgr *Manager) refillWarm() {
 }
 
 // adoptWarmStep, when set (by tests), is called after each step of adoptWarm that changes
-// what a crash would leave: "linked", "recorded", "warm-dir-removed", "renamed",
-// "transferred".
+// what a crash would leave: "linked", "recorded", "transferred", "warm-dir-removed",
+// "renamed".
 var adoptWarmStep func(step string)
 
 func adoptStep(step string) {
