@@ -288,15 +288,10 @@ func TestJailedSnapshotRestore(t *testing.T) {
 // SMARTVM_JAILER_BIN with SMARTVM_FIRECRACKER_BIN of the same release): pause and resume,
 // a snapshot and its restore in a jail, a graceful stop, and nothing left.
 func TestRealJailedLifecycle(t *testing.T) {
-	jailerBin, _ := testutil.JailerBins(t)
-	bin := testutil.FirecrackerBin(t) // skips without /dev/kvm: this one boots a guest
 	testutil.CheckLeaks(t)
-	root := testRoot(t)
-	mgr := newManager(t, root, bin, WithJailerBinary(jailerBin))
-	base := filepath.Join(t.TempDir(), "jailer")
-	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	mgr, root, spec := realJailed(t)
+	base := spec.Jailer.ChrootBase
 	spec.Name = "real-jailed"
-	spec.Jailer = &JailerSpec{ChrootBase: base}
 	m := start(t, mgr, spec)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
@@ -325,6 +320,19 @@ func jailedLifecycle(t *testing.T, ctx context.Context, mgr *Manager, m *Machine
 		t.Fatal(err)
 	}
 	r.Close()
+}
+
+// realJailed returns a manager of a fresh runtime root with the real jailer and firecracker of
+// one release (skipping the test without them or KVM), and a spec of the counter guest jailed
+// under a chroot base of its own, short enough for any jail's API socket path.
+func realJailed(t *testing.T) (*Manager, string, MachineSpec) {
+	t.Helper()
+	jailerBin, _ := testutil.JailerBins(t)
+	bin := testutil.FirecrackerBin(t) // skips without /dev/kvm: these tests boot a guest
+	root := testRoot(t)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Jailer = &JailerSpec{ChrootBase: shortJailBase(t)}
+	return newManager(t, root, bin, WithJailerBinary(jailerBin)), root, spec
 }
 
 // killAndRestore kills m and restores snap, its snapshot, in its place.
@@ -599,14 +607,10 @@ func TestFindJailedNeedsItsProof(t *testing.T) {
 // state.json is corrupt is found by its jail; rm -f kills it and leaves no chroot, lease or
 // cgroup.
 func TestRealJailedRemoveCorrupt(t *testing.T) {
-	jailerBin, _ := testutil.JailerBins(t)
-	bin := testutil.FirecrackerBin(t)
-	root := testRoot(t)
-	mgr := newManager(t, root, bin, WithJailerBinary(jailerBin))
-	base := filepath.Join(t.TempDir(), "j") // the API socket's path must stay short
-	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	mgr, root, spec := realJailed(t)
+	base := spec.Jailer.ChrootBase
 	spec.Name = "real-rmf"
-	spec.Jailer = &JailerSpec{ChrootBase: base, MemoryLimit: 1 << 30, CPUQuota: 0.5}
+	spec.Jailer.MemoryLimit, spec.Jailer.CPUQuota = 1<<30, 0.5
 	m := start(t, mgr, spec, Detached())
 	pid := m.PID()
 	m.Release()
@@ -633,7 +637,7 @@ func TestRealJailedRemoveCorrupt(t *testing.T) {
 	if l, err := jailer.DetectCgroups(); err == nil {
 		for _, c := range []string{"cpu", "memory"} {
 			if mnt := l.Mount(l.Version(), c); mnt != "" {
-				if _, err := os.Stat(filepath.Join(mnt, filepath.Base(bin), spec.Name)); !errors.Is(err, os.ErrNotExist) {
+				if _, err := os.Stat(filepath.Join(mnt, filepath.Base(mgr.bin), spec.Name)); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("cgroup %s left: %v", c, err)
 				}
 			}

@@ -302,14 +302,9 @@ func TestWarmJailsOwnerKilled(t *testing.T) {
 // A VM in a warm jail of the real jailer boots, pauses, resumes and snapshots; its snapshot
 // restores into a jail of its own; and nothing is left.
 func TestRealWarmJail(t *testing.T) {
-	jailerBin, _ := testutil.JailerBins(t)
-	bin := testutil.FirecrackerBin(t) // skips without /dev/kvm: this one boots a guest
 	testutil.CheckLeaks(t)
-	root := testRoot(t)
-	mgr := newManager(t, root, bin, WithJailerBinary(jailerBin))
-	base := shortJailBase(t)
-	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
-	spec.Jailer = &JailerSpec{ChrootBase: base}
+	mgr, root, spec := realJailed(t)
+	base := spec.Jailer.ChrootBase
 	limits := false
 	if l, err := jailer.DetectCgroups(); err == nil && l.Version() == 1 {
 		// cgroup v1: the warm jail's cgroups take the VM's name too.
