@@ -535,6 +535,10 @@ func (mgr *Manager) recordedJail(ctx context.Context, name string, st *rundir.St
 	}
 	switch holder := leases[j.UID]; {
 	case j.GID != j.UID:
+	case j.WarmID != "" && mgr.root.Held(j.WarmID):
+		// The warm jail a record names belongs to a live process: a hand-over cut short is
+		// one whose taker, the warm jail's owner too, is dead.
+		return jailer.Config{}, fmt.Errorf("jail of vm %s: recorded warm jail %s is a live process's; left alone", name, j.WarmID)
 	case holder == name:
 		return cfg, nil
 	case jailer.IsWarmID(name) && holder != "":

@@ -487,6 +487,27 @@ func TestRecordedJailIsChecked(t *testing.T) {
 			t.Errorf("%s: %v, want a refusal that leaves the jail alone", what, err)
 		}
 	}
+	// A record that names, as the warm jail its jail came from, one a live process holds
+	// never reaches it, even with a lease of its own.
+	live := jailer.NewWarmID()
+	d, err := mgr.root.Create(ctx, live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Remove(ctx)
+	if ids, err = mgr.jailIDs(); err != nil {
+		t.Fatal(err)
+	}
+	own, err := ids.Allocate(ctx, "vm1")
+	ids.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := good
+	claim.UID, claim.GID, claim.WarmID = own, own, live
+	if _, err := mgr.recordedJail(ctx, "vm1", state(&JailerSpec{}, claim)); err == nil || !strings.Contains(err.Error(), "left alone") {
+		t.Errorf("a record naming a live warm jail: %v, want a refusal that leaves the jail alone", err)
+	}
 }
 
 // TestJailerProbedOnce starts jailed VMs through a jailer that counts its version probes:

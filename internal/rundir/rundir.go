@@ -1309,6 +1309,22 @@ func (r *Root) Locked(ctx context.Context, fn func() error) error {
 	return fn()
 }
 
+// Held reports whether a live process holds VM name's directory: its owner, or one creating or
+// removing it. A name with no directory (or lock) is not held.
+func (r *Root) Held(name string) bool {
+	if checkName(name) != nil {
+		return false
+	}
+	l, ok, err := r.vms.TryLock(name+"/"+LockFile, false)
+	if err != nil {
+		return false
+	}
+	if ok {
+		l.Unlock()
+	}
+	return !ok
+}
+
 // Has reports whether a directory for VM name exists: the VM runs, is being created or
 // cleaned up, or has died and is not reaped yet.
 func (r *Root) Has(name string) bool {
