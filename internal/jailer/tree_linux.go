@@ -72,7 +72,7 @@ func Prepare(cfg Config) (*Tree, error) {
 	rel := filepath.Join(cfg.ExecName(), cfg.ID)
 	if _, err := base.Lstat(rel); err == nil {
 		base.Close()
-		return nil, fmt.Errorf("%w: %s: a vm of that name runs under this chroot base (from another runtime directory?), or a crash before its state was recorded left it: remove it by hand once no firecracker runs in it, or choose another name", ErrJailExists, base.Join(rel))
+		return nil, jailExists(base, rel)
 	}
 	root, err := base.MkdirAll(filepath.Join(rel, "root"), 0o700)
 	if err != nil {
@@ -131,7 +131,7 @@ func (t *Tree) Rename(id string) error {
 	exec := t.cfg.ExecName()
 	err := t.base.RenameNoReplace(filepath.Join(exec, t.cfg.ID), t.base, filepath.Join(exec, id))
 	if errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("%w: %s: a vm of that name runs under this chroot base, or a crash left it: remove it by hand once no firecracker runs in it", ErrJailExists, t.base.Join(filepath.Join(exec, id)))
+		return jailExists(t.base, filepath.Join(exec, id))
 	}
 	if err != nil {
 		return fmt.Errorf("rename jail: %w", err)
@@ -145,9 +145,14 @@ func (t *Tree) Rename(id string) error {
 func (t *Tree) CheckFree(id string) error {
 	rel := filepath.Join(t.cfg.ExecName(), id)
 	if _, err := t.base.Lstat(rel); !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %s: a vm of that name runs under this chroot base (from another runtime directory?), or something left it: remove it by hand once no firecracker runs in it, or choose another name", ErrJailExists, t.base.Join(rel))
+		return jailExists(t.base, rel)
 	}
 	return nil
+}
+
+// jailExists is the ErrJailExists of the jail directory rel under base, with what to do.
+func jailExists(base *safedir.Dir, rel string) error {
+	return fmt.Errorf("%w: %s: a vm of that name runs under this chroot base (from another runtime directory?), or a crash left it: remove it by hand once no firecracker runs in it, or choose another name", ErrJailExists, base.Join(rel))
 }
 
 // OwnSocket gives the socket name in the chroot's root to the jail's uid, refusing anything
