@@ -120,20 +120,8 @@ func (ids *IDs) Allocate(ctx context.Context, owner string) (uint32, error) {
 
 // Release ends owner's lease; an owner without one is not an error.
 func (ids *IDs) Release(ctx context.Context, owner string) error {
-	return ids.locked(ctx, func() error {
-		leases, err := ids.leasesLocked()
-		if err != nil {
-			return err
-		}
-		for uid, o := range leases {
-			if o == owner {
-				if err := ids.dir.Remove(leaseName(uid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("release jail uid %d: %w", uid, err)
-				}
-			}
-		}
-		return nil
-	})
+	_, err := ids.ReleaseUnheld(ctx, func(holder string) bool { return holder != owner })
+	return err
 }
 
 // ReleaseUnheld releases the leases whose holder keep does not vouch for, and returns the
