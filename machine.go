@@ -846,7 +846,6 @@ func logTail(p rundir.Paths) string {
 	return strings.Join(parts, "\n")
 }
 
-// tailOf returns the last whole lines in the last n bytes of a file.
 // loggedExit returns the exit code firecracker logged as it ended ("Firecracker exiting
 // successfully. exit_code=0", "Firecracker exiting with error. exit_code=N"): how one that is
 // not this process's child (a jailed one) ended, when it ended by itself. A firecracker
@@ -870,6 +869,7 @@ func loggedExit(p rundir.Paths) (int, bool) {
 	return code, true
 }
 
+// tailOf returns the last whole lines in the last n bytes of a file.
 func tailOf(path string, n int64) string {
 	// A jailed firecracker writes its log in its chroot, a directory of the jail's uid: a
 	// link or a FIFO put there is never followed or waited on.
