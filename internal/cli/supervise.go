@@ -79,7 +79,8 @@ func (a *app) spawnSupervisor(ctx context.Context, fc string, plan runPlan) (str
 	}
 	agent, _ := a.agentBinary() // the supervisor installs the same agent
 	for k, v := range map[string]string{envRuntimeDir: dir, envStagingDir: staging, envBaseImageDir: a.getenv(envBaseImageDir), envCIBucketURL: a.getenv(envCIBucketURL), envAgentBin: agent, envJailerBin: a.getenv(envJailerBin),
-		envImageKernel: a.getenv(envImageKernel), envRootfsHeadroom: a.getenv(envRootfsHeadroom)} {
+		envImageKernel: a.getenv(envImageKernel), envRootfsHeadroom: a.getenv(envRootfsHeadroom),
+		envImageMaxSize: a.getenv(envImageMaxSize), envImageMaxFiles: a.getenv(envImageMaxFiles)} {
 		if v != "" {
 			req.Env[k] = v
 		}
