@@ -84,18 +84,13 @@ func OpenSnapshot(dir string) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", dir, err)
 	}
-	f, err := safedir.OpenInput(filepath.Join(abs, snapshotManifest), false, false)
+	b, err := safedir.ReadInput(filepath.Join(abs, snapshotManifest), maxManifestSize)
 	if errors.Is(err, os.ErrNotExist) {
 		if _, serr := os.Stat(filepath.Join(abs, snapshotMemory)); serr == nil {
 			return Snapshot{}, fmt.Errorf("open snapshot %s: it has no %s: the snapshot was interrupted before it finished; remove the directory and take it again: %w", abs, snapshotManifest, ErrNotFound)
 		}
 		return Snapshot{}, fmt.Errorf("open snapshot %s: no %s: %w", abs, snapshotManifest, ErrNotFound)
 	}
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", abs, err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("open snapshot %s: %w", abs, err)
 	}

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // Where the guest agent goes in a root file system.
@@ -109,10 +111,10 @@ func debugfsExists(ctx context.Context, debugfs, image, path string) (bool, erro
 // smartvm-agent is about 16 MiB, and smartvm itself, which can serve as the agent, about 26.
 const maxAgentSize = 128 << 20
 
-// readAgent reads the agent binary at path (Options.AgentBinary): a regular file (opened
-// without blocking, so a FIFO is refused rather than waited on) of at most maxAgentSize bytes.
+// readAgent reads the agent binary at path (Options.AgentBinary): a regular file
+// (safedir.ReadInput: a FIFO is refused rather than waited on) of at most maxAgentSize bytes.
 func readAgent(path string) ([]byte, error) {
-	data, err := readInput(path, maxAgentSize)
+	data, err := safedir.ReadInput(path, maxAgentSize)
 	if err != nil {
 		return nil, fmt.Errorf("agent binary: %w", err)
 	}

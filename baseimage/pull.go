@@ -316,27 +316,11 @@ func (m *Manager) fetchManifest(ctx context.Context, rawURL string) (*plan, erro
 
 // readManifestFile reads and parses a local manifest.
 func (m *Manager) readManifestFile(path string) (*plan, error) {
-	data, err := readInput(path, maxManifestSize)
+	data, err := safedir.ReadInput(path, maxManifestSize)
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)
 	}
 	return m.manifestPlan(data, path, nil, filepath.Dir(path))
-}
-
-// readInput reads the regular file at path, a file the caller gives, opened without blocking
-// (safedir.OpenInput: a FIFO is refused, not waited on). It reads at most limit+1 bytes: more
-// than limit means the file is too large, which the caller reports.
-func readInput(path string, limit int64) ([]byte, error) {
-	f, err := safedir.OpenInput(path, false, false)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	return data, nil
 }
 
 // manifestPlan validates a manifest for this manager and resolves its URLs.

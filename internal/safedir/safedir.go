@@ -2,6 +2,8 @@ package safedir
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"time"
@@ -41,3 +43,19 @@ type Info struct {
 
 // LockOf wraps f, on which the caller holds a flock, as a Lock.
 func LockOf(f *os.File) *Lock { return &Lock{f: f} }
+
+// ReadInput reads the regular file at path, a file the caller gives (OpenInput: opened without
+// blocking, so a FIFO is refused rather than waited on). It reads at most limit+1 bytes: more
+// than limit means the file is too large, which the caller reports as fits its file.
+func ReadInput(path string, limit int64) ([]byte, error) {
+	f, err := OpenInput(path, false, false)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return data, nil
+}

@@ -321,3 +321,29 @@ func TestLockHolder(t *testing.T) {
 	}
 	t.Fatal("LockHolder never saw the lock")
 }
+
+// ReadInput reads a regular file up to one byte past its limit (the caller reports a larger
+// file), and refuses a FIFO at once instead of waiting for a writer.
+func TestReadInput(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f")
+	if err := os.WriteFile(file, []byte("0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := safedir.ReadInput(file, 10); err != nil || string(b) != "0123456789" {
+		t.Errorf("ReadInput at its limit: %q %v", b, err)
+	}
+	if b, err := safedir.ReadInput(file, 4); err != nil || string(b) != "01234" {
+		t.Errorf("ReadInput past its limit: %q %v, want the limit and one byte more", b, err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := safedir.ReadInput(fifo, 10); !errors.Is(err, safedir.ErrUntrusted) {
+		t.Errorf("ReadInput of a FIFO: %v, want ErrUntrusted", err)
+	}
+	if _, err := safedir.ReadInput(filepath.Join(dir, "missing"), 10); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadInput of a missing file: %v, want ErrNotExist", err)
+	}
+}
