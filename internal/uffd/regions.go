@@ -19,6 +19,8 @@ import (
 	"fmt"
 	"math"
 	"sort"
+
+	"github.com/smartvm/smartvm/internal/memfile"
 )
 
 // Region is one guest memory region as Firecracker describes it.
@@ -139,11 +141,11 @@ func find(regions []Region, addr uint64) int {
 	return -1
 }
 
-// extents are the data ranges of a sparse file, sorted and apart: [start, end) pairs.
-type extents [][2]int64
+// extents are the data ranges of a sparse file (memfile.Extents), sorted and apart.
+type extents []memfile.Extent
 
 // data reports whether [off, off+n) holds data (any byte of it) rather than only a hole.
 func (e extents) data(off, n int64) bool {
-	i := sort.Search(len(e), func(i int) bool { return e[i][1] > off })
-	return i < len(e) && e[i][0] < off+n
+	i := sort.Search(len(e), func(i int) bool { return e[i].Off+e[i].Len > off })
+	return i < len(e) && e[i].Off < off+n
 }

@@ -50,7 +50,7 @@ func TestParseRegions(t *testing.T) {
 }
 
 func TestExtents(t *testing.T) {
-	e := extents{{4096, 8192}, {16384, 20480}}
+	e := extents{{Off: 4096, Len: 4096}, {Off: 16384, Len: 4096}} // [4096, 8192) and [16384, 20480)
 	for _, c := range []struct {
 		off, n int64
 		want   bool

@@ -107,16 +107,12 @@ func open(f *os.File, opts Options) (*Server, error) {
 func dataExtents(f *os.File, size int64) (extents, error) {
 	ext, err := memfile.Extents(f, size)
 	if errors.Is(err, memfile.ErrTooManyExtents) {
-		return extents{{0, size}}, nil
+		return extents{{Off: 0, Len: size}}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	e := make(extents, len(ext))
-	for i, x := range ext {
-		e[i] = [2]int64{x.Off, x.Off + x.Len}
-	}
-	return e, nil
+	return ext, nil
 }
 
 // Clients returns the number of VMs the server is serving.
