@@ -19,14 +19,23 @@ import (
 // cmd/smartvm (bench/run.sh builds one), not the test binary, whose start-up differs.
 const envBenchSmartvm = "SMARTVM_BENCH_SMARTVM"
 
+// envBenchFloor optionally names bench/execfloor, built: a Go command that only runs the
+// bare firecracker and waits for it. BenchmarkRealRunExec then times it too, as the floor
+// of any Go command's overhead on the host.
+const envBenchFloor = "SMARTVM_BENCH_FLOOR"
+
 // benchMemMiB is the guest memory of both kinds of run.
 const benchMemMiB = 32
 
 // BenchmarkRealRunExec measures `smartvm run --kernel K` as a user runs it, from exec to exit,
 // next to a bare `firecracker --config-file` booting the same guest (the test guest in hello
 // mode: it prints a line and resets, which ends Firecracker). Each round runs both, in
-// alternating order; it reports the medians (smartvm-ms, bare-ms) and their ratio. The
-// smartvm runs share one runtime root, so only the first probes `firecracker --version`.
+// turns as to which goes first. It reports the medians (smartvm-ms, bare-ms) and their ratio,
+// and the medians of each round's ratio (pair-ratio) and difference (added-ms). The smartvm
+// runs share one runtime root, so only the first probes `firecracker --version`. With
+// $SMARTVM_BENCH_FLOOR, each round also times that command around the bare run, and reports
+// its median (floor-ms), its ratio to the bare run's (floor-ratio) and the median of its
+// rounds' differences from the bare run (floor-added-ms).
 func BenchmarkRealRunExec(b *testing.B) {
 	fc := testutil.FirecrackerBin(b)
 	smartvmBin := os.Getenv(envBenchSmartvm)
@@ -73,21 +82,33 @@ func BenchmarkRealRunExec(b *testing.B) {
 		return run(smartvmBin, "--firecracker-bin", fc, "--runtime-dir", runtime, "run",
 			"--kernel", kernel, "--memory", strconv.Itoa(benchMemMiB), "--boot-args", bootArgs)
 	}
-	bareRun := func() time.Duration {
+	bareArgs := func() []string {
 		n++
-		sock := filepath.Join(shm, "bare-"+strconv.Itoa(n)+".sock")
-		defer os.Remove(sock)
-		return run(fc, "--api-sock", sock, "--config-file", cfgPath)
+		return []string{fc, "--api-sock", filepath.Join(shm, "bare-"+strconv.Itoa(n)+".sock"), "--config-file", cfgPath}
+	}
+	bareRun := func() time.Duration {
+		args := bareArgs()
+		defer os.Remove(args[2])
+		return run(args[0], args[1:]...)
+	}
+	floorBin := os.Getenv(envBenchFloor)
+	floorRun := func() time.Duration {
+		args := bareArgs()
+		defer os.Remove(args[2])
+		return run(floorBin, args...)
 	}
 	smartvmRun() // the first run probes the binary's version; later runs find it cached
-	var sm, bare []float64
+	var sm, bare, floor []float64
+	kinds := []func(){
+		func() { sm = append(sm, ms(smartvmRun())) },
+		func() { bare = append(bare, ms(bareRun())) },
+	}
+	if floorBin != "" {
+		kinds = append(kinds, func() { floor = append(floor, ms(floorRun())) })
+	}
 	for i := 0; b.Loop(); i++ {
-		if i%2 == 0 {
-			sm = append(sm, ms(smartvmRun()))
-			bare = append(bare, ms(bareRun()))
-		} else {
-			bare = append(bare, ms(bareRun()))
-			sm = append(sm, ms(smartvmRun()))
+		for k := range kinds { // each kind goes first in turn
+			kinds[(i+k)%len(kinds)]()
 		}
 	}
 	medSM, medBare := median(sm), median(bare)
@@ -95,7 +116,28 @@ func BenchmarkRealRunExec(b *testing.B) {
 	b.ReportMetric(medSM, "smartvm-ms")
 	b.ReportMetric(medBare, "bare-ms")
 	b.ReportMetric(medSM/medBare, "ratio")
+	b.ReportMetric(median(pairwise(sm, bare, ratio)), "pair-ratio")
+	b.ReportMetric(median(pairwise(sm, bare, minus)), "added-ms")
+	if floorBin != "" {
+		b.ReportMetric(median(floor), "floor-ms")
+		b.ReportMetric(median(floor)/medBare, "floor-ratio")
+		b.ReportMetric(median(pairwise(floor, bare, minus)), "floor-added-ms")
+	}
 }
+
+// pairwise is f of the runs of each round: a bare firecracker's run time varies by several
+// milliseconds from run to run on a nested-KVM host (most of it in the kernel, building and
+// destroying the VM), so a round's difference says more than a difference of medians.
+func pairwise(a, b []float64, f func(x, y float64) float64) []float64 {
+	out := make([]float64, min(len(a), len(b)))
+	for i := range out {
+		out[i] = f(a[i], b[i])
+	}
+	return out
+}
+
+func ratio(x, y float64) float64 { return x / y }
+func minus(x, y float64) float64 { return x - y }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
