@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // entries lists a VM directory's entries.
@@ -124,6 +125,28 @@ func TestReapRecordsKeptVM(t *testing.T) {
 	}
 }
 
+// RemoveExited of a VM whose process is gone waits for its owner to record the end, for
+// longer than a reap waits: the owner, a supervisor on a loaded host, may be slow to do it
+// after rm -f killed the VM.
+func TestRemoveExitedWaitsForTheOwner(t *testing.T) {
+	t.Parallel()
+	r := open(t, nil)
+	ctx := context.Background()
+	d := deadVM(t, r, "vm1", &State{Keep: true, Mode: "detached"})
+	late := 3 * heldWait
+	time.AfterFunc(late, func() { d.Keep(ctx, Exit{Code: -1, Signal: "SIGKILL", Reason: "killed"}) })
+	t0 := time.Now()
+	if err := r.RemoveExited(ctx, "vm1"); err != nil {
+		t.Fatalf("remove a vm its owner records late: %v", err)
+	}
+	if took := time.Since(t0); took < late {
+		t.Errorf("removed after %v, before the owner let go (%v)", took, late)
+	}
+	if r.Has("vm1") {
+		t.Error("the record is left")
+	}
+}
+
 // The owner of a kept VM records its end itself (Dir.Keep), and lets go of its lock.
 // RemoveExited refuses a VM that has not exited.
 func TestKeepByOwner(t *testing.T) {
@@ -131,7 +154,9 @@ func TestKeepByOwner(t *testing.T) {
 	r := open(t, nil)
 	ctx := context.Background()
 	d := deadVM(t, r, "vm1", &State{Keep: true, Mode: "owned"})
-	if err := r.RemoveExited(ctx, "vm1"); !errors.Is(err, ErrExists) {
+	short, cancel := context.WithTimeout(ctx, heldWait)
+	defer cancel()
+	if err := r.RemoveExited(short, "vm1"); !errors.Is(err, ErrExists) {
 		t.Errorf("remove a vm its owner holds: %v, want ErrExists", err)
 	}
 	if err := d.Keep(ctx, Exit{Code: 3, Reason: "firecracker exited with code 3", LogTail: strings.Repeat("x", 2*MaxLogTail)}); err != nil {

@@ -422,7 +422,7 @@ func (r *Root) Create(ctx context.Context, name string) (*Dir, error) {
 		return nil, fmt.Errorf("create vm dir: %w", err)
 	}
 	var d *Dir
-	err := r.retryHeld(ctx, func(last bool) (bool, error) {
+	err := r.retryHeld(ctx, heldWait, func(last bool) (bool, error) {
 		if _, err := r.vms.Lstat(name); err == nil {
 			switch res, err := r.reapLocked(ctx, name); {
 			case err != nil:
@@ -505,11 +505,16 @@ const (
 	heldPoll = 5 * time.Millisecond
 )
 
+// removeWait is how long RemoveExited, asked to remove VM name, waits for an owner that still
+// holds the VM after its process died: a detached VM's supervisor, under load, can take
+// longer than heldWait to record the end of the VM that rm -f just killed.
+const removeWait = 5 * time.Second
+
 // retryHeld runs fn with root.lock held, and again after a pause of heldPoll (with root.lock
-// released) while fn asks to retry, for up to heldWait or until ctx ends. last tells fn that
+// released) while fn asks to retry, for up to wait or until ctx ends. last tells fn that
 // this is its last run: it must then decide.
-func (r *Root) retryHeld(ctx context.Context, fn func(last bool) (retry bool, err error)) error {
-	deadline := time.Now().Add(heldWait)
+func (r *Root) retryHeld(ctx context.Context, wait time.Duration, fn func(last bool) (retry bool, err error)) error {
+	deadline := time.Now().Add(wait)
 	for {
 		last := ctx.Err() != nil || !time.Now().Before(deadline)
 		rl, err := r.lock(ctx)
@@ -830,7 +835,7 @@ func (r *Root) Reap(ctx context.Context) ([]string, error) {
 	var names, reapedNames []string
 	var errs []error
 	first := true
-	err := r.retryHeld(ctx, func(last bool) (bool, error) {
+	err := r.retryHeld(ctx, heldWait, func(last bool) (bool, error) {
 		if first {
 			first = false
 			var err error
@@ -1124,13 +1129,14 @@ func (d *Dir) lockState(ctx context.Context) (*State, *safedir.Lock, error) {
 // RemoveExited removes the record of VM name, which has exited (State.Exit); a kept VM whose
 // process is gone is recorded first (see Reap), and one that is not kept is reaped. It
 // returns an error wrapping ErrNotFound when there is no such VM, ErrExists when the VM runs
-// (or its owner holds it), and ErrCorruptState when its state.json cannot be read while a
-// firecracker still serves its socket (one that nothing serves is removed, as Reap does).
+// (or its owner still holds it after removeWait, or ctx's end, once its process is gone), and
+// ErrCorruptState when its state.json cannot be read while a firecracker still serves its
+// socket (one that nothing serves is removed, as Reap does).
 func (r *Root) RemoveExited(ctx context.Context, name string) error {
 	if err := checkName(name); err != nil {
 		return fmt.Errorf("remove vm: %w: %w", err, ErrNotFound)
 	}
-	err := r.retryHeld(ctx, func(last bool) (bool, error) {
+	err := r.retryHeld(ctx, removeWait, func(last bool) (bool, error) {
 		res, err := r.reapLocked(ctx, name)
 		switch {
 		case err != nil:
@@ -1223,7 +1229,7 @@ func (d *Dir) ID() string { return d.id }
 // name (which Reap leaves alone), or the VM kept as exited.
 func (d *Dir) Reap(ctx context.Context) (bool, error) {
 	isGone := false
-	err := d.root.retryHeld(ctx, func(last bool) (bool, error) {
+	err := d.root.retryHeld(ctx, heldWait, func(last bool) (bool, error) {
 		id, err := d.root.readID(d.name)
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && id != d.id) {
 			isGone = true
