@@ -18,8 +18,11 @@ func exitedError(name string, e *rundir.Exit) error {
 // Info describes VM name: a live one with its state as Firecracker reports it (as List
 // does), or one kept as exited (KeepExited), with StateExited and Exit. A dead VM is reaped
 // first. It returns an error wrapping ErrNotFound when no VM has the name (or it is still
-// starting), and ErrCorruptState when its state.json cannot be read.
+// starting, or the name is a warm jail's), and ErrCorruptState when its state.json cannot be read.
 func (mgr *Manager) Info(ctx context.Context, name string) (MachineInfo, error) {
+	if err := warmName(name); err != nil {
+		return MachineInfo{}, err
+	}
 	dir, st, err := mgr.root.Lookup(name)
 	if err == nil && st.Exit == nil && !st.Alive() {
 		if _, err := dir.Reap(ctx); err != nil {
@@ -40,10 +43,13 @@ func (mgr *Manager) Info(ctx context.Context, name string) (MachineInfo, error) 
 
 // Remove removes the record of VM name, kept as exited (KeepExited), which frees its name; a
 // kept VM that has ended but is not recorded yet is recorded first. It returns an error
-// wrapping ErrNotFound when no VM has the name, ErrExists when the VM runs (stop or kill it
-// first), and ErrCorruptState when its state.json cannot be read while a firecracker still
-// serves the VM (ForceRemove removes it).
+// wrapping ErrNotFound when no VM has the name (a warm jail is none), ErrExists when the VM
+// runs (stop or kill it first), and ErrCorruptState when its state.json cannot be read while
+// a firecracker still serves the VM (ForceRemove removes it).
 func (mgr *Manager) Remove(ctx context.Context, name string) error {
+	if err := warmName(name); err != nil {
+		return fmt.Errorf("remove %w", err)
+	}
 	if m, err := mgr.lookup(name); err != nil {
 		return err
 	} else if m != nil && !m.waitFor(ctx, 0) { // a Machine that has ended is forgotten just after
@@ -60,8 +66,11 @@ func (mgr *Manager) Remove(ctx context.Context, name string) error {
 // kept (see WithSerialLogLimit): of a live VM, or of one kept as exited (KeepExited). It reads
 // the file through the VM's directory (a regular file of smartvm's, never a link), at most
 // the manager's serial log limit from its end. Close it when done. It returns an error
-// wrapping ErrNotFound when no VM has the name.
+// wrapping ErrNotFound when no VM has the name (a warm jail is none).
 func (mgr *Manager) ConsoleLog(name string) (io.ReadCloser, error) {
+	if err := warmName(name); err != nil {
+		return nil, fmt.Errorf("console of %w", err)
+	}
 	dir, _, err := mgr.root.Lookup(name)
 	if dir == nil {
 		return nil, fmt.Errorf("console of vm %s: %w", name, err)

@@ -232,6 +232,16 @@ func (mgr *Manager) forget(m *Machine) {
 	}
 }
 
+// warmName returns an error wrapping ErrNotFound when name is a warm jail's (WarmJails): such
+// a jail is its manager's, and no VM until a start takes it, so nothing else may attach to,
+// stop or remove it by that name.
+func warmName(name string) error {
+	if jailer.IsWarmID(name) {
+		return fmt.Errorf("vm %s: the name is a warm jail's, not a vm's: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
 func (mgr *Manager) lookup(name string) (*Machine, error) {
 	mgr.mu.Lock()
 	defer mgr.mu.Unlock()
@@ -250,9 +260,12 @@ func (mgr *Manager) lookup(name string) (*Machine, error) {
 // to concurrent calls.
 //
 // Attach returns an error wrapping ErrNotFound when no live VM has the name (a dead one is
-// reaped), ErrExited (and ErrNotRunning) when the VM is kept as exited (Info describes it), and
+// reaped; a warm jail's name, see WarmJails, is no VM's), ErrExited (and ErrNotRunning) when the VM is kept as exited (Info describes it), and
 // ErrClosed after Close.
 func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
+	if err := warmName(name); err != nil {
+		return nil, fmt.Errorf("attach %w", err)
+	}
 	if m, err := mgr.lookup(name); err != nil || m != nil {
 		return m, err
 	}
@@ -293,9 +306,12 @@ func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 // with its jail's guard; it releases what it can (a jail found so: its chroot, cgroups and
 // uid lease), and removes the VM's directory. The directory must be one smartvm made (its proof: owner, mode, id and
 // lock files, no symlinks), and no process may own the VM. It returns the pids it killed, and
-// an error wrapping ErrNotFound when there is no such VM. A network the corrupt state recorded
+// an error wrapping ErrNotFound when there is no such VM (a warm jail is none). A network the corrupt state recorded
 // is not torn down by name; Reap removes networks whose VM has no directory.
 func (mgr *Manager) ForceRemove(ctx context.Context, name string) ([]int, error) {
+	if err := warmName(name); err != nil {
+		return nil, fmt.Errorf("remove %w", err)
+	}
 	if m, err := mgr.lookup(name); err != nil {
 		return nil, err
 	} else if m != nil {

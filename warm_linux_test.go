@@ -617,3 +617,33 @@ func TestWarmJailDiesWaiting(t *testing.T) {
 	}
 	jailLeft(t, base, root)
 }
+
+// A warm jail is no VM: by its name, another manager can neither attach to it, describe it,
+// read its console nor remove it, and it keeps waiting.
+func TestWarmJailsNotVMs(t *testing.T) {
+	mgr, root, bin, base := newWarmManager(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, ids := warmUp(t, ctx, mgr, base, 1)
+	other := newManager(t, root, bin)
+	id := ids[0]
+	_, attachErr := other.Attach(ctx, id)
+	_, infoErr := other.Info(ctx, id)
+	_, consoleErr := other.ConsoleLog(id)
+	_, forceErr := other.ForceRemove(ctx, id)
+	for what, err := range map[string]error{
+		"Attach": attachErr, "Info": infoErr, "ConsoleLog": consoleErr,
+		"Remove": other.Remove(ctx, id), "ForceRemove": forceErr,
+	} {
+		if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "warm jail") {
+			t.Errorf("%s of a warm jail: %v, want ErrNotFound naming a warm jail", what, err)
+		}
+	}
+	if now := warmIDs(t, base); !slices.Equal(now, ids) || !jailer.Running(id) {
+		t.Errorf("the warm jail did not survive: %v (running: %v)", now, jailer.Running(id))
+	}
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
+}
