@@ -30,6 +30,8 @@ type warmPool struct {
 	making int
 	err    error // why the last jail could not be made, until one is
 	closed bool
+	// retrying is set while a background fill that failed tries again (retryWarm).
+	retrying bool
 	wg     sync.WaitGroup // the fills under way
 	// life ends with the pool (closeWarm): a jail being made stops waiting then, whatever
 	// the context of the WarmJails call that makes it.
@@ -50,7 +52,8 @@ type warmJail struct {
 // through the jailer, that wait for their configuration. A jailed Start whose spec matches
 // tmpl takes a ready one instead of running the jailer, whose own work is about half a direct
 // start: the jail's directory and its uid lease take the VM's name, and the VM is configured
-// and booted as any other. A replacement is made in the background once that start is done.
+// and booted as any other. A replacement is made in the background once that start is done;
+// one that cannot be made is tried again after a pause that grows from a second to a minute.
 //
 // A spec matches tmpl when firecracker would be started the same way: the same JailerSpec,
 // LogLevel, Metrics, EnablePCI, ExtraArgs and SerialInput. Only owned starts (not Detached) in
@@ -100,7 +103,7 @@ func (mgr *Manager) WarmJails(ctx context.Context, tmpl MachineSpec, n int) erro
 	p.wg.Add(1)
 	p.mu.Unlock()
 	discardWarm(drop)
-	mgr.fillWarm(ctx)
+	mgr.fillWarm(ctx) // its error is p.err, reported below
 	p.wg.Done()
 
 	p.mu.Lock()
@@ -175,13 +178,14 @@ func warmKey(spec MachineSpec) string {
 }
 
 // fillWarm makes warm jails, one at a time, until the pool has or makes as many as it wants.
-func (mgr *Manager) fillWarm(ctx context.Context) {
+// It returns the error that stopped it short.
+func (mgr *Manager) fillWarm(ctx context.Context) error {
 	p := &mgr.warm
 	for {
 		p.mu.Lock()
 		if p.closed || len(p.ready)+p.making >= p.want {
 			p.mu.Unlock()
-			return
+			return nil
 		}
 		p.making++
 		key, tmpl, life := p.key, p.tmpl, p.life
@@ -215,7 +219,7 @@ func (mgr *Manager) fillWarm(ctx context.Context) {
 		}
 		if err != nil {
 			mgr.log.Warn("make a warm jail", "err", err)
-			return
+			return err
 		}
 	}
 }
@@ -368,9 +372,54 @@ func (mgr *Manager) refillWarm() {
 	}
 	p.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), warmTimeout)
-		defer cancel()
-		mgr.fillWarm(ctx)
+		err := mgr.fillWarm(ctx)
+		cancel()
+		if err != nil {
+			mgr.retryWarm()
+		}
 	})
+}
+
+// warmRetry is the first pause before a background fill that failed tries again; it doubles
+// with each failure, up to warmRetryMax. A variable for tests.
+var warmRetry = time.Second
+
+const warmRetryMax = time.Minute
+
+// retryWarm has a background fill that failed try again, after pauses that grow (warmRetry,
+// warmRetryMax), until the pool has what it wants or ends: a jail that could not be made for
+// a while (no free uid while the jailed VMs hold them all, a firecracker being replaced) is
+// made once it can be, with no start needed to ask again. One retry runs at a time.
+func (mgr *Manager) retryWarm() {
+	p := &mgr.warm
+	p.mu.Lock()
+	if p.retrying || p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.retrying = true
+	life := p.life // set by the WarmJails call that made the pool
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.retrying = false
+		p.mu.Unlock()
+	}()
+	for pause := warmRetry; ; pause = min(2*pause, warmRetryMax) {
+		t := time.NewTimer(pause)
+		select {
+		case <-life.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(life, warmTimeout)
+		err := mgr.fillWarm(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+	}
 }
 
 // adoptWarmStep, when set (by tests), is called after each step of adoptWarm that changes

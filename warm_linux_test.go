@@ -647,3 +647,37 @@ func TestWarmJailsNotVMs(t *testing.T) {
 	}
 	jailLeft(t, base, root)
 }
+
+// A replacement that cannot be made at first is made once it can, with no start to ask for
+// it: here the uid range has one uid, which the VM that took the warm jail holds until it ends.
+func TestWarmJailsRefillRetried(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	defer func(d time.Duration) { warmRetry = d }(warmRetry)
+	warmRetry = 20 * time.Millisecond
+	root, bin, base := testRoot(t), fakeJailPair(t), shortJailBase(t)
+	mgr := newManager(t, root, bin, WithJailerIDRange(123400, 1))
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, warm := warmUp(t, ctx, mgr, base, 1)
+	spec.Name = "took-warm"
+	m := start(t, mgr, spec)
+	if id := runIDOf(t, m.PID()); id != warm[0] {
+		t.Fatalf("firecracker runs with --id %q, not the warm jail's %q", id, warm[0])
+	}
+	time.Sleep(10 * warmRetry) // the refill fails, and is tried again, while the VM holds the uid
+	if ids := warmIDs(t, base); len(ids) != 0 {
+		t.Fatalf("a warm jail was made while the only uid was the vm's: %v", ids)
+	}
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if ids := waitWarm(t, base, 1); len(ids) != 1 {
+		t.Fatalf("no warm jail was made once the uid was free: %v", ids)
+	}
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
+}
