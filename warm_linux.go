@@ -32,7 +32,7 @@ type warmPool struct {
 	closed bool
 	// retrying is set while a background fill that failed tries again (retryWarm).
 	retrying bool
-	wg     sync.WaitGroup // the fills under way
+	wg       sync.WaitGroup // the fills under way
 	// life ends with the pool (closeWarm): a jail being made stops waiting then, whatever
 	// the context of the WarmJails call that makes it.
 	life context.Context
