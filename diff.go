@@ -47,8 +47,12 @@ type SnapshotBase struct {
 // maxDiffChain bounds the diffs a restore lays over a full snapshot.
 const maxDiffChain = 32
 
-// mergedMemory is the memory file a restore of a diff merges in the VM's directory.
-const mergedMemory = "memory.img"
+// mergedMemory is the memory file a restore of a diff merges in the VM's directory, and
+// jailMergedMemory the one it merges in a jailed VM's chroot.
+const (
+	mergedMemory     = "memory.img"
+	jailMergedMemory = "snapshot-memory.img"
+)
 
 // SnapshotDiff saves the VM into dir as Snapshot does, except that the memory file holds
 // only the pages the guest wrote since base, the VM's previous snapshot (or the snapshot
@@ -160,14 +164,12 @@ func diffChain(snap *Snapshot) (files []*os.File, err error) {
 }
 
 // mergeDiffs returns the memory file to load: memPath itself for a full snapshot, and for a
-// diff the chain merged onto its full base in the VM's directory (the snapshots are left as
-// they are). snap is the snapshot the VM is loaded from.
+// diff the chain merged onto its full base (the snapshots are left as they are), in the VM's
+// directory, or in its jail, as firecracker sees it there. snap is the snapshot the VM is
+// loaded from.
 func (s *starter) mergeDiffs(ctx context.Context, snap *Snapshot, memPath string) (string, error) {
-	if snap.Memory == nil || snap.Memory.Type != MemoryDiff {
+	if !snap.diff() {
 		return memPath, nil
-	}
-	if s.jail != nil {
-		return "", fmt.Errorf("restoring a diff snapshot in a jail is not supported yet: restore without the jailer: %w", errors.ErrUnsupported)
 	}
 	files, err := diffChain(snap)
 	if err != nil {
@@ -181,12 +183,18 @@ func (s *starter) mergeDiffs(ctx context.Context, snap *Snapshot, memPath string
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+	if s.jail != nil {
+		return s.mergeIntoJail(files)
+	}
 	dst := filepath.Join(s.dir.Paths.Dir, mergedMemory)
 	if err := memfile.Merge(dst, files[0], files[1:]); err != nil {
 		return "", err
 	}
 	return dst, nil
 }
+
+// diff reports whether snap's memory is a diff (MemoryDiff).
+func (snap *Snapshot) diff() bool { return snap.Memory != nil && snap.Memory.Type == MemoryDiff }
 
 // check refuses a memory record that is not one Snapshot writes.
 func (m *SnapshotMemory) check() error {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/smartvm/smartvm/fcapi"
@@ -20,9 +21,14 @@ import (
 // returns the snapshots and the tick seen last.
 func takeDiffChain(t *testing.T, mgr *Manager, kernel string) (full, d1, d2, ref Snapshot, last uint64) {
 	t.Helper()
+	return takeDiffChainOf(t, mgr, guestSpec(kernel, testguest.ModeCounter))
+}
+
+// takeDiffChainOf is takeDiffChain for spec, a counter guest.
+func takeDiffChainOf(t *testing.T, mgr *Manager, spec MachineSpec) (full, d1, d2, ref Snapshot, last uint64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	spec := guestSpec(kernel, testguest.ModeCounter)
 	spec.Name = "diffs"
 	spec.TrackDirtyPages = true
 	m := start(t, mgr, spec)
@@ -81,9 +87,13 @@ func restoreDiff(t *testing.T, mgr *Manager, snap Snapshot, ref *Snapshot, last 
 		t.Fatal(err)
 	}
 	defer m.Close()
-	merged, err := os.ReadFile(filepath.Join(m.Dir(), mergedMemory))
+	mergedPath := filepath.Join(m.Dir(), mergedMemory)
+	if snap.Spec.Jailer != nil {
+		mergedPath = mergedInJail(t, m)
+	}
+	merged, err := os.ReadFile(mergedPath)
 	if err != nil {
-		t.Errorf("no merged memory in the vm's directory: %v", err)
+		t.Errorf("no merged memory at %s: %v", mergedPath, err)
 	}
 	if ref != nil {
 		want, err := os.ReadFile(filepath.Join(ref.Dir, snapshotMemory))
@@ -216,4 +226,20 @@ func TestRealDiffSnapshots(t *testing.T) {
 		// The merged memory served by the page server (v1.7 has no usable Uffd here).
 		restoreDiff(t, mgr, d2, &ref, last, true, WithMemoryBackend(MemoryUffd))
 	}
+}
+
+// mergedInJail returns the memory a jailed restore of a diff merged, in m's chroot (the
+// grandparent of <chroot>/run/api.sock), and checks that it is the jail's uid's, mode 0600,
+// and that the VM's directory holds no merge of its own.
+func mergedInJail(t *testing.T, m *Machine) string {
+	t.Helper()
+	p := filepath.Join(filepath.Dir(filepath.Dir(m.APISocket())), jailMergedMemory)
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil || st.Uid == 0 || st.Mode&0o777 != 0o600 {
+		t.Errorf("merged memory %s: uid %d mode %o, %v; want the jail's uid and 0600", p, st.Uid, st.Mode&0o777, err)
+	}
+	if _, err := os.Stat(filepath.Join(m.Dir(), mergedMemory)); !os.IsNotExist(err) {
+		t.Errorf("a jailed restore merged into the vm's directory too: %v", err)
+	}
+	return p
 }

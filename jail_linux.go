@@ -14,6 +14,7 @@ import (
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/jailer"
+	"github.com/smartvm/smartvm/internal/memfile"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/safedir"
@@ -350,14 +351,38 @@ func (s *starter) jailRestore(ctx context.Context, place func(path, name string,
 	return nil
 }
 
-// jailSnapshotFiles lends a snapshot's state and memory files to the jail for a restore to
-// load, and returns their paths as firecracker sees them. Files on the chroot's filesystem
-// are hard-linked and lent to the jail's uid (given back when the VM ends); others are
-// copied. state.json is rewritten so that reaping gives them back too.
-func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath string) (string, string, error) {
+// mergeIntoJail merges a diff chain's memory files (the full base first) into a file of the
+// jail's uid in its chroot, made through the jail's handle, and returns its path as
+// firecracker sees it. The merge is written where firecracker reads it: nothing is copied
+// after.
+func (s *starter) mergeIntoJail(files []*os.File) (string, error) {
+	out, err := s.jail.tree.NewFile(jailMergedMemory)
+	if err != nil {
+		return "", err
+	}
+	err = memfile.MergeInto(out, files[0], files[1:])
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("merge the diff snapshots into the jail: %w", err)
+	}
+	return "/" + jailMergedMemory, nil
+}
+
+// jailSnapshotFiles lends a snapshot's state file, and with withMem its memory file, to the
+// jail for a restore to load, and returns their paths as firecracker sees them (memPath as it
+// is without withMem). Files on the chroot's filesystem are hard-linked and lent to the jail's
+// uid (given back when the VM ends); others are copied. state.json is rewritten so that
+// reaping gives them back too.
+func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath string, withMem bool) (string, string, error) {
 	tr := s.jail.tree
-	var inside [2]string
-	for i, p := range []string{statePath, memPath} {
+	inside := [2]string{1: memPath}
+	files := []string{statePath}
+	if withMem {
+		files = append(files, memPath)
+	}
+	for i, p := range files {
 		f, err := openNoFollow(p)
 		if err != nil {
 			return "", "", err

@@ -712,3 +712,32 @@ func TestReclaimJailIDs(t *testing.T) {
 		t.Errorf("leases after the reap: %v (%v), want only %s's", leases, err, spec.Name)
 	}
 }
+
+// A diff snapshot of a jailed VM restores in a jail: the chain is merged into the chroot, in a
+// file of the jail's uid that only it reads, and nothing of it is left once the VM ends.
+func TestJailedDiffSnapshots(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root, bin := testRoot(t), fakeJailPair(t)
+	mgr := newManager(t, root, bin)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.TrackDirtyPages = true
+	spec.Jailer = &JailerSpec{ChrootBase: shortJailBase(t)}
+	_, _, d2, ref, last := takeDiffChainOf(t, mgr, spec)
+	restoreDiff(t, mgr, d2, &ref, last, false)
+	if _, err := os.Stat(filepath.Join(root, "vms", "diffs")); !os.IsNotExist(err) {
+		t.Errorf("the restored vm's directory is left: %v", err)
+	}
+	jailLeft(t, spec.Jailer.ChrootBase, root)
+}
+
+// TestRealJailedDiffSnapshots is TestJailedDiffSnapshots with the real jailer and firecracker
+// of one release: the restored guest counts on from where the last diff left it.
+func TestRealJailedDiffSnapshots(t *testing.T) {
+	testutil.CheckLeaks(t)
+	mgr, root, spec := realJailed(t)
+	spec.TrackDirtyPages = true
+	_, _, d2, ref, last := takeDiffChainOf(t, mgr, spec)
+	restoreDiff(t, mgr, d2, &ref, last, true)
+	jailLeft(t, spec.Jailer.ChrootBase, root)
+}

@@ -32,9 +32,11 @@ func (s *starter) jailRecord() *rundir.Jail { return nil }
 
 func (mgr *Manager) reapJail(context.Context, string, *rundir.State) error { return nil }
 
-func (s *starter) jailSnapshotFiles(context.Context, string, string) (string, string, error) {
+func (s *starter) jailSnapshotFiles(context.Context, string, string, bool) (string, string, error) {
 	return "", "", errors.ErrUnsupported
 }
+
+func (s *starter) mergeIntoJail([]*os.File) (string, error) { return "", errors.ErrUnsupported }
 
 func (m *Machine) jailSnapshotTargets(stateDst, memDst string) (string, string, func(context.Context) error, error) {
 	return stateDst, memDst, func(context.Context) error { return nil }, nil

@@ -233,6 +233,20 @@ func (t *Tree) CreateFile(name string) error {
 	return t.Own(name)
 }
 
+// NewFile creates name in the chroot (mode 0600, owned by the jail's uid) and returns it open
+// for writing: a file smartvm fills for firecracker to read, such as a merged memory file.
+func (t *Tree) NewFile(name string) (*os.File, error) {
+	f, err := t.root.OpenFile(t.prefix+name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create %s in the jail: %w", name, err)
+	}
+	if err := f.Chown(int(t.cfg.UID), int(t.cfg.GID)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("give %s to the jail's uid: %w", name, err)
+	}
+	return f, nil
+}
+
 // Close releases the directories without removing anything.
 func (t *Tree) Close() error { return errors.Join(t.root.Close(), t.base.Close()) }
 

@@ -91,6 +91,24 @@ func walk(f *os.File, size int64, fn func(Extent) error) error {
 // diffs laid over it in order, oldest first: a page a diff holds replaces the page below.
 // Every file must be as large as base. On failure dst is removed.
 func Merge(dst string, base *os.File, diffs []*os.File) (err error) {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	return MergeInto(out, base, diffs)
+}
+
+// MergeInto is Merge into out, an empty file open for writing, which the caller closes (and
+// removes on failure).
+func MergeInto(out, base *os.File, diffs []*os.File) error {
 	bi, err := base.Stat()
 	if err != nil {
 		return err
@@ -105,18 +123,6 @@ func Merge(dst string, base *os.File, diffs []*os.File) (err error) {
 			return fmt.Errorf("diff memory %s has %d bytes, and its base %s %d: not a diff of that base", d.Name(), di.Size(), base.Name(), size)
 		}
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(dst)
-		}
-	}()
 	if err := out.Truncate(size); err != nil {
 		return err
 	}
