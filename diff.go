@@ -165,8 +165,8 @@ func diffChain(snap *Snapshot) (files []*os.File, err error) {
 
 // mergeDiffs returns the memory file to load: memPath itself for a full snapshot, and for a
 // diff the chain merged onto its full base (the snapshots are left as they are), in the VM's
-// directory, or in its jail, as firecracker sees it there. snap is the snapshot the VM is
-// loaded from.
+// directory, or in its jail, as firecracker sees it there (memoryInJail). snap is the
+// snapshot the VM is loaded from.
 func (s *starter) mergeDiffs(ctx context.Context, snap *Snapshot, memPath string) (string, error) {
 	if !snap.diff() {
 		return memPath, nil
@@ -183,7 +183,7 @@ func (s *starter) mergeDiffs(ctx context.Context, snap *Snapshot, memPath string
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	if s.jail != nil {
+	if s.memoryInJail() {
 		return s.mergeIntoJail(files)
 	}
 	dst := filepath.Join(s.dir.Paths.Dir, mergedMemory)

@@ -88,7 +88,10 @@ func restoreDiff(t *testing.T, mgr *Manager, snap Snapshot, ref *Snapshot, last 
 	}
 	defer m.Close()
 	mergedPath := filepath.Join(m.Dir(), mergedMemory)
-	if snap.Spec.Jailer != nil {
+	m.mgr.pages.mu.Lock()
+	served := m.mgr.pages.vms[m.Name()] != nil // MemoryUffd: the memory stays on the host
+	m.mgr.pages.mu.Unlock()
+	if snap.Spec.Jailer != nil && !served {
 		mergedPath = mergedInJail(t, m)
 	}
 	merged, err := os.ReadFile(mergedPath)

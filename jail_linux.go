@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -349,6 +350,12 @@ func (s *starter) jailRestore(ctx context.Context, place func(path, name string,
 	}
 	s.jail.rec.Owners, _ = json.Marshal(s.jail.tree.Owners()) // []Owner always marshals
 	return nil
+}
+
+// listenInJail listens on the socket name in the jail's chroot, for firecracker to connect
+// to, and returns its path as firecracker sees it.
+func (s *starter) listenInJail(name string) (*net.UnixListener, string, error) {
+	return s.jail.tree.ListenUnix(name)
 }
 
 // mergeIntoJail merges a diff chain's memory files (the full base first) into a file of the

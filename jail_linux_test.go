@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/jailer"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
@@ -714,7 +715,8 @@ func TestReclaimJailIDs(t *testing.T) {
 }
 
 // A diff snapshot of a jailed VM restores in a jail: the chain is merged into the chroot, in a
-// file of the jail's uid that only it reads, and nothing of it is left once the VM ends.
+// file of the jail's uid that only it reads (or, with MemoryUffd, into the VM's directory,
+// where the page server reads it), and nothing of it is left once the VM ends.
 func TestJailedDiffSnapshots(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.CheckLeaks(t)
@@ -725,6 +727,7 @@ func TestJailedDiffSnapshots(t *testing.T) {
 	spec.Jailer = &JailerSpec{ChrootBase: shortJailBase(t)}
 	_, _, d2, ref, last := takeDiffChainOf(t, mgr, spec)
 	restoreDiff(t, mgr, d2, &ref, last, false)
+	restoreDiff(t, mgr, d2, &ref, last, false, WithMemoryBackend(MemoryUffd)) // merged on the host
 	if _, err := os.Stat(filepath.Join(root, "vms", "diffs")); !os.IsNotExist(err) {
 		t.Errorf("the restored vm's directory is left: %v", err)
 	}
@@ -739,5 +742,64 @@ func TestRealJailedDiffSnapshots(t *testing.T) {
 	spec.TrackDirtyPages = true
 	_, _, d2, ref, last := takeDiffChainOf(t, mgr, spec)
 	restoreDiff(t, mgr, d2, &ref, last, true)
+	jailLeft(t, spec.Jailer.ChrootBase, root)
+}
+
+// A jailed VM's snapshot restores with MemoryUffd: firecracker connects to the page server's
+// socket in its chroot, given to the jail's uid, and the memory file stays on the host, lent
+// to no jail; one page server serves two jailed restores of one memory file.
+func TestJailedRestoreUffd(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root, bin, base := testRoot(t), fakeJailPair(t), shortJailBase(t)
+	mgr := newManager(t, root, bin)
+	snap := snapshotCounter(t, mgr, guestKernel(t), "juffd", func(s *MachineSpec) { s.Jailer = &JailerSpec{ChrootBase: base} })
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	r, err := mgr.Restore(ctx, snap, RestoreSpec{}, WithMemoryBackend(MemoryUffd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chroot := filepath.Dir(filepath.Dir(r.APISocket()))
+	var st syscall.Stat_t
+	if err := syscall.Lstat(filepath.Join(chroot, uffdSocket), &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFSOCK || st.Uid < jailer.DefaultFirstID {
+		t.Errorf("the uffd socket in the jail: mode %o uid %d, %v; want a socket of the jail's uid", st.Mode, st.Uid, err)
+	}
+	if ents, _ := os.ReadDir(chroot); slices.ContainsFunc(ents, func(e os.DirEntry) bool { return strings.HasSuffix(e.Name(), snapshotMemory) }) {
+		t.Errorf("the memory file was put into the jail: %v", ents)
+	}
+	if n, refs := pageServerState(mgr); n != 1 || refs[0] != 1 {
+		t.Errorf("%d page servers, refs %v: want one serving the jailed vm", n, refs)
+	}
+	if err := r.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, r)
+	uffdRestores(t, mgr, snap, false)
+	jailLeft(t, base, root)
+}
+
+// TestRealJailedRestoreUffd is TestJailedRestoreUffd with the real jailer and firecracker of
+// one release. v1.7's firecracker cannot use this host's userfaultfd (TestRealRestoreUffd):
+// with it, the jailed restore must fail saying to use File, and leave nothing.
+func TestRealJailedRestoreUffd(t *testing.T) {
+	testutil.CheckLeaks(t)
+	mgr, root, spec := realJailed(t)
+	snap := snapshotCounter(t, mgr, spec.Kernel, "juffd", func(s *MachineSpec) { s.Jailer = spec.Jailer })
+	if v, _ := fcapi.ParseVersion(snap.FirecrackerVersion); !v.AtLeast(fcapi.Version{Major: 1, Minor: 8}) {
+		ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+		defer cancel()
+		// It fails registering the memory with the userfaultfd it made (from the jail's
+		// /dev/userfaultfd), before it connects to the page server's socket.
+		_, err := mgr.Restore(ctx, snap, RestoreSpec{}, WithMemoryBackend(MemoryUffd))
+		if !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "restore with File") {
+			t.Fatalf("jailed uffd restore with firecracker %s: %v, want ErrUnsupported saying to use File", snap.FirecrackerVersion, err)
+		}
+		if n, _ := pageServerState(mgr); n != 0 {
+			t.Errorf("%d page servers left after a failed restore", n)
+		}
+	} else {
+		uffdRestores(t, mgr, snap, true)
+	}
 	jailLeft(t, spec.Jailer.ChrootBase, root)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/smartvm/smartvm/fcapi"
@@ -37,6 +38,10 @@ func (s *starter) jailSnapshotFiles(context.Context, string, string, bool) (stri
 }
 
 func (s *starter) mergeIntoJail([]*os.File) (string, error) { return "", errors.ErrUnsupported }
+
+func (s *starter) listenInJail(string) (*net.UnixListener, string, error) {
+	return nil, "", errors.ErrUnsupported
+}
 
 func (m *Machine) jailSnapshotTargets(stateDst, memDst string) (string, string, func(context.Context) error, error) {
 	return stateDst, memDst, func(context.Context) error { return nil }, nil

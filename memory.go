@@ -123,6 +123,12 @@ func (ps *pageServers) acquire(path, name string, mo memoryOptions, log *slog.Lo
 	return p.srv, release, nil
 }
 
+// memoryInJail reports whether a jailed restore's firecracker reads the memory file itself,
+// in its chroot: with MemoryUffd it stays on the host, where the page server reads it.
+func (s *starter) memoryInJail() bool {
+	return s.jail != nil && s.opts.memory.backend != MemoryUffd
+}
+
 // memoryBackend returns the mem_backend that loads the memory file memPath, and done, which
 // the caller calls with the load's result once Firecracker has answered: with MemoryUffd,
 // it reports whether Firecracker handed its userfaultfd over.
@@ -134,10 +140,7 @@ func (s *starter) memoryBackend(ctx context.Context, memPath string) (fcapi.Memo
 	default:
 		return fcapi.MemoryBackend{}, nil, fmt.Errorf("memory backend %q: use %s or %s", s.opts.memory.backend, MemoryFile, MemoryUffd)
 	}
-	switch {
-	case s.jail != nil:
-		return fcapi.MemoryBackend{}, nil, fmt.Errorf("the %s memory backend does not work with a jailer yet: restore with %s: %w", MemoryUffd, MemoryFile, errors.ErrUnsupported)
-	case s.opts.detached:
+	if s.opts.detached {
 		return fcapi.MemoryBackend{}, nil, fmt.Errorf("a detached VM outlives this process, which serves its memory with %s: restore it with %s: %w", MemoryUffd, MemoryFile, errors.ErrUnsupported)
 	}
 	srv, release, err := s.mgr.pages.acquire(memPath, s.spec.Name, s.opts.memory, s.mgr.log.With("uffd", memPath))
@@ -145,8 +148,15 @@ func (s *starter) memoryBackend(ctx context.Context, memPath string) (fcapi.Memo
 		return fcapi.MemoryBackend{}, nil, fmt.Errorf("serve memory file %s: %w", memPath, err)
 	}
 	s.push(release)
+	// A jailed firecracker connects in its chroot; the memory file stays on the host, where
+	// the page server reads it.
+	var ln *net.UnixListener
 	sock := filepath.Join(s.dir.Paths.Dir, uffdSocket)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if s.jail != nil {
+		ln, sock, err = s.listenInJail(uffdSocket)
+	} else {
+		ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	}
 	if err != nil {
 		return fcapi.MemoryBackend{}, nil, fmt.Errorf("listen for firecracker's userfaultfd: %w", err)
 	}
@@ -159,7 +169,7 @@ func (s *starter) memoryBackend(ctx context.Context, memPath string) (fcapi.Memo
 		}
 		err := <-accepted
 		cancel()
-		ln.Close() // removes the socket
+		ln.Close() // removes the socket in the VM's directory; the jail's goes with the jail
 		if loadErr != nil && strings.Contains(loadErr.Error(), "Unrecognized ioctl flags") {
 			// v1.7's userfaultfd crate refuses the flags newer kernels report.
 			return fmt.Errorf("%w: Firecracker %s cannot use this kernel's userfaultfd (it reports ioctls newer than that release knows): restore with %s, or with a newer Firecracker: %w",

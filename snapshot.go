@@ -569,8 +569,9 @@ func (l snapshotLoad) load(ctx context.Context, s *starter) error {
 	statePath, memPath := filepath.Join(snap.Dir, snapshotState), filepath.Join(snap.Dir, snapshotMemory)
 	var err error
 	if s.jail != nil {
-		// A diff's memory is merged into the jail below, not lent.
-		if statePath, memPath, err = s.jailSnapshotFiles(ctx, statePath, memPath, !snap.diff()); err != nil {
+		// A diff's memory is merged into the jail below, not lent; memory the page server
+		// serves stays on the host.
+		if statePath, memPath, err = s.jailSnapshotFiles(ctx, statePath, memPath, s.memoryInJail() && !snap.diff()); err != nil {
 			return s.fail("put the snapshot into the jail", err)
 		}
 	}

@@ -150,11 +150,14 @@ func buildJail(chroot string, uid, gid uint32) error {
 	for _, n := range []struct {
 		path         string
 		major, minor uint32
-	}{{"dev/net/tun", 10, 200}, {"dev/kvm", 10, 232}, {"dev/urandom", 1, 9}, {"dev/userfaultfd", 10, 126}} {
+	}{{"dev/net/tun", 10, 200}, {"dev/kvm", 10, 232}, {"dev/urandom", 1, 9}, {"dev/userfaultfd", 0, 0}} {
 		if n.path == "dev/userfaultfd" {
-			if _, err := os.Stat("/dev/userfaultfd"); err != nil {
+			// A misc device with a minor of its own on each host: the host's node's.
+			var st unix.Stat_t
+			if err := unix.Stat("/dev/userfaultfd", &st); err != nil {
 				continue
 			}
+			n.major, n.minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
 		}
 		p := filepath.Join(chroot, n.path)
 		if err := unix.Mknod(p, unix.S_IFCHR|0o600, int(unix.Mkdev(n.major, n.minor))); err != nil && !errors.Is(err, os.ErrExist) {

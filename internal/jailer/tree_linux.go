@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -245,6 +246,21 @@ func (t *Tree) NewFile(name string) (*os.File, error) {
 		return nil, fmt.Errorf("give %s to the jail's uid: %w", name, err)
 	}
 	return f, nil
+}
+
+// ListenUnix listens on a new socket name in the chroot, given to the jail's uid so that
+// firecracker can connect to it, and returns it with the socket's path as firecracker sees
+// it. The socket file stays when the listener closes; the jail's removal takes it.
+func (t *Tree) ListenUnix(name string) (*net.UnixListener, string, error) {
+	ln, err := t.root.ListenUnix(t.prefix + name)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen in the jail: %w", err)
+	}
+	if err := t.OwnSocket(name); err != nil {
+		ln.Close()
+		return nil, "", fmt.Errorf("give %s to the jail's uid: %w", name, err)
+	}
+	return ln, "/" + name, nil
 }
 
 // Close releases the directories without removing anything.

@@ -2,6 +2,8 @@ package safedir_test
 
 import (
 	"errors"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,5 +101,59 @@ func TestLinkAndChown(t *testing.T) {
 	}
 	if err := d.Link(shm, "cross"); !errors.Is(err, safedir.ErrCrossDevice) || !errors.Is(err, syscall.EXDEV) {
 		t.Errorf("cross-filesystem link: %v, want ErrCrossDevice", err)
+	}
+}
+
+// ListenUnix binds where d is, whatever is renamed on the way meanwhile, and follows no
+// symbolic link; the socket stays once the listener closes.
+func TestListenUnix(t *testing.T) {
+	base := t.TempDir()
+	d, err := safedir.OpenTrusted(base, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Mkdir("sub", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The directory moves after d was opened: the socket follows the directory, not its path.
+	moved := base + ".moved"
+	if err := os.Rename(base, moved); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Rename(moved, base)
+	ln, err := d.ListenUnix("sub/s.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(moved, "sub", "s.sock")
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("dial the socket at %s: %v", sock, err)
+	}
+	c.Close()
+	ln.Close()
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Type() != fs.ModeSocket {
+		t.Errorf("the socket after Close: %v, %v; want it left for Remove", fi, err)
+	}
+	if err := d.Remove("sub/s.sock"); err != nil {
+		t.Fatal(err)
+	}
+	// A symbolic link on the way is not followed.
+	elsewhere := t.TempDir()
+	if err := os.Symlink(elsewhere, filepath.Join(moved, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if ln, err := d.ListenUnix("link/s.sock"); err == nil {
+		ln.Close()
+		t.Error("listened through a symbolic link")
+	}
+	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+		t.Errorf("a socket was made through the link: %v", ents)
 	}
 }

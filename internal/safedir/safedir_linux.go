@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -415,6 +416,24 @@ func (d *Dir) Remove(name string) error {
 		return &fs.PathError{Op: "remove", Path: d.Join(name), Err: err}
 	}
 	return nil
+}
+
+// ListenUnix listens on a new Unix socket name beneath d. It binds through d's descriptor
+// (/proc/self/fd), so no symbolic link on the way is followed, whoever can write where the
+// socket goes. Closing the listener leaves the socket file: Remove removes it.
+func (d *Dir) ListenUnix(name string) (*net.UnixListener, error) {
+	pfd, base, done, err := d.parent(name)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d/%s", pfd, base), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", d.Join(name), err)
+	}
+	// The descriptor in the bound path is closed once this returns, and its number reused.
+	ln.SetUnlinkOnClose(false)
+	return ln, nil
 }
 
 // Rename moves oldName beneath d to newName beneath nd (which may be d), replacing what is

@@ -14,6 +14,7 @@ import (
 const (
 	uffdAPI = 0xAA
 
+	ioctlNew      = 0xaa00     // USERFAULTFD_IOC_NEW, _IO(0xAA, 0x00), on /dev/userfaultfd
 	ioctlAPI      = 0xc018aa3f // _IOWR(UFFDIO, 0x3F, struct uffdio_api)
 	ioctlRegister = 0xc020aa00 // _IOWR(UFFDIO, 0x00, struct uffdio_register)
 	ioctlWake     = 0x8010aa02 // _IOR(UFFDIO, 0x02, struct uffdio_range)
@@ -72,13 +73,38 @@ func zeroPage(fd int, dst, n uint64) error {
 	return ioctl(fd, ioctlZeropage, unsafe.Pointer(&z))
 }
 
+// newFD creates a userfaultfd as Firecracker's userfaultfd crate does: from /dev/userfaultfd
+// where there is one (its mode decides who may, also in a jail, where the jailer makes the
+// node for the jail's uid), else with the system call, which an unprivileged process may
+// make only where vm.unprivileged_userfaultfd allows.
+func newFD() (uintptr, error) {
+	flags := uintptr(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	dev, err := unix.Open("/dev/userfaultfd", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err == nil {
+		defer unix.Close(dev)
+		fd, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), ioctlNew, flags)
+		if e != 0 {
+			return 0, fmt.Errorf("/dev/userfaultfd: USERFAULTFD_IOC_NEW: %w", e)
+		}
+		return fd, nil
+	}
+	if !os.IsNotExist(err) {
+		return 0, fmt.Errorf("open /dev/userfaultfd: %w", err)
+	}
+	fd, _, e := unix.Syscall(unix.SYS_USERFAULTFD, flags, 0, 0)
+	if e != 0 {
+		return 0, fmt.Errorf("userfaultfd: %w", e)
+	}
+	return fd, nil
+}
+
 // New creates a userfaultfd the way Firecracker does (non-blocking, close-on-exec, with
 // remove events) and registers [addr, addr+n) with it for missing-page faults. It is what
 // the fake Firecracker and the tests use to stand in for Firecracker's side.
 func New(addr, n uint64) (*os.File, error) {
-	fd, _, e := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
-	if e != 0 {
-		return nil, fmt.Errorf("userfaultfd: %w", e)
+	fd, err := newFD()
+	if err != nil {
+		return nil, err
 	}
 	f := os.NewFile(fd, "userfaultfd")
 	api := struct{ API, Features, Ioctls uint64 }{API: uffdAPI, Features: featureEventRemove}
