@@ -381,9 +381,15 @@ func (s *starter) mergeIntoJail(files []*os.File) (string, error) {
 // jail for a restore to load, and returns their paths as firecracker sees them (memPath as it
 // is without withMem). Files on the chroot's filesystem are hard-linked and lent to the jail's
 // uid (given back when the VM ends); others are copied. state.json is rewritten so that
-// reaping gives them back too.
+// reaping gives them back too. A clone (a restore under another name) gets copies (reflinks
+// where the filesystem has them): a snapshot that serves as a template is lent to no jail,
+// where one clone could change what the next one loads, and several clones run at once.
 func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath string, withMem bool) (string, string, error) {
 	tr := s.jail.tree
+	kind := jailer.Persistent
+	if p := s.prov.restoring(); p != nil && p.renamed {
+		kind = jailer.Ephemeral
+	}
 	inside := [2]string{1: memPath}
 	files := []string{statePath}
 	if withMem {
@@ -395,7 +401,7 @@ func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath stri
 			return "", "", err
 		}
 		name := "snapshot-" + filepath.Base(p)
-		inside[i], err = tr.Place(ctx, f, p, name, jailer.Persistent)
+		inside[i], err = tr.Place(ctx, f, p, name, kind)
 		if errors.Is(err, jailer.ErrOtherFilesystem) {
 			inside[i], err = tr.Place(ctx, f, p, name, jailer.ReadOnly)
 		}

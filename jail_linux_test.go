@@ -803,3 +803,103 @@ func TestRealJailedRestoreUffd(t *testing.T) {
 	}
 	jailLeft(t, spec.Jailer.ChrootBase, root)
 }
+
+// A jailed VM's snapshot restores under other names while the VM runs on: each clone runs in a
+// jail of its own, with its own uid, its ephemeral drive restaged into its own chroot, and
+// copies of the snapshot's files, which are lent to no jail; Clone starts several so, also
+// with the page server.
+func TestJailedClone(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.CheckLeaks(t)
+	root, bin, base := testRoot(t), fakeJailPair(t), shortJailBase(t)
+	mgr := newManager(t, root, bin)
+	data := filepath.Join(t.TempDir(), "data.img")
+	os.WriteFile(data, []byte("the snapshot's data"), 0o644)
+	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
+	spec.Name = "jsrc"
+	spec.Drives = []DriveSpec{{ID: "data", Path: data}}
+	spec.Jailer = &JailerSpec{ChrootBase: base}
+	spec.Vsock = &VsockSpec{CID: 7}
+	m := start(t, mgr, spec)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	snap, err := m.Snapshot(ctx, filepath.Join(t.TempDir(), "snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := mgr.Restore(ctx, snap, RestoreSpec{Name: "jclone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chroot := filepath.Join(base, "firecracker", "jclone", "root")
+	if c.APISocket() != filepath.Join(chroot, "run", "api.sock") {
+		t.Errorf("the clone's API socket %s is not in a jail of its own", c.APISocket())
+	}
+	uid := func(m *Machine) string { return strings.Fields(procStatus(t, m.PID(), "Uid"))[0] }
+	if uid(c) == uid(m) {
+		t.Errorf("the clone runs as the snapshot's VM's uid %s", uid(m))
+	}
+	if b, err := os.ReadFile(filepath.Join(chroot, "drives", "data.img")); err != nil || string(b) != "the snapshot's data" {
+		t.Errorf("the clone's ephemeral drive: %q, %v", b, err)
+	}
+	for _, f := range []string{snapshotState, snapshotMemory} { // copied, not lent
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(snap.Dir, f), &st); err != nil || st.Uid != 0 || st.Nlink != 1 {
+			t.Errorf("the snapshot's %s while a clone runs: uid %d, %d links, %v; want root's, unlinked into the jail", f, st.Uid, st.Nlink, err)
+		}
+	}
+	// With the page server, the clones' memory is the snapshot's, read on the host.
+	clones, err := mgr.Clone(ctx, snap, CloneSpec{Count: 2}, WithMemoryBackend(MemoryUffd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, refs := pageServerState(mgr); n != 1 || refs[0] != 2 {
+		t.Errorf("%d page servers, refs %v: want one serving both jailed clones", n, refs)
+	}
+	for _, vm := range append(clones, c, m) {
+		if !strings.HasPrefix(vm.APISocket(), filepath.Join(base, "firecracker", vm.Name())+"/") {
+			t.Errorf("vm %s's API socket %s is not in its jail", vm.Name(), vm.APISocket())
+		}
+		if err := vm.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		wait(t, vm)
+	}
+	jailLeft(t, base, root)
+}
+
+// TestRealJailedClone is TestJailedClone with the real jailer and firecracker of one release:
+// the clones, each in its own jail, count on from the snapshot.
+func TestRealJailedClone(t *testing.T) {
+	testutil.CheckLeaks(t)
+	mgr, root, spec := realJailed(t)
+	spec.Name = "jsrc"
+	m := start(t, mgr, spec)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	followConsole(t, m).nextTick(t)
+	snap, err := m.Snapshot(ctx, filepath.Join(t.TempDir(), "snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clones, err := mgr.Clone(ctx, snap, CloneSpec{Count: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range clones {
+		con := followConsole(t, c)
+		if x, y := con.nextTick(t), con.nextTick(t); y <= x {
+			t.Errorf("clone %s: tick %d after %d", c.Name(), y, x)
+		}
+		if sock := c.APISocket(); !strings.HasPrefix(sock, spec.Jailer.ChrootBase+"/") || !strings.Contains(sock, "/"+c.Name()+"/root/") {
+			t.Errorf("clone %s's API socket %s is not in its jail", c.Name(), c.APISocket())
+		}
+	}
+	for _, vm := range append(clones, m) {
+		if err := vm.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		vm.Close()
+	}
+	jailLeft(t, spec.Jailer.ChrootBase, root)
+}

@@ -407,8 +407,10 @@ func (mgr *Manager) planRestore(spec *MachineSpec, snap *Snapshot, rs RestoreSpe
 	}
 	plan := &restorePlan{snap: snap, renamed: spec.Name != snap.Name}
 	paths, src := mgr.paths(spec.Name), mgr.paths(snap.Name)
+	asSnap := *spec // the snapshot's VM, whose jail staged its drives under its name
+	asSnap.Name = snap.Name
 	for id, d := range snap.Drives {
-		if d.HostPath != src.Drive(id) && !jailStaged(*spec, id, d.HostPath) {
+		if d.HostPath != src.Drive(id) && !jailStaged(asSnap, id, d.HostPath) {
 			return nil, fmt.Errorf("drive %s was staged at %s, and this runtime root stages it at %s: %w",
 				id, d.HostPath, src.Drive(id), ErrOtherRuntimeRoot)
 		}
@@ -427,16 +429,24 @@ func (mgr *Manager) planRestore(spec *MachineSpec, snap *Snapshot, rs RestoreSpe
 	if !plan.renamed {
 		return plan, nil
 	}
-	if spec.Jailer != nil {
-		return nil, fmt.Errorf("the snapshot is of a jailed vm, whose files are in its jail: restore it under its own name (%s): %w", snap.Name, errors.ErrUnsupported)
-	}
-	if root := mgr.root.Path(); within(snap.Dir, root) || (mgr.stagingDir != "" && within(snap.Dir, mgr.stagingDir)) {
-		return nil, fmt.Errorf("snapshot %s is inside the runtime or staging root, which a clone's firecracker does not see: move it outside", snap.Dir)
-	}
 	if spec.MMDS != nil {
 		m := *spec.MMDS
 		m.Data = withIdentity(m.Data, spec.Name)
 		spec.MMDS = &m
+	}
+	if n := spec.Network; n != nil {
+		ns := *n
+		ns.Namespace = true // the guest keeps the snapshot's addresses
+		spec.Network = &ns
+	}
+	if spec.Jailer != nil {
+		// A jailed firecracker sees every path in its chroot, named after the device, not
+		// the VM (drives/<id>.img, drive-<id>, the vsock socket): a clone's own jail shows it
+		// its own files at the paths the snapshot names, with nothing to alias.
+		return plan, nil
+	}
+	if root := mgr.root.Path(); within(snap.Dir, root) || (mgr.stagingDir != "" && within(snap.Dir, mgr.stagingDir)) {
+		return nil, fmt.Errorf("snapshot %s is inside the runtime or staging root, which a clone's firecracker does not see: move it outside", snap.Dir)
 	}
 	plan.aliases = []dirAlias{{Parent: filepath.Dir(src.Dir), From: filepath.Base(src.Dir), To: filepath.Base(paths.Dir)}}
 	if paths.Drives != filepath.Join(paths.Dir, rundir.DrivesDir) {
@@ -447,11 +457,6 @@ func (mgr *Manager) planRestore(spec *MachineSpec, snap *Snapshot, rs RestoreSpe
 		vs.Path = rs.VsockPath
 		spec.Vsock = &vs
 		plan.moveVsock = true
-	}
-	if n := spec.Network; n != nil {
-		ns := *n
-		ns.Namespace = true // the guest keeps the snapshot's addresses
-		spec.Network = &ns
 	}
 	return plan, nil
 }
@@ -600,7 +605,8 @@ func (l snapshotLoad) load(ctx context.Context, s *starter) error {
 			p.NetworkOverrides = append(p.NetworkOverrides, fcapi.NetworkOverride{IfaceID: nic.ID, HostDevName: nic.TAP})
 		}
 	}
-	if l.plan.renamed && s.spec.Vsock != nil && s.version.AtLeast(fcapi.SnapshotLoadFieldSince("vsock_override")) {
+	// A jailed clone's vsock socket is where the snapshot says, in the clone's own chroot.
+	if l.plan.renamed && s.spec.Vsock != nil && s.jail == nil && s.version.AtLeast(fcapi.SnapshotLoadFieldSince("vsock_override")) {
 		p.VsockOverride = &fcapi.VsockOverride{UDSPath: s.vsockPath()}
 	}
 	err = s.client.LoadSnapshot(ctx, p)

@@ -129,19 +129,29 @@ func TestCorruptJailedRemoveCLI(t *testing.T) {
 	}
 }
 
-// A jailed VM's snapshot restored under another name is refused saying to use its own name,
-// without the hint for snapshots of another runtime root, which does not apply.
-func TestRestoreJailedRenamedHint(t *testing.T) {
+// A jailed VM's snapshot restores under another name and clones, each VM in a jail of its
+// own, and nothing is left once they are removed.
+func TestRestoreJailedRenamed(t *testing.T) {
 	testutil.CheckLeaks(t)
 	env := jailEnv(t)
 	base := filepath.Join(t.TempDir(), "jailer")
 	runCounter(t, env, "jr", "--chroot-base", base)
 	dir := filepath.Join(t.TempDir(), "snap")
 	env.run(t, "snapshot", "--stop", "jr", dir).ok(t)
-	r := env.run(t, "restore", "-d", "--name", "jr2", dir)
-	r.fails(t, ExitError, "restore it under its own name (jr)")
-	if strings.Contains(r.stderr, "--runtime-dir") {
-		t.Errorf("restore of a jailed snapshot under another name hints at --runtime-dir:\n%s", r.stderr)
+	env.run(t, "restore", "-d", "--rm", "--name", "jr2", dir).ok(t)
+	names := strings.Fields(env.run(t, "clone", "-d", "--rm", "--count", "2", dir).ok(t).stdout)
+	vms := env.ps(t)
+	if len(names) != 2 || len(vms) != 3 {
+		t.Fatalf("clones %v; ps %+v", names, vms)
 	}
+	for _, vm := range vms {
+		if !strings.HasPrefix(vm.APISocket, filepath.Join(base, "firecracker", vm.Name)+"/") {
+			t.Errorf("vm %s's API socket %s is not in its jail", vm.Name, vm.APISocket)
+		}
+	}
+	env.run(t, append([]string{"rm", "-f", "jr2"}, names...)...).ok(t)
 	waitEmpty(t, env)
+	if ents, _ := os.ReadDir(filepath.Join(base, "firecracker")); len(ents) != 0 {
+		t.Errorf("left under the chroot base: %v", ents)
+	}
 }
