@@ -57,9 +57,11 @@ type warmJail struct {
 //
 // A spec matches tmpl when firecracker would be started the same way: the same JailerSpec,
 // LogLevel, Metrics, EnablePCI, ExtraArgs and SerialInput. Only owned starts (not Detached) in
-// BootModeAPI without a Network take warm jails: each is fixed when firecracker starts. Cgroup
-// limits are served where they are cgroup v1's: the warm jail's cgroups are renamed for the
-// VM, as its chroot is, and cgroup v2 refuses renames. A warm jail's firecracker keeps the ID it was
+// BootModeAPI without a Network take warm jails: each is fixed when firecracker starts.
+// Restores and clones of a jailed snapshot whose spec matches take them too (a snapshot loads
+// through the API): a template snapshot's clones start in jails made ahead. Cgroup limits are
+// served where they are cgroup v1's: the warm jail's cgroups are renamed for the VM, as its
+// chroot is, and cgroup v2 refuses renames. A warm jail's firecracker keeps the ID it was
 // started with, jailer.WarmIDPrefix and 16 hex digits, which its log lines name.
 //
 // WarmJails returns once n are ready, or with the error that stopped it: ctx ends its making
@@ -301,10 +303,23 @@ func discardWarm(ws []*warmJail) {
 	}
 }
 
+// warmProvisioner reports whether a start of p's kind can take a warm jail: a boot through the
+// API, or a restore (its load is an API request) that needs no mount namespace of its own,
+// as a jailed one never does.
+func warmProvisioner(p provisioner) bool {
+	switch p := p.(type) {
+	case apiBoot:
+		return true
+	case snapshotLoad:
+		return len(p.plan.aliases) == 0
+	}
+	return false
+}
+
 // takeWarm hands s a ready warm jail of its spec's key, if there is one (refillWarm replaces
 // it).
 func (mgr *Manager) takeWarm(s *starter) *warmJail {
-	if _, api := s.prov.(apiBoot); !api || s.warming || s.opts.detached || warmable(s.spec) != nil {
+	if !warmProvisioner(s.prov) || s.warming || s.opts.detached || warmable(s.spec) != nil {
 		return nil
 	}
 	p := &mgr.warm

@@ -681,3 +681,117 @@ func TestWarmJailsRefillRetried(t *testing.T) {
 	}
 	jailLeft(t, base, root)
 }
+
+// A restore takes a warm jail too, under its own name or as a clone: a template snapshot's
+// clones start in jails made ahead, and count on.
+func TestWarmJailsServeRestores(t *testing.T) {
+	mgr, root, _, base := newWarmManager(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	spec, _ := warmUp(t, ctx, mgr, base, 2)
+	m, snap := tickAndSnapshot(t, ctx, mgr, spec)
+	waitReady(t, mgr, 2)
+	clones := warmClones(t, ctx, mgr, snap)
+	for _, c := range clones {
+		if !strings.HasPrefix(c.APISocket(), filepath.Join(base, "firecracker", c.Name())+"/") {
+			t.Errorf("clone %s's API socket %s is not in the jail renamed for it", c.Name(), c.APISocket())
+		}
+	}
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, m)
+	waitReady(t, mgr, 1)
+	r, err := mgr.Restore(ctx, snap, RestoreSpec{}) // under its own name
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := runIDOf(t, r.PID()); !jailer.IsWarmID(id) {
+		t.Errorf("the restore runs with --id %q: not in a warm jail", id)
+	}
+	for _, vm := range append(clones, r) {
+		if err := vm.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		wait(t, vm)
+	}
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, base, root)
+}
+
+// waitReady waits until mgr's pool has n warm jails ready (a directory under the chroot base
+// may be a jail still being made).
+func waitReady(t *testing.T, mgr *Manager, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(waitLong); ; time.Sleep(10 * time.Millisecond) {
+		mgr.warm.mu.Lock()
+		ready := len(mgr.warm.ready)
+		mgr.warm.mu.Unlock()
+		if ready >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d warm jails ready, want %d", ready, n)
+		}
+	}
+}
+
+// TestRealWarmJailClones is TestWarmJailsServeRestores with the real jailer and firecracker of
+// one release: clones of a jailed snapshot start in warm jails and count on.
+func TestRealWarmJailClones(t *testing.T) {
+	testutil.CheckLeaks(t)
+	mgr, root, spec := realJailed(t)
+	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
+	defer cancel()
+	m, snap := tickAndSnapshot(t, ctx, mgr, spec)
+	if err := mgr.WarmJails(ctx, spec, 2); err != nil {
+		t.Fatal(err)
+	}
+	clones := warmClones(t, ctx, mgr, snap)
+	for _, c := range clones {
+		con := followConsole(t, c)
+		if x, y := con.nextTick(t), con.nextTick(t); y <= x {
+			t.Errorf("clone %s: tick %d after %d", c.Name(), y, x)
+		}
+	}
+	for _, vm := range append(clones, m) {
+		if err := vm.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		vm.Close()
+	}
+	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	jailLeft(t, spec.Jailer.ChrootBase, root)
+}
+
+// tickAndSnapshot starts spec, a counter guest, as "tmpl", and snapshots it once it ticks.
+func tickAndSnapshot(t *testing.T, ctx context.Context, mgr *Manager, spec MachineSpec) (*Machine, Snapshot) {
+	t.Helper()
+	spec.Name = "tmpl"
+	m := start(t, mgr, spec)
+	followConsole(t, m).nextTick(t)
+	snap, err := m.Snapshot(ctx, filepath.Join(t.TempDir(), "snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, snap
+}
+
+// warmClones starts two clones of snap and checks that each took a warm jail.
+func warmClones(t *testing.T, ctx context.Context, mgr *Manager, snap Snapshot) []*Machine {
+	t.Helper()
+	clones, err := mgr.Clone(ctx, snap, CloneSpec{Count: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range clones {
+		if id := runIDOf(t, c.PID()); !jailer.IsWarmID(id) {
+			t.Errorf("clone %s runs with --id %q: not in a warm jail", c.Name(), id)
+		}
+	}
+	return clones
+}
