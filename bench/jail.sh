@@ -12,7 +12,8 @@
 #   COUNT            measurements (default: 3)
 # Prints the medians in ms (direct-ms, jailed-ms, warm-ms), jailed-ms / direct-ms as "ratio"
 # and warm-ms / direct-ms as "warm-ratio" (the target is at most 1.3). With a jailer it also runs BenchmarkRealJailerAlone: the jailer on
-# its own (jailer-ms) against firecracker --version (direct-ms), without smartvm.
+# its own (jailer-ms) against firecracker --version (direct-ms), without smartvm, and
+# BenchmarkRealRestoreJailer: a clone of a running guest's snapshot, the same three ways.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,13 +28,13 @@ if [ -n "$jailer" ]; then
     exit 2
   fi
   echo "jailer: $jailer ($("$jailer" --version | head -n1)), firecracker: $fc ($("$fc" --version | head -n1)), $(nproc) CPUs"
-  bench='^(BenchmarkStartJailer|BenchmarkRealStartJailer)$'
+  bench='^(BenchmarkStartJailer|BenchmarkRealStartJailer|BenchmarkRealRestoreJailer)$'
 else
   echo "no jailer given: only the fake (BenchmarkStartJailer) runs; $(nproc) CPUs"
 fi
 SMARTVM_JAILER_BIN=$jailer SMARTVM_FIRECRACKER_BIN=$fc go test -run '^$' -bench "$bench" \
   -benchtime "${runs}x" -count "$count" . |
-  awk '/^Benchmark(Real)?StartJailer/ {
+  awk '/^Benchmark(Real)?(Start|Restore)Jailer/ {
     line = $1
     for (i = 3; i < NF; i += 2) if ($(i+1) ~ /-ms$|ratio$/) line = line sprintf("  %s %s", $(i+1), $i)
     print line
