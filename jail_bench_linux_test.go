@@ -76,9 +76,9 @@ func benchJailer(b *testing.B, mgr *Manager) {
 // counter guest's snapshot, with the real jailer and firecracker of one release: directly, in
 // a jail of its own (cold), and in a warm jail (WarmJails), rotating the three as
 // benchJailer does, from the call until the clone runs. Each kind restores a snapshot of its
-// own kind (unjailed, jailed); the jailed clones get copies of the snapshot's files. It
-// reports the medians (direct-ms, jailed-ms, warm-ms) and the ratios to direct (ratio,
-// warm-ratio). Stopping the clones is not timed.
+// own kind (unjailed, jailed); jailed clones share its memory file read-only
+// (jailer.Shared). It reports the medians (direct-ms, jailed-ms, warm-ms) and the ratios to
+// direct (ratio, warm-ratio). Stopping the clones is not timed.
 func BenchmarkRealRestoreJailer(b *testing.B) {
 	jailerBin, _ := testutil.JailerBins(b)
 	fc := testutil.FirecrackerBin(b) // skips without /dev/kvm

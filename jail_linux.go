@@ -381,14 +381,16 @@ func (s *starter) mergeIntoJail(files []*os.File) (string, error) {
 // jail for a restore to load, and returns their paths as firecracker sees them (memPath as it
 // is without withMem). Files on the chroot's filesystem are hard-linked and lent to the jail's
 // uid (given back when the VM ends); others are copied. state.json is rewritten so that
-// reaping gives them back too. A clone (a restore under another name) gets copies (reflinks
-// where the filesystem has them): a snapshot that serves as a template is lent to no jail,
-// where one clone could change what the next one loads, and several clones run at once.
+// reaping gives them back too. A clone (a restore under another name) gets neither file
+// lent: a snapshot that serves as a template must not become a jail's, where one clone could
+// change what the next one loads, and several clones run at once. Its memory file is shared
+// read-only (jailer.Shared: hard-linked, with an ACL entry for the jail's uid; clones share
+// its pages in the page cache), and its state file copied.
 func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath string, withMem bool) (string, string, error) {
 	tr := s.jail.tree
-	kind := jailer.Persistent
+	kinds := [2]jailer.Kind{jailer.Persistent, jailer.Persistent}
 	if p := s.prov.restoring(); p != nil && p.renamed {
-		kind = jailer.Ephemeral
+		kinds = [2]jailer.Kind{jailer.Ephemeral, jailer.Shared}
 	}
 	inside := [2]string{1: memPath}
 	files := []string{statePath}
@@ -401,7 +403,7 @@ func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath stri
 			return "", "", err
 		}
 		name := "snapshot-" + filepath.Base(p)
-		inside[i], err = tr.Place(ctx, f, p, name, kind)
+		inside[i], err = tr.Place(ctx, f, p, name, kinds[i])
 		if errors.Is(err, jailer.ErrOtherFilesystem) {
 			inside[i], err = tr.Place(ctx, f, p, name, jailer.ReadOnly)
 		}

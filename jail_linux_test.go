@@ -2,6 +2,7 @@ package smartvm
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"maps"
@@ -805,9 +806,10 @@ func TestRealJailedRestoreUffd(t *testing.T) {
 }
 
 // A jailed VM's snapshot restores under other names while the VM runs on: each clone runs in a
-// jail of its own, with its own uid, its ephemeral drive restaged into its own chroot, and
-// copies of the snapshot's files, which are lent to no jail; Clone starts several so, also
-// with the page server.
+// jail of its own, with its own uid and its ephemeral drive restaged into its own chroot. The
+// snapshot's files are lent to no jail: the state file is copied, and the memory file shared
+// read-only with the clone's uid (an ACL entry, gone with the clone). Clone starts several
+// so, also with the page server.
 func TestJailedClone(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.CheckLeaks(t)
@@ -842,11 +844,18 @@ func TestJailedClone(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(chroot, "drives", "data.img")); err != nil || string(b) != "the snapshot's data" {
 		t.Errorf("the clone's ephemeral drive: %q, %v", b, err)
 	}
-	for _, f := range []string{snapshotState, snapshotMemory} { // copied, not lent
-		var st syscall.Stat_t
-		if err := syscall.Stat(filepath.Join(snap.Dir, f), &st); err != nil || st.Uid != 0 || st.Nlink != 1 {
-			t.Errorf("the snapshot's %s while a clone runs: uid %d, %d links, %v; want root's, unlinked into the jail", f, st.Uid, st.Nlink, err)
-		}
+	// The state file is copied; the memory file shared, still root's and only root's to write,
+	// readable by the clone's uid through the clone's link alone.
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(snap.Dir, snapshotState), &st); err != nil || st.Uid != 0 || st.Nlink != 1 {
+		t.Errorf("the snapshot's state file while a clone runs: uid %d, %d links, %v; want root's, not linked into the jail", st.Uid, st.Nlink, err)
+	}
+	mem := filepath.Join(snap.Dir, snapshotMemory)
+	if err := syscall.Stat(mem, &st); err != nil || st.Uid != 0 || st.Nlink != 2 || st.Mode&0o027 != 0 {
+		t.Errorf("the snapshot's memory file while a clone runs: uid %d, mode %o, %d links, %v; want root's, 0640 at most, linked into the jail", st.Uid, st.Mode&0o777, st.Nlink, err)
+	}
+	if acl := aclUsers(t, mem); !slices.Equal(acl, []string{uid(c)}) {
+		t.Errorf("the memory file's ACL lets users %v read it, want the clone's uid %s alone", acl, uid(c))
 	}
 	// With the page server, the clones' memory is the snapshot's, read on the host.
 	clones, err := mgr.Clone(ctx, snap, CloneSpec{Count: 2}, WithMemoryBackend(MemoryUffd))
@@ -865,7 +874,31 @@ func TestJailedClone(t *testing.T) {
 		}
 		wait(t, vm)
 	}
+	if err := syscall.Stat(mem, &st); err != nil || st.Nlink != 1 || st.Mode&0o777 != 0o600 || len(aclUsers(t, mem)) != 0 {
+		t.Errorf("the snapshot's memory file once the clones ended: mode %o, %d links, ACL users %v, %v; want it as it was", st.Mode&0o777, st.Nlink, aclUsers(t, mem), err)
+	}
 	jailLeft(t, base, root)
+}
+
+// aclUsers returns the uids path's access ACL names (getfacl's user:UID entries), decoded
+// from the system.posix_acl_access attribute.
+func aclUsers(t *testing.T, path string) []string {
+	t.Helper()
+	buf := make([]byte, 1024)
+	n, err := syscall.Getxattr(path, "system.posix_acl_access", buf)
+	if errors.Is(err, syscall.ENODATA) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var users []string
+	for b := buf[4:n]; len(b) >= 8; b = b[8:] {
+		if binary.LittleEndian.Uint16(b) == 0x02 { // ACL_USER
+			users = append(users, strconv.Itoa(int(binary.LittleEndian.Uint32(b[4:]))))
+		}
+	}
+	return users
 }
 
 // TestRealJailedClone is TestJailedClone with the real jailer and firecracker of one release:

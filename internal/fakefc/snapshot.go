@@ -243,7 +243,13 @@ func (v *vm) readSnapshot(c snapshotLoad) (snapshotState, string) {
 		}
 		v.guestMem = g
 	} else {
-		fi, err := os.Stat(path)
+		// Firecracker opens the file read-only and maps it: whoever it runs as must read it.
+		f, err := os.Open(path)
+		var fi os.FileInfo
+		if err == nil {
+			fi, err = f.Stat()
+			f.Close()
+		}
 		if err != nil {
 			return st, "Failed to load guest memory: Error creating guest memory from file: Failed to load guest memory: " + osError(err)
 		}

@@ -37,6 +37,11 @@ const (
 	// while the jail lives (Owner records what Remove gives back). One on another filesystem
 	// is refused with ErrOtherFilesystem.
 	Persistent
+	// Shared files are read by several jails at once and must be neither theirs nor others'
+	// to read (a template snapshot's memory, which its clones map): hard-linked, with an ACL
+	// entry that lets the jail's uid read them while the jail lives (Owner.Read), where the
+	// chroot's filesystem is theirs and has ACLs; else copied as Ephemeral files are.
+	Shared
 )
 
 // Owner is a file's owner before the jail took it over: Remove gives it back.
@@ -45,6 +50,9 @@ type Owner struct {
 	Ino  uint64 `json:"ino"`  // the file's inode, checked before it is given back
 	UID  uint32 `json:"uid"`
 	GID  uint32 `json:"gid"`
+	// Read: the file kept its owner, and UID, the jail's, was let read it by an ACL entry
+	// (Shared), which giving it back removes.
+	Read bool `json:"read,omitempty"`
 }
 
 // Tree is a jail's directory, prepared before the jailer runs: the chroot base (trusted like
@@ -212,6 +220,19 @@ func (t *Tree) Place(ctx context.Context, f *os.File, src, name string, kind Kin
 			return inside, nil
 		}
 		// A filesystem without hard links (or a protected one): copy instead.
+	case kind == Shared && same && info.Mode.IsRegular():
+		err := grantRead(f, t.cfg.UID)
+		if err == nil {
+			if err = t.root.Link(f, t.prefix+name); err == nil {
+				t.owners = append(t.owners, Owner{Name: name, Ino: info.Ino, UID: t.cfg.UID, GID: t.cfg.GID, Read: true})
+				return inside, nil
+			}
+			err = errors.Join(err, revokeRead(f, t.cfg.UID))
+		}
+		if !errors.Is(err, ErrNoACL) {
+			return "", fmt.Errorf("share %s with the jail: %w", src, err)
+		}
+		// No ACLs here: copy instead.
 	}
 	// The chroot's path as of now: a renamed jail (Rename) has moved from where t.root was opened.
 	if _, err := stage.Copy(ctx, fdPath(f), filepath.Join(t.Chroot().Root, name)); err != nil {
@@ -302,7 +323,9 @@ func GiveBack(base *safedir.Dir, cfg Config, owners []Owner) error {
 		if errors.Is(err, fs.ErrNotExist) || err == nil && (info.Ino != o.Ino || !info.Mode.IsRegular()) {
 			continue
 		}
-		if err == nil {
+		if err == nil && o.Read {
+			err = unshare(base, name, o)
+		} else if err == nil {
 			err = base.Chown(name, o.UID, o.GID)
 		}
 		if err == nil {
@@ -313,6 +336,21 @@ func GiveBack(base *safedir.Dir, cfg Config, owners []Owner) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// unshare removes the ACL entry that let a jail's uid read name (a Shared file), if name is
+// still the file o records.
+func unshare(base *safedir.Dir, name string, o Owner) error {
+	f, err := base.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info, err := safedir.Stat(f)
+	if err != nil || info.Ino != o.Ino || !info.Mode.IsRegular() {
+		return err // another file now: RemoveJail removes the name
+	}
+	return revokeRead(f, o.UID)
 }
 
 // Own gives name (a path relative to the chroot's root, such as "drives/rootfs.img") to the

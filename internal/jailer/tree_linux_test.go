@@ -2,10 +2,15 @@ package jailer
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/smartvm/smartvm/internal/testutil"
 )
@@ -204,4 +209,88 @@ func TestTreeRename(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(base, "firecracker", "vm-1")); !os.IsNotExist(err) {
 		t.Errorf("renamed jail left after Remove: %v", err)
 	}
+}
+
+// A Shared file is linked into each jail with an ACL entry for that jail's uid: it stays its
+// owner's with its mode, each jail's uid reads it, nobody else gains anything, an entry that
+// was there before stays, and once the jails are removed the file is as it was.
+func TestTreeShared(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx := t.Context()
+	base := filepath.Join(t.TempDir(), "jailer")
+	src := filepath.Join(t.TempDir(), "vm.mem") // same filesystem as base
+	os.WriteFile(src, []byte("guest memory"), 0o600)
+	if err := grantRead(openFile(t, src), 4700); err != nil { // the owner's own entry, from before
+		if errors.Is(err, ErrNoACL) {
+			t.Skip("the temp dir's filesystem has no ACLs")
+		}
+		t.Fatal(err)
+	}
+	var trees []*Tree
+	for i, uid := range []uint32{4751, 4752} {
+		tr, err := Prepare(Config{ID: "shared-" + strconv.Itoa(i), ExecFile: "/opt/firecracker", UID: uid, GID: uid, ChrootBase: base})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		if inside, err := tr.Place(ctx, openFile(t, src), src, "snapshot-vm.mem", Shared); err != nil || inside != "/snapshot-vm.mem" {
+			t.Fatalf("Place = %q, %v", inside, err)
+		}
+		trees = append(trees, tr)
+	}
+	st := stat(t, src)
+	if st.Uid != 0 || st.Nlink != 3 || st.Mode&0o027 != 0 {
+		t.Errorf("shared file: uid %d, mode %o, %d links; want root's, 0640 at most, in both jails", st.Uid, st.Mode&0o777, st.Nlink)
+	}
+	for _, tr := range trees {
+		if err := readAs(tr.cfg.UID, tr.Chroot().Host("/snapshot-vm.mem")); err != nil {
+			t.Errorf("uid %d cannot read its link: %v", tr.cfg.UID, err)
+		}
+	}
+	if err := readAs(4753, src); err == nil {
+		t.Error("a uid with no entry reads the file")
+	}
+	// The first jail is reaped after a crash (GiveBack from its record), the second removed.
+	if err := GiveBack(trees[0].base, trees[0].cfg, trees[0].Owners()); err != nil {
+		t.Fatal(err)
+	}
+	if err := readAs(4751, src); err == nil {
+		t.Error("uid 4751 still reads the file once its jail gave it back")
+	}
+	if err := trees[1].Remove(); err != nil {
+		t.Fatal(err)
+	}
+	es, err := readACL(openFile(t, src))
+	if err != nil || len(es) != 5 || es[1] != (aclEnt{aclUser, aclRead, 4700}) {
+		t.Errorf("ACL after the jails: %v, %v; want the owner's entry for 4700 kept", es, err)
+	}
+	if err := revokeRead(openFile(t, src), 4700); err != nil {
+		t.Fatal(err)
+	}
+	if st := stat(t, src); st.Nlink != 1 || st.Mode&0o777 != 0o600 {
+		t.Errorf("after the last entry: mode %o, %d links; want 0600 and one", st.Mode&0o777, st.Nlink)
+	}
+	if _, err := syscall.Getxattr(src, aclXattr, make([]byte, 64)); !errors.Is(err, syscall.ENODATA) {
+		t.Errorf("an ACL is left: %v", err)
+	}
+}
+
+// readAs reads the file at path as uid, in a child process (dd), and returns why it could
+// not. The child opens it again through a descriptor of it (/proc/self/fd), so only the file's
+// own permissions count, not the directories on the way, as in a jail, where firecracker's
+// chroot is the file's directory.
+func readAs(uid uint32, path string) error {
+	fd, err := syscall.Open(path, unix.O_PATH|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	cmd := exec.Command("dd", "if=/proc/self/fd/3", "of=/dev/null", "status=none")
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	return nil
 }

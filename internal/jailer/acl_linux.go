@@ -1,0 +1,151 @@
+package jailer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+
+	"golang.org/x/sys/unix"
+)
+
+// A file's POSIX access ACL, as the kernel stores it in the system.posix_acl_access extended
+// attribute: a version, then entries of a tag, permissions and an id, sorted by tag and id.
+const (
+	aclXattr   = "system.posix_acl_access"
+	aclVersion = 2
+
+	aclUserObj  = 0x01
+	aclUser     = 0x02
+	aclGroupObj = 0x04
+	aclGroup    = 0x08
+	aclMask     = 0x10
+	aclOther    = 0x20
+
+	aclNoID  = 0xffffffff
+	aclRead  = 4
+	aclEntry = 8 // bytes
+)
+
+type aclEnt struct {
+	tag, perm uint16
+	id        uint32
+}
+
+// ErrNoACL reports a filesystem without POSIX ACLs.
+var ErrNoACL = errors.New("the filesystem has no POSIX ACLs")
+
+// readACL returns f's access ACL; a file without one has the three entries of its mode.
+func readACL(f *os.File) ([]aclEnt, error) {
+	buf := make([]byte, 4+64*aclEntry)
+	n, err := unix.Fgetxattr(int(f.Fd()), aclXattr, buf)
+	switch {
+	case errors.Is(err, unix.ENODATA):
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return nil, err
+		}
+		m := uint16(st.Mode)
+		return []aclEnt{{aclUserObj, m >> 6 & 7, aclNoID}, {aclGroupObj, m >> 3 & 7, aclNoID}, {aclOther, m & 7, aclNoID}}, nil
+	case errors.Is(err, unix.EOPNOTSUPP):
+		return nil, ErrNoACL
+	case err != nil:
+		return nil, err
+	case n < 4 || (n-4)%aclEntry != 0 || binary.LittleEndian.Uint32(buf) != aclVersion:
+		return nil, fmt.Errorf("an access ACL of %d bytes that is not version %d's", n, aclVersion)
+	}
+	var es []aclEnt
+	for b := buf[4:n]; len(b) > 0; b = b[aclEntry:] {
+		es = append(es, aclEnt{binary.LittleEndian.Uint16(b), binary.LittleEndian.Uint16(b[2:]), binary.LittleEndian.Uint32(b[4:])})
+	}
+	return es, nil
+}
+
+// writeACL sets f's access ACL to es, with the mask the named entries need; without named
+// entries it removes the ACL and sets the mode its entries say.
+func writeACL(f *os.File, es []aclEnt) error {
+	es = slices.DeleteFunc(slices.Clone(es), func(e aclEnt) bool { return e.tag == aclMask })
+	var mask uint16
+	named := false
+	perm := map[uint16]uint16{}
+	for _, e := range es {
+		switch e.tag {
+		case aclUser, aclGroup:
+			named = true
+			mask |= e.perm
+		case aclGroupObj:
+			mask |= e.perm
+		}
+		perm[e.tag] = e.perm
+	}
+	fd := int(f.Fd())
+	if !named {
+		if err := unix.Fremovexattr(fd, aclXattr); err != nil && !errors.Is(err, unix.ENODATA) {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return err
+		}
+		mode := st.Mode&^0o777 | uint32(perm[aclUserObj])<<6 | uint32(perm[aclGroupObj])<<3 | uint32(perm[aclOther])
+		return unix.Fchmod(fd, mode&0o7777)
+	}
+	es = append(es, aclEnt{aclMask, mask, aclNoID})
+	slices.SortFunc(es, func(a, b aclEnt) int {
+		if a.tag != b.tag {
+			return int(a.tag) - int(b.tag)
+		}
+		return int(int64(a.id) - int64(b.id))
+	})
+	buf := binary.LittleEndian.AppendUint32(nil, aclVersion)
+	for _, e := range es {
+		buf = binary.LittleEndian.AppendUint16(buf, e.tag)
+		buf = binary.LittleEndian.AppendUint16(buf, e.perm)
+		buf = binary.LittleEndian.AppendUint32(buf, e.id)
+	}
+	err := unix.Fsetxattr(fd, aclXattr, buf, 0)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return ErrNoACL
+	}
+	return err
+}
+
+// editACL runs edit on f's access ACL and writes the result, holding an exclusive flock on f
+// meanwhile, so that starts in this and other processes that lend f to jails at once do not
+// lose each other's entries.
+func editACL(f *os.File, edit func([]aclEnt) []aclEnt) error {
+	fd := int(f.Fd())
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		return err
+	}
+	defer unix.Flock(fd, unix.LOCK_UN)
+	es, err := readACL(f)
+	if err != nil {
+		return err
+	}
+	return writeACL(f, edit(es))
+}
+
+// grantRead adds to f's access ACL an entry that lets uid read it (ErrNoACL where the
+// filesystem has no ACLs). The owner and mode stay: whoever could not open the file still
+// cannot, and uid reads it only through a path it can reach.
+func grantRead(f *os.File, uid uint32) error {
+	return editACL(f, func(es []aclEnt) []aclEnt {
+		for i, e := range es {
+			if e.tag == aclUser && e.id == uid {
+				es[i].perm |= aclRead
+				return es
+			}
+		}
+		return append(es, aclEnt{aclUser, aclRead, uid})
+	})
+}
+
+// revokeRead removes uid's entry from f's access ACL (grantRead's); with the last named
+// entry gone, the ACL goes and the file has its mode as before.
+func revokeRead(f *os.File, uid uint32) error {
+	return editACL(f, func(es []aclEnt) []aclEnt {
+		return slices.DeleteFunc(es, func(e aclEnt) bool { return e.tag == aclUser && e.id == uid })
+	})
+}
