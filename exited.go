@@ -52,7 +52,7 @@ func (mgr *Manager) Remove(ctx context.Context, name string) error {
 	}
 	if m, err := mgr.lookup(name); err != nil {
 		return err
-	} else if m != nil && !m.waitFor(ctx, 0) { // a Machine that has ended is forgotten just after
+	} else if m != nil && !m.waitFor(ctx, 0) { // one ending now is forgotten as it ends
 		return fmt.Errorf("remove vm %s: this manager runs it: stop it first: %w", name, ErrExists)
 	}
 	if err := mgr.root.RemoveExited(ctx, name); err != nil {

@@ -620,8 +620,10 @@ func (m *Machine) supervise() {
 	if m.cleanupErr != nil {
 		m.log.Warn("clean up after vm", "err", m.cleanupErr)
 	}
-	close(m.done)
+	// Forgotten before done: whoever saw the VM end (Wait) and then asks the manager by its
+	// name (Attach, Start) finds the record, not the ended Machine.
 	m.mgr.forget(m)
+	close(m.done)
 }
 
 // finish removes the directory of a VM this process started, once the rest is cleaned up, or,
