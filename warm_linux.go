@@ -472,7 +472,7 @@ func (s *starter) adoptWarm(ctx context.Context, w *warmJail) error {
 		links[rundir.SerialInFile] = s.stdin
 	}
 	for name, f := range links {
-		if err := s.dir.LinkFile(f, name); err != nil {
+		if err := s.dir.LinkFile(ctx, f, name); err != nil {
 			return err
 		}
 	}

@@ -703,11 +703,17 @@ func (d *Dir) createFile(ctx context.Context, name string, flag int) (*os.File, 
 // LinkFile makes f, open on a file of another VM directory of this root, this directory's
 // console, stderr or serial input (SerialFile, StderrFile, SerialInFile), which must not
 // exist: a warm jail's firecracker writes to the files it was started with, and they become
-// those of the VM that takes it.
-func (d *Dir) LinkFile(f *os.File, name string) error {
+// those of the VM that takes it. It links under root.lock, into this directory only while it
+// is this incarnation's (as CreateFile writes).
+func (d *Dir) LinkFile(ctx context.Context, f *os.File, name string) error {
 	if name != SerialFile && name != StderrFile && name != SerialInFile {
 		return fmt.Errorf("link %q into vm dir %s: only its console, stderr and serial input are linked", name, d.name)
 	}
+	rl, err := d.lockLive(ctx)
+	if err != nil {
+		return fmt.Errorf("link %s into vm dir %s: %w", name, d.name, err)
+	}
+	defer rl.Unlock()
 	return d.root.vms.Link(f, d.name+"/"+name)
 }
 

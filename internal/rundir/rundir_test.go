@@ -662,3 +662,50 @@ func TestCreateFile(t *testing.T) {
 		t.Errorf("the newer directory got the file: %v", err)
 	}
 }
+
+// LinkFile links only the console, stderr and serial input, under root.lock, and only into
+// its own live directory: not into a newer VM's of the same name.
+func TestLinkFile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := open(t, nil)
+	src := create(t, r, "warm")
+	f, err := src.CreateFile(ctx, "out.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d := create(t, r, "vm1")
+	if err := d.LinkFile(ctx, f, "state.json"); err == nil {
+		t.Error("LinkFile made state.json a link")
+	}
+	held, err := r.lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	err = d.LinkFile(short, f, SerialFile)
+	cancel()
+	held.Unlock()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("LinkFile while root.lock is held: %v, want DeadlineExceeded", err)
+	}
+	if err := d.LinkFile(ctx, f, SerialFile); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := os.Stat(filepath.Join(src.Dir, "out.log")); err != nil {
+		t.Fatal(err)
+	} else if b, err := os.Stat(d.Serial); err != nil || !os.SameFile(a, b) {
+		t.Errorf("the console is not a link to the file: %v", err)
+	}
+	if err := d.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	newer := create(t, r, "vm1")
+	if err := d.LinkFile(ctx, f, StderrFile); !errors.Is(err, ErrNotFound) {
+		t.Errorf("LinkFile into a newer incarnation: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(newer.Stderr); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the newer directory got the link: %v", err)
+	}
+}
