@@ -33,13 +33,25 @@ type aclEnt struct {
 	id        uint32
 }
 
-// ErrNoACL reports a filesystem without POSIX ACLs.
+// ErrNoACL reports a filesystem without POSIX ACLs, or a file whose ACL holds as many
+// entries as its filesystem stores.
 var ErrNoACL = errors.New("the filesystem has no POSIX ACLs")
+
+// aclMaxSize bounds an ACL read (the kernel's XATTR_SIZE_MAX).
+const aclMaxSize = 64 << 10
 
 // readACL returns f's access ACL; a file without one has the three entries of its mode.
 func readACL(f *os.File) ([]aclEnt, error) {
-	buf := make([]byte, 4+64*aclEntry)
-	n, err := unix.Fgetxattr(int(f.Fd()), aclXattr, buf)
+	// A file several jails share holds an entry for each: its size is asked first.
+	n, err := unix.Fgetxattr(int(f.Fd()), aclXattr, nil)
+	var buf []byte
+	for err == nil {
+		buf = make([]byte, min(n+16*aclEntry, aclMaxSize))
+		if n, err = unix.Fgetxattr(int(f.Fd()), aclXattr, buf); !errors.Is(err, unix.ERANGE) || len(buf) == aclMaxSize {
+			break
+		}
+		n, err = unix.Fgetxattr(int(f.Fd()), aclXattr, nil) // it grew meanwhile
+	}
 	switch {
 	case errors.Is(err, unix.ENODATA):
 		var st unix.Stat_t
@@ -105,8 +117,12 @@ func writeACL(f *os.File, es []aclEnt) error {
 		buf = binary.LittleEndian.AppendUint32(buf, e.id)
 	}
 	err := unix.Fsetxattr(fd, aclXattr, buf, 0)
-	if errors.Is(err, unix.EOPNOTSUPP) {
+	switch {
+	case errors.Is(err, unix.EOPNOTSUPP):
 		return ErrNoACL
+	case errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ERANGE):
+		// More entries than the filesystem stores in one ACL (ext4: a block's worth).
+		return fmt.Errorf("%w: an ACL of %d entries is more than the filesystem holds: %w", ErrNoACL, len(es), err)
 	}
 	return err
 }

@@ -215,15 +215,9 @@ func TestTreeRename(t *testing.T) {
 // owner's with its mode, each jail's uid reads it, nobody else gains anything, an entry that
 // was there before stays, and once the jails are removed the file is as it was.
 func TestTreeShared(t *testing.T) {
-	testutil.RequiresRoot(t)
 	ctx := t.Context()
-	base := filepath.Join(t.TempDir(), "jailer")
-	src := filepath.Join(t.TempDir(), "vm.mem") // same filesystem as base
-	os.WriteFile(src, []byte("guest memory"), 0o600)
+	base, src := sharedSource(t)
 	if err := grantRead(openFile(t, src), 4700); err != nil { // the owner's own entry, from before
-		if errors.Is(err, ErrNoACL) {
-			t.Skip("the temp dir's filesystem has no ACLs")
-		}
 		t.Fatal(err)
 	}
 	var trees []*Tree
@@ -293,4 +287,52 @@ func readAs(uid uint32, path string) error {
 		return fmt.Errorf("%w: %s", err, out)
 	}
 	return nil
+}
+
+// A template's clones may be many (up to smartvm.MaxClones): each jail of one shares the
+// template's memory, and the file's ACL grows an entry per jail. Past what the filesystem
+// stores in one ACL, a jail gets a copy instead; every jail placed reads its file, and once
+// they are removed the file is as it was.
+func TestTreeSharedMany(t *testing.T) {
+	ctx := t.Context()
+	base, src := sharedSource(t)
+	const n = 600 // more than ext4 holds in one ACL (a block's worth)
+	shared := 0
+	for i := range n {
+		uid := uint32(5000 + i)
+		tr, err := Prepare(Config{ID: "many-" + strconv.Itoa(i), ExecFile: "/opt/firecracker", UID: uid, GID: uid, ChrootBase: base})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		defer tr.Remove()
+		if _, err := tr.Place(ctx, openFile(t, src), src, "snapshot-vm.mem", Shared); err != nil {
+			t.Fatalf("jail %d: Place: %v", i, err)
+		}
+		if len(tr.Owners()) == 1 {
+			shared++
+		}
+		if i%97 == 0 || i == n-1 {
+			if err := readAs(uid, tr.Chroot().Host("/snapshot-vm.mem")); err != nil {
+				t.Errorf("jail %d (uid %d) cannot read its file: %v", i, uid, err)
+			}
+		}
+	}
+	t.Logf("%d of %d jails share the file", shared, n)
+	if shared < 100 {
+		t.Errorf("only %d jails share the file; want at least 100", shared)
+	}
+}
+
+// sharedSource returns a chroot base to be made and a file of root's (mode 0600) on its
+// filesystem for jails to share; it skips the test where the filesystem has no ACLs.
+func sharedSource(t *testing.T) (base, src string) {
+	testutil.RequiresRoot(t)
+	base = filepath.Join(t.TempDir(), "jailer")
+	src = filepath.Join(t.TempDir(), "vm.mem") // same filesystem as base
+	os.WriteFile(src, []byte("guest memory"), 0o600)
+	if _, err := unix.Fgetxattr(int(openFile(t, src).Fd()), aclXattr, nil); errors.Is(err, unix.EOPNOTSUPP) {
+		t.Skip("the temp dir's filesystem has no ACLs")
+	}
+	return base, src
 }
