@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smartvm/smartvm/internal/safedir"
 )
 
 // A file's POSIX access ACL, as the kernel stores it in the system.posix_acl_access extended
@@ -127,15 +130,28 @@ func writeACL(f *os.File, es []aclEnt) error {
 	return err
 }
 
-// editACL runs edit on f's access ACL and writes the result, holding an exclusive flock on f
-// meanwhile, so that starts in this and other processes that lend f to jails at once do not
-// lose each other's entries.
-func editACL(f *os.File, edit func([]aclEnt) []aclEnt) error {
-	fd := int(f.Fd())
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		return err
+// aclLockName is the lock file, in the chroot base, that editACL holds.
+const aclLockName = ".acl.lock"
+
+// editACL runs edit on f's access ACL and writes the result, holding an exclusive flock on
+// the lock file in the chroot base meanwhile, so that starts in this and other processes that
+// lend f to jails at once do not lose each other's entries. The lock is never on f itself:
+// every jail's uid that f is shared with can open f and lock it for good.
+func editACL(base *safedir.Dir, f *os.File, edit func([]aclEnt) []aclEnt) error {
+	l, err := base.OpenFile(aclLockName, os.O_RDWR|os.O_CREATE|syscall.O_NONBLOCK, 0o600)
+	if err != nil {
+		return fmt.Errorf("open the ACL lock: %w", err)
 	}
-	defer unix.Flock(fd, unix.LOCK_UN)
+	defer l.Close() // releases the lock
+	for {
+		err = unix.Flock(int(l.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", base.Join(aclLockName), err)
+	}
 	es, err := readACL(f)
 	if err != nil {
 		return err
@@ -144,10 +160,10 @@ func editACL(f *os.File, edit func([]aclEnt) []aclEnt) error {
 }
 
 // grantRead adds to f's access ACL an entry that lets uid read it (ErrNoACL where the
-// filesystem has no ACLs). The owner and mode stay: whoever could not open the file still
-// cannot, and uid reads it only through a path it can reach.
-func grantRead(f *os.File, uid uint32) error {
-	return editACL(f, func(es []aclEnt) []aclEnt {
+// filesystem has no ACLs), locked in base, the chroot base. The owner and mode stay: whoever
+// could not open the file still cannot, and uid reads it only through a path it can reach.
+func grantRead(base *safedir.Dir, f *os.File, uid uint32) error {
+	return editACL(base, f, func(es []aclEnt) []aclEnt {
 		for i, e := range es {
 			if e.tag == aclUser && e.id == uid {
 				es[i].perm |= aclRead
@@ -159,9 +175,10 @@ func grantRead(f *os.File, uid uint32) error {
 }
 
 // revokeRead removes uid's entry from f's access ACL (grantRead's); with the last named
-// entry gone, the ACL goes and the file has its mode as before.
-func revokeRead(f *os.File, uid uint32) error {
-	return editACL(f, func(es []aclEnt) []aclEnt {
+// entry gone, the ACL goes and the file has its mode as before. It locks in base as
+// grantRead does.
+func revokeRead(base *safedir.Dir, f *os.File, uid uint32) error {
+	return editACL(base, f, func(es []aclEnt) []aclEnt {
 		return slices.DeleteFunc(es, func(e aclEnt) bool { return e.tag == aclUser && e.id == uid })
 	})
 }

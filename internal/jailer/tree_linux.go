@@ -221,13 +221,13 @@ func (t *Tree) Place(ctx context.Context, f *os.File, src, name string, kind Kin
 		}
 		// A filesystem without hard links (or a protected one): copy instead.
 	case kind == Shared && same && info.Mode.IsRegular():
-		err := grantRead(f, t.cfg.UID)
+		err := grantRead(t.base, f, t.cfg.UID)
 		if err == nil {
 			if err = t.root.Link(f, t.prefix+name); err == nil {
 				t.owners = append(t.owners, Owner{Name: name, Ino: info.Ino, UID: t.cfg.UID, GID: t.cfg.GID, Read: true})
 				return inside, nil
 			}
-			err = errors.Join(err, revokeRead(f, t.cfg.UID))
+			err = errors.Join(err, revokeRead(t.base, f, t.cfg.UID))
 		}
 		if !errors.Is(err, ErrNoACL) {
 			return "", fmt.Errorf("share %s with the jail: %w", src, err)
@@ -350,7 +350,7 @@ func unshare(base *safedir.Dir, name string, o Owner) error {
 	if err != nil || info.Ino != o.Ino || !info.Mode.IsRegular() {
 		return err // another file now: RemoveJail removes the name
 	}
-	return revokeRead(f, o.UID)
+	return revokeRead(base, f, o.UID)
 }
 
 // Own gives name (a path relative to the chroot's root, such as "drives/rootfs.img") to the

@@ -9,9 +9,11 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
 
@@ -217,7 +219,12 @@ func TestTreeRename(t *testing.T) {
 func TestTreeShared(t *testing.T) {
 	ctx := t.Context()
 	base, src := sharedSource(t)
-	if err := grantRead(openFile(t, src), 4700); err != nil { // the owner's own entry, from before
+	d, err := safedir.OpenTrusted(base, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := grantRead(d, openFile(t, src), 4700); err != nil { // the owner's own entry, from before
 		t.Fatal(err)
 	}
 	var trees []*Tree
@@ -258,7 +265,7 @@ func TestTreeShared(t *testing.T) {
 	if err != nil || len(es) != 5 || es[1] != (aclEnt{aclUser, aclRead, 4700}) {
 		t.Errorf("ACL after the jails: %v, %v; want the owner's entry for 4700 kept", es, err)
 	}
-	if err := revokeRead(openFile(t, src), 4700); err != nil {
+	if err := revokeRead(d, openFile(t, src), 4700); err != nil {
 		t.Fatal(err)
 	}
 	if st := stat(t, src); st.Nlink != 1 || st.Mode&0o777 != 0o600 {
@@ -335,4 +342,66 @@ func sharedSource(t *testing.T) (base, src string) {
 		t.Skip("the temp dir's filesystem has no ACLs")
 	}
 	return base, src
+}
+
+// A jail's uid reads the file it shares and so can take a lock on it: that must not stop
+// root from sharing it with other jails or taking it back from them.
+func TestTreeSharedLockedByJail(t *testing.T) {
+	ctx := t.Context()
+	base, src := sharedSource(t)
+	var trees []*Tree
+	for i, uid := range []uint32{4771, 4772, 4773} {
+		tr, err := Prepare(Config{ID: "locked-" + strconv.Itoa(i), ExecFile: "/opt/firecracker", UID: uid, GID: uid, ChrootBase: base})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		defer tr.Remove()
+		trees = append(trees, tr)
+	}
+	for _, tr := range trees[:2] {
+		if _, err := tr.Place(ctx, openFile(t, src), src, "snapshot-vm.mem", Shared); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first jail's uid locks its link, and keeps the lock.
+	link, err := os.OpenFile(trees[0].Chroot().Host("/snapshot-vm.mem"), unix.O_PATH, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer link.Close()
+	cmd := exec.Command("sh", "-c", "exec 4</proc/self/fd/3 3<&- && flock -x 4 && echo locked && exec sleep 60")
+	cmd.ExtraFiles = []*os.File{link}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 4771, Gid: 4771}}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	if b := make([]byte, 7); func() bool { n, _ := out.Read(b); return string(b[:n]) != "locked\n" }() {
+		t.Fatal("the jail's uid could not lock its link")
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := trees[2].Place(ctx, openFile(t, src), src, "snapshot-vm.mem", Shared)
+		done <- errors.Join(err, trees[1].Remove())
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Place and Remove of other jails still wait for the lock the first jail's uid holds")
+	}
+	if err := readAs(4773, trees[2].Chroot().Host("/snapshot-vm.mem")); err != nil {
+		t.Errorf("the third jail cannot read its file: %v", err)
+	}
+	if err := readAs(4772, src); err == nil {
+		t.Error("the second jail's uid still reads the file once removed")
+	}
 }
