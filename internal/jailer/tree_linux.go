@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/smartvm/smartvm/internal/safedir"
 	"github.com/smartvm/smartvm/internal/stage"
 )
@@ -53,6 +55,10 @@ type Owner struct {
 	// Read: the file kept its owner, and UID, the jail's, was let read it by an ACL entry
 	// (Shared), which giving it back removes.
 	Read bool `json:"read,omitempty"`
+	// Handle and HandleType name a Read file to the kernel (name_to_handle_at), so that its
+	// entry is removed wherever the jail's uid moved its link, or if it removed it.
+	Handle     []byte `json:"handle,omitempty"`
+	HandleType int32  `json:"handle_type,omitempty"`
 }
 
 // Tree is a jail's directory, prepared before the jailer runs: the chroot base (trusted like
@@ -224,7 +230,12 @@ func (t *Tree) Place(ctx context.Context, f *os.File, src, name string, kind Kin
 		err := grantRead(t.base, f, t.cfg.UID)
 		if err == nil {
 			if err = t.root.Link(f, t.prefix+name); err == nil {
-				t.owners = append(t.owners, Owner{Name: name, Ino: info.Ino, UID: t.cfg.UID, GID: t.cfg.GID, Read: true})
+				o := Owner{Name: name, Ino: info.Ino, UID: t.cfg.UID, GID: t.cfg.GID, Read: true}
+				// Without handles (a filesystem that has none), the name is all there is.
+				if h, _, err := unix.NameToHandleAt(int(f.Fd()), "", unix.AT_EMPTY_PATH); err == nil {
+					o.Handle, o.HandleType = h.Bytes(), h.Type()
+				}
+				t.owners = append(t.owners, o)
 				return inside, nil
 			}
 			err = errors.Join(err, revokeRead(t.base, f, t.cfg.UID))
@@ -319,13 +330,20 @@ func GiveBack(base *safedir.Dir, cfg Config, owners []Owner) error {
 	var errs []error
 	for _, o := range owners {
 		name := filepath.Join(rel, o.Name)
+		if o.Read && len(o.Handle) > 0 {
+			// Through the file itself, wherever its link in the jail went.
+			if err := unshareHandle(base, o); err != nil {
+				errs = append(errs, fmt.Errorf("take %s back from uid %d: %w", o.Name, o.UID, err))
+				continue
+			}
+		}
 		info, err := base.Lstat(name)
 		if errors.Is(err, fs.ErrNotExist) || err == nil && (info.Ino != o.Ino || !info.Mode.IsRegular()) {
 			continue
 		}
-		if err == nil && o.Read {
+		if err == nil && o.Read && len(o.Handle) == 0 {
 			err = unshare(base, name, o)
-		} else if err == nil {
+		} else if err == nil && !o.Read {
 			err = base.Chown(name, o.UID, o.GID)
 		}
 		if err == nil {
@@ -349,6 +367,30 @@ func unshare(base *safedir.Dir, name string, o Owner) error {
 	info, err := safedir.Stat(f)
 	if err != nil || info.Ino != o.Ino || !info.Mode.IsRegular() {
 		return err // another file now: RemoveJail removes the name
+	}
+	return revokeRead(base, f, o.UID)
+}
+
+// unshareHandle removes the ACL entry that let a jail's uid read a Shared file, opened by
+// its handle (Owner.Handle) on base's filesystem; a file that is gone has none to remove.
+func unshareHandle(base *safedir.Dir, o Owner) error {
+	mnt, err := base.OpenFile(".", os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer mnt.Close()
+	fd, err := unix.OpenByHandleAt(int(mnt.Fd()), unix.NewFileHandle(o.HandleType, o.Handle), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	if errors.Is(err, unix.ESTALE) || errors.Is(err, unix.ENOENT) {
+		return nil // removed, and its entry with it
+	}
+	if err != nil {
+		return fmt.Errorf("open by handle: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), o.Name)
+	defer f.Close()
+	info, err := safedir.Stat(f)
+	if err != nil || info.Ino != o.Ino || !info.Mode.IsRegular() || info.Dev != base.Dev() {
+		return err // not the file recorded
 	}
 	return revokeRead(base, f, o.UID)
 }

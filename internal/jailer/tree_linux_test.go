@@ -405,3 +405,47 @@ func TestTreeSharedLockedByJail(t *testing.T) {
 		t.Error("the second jail's uid still reads the file once removed")
 	}
 }
+
+// A jail's uid owns its chroot's root and can move or unlink its link to a shared file:
+// the jail's removal, and reaping from its record, still take its uid's ACL entry away.
+func TestTreeSharedMovedLink(t *testing.T) {
+	ctx := t.Context()
+	base, src := sharedSource(t)
+	for i, move := range []string{"moved", ""} {
+		uid := uint32(4781 + i)
+		tr, err := Prepare(Config{ID: "moved-" + strconv.Itoa(i), ExecFile: "/opt/firecracker", UID: uid, GID: uid, ChrootBase: base})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		if _, err := tr.Place(ctx, openFile(t, src), src, "snapshot-vm.mem", Shared); err != nil {
+			t.Fatal(err)
+		}
+		link := tr.Chroot().Host("/snapshot-vm.mem")
+		if move != "" {
+			err = os.Rename(link, tr.Chroot().Host("/"+move))
+		} else {
+			err = os.Remove(link)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			err = tr.Remove()
+		} else {
+			err = errors.Join(GiveBack(tr.base, tr.cfg, tr.Owners()), RemoveJail(tr.base, tr.cfg))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		es, err := readACL(openFile(t, src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			if e.tag == aclUser && e.id == uid {
+				t.Errorf("jail %d (link %q): uid %d's entry is left on the shared file: %v", i, move, uid, es)
+			}
+		}
+	}
+}
