@@ -377,21 +377,17 @@ func (s *starter) mergeIntoJail(files []*os.File) (string, error) {
 	return "/" + jailMergedMemory, nil
 }
 
-// jailSnapshotFiles lends a snapshot's state file, and with withMem its memory file, to the
+// jailSnapshotFiles puts a snapshot's state file, and with withMem its memory file, into the
 // jail for a restore to load, and returns their paths as firecracker sees them (memPath as it
-// is without withMem). Files on the chroot's filesystem are hard-linked and lent to the jail's
-// uid (given back when the VM ends); others are copied. state.json is rewritten so that
-// reaping gives them back too. A clone (a restore under another name) gets neither file
-// lent: a snapshot that serves as a template must not become a jail's, where one clone could
-// change what the next one loads, and several clones run at once. Its memory file is shared
-// read-only (jailer.Shared: hard-linked, with an ACL entry for the jail's uid; clones share
-// its pages in the page cache), and its state file copied.
+// is without withMem). No jail gets either file as its own: a snapshot may serve as a
+// template, whose clones run at once with a restore under the VM's own name, and one jail
+// could then change what another maps or the next one loads. The state file is copied; the
+// memory file is shared read-only (jailer.Shared: hard-linked, with an ACL entry for the
+// jail's uid, taken away when the VM ends; clones share its pages in the page cache).
+// state.json is rewritten so that reaping takes the entry away too.
 func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath string, withMem bool) (string, string, error) {
 	tr := s.jail.tree
-	kinds := [2]jailer.Kind{jailer.Persistent, jailer.Persistent}
-	if p := s.prov.restoring(); p != nil && p.renamed {
-		kinds = [2]jailer.Kind{jailer.Ephemeral, jailer.Shared}
-	}
+	kinds := [2]jailer.Kind{jailer.Ephemeral, jailer.Shared}
 	inside := [2]string{1: memPath}
 	files := []string{statePath}
 	if withMem {
@@ -404,9 +400,6 @@ func (s *starter) jailSnapshotFiles(ctx context.Context, statePath, memPath stri
 		}
 		name := "snapshot-" + filepath.Base(p)
 		inside[i], err = tr.Place(ctx, f, p, name, kinds[i])
-		if errors.Is(err, jailer.ErrOtherFilesystem) {
-			inside[i], err = tr.Place(ctx, f, p, name, jailer.ReadOnly)
-		}
 		f.Close()
 		if err != nil {
 			return "", "", fmt.Errorf("put %s into the jail: %w", p, err)

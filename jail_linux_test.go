@@ -866,6 +866,20 @@ func TestJailedClone(t *testing.T) {
 	if n, refs := pageServerState(mgr); n != 1 || refs[0] != 2 {
 		t.Errorf("%d page servers, refs %v: want one serving both jailed clones", n, refs)
 	}
+	// The snapshot's VM restored under its own name meanwhile gets neither file as its uid's
+	// (to write, or chmod) either: the clones map the memory, and the next one loads both.
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, m)
+	if m, err = mgr.Restore(ctx, snap, RestoreSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{snapshotState, snapshotMemory} {
+		if err := syscall.Stat(filepath.Join(snap.Dir, name), &st); err != nil || st.Uid != 0 {
+			t.Errorf("the snapshot's %s while clones share it and its vm is restored: uid %d, %v; want root's, not the restored vm's uid %s", name, st.Uid, err, uid(m))
+		}
+	}
 	for _, vm := range append(clones, c, m) {
 		if !strings.HasPrefix(vm.APISocket(), filepath.Join(base, "firecracker", vm.Name())+"/") {
 			t.Errorf("vm %s's API socket %s is not in its jail", vm.Name(), vm.APISocket())
@@ -937,3 +951,4 @@ func TestRealJailedClone(t *testing.T) {
 	}
 	jailLeft(t, spec.Jailer.ChrootBase, root)
 }
+
