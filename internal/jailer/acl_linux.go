@@ -36,8 +36,8 @@ type aclEnt struct {
 	id        uint32
 }
 
-// ErrNoACL reports a filesystem without POSIX ACLs, or a file whose ACL holds as many
-// entries as its filesystem stores.
+// ErrNoACL reports a filesystem without POSIX ACLs, a file whose ACL holds as many entries as
+// its filesystem stores, or one whose ACL's mask an entry for a jail's uid would lift.
 var ErrNoACL = errors.New("the filesystem has no POSIX ACLs")
 
 // aclMaxSize bounds an ACL read (the kernel's XATTR_SIZE_MAX).
@@ -137,7 +137,7 @@ const aclLockName = ".acl.lock"
 // the lock file in the chroot base meanwhile, so that starts in this and other processes that
 // lend f to jails at once do not lose each other's entries. The lock is never on f itself:
 // every jail's uid that f is shared with can open f and lock it for good.
-func editACL(base *safedir.Dir, f *os.File, edit func([]aclEnt) []aclEnt) error {
+func editACL(base *safedir.Dir, f *os.File, edit func([]aclEnt) ([]aclEnt, error)) error {
 	l, err := base.OpenFile(aclLockName, os.O_RDWR|os.O_CREATE|syscall.O_NONBLOCK, 0o600)
 	if err != nil {
 		return fmt.Errorf("open the ACL lock: %w", err)
@@ -156,21 +156,56 @@ func editACL(base *safedir.Dir, f *os.File, edit func([]aclEnt) []aclEnt) error 
 	if err != nil {
 		return err
 	}
-	return writeACL(f, edit(es))
+	if es, err = edit(es); err != nil {
+		return err
+	}
+	return writeACL(f, es)
 }
 
 // grantRead adds to f's access ACL an entry that lets uid read it (ErrNoACL where the
 // filesystem has no ACLs), locked in base, the chroot base. The owner and mode stay: whoever
 // could not open the file still cannot, and uid reads it only through a path it can reach.
+// The mask must then let uid read: where it withholds read (or more) from the file's group or
+// another entry that lifting it would grant them, the file is not shared (ErrNoACL).
 func grantRead(base *safedir.Dir, f *os.File, uid uint32) error {
-	return editACL(base, f, func(es []aclEnt) []aclEnt {
-		for i, e := range es {
-			if e.tag == aclUser && e.id == uid {
-				es[i].perm |= aclRead
-				return es
+	return editACL(base, f, func(es []aclEnt) ([]aclEnt, error) {
+		// An entry of the group class grants its own permissions within the mask (an ACL
+		// of three entries, a mode's, has none).
+		mask := uint16(7)
+		for _, e := range es {
+			if e.tag == aclMask {
+				mask = e.perm
 			}
 		}
-		return append(es, aclEnt{aclUser, aclRead, uid})
+		after, mine := slices.Clone(es), false
+		for i, e := range after {
+			if e.tag == aclUser && e.id == uid {
+				after[i].perm |= aclRead
+				mine = true
+			}
+		}
+		if !mine {
+			after = append(after, aclEnt{aclUser, aclRead, uid})
+		}
+		var newMask uint16
+		for _, e := range after {
+			if e.tag == aclUser || e.tag == aclGroup || e.tag == aclGroupObj {
+				newMask |= e.perm
+			}
+		}
+		for i, e := range es {
+			if e.tag != aclUser && e.tag != aclGroup && e.tag != aclGroupObj {
+				continue
+			}
+			may := e.perm & mask
+			if e.tag == aclUser && e.id == uid {
+				may |= aclRead
+			}
+			if after[i].perm&newMask&^may != 0 {
+				return nil, fmt.Errorf("%w: the mask of its ACL withholds permissions from its group or another entry, which an entry for uid %d would grant them", ErrNoACL, uid)
+			}
+		}
+		return after, nil
 	})
 }
 
@@ -178,7 +213,7 @@ func grantRead(base *safedir.Dir, f *os.File, uid uint32) error {
 // entry gone, the ACL goes and the file has its mode as before. It locks in base as
 // grantRead does.
 func revokeRead(base *safedir.Dir, f *os.File, uid uint32) error {
-	return editACL(base, f, func(es []aclEnt) []aclEnt {
-		return slices.DeleteFunc(es, func(e aclEnt) bool { return e.tag == aclUser && e.id == uid })
+	return editACL(base, f, func(es []aclEnt) ([]aclEnt, error) {
+		return slices.DeleteFunc(es, func(e aclEnt) bool { return e.tag == aclUser && e.id == uid }), nil
 	})
 }

@@ -1,6 +1,7 @@
 package jailer
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -280,7 +281,10 @@ func TestTreeShared(t *testing.T) {
 // not. The child opens it again through a descriptor of it (/proc/self/fd), so only the file's
 // own permissions count, not the directories on the way, as in a jail, where firecracker's
 // chroot is the file's directory.
-func readAs(uid uint32, path string) error {
+func readAs(uid uint32, path string) error { return readAsIDs(uid, uid, path) }
+
+// readAsIDs is readAs as uid with group gid.
+func readAsIDs(uid, gid uint32, path string) error {
 	fd, err := syscall.Open(path, unix.O_PATH|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -289,7 +293,7 @@ func readAs(uid uint32, path string) error {
 	defer f.Close()
 	cmd := exec.Command("dd", "if=/proc/self/fd/3", "of=/dev/null", "status=none")
 	cmd.ExtraFiles = []*os.File{f}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%w: %s", err, out)
 	}
@@ -449,3 +453,53 @@ func TestTreeSharedMovedLink(t *testing.T) {
 		}
 	}
 }
+
+// A file may come with an ACL whose mask withholds what its entries grant (one inherited from
+// a directory's default ACL has the mask of the mode it was made with): sharing it must not
+// lift that mask for anyone but the jail's uid, nor leave it lifted once the jail is gone.
+func TestTreeSharedMaskedACL(t *testing.T) {
+	ctx := t.Context()
+	base, src := sharedSource(t)
+	buf := binary.LittleEndian.AppendUint32(nil, aclVersion)
+	for _, e := range []aclEnt{{aclUserObj, 6, aclNoID}, {aclUser, 6, 4790}, {aclGroupObj, 4, aclNoID}, {aclMask, 0, aclNoID}, {aclOther, 0, aclNoID}} {
+		buf = binary.LittleEndian.AppendUint16(buf, e.tag)
+		buf = binary.LittleEndian.AppendUint16(buf, e.perm)
+		buf = binary.LittleEndian.AppendUint32(buf, e.id)
+	}
+	if err := unix.Setxattr(src, aclXattr, buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(src, 0, 4791)
+	if readAs(4790, src) == nil {
+		t.Fatal("the masked entry reads the file before it is shared")
+	}
+	tr, err := Prepare(Config{ID: "masked", ExecFile: "/opt/firecracker", UID: 4792, GID: 4792, ChrootBase: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if _, err := tr.Place(ctx, openFile(t, src), src, "snapshot-vm.mem", Shared); err != nil {
+		t.Fatal(err)
+	}
+	if err := readAs(4792, tr.Chroot().Host("/snapshot-vm.mem")); err != nil {
+		t.Errorf("the jail's uid cannot read its file: %v", err)
+	}
+	if readAs(4790, src) == nil {
+		t.Error("uid 4790, which the file's mask kept out, reads it while it is shared")
+	}
+	if readGroupAs(4791, src) == nil {
+		t.Error("the file's group, which its mask kept out, reads it while it is shared")
+	}
+	if err := tr.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if readAs(4790, src) == nil {
+		t.Error("uid 4790, which the file's mask kept out, reads it once the jail is gone")
+	}
+	if readGroupAs(4791, src) == nil {
+		t.Error("the file's group, which its mask kept out, reads it once the jail is gone")
+	}
+}
+
+// readGroupAs is readAs for a user of no entry in group gid.
+func readGroupAs(gid uint32, path string) error { return readAsIDs(4799, gid, path) }
