@@ -171,16 +171,15 @@ func jailExists(base *safedir.Dir, rel string) error {
 }
 
 // OwnSocket gives the socket name in the chroot's root to the jail's uid, refusing anything
-// but a socket (a link put there is never followed).
+// but a socket (a link put there is never followed). The socket checked is the file changed:
+// the jail's uid may put another file at name meanwhile.
 func (t *Tree) OwnSocket(name string) error {
-	info, err := t.root.Lstat(t.prefix + name)
-	if err != nil {
-		return err
-	}
-	if info.Mode.Type() != fs.ModeSocket {
-		return fmt.Errorf("%s in the jail: %w: not a socket (%v)", name, safedir.ErrUntrusted, info.Mode)
-	}
-	return t.Own(name)
+	return t.root.ChownIf(t.prefix+name, t.cfg.UID, t.cfg.GID, func(info safedir.Info) error {
+		if info.Mode.Type() != fs.ModeSocket {
+			return fmt.Errorf("%s in the jail: %w: not a socket (%v)", name, safedir.ErrUntrusted, info.Mode)
+		}
+		return nil
+	})
 }
 
 // GiveBackOwners gives back the files Place lent to the jail since t was opened (GiveBack),
@@ -258,18 +257,21 @@ func fdPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) 
 // CreateFile creates an empty file name in the chroot for firecracker to write (its log,
 // its metrics), owned by the jail's uid with mode 0600.
 func (t *Tree) CreateFile(name string) error {
-	f, err := t.root.OpenFile(t.prefix+name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := t.newFile(name, os.O_WRONLY)
 	if err != nil {
-		return fmt.Errorf("create %s in the jail: %w", name, err)
+		return err
 	}
-	f.Close()
-	return t.Own(name)
+	return f.Close()
 }
 
 // NewFile creates name in the chroot (mode 0600, owned by the jail's uid) and returns it open
 // for writing: a file smartvm fills for firecracker to read, such as a merged memory file.
-func (t *Tree) NewFile(name string) (*os.File, error) {
-	f, err := t.root.OpenFile(t.prefix+name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+func (t *Tree) NewFile(name string) (*os.File, error) { return t.newFile(name, os.O_RDWR) }
+
+// newFile creates name in the chroot, opened with flag, and gives it to the jail's uid through
+// what it opened: the jail's uid may put another file at name meanwhile.
+func (t *Tree) newFile(name string, flag int) (*os.File, error) {
+	f, err := t.root.OpenFile(t.prefix+name, flag|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create %s in the jail: %w", name, err)
 	}

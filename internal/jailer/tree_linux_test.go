@@ -503,3 +503,49 @@ func TestTreeSharedMaskedACL(t *testing.T) {
 
 // readGroupAs is readAs for a user of no entry in group gid.
 func readGroupAs(gid uint32, path string) error { return readAsIDs(4799, gid, path) }
+
+// A jail's uid owns its chroot's root: while root gives a socket or a new file there to it,
+// the jail may put a link to another file (a shared template, a kernel) at that name. Root
+// must give away only what it made and checked, never what the name leads to by then.
+func TestTreeOwnRace(t *testing.T) {
+	testutil.RequiresRoot(t)
+	base := filepath.Join(t.TempDir(), "jailer")
+	victim := filepath.Join(t.TempDir(), "template.mem") // same filesystem as base
+	os.WriteFile(victim, []byte("guest memory"), 0o600)
+	tr, err := Prepare(Config{ID: "race", ExecFile: "/opt/firecracker", UID: 4795, GID: 4795, ChrootBase: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	defer tr.Remove()
+	target, tmp := tr.Chroot().Host("/target"), tr.Chroot().Host("/tmp-link")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // the jail: a link to the victim, moved onto the name again and again
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			os.Link(victim, tmp)
+			os.Rename(tmp, target)
+		}
+	}()
+	for i := 0; i < 5000 && stat(t, victim).Uid == 0; i++ {
+		os.Remove(target)
+		if i%2 == 0 {
+			if ln, _, err := tr.ListenUnix("target"); err == nil {
+				ln.Close()
+			}
+		} else {
+			tr.CreateFile("target")
+		}
+	}
+	close(stop)
+	<-done
+	if st := stat(t, victim); st.Uid != 0 {
+		t.Errorf("the file linked in by the jail was given to its uid %d", st.Uid)
+	}
+}

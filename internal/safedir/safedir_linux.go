@@ -838,12 +838,25 @@ func WriteFile(path string, data []byte, perm fs.FileMode) error {
 }
 
 // Chown sets the owner and group of name, without following it.
-func (d *Dir) Chown(name string, uid, gid uint32) error {
+func (d *Dir) Chown(name string, uid, gid uint32) error { return d.ChownIf(name, uid, gid, nil) }
+
+// ChownIf is Chown where check (unless nil) accepts what name is: it is given the Info of the
+// very file it then changes, not of whatever others may have put at name meanwhile.
+func (d *Dir) ChownIf(name string, uid, gid uint32, check func(Info) error) error {
 	fd, err := d.openat2(name, unix.O_PATH, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	if check != nil {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return &fs.PathError{Op: "stat", Path: d.Join(name), Err: err}
+		}
+		if err := check(infoOf(&st)); err != nil {
+			return err
+		}
+	}
 	if err := unix.Fchownat(fd, "", int(uid), int(gid), unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return &fs.PathError{Op: "chown", Path: d.Join(name), Err: err}
 	}
