@@ -951,4 +951,3 @@ func TestRealJailedClone(t *testing.T) {
 	}
 	jailLeft(t, spec.Jailer.ChrootBase, root)
 }
-
