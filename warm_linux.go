@@ -30,9 +30,11 @@ type warmPool struct {
 	making int
 	err    error // why the last jail could not be made, until one is
 	closed bool
-	// retrying is set while a background fill that failed tries again (retryWarm).
-	retrying bool
-	wg       sync.WaitGroup // the fills under way
+	// retrying is set while a background fill that failed tries again (retryWarm), and
+	// retryAgain when another failed meanwhile: the loop then goes on even if its own fill
+	// succeeds.
+	retrying, retryAgain bool
+	wg                   sync.WaitGroup // the fills under way
 	// life ends with the pool (closeWarm): a jail being made stops waiting then, whatever
 	// the context of the WarmJails call that makes it.
 	life context.Context
@@ -408,31 +410,45 @@ const warmRetryMax = time.Minute
 func (mgr *Manager) retryWarm() {
 	p := &mgr.warm
 	p.mu.Lock()
-	if p.retrying || p.closed {
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	if p.retrying {
+		// The running loop may be about to end on a fill of its own that succeeded while
+		// this one was failing: it goes round once more.
+		p.retryAgain = true
 		p.mu.Unlock()
 		return
 	}
 	p.retrying = true
 	life := p.life // set by the WarmJails call that made the pool
 	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.retrying = false
-		p.mu.Unlock()
-	}()
 	for pause := warmRetry; ; pause = min(2*pause, warmRetryMax) {
 		t := time.NewTimer(pause)
 		select {
 		case <-life.Done():
 			t.Stop()
+			p.mu.Lock()
+			p.retrying = false
+			p.mu.Unlock()
 			return
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(life, warmTimeout)
 		err := mgr.fillWarm(ctx)
 		cancel()
-		if err == nil {
+		p.mu.Lock()
+		again := p.retryAgain
+		p.retryAgain = false
+		if err == nil && !again {
+			p.retrying = false
+			p.mu.Unlock()
 			return
+		}
+		p.mu.Unlock()
+		if err == nil {
+			pause = warmRetry / 2 // another fill failed meanwhile: soon, as after a first failure
 		}
 	}
 }
