@@ -137,7 +137,9 @@ func (m *Machine) DialVsock(ctx context.Context, port uint32) (net.Conn, error) 
 		switch {
 		case errors.As(err, &refused):
 		case ctx.Err() != nil:
-			if !errors.Is(err, errNoAnswer) {
+			// An attempt that ctx's end cut short (no answer yet, or Firecracker's socket
+			// not accepting yet on a loaded host) says nothing new: an earlier refusal stands.
+			if !errors.Is(err, errNoAnswer) && !cutShort(err) {
 				refused = nil
 			}
 			return nil, ended(attempt, err)
@@ -192,6 +194,11 @@ func (m *Machine) exitedSoon() bool {
 	case <-t.C:
 		return false
 	}
+}
+
+// cutShort reports whether err is a deadline's or a cancellation's.
+func cutShort(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 func isSocketGone(err error) bool {
