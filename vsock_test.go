@@ -76,13 +76,21 @@ func TestDialVsockEcho(t *testing.T) {
 func TestDialVsockNoListener(t *testing.T) {
 	mgr, _, kernel := fakeSetup(t)
 	m := start(t, mgr, vsockGuest(kernel))
-	// Long enough for the connection to the vsock socket itself on a loaded host (300 ms
-	// was not, once, during a full race run on 2 CPUs): the deadline must end the wait for
-	// a listener, not the connect.
+	// The device answers first (a dial to the port the guest listens on): on a loaded host
+	// the fake can take seconds to serve its first connection (2 s were not enough, once,
+	// in a full race run on 2 CPUs), and the deadline below must end the wait for a
+	// listener, not that.
+	long, cancelLong := context.WithTimeout(context.Background(), waitLong)
+	defer cancelLong()
+	c, err := m.DialVsock(long, 52)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	t0 := time.Now()
-	_, err := m.DialVsock(ctx, 53)
+	_, err = m.DialVsock(ctx, 53)
 	if !errors.Is(err, ErrNoVsockListener) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("dial a port nobody listens on: %v, want ErrNoVsockListener and DeadlineExceeded", err)
 	}
