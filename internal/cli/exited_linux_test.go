@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/testguest"
 	"github.com/smartvm/smartvm/internal/testutil"
 )
@@ -247,5 +249,32 @@ func TestExitedVMNet(t *testing.T) {
 	orphan(t, env, "orphan")
 	checkNoLeases(t, env)
 	env.run(t, "rm", "stopped", "orphan").ok(t)
+	waitEmpty(t, env)
+}
+
+// rm of a VM that is ending right now (its process gone, its owner still recording it as
+// exited) waits for the record, and removes it: nothing is left.
+func TestRmWaitsForAnEndingVM(t *testing.T) {
+	env := fakeEnv(t)
+	root, err := rundir.Open(env[envRuntimeDir], nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := root.Create(t.Context(), "ending")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteState(&rundir.State{Name: "ending", PID: 999999999, StartTime: 1, Keep: true, Mode: "detached"}); err != nil {
+		t.Fatal(err)
+	}
+	// The owner records the end a while after rm has started.
+	recorded := make(chan error, 1)
+	time.AfterFunc(500*time.Millisecond, func() {
+		recorded <- d.Keep(context.Background(), rundir.Exit{Code: -1, Signal: "SIGKILL", Reason: "killed"})
+	})
+	env.run(t, "rm", "-f", "ending").ok(t)
+	if err := <-recorded; err != nil {
+		t.Fatal(err)
+	}
 	waitEmpty(t, env)
 }

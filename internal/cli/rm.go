@@ -58,6 +58,11 @@ func removeVM(ctx context.Context, mgr *smartvm.Manager, name string, force bool
 		_, err := mgr.ForceRemove(ctx, name)
 		return err
 	case errors.Is(err, smartvm.ErrNotFound) && remove:
+		// A VM that is ending right now has no live process and no record yet: its owner is
+		// recording it as exited. Remove waits for that, then removes the record.
+		if rerr := mgr.Remove(ctx, name); !errors.Is(rerr, smartvm.ErrNotFound) {
+			return rerr
+		}
 		return fmt.Errorf("no vm is called %q (see 'smartvm ps -a')", name)
 	case err != nil:
 		return attachError(name, err)
