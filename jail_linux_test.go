@@ -720,13 +720,10 @@ func TestReclaimJailIDs(t *testing.T) {
 // file of the jail's uid that only it reads (or, with MemoryUffd, into the VM's directory,
 // where the page server reads it), and nothing of it is left once the VM ends.
 func TestJailedDiffSnapshots(t *testing.T) {
-	testutil.RequiresRoot(t)
-	testutil.CheckLeaks(t)
-	root, bin := testRoot(t), fakeJailPair(t)
-	mgr := newManager(t, root, bin)
+	mgr, root, _, base := newJailManager(t)
 	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
 	spec.TrackDirtyPages = true
-	spec.Jailer = &JailerSpec{ChrootBase: shortJailBase(t)}
+	spec.Jailer = &JailerSpec{ChrootBase: base}
 	_, _, d2, ref, last := takeDiffChainOf(t, mgr, spec)
 	restoreDiff(t, mgr, d2, &ref, last, false)
 	restoreDiff(t, mgr, d2, &ref, last, false, WithMemoryBackend(MemoryUffd)) // merged on the host
@@ -751,10 +748,7 @@ func TestRealJailedDiffSnapshots(t *testing.T) {
 // socket in its chroot, given to the jail's uid, and the memory file stays on the host, lent
 // to no jail; one page server serves two jailed restores of one memory file.
 func TestJailedRestoreUffd(t *testing.T) {
-	testutil.RequiresRoot(t)
-	testutil.CheckLeaks(t)
-	root, bin, base := testRoot(t), fakeJailPair(t), shortJailBase(t)
-	mgr := newManager(t, root, bin)
+	mgr, root, _, base := newJailManager(t)
 	snap := snapshotCounter(t, mgr, guestKernel(t), "juffd", func(s *MachineSpec) { s.Jailer = &JailerSpec{ChrootBase: base} })
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
@@ -812,10 +806,7 @@ func TestRealJailedRestoreUffd(t *testing.T) {
 // read-only with the clone's uid (an ACL entry, gone with the clone). Clone starts several
 // so, also with the page server.
 func TestJailedClone(t *testing.T) {
-	testutil.RequiresRoot(t)
-	testutil.CheckLeaks(t)
-	root, bin, base := testRoot(t), fakeJailPair(t), shortJailBase(t)
-	mgr := newManager(t, root, bin)
+	mgr, root, _, base := newJailManager(t)
 	data := filepath.Join(t.TempDir(), "data.img")
 	os.WriteFile(data, []byte("the snapshot's data"), 0o644)
 	spec := guestSpec(guestKernel(t), testguest.ModeCounter)

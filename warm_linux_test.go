@@ -47,15 +47,16 @@ func shortJailBase(t testing.TB) string {
 	return filepath.Join(dir, "jailer")
 }
 
-// newWarmManager returns a manager of a fresh runtime root running the fake jailer pair (bin)
-// for warm jails under a short chroot base; the test fails if it leaks.
-func newWarmManager(t *testing.T) (mgr *Manager, root, bin, base string) {
+// newJailManager returns a manager (with opts) of a fresh runtime root running the fake
+// jailer pair (bin), and a short chroot base, long enough for any jail's API socket path
+// (warm jails' included); the test needs root and fails if it leaks.
+func newJailManager(t *testing.T, opts ...Option) (mgr *Manager, root, bin, base string) {
 	t.Helper()
 	testutil.RequiresRoot(t)
 	testutil.CheckLeaks(t)
 	root = testRoot(t)
 	bin = fakeJailPair(t)
-	return newManager(t, root, bin), root, bin, shortJailBase(t)
+	return newManager(t, root, bin, opts...), root, bin, shortJailBase(t)
 }
 
 // warmUp makes n warm jails under base for a counter guest, and returns its spec and the
@@ -96,6 +97,13 @@ func killAndDrain(t *testing.T, ctx context.Context, mgr *Manager, m *Machine, s
 		t.Fatal(err)
 	}
 	m.Close()
+	drainWarm(t, ctx, mgr, spec, base, root)
+}
+
+// drainWarm removes the warm jails of spec's key and checks that nothing of a jail is left
+// under base or in root.
+func drainWarm(t *testing.T, ctx context.Context, mgr *Manager, spec MachineSpec, base, root string) {
+	t.Helper()
 	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +127,7 @@ func waitWarm(t *testing.T, base string, n int) []string {
 // the VM runs in it as in a jail of its own, a replacement is made, and nothing is left once
 // the VM, then the pool, ends. A spec that does not match starts its own jail.
 func TestWarmJails(t *testing.T) {
-	mgr, root, bin, base := newWarmManager(t)
+	mgr, root, bin, base := newJailManager(t)
 	disk := filepath.Join(filepath.Dir(base), "disk.img") // on the chroot base's filesystem
 	os.WriteFile(disk, make([]byte, 4096), 0o640)
 	os.Chown(disk, 1234, 1234)
@@ -188,10 +196,7 @@ func TestWarmJails(t *testing.T) {
 	if st.Uid != 1234 {
 		t.Errorf("persistent drive not given back: uid %d", st.Uid)
 	}
-	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
-		t.Fatal(err)
-	}
-	jailLeft(t, base, root)
+	drainWarm(t, ctx, mgr, spec, base, root)
 }
 
 // Close removes the warm jails; so does a new template.
@@ -354,10 +359,7 @@ func TestRealWarmJail(t *testing.T) {
 		t.Errorf("Running(%s) = false for a VM in a taken warm jail", spec.Name)
 	}
 	jailedLifecycle(t, ctx, mgr, m)
-	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
-		t.Fatal(err)
-	}
-	jailLeft(t, base, root)
+	drainWarm(t, ctx, mgr, spec, base, root)
 }
 
 // An owner SIGKILLed at any step of taking a warm jail leaves nothing that the next manager
@@ -394,7 +396,7 @@ func TestWarmJailsOwnerKilledWhileTaking(t *testing.T) {
 // A firecracker binary replaced since the warm jails were made (an upgrade that keeps its
 // path and version string) is the one a start runs: the stale warm jails are not taken.
 func TestWarmJailsFirecrackerReplaced(t *testing.T) {
-	mgr, root, bin, base := newWarmManager(t)
+	mgr, root, bin, base := newJailManager(t)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	spec, _ := warmUp(t, ctx, mgr, base, 1)
@@ -419,7 +421,7 @@ func TestWarmJailsFirecrackerReplaced(t *testing.T) {
 // A kernel the jail's uid may not read is copied into a taken warm jail, under its new name:
 // the copy is written through the jail's renamed directory, not the warm jail's old path.
 func TestWarmJailsCopiedKernel(t *testing.T) {
-	mgr, root, _, base := newWarmManager(t)
+	mgr, root, _, base := newJailManager(t)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	spec, warm := warmUp(t, ctx, mgr, base, 1)
@@ -443,7 +445,7 @@ func TestWarmJailsCopiedKernel(t *testing.T) {
 // Close ends a WarmJails call whose jail never comes up (its firecracker never listens), and
 // the call then fails: neither waits on the caller's context alone.
 func TestWarmJailsCloseEndsMaking(t *testing.T) {
-	mgr, root, _, base := newWarmManager(t)
+	mgr, root, _, base := newJailManager(t)
 	t.Setenv(fakefc.EnvMode, fakefc.ModeNoSocket)
 	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
 	spec.Jailer = &JailerSpec{ChrootBase: base}
@@ -496,7 +498,7 @@ func crashTaking(t *testing.T, root, bin string, spec MachineSpec, step string) 
 // A jail directory of the VM's name that is not this start's (another runtime directory's)
 // is never recorded as the VM's: a crash while taking a warm jail leaves it to its owner.
 func TestWarmJailsForeignChroot(t *testing.T) {
-	mgr, root, bin, base := newWarmManager(t)
+	mgr, root, bin, base := newJailManager(t)
 	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
 	spec.Name, spec.Jailer = "taken-name", &JailerSpec{ChrootBase: base}
 	foreign, err := jailer.Prepare(jailer.Config{ID: spec.Name, ExecFile: bin, UID: 4747, GID: 4747, ChrootBase: spec.Jailer.ChrootBase})
@@ -522,7 +524,7 @@ func TestWarmJailsForeignChroot(t *testing.T) {
 
 // WarmJails stops waiting for a refill in the background when its context ends.
 func TestWarmJailsWaitEndsWithContext(t *testing.T) {
-	mgr, _, _, base := newWarmManager(t)
+	mgr, _, _, base := newJailManager(t)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	spec, _ := warmUp(t, ctx, mgr, base, 1)
@@ -550,7 +552,7 @@ func TestWarmJailsWaitEndsWithContext(t *testing.T) {
 // A warm jail records only what firecracker was started with: the template's devices (here
 // its vsock CID) are the taking VM's, so they are not in use while the jail waits.
 func TestWarmJailsRecordNoDevices(t *testing.T) {
-	mgr, root, _, base := newWarmManager(t)
+	mgr, root, _, base := newJailManager(t)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	spec := guestSpec(guestKernel(t), testguest.ModeCounter)
@@ -583,7 +585,7 @@ func TestWarmJailsRecordNoDevices(t *testing.T) {
 // A warm jail whose firecracker dies while it waits is removed at once, with all it holds,
 // and replaced.
 func TestWarmJailDiesWaiting(t *testing.T) {
-	mgr, root, _, base := newWarmManager(t)
+	mgr, root, _, base := newJailManager(t)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	spec, ids := warmUp(t, ctx, mgr, base, 1)
@@ -612,16 +614,13 @@ func TestWarmJailDiesWaiting(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "vms", ids[0])); !os.IsNotExist(err) {
 		t.Errorf("the dead warm jail's directory is left: %v", err)
 	}
-	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
-		t.Fatal(err)
-	}
-	jailLeft(t, base, root)
+	drainWarm(t, ctx, mgr, spec, base, root)
 }
 
 // A warm jail is no VM: by its name, another manager can neither attach to it, describe it,
 // read its console nor remove it, and it keeps waiting.
 func TestWarmJailsNotVMs(t *testing.T) {
-	mgr, root, bin, base := newWarmManager(t)
+	mgr, root, bin, base := newJailManager(t)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	spec, ids := warmUp(t, ctx, mgr, base, 1)
@@ -642,21 +641,15 @@ func TestWarmJailsNotVMs(t *testing.T) {
 	if now := warmIDs(t, base); !slices.Equal(now, ids) || !jailer.Running(id) {
 		t.Errorf("the warm jail did not survive: %v (running: %v)", now, jailer.Running(id))
 	}
-	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
-		t.Fatal(err)
-	}
-	jailLeft(t, base, root)
+	drainWarm(t, ctx, mgr, spec, base, root)
 }
 
 // A replacement that cannot be made at first is made once it can, with no start to ask for
 // it: here the uid range has one uid, which the VM that took the warm jail holds until it ends.
 func TestWarmJailsRefillRetried(t *testing.T) {
-	testutil.RequiresRoot(t)
-	testutil.CheckLeaks(t)
 	defer func(d time.Duration) { warmRetry = d }(warmRetry)
 	warmRetry = 20 * time.Millisecond
-	root, bin, base := testRoot(t), fakeJailPair(t), shortJailBase(t)
-	mgr := newManager(t, root, bin, WithJailerIDRange(123400, 1))
+	mgr, root, _, base := newJailManager(t, WithJailerIDRange(123400, 1))
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	spec, warm := warmUp(t, ctx, mgr, base, 1)
@@ -676,16 +669,13 @@ func TestWarmJailsRefillRetried(t *testing.T) {
 	if ids := waitWarm(t, base, 1); len(ids) != 1 {
 		t.Fatalf("no warm jail was made once the uid was free: %v", ids)
 	}
-	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
-		t.Fatal(err)
-	}
-	jailLeft(t, base, root)
+	drainWarm(t, ctx, mgr, spec, base, root)
 }
 
 // A restore takes a warm jail too, under its own name or as a clone: a template snapshot's
 // clones start in jails made ahead, and count on.
 func TestWarmJailsServeRestores(t *testing.T) {
-	mgr, root, _, base := newWarmManager(t)
+	mgr, root, _, base := newJailManager(t)
 	ctx, cancel := context.WithTimeout(t.Context(), waitLong)
 	defer cancel()
 	spec, _ := warmUp(t, ctx, mgr, base, 2)
@@ -715,10 +705,7 @@ func TestWarmJailsServeRestores(t *testing.T) {
 		}
 		wait(t, vm)
 	}
-	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
-		t.Fatal(err)
-	}
-	jailLeft(t, base, root)
+	drainWarm(t, ctx, mgr, spec, base, root)
 }
 
 // waitReady waits until mgr's pool has n warm jails ready (a directory under the chroot base
@@ -762,10 +749,7 @@ func TestRealWarmJailClones(t *testing.T) {
 		}
 		vm.Close()
 	}
-	if err := mgr.WarmJails(ctx, spec, 0); err != nil {
-		t.Fatal(err)
-	}
-	jailLeft(t, spec.Jailer.ChrootBase, root)
+	drainWarm(t, ctx, mgr, spec, spec.Jailer.ChrootBase, root)
 }
 
 // tickAndSnapshot starts spec, a counter guest, as "tmpl", and snapshots it once it ticks.
