@@ -63,13 +63,7 @@ func benchJailer(b *testing.B, mgr *Manager) {
 			times[n] = append(times[n], startClosed(b, mgr, ctx, specs[n]))
 		}
 	}
-	d, j, w := median(times[0]), median(times[1]), median(times[2])
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(float64(d.Microseconds())/1000, "direct-ms")
-	b.ReportMetric(float64(j.Microseconds())/1000, "jailed-ms")
-	b.ReportMetric(float64(w.Microseconds())/1000, "warm-ms")
-	b.ReportMetric(float64(j)/float64(d), "ratio")
-	b.ReportMetric(float64(w)/float64(d), "warm-ratio")
+	reportJailKinds(b, times)
 }
 
 // BenchmarkRealRestoreJailer measures a clone (Restore under a fresh name) of a running
@@ -128,6 +122,12 @@ func BenchmarkRealRestoreJailer(b *testing.B) {
 			b.StartTimer()
 		}
 	}
+	reportJailKinds(b, times)
+}
+
+// reportJailKinds reports the medians of the direct, cold-jailed and warm-jailed times
+// (direct-ms, jailed-ms, warm-ms) and the ratios to direct (ratio, warm-ratio).
+func reportJailKinds(b *testing.B, times [3][]time.Duration) {
 	d, j, w := median(times[0]), median(times[1]), median(times[2])
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(float64(d.Microseconds())/1000, "direct-ms")
