@@ -366,11 +366,7 @@ func unshare(base *safedir.Dir, name string, o Owner) error {
 		return err
 	}
 	defer f.Close()
-	info, err := safedir.Stat(f)
-	if err != nil || info.Ino != o.Ino || !info.Mode.IsRegular() {
-		return err // another file now: RemoveJail removes the name
-	}
-	return revokeRead(base, f, o.UID)
+	return revokeRecorded(base, f, o) // another file now: RemoveJail removes the name
 }
 
 // unshareHandle removes the ACL entry that let a jail's uid read a Shared file, opened by
@@ -390,9 +386,15 @@ func unshareHandle(base *safedir.Dir, o Owner) error {
 	}
 	f := os.NewFile(uintptr(fd), o.Name)
 	defer f.Close()
+	return revokeRecorded(base, f, o)
+}
+
+// revokeRecorded removes o.UID's ACL entry from f if f is the file o records (a regular file
+// of that inode on base's filesystem), and leaves any other file alone.
+func revokeRecorded(base *safedir.Dir, f *os.File, o Owner) error {
 	info, err := safedir.Stat(f)
 	if err != nil || info.Ino != o.Ino || !info.Mode.IsRegular() || info.Dev != base.Dev() {
-		return err // not the file recorded
+		return err
 	}
 	return revokeRead(base, f, o.UID)
 }
