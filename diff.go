@@ -150,12 +150,12 @@ func diffChain(snap *Snapshot) (files []*os.File, err error) {
 		if base.Memory == nil {
 			return files, fmt.Errorf("diff snapshot %s: its base %s records no memory identity: the chain is broken", cur.Dir, b.Dir)
 		}
-		f, err := checkMemory(base.Dir, base.Memory.Type == MemoryDiff, b.Size, b.SHA256)
+		f, err := checkMemory(base.Dir, base.diff(), b.Size, b.SHA256)
 		if err != nil {
 			return files, fmt.Errorf("diff snapshot %s: its base %s: %w: the chain is broken; restore the base as it was, or take a new full snapshot", cur.Dir, b.Dir, err)
 		}
 		files = append([]*os.File{f}, files...)
-		if base.Memory.Type != MemoryDiff {
+		if !base.diff() {
 			return files, nil
 		}
 		cur = base

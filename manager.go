@@ -260,8 +260,8 @@ func (mgr *Manager) lookup(name string) (*Machine, error) {
 // to concurrent calls.
 //
 // Attach returns an error wrapping ErrNotFound when no live VM has the name (a dead one is
-// reaped; a warm jail's name, see WarmJails, is no VM's), ErrExited (and ErrNotRunning) when the VM is kept as exited (Info describes it), and
-// ErrClosed after Close.
+// reaped; a warm jail's name, see WarmJails, is no VM's), ErrExited (and ErrNotRunning) when
+// the VM is kept as exited (Info describes it), and ErrClosed after Close.
 func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 	if err := warmName(name); err != nil {
 		return nil, fmt.Errorf("attach %w", err)
@@ -306,8 +306,9 @@ func (mgr *Manager) Attach(ctx context.Context, name string) (*Machine, error) {
 // with its jail's guard; it releases what it can (a jail found so: its chroot, cgroups and
 // uid lease), and removes the VM's directory. The directory must be one smartvm made (its proof: owner, mode, id and
 // lock files, no symlinks), and no process may own the VM. It returns the pids it killed, and
-// an error wrapping ErrNotFound when there is no such VM (a warm jail is none). A network the corrupt state recorded
-// is not torn down by name; Reap removes networks whose VM has no directory.
+// an error wrapping ErrNotFound when there is no such VM (a warm jail is none). A network the
+// corrupt state recorded is not torn down by name; Reap removes networks whose VM has no
+// directory.
 func (mgr *Manager) ForceRemove(ctx context.Context, name string) ([]int, error) {
 	if err := warmName(name); err != nil {
 		return nil, fmt.Errorf("remove %w", err)
