@@ -372,20 +372,17 @@ func (m *Manager) build(ctx context.Context, src Source, p *plan) (*Bundle, erro
 	var squashfs, squashfsName string
 	for i := range p.artifacts {
 		a := &p.artifacts[i]
-		dst := filepath.Join(s.dir, map[string]string{roleKernel: fileKernel, roleInitrd: fileInitrd, roleRootfs: fileRootfs}[a.Role])
-		if a.Role == roleRootfs && p.format == formatSquashfs {
-			squashfs = filepath.Join(s.dir, "rootfs.squashfs")
-			dst = squashfs
-		}
 		name := a.URL[strings.LastIndex(a.URL, "/")+1:]
 		if p.locs[i].url == nil {
 			name = filepath.Base(p.locs[i].path)
 		}
-		if dst == squashfs {
-			squashfsName = name
+		file := map[string]string{roleKernel: fileKernel, roleInitrd: fileInitrd, roleRootfs: fileRootfs}[a.Role]
+		if a.Role == roleRootfs && p.format == formatSquashfs {
+			file = "rootfs.squashfs"
+			squashfs, squashfsName = filepath.Join(s.dir, file), name
 		}
 		req := fetchReq{name: name, loc: p.locs[i], size: a.Size, sha256: a.SHA256, etag: a.ETag}
-		res, err := m.fetch(ctx, req, dst)
+		res, err := m.fetchAt(ctx, req, s.root, rel(dirStaging, s.name, file))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", a.Role, err)
 		}
