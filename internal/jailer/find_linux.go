@@ -86,8 +86,13 @@ func jailed(pid int, uid uint32, id string) (Found, bool) {
 	if err != nil {
 		return Found{}, false
 	}
+	// The uid first: it rules out nearly every process of the host from its status alone,
+	// before its command line is read.
+	if proc.Check(pid, proc.Identity{UID: uid}) != nil {
+		return Found{}, false
+	}
 	run, ok := runID(pid, id)
-	if !ok || proc.Check(pid, JailedIdentity(uid, run)) != nil {
+	if !ok {
 		return Found{}, false
 	}
 	base := "/proc/" + strconv.Itoa(pid)
