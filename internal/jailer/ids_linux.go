@@ -151,7 +151,8 @@ func (ids *IDs) ReleaseUnheld(ctx context.Context, keep func(holder string) bool
 // Transfer hands the uid leased to from over to to: a warm jail's uid becomes the VM's that
 // takes the jail. A lease that to holds already is ended first: the caller holds the name to,
 // so it is one left by an earlier VM of that name that died before reaping. The lease file is
-// replaced whole (a crash leaves the old holder or the new, never a part).
+// replaced whole (a crash leaves the old holder or the new, never a part). When from leases
+// none, it fails and changes nothing.
 func (ids *IDs) Transfer(ctx context.Context, from, to string) (uint32, error) {
 	var got uint32
 	err := ids.locked(ctx, func() error {
@@ -160,18 +161,22 @@ func (ids *IDs) Transfer(ctx context.Context, from, to string) (uint32, error) {
 			return err
 		}
 		found := false
+		var stale []uint32
 		for uid, o := range leases {
 			switch o {
 			case to:
-				if err := ids.dir.Remove(leaseName(uid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("hand jail uid over to %s: end its stale lease of uid %d: %w", to, uid, err)
-				}
+				stale = append(stale, uid)
 			case from:
 				got, found = uid, true
 			}
 		}
-		if !found {
+		if !found { // refused before anything changes
 			return fmt.Errorf("hand jail uid over to %s: %s leases none", to, from)
+		}
+		for _, uid := range stale {
+			if err := ids.dir.Remove(leaseName(uid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("hand jail uid over to %s: end its stale lease of uid %d: %w", to, uid, err)
+			}
 		}
 		if err := ids.dir.WriteFileAtomic(leaseName(got), []byte(to+"\n"), 0o600); err != nil {
 			return fmt.Errorf("hand jail uid %d over to %s: %w", got, to, err)

@@ -100,6 +100,13 @@ func TestIDsTransfer(t *testing.T) {
 	if _, err := ids.Transfer(ctx, "smartvm-warm-0123456789abcdef", "vm2"); err == nil {
 		t.Error("a holder with no lease handed one over")
 	}
+	// Refused, it leaves the taker's lease alone.
+	if _, err := ids.Transfer(ctx, "smartvm-warm-0123456789abcdef", "other"); err == nil {
+		t.Error("a holder with no lease handed one over to a holder of one")
+	}
+	if leases, _ := ids.Leases(ctx); len(leases) != 2 || leases[other] != "other" {
+		t.Errorf("Leases after a refused transfer = %v, want other's lease kept", leases)
+	}
 	// A taker that holds a lease already (a stale one, of a VM of its name that died) keeps
 	// only the one handed over.
 	if uid, err := ids.Transfer(ctx, "vm", "other"); err != nil || uid != warm {
