@@ -186,11 +186,29 @@ func (s *starter) mergeDiffs(ctx context.Context, snap *Snapshot, memPath string
 	if s.memoryInJail() {
 		return s.mergeIntoJail(files)
 	}
-	dst := filepath.Join(s.dir.Paths.Dir, mergedMemory)
-	if err := memfile.Merge(dst, files[0], files[1:]); err != nil {
+	// Made through the VM directory's handle, as the jail's merge is through the jail's; a
+	// failed start removes it with the directory.
+	out, err := s.dir.CreateWritable(ctx, mergedMemory)
+	if err != nil {
 		return "", err
 	}
-	return dst, nil
+	if err := mergeChain(out, files); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.dir.Paths.Dir, mergedMemory), nil
+}
+
+// mergeChain merges a diff chain's memory files (the full base first, diffChain's order) into
+// out, a new empty file, and closes it.
+func mergeChain(out *os.File, files []*os.File) error {
+	err := memfile.MergeInto(out, files[0], files[1:])
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("merge the diff snapshots: %w", err)
+	}
+	return nil
 }
 
 // diff reports whether snap's memory is a diff (MemoryDiff).

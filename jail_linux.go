@@ -15,7 +15,6 @@ import (
 
 	"github.com/smartvm/smartvm/fcapi"
 	"github.com/smartvm/smartvm/internal/jailer"
-	"github.com/smartvm/smartvm/internal/memfile"
 	"github.com/smartvm/smartvm/internal/proc"
 	"github.com/smartvm/smartvm/internal/rundir"
 	"github.com/smartvm/smartvm/internal/safedir"
@@ -367,12 +366,8 @@ func (s *starter) mergeIntoJail(files []*os.File) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	err = memfile.MergeInto(out, files[0], files[1:])
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", fmt.Errorf("merge the diff snapshots into the jail: %w", err)
+	if err := mergeChain(out, files); err != nil {
+		return "", fmt.Errorf("in the jail: %w", err)
 	}
 	return "/" + jailMergedMemory, nil
 }

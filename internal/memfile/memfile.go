@@ -87,27 +87,10 @@ func walk(f *os.File, size int64, fn func(Extent) error) error {
 	return nil
 }
 
-// Merge writes into dst (created, which must not exist) the memory of base with each diff in
-// diffs laid over it in order, oldest first: a page a diff holds replaces the page below.
-// Every file must be as large as base. On failure dst is removed.
-func Merge(dst string, base *os.File, diffs []*os.File) (err error) {
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(dst)
-		}
-	}()
-	return MergeInto(out, base, diffs)
-}
-
-// MergeInto is Merge into out, an empty file open for writing, which the caller closes (and
-// removes on failure).
+// MergeInto writes into out, an empty file open for writing, the memory of base with each
+// diff in diffs laid over it in order, oldest first: a page a diff holds replaces the page
+// below. Every file must be as large as base. The caller closes out (and removes it on
+// failure).
 func MergeInto(out, base *os.File, diffs []*os.File) error {
 	bi, err := base.Stat()
 	if err != nil {

@@ -33,7 +33,7 @@ func TestMerge(t *testing.T) {
 	diff1 := sparse(t, 64, map[int]byte{1: 2, 20: 2})
 	diff2 := sparse(t, 64, map[int]byte{20: 3, 30: 3, 63: 3})
 	dst := filepath.Join(t.TempDir(), "merged")
-	if err := Merge(dst, base, []*os.File{diff1, diff2}); err != nil {
+	if err := merge(dst, base, []*os.File{diff1, diff2}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(dst)
@@ -64,12 +64,12 @@ func TestMerge(t *testing.T) {
 	if id1, _ := Identify(base, false); id1 != mustID(t, sparse(t, 64, map[int]byte{0: 1, 1: 1, 10: 1, 63: 1})) {
 		t.Error("the base changed")
 	}
-	if err := Merge(dst, base, nil); err == nil {
+	if err := merge(dst, base, nil); err == nil {
 		t.Error("merge over an existing file")
 	}
 	short := sparse(t, 32, nil)
 	dst2 := filepath.Join(t.TempDir(), "m2")
-	if err := Merge(dst2, base, []*os.File{short}); err == nil {
+	if err := merge(dst2, base, []*os.File{short}); err == nil {
 		t.Error("merged a diff of another size")
 	}
 	if _, err := os.Stat(dst2); !os.IsNotExist(err) {
@@ -129,4 +129,22 @@ func TestExtentsBound(t *testing.T) {
 	if !errors.Is(err, ErrTooManyExtents) || !strings.Contains(err.Error(), "more than 2 ranges") || ext != nil {
 		t.Errorf("3 ranges with a bound of 2: %v %v, want ErrTooManyExtents naming the bound", ext, err)
 	}
+}
+
+// merge is MergeInto a new file dst (which must not exist), removed on failure, as smartvm
+// merges into a file it creates.
+func merge(dst string, base *os.File, diffs []*os.File) (err error) {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	return MergeInto(out, base, diffs)
 }

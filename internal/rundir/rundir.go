@@ -678,6 +678,15 @@ func (d *Dir) CreateFile(ctx context.Context, name string) (*os.File, error) {
 	return d.createFile(ctx, name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND)
 }
 
+// CreateWritable is CreateFile for a file written at offsets of its own (WriteAt), such as a
+// merged memory file: opened for reading and writing, not appending.
+func (d *Dir) CreateWritable(ctx context.Context, name string) (*os.File, error) {
+	if err := d.checkOwnName("create", name); err != nil {
+		return nil, err
+	}
+	return d.createFile(ctx, name, os.O_RDWR|os.O_CREATE|os.O_EXCL)
+}
+
 // checkOwnName refuses a name that CreateFile and WriteNote may not use for op: one that is
 // not a plain file name, or is one of the directory's own entries.
 func (d *Dir) checkOwnName(op, name string) error {

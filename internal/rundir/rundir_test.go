@@ -709,3 +709,28 @@ func TestLinkFile(t *testing.T) {
 		t.Errorf("the newer directory got the link: %v", err)
 	}
 }
+
+// CreateWritable's file takes writes at offsets of its own (not appended), and it refuses the
+// directory's own names as CreateFile does.
+func TestCreateWritable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := create(t, open(t, nil), "vm1")
+	f, err := d.CreateWritable(ctx, "memory.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("b"), 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("a"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if b, _ := os.ReadFile(filepath.Join(d.Dir, "memory.img")); string(b) != "a\x00\x00\x00b" {
+		t.Errorf("file holds %q, want each write at its offset", b)
+	}
+	if _, err := d.CreateWritable(ctx, StateFile); err == nil {
+		t.Error("CreateWritable made state.json")
+	}
+}
